@@ -1,0 +1,128 @@
+"""The `lcs` command: a thin click layer. Each verb parses options and calls one plain function;
+an `LcsError` becomes one line on stderr and a non-zero exit code."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from lcs import __version__
+from lcs.errors import LcsError
+
+FAMILY_CHOICE = click.Choice(["unstructured", "structured", "quantization"])
+
+
+def fail_cleanly(fn):
+    """Map expected failures to one line and an exit code, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LcsError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="lcs")
+def cli() -> None:
+    """Train one network as a compressible subspace and run it at any compression level on device."""
+
+
+# -- train ----------------------------------------------------------------------------------------
+
+@cli.command("train")
+@click.option("--data", "data_source", default="mnist5k", show_default=True,
+              help="digits | mnist5k | cifar10:PATH | folder:PATH (or a directory)")
+@click.option("--model", "model_name", default="small-cnn", show_default=True,
+              help="small-cnn | cpreresnet20 | resnet18 | mobilenet-v2")
+@click.option("--family", type=FAMILY_CHOICE, default="unstructured", show_default=True, help="compression family")
+@click.option("--shape", type=click.Choice(["line", "point"]), default="line", show_default=True,
+              help="line = LCS+L (two endpoints), point = LCS+P (one weight set)")
+@click.option("--method", type=click.Choice(["lcs", "fixed", "us"]), default="lcs", show_default=True,
+              help="lcs: the subspace; fixed: a baseline trained for one level (--alpha); us: slimmable baseline")
+@click.option("--alpha", "fixed_level", default=None, help="level of a fixed baseline: alpha or e.g. keep=0.1, width=0.5, bits=4")
+@click.option("--norm", type=click.Choice(["group", "instance", "layer", "batch"]), default=None,
+              help="norm layers [default: group; instance for structured; batch for us]")
+@click.option("--width", type=int, default=16, show_default=True, help="base channels of the small CNN")
+@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--lr", type=float, default=None, help="base learning rate [default: 0.1; 0.025 for quantization]")
+@click.option("--weight-decay", type=float, default=5e-4, show_default=True)
+@click.option("--warmup-epochs", type=float, default=1.0, show_default=True)
+@click.option("--beta", type=float, default=1.0, show_default=True, help="weight of the cos^2(w0, w1) regulariser")
+@click.option("--sampler", default="", help="override the family's alpha sampler")
+@click.option("--compress-stem/--no-compress-stem", default=False, show_default=True)
+@click.option("--compress-head/--no-compress-head", default=False, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--augment/--no-augment", default=False, show_default=True, help="random crop and flip (image sets)")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="checkpoint to write (.safetensors)")
+@click.option("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print the training summary as JSON")
+@fail_cleanly
+def train_cmd(data_source, model_name, family, shape, method, fixed_level, norm, width, epochs, batch_size, lr,
+              weight_decay, warmup_epochs, beta, sampler, compress_stem, compress_head, seed, augment, output, threads,
+              progress, as_json):
+    """Train a compressible subspace (or a baseline) and write a checkpoint."""
+    from lcs import commands
+
+    config, data = commands.train_config(
+        data_source=data_source, model_name=model_name, family=family, shape=shape, method=method,
+        fixed_level=fixed_level, norm=norm, width=width, epochs=epochs, batch_size=batch_size, lr=lr,
+        weight_decay=weight_decay, warmup_epochs=warmup_epochs, beta=beta, sampler=sampler,
+        compress_stem=compress_stem, compress_head=compress_head, seed=seed, augment=augment)
+    summary = commands.train(config, data, output, threads=threads, progress=progress and not as_json)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        click.echo(f"wrote {summary['checkpoint']}  ({summary['epochs']} epochs, final loss {summary['final_loss']:.4f}, "
+                   f"{summary['step_ms']:.1f} ms/step)")
+
+
+# -- eval -----------------------------------------------------------------------------------------
+
+@cli.command("eval")
+@click.argument("checkpoint_path", metavar="CKPT", type=click.Path(path_type=Path))
+@click.option("--data", "data_source", default=None, help="data to test on [default: the checkpoint's]")
+@click.option("--levels", default=None, help="comma-separated alphas or keep=/sparsity=/width=/bits= values "
+                                              "[default: the family's evaluation grid]")
+@click.option("--baseline", "baselines", multiple=True, type=click.Path(path_type=Path),
+              help="checkpoint of a baseline to overlay (repeatable)")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="write results.json, results.csv and accuracy.png here")
+@click.option("--json", "as_json", is_flag=True, help="print the rows as JSON")
+@click.option("--csv", "as_csv", is_flag=True, help="print the rows as CSV")
+@fail_cleanly
+def eval_cmd(checkpoint_path, data_source, levels, baselines, out_dir, as_json, as_csv):
+    """Accuracy of a subspace at every compression level, beside baselines."""
+    from lcs import commands, evaluate
+
+    rows = commands.evaluate(checkpoint_path, data_source=data_source, levels=levels, baselines=baselines,
+                             out_dir=out_dir)
+    if as_json:
+        click.echo(evaluate.rows_to_json(rows))
+    elif as_csv:
+        click.echo(evaluate.rows_to_csv(rows), nl=False)
+    else:
+        commands.print_rows(rows)
+        if out_dir is not None:
+            click.echo(f"wrote {out_dir}/results.json, results.csv, accuracy.png")
+
+
+def main() -> None:
+    cli(prog_name="lcs")
+
+
+if __name__ == "__main__":
+    main()

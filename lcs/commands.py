@@ -1,0 +1,129 @@
+"""The verbs of the CLI as plain functions that scripts can call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from lcs.config import DataConfig, RunConfig, SubspaceConfig, TrainConfig
+from lcs.errors import ConfigError
+from lcs.subspace.levels import make_map, parse_level
+
+
+def train_config(*, data_source: str = "mnist5k", model_name: str = "small-cnn", family: str = "unstructured",
+                 shape: str = "line", method: str = "lcs", fixed_level: str | None = None, norm: str | None = None,
+                 width: int = 16, epochs: int = 20, batch_size: int = 128, lr: float | None = None,
+                 weight_decay: float = 5e-4, warmup_epochs: float = 1.0, beta: float = 1.0, sampler: str = "",
+                 compress_stem: bool = False, compress_head: bool = False, seed: int = 0, augment: bool = False):
+    """Build the RunConfig for a training run from CLI-level choices; returns (config, data)."""
+    from lcs.data import load_data, model_config_for
+    from lcs.models import MODEL_NAMES
+
+    if model_name not in MODEL_NAMES:
+        raise ConfigError(f"unknown model {model_name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    if method == "us":
+        family, shape = "structured", "point"
+    if method == "fixed":
+        shape = "point"
+        if fixed_level is None:
+            raise ConfigError("a fixed baseline needs --alpha (e.g. --alpha keep=0.1, width=0.5 or bits=4)")
+    elif fixed_level is not None:
+        raise ConfigError("--alpha only applies to --method fixed")
+    cmap = make_map(family)
+    fixed_alpha = parse_level(fixed_level, cmap) if fixed_level is not None else 1.0
+    if norm is None:
+        norm = "batch" if method == "us" else "instance" if family == "structured" else "group"
+    if lr is None:
+        lr = 0.025 if family == "quantization" else 0.1
+    data_cfg = DataConfig(source=data_source, seed=seed, augment=augment)
+    data = load_data(data_cfg)
+    config = RunConfig(
+        model=model_config_for(data.info, name=model_name, width=width, norm=norm),
+        data=data_cfg,
+        subspace=SubspaceConfig(shape=shape, family=family, compress_stem=compress_stem, compress_head=compress_head),
+        train=TrainConfig(method=method, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                          warmup_epochs=warmup_epochs, beta=beta, sampler=sampler, fixed_alpha=fixed_alpha, seed=seed),
+    )
+    return config, data
+
+
+def train(config: RunConfig, data=None, output: str | Path | None = None, *, threads: int = 0,
+          progress: bool = True) -> dict:
+    """Train and write the checkpoint; returns a summary."""
+    import torch
+
+    from lcs import train as training
+
+    if threads:
+        torch.set_num_threads(threads)
+    if not progress:
+        result = training.train(config, data=data, out=output)
+    else:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        columns = (TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn())
+        with Progress(*columns, transient=True) as bar:
+            task = bar.add_task("train", total=None, epoch=1, loss=float("nan"))
+
+            def on_step(step: int, total: int, info: dict) -> None:
+                bar.update(task, completed=step, total=total, epoch=info["epoch"], loss=info["loss"])
+
+            result = training.train(config, data=data, out=output, on_step=on_step)
+    return {
+        "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+        "epochs": config.train.epochs,
+        "final_loss": result.history[-1]["loss"],
+        "step_ms": 1000 * result.step_seconds,
+        "history": result.history,
+        "config": config.to_dict(),
+    }
+
+
+def level_alphas(text: str | None, cmap) -> list[float]:
+    if not text:
+        return list(cmap.eval_alphas)
+    alphas = [parse_level(part, cmap) for part in text.split(",") if part.strip()]
+    if not alphas:
+        raise ConfigError("--levels is empty")
+    return alphas
+
+
+def evaluate(checkpoint_path: str | Path, *, data_source: str | None = None, levels: str | None = None,
+             baselines: Sequence[str | Path] = (), out_dir: str | Path | None = None):
+    """Accuracy per level for a checkpoint and its baselines; optionally writes JSON, CSV and a plot."""
+    from lcs import atomic, checkpoint
+    from lcs.data import check_fits, load_data
+    from lcs.evaluate import baseline_levels, evaluate_levels, label_of, plot, rows_to_csv, rows_to_json
+
+    main = checkpoint.load(checkpoint_path)
+    data_cfg = DataConfig(source=data_source, seed=main.config.data.seed) if data_source else main.config.data
+    data = load_data(data_cfg)
+    check_fits(data.info, main.config.model)
+    alphas = level_alphas(levels, main.model.cmap)
+    rows = evaluate_levels(main.model, data.test, baseline_levels(main, alphas), label_of(main, checkpoint_path))
+    for path in baselines:
+        base = checkpoint.load(path)
+        if base.config.subspace.family != main.config.subspace.family:
+            raise ConfigError(f"baseline {path} compresses by {base.config.subspace.family}, "
+                              f"not {main.config.subspace.family}")
+        check_fits(data.info, base.config.model)
+        rows += evaluate_levels(base.model, data.test, baseline_levels(base, alphas), label_of(base, path))
+    if out_dir is not None:
+        out = Path(out_dir)
+        atomic.write_text(out / "results.json", rows_to_json(rows))
+        atomic.write_text(out / "results.csv", rows_to_csv(rows))
+        plot(rows, main.config.subspace.family, out / "accuracy.png")
+    return rows
+
+
+def print_rows(rows) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="accuracy per compression level")
+    for col in ("model", "alpha", "level", "accuracy", "zero weights"):
+        table.add_column(col, justify="left" if col in ("model", "level") else "right")
+    for r in rows:
+        table.add_row(r.model, f"{r.alpha:.3f}", r.level, f"{100 * r.accuracy:.2f}%", f"{100 * r.zero_fraction:.1f}%")
+    Console().print(table)

@@ -1,0 +1,154 @@
+"""Small typed configs. A `RunConfig` is saved inside every checkpoint and artifact manifest and is
+enough to rebuild the model. No torch here."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field
+
+from lcs.errors import ConfigError
+from lcs.subspace.levels import CompressionMap, make_map, map_from_dict, map_to_dict
+
+CONFIG_VERSION = 1
+NORMS = ("group", "instance", "layer", "batch")
+SHAPES = ("line", "point")
+METHODS = ("lcs", "fixed", "us")
+SAMPLERS = ("biased-endpoints", "sandwich", "discrete", "uniform", "fixed", "delayed-uniform", "per-layer-bits")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "small-cnn"
+    num_classes: int = 10
+    in_channels: int = 1
+    image_size: int = 28
+    width: int = 16  # base channel count of the small CNN (ignored by torchvision models)
+    norm: str = "group"
+    norm_groups: int = 8  # group norm: groups per layer, capped at the channel count
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ConfigError(f"unknown norm {self.norm!r}; choose one of {', '.join(NORMS)}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "mnist5k"  # digits | mnist5k | cifar10:PATH | folder:PATH
+    seed: int = 0
+    augment: bool = False
+
+
+@dataclass(frozen=True)
+class SubspaceConfig:
+    shape: str = "line"  # line (LCS+L, two endpoints) or point (LCS+P, one weight set)
+    family: str = "unstructured"
+    map: dict = field(default_factory=dict)  # options for the compression map (see levels.py)
+    compress_stem: bool = False
+    compress_head: bool = False
+    line_params: str = "all"  # "all": conv, linear and norm affine on the line; "norm": only norm affine
+
+    def __post_init__(self) -> None:
+        if self.shape not in SHAPES:
+            raise ConfigError(f"unknown subspace shape {self.shape!r}; choose line or point")
+        if self.line_params not in ("all", "norm"):
+            raise ConfigError(f"line_params must be 'all' or 'norm', got {self.line_params!r}")
+        self.compression_map()  # validates family and options
+
+    def compression_map(self) -> CompressionMap:
+        return make_map(self.family, **self.map)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    method: str = "lcs"  # lcs | fixed (one level, the paper's baseline) | us (slimmable, shared BN)
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 1.0  # linear learning-rate warm-up, then cosine decay to 0
+    sampler: str = ""  # empty: the family's default (see train.default_sampler)
+    samples_per_step: int = 4  # sandwich rule
+    fixed_alpha: float = 1.0  # method "fixed": the one level trained
+    beta: float = 1.0  # weight of cos^2(w0, w1) for line subspaces
+    compression_warmup: float = 0.8  # fraction of training over which compression is phased in
+    label_smoothing: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.sampler and self.sampler not in SAMPLERS:
+            raise ConfigError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("epochs and batch size must be at least 1")
+        if not (0.0 <= self.fixed_alpha <= 1.0):
+            raise ConfigError(f"alpha {self.fixed_alpha:g} is outside [0, 1]")
+        if not (0.0 <= self.compression_warmup < 1.0):
+            raise ConfigError("compression warm-up must be a fraction in [0, 1)")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    subspace: SubspaceConfig = field(default_factory=SubspaceConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    version: int = CONFIG_VERSION
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunConfig":
+        if not isinstance(data, dict):
+            raise ConfigError("config must be a JSON object")
+        version = data.get("version")
+        if version != CONFIG_VERSION:
+            raise ConfigError(f"config version {version} is not supported (this lcs reads version {CONFIG_VERSION})")
+        try:
+            return cls(
+                model=_build(ModelConfig, data.get("model", {})),
+                data=_build(DataConfig, data.get("data", {})),
+                subspace=_build(SubspaceConfig, data.get("subspace", {})),
+                train=_build(TrainConfig, data.get("train", {})),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"bad config: {exc}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunConfig":
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config is not valid JSON: {exc}") from None
+
+    def replace(self, **sections) -> "RunConfig":
+        return dataclasses.replace(self, **sections)
+
+
+def _build(cls, data: dict):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} keys: {', '.join(sorted(unknown))}")
+    return cls(**data)
+
+
+def compression_map_dict(cfg: SubspaceConfig) -> dict:
+    return map_to_dict(cfg.compression_map())
+
+
+__all__ = [
+    "RunConfig",
+    "ModelConfig",
+    "DataConfig",
+    "SubspaceConfig",
+    "TrainConfig",
+    "map_from_dict",
+    "compression_map_dict",
+]

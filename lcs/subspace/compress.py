@@ -1,0 +1,75 @@
+"""The compression functions f(w, gamma) in torch: TopK masks, affine fake quantization, and the
+activation range tracker. The device-side code (C and numpy) mirrors these formulas exactly:
+
+    lo = min(t.min(), 0); hi = max(t.max(), 0)
+    scale = (hi - lo) / (qmax - qmin)            (1.0 when hi == lo)
+    zero  = clamp(qmin - round(lo / scale), qmin, qmax)
+    q     = clamp(round(t / scale) + zero, qmin, qmax)      round = half to even
+    t'    = (q - zero) * scale
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lcs.subspace.levels import QuantizationMap, UnstructuredMap
+
+
+def topk_mask(weight: torch.Tensor, keep: float) -> torch.Tensor:
+    """A 0/1 mask keeping the `kept_count` largest magnitudes of `weight` (ties broken by index)."""
+    numel = weight.numel()
+    kept = UnstructuredMap.kept_count(numel, keep)
+    if kept >= numel:
+        return torch.ones_like(weight)
+    mask = torch.zeros(numel, dtype=weight.dtype, device=weight.device)
+    if kept > 0:
+        mask[torch.topk(weight.detach().abs().flatten(), kept, sorted=False).indices] = 1.0
+    return mask.view_as(weight)
+
+
+def quant_params(lo: torch.Tensor, hi: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point of the signed b-bit affine grid covering [lo, hi] (0 always included)."""
+    qmin, qmax = QuantizationMap.int_range(bits)
+    lo = torch.clamp(lo, max=0.0)
+    hi = torch.clamp(hi, min=0.0)
+    scale = (hi - lo) / (qmax - qmin)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    zero = torch.clamp(qmin - torch.round(lo / scale), qmin, qmax)
+    return scale, zero
+
+
+def quantize(t: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
+    """Integer codes of `t` on the grid (as a float tensor holding whole numbers)."""
+    qmin, qmax = QuantizationMap.int_range(bits)
+    return torch.clamp(torch.round(t / scale) + zero, qmin, qmax)
+
+
+def fake_quant(t: torch.Tensor, bits: int, lo: torch.Tensor | None = None, hi: torch.Tensor | None = None) -> torch.Tensor:
+    """Quantize and dequantize `t`; the gradient passes straight through (identity)."""
+    if lo is None or hi is None:
+        lo, hi = t.detach().min(), t.detach().max()
+    scale, zero = quant_params(lo, hi, bits)
+    snapped = (quantize(t.detach(), scale, zero, bits) - zero) * scale
+    return t + (snapped - t).detach()
+
+
+class RangeTracker(torch.nn.Module):
+    """Exponential moving average of an activation's min and max (one range shared by all bit widths)."""
+
+    def __init__(self, momentum: float = 0.1) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("lo", torch.zeros(()))
+        self.register_buffer("hi", torch.zeros(()))
+        self.register_buffer("seen", torch.zeros((), dtype=torch.bool))
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        lo, hi = x.min().clamp(max=0.0), x.max().clamp(min=0.0)
+        if not bool(self.seen):
+            self.lo.copy_(lo)
+            self.hi.copy_(hi)
+            self.seen.fill_(True)
+        else:
+            self.lo.lerp_(lo, self.momentum)
+            self.hi.lerp_(hi, self.momentum)

@@ -1,0 +1,208 @@
+"""Subspace layers: conv, linear and norm whose parameters sit on a line (LCS+L) or a point (LCS+P),
+and which apply the current compression level in their forward pass.
+
+How alpha reaches a layer: `SubspaceModel.set_alpha` (model.py) writes each layer's `state`
+(a `LayerState`); layers only read it. Line parameters are named `weight`/`bias` (endpoint 0,
+the efficient end) and `weight1`/`bias1` (endpoint 1, the accurate end).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lcs.subspace.compress import RangeTracker, fake_quant, topk_mask
+from lcs.subspace.levels import StructuredMap
+
+
+@dataclass
+class LayerState:
+    """What one layer runs at right now."""
+
+    alpha: float = 1.0  # position on the line (ignored by point subspaces)
+    keep: float = 1.0  # unstructured TopK keep fraction
+    width: float = 1.0  # structured width fraction
+    bits: int | None = None  # quantization bit width (None: float)
+    quantize_acts: bool = False  # fake-quantize this layer's input as well
+    track_acts: bool = False  # update the activation range (training)
+
+
+class SubspaceLayer(nn.Module):
+    """Common machinery: endpoint parameters, blending, and the per-layer state."""
+
+    line_names: tuple[str, ...] = ()
+
+    def _init_subspace(self, line: bool, role: str, compressible: bool) -> None:
+        self.line = line
+        self.role = role  # "stem", "body" or "head"
+        self.compressible = compressible  # weights masked/quantized (stem and head usually not)
+        self.state = LayerState()
+
+    def add_endpoint(self, name: str, init: torch.Tensor) -> None:
+        self.register_parameter(name + "1", nn.Parameter(init.detach().clone()))
+
+    def blended(self, name: str) -> torch.Tensor | None:
+        p0 = getattr(self, name)
+        p1 = getattr(self, name + "1", None)
+        if p0 is None or p1 is None:
+            return p0
+        a = self.state.alpha
+        if a == 0.0:
+            return p0
+        if a == 1.0:
+            return p1
+        return p0 + a * (p1 - p0)
+
+    def endpoint_pairs(self):
+        """(name, p0, p1) for each of this layer's line parameters."""
+        for name in self.line_names:
+            p1 = getattr(self, name + "1", None)
+            if p1 is not None:
+                yield name, getattr(self, name), p1
+
+
+class _WeightLayer(SubspaceLayer):
+    """Shared by conv and linear: compress a weight, fake-quantize the input."""
+
+    def _setup_weight_layer(self, line: bool, role: str, compressible: bool, line_weights: bool) -> None:
+        self._init_subspace(line, role, compressible)
+        self.line_names = ("weight", "bias") if line and line_weights else ()
+        self.act_range = RangeTracker()
+        for name in self.line_names:
+            p = getattr(self, name)
+            if p is None:
+                continue
+            if name == "weight":
+                # Endpoint 1 starts independent (reference init: N(0, sqrt(2 / fan_out))).
+                fan_out = p.shape[0] * math.prod(p.shape[2:])
+                self.add_endpoint(name, torch.randn_like(p) * math.sqrt(2.0 / fan_out))
+            else:
+                self.add_endpoint(name, p)
+
+    def compressed_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        s = self.state
+        if not self.compressible:
+            return weight
+        if s.keep < 1.0:
+            weight = weight * topk_mask(weight, s.keep)
+        if s.bits is not None:
+            weight = fake_quant(weight, s.bits)
+        return weight
+
+    def compressed_input(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.state
+        if not self.compressible or s.bits is None:
+            return x
+        if s.track_acts and self.training:
+            self.act_range.update(x)
+        if s.quantize_acts and bool(self.act_range.seen):
+            return fake_quant(x, s.bits, self.act_range.lo, self.act_range.hi)
+        return x
+
+    def out_features_at(self, full: int) -> int:
+        """Structured width: how many outputs this layer produces (the head keeps all)."""
+        if self.role == "head" or self.state.width >= 1.0:
+            return full
+        return StructuredMap.channels(full, self.state.width)
+
+
+class SubspaceConv2d(nn.Conv2d, _WeightLayer):
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, *, line: bool, role: str, compressible: bool, line_weights: bool = True):
+        layer = cls(
+            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+            conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
+        )
+        layer.load_state_dict(conv.state_dict())
+        layer._setup_weight_layer(line, role, compressible, line_weights)
+        return layer
+
+    @property
+    def depthwise(self) -> bool:
+        return self.groups > 1 and self.groups == self.in_channels == self.out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.blended("weight"), self.blended("bias")
+        in_c, groups = x.shape[1], self.groups
+        if self.depthwise:
+            out_c, groups = in_c, in_c
+            weight = weight[:out_c]
+        else:
+            out_c = self.out_features_at(self.out_channels)
+            weight = weight[:out_c, : in_c // groups]
+        if bias is not None:
+            bias = bias[:out_c]
+        x = self.compressed_input(x)
+        return F.conv2d(x, self.compressed_weight(weight), bias, self.stride, self.padding, self.dilation, groups)
+
+
+class SubspaceLinear(nn.Linear, _WeightLayer):
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, *, line: bool, role: str, compressible: bool, line_weights: bool = True):
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None)
+        layer.load_state_dict(linear.state_dict())
+        layer._setup_weight_layer(line, role, compressible, line_weights)
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.blended("weight"), self.blended("bias")
+        out_f = self.out_features_at(self.out_features)
+        weight = weight[:out_f, : x.shape[-1]]
+        if bias is not None:
+            bias = bias[:out_f]
+        x = self.compressed_input(x)
+        return F.linear(x, self.compressed_weight(weight), bias)
+
+
+class SubspaceNorm(SubspaceLayer):
+    """Group, instance, layer (one group) or batch norm over the first c channels of its input.
+
+    Group, instance and layer norm use no running statistics, so every compression level runs
+    without recalibration. Batch norm shares one set of running statistics across levels (the
+    US-Nets baseline) and is warned about.
+    """
+
+    def __init__(self, kind: str, channels: int, groups: int = 1, eps: float = 1e-5, momentum: float = 0.1,
+                 *, line: bool = False, role: str = "body") -> None:
+        super().__init__()
+        self.kind, self.channels, self.eps, self.momentum = kind, channels, eps, momentum
+        self.groups = {"group": max(1, min(groups, channels)), "instance": channels, "layer": 1}.get(kind, 1)
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        if kind == "batch":
+            self.register_buffer("running_mean", torch.zeros(channels))
+            self.register_buffer("running_var", torch.ones(channels))
+        self._init_subspace(line, role, compressible=False)
+        self.line_names = ("weight", "bias") if line else ()
+        if line:
+            # Reference init of endpoint 1: gamma 0.5, beta 0.
+            self.add_endpoint("weight", torch.full((channels,), 0.5))
+            self.add_endpoint("bias", torch.zeros(channels))
+
+    def load_affine(self, weight: torch.Tensor | None, bias: torch.Tensor | None) -> None:
+        with torch.no_grad():
+            if weight is not None:
+                self.weight.copy_(weight)
+            if bias is not None:
+                self.bias.copy_(bias)
+
+    def groups_at(self, c: int) -> int:
+        """Groups for c live channels: sliced widths need not divide the full group count."""
+        if self.kind == "instance":
+            return c
+        return math.gcd(self.groups, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        weight, bias = self.blended("weight")[:c], self.blended("bias")[:c]
+        if self.kind == "batch":
+            return F.batch_norm(x, self.running_mean[:c], self.running_var[:c], weight, bias,
+                                self.training, self.momentum, self.eps)
+        return F.group_norm(x, self.groups_at(c), weight, bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.kind}, {self.channels}, groups={self.groups}, line={self.line}"

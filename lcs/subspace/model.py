@@ -1,0 +1,158 @@
+"""Turning a plain torch network into a compressible subspace, and setting alpha on it.
+
+`SubspaceModel(net, cfg)` swaps every Conv2d, Linear and norm layer of `net` for its subspace
+twin (layers.py). The first conv is the stem and the last conv/linear the head; both stay
+uncompressed unless the config says otherwise. `set_alpha` is the one call that moves the
+whole model to a point of the subspace.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from lcs.config import SubspaceConfig
+from lcs.errors import ConfigError
+from lcs.subspace.layers import SubspaceConv2d, SubspaceLayer, SubspaceLinear, SubspaceNorm, _WeightLayer
+from lcs.subspace.levels import Level
+
+_NORMS = (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d, nn.BatchNorm1d)
+
+
+class BatchNormWarning(UserWarning):
+    pass
+
+
+class SubspaceModel(nn.Module):
+    def __init__(self, net: nn.Module, cfg: SubspaceConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.cmap = cfg.compression_map()
+        self.net = _convert(net, cfg)
+        self.level: Level = self.cmap.level(1.0)
+        self.set_alpha(1.0)
+
+    # -- the subspace ---------------------------------------------------------------------------
+    def layers(self) -> Iterator[SubspaceLayer]:
+        return (m for m in self.net.modules() if isinstance(m, SubspaceLayer))
+
+    def weight_layers(self) -> Iterator[_WeightLayer]:
+        return (m for m in self.net.modules() if isinstance(m, _WeightLayer))
+
+    def set_alpha(self, alpha: float, *, effective: float | None = None, quantize_acts: bool = True,
+                  track_acts: bool = False) -> Level:
+        """Move the whole model to alpha: blend the endpoints at alpha and compress at gamma(alpha).
+
+        `effective` overrides the compression alpha alone (training warm-up anneals it towards 1
+        while the line position stays at alpha).
+        """
+        level = self.cmap.level(alpha)
+        comp = level if effective is None else self.cmap.level(effective)
+        for layer in self.layers():
+            s = layer.state
+            s.alpha = level.alpha
+            s.keep, s.width, s.bits = comp.keep, comp.width, comp.bits
+            s.quantize_acts, s.track_acts = quantize_acts, track_acts
+        self.level = level
+        return level
+
+    def set_layer_bits(self, bits: Sequence[int]) -> None:
+        """Mixed precision (quantized LCS+P training): one bit width per compressed weight layer."""
+        layers = [m for m in self.weight_layers() if m.compressible]
+        if len(bits) != len(layers):
+            raise ValueError(f"{len(bits)} bit widths for {len(layers)} layers")
+        for layer, b in zip(layers, bits):
+            layer.state.bits = int(b)
+
+    def random_layer_bits(self, rng: random.Random) -> list[int]:
+        widths = self.cmap.bit_widths
+        return [rng.choice(widths) for m in self.weight_layers() if m.compressible]
+
+    def regularised_pairs(self) -> list[tuple[nn.Parameter, nn.Parameter]]:
+        """Endpoint pairs under the cos^2 regulariser: the conv/linear weights, or the norm gammas
+        when only norms are on the line (as in the reference's structured LCS+L)."""
+        want = SubspaceNorm if self.cfg.line_params == "norm" else _WeightLayer
+        return [(p0, p1) for layer in self.layers() if isinstance(layer, want)
+                for name, p0, p1 in layer.endpoint_pairs() if name == "weight"]
+
+    def cos2(self) -> torch.Tensor:
+        """cos^2 between the two endpoints, global over the regularised weights (0 for a point)."""
+        pairs = self.regularised_pairs()
+        if not pairs:
+            return torch.zeros(())
+        dot = sum((a * b).sum() for a, b in pairs)
+        n0 = sum((a * a).sum() for a, _ in pairs)
+        n1 = sum((b * b).sum() for _, b in pairs)
+        return dot * dot / (n0 * n1 + 1e-12)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    # -- reporting ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def compression_stats(self) -> dict:
+        """At the current level: zero fraction of conv/linear weights actually used, and their count."""
+        total = zeros = 0
+        for layer in self.weight_layers():
+            w = layer.compressed_weight(layer.blended("weight"))
+            total += w.numel()
+            zeros += int((w == 0).sum())
+        return {"weights": total, "zero_fraction": zeros / max(total, 1)}
+
+
+def _convert(net: nn.Module, cfg: SubspaceConfig) -> nn.Module:
+    line = cfg.shape == "line"
+    weight_names = [n for n, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if not weight_names:
+        raise ConfigError("the model has no Conv2d or Linear layer to put in a subspace")
+    stem, head = weight_names[0], weight_names[-1]
+    line_weights = cfg.line_params == "all"
+    warned = False
+    for name, module in list(net.named_modules()):
+        if isinstance(module, SubspaceLayer):
+            raise ConfigError("the model is already a subspace model")
+        role = "stem" if name == stem else "head" if name == head else "body"
+        compressible = {"stem": cfg.compress_stem, "head": cfg.compress_head}.get(role, True)
+        if isinstance(module, nn.Conv2d):
+            if cfg.family == "structured" and 1 < module.groups and not (module.groups == module.in_channels == module.out_channels):
+                raise ConfigError(f"layer {name}: grouped convolutions cannot be width-sliced (only depthwise)")
+            new = SubspaceConv2d.from_conv(module, line=line, role=role, compressible=compressible, line_weights=line_weights)
+        elif isinstance(module, nn.Linear):
+            new = SubspaceLinear.from_linear(module, line=line, role=role, compressible=compressible, line_weights=line_weights)
+        elif isinstance(module, _NORMS):
+            kind = _norm_kind(module)
+            if kind == "batch" and not warned:
+                warnings.warn("BatchNorm keeps one set of running statistics for every compression level; "
+                              "accuracy away from the levels it saw needs recalibration. Prefer group or instance norm.",
+                              BatchNormWarning, stacklevel=3)
+                warned = True
+            channels = module.num_channels if isinstance(module, nn.GroupNorm) else module.num_features
+            groups = module.num_groups if isinstance(module, nn.GroupNorm) else 1
+            new = SubspaceNorm(kind, channels, groups, module.eps, getattr(module, "momentum", 0.1) or 0.1, line=line, role=role)
+            new.load_affine(getattr(module, "weight", None), getattr(module, "bias", None))
+        else:
+            continue
+        _replace(net, name, new)
+    return net
+
+
+def _norm_kind(module: nn.Module) -> str:
+    if isinstance(module, nn.GroupNorm):
+        if module.num_groups == module.num_channels:
+            return "instance"
+        return "layer" if module.num_groups == 1 else "group"
+    if isinstance(module, nn.InstanceNorm2d):
+        if module.track_running_stats:
+            raise ConfigError("InstanceNorm2d with running statistics is not batch-independent; use track_running_stats=False")
+        return "instance"
+    return "batch"
+
+
+def _replace(root: nn.Module, dotted: str, new: nn.Module) -> None:
+    parent_name, _, child = dotted.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
