@@ -125,6 +125,21 @@ class Dist:
         return cls(dist.get_rank(), dist.get_world_size())
 
 
+def _check_runs(model: SubspaceModel, data: DataSplit, config: RunConfig) -> None:
+    """Fail early, in one line, when the model cannot run on this data at all (e.g. a deep net whose
+    feature maps shrink to 1x1 on tiny images, where instance norm has nothing to normalise)."""
+    x = torch.stack([data.train[i][0] for i in range(min(2, len(data.train)))])
+    try:
+        model.set_alpha(model.cmap.alpha_range[0])
+        model(x)
+        model.set_alpha(model.cmap.alpha_range[1])
+        model(x)
+    except (RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"model {config.model.name} cannot run on {data.info.name} "
+                          f"({data.info.in_channels}x{data.info.image_size}x{data.info.image_size}): {first}") from None
+
+
 # -- the loop -------------------------------------------------------------------------------------
 
 @dataclass
@@ -155,6 +170,7 @@ def train(config: RunConfig, *, data: DataSplit | None = None, out: str | Path |
     line = config.subspace.shape == "line"
     track_acts = cmap.family == "quantization"
 
+    _check_runs(model, data, config)
     net: torch.nn.Module = model
     if world.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model)
