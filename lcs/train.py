@@ -129,15 +129,19 @@ def _check_runs(model: SubspaceModel, data: DataSplit, config: RunConfig) -> Non
     """Fail early, in one line, when the model cannot run on this data at all (e.g. a deep net whose
     feature maps shrink to 1x1 on tiny images, where instance norm has nothing to normalise)."""
     x = torch.stack([data.train[i][0] for i in range(min(2, len(data.train)))])
+    buffers = {k: v.clone() for k, v in model.named_buffers()}  # the probe must not move BN statistics
     try:
-        model.set_alpha(model.cmap.alpha_range[0])
-        model(x)
-        model.set_alpha(model.cmap.alpha_range[1])
-        model(x)
+        with torch.no_grad():
+            for alpha in model.cmap.alpha_range:
+                model.set_alpha(alpha)
+                model(x)
     except (RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise ConfigError(f"model {config.model.name} cannot run on {data.info.name} "
                           f"({data.info.in_channels}x{data.info.image_size}x{data.info.image_size}): {first}") from None
+    finally:
+        for name, value in model.named_buffers():
+            value.copy_(buffers[name])
 
 
 # -- the loop -------------------------------------------------------------------------------------
