@@ -1,0 +1,143 @@
+"""The artifact format: round trip, and every way a bad file is refused."""
+
+from __future__ import annotations
+
+import io
+import os
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lcs import artifact as art
+
+
+def _manifest() -> dict:
+    return art.new_manifest(
+        target={"name": "host", "kind": "linux"}, strategy="per-level", tvm_version=None,
+        input={"name": "x", "shape": [1, 4], "dtype": "float32"}, output={"shape": [1, 2], "dtype": "float32"},
+        modules={"lib/level0.so": {"entry": "main", "params": [], "extra_inputs": []}},
+        levels=[{"index": 0, "alpha": 1.0, "label": "dense", "keep": 1.0, "width": 1.0, "bits": None,
+                 "accuracy": None, "latency_ms": None, "cycles": None,
+                 "members": {"library": "lib/level0.so", "weights": "weights/level0.npz"}}],
+        reference="reference.npz")
+
+
+def _members() -> dict:
+    return {"lib/level0.so": b"\x7fELF fake library",
+            "weights/level0.npz": art.npz_bytes({"w": np.arange(6, dtype=np.int8)}),
+            "reference.npz": art.npz_bytes({"input": np.ones((2, 1, 4), np.float32),
+                                            "level0": np.zeros((2, 1, 2), np.float32)})}
+
+
+@pytest.fixture()
+def good(tmp_path):
+    return art.write_artifact(tmp_path / "a.lcsa", _manifest(), _members())
+
+
+def test_round_trip(good, tmp_path):
+    a = art.open_artifact(good, expect_target="host")
+    assert a.manifest["format"] == "lcs-artifact" and a.manifest["format_version"] == 1
+    assert a.levels[0]["members"]["library"] == "lib/level0.so"
+    assert a.read("lib/level0.so") == b"\x7fELF fake library"
+    assert a.read_npz("weights/level0.npz")["w"].dtype == np.int8
+    assert a.reference()["input"].shape == (2, 1, 4)
+    m = a.manifest["members"]["lib/level0.so"]
+    assert m["size"] == 17 and len(m["sha256"]) == 64
+    out = a.extract(tmp_path / "x")
+    assert (out / "lib" / "level0.so").read_bytes() == b"\x7fELF fake library"
+    assert json.loads((out / "manifest.json").read_text())["strategy"] == "per-level"
+    assert art.summary_rows(a)[0]["bytes"] > 17
+
+
+def test_foreign_target_refused(good):
+    with pytest.raises(art.ArtifactError, match="built for target 'host', not 'rasp4'"):
+        art.open_artifact(good, expect_target="rasp4")
+
+
+def test_truncated_refused(good, tmp_path):
+    data = good.read_bytes()
+    for cut in (len(data) // 2, 700, 100):
+        bad = tmp_path / f"cut{cut}.lcsa"
+        bad.write_bytes(data[:cut])
+        with pytest.raises(art.ArtifactError):
+            art.open_artifact(bad)
+
+
+def test_flipped_byte_refused(good, tmp_path):
+    data = bytearray(good.read_bytes())
+    pos = bytes(data).index(b"fake library")
+    data[pos] ^= 0xFF
+    bad = tmp_path / "flip.lcsa"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(art.ArtifactError, match="sha256 of member 'lib/level0.so'"):
+        art.open_artifact(bad)
+
+
+def _tar_with(tmp_path, extra: tarfile.TarInfo, payload: bytes = b"") -> str:
+    src = tarfile.open(tmp_path / "a.lcsa")
+    path = tmp_path / "evil.lcsa"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for info in src:
+            tar.addfile(info, src.extractfile(info))
+        tar.addfile(extra, io.BytesIO(payload) if extra.isreg() else None)
+    return path
+
+
+@pytest.mark.parametrize("name,kind", [("../escape.txt", tarfile.REGTYPE), ("/etc/evil", tarfile.REGTYPE),
+                                       ("lib/link.so", tarfile.SYMTYPE), ("lib/hard.so", tarfile.LNKTYPE),
+                                       ("a/../../b", tarfile.REGTYPE)])
+def test_unsafe_members_refused(good, tmp_path, name, kind):
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE):
+        info.linkname = "/etc/passwd" if kind == tarfile.SYMTYPE else "lib/level0.so"
+    else:
+        info.size = 3
+    path = _tar_with(tmp_path, info, b"bad")
+    with pytest.raises(art.ArtifactError, match="unsafe|regular file"):
+        art.open_artifact(path)
+    assert not (tmp_path.parent / "escape.txt").exists()
+
+
+def test_unlisted_member_refused(good, tmp_path):
+    info = tarfile.TarInfo("extra.bin")
+    info.size = 3
+    with pytest.raises(art.ArtifactError, match="not listed"):
+        art.open_artifact(_tar_with(tmp_path, info, b"abc"))
+
+
+def test_not_an_artifact(tmp_path):
+    junk = tmp_path / "junk.lcsa"
+    junk.write_bytes(b"hello world" * 100)
+    with pytest.raises(art.ArtifactError):
+        art.open_artifact(junk)
+    other = tmp_path / "other.lcsa"
+    with tarfile.open(other, "w") as tar:
+        data = json.dumps({"format": "something-else"}).encode()
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(art.ArtifactError, match="not an lcs artifact"):
+        art.open_artifact(other)
+    with pytest.raises(art.ArtifactError, match="does not exist"):
+        art.open_artifact(tmp_path / "missing.lcsa")
+
+
+def test_write_refuses_missing_member_and_leaves_nothing(tmp_path):
+    members = _members()
+    del members["reference.npz"]
+    with pytest.raises(art.ArtifactError, match="reference.npz"):
+        art.write_artifact(tmp_path / "b.lcsa", _manifest(), members)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_no_torch_or_tvm_import():
+    code = "import sys, lcs.artifact; bad = [m for m in ('torch', 'tvm', 'tvm_build') if m in sys.modules]; " \
+           "assert not bad, bad"
+    root = str(Path(__file__).resolve().parents[1])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env={**os.environ, "PYTHONPATH": root})
