@@ -83,6 +83,8 @@ def train_cmd(data_source, model_name, family, shape, method, fixed_level, norm,
         weight_decay=weight_decay, warmup_epochs=warmup_epochs, beta=beta, sampler=sampler,
         compress_stem=compress_stem, compress_head=compress_head, seed=seed, augment=augment)
     summary = commands.train(config, data, output, threads=threads, progress=progress and not as_json)
+    if summary["rank"] != 0:
+        return
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
@@ -118,6 +120,59 @@ def eval_cmd(checkpoint_path, data_source, levels, baselines, out_dir, as_json, 
         commands.print_rows(rows)
         if out_dir is not None:
             click.echo(f"wrote {out_dir}/results.json, results.csv, accuracy.png")
+
+
+# -- simulate (issue 6) ---------------------------------------------------------------------------
+
+def _policy_options(pairs: tuple[str, ...]) -> dict[str, str]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{pair!r} is not NAME=VALUE", param_hint="--policy-option")
+        options[key.strip()] = value.strip()
+    return options
+
+
+@cli.command("simulate")
+@click.option("--trace", "trace_path", type=click.Path(path_type=Path), required=True,
+              help="trace CSV: t_s, battery_pct, cpu_load, power_budget_mw (see lcs/simulate/trace.py)")
+@click.option("--artifact", "artifact_path", type=click.Path(path_type=Path), default=None,
+              help="artifact whose manifest gives the levels (accuracy, latency or cycles)")
+@click.option("--profile", "profile_path", type=click.Path(path_type=Path), default=None,
+              help="JSON file with the same 'levels' list, for use without an artifact")
+@click.option("--board", default=None, help="board in targets/ [default: the one the levels were measured on]")
+@click.option("--policy", default="greedy", show_default=True,
+              help="greedy | battery | hysteresis, or module:Class for your own")
+@click.option("--policy-option", "policy_option", multiple=True, metavar="NAME=VALUE",
+              help="set a policy parameter, e.g. hold=5 or thresholds=60,30,10 (repeatable)")
+@click.option("--deadline-ms", type=float, default=None, help="latency deadline per answer [default: the period]")
+@click.option("--period-ms", type=float, default=None,
+              help="one inference request every period [default: the deadline, else 100 ms]")
+@click.option("--capacity-mwh", type=float, default=3700.0, show_default=True,
+              help="battery capacity (default: 1000 mAh at 3.7 V)")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="folder for timeline.csv, summary.json, timeline.png [default: sim-<trace name>]")
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON instead of a table")
+@fail_cleanly
+def simulate_cmd(trace_path, artifact_path, profile_path, board, policy, policy_option, deadline_ms, period_ms,
+                 capacity_mwh, out_dir, as_json):
+    """Replay a power/load trace: which level a policy picks per step, and what that costs."""
+    from lcs import simulate
+    from lcs.simulate.output import print_summary, summary_json
+
+    result = simulate.simulate(
+        trace_path, artifact=artifact_path, profile=profile_path, board=board, policy=policy,
+        policy_options=_policy_options(policy_option), deadline_ms=deadline_ms, period_ms=period_ms,
+        capacity_mwh=capacity_mwh, out_dir=out_dir if out_dir is not None else Path(f"sim-{trace_path.stem}"))
+    if as_json:
+        click.echo(summary_json(result.summary), nl=False)
+    else:
+        print_summary(result.summary)
+        click.echo("wrote " + ", ".join(str(p) for p in result.files.values()))
+
+
+# -- end simulate ---------------------------------------------------------------------------------
 
 
 def main() -> None:

@@ -1,0 +1,100 @@
+"""`lcs simulate`: replay a power/load trace and see which level a policy runs, step by step.
+
+    trace.csv ──► trace.py (validate) ─┐
+    artifact / profile.json ──► profile.py ─┤
+    targets/<board>.json ──► model.py (latency, power, energy) ──► runner.py (policy per step,
+                                                   executor runs it, books kept) ──► output.py
+
+- `trace.py`: the trace CSV format (columns, units, defaults) and its validation.
+- `profile.py`: levels with accuracy and latency, from an artifact manifest or a JSON profile.
+- `model.py`: the documented latency/power/energy/battery model.
+- `policies.py`: the policy API (`Policy.choose`, `register`) and the built-in policies.
+- `runner.py`: the replay loop and the executor seam (model-only now; hardware-in-the-loop later).
+- `output.py`: timeline.csv, summary.json, timeline.png and the printed table.
+
+This package imports neither torch nor TVM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from lcs.errors import ConfigError
+from lcs.simulate.model import DEFAULT_CAPACITY_MWH, DEFAULT_PERIOD_MS, BoardPower, CostModel, Workload
+from lcs.simulate.profile import Profile, ProfileError, load_profile_artifact, load_profile_json
+from lcs.simulate.runner import Executor, Replay, replay, summarize
+from lcs.simulate.trace import Trace, load_trace
+
+__all__ = ["SimulationResult", "simulate", "load_levels", "resolve_board", "load_trace", "DEFAULT_CAPACITY_MWH",
+           "DEFAULT_PERIOD_MS"]
+
+
+@dataclass
+class SimulationResult:
+    replay: Replay
+    summary: dict
+    profile: Profile
+    files: dict[str, Path]
+
+
+def load_levels(*, artifact: str | Path | None = None, profile: str | Path | None = None,
+                board: str | None = None) -> Profile:
+    if (artifact is None) == (profile is None):
+        raise ConfigError("give the levels as exactly one of --artifact FILE or --profile FILE.json")
+    return load_profile_artifact(artifact, board) if artifact is not None else load_profile_json(profile)
+
+
+def resolve_board(name: str | None, levels: Profile) -> BoardPower:
+    """The board to simulate: --board, else the one the profile was measured on; they must agree."""
+    import targets
+
+    if name is None and levels.target is None:
+        raise ConfigError(f"{levels.source} names no board; pass --board (one of {', '.join(targets.names())})")
+    if name is not None and levels.target is not None and name != levels.target:
+        raise ProfileError(f"{levels.source} was measured on {levels.target}, not on --board {name}; "
+                           f"its latencies would not hold there")
+    try:
+        board = targets.load(name or levels.target)
+    except targets.UnknownTarget as exc:
+        raise ConfigError(str(exc)) from None
+    return BoardPower.from_board(board)
+
+
+def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, profile: str | Path | None = None,
+             board: str | None = None, policy: str = "greedy", policy_options: Mapping[str, str] | None = None,
+             deadline_ms: float | None = None, period_ms: float | None = None,
+             capacity_mwh: float = DEFAULT_CAPACITY_MWH, out_dir: str | Path | None = None,
+             executor: Executor | None = None) -> SimulationResult:
+    """Replay `trace_path` with `policy`; write timeline.csv, summary.json and timeline.png to `out_dir`.
+
+    Everything is validated (trace, levels, board, policy) before any file is written. Period
+    defaults to the deadline and the deadline to the period; with neither, both are 100 ms.
+    """
+    from lcs.simulate.output import write_outputs
+    from lcs.simulate.policies import make_policy
+
+    trace: Trace = load_trace(trace_path)
+    levels = load_levels(artifact=artifact, profile=profile, board=board)
+    board_power = resolve_board(board, levels)
+    period = period_ms if period_ms is not None else deadline_ms if deadline_ms is not None else DEFAULT_PERIOD_MS
+    workload = Workload(period_ms=period, deadline_ms=deadline_ms if deadline_ms is not None else period)
+    chosen = make_policy(policy, policy_options)
+    if not (isinstance(capacity_mwh, (int, float)) and capacity_mwh > 0 and capacity_mwh != float("inf")):
+        raise ConfigError(f"--capacity-mwh must be a positive number, got {capacity_mwh!r}")
+    model = CostModel(levels, board_power, workload)
+
+    result = replay(trace, model, chosen, capacity_mwh=capacity_mwh, executor=executor)
+    summary = {
+        "trace": str(trace.path), "levels_from": levels.source, "board": board_power.name,
+        "policy": chosen.name, "source": result.source, "deadline_ms": workload.deadline_ms,
+        "period_ms": workload.period_ms, "capacity_mwh": capacity_mwh, **summarize(result),
+    }
+    files: dict[str, Path] = {}
+    if out_dir is not None:
+        title = f"{Path(trace.path).name}: policy {chosen.name} on {board_power.name}"
+        files = write_outputs(out_dir, result.records, summary, levels.levels, title,
+                              with_device=result.source != "model")
+        summary["files"] = {name: str(path) for name, path in files.items()}
+    return SimulationResult(replay=result, summary=summary, profile=levels, files=files)

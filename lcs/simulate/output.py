@@ -1,0 +1,189 @@
+"""What a simulation leaves behind: timeline.csv, summary.json, timeline.png, and a printed table.
+
+Everything is rendered in memory first and then written file by file through `lcs.atomic`, so a
+failure leaves no half-written file behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import fields
+from pathlib import Path
+
+from lcs import atomic
+from lcs.simulate.runner import StepRecord
+
+TIMELINE_CSV, SUMMARY_JSON, PLOT_PNG = "timeline.csv", "summary.json", "timeline.png"
+MODEL_ONLY_COLUMNS = {"device_latency_ms", "output"}  # left out when no device ran
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        return "inf" if math.isinf(value) else f"{value:.6g}"
+    return str(value)
+
+
+def timeline_csv(records: list[StepRecord], with_device: bool) -> str:
+    columns = [f.name for f in fields(StepRecord) if with_device or f.name not in MODEL_ONLY_COLUMNS]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for r in records:
+        writer.writerow([_cell(getattr(r, c)) for c in columns])
+    return buf.getvalue()
+
+
+def _json_safe(value):
+    """JSON has no infinity: an unlimited budget is written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def summary_json(summary: dict) -> str:
+    return json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n"
+
+
+def _time_axis(records: list[StepRecord]) -> tuple[list[float], str, float]:
+    end = records[-1].t_s + records[-1].dt_s
+    scale, unit = (3600.0, "h") if end >= 3 * 3600 else (60.0, "min") if end >= 180 else (1.0, "s")
+    return [r.t_s / scale for r in records], unit, end / scale
+
+
+def plot_png(records: list[StepRecord], summary: dict, levels, title: str) -> bytes:
+    """Five panels over time: battery, power vs budget, level, latency vs deadline, accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs, unit, x_end = _time_axis(records)
+    edges = xs + [x_end]  # step plots: each row holds its value until the next row
+
+    def steps(values):
+        return values + values[-1:]
+
+    def masked(values):  # None (idle, empty) shows as a gap
+        return steps([math.nan if v is None else v for v in values])
+
+    fig, axes = plt.subplots(5, 1, figsize=(9, 10.5), dpi=110, sharex=True,
+                             gridspec_kw={"height_ratios": [1.1, 1, 1.2, 1, 1]})
+    ax_bat, ax_pow, ax_lvl, ax_lat, ax_acc = axes
+
+    ax_bat.plot(edges, steps([r.battery_pct for r in records]), drawstyle="steps-post", lw=1.8,
+                color="tab:green", label="battery (with inference)")
+    ax_bat.plot(edges, steps([r.trace_battery_pct for r in records]), drawstyle="steps-post", lw=1,
+                ls="--", color="0.45", label="trace (rest of system)")
+    ax_bat.set_ylabel("battery (%)")
+    ax_bat.set_ylim(-3, 103)
+    ax_bat.legend(fontsize=8, loc="best")
+
+    budget = [r.power_budget_mw for r in records]
+    if any(math.isfinite(b) for b in budget):
+        ax_pow.plot(edges, masked([b if math.isfinite(b) else None for b in budget]), drawstyle="steps-post",
+                    lw=1, color="tab:red", label="power budget")
+    ax_pow.plot(edges, steps([r.power_mw for r in records]), drawstyle="steps-post", lw=1.4,
+                color="tab:orange", label="inference power")
+    ax_pow.set_ylabel("power (mW)")
+    ax_pow.legend(fontsize=8, loc="best")
+
+    positions = {lv.index: i for i, lv in enumerate(levels)}
+    ax_lvl.plot(edges, masked([positions.get(r.level) for r in records]), drawstyle="steps-post", lw=1.6,
+                color="tab:blue")
+    idle = [i for i, r in enumerate(records) if r.state != "run"]
+    if idle:
+        ax_lvl.scatter([xs[i] for i in idle], [-0.6] * len(idle), marker="|", s=30, color="0.5",
+                       label="idle / battery empty")
+        ax_lvl.legend(fontsize=8, loc="best")
+    ax_lvl.set_yticks(range(len(levels)), [f"{lv.index}: {lv.label}" for lv in levels], fontsize=7)
+    ax_lvl.set_ylim(-1, len(levels))
+    ax_lvl.set_ylabel("level")
+
+    ax_lat.plot(edges, masked([r.latency_ms for r in records]), drawstyle="steps-post", lw=1.4,
+                color="tab:purple", label="latency (under load)")
+    ax_lat.axhline(records[0].deadline_ms, color="tab:red", lw=1, ls="--", label="deadline")
+    misses = [i for i, r in enumerate(records) if r.deadline_miss]
+    if misses:
+        ax_lat.scatter([xs[i] for i in misses], [records[i].latency_ms for i in misses], s=12, color="tab:red",
+                       zorder=3, label=f"missed ({len(misses)})")
+    shown = [r.latency_ms for r in records if r.latency_ms is not None] + [records[0].deadline_ms]
+    if max(shown) / min(shown) > 20:  # a deadline far above the latencies would flatten them on a linear axis
+        ax_lat.set_yscale("log")
+    ax_lat.set_ylabel("latency (ms)")
+    ax_lat.legend(fontsize=8, loc="best")
+
+    ax_acc.plot(edges, masked([None if r.accuracy is None else 100 * r.accuracy for r in records]),
+                drawstyle="steps-post", lw=1.4, color="tab:brown")
+    ax_acc.set_ylabel("expected acc. (%)")
+    ax_acc.set_xlabel(f"time ({unit})")
+
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.set_xlim(edges[0], edges[-1])
+    mean = summary.get("mean_expected_accuracy")
+    headline = (f"mean accuracy {100 * mean:.2f}%" if mean is not None else "no answers") + \
+        f", energy {summary['energy_mwh']:.3g} mWh, misses {summary['deadline_misses']}, " \
+        f"switches {summary['switches']}, battery left {summary['battery_left_pct']:.1f}%"
+    fig.suptitle(f"{title}\n{headline}", fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_outputs(out_dir: str | Path, records: list[StepRecord], summary: dict, levels, title: str,
+                  with_device: bool) -> dict[str, Path]:
+    """Render all three files, then write them; returns their paths."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        from lcs.errors import ConfigError
+
+        raise ConfigError(f"--out {out} exists and is not a folder")
+    rendered = {
+        TIMELINE_CSV: timeline_csv(records, with_device).encode(),
+        SUMMARY_JSON: summary_json(summary).encode(),
+        PLOT_PNG: plot_png(records, summary, levels, title),
+    }
+    paths = {}
+    for name, data in rendered.items():
+        atomic.write_bytes(out / name, data)
+        paths[name] = out / name
+    return paths
+
+
+def print_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    mean = summary["mean_expected_accuracy"]
+    budget_note = f" ({summary['over_budget_steps']} over budget)" if summary["over_budget_steps"] else ""
+    table = Table(title=f"simulate {summary['trace']}: policy {summary['policy']} on {summary['board']}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = [
+        ("steps", f"{summary['steps']} over {summary['duration_s']:.6g} s"),
+        ("mean expected accuracy", "-" if mean is None else f"{100 * mean:.2f}%"),
+        ("answers", f"{summary['answers']:.6g}"),
+        ("energy", f"{summary['energy_mwh']:.4g} mWh ({summary['mean_power_mw']:.4g} mW mean)"),
+        ("deadline misses", f"{summary['deadline_misses']} of {summary['run_steps']} running steps"
+                            f" (deadline {summary['deadline_ms']:g} ms)"),
+        ("level switches", str(summary["switches"])),
+        ("idle / empty steps", f"{summary['idle_steps']} / {summary['empty_steps']}{budget_note}"),
+        ("battery", f"{summary['battery_start_pct']:.1f}% -> {summary['battery_left_pct']:.1f}% "
+                    f"(min {summary['battery_min_pct']:.1f}%)"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    Console().print(table)

@@ -1,0 +1,245 @@
+"""Level-switching policies: per trace step, pick which level runs (or none).
+
+A policy is a class with one method, `choose(obs) -> Option | None`, registered by name. It sees an
+`Observation`: the step's time, battery, load and power budget, the deadline, the level running now,
+and every level costed for this step (`Option`: latency under load, power, energy per answer).
+Returning `None` leaves the device idle for the step. A policy may keep state (one instance per run).
+
+Parameters are dataclass fields; the CLI sets them with `--policy-option NAME=VALUE`.
+
+Adding a policy (in your own module, then `lcs simulate --policy yourmodule:Frugal`):
+
+    >>> from dataclasses import dataclass
+    >>> from lcs.simulate.policies import Policy, register
+    >>> @register
+    ... @dataclass
+    ... class Frugal(Policy):
+    ...     '''The cheapest level that meets the deadline, whatever the budget.'''
+    ...     name = "frugal"
+    ...     def choose(self, obs):
+    ...         on_time = [o for o in obs.options if o.meets_deadline]
+    ...         return min(on_time or obs.options, key=lambda o: o.power_mw)
+    >>> make_policy("frugal").name
+    'frugal'
+
+Built in:
+- `greedy`: the most accurate level within the power budget that meets the deadline; if none meets
+  the deadline, the fastest level within the budget (late answers beat none); if no level fits
+  the budget, idle. Never exceeds the budget.
+- `battery`: greedy under a ceiling set by battery thresholds (default 50, 20, 5 %): above the
+  first, any level; between thresholds, the ceiling steps down evenly to the cheapest level;
+  below the last, idle, to save what is left.
+- `hysteresis`: greedy that steps down at once when the running level breaks the budget or the
+  deadline, but steps up only after a better level has fitted with `margin` (default 10 %) budget
+  headroom for `hold` (default 3) steps in a row: fewer switches on a noisy trace.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import importlib
+import math
+from dataclasses import dataclass
+from typing import ClassVar, Mapping, Sequence
+
+from lcs.errors import ConfigError
+from lcs.simulate.model import Option
+
+BUDGET_TOLERANCE = 1e-9  # relative; keeps float noise from turning "exactly at budget" into a breach
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a policy knows at the start of one step."""
+
+    step: int
+    t_s: float
+    dt_s: float
+    battery_pct: float  # simulated state of charge at the start of the step
+    cpu_load: float
+    power_budget_mw: float
+    deadline_ms: float
+    current: Option | None  # level running before this step (None: idle or not started)
+    options: tuple[Option, ...]  # every level of the profile, costed for this step, by index
+
+    def within_budget(self, option: Option, budget_mw: float | None = None) -> bool:
+        budget = self.power_budget_mw if budget_mw is None else budget_mw
+        return option.power_mw <= budget * (1 + BUDGET_TOLERANCE)
+
+    def affordable(self, budget_mw: float | None = None) -> list[Option]:
+        return [o for o in self.options if self.within_budget(o, budget_mw)]
+
+    def option_for(self, index: int) -> Option:
+        for option in self.options:
+            if option.level.index == index:
+                return option
+        raise KeyError(index)
+
+
+class Policy(abc.ABC):
+    """Pick the level for one step. Subclass, set `name`, implement `choose`, decorate with `register`."""
+
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    def choose(self, obs: Observation) -> Option | None:
+        """The option to run this step (one of `obs.options`), or None to stay idle."""
+
+
+POLICIES: dict[str, type[Policy]] = {}
+
+
+def register(cls: type[Policy]) -> type[Policy]:
+    """Class decorator: make a policy available by its `name`."""
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"policy {cls.__name__} needs a class attribute `name`")
+    POLICIES[name] = cls
+    return cls
+
+
+def best_accuracy(options: Sequence[Option]) -> Option | None:
+    """Most accurate; among equals the cheapest."""
+    return max(options, key=lambda o: (o.level.accuracy, -o.power_mw), default=None)
+
+
+def greedy_choice(obs: Observation, candidates: Sequence[Option] | None = None,
+                  budget_mw: float | None = None) -> Option | None:
+    """The greedy rule over `candidates` (default: all options) and a budget (default: the step's)."""
+    pool = obs.options if candidates is None else candidates
+    affordable = [o for o in pool if obs.within_budget(o, budget_mw)]
+    on_time = [o for o in affordable if o.meets_deadline]
+    if on_time:
+        return best_accuracy(on_time)
+    return min(affordable, key=lambda o: (o.latency_ms, -o.level.accuracy), default=None)
+
+
+def fits(obs: Observation, option: Option) -> bool:
+    return obs.within_budget(option) and option.meets_deadline
+
+
+@register
+@dataclass
+class Greedy(Policy):
+    name: ClassVar[str] = "greedy"
+
+    def choose(self, obs: Observation) -> Option | None:
+        return greedy_choice(obs)
+
+
+@register
+@dataclass
+class Battery(Policy):
+    name: ClassVar[str] = "battery"
+    thresholds: tuple[float, ...] = (50.0, 20.0, 5.0)  # percent, from high to low
+
+    def __post_init__(self) -> None:
+        self.thresholds = tuple(float(t) for t in self.thresholds)
+        if not self.thresholds or any(not 0 <= t <= 100 for t in self.thresholds) or \
+                list(self.thresholds) != sorted(self.thresholds, reverse=True) or \
+                len(set(self.thresholds)) != len(self.thresholds):
+            raise ConfigError(f"battery thresholds must be distinct percentages from high to low, "
+                              f"got {','.join(f'{t:g}' for t in self.thresholds) or 'none'}")
+
+    def band(self, battery_pct: float) -> int:
+        """0 above the first threshold, len(thresholds) below the last."""
+        return sum(battery_pct < t for t in self.thresholds)
+
+    def choose(self, obs: Observation) -> Option | None:
+        band, last = self.band(obs.battery_pct), len(self.thresholds)
+        if band == last:
+            return None
+        ranked = sorted(obs.options, key=lambda o: (o.level.accuracy, -o.power_mw))
+        ceiling = len(ranked) - 1 if last == 1 else round((len(ranked) - 1) * (1 - band / (last - 1)))
+        return greedy_choice(obs, ranked[:ceiling + 1])
+
+
+@register
+@dataclass
+class Hysteresis(Policy):
+    name: ClassVar[str] = "hysteresis"
+    hold: int = 3  # steps a better level must keep fitting before stepping up
+    margin: float = 0.1  # budget headroom a better level needs to count
+
+    def __post_init__(self) -> None:
+        self.hold = int(self.hold)
+        self.margin = float(self.margin)
+        if self.hold < 1:
+            raise ConfigError(f"hysteresis hold must be at least 1 step, got {self.hold}")
+        if not 0 <= self.margin < 1:
+            raise ConfigError(f"hysteresis margin must be in [0, 1), got {self.margin:g}")
+        self._waited = 0
+
+    def choose(self, obs: Observation) -> Option | None:
+        current = obs.current
+        if current is None or not fits(obs, current):
+            self._waited = 0
+            return greedy_choice(obs)  # start, or step down at once: the running level breaks a limit
+        better = greedy_choice(obs, budget_mw=obs.power_budget_mw * (1 - self.margin))
+        if better is None or not better.meets_deadline or better.level.accuracy <= current.level.accuracy:
+            self._waited = 0
+            return obs.option_for(current.level.index)
+        self._waited += 1
+        if self._waited < self.hold:
+            return obs.option_for(current.level.index)
+        self._waited = 0
+        return better
+
+
+def _convert(value: str, default, field_name: str, policy: str):
+    try:
+        if isinstance(default, bool):
+            if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError
+            return value.lower() in ("1", "true", "yes")
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError
+            return number
+        if isinstance(default, tuple):
+            return tuple(float(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"policy {policy}: option {field_name}={value!r} is not a valid "
+                          f"{type(default).__name__}") from None
+    return value
+
+
+def policy_class(name: str) -> type[Policy]:
+    """A registered name, or `module:Class` for a policy defined outside lcs."""
+    if ":" in name:
+        module_name, _, class_name = name.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ConfigError(f"policy {name}: cannot import {module_name} ({exc})") from None
+        cls = getattr(module, class_name, None)
+        if not (isinstance(cls, type) and issubclass(cls, Policy)):
+            raise ConfigError(f"policy {name}: {module_name} has no Policy subclass {class_name}")
+        return cls
+    if name not in POLICIES:
+        raise ConfigError(f"unknown policy {name!r}; choose one of {', '.join(sorted(POLICIES))} "
+                          f"or give module:Class")
+    return POLICIES[name]
+
+
+def make_policy(name: str, options: Mapping[str, str] | None = None) -> Policy:
+    """A fresh policy instance; `options` are its dataclass fields as strings (from the CLI)."""
+    cls = policy_class(name)
+    options = dict(options or {})
+    if options:
+        fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+        unknown = sorted(set(options) - set(fields))
+        if unknown:
+            raise ConfigError(f"policy {cls.name} has no option {', '.join(unknown)}"
+                              f" (options: {', '.join(fields) or 'none'})")
+        kwargs = {}
+        for key, value in options.items():
+            field = fields[key]
+            default = field.default if field.default is not dataclasses.MISSING else None
+            kwargs[key] = _convert(value, default, key, cls.name)
+        return cls(**kwargs)
+    return cls()
