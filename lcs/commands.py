@@ -71,6 +71,7 @@ def train(config: RunConfig, data=None, output: str | Path | None = None, *, thr
 
             result = training.train(config, data=data, out=output, on_step=on_step)
     return {
+        "rank": training.Dist.from_env().rank,  # under torchrun only rank 0 writes and reports
         "checkpoint": str(result.checkpoint) if result.checkpoint else None,
         "epochs": config.train.epochs,
         "final_loss": result.history[-1]["loss"],

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,14 +135,24 @@ def _cifar10(root: Path, augment: bool) -> DataSplit:
         root = root.parent
     if not (root / "cifar-10-batches-py").is_dir():
         raise DataError(f"{root} does not hold CIFAR-10 in torchvision's layout (expected {root}/cifar-10-batches-py)")
+    class LocalCIFAR10(datasets.CIFAR10):
+        # torchvision's reader, checking that the batch files exist instead of hashing 170 MB on every start.
+        def _check_integrity(self) -> bool:
+            return all((root / self.base_folder / name).is_file() for name, _ in self.train_list + self.test_list)
+
+        def _load_meta(self) -> None:
+            with open(root / self.base_folder / self.meta["filename"], "rb") as fh:
+                self.classes = pickle.load(fh, encoding="latin1")[self.meta["key"]]
+            self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+
     norm = transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD)
     train_tf = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] if augment else []
     try:
-        train = datasets.CIFAR10(str(root), train=True, download=False,
+        train = LocalCIFAR10(str(root), train=True, download=False,
                                  transform=transforms.Compose([*train_tf, transforms.ToTensor(), norm]))
-        test = datasets.CIFAR10(str(root), train=False, download=False,
+        test = LocalCIFAR10(str(root), train=False, download=False,
                                 transform=transforms.Compose([transforms.ToTensor(), norm]))
-    except (RuntimeError, OSError, ValueError) as exc:
+    except (RuntimeError, OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as exc:
         raise DataError(f"cannot read CIFAR-10 from {root}: {exc}") from None
     return DataSplit(train, test, DataInfo("cifar10", 10, 3, 32, len(train), len(test)))
 

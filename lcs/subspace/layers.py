@@ -51,11 +51,9 @@ class SubspaceLayer(nn.Module):
         if p0 is None or p1 is None:
             return p0
         a = self.state.alpha
-        if a == 0.0:
-            return p0
-        if a == 1.0:
-            return p1
-        return p0 + a * (p1 - p0)
+        # Exact at both ends ((1 - 1) * w0 + 1 * w1 == w1), and both endpoints stay in the graph
+        # (DDP needs every parameter to take part in every step).
+        return (1.0 - a) * p0 + a * p1
 
     def endpoint_pairs(self):
         """(name, p0, p1) for each of this layer's line parameters."""

@@ -1,0 +1,187 @@
+"""Subspace layers and the model wrapper: blending, compression per layer, gradients, export."""
+
+import pytest
+import torch
+from torch import nn
+
+from lcs.config import ModelConfig, SubspaceConfig
+from lcs.errors import ConfigError
+from lcs.models import build_model
+from lcs.subspace.export import level_weights, materialize
+from lcs.subspace.layers import SubspaceConv2d, SubspaceLinear
+from lcs.subspace.levels import QuantizationMap, StructuredMap, UnstructuredMap
+from lcs.subspace.model import BatchNormWarning, SubspaceModel
+
+MNIST = ModelConfig(in_channels=1, image_size=28)
+
+
+def subspace(family="unstructured", shape="line", model=MNIST, **kw):
+    torch.manual_seed(0)
+    return SubspaceModel(build_model(model), SubspaceConfig(shape=shape, family=family, **kw))
+
+
+def x28(n=4):
+    return torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+
+
+def plain_with_endpoint(sub: SubspaceModel, endpoint: int) -> nn.Module:
+    """The plain network loaded with one endpoint's parameters."""
+    plain = build_model(MNIST)
+    suffix = "1" if endpoint else ""
+    state = {}
+    for name, tensor in plain.state_dict().items():
+        module, _, param = name.rpartition(".")
+        src = dict(sub.net.named_parameters()).get(f"{module}.{param}{suffix}")
+        state[name] = src.detach() if src is not None else dict(sub.net.named_parameters())[name].detach()
+    plain.load_state_dict(state)
+    return plain.eval()
+
+
+def test_alpha_0_and_1_reproduce_the_endpoints():
+    sub = subspace("structured").eval()
+    x = x28()
+    sub.set_alpha(0.0, effective=1.0)  # position alpha = 0, no slicing: endpoint 0 exactly
+    assert torch.equal(sub(x), plain_with_endpoint(sub, 0)(x))
+    sub.set_alpha(1.0)
+    assert torch.equal(sub(x), plain_with_endpoint(sub, 1)(x))
+    sub.set_alpha(0.5, effective=1.0)
+    assert not torch.allclose(sub(x), plain_with_endpoint(sub, 1)(x))
+
+
+def test_gradients_reach_both_endpoints_in_proportion_to_alpha():
+    sub = subspace("structured")
+    sub.set_alpha(0.3, effective=1.0)
+    sub(x28()).square().mean().backward()
+    for layer in sub.weight_layers():
+        g0, g1 = layer.weight.grad, layer.weight1.grad
+        assert g0.abs().sum() > 0 and g1.abs().sum() > 0
+        # w(alpha) = (1 - alpha) w0 + alpha w1  =>  dL/dw1 = alpha/(1 - alpha) dL/dw0
+        torch.testing.assert_close(g1, g0 * (0.3 / 0.7), rtol=1e-4, atol=1e-7)
+
+
+def test_point_subspace_has_one_weight_set_and_no_regulariser():
+    sub = subspace(shape="point")
+    assert not any(n.endswith("weight1") for n, _ in sub.named_parameters())
+    assert float(sub.cos2()) == 0.0
+    line = subspace(shape="line")
+    assert sum(p.numel() for p in line.parameters()) > 1.9 * sum(p.numel() for p in sub.parameters())
+
+
+def test_cos2_is_global_over_layers():
+    sub = subspace()
+    pairs = sub.regularised_pairs()
+    dot = sum(float((a * b).sum().detach()) for a, b in pairs)
+    n0 = sum(float((a * a).sum().detach()) for a, _ in pairs)
+    n1 = sum(float((b * b).sum().detach()) for _, b in pairs)
+    assert float(sub.cos2()) == pytest.approx(dot * dot / (n0 * n1), rel=1e-4)
+    assert len(pairs) == len(list(sub.weight_layers()))
+
+
+@pytest.mark.parametrize("keep", [0.025, 0.1, 0.5, 0.9])
+def test_topk_sparsity_is_exact_per_layer_and_spares_stem_and_head(keep):
+    sub = subspace().eval()
+    sub.set_alpha(keep)
+    for layer in sub.weight_layers():
+        w = layer.compressed_weight(layer.blended("weight"))
+        nonzero = int((w != 0).sum())
+        if layer.role in ("stem", "head"):
+            assert nonzero == w.numel()
+        else:
+            assert nonzero == UnstructuredMap.kept_count(w.numel(), keep)
+            # the kept weights are the largest magnitudes
+            full = layer.blended("weight").abs().flatten()
+            assert full[w.flatten() != 0].min() >= full[w.flatten() == 0].max()
+
+
+def test_compress_stem_and_head_when_asked():
+    sub = subspace(compress_stem=True, compress_head=True).eval()
+    sub.set_alpha(0.1)
+    for layer in sub.weight_layers():
+        w = layer.compressed_weight(layer.blended("weight"))
+        assert int((w != 0).sum()) == UnstructuredMap.kept_count(w.numel(), 0.1)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_structured_width_slices_first_channels_and_inputs_follow(alpha):
+    sub = subspace("structured", model=ModelConfig(in_channels=1, image_size=28, norm="instance")).eval()
+    width = StructuredMap().level(alpha).width
+    seen = {}
+    hooks = [m.register_forward_hook(lambda mod, i, o, name=name: seen.__setitem__(name, (i[0].shape[1], o.shape[1])))
+             for name, m in sub.net.named_modules() if isinstance(m, (SubspaceConv2d, SubspaceLinear))]
+    sub.set_alpha(alpha)
+    out = sub(x28())
+    for h in hooks:
+        h.remove()
+    assert out.shape == (4, 10)  # the head keeps all outputs
+    convs = [(n, m) for n, m in sub.net.named_modules() if isinstance(m, SubspaceConv2d)]
+    assert seen[convs[0][0]][0] == 1  # the stem keeps its input channels
+    prev_out = None
+    for name, conv in convs:
+        cin, cout = seen[name]
+        assert cout == StructuredMap.channels(conv.out_channels, width)
+        if prev_out is not None:
+            assert cin == prev_out
+        prev_out = cout
+    assert seen["classifier"][0] == prev_out
+
+
+@pytest.mark.parametrize("bits", [3, 4, 8])
+def test_quantized_weights_sit_on_the_signed_grid(bits):
+    sub = subspace("quantization").eval()
+    sub.set_alpha(QuantizationMap().alpha_for(bits))
+    lo, hi = QuantizationMap.int_range(bits)
+    for lw, layer in zip(level_weights(sub, QuantizationMap().alpha_for(bits), x28(1)), sub.weight_layers()):
+        if layer.role in ("stem", "head"):
+            assert lw.codes is None
+            continue
+        assert lw.codes.dtype == torch.int8
+        assert lo <= int(lw.codes.min()) and int(lw.codes.max()) <= hi
+        assert len(torch.unique(lw.weight)) <= 2 ** bits
+        torch.testing.assert_close(lw.weight, (lw.codes.float() - lw.zero) * lw.scale)
+
+
+def test_activation_ranges_track_an_ema_and_quantize_inputs():
+    sub = subspace("quantization").train()
+    sub.set_alpha(QuantizationMap().alpha_for(4), track_acts=True)
+    sub(x28())
+    body = [m for m in sub.weight_layers() if m.role == "body"]
+    assert all(bool(m.act_range.seen) for m in body)
+    first_hi = float(body[0].act_range.hi)
+    sub(x28() * 3)
+    assert float(body[0].act_range.hi) != first_hi  # moved, by the EMA
+    sub.eval()
+    inputs = {}
+    h = body[0].register_forward_pre_hook(lambda m, a: inputs.setdefault("x", a[0]))
+    sub(x28())
+    h.remove()
+    q = body[0].compressed_input(inputs["x"])
+    assert len(torch.unique(q)) <= 16
+
+
+def test_batchnorm_is_warned_about():
+    with pytest.warns(BatchNormWarning):
+        subspace(model=ModelConfig(in_channels=1, image_size=28, norm="batch"))
+
+
+def test_grouped_conv_cannot_be_width_sliced():
+    net = nn.Sequential(nn.Conv2d(4, 8, 3, groups=2), nn.Flatten(), nn.LazyLinear(2))
+    with pytest.raises(ConfigError, match="grouped"):
+        SubspaceModel(net, SubspaceConfig(family="structured"))
+
+
+@pytest.mark.parametrize("family", ["unstructured", "structured", "quantization"])
+@pytest.mark.parametrize("name", ["small-cnn", "cpreresnet20"])
+def test_materialized_level_equals_the_subspace_model(family, name):
+    cfg = ModelConfig(name=name, in_channels=1, image_size=28, norm="instance" if family == "structured" else "group")
+    sub = subspace(family, model=cfg)
+    sub.train()
+    sub.set_alpha(1.0, track_acts=True)
+    sub(x28(8))  # give quantized layers an activation range
+    sub.eval()
+    x = x28(3)
+    for alpha in sub.cmap.eval_alphas[::3]:
+        sub.set_alpha(alpha)
+        expected = sub(x)
+        plain = materialize(sub, alpha, x[:1])
+        assert not any(isinstance(m, (SubspaceConv2d, SubspaceLinear)) for m in plain.modules())
+        torch.testing.assert_close(plain(x), expected, rtol=0, atol=1e-5)

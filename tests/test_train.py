@@ -1,0 +1,96 @@
+"""Samplers, schedule, and short real training runs on the bundled digits."""
+
+import random
+
+import pytest
+
+from lcs import checkpoint
+from lcs.config import DataConfig, RunConfig, SubspaceConfig, TrainConfig
+from lcs.data import model_config_for
+from lcs.evaluate import accuracy
+from lcs.train import default_sampler, draw_alphas, lr_factor, train
+
+
+def run_config(digits, family="unstructured", shape="line", **train_kw):
+    norm = "instance" if family == "structured" else "group"
+    return RunConfig(model=model_config_for(digits.info, norm=norm), data=DataConfig("digits"),
+                     subspace=SubspaceConfig(shape=shape, family=family), train=TrainConfig(**train_kw))
+
+
+def draws(digits, sampler, progress, family="unstructured", shape="line", n=400, **kw):
+    cfg = run_config(digits, family, shape, sampler=sampler, **kw)
+    model = checkpoint.build(cfg)
+    rng = random.Random(0)
+    return [draw_alphas(sampler, rng, progress, cfg, model.cmap, model) for _ in range(n)], model
+
+
+def test_default_samplers_follow_the_paper(digits):
+    expect = {("unstructured", "line"): "biased-endpoints", ("unstructured", "point"): "delayed-uniform",
+              ("structured", "line"): "sandwich", ("structured", "point"): "sandwich",
+              ("quantization", "line"): "discrete", ("quantization", "point"): "per-layer-bits"}
+    for (family, shape), sampler in expect.items():
+        assert default_sampler(run_config(digits, family, shape)) == sampler
+    assert default_sampler(run_config(digits, method="fixed")) == "fixed"
+
+
+def test_biased_endpoints_half_at_the_ends_and_warmup_anneals_topk(digits):
+    steps, _ = draws(digits, "biased-endpoints", progress=0.9)
+    alphas = [d[0].alpha for d in steps]
+    at_ends = sum(a in (0.025, 1.0) for a in alphas) / len(alphas)
+    assert 0.4 < at_ends < 0.6
+    assert all(0.025 <= a <= 1.0 for a in alphas)
+    assert all(d[0].effective == pytest.approx(d[0].alpha) for d in steps)  # warm-up over at 80 %
+    early, _ = draws(digits, "biased-endpoints", progress=0.0, n=20)
+    assert all(d[0].effective == pytest.approx(1.0) for d in early)  # dense at the start
+    mid, _ = draws(digits, "biased-endpoints", progress=0.4, n=20)
+    assert all(d[0].effective == pytest.approx(d[0].alpha + (1 - d[0].alpha) * 0.5) for d in mid)
+
+
+def test_sandwich_has_both_ends_and_two_random_widths(digits):
+    steps, _ = draws(digits, "sandwich", 0.5, family="structured", n=10)
+    for d in steps:
+        assert len(d) == 4 and d[0].alpha == 0.0 and d[1].alpha == 1.0
+        assert all(0 <= x.alpha <= 1 for x in d[2:])
+
+
+def test_discrete_sampler_draws_every_bit_width_equally(digits):
+    steps, model = draws(digits, "discrete", 0.9, family="quantization", n=600)
+    bits = [model.cmap.bits(d[0].alpha) for d in steps]
+    counts = [bits.count(b) for b in range(3, 9)]
+    assert min(counts) > 60
+    before, _ = draws(digits, "discrete", 0.5, family="quantization", n=5)
+    assert not any(d[0].quantize_acts for d in before)  # activation quantization waits for 80 %
+
+
+def test_point_schedules(digits):
+    before, _ = draws(digits, "delayed-uniform", 0.5, shape="point", n=5)
+    assert all(d[0].alpha == 1.0 for d in before)
+    after, _ = draws(digits, "delayed-uniform", 0.85, shape="point", n=50)
+    assert len({d[0].alpha for d in after}) > 40
+    mixed, model = draws(digits, "per-layer-bits", 0.9, family="quantization", shape="point", n=20)
+    layers = sum(1 for m in model.weight_layers() if m.compressible)
+    for d in mixed:
+        assert len(d[0].layer_bits) == layers and set(d[0].layer_bits) <= set(range(3, 9))
+    assert len({tuple(d[0].layer_bits) for d in mixed}) > 1
+
+
+def test_lr_warms_up_linearly_then_decays_to_zero():
+    total, warm = 100, 10
+    f = [lr_factor(s, total, warm) for s in range(total)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert f[10] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+    assert f[-1] < 0.01
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["unstructured", "structured", "quantization"])
+def test_short_training_is_far_above_chance_at_both_ends(digits, family, tmp_path):
+    cfg = run_config(digits, family, "line", epochs=10, batch_size=64)
+    result = train(cfg, data=digits, out=tmp_path / "m.safetensors")
+    model = checkpoint.load(tmp_path / "m.safetensors").model
+    lo, hi = model.cmap.alpha_range
+    for alpha in (lo, hi):
+        model.set_alpha(alpha)
+        assert accuracy(model, digits.test) > 0.6, (family, alpha)
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
