@@ -46,6 +46,7 @@ import datetime as _dt
 import hashlib
 import io
 import json
+import os
 import posixpath
 import tarfile
 from dataclasses import dataclass
@@ -119,6 +120,7 @@ def write_artifact(path: str | Path, manifest: dict, members: Mapping[str, bytes
                 info = tarfile.TarInfo(name)
                 info.size, info.mode, info.mtime = len(data), 0o644, 0
                 tar.addfile(info, io.BytesIO(data))
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; an artifact is meant to be copied around
     return path
 
 
@@ -252,3 +254,16 @@ def summary_rows(artifact: Artifact) -> list[dict]:
                      "accuracy": level.get("accuracy"), "latency_ms": level.get("latency_ms"),
                      "cycles": level.get("cycles"), "bytes": size, "members": members})
     return rows
+
+
+def describe(path: str | Path, expect_target: str | None = None) -> dict:
+    """What `lcs info` shows: the manifest's header, per-level rows with their sizes, and the members."""
+    a = open_artifact(path, expect_target)
+    m = a.manifest
+    return {"path": str(path), "format": m["format"], "format_version": m["format_version"],
+            "lcs_version": m.get("lcs_version"), "tvm_version": m.get("tvm_version"), "created": m.get("created"),
+            "target": a.target_name, "strategy": m.get("strategy"),
+            "family": (m.get("compression_map") or {}).get("family"), "input": m.get("input"),
+            "output": m.get("output"), "modules": m.get("modules"), "verification": m.get("verification"),
+            "tuning": m.get("tuning"), "levels": summary_rows(a), "members": m["members"],
+            "size": Path(path).stat().st_size}

@@ -1,0 +1,188 @@
+"""Run an artifact on a device with nothing but numpy and the TVM runtime (no torch, no Relax compiler).
+
+    TVM_USE_RUNTIME_LIB=1 python -m lcs.runtime model.lcsa --level 0 --check
+
+On a device set TVM_USE_RUNTIME_LIB=1 so that `import tvm` loads only libtvm_runtime (the module never sets it
+itself: in a build process the full compiler is already loaded). Every compiled library of the artifact is loaded
+once and every level's weights are uploaded once; `set_level` only picks which (VM, weight list) pair the next
+`run` uses, so switching levels costs no reload. With `session=` (a TVM RPC session) the libraries and weights go
+to the remote device instead.
+
+This module imports neither torch nor tvm_build (the device has neither); it needs the `tvm` package only when a
+Runtime is created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from lcs.artifact import Artifact, ArtifactError, open_artifact
+from lcs.errors import LcsError
+
+# TVM logs one of these per constant whenever a VM executable is saved or loaded; they mean nothing to a user.
+NOISE = ("Scope Saving", "Scope Loaded")
+
+
+@contextlib.contextmanager
+def filtered_tvm_logs():
+    """Drop TVM's executable.cc save/load chatter from stderr (written by C++, so filter at the fd level)."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # stderr replaced by something without a descriptor
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), fd)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, fd)
+            os.close(saved)
+            capture.seek(0)
+            kept = [line for line in capture.read().decode(errors="replace").splitlines(keepends=True)
+                    if not (("executable.cc" in line and any(n in line for n in NOISE)) or line.strip() == "")]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
+class RunError(LcsError):
+    """The artifact cannot run here (wrong architecture, missing TVM runtime, bad input)."""
+
+
+def _import_tvm():
+    try:
+        import tvm
+        from tvm.runtime.vm import VirtualMachine
+    except ImportError as exc:
+        raise RunError(f"the TVM runtime is not installed ({exc}); pip install apache-tvm==0.27.0.post1") from None
+    return tvm, VirtualMachine
+
+
+class Runtime:
+    """All levels of one artifact, resident; run any of them and switch without reloading."""
+
+    def __init__(self, artifact: Artifact | str | Path, *, expect_target: str | None = None, session=None) -> None:
+        self.artifact = artifact if isinstance(artifact, Artifact) else open_artifact(artifact, expect_target)
+        manifest = self.artifact.manifest
+        if manifest.get("strategy") == "firmware":
+            raise RunError(f"{self.artifact.path} is microcontroller firmware; deploy it with `lcs deploy`")
+        tvm, VirtualMachine = _import_tvm()
+        self._tvm = tvm
+        self.device = session.cpu() if session is not None else tvm.cpu()
+        self.input_spec = manifest["input"]
+        self._vms: dict[str, object] = {}
+        self._extra: dict[str, list] = {}
+        self._scratch = tempfile.TemporaryDirectory(prefix="lcs-runtime-")
+        for name in manifest["modules"]:
+            path = Path(self._scratch.name) / name.replace("/", "_")
+            path.write_bytes(self.artifact.read(name))
+            with filtered_tvm_logs():
+                try:
+                    if session is not None:
+                        session.upload(str(path))
+                        lib = session.load_module(path.name)
+                    else:
+                        lib = tvm.runtime.load_module(str(path))
+                except Exception as exc:  # wrong architecture or a library the runtime cannot open
+                    raise RunError(f"cannot load {name} from {self.artifact.path} here: "
+                                        f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}") from None
+            self._vms[name] = VirtualMachine(lib, self.device)
+        self._levels = []
+        for level in manifest["levels"]:
+            members = level["members"]
+            module = members["library"]
+            spec = manifest["modules"][module]
+            weights = self.artifact.read_npz(members["weights"]) if members.get("weights") else {}
+            args = []
+            for p in spec.get("params", []):
+                if p["name"] not in weights:
+                    raise ArtifactError(f"{self.artifact.path}: level {level['index']} lacks weight {p['name']}")
+                array = np.require(weights[p["name"]], requirements="C")
+                if list(array.shape) != list(p["shape"]) or str(array.dtype) != p["dtype"]:
+                    raise ArtifactError(f"{self.artifact.path}: weight {p['name']} of level {level['index']} is "
+                                        f"{array.shape} {array.dtype}, the module wants {p['shape']} {p['dtype']}")
+                args.append(tvm.runtime.tensor(array, self.device))
+            for extra in spec.get("extra_inputs", []):  # e.g. alpha for the alpha-input strategy
+                value = np.asarray(level[extra["name"]], dtype=extra["dtype"]).reshape(extra["shape"])
+                args.append(tvm.runtime.tensor(value, self.device))
+            self._levels.append((self._vms[module], args))
+        self.level = 0
+
+    @property
+    def levels(self) -> list[dict]:
+        return self.artifact.levels
+
+    def set_level(self, index: int) -> None:
+        if not 0 <= index < len(self._levels):
+            raise RunError(f"level {index} does not exist; this artifact has levels 0..{len(self._levels) - 1}")
+        self.level = index
+
+    def level_for_alpha(self, alpha: float) -> int:
+        """The index of the artifact level whose alpha is closest to `alpha`."""
+        return min(range(len(self.levels)), key=lambda i: abs(self.levels[i]["alpha"] - alpha))
+
+    def run(self, x: np.ndarray, level: int | None = None) -> np.ndarray:
+        if level is not None:
+            self.set_level(level)
+        x = np.ascontiguousarray(x, dtype=self.input_spec["dtype"])
+        if list(x.shape) != list(self.input_spec["shape"]):
+            raise RunError(f"input shape {list(x.shape)} does not match the artifact's {self.input_spec['shape']}")
+        vm, args = self._levels[self.level]
+        out = vm["main"](self._tvm.runtime.tensor(x, self.device), *args)
+        return out.numpy()
+
+    def time(self, level: int, number: int = 10, repeat: int = 5) -> float:
+        """Median milliseconds of one call at `level`, timed on the device by TVM's time_evaluator."""
+        self.set_level(level)
+        vm, args = self._levels[level]
+        x = self._tvm.runtime.tensor(np.zeros(self.input_spec["shape"], self.input_spec["dtype"]), self.device)
+        timer = vm.time_evaluator("main", self.device, number=number, repeat=repeat)
+        return float(np.median(timer(x, *args).results) * 1e3)
+
+    def check(self, atol: float = 1e-4) -> list[float]:
+        """Max abs difference per level between this device's outputs and the reference outputs in the artifact."""
+        ref = self.artifact.reference()
+        diffs = []
+        for i in range(len(self._levels)):
+            got = np.stack([self.run(x, level=i) for x in ref["input"]])
+            diffs.append(float(np.max(np.abs(got - ref[f"level{i}"]))))
+        return diffs
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m lcs.runtime", description=__doc__.splitlines()[0])
+    parser.add_argument("artifact")
+    parser.add_argument("--target", default=None, help="refuse artifacts built for another board")
+    parser.add_argument("--check", action="store_true", help="compare every level with the reference outputs")
+    args = parser.parse_args(argv)
+    try:
+        rt = Runtime(args.artifact, expect_target=args.target)
+        if args.check:
+            diffs = rt.check()
+            for level, diff in zip(rt.levels, diffs):
+                print(f"level {level['index']} alpha {level['alpha']:.4f} {level['label']}: max abs diff {diff:.3g}")
+            if max(diffs) > 1e-4:
+                print(f"error: outputs differ from the reference by up to {max(diffs):.3g}", file=sys.stderr)
+                return 1
+        else:
+            print(f"{len(rt.levels)} levels loaded")
+    except LcsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,9 @@
+"""Compile a trained subspace with Apache TVM: torch -> torch.export -> Relax -> tvm.compile, per board.
+
+  graph.py    which torch network is exported for a level, and its weights as named arrays (torch side)
+  compile.py  board -> TVM target, Relax import, compile / cross-compile, MetaSchedule tuning, timing (TVM side)
+  build.py    `lcs build`: levels -> modules -> verified artifact (lcs/artifact.py holds the format)
+  mcu/        microcontroller firmware builds (`build_firmware`), dispatched from build.py for `kind: mcu` boards
+
+Importing this package is cheap; torch and tvm are imported inside the functions that need them.
+"""

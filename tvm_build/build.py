@@ -1,0 +1,326 @@
+"""`lcs build`: checkpoint -> one verified artifact for one board.
+
+    board ──► checkpoint ──► levels ──► torch network per level (graph.py) ──► Relax ──► tvm.compile (+ tuning)
+          ──► shared libraries + weights (.npz) + reference I/O ──► verified with lcs.runtime ──► .lcsa (artifact.py)
+
+Strategies:
+  per-level         one module per distinct level graph (structured widths change shapes; quantized levels bake their
+                    activation grid in). Levels whose graphs are identical (e.g. all unstructured sparsity levels)
+                    share one compiled module and differ only in their fp32 weight file.
+  weights-as-input  one module for every level; level-dependent values are run-time inputs: weights (int8 codes +
+                    scale/zero for quantized layers, dequantized in the graph), activation grids, norm statistics.
+                    Unstructured and quantization families; structured width needs per-level.
+  alpha-input       one module whose only level input is alpha: w(alpha) = (1 - alpha) w0 + alpha w1 is blended in the
+                    graph (tvm_build/alpha_graph.py). Lines (LCS+L) whose compression does not depend on a
+                    data-dependent choice inside the graph; see alpha_graph for what it supports.
+
+Verification: every level's compiled output is compared with torch on sample inputs (max abs diff <= 1e-4) through
+`lcs.runtime` itself before the artifact is written: on the board over RPC when --rpc/--tracker is given, on this
+machine when the board is the host, else with the same Relax module compiled for the host (the qemu test runs the
+real cross-compiled libraries).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+import targets
+from lcs import artifact as art
+from lcs.errors import ConfigError, LcsError
+
+STRATEGIES = ("per-level", "weights-as-input", "alpha-input")
+ATOL = 1e-4
+
+
+class VerificationError(LcsError):
+    """Compiled outputs differ from torch."""
+
+
+@dataclass
+class CompiledModule:
+    name: str  # member name, e.g. lib/module0.so
+    relax: object
+    params: list  # ParamSpec
+    extra_inputs: list = field(default_factory=list)
+
+
+def load_board(name: str):
+    try:
+        return targets.load(name)
+    except targets.UnknownTarget as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def accuracy_from_metrics(metrics: dict, alpha: float) -> float | None:
+    """Accuracy at `alpha` if the checkpoint's metrics hold an evaluation row for it (lcs eval rows)."""
+    for key in ("eval", "levels", "accuracy"):
+        rows = metrics.get(key)
+        if isinstance(rows, list):
+            for row in rows:
+                if isinstance(row, dict) and abs(float(row.get("alpha", -9)) - alpha) < 1e-9 and "accuracy" in row:
+                    return float(row["accuracy"])
+    return None
+
+
+def build(checkpoint_path: str | Path, target: str, output: str | Path, *, levels: str | None = None,
+          strategy: str = "per-level", tune: int = 0, rpc: str | None = None, tracker: str | None = None,
+          key: str | None = None, progress: bool = True, log: Callable[[str], None] | None = None) -> dict:
+    """Build and write the artifact; returns a summary (the manifest plus timings)."""
+    log = log or (lambda msg: None)
+    output = Path(output)
+    board = load_board(target)
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if tune < 0:
+        raise ConfigError("--tune wants a number of trials >= 0")
+    if tracker and not key:
+        raise ConfigError("--tracker needs --key (the device key the board registered with)")
+    if rpc and tracker:
+        raise ConfigError("give either --rpc host:port or --tracker host:port --key K, not both")
+    if board.kind == "mcu":
+        return _build_mcu(checkpoint_path, board, output, levels=levels, strategy=strategy, tune=tune, log=log)
+    if board.kind != "linux":
+        raise ConfigError(f"target {board.name} is a {board.kind} board; lcs build makes artifacts for linux and mcu "
+                          f"boards")
+    from tvm_build import compile as tc
+
+    tc.check_cross_compiler(board)
+    if tune and not (tc.is_host(board) or rpc or tracker):
+        raise ConfigError(f"tuning for {board.name} needs the board: give --tracker host:port --key K "
+                          f"(timings on this machine say nothing about a {board.cpu})")
+    if tune and rpc:
+        raise ConfigError("remote tuning goes through TVM's tracker (MetaSchedule's RPCRunner): use --tracker "
+                          "host:port --key K; --rpc host:port is enough for verification and timing")
+
+    from lcs import checkpoint
+    from lcs.commands import level_alphas
+
+    ckpt = checkpoint.load(checkpoint_path)
+    alphas = level_alphas(levels, ckpt.model.cmap)
+    if strategy != "per-level" and ckpt.config.subspace.family == "structured":
+        raise ConfigError(f"strategy {strategy} needs every level to have the same weight shapes; structured width "
+                          f"changes them: use --strategy per-level")
+    with _Progress(progress) as bar:
+        return _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key, bar, log)
+
+
+def _build_mcu(checkpoint_path, board, output, **kwargs):
+    try:
+        from tvm_build import mcu
+    except ImportError:
+        raise ConfigError(f"microcontroller builds (target {board.name}) are not available in this lcs "
+                          f"(tvm_build.mcu is missing)") from None
+    if not hasattr(mcu, "build_firmware"):
+        raise ConfigError(f"microcontroller builds (target {board.name}) are not available yet "
+                          f"(tvm_build.mcu has no build_firmware)")
+    return mcu.build_firmware(checkpoint_path, board, output, **kwargs)
+
+
+class _Progress:
+    """A rich progress bar (or nothing) with one `step(description)` call per unit of work."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled, self.bar, self.task = enabled, None, None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), transient=True)
+            self.bar.__enter__()
+            self.task = self.bar.add_task("build", total=None)
+        return self
+
+    def total(self, n: int) -> None:
+        if self.bar:
+            self.bar.update(self.task, total=n)
+
+    def step(self, description: str, advance: int = 1) -> None:
+        if self.bar:
+            self.bar.update(self.task, description=description, advance=advance)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar:
+            self.bar.__exit__(*exc)
+
+
+def _networks(ckpt, alphas, strategy, example):
+    """One torch network per level (with its parameter arrays in export order)."""
+    from tvm_build import graph
+
+    if strategy == "alpha-input":
+        from tvm_build import alpha_graph
+
+        return alpha_graph.networks(ckpt, alphas, example)
+    make = graph.level_network if strategy == "per-level" else graph.weights_template
+    return [make(ckpt.model, a, example) for a in alphas]
+
+
+def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key, bar, log) -> dict:
+    import torch
+    import tvm
+
+    from tvm_build import compile as tc
+    from tvm_build import graph
+
+    started = time.perf_counter()
+    config = ckpt.config
+    xs = graph.sample_inputs(config)
+    example = torch.from_numpy(xs[0])
+    bar.total(3 * len(alphas) + 2)
+    bar.step("materializing levels", 0)
+    nets = _networks(ckpt, alphas, strategy, example)
+    bar.step("materialized levels")
+    target = tc.make_target(board)
+    runner = tc.rpc_runner(tracker, key) if (tune and tracker) else None
+
+    modules: list[CompiledModule] = []
+    by_structure: dict[str, CompiledModule] = {}
+    level_rows, members, reference = [], {}, {"input": xs}
+    tuning_info = []
+    exported: dict = {}
+    for index, (alpha, net) in enumerate(zip(alphas, nets)):
+        level = ckpt.model.cmap.level(alpha)
+        bar.step(f"level {index}: export ({level.label()})")
+        with torch.no_grad():
+            reference[f"level{index}"] = np.stack([net(torch.from_numpy(x)).numpy() for x in xs])
+        arrays = graph.param_arrays(net)
+        # identical network structure (e.g. every sparsity level): export once, reuse the Relax module
+        shape_key = (repr(net), tuple(graph.param_specs(arrays)))
+        if shape_key not in exported:
+            mod, ep = tc.to_relax(net, example)
+            exported[shape_key] = (mod, graph.export_order(ep))
+        mod, order = exported[shape_key]
+        if sorted(order) != sorted(arrays):
+            raise LcsError(f"level {index}: exported parameters do not match the network's ({len(order)} vs "
+                           f"{len(arrays)})")
+        arrays = {name: arrays[name] for name in order}
+        specs = graph.param_specs(arrays)
+        structure = tc.module_key(mod, target)
+        if strategy != "per-level" and modules:
+            graph.check_same_specs(modules[0].params, specs, f"strategy {strategy}")
+            if structure not in by_structure:
+                raise LcsError(f"strategy {strategy}: level {index} exports a different graph than level 0")
+        compiled = by_structure.get(structure)
+        if compiled is None:
+            compiled = CompiledModule(f"lib/module{len(modules)}.so", mod, specs,
+                                      getattr(net, "extra_inputs", []))
+            modules.append(compiled)
+            by_structure[structure] = compiled
+        weights_name = f"weights/level{index}.npz"
+        extra_values = {e["name"]: e["value"] for e in getattr(net, "extra_inputs", [])}
+        members[weights_name] = art.npz_bytes(arrays) if arrays else art.npz_bytes({})
+        level_rows.append({
+            "index": index, "alpha": float(alpha), "label": level.label(), "keep": level.keep,
+            "width": level.width, "bits": level.bits, "accuracy": accuracy_from_metrics(ckpt.metrics, alpha),
+            "latency_ms": None, "cycles": None, "max_abs_diff": None,
+            "members": {"library": compiled.name, "weights": weights_name}, **extra_values})
+        bar.step(f"level {index}: exported")
+
+    with tc.scratch_dir() as scratch:
+        scratch = Path(scratch)
+        host_libs = {}
+        for m in modules:
+            bar.step(f"{m.name}: compile for {board.name}", 0)
+            relax_mod = m.relax
+            if tune:
+                bar.step(f"{m.name}: tuning {tune} trials", 0)
+                relax_mod, info = tc.tune(m.relax, target, tune, runner=runner, log=log)
+                tuning_info.append({"module": m.name, "trials": info.trials, "database": str(info.database),
+                                    "reused": info.reused, "seconds": round(info.seconds, 1)})
+            executable = tc.compile_module(relax_mod, target)
+            path = scratch / m.name.replace("/", "_")
+            tc.export_library(executable, board, path)
+            members[m.name] = path.read_bytes()
+            if not (tc.is_host(board) or rpc or tracker):
+                host_path = scratch / ("host_" + path.name)
+                tc.export_library(tc.compile_module(m.relax, tc.host_target()), targets.load("host"), host_path)
+                host_libs[m.name] = host_path.read_bytes()
+            bar.step(f"{m.name}: compiled")
+        members["reference.npz"] = art.npz_bytes(reference)
+
+        manifest = art.new_manifest(
+            tvm_version=tvm.__version__, target=board.to_dict(), tvm_target=_jsonable(tc.target_dict(board)),
+            strategy=strategy, config=config.to_dict(), compression_map=_map_dict(ckpt.model.cmap),
+            input={"name": "x", "shape": list(xs.shape[1:]), "dtype": "float32"},
+            output={"shape": list(reference["level0"].shape[1:]), "dtype": "float32"},
+            modules={m.name: {"entry": "main", "params": [p.to_dict() for p in m.params],
+                              "extra_inputs": [{k: v for k, v in e.items() if k != "value"} for e in m.extra_inputs]}
+                     for m in modules},
+            levels=level_rows, reference="reference.npz",
+            tuning=tuning_info or None)
+
+        # verify through the device-side runtime, on the board when we can reach it
+        bar.step("verifying every level", 0)
+        draft = scratch / "draft.lcsa"
+        session = None
+        if host_libs:
+            verify_manifest = dict(manifest, target=targets.load("host").to_dict())
+            art.write_artifact(draft, verify_manifest, {**members, **host_libs})
+            where = "host (same Relax module compiled for x86; run the board's libraries on the board to be sure)"
+        else:
+            art.write_artifact(draft, manifest, members)
+            if rpc or tracker:
+                session = _connect(rpc, tracker, key)
+                where = f"{board.name} over RPC"
+            else:
+                where = "host"
+        from lcs.runtime import Runtime
+
+        runtime = Runtime(draft, session=session)
+        diffs = runtime.check()
+        bad = [(i, d) for i, d in enumerate(diffs) if not d <= ATOL]
+        if bad:
+            detail = ", ".join(f"level {i} (alpha {level_rows[i]['alpha']:.4g}) {d:.3g}" for i, d in bad)
+            raise VerificationError(f"compiled outputs differ from torch by more than {ATOL:g}: {detail}; "
+                                    f"no artifact written")
+        timed = tc.is_host(board) or session is not None
+        for i, row in enumerate(level_rows):
+            row["max_abs_diff"] = diffs[i]
+            if timed:
+                row["latency_ms"] = runtime.time(i)
+        manifest["verification"] = {"atol": ATOL, "on": where, "samples": int(len(xs)), "max_abs_diff": max(diffs)}
+        bar.step("verified", 0)
+        del runtime
+        art.write_artifact(output, manifest, members)
+    manifest["build_seconds"] = round(time.perf_counter() - started, 1)
+    manifest["output"] = str(output)
+    manifest["size"] = output.stat().st_size
+    return manifest
+
+
+def _connect(rpc: str | None, tracker: str | None, key: str | None):
+    import tvm.rpc
+
+    from tvm_build.compile import split_address
+
+    try:
+        if rpc:
+            host, port = split_address(rpc, "--rpc")
+            return tvm.rpc.connect(host, port, session_timeout=600)
+        host, port = split_address(tracker, "--tracker")
+        return tvm.rpc.connect_tracker(host, port).request(key, session_timeout=600)
+    except LcsError:
+        raise
+    except Exception as exc:  # connection refused, timeout, unknown key
+        raise LcsError(f"cannot reach the board over RPC ({rpc or tracker}): {exc}") from None
+
+
+def _map_dict(cmap) -> dict:
+    from lcs.subspace.levels import map_to_dict
+
+    return map_to_dict(cmap)
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=str))
+
+
+__all__ = ["build", "STRATEGIES", "VerificationError"]

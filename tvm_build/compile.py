@@ -1,0 +1,204 @@
+"""The TVM side of a build: board -> Target, torch.export -> Relax, compile, cross-compile, tune, time.
+
+Facts this relies on (TVM 0.27, see the notes): targets are dicts or tags, never strings; host targets need "mcpu"
+or LLVM emits baseline SSE2 code; MetaSchedule must tune the exact module that ships (weights as inputs) with a
+LocalBuilder timeout >= 120 s; tuning databases are keyed by workload and target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lcs.errors import ConfigError, LcsError
+from lcs.runtime import filtered_tvm_logs
+
+
+class ToolchainError(LcsError):
+    """A cross compiler or TVM piece the build needs is not installed."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LCS_CACHE_DIR") or Path.home() / ".cache" / "lcs")
+
+
+def target_dict(board) -> dict | str:
+    """The board's TVM target, with the host CPU filled in for `cpu: native` boards."""
+    from tvm.target import codegen
+
+    spec = board.tvm_target
+    if isinstance(spec, dict) and board.cpu == "native":
+        spec = dict(spec)
+        spec.setdefault("mcpu", codegen.llvm_get_system_cpu())
+        spec.setdefault("num-cores", os.cpu_count() or 1)
+    return spec
+
+
+def make_target(board):
+    import tvm
+
+    try:
+        return tvm.target.Target(target_dict(board))
+    except Exception as exc:  # TVM raises ValueError/TVMError for bad target specs
+        raise ConfigError(f"board {board.name}: TVM cannot build target {board.tvm_target!r}: {exc}") from None
+
+
+def host_target():
+    import tvm
+    from tvm.target import codegen
+
+    return tvm.target.Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": os.cpu_count() or 1})
+
+
+def is_host(board) -> bool:
+    return board.cross_compiler is None and board.kind == "linux"
+
+
+def check_cross_compiler(board) -> None:
+    if board.cross_compiler and shutil.which(board.cross_compiler) is None:
+        raise ToolchainError(f"cross compiler {board.cross_compiler} for target {board.name} is not installed; "
+                             f"install the Debian package {board.debian_package} "
+                             f"(apt-get install {board.debian_package})")
+
+
+def to_relax(net, example):
+    """torch.export a plain network and import it into Relax with its parameters as inputs after x."""
+    import torch
+    from tvm.relax.frontend import detach_params
+    from tvm.relax.frontend.torch import from_exported_program
+
+    with torch.no_grad():
+        ep = torch.export.export(net, (torch.as_tensor(example),))
+    mod = from_exported_program(ep, keep_params_as_input=True, unwrap_unit_return_tuple=True)
+    mod, _ = detach_params(mod)
+    return mod, ep
+
+
+def module_key(mod, target) -> str:
+    """A key for a module's structure on a target (weights are inputs, so they do not enter it)."""
+    import tvm
+
+    text = mod.script(show_meta=False) + json.dumps(str(target.export()))
+    return hashlib.sha256(text.encode() + tvm.__version__.encode()).hexdigest()[:20]
+
+
+def _prepare_for_tuning(mod):
+    import tvm
+    from tvm import relax
+
+    return tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
+                                     relax.transform.CanonicalizeBindings(),
+                                     relax.pipeline.zero_pipeline()])(mod)
+
+
+@dataclass
+class Tuning:
+    trials: int
+    database: Path
+    reused: bool
+    seconds: float
+
+
+def tune(mod, target, trials: int, *, runner=None, log=None) -> tuple[object, Tuning]:
+    """MetaSchedule-tune `mod` (the form that ships) for `target`; returns (module with schedules applied, Tuning).
+
+    The database lives in ${LCS_CACHE_DIR:-~/.cache/lcs}/tune/<key>; a later build of the same module structure on the
+    same target with no more trials reuses it without tuning again."""
+    import time
+
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+
+    modz = _prepare_for_tuning(mod)
+    work = cache_dir() / "tune" / module_key(modz, target)
+    done_file = work / "done.json"
+    done = json.loads(done_file.read_text()) if done_file.is_file() else {}
+    start = time.perf_counter()
+    reused = done.get("trials", 0) >= trials
+    if not reused:
+        work.mkdir(parents=True, exist_ok=True)
+        if log:
+            log(f"tuning {trials} trials into {work}")
+        with filtered_tvm_logs():
+            ms.relax_integration.tune_relax(
+                mod=modz, params={}, target=target, work_dir=str(work), max_trials_global=trials,
+                max_trials_per_task=max(8, trials), num_trials_per_iter=min(16, max(2, trials)),
+                builder=ms.builder.LocalBuilder(max_workers=1, timeout_sec=300),
+                runner=runner or ms.runner.LocalRunner(timeout_sec=60))
+        tmp = done_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"trials": trials, "target": str(target.export())}))
+        os.replace(tmp, done_file)
+    with target:
+        tuned = relax.transform.MetaScheduleApplyDatabase(str(work))(modz)
+    return tuned, Tuning(trials, work, reused, time.perf_counter() - start)
+
+
+def rpc_runner(tracker: str, key: str):
+    from tvm.s_tir import meta_schedule as ms
+
+    host, port = split_address(tracker, "--tracker")
+    return ms.runner.RPCRunner(rpc_config=ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
+                                                              session_timeout_sec=120))
+
+
+def split_address(text: str, option: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"{option} wants host:port, got {text!r}")
+    return host, int(port)
+
+
+def compile_module(mod, target):
+    import tvm
+
+    return tvm.compile(mod, target=target)
+
+
+def export_library(executable, board, path: Path) -> Path:
+    """Write the compiled module as a shared library for the board (cross-linked when the board needs it)."""
+    kwargs = {}
+    if board.cross_compiler:
+        from tvm.support import cc
+
+        kwargs["fcompile"] = cc.cross_compiler(board.cross_compiler)
+    with filtered_tvm_logs():
+        try:
+            executable.export_library(str(path), **kwargs)
+        except Exception as exc:  # a linker failure surfaces as a RuntimeError with the compiler's output
+            raise ToolchainError(f"linking for {board.name} with {board.cross_compiler or 'the host compiler'} "
+                                 f"failed: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}") from None
+    return path
+
+
+def run_vm(executable, x: np.ndarray, params: list[np.ndarray], device=None) -> np.ndarray:
+    import tvm
+    from tvm.runtime.vm import VirtualMachine
+
+    dev = device or tvm.cpu()
+    vm = VirtualMachine(executable, dev)
+    args = [tvm.runtime.tensor(a, dev) for a in params]
+    return vm["main"](tvm.runtime.tensor(x, dev), *args).numpy()
+
+
+def time_vm(executable, x: np.ndarray, params: list[np.ndarray], device=None, number: int = 10,
+            repeat: int = 5) -> float:
+    """Median milliseconds of one call."""
+    import tvm
+    from tvm.runtime.vm import VirtualMachine
+
+    dev = device or tvm.cpu()
+    vm = VirtualMachine(executable, dev)
+    args = [tvm.runtime.tensor(x, dev)] + [tvm.runtime.tensor(a, dev) for a in params]
+    timer = vm.time_evaluator("main", dev, number=number, repeat=repeat)
+    return float(np.median(timer(*args).results) * 1e3)
+
+
+def scratch_dir():
+    return tempfile.TemporaryDirectory(prefix="lcs-build-")
