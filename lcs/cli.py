@@ -166,7 +166,7 @@ def _policy_options(pairs: tuple[str, ...]) -> dict[str, str]:
               help="set a policy parameter, e.g. hold=5 or thresholds=60,30,10 (repeatable)")
 @click.option("--deadline-ms", type=float, default=None, help="latency deadline per answer [default: the period]")
 @click.option("--period-ms", type=float, default=None,
-              help="one inference request every period [default: the deadline, else 100 ms]")
+              help="one inference request every period [default: 100 ms]")
 @click.option("--capacity-mwh", type=float, default=3700.0, show_default=True,
               help="battery capacity (default: 1000 mAh at 3.7 V)")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,

@@ -69,8 +69,8 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
              executor: Executor | None = None) -> SimulationResult:
     """Replay `trace_path` with `policy`; write timeline.csv, summary.json and timeline.png to `out_dir`.
 
-    Everything is validated (trace, levels, board, policy) before any file is written. Period
-    defaults to the deadline and the deadline to the period; with neither, both are 100 ms.
+    Everything is validated (trace, levels, board, policy) before any file is written. One request
+    arrives every `period_ms` (default 100 ms); its deadline defaults to the period.
     """
     from lcs.simulate.output import write_outputs
     from lcs.simulate.policies import make_policy
@@ -78,7 +78,7 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
     trace: Trace = load_trace(trace_path)
     levels = load_levels(artifact=artifact, profile=profile, board=board)
     board_power = resolve_board(board, levels)
-    period = period_ms if period_ms is not None else deadline_ms if deadline_ms is not None else DEFAULT_PERIOD_MS
+    period = period_ms if period_ms is not None else DEFAULT_PERIOD_MS
     workload = Workload(period_ms=period, deadline_ms=deadline_ms if deadline_ms is not None else period)
     chosen = make_policy(policy, policy_options)
     if not (isinstance(capacity_mwh, (int, float)) and capacity_mwh > 0 and capacity_mwh != float("inf")):

@@ -26,9 +26,9 @@ Built in:
 - `greedy`: the most accurate level within the power budget that meets the deadline; if none meets
   the deadline, the fastest level within the budget (late answers beat none); if no level fits
   the budget, idle. Never exceeds the budget.
-- `battery`: greedy under a ceiling set by battery thresholds (default 50, 20, 5 %): above the
-  first, any level; between thresholds, the ceiling steps down evenly to the cheapest level;
-  below the last, idle, to save what is left.
+- `battery`: greedy under a cost ceiling set by battery thresholds (default 50, 20, 5 %): above
+  the first, any level; between thresholds, only the cheaper levels (by energy per answer), the
+  ceiling stepping down evenly to the cheapest alone; below the last, idle, to save what is left.
 - `hysteresis`: greedy that steps down at once when the running level breaks the budget or the
   deadline, but steps up only after a better level has fitted with `margin` (default 10 %) budget
   headroom for `hold` (default 3) steps in a row: fewer switches on a noisy trace.
@@ -150,9 +150,9 @@ class Battery(Policy):
         band, last = self.band(obs.battery_pct), len(self.thresholds)
         if band == last:
             return None
-        ranked = sorted(obs.options, key=lambda o: (o.level.accuracy, -o.power_mw))
-        ceiling = len(ranked) - 1 if last == 1 else round((len(ranked) - 1) * (1 - band / (last - 1)))
-        return greedy_choice(obs, ranked[:ceiling + 1])
+        by_cost = sorted(obs.options, key=lambda o: (o.energy_per_inference_mj, -o.level.accuracy))
+        ceiling = len(by_cost) - 1 if last == 1 else round((len(by_cost) - 1) * (1 - band / (last - 1)))
+        return greedy_choice(obs, by_cost[:ceiling + 1])
 
 
 @register
