@@ -249,10 +249,11 @@ def summary_rows(artifact: Artifact) -> list[dict]:
     rows = []
     for level in artifact.levels:
         members = level.get("members") or {}
-        size = sum(artifact.manifest["members"][m]["size"] for m in members.values() if isinstance(m, str))
+        sizes = {role: artifact.manifest["members"][m]["size"] for role, m in members.items() if isinstance(m, str)}
         rows.append({"index": level["index"], "alpha": level["alpha"], "label": level.get("label"),
                      "accuracy": level.get("accuracy"), "latency_ms": level.get("latency_ms"),
-                     "cycles": level.get("cycles"), "bytes": size, "members": members})
+                     "cycles": level.get("cycles"), "bytes": sum(sizes.values()), "member_bytes": sizes,
+                     "members": members})
     return rows
 
 

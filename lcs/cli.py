@@ -193,6 +193,59 @@ def simulate_cmd(trace_path, artifact_path, profile_path, board, policy, policy_
 # -- end simulate ---------------------------------------------------------------------------------
 
 
+# -- build / info (issue 4) -----------------------------------------------------------------------
+
+@cli.command("build")
+@click.argument("checkpoint_path", metavar="CKPT", type=click.Path(path_type=Path))
+@click.option("--target", "target", required=True, help="board name (see targets/), e.g. host, rasp4")
+@click.option("--levels", default=None, help="comma-separated alphas or keep=/sparsity=/width=/bits= values "
+                                              "[default: the family's evaluation grid]")
+@click.option("--strategy", type=click.Choice(["per-level", "weights-as-input", "alpha-input"]), default="per-level",
+              show_default=True, help="one module per level, one module with weights as inputs, or alpha as input")
+@click.option("--tune", type=int, default=0, show_default=True, help="MetaSchedule trials per module (0: untuned)")
+@click.option("--rpc", default=None, metavar="HOST:PORT", help="a TVM RPC server on the board: verify and time there")
+@click.option("--tracker", default=None, metavar="HOST:PORT", help="a TVM RPC tracker: tune, verify and time on a board")
+@click.option("--key", default=None, help="device key of the board at the tracker")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="artifact to write (.lcsa)")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON")
+@fail_cleanly
+def build_cmd(checkpoint_path, target, levels, strategy, tune, rpc, tracker, key, output, progress, as_json):
+    """Compile a checkpoint for a board into one verified artifact."""
+    from tvm_build.build import build
+    from tvm_build.report import print_build
+
+    summary = build(checkpoint_path, target, output, levels=levels, strategy=strategy, tune=tune, rpc=rpc,
+                    tracker=tracker, key=key, progress=progress and not as_json,
+                    log=lambda msg: click.echo(msg, err=True))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, default=str))
+    else:
+        print_build(summary)
+
+
+@cli.command("info")
+@click.argument("artifact_path", metavar="ARTIFACT", type=click.Path(path_type=Path))
+@click.option("--target", default=None, help="refuse an artifact built for another board")
+@click.option("--json", "as_json", is_flag=True, help="print everything as JSON")
+@fail_cleanly
+def info_cmd(artifact_path, target, as_json):
+    """Show what an artifact holds: target, strategy, levels, sizes, verification."""
+    from lcs.artifact import describe
+
+    info = describe(artifact_path, target)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+    else:
+        from tvm_build.report import print_info
+
+        print_info(info)
+
+
+# -- end build / info -----------------------------------------------------------------------------
+
+
 def main() -> None:
     cli(prog_name="lcs")
 

@@ -1,0 +1,41 @@
+"""Tables for `lcs build` and `lcs info` (rich); the data comes from tvm_build.build and lcs.artifact."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _fmt(value, spec: str, none: str = "-") -> str:
+    return none if value is None else format(value, spec)
+
+
+def print_info(info: dict, console: Console | None = None) -> None:
+    console = console or Console()
+    v = info.get("verification") or {}
+    console.print(f"[bold]{info['path']}[/bold]  {info['size']:,} bytes  format {info['format']} "
+                  f"v{info['format_version']}  lcs {info['lcs_version']}  TVM {info['tvm_version'] or '-'}")
+    console.print(f"target {info['target']}  strategy {info['strategy']}  family {info['family']}  "
+                  f"input {info['input']['shape']} {info['input']['dtype']}  modules {len(info['modules'] or {})}"
+                  + (f"  verified on {v.get('on')} (max abs diff {v.get('max_abs_diff'):.3g})" if v else ""))
+    if info.get("tuning"):
+        for t in info["tuning"]:
+            console.print(f"tuned {t['module']}: {t['trials']} trials{' (database reused)' if t.get('reused') else ''}")
+    table = Table()
+    for col in ("level", "alpha", "compression", "acc %", "ms", "cycles", "weights B", "library"):
+        table.add_column(col, justify="left" if col in ("compression", "library") else "right")
+    for row in info["levels"]:
+        acc = row["accuracy"]
+        table.add_row(str(row["index"]), f"{row['alpha']:.4f}", row["label"] or "",
+                      _fmt(None if acc is None else 100 * acc, ".2f"), _fmt(row["latency_ms"], ".3f"),
+                      _fmt(row["cycles"], ",d"), _fmt(row["member_bytes"].get("weights"), ",d"),
+                      str(row["members"].get("library") or row["members"].get("firmware") or "-").split("/")[-1])
+    console.print(table)
+
+
+def print_build(summary: dict, console: Console | None = None) -> None:
+    console = console or Console()
+    v = summary["verification"]
+    console.print(f"wrote {summary['output']} ({summary['size']:,} bytes, {len(summary['levels'])} levels, "
+                  f"{len(summary['modules'])} modules, {summary['build_seconds']:.1f} s); every level matches torch "
+                  f"within {v['atol']:g} (max {v['max_abs_diff']:.3g}, on {v['on']})")
