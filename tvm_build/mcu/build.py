@@ -1,0 +1,194 @@
+"""`build_firmware`: checkpoint + board -> firmware that runs every level of the subspace and switches on command.
+
+    build_firmware("ck.safetensors", "mps2-an500", levels=None, out_dir="build/an500")
+
+Steps: the device network (device_net.py) -> TVM C kernels (lower.py) -> static executor (executor.py) ->
+model tables and weight bank (firmware.py) -> compile + link for the board -> flash/RAM from the ELF against the
+board budget (fails early with the numbers) -> reference outputs per level from torch (`materialize`) ->
+optionally run the firmware (QEMU / host-sim) to record cycles per inference and per switch -> artifact.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lcs.errors import ConfigError, LcsError
+from lcs.subspace.levels import Level
+from tvm_build.mcu import firmware as fw
+from tvm_build.mcu.device_net import CTRL_LEN, device_net
+from tvm_build.mcu.executor import emit_executor, plan
+from tvm_build.mcu.lower import lower
+
+
+@dataclass
+class FirmwareBuild:
+    board: str
+    binary: Path  # ELF (QEMU boards) or executable (host-sim)
+    levels: list[Level]
+    sizes: fw.Sizes
+    bank: bytes
+    inputs: np.ndarray  # reference inputs (N, *input shape)
+    expected: list[np.ndarray]  # per level: torch outputs for `inputs`
+    arena_bytes: int
+    state_bytes: int
+    workspace_bytes: int
+    kernels: int
+    cycles: list[dict] = field(default_factory=list)  # per level: {"infer": n, "switch": n} when measured
+    artifact: Path | None = None
+
+    def summary(self) -> dict:
+        return {"board": self.board, "binary": str(self.binary), **self.sizes.to_dict(),
+                "arena_bytes": self.arena_bytes, "state_bytes": self.state_bytes, "weight_bytes": len(self.bank),
+                "workspace_bytes": self.workspace_bytes, "kernels": self.kernels,
+                "levels": [{**lv.to_dict(), **(self.cycles[i] if i < len(self.cycles) else {})}
+                           for i, lv in enumerate(self.levels)]}
+
+
+def _load_board(board):
+    import targets
+
+    board = targets.load(board) if isinstance(board, str) else board
+    if "firmware" not in board.extra:
+        raise ConfigError(f"target {board.name} has no firmware section; MCU builds need one of: "
+                          f"{', '.join(n for n in targets.names() if 'firmware' in targets.load(n).extra)}")
+    return board
+
+
+def _load_model(checkpoint):
+    from lcs import checkpoint as ck
+
+    if isinstance(checkpoint, (str, Path)):
+        checkpoint = ck.load(checkpoint)
+    return checkpoint
+
+
+def _linker_script(board, path: Path) -> Path:
+    mem = board.extra["firmware"]["memory"]
+    template = (fw.FIRMWARE_DIR / "boards" / board.extra["firmware"]["board_dir"] / "link.ld.in").read_text()
+    path.write_text(template.format(flash_origin=mem["flash_origin"], flash_length=mem["flash_length"],
+                                    ram_origin=mem["ram_origin"], ram_length=mem["ram_length"]))
+    return path
+
+
+def compile_firmware(board, src_dir: Path, out: Path, *, max_payload: int, workspace: int) -> Path:
+    spec = board.extra["firmware"]
+    cc = fw.require_tool(spec["cc"], spec.get("cc_package", spec["cc"]))
+    board_dir = fw.FIRMWARE_DIR / "boards" / spec["board_dir"]
+    cmd = [cc, *spec.get("cflags", []), f"-DLCS_MAX_PAYLOAD={max_payload}", f"-DLCS_WORKSPACE_BYTES={workspace}",
+           f"-I{fw.FIRMWARE_DIR / 'src'}", f"-I{board_dir}", *[f"-I{d}" for d in fw.include_dirs()],
+           *[f"-D{d}" for d in spec.get("defines", [])]]
+    if "memory" in spec:
+        cmd += [f"-T{_linker_script(board, src_dir / 'link.ld')}"]
+    cmd += ["-o", str(out), *fw.firmware_sources(src_dir, board_dir), *spec.get("ldflags", [])]
+    fw.run(cmd, f"compiling the firmware for {board.name}")
+    return out
+
+
+def build_firmware(checkpoint, board, levels: list[float] | None, out_dir, *, samples: int = 2, measure: bool = True,
+                   write_artifact: bool = True, example: torch.Tensor | None = None) -> FirmwareBuild:
+    from lcs.subspace.export import materialize
+
+    board = _load_board(board)
+    ckpt = _load_model(checkpoint)
+    model, config = ckpt.model.eval(), ckpt.config
+    cmap = model.cmap
+    alphas = list(levels) if levels else list(cmap.eval_alphas)
+    if not alphas or len(alphas) > 255:
+        raise ConfigError(f"an MCU build needs 1..255 levels, got {len(alphas)}")
+    level_objs = [cmap.level(a) for a in alphas]
+    mc = config.model
+    shape = (1, mc.in_channels, mc.image_size, mc.image_size)
+    x = example if example is not None else torch.zeros(shape)
+
+    out_dir = Path(out_dir)
+    src = out_dir / "src"
+    src.mkdir(parents=True, exist_ok=True)
+    dn = device_net(model)
+    with torch.no_grad():
+        lowered = lower(dn.module, x)
+    ctrl_params = {layer.ctrl_param for layer in dn.layers if layer.ctrl_param}
+    p = plan(lowered, ctrl_params)
+    bank = fw.bank_bytes(dn, p)
+    executor_c = emit_executor(p, [c.kernel for c in p.calls])
+    mhash = fw.model_hash(bank, lowered.kernels_c.encode(), executor_c.encode())
+    default = int(np.argmax(alphas))
+    tables = fw.emit_model_tables(dn, p, cmap.family, level_objs, default, bank, mhash)
+    (src / "kernels.c").write_text(lowered.kernels_c)
+    (src / "executor.c").write_text(executor_c)
+    (src / "model_gen.c").write_text(tables)
+
+    in_len = int(np.prod(shape))
+    out_len = int(np.prod(p.tensors[p.output].shape))
+    max_payload = max(256, in_len * 4, out_len * 4 + 8, 1032)
+    binary = out_dir / ("firmware.elf" if board.kind == "mcu" else "firmware-host-sim")
+    compile_firmware(board, src, binary, max_payload=max_payload, workspace=max(16, lowered.workspace_bytes))
+    spec = board.extra["firmware"]
+    sizes = fw.elf_sizes(binary, stack_bytes=int(spec.get("stack_bytes", 0)))
+    fw.check_budget(sizes, board)
+
+    # reference: torch's plain network of each level on fixed sample inputs
+    gen = torch.Generator().manual_seed(0)
+    inputs = torch.rand((samples, *shape[1:]), generator=gen)
+    expected = []
+    with torch.no_grad():
+        for a in alphas:
+            net = materialize(model, a, x)
+            expected.append(net(inputs).numpy().astype(np.float32))
+    result = FirmwareBuild(board.name, binary, level_objs, sizes, bank, inputs.numpy(), expected, p.arena_bytes,
+                           p.state_bytes, lowered.workspace_bytes, len(set(c.kernel for c in p.calls)))
+    if measure:
+        result.cycles = measure_cycles(result, board)
+    (out_dir / "build.json").write_text(json.dumps(result.summary(), indent=1))
+    if write_artifact:
+        result.artifact = _write_artifact(result, board, config, cmap, out_dir, shape, out_len)
+    return result
+
+
+def start(binary: Path, board):
+    from tvm_build.mcu.launch import start_host_sim, start_qemu
+
+    if board.kind == "mcu":
+        return start_qemu(binary, board.extra["qemu"])
+    return start_host_sim(binary)
+
+
+def measure_cycles(result: FirmwareBuild, board) -> list[dict]:
+    """Switch to every level and run one inference there; record both counts (exact under QEMU -icount)."""
+    from lcs.device import Device
+
+    cycles = []
+    with start(result.binary, board) as running, Device.open(running.url) as dev:
+        dev.hello()
+        for i in range(len(result.levels)):
+            _, switch = dev.set_level(index=i)
+            _, infer = dev.infer(result.inputs[0].reshape(-1).tolist())
+            cycles.append({"switch_cycles": switch, "infer_cycles": infer})
+    return cycles
+
+
+def _write_artifact(result: FirmwareBuild, board, config, cmap, out_dir: Path, shape, out_len) -> Path:
+    from lcs import artifact
+    from lcs.subspace.levels import map_to_dict
+
+    member = f"firmware/{result.binary.name}"
+    ref = {"input": result.inputs, **{f"level{i}": e for i, e in enumerate(result.expected)}}
+    levels = []
+    for i, lv in enumerate(result.levels):
+        c = result.cycles[i] if i < len(result.cycles) else {}
+        levels.append({"index": i, "alpha": lv.alpha, "label": lv.label(), "keep": lv.keep, "width": lv.width,
+                       "bits": lv.bits, "accuracy": None, "latency_ms": None, "cycles": c.get("infer_cycles"),
+                       "switch_cycles": c.get("switch_cycles"), "members": {"firmware": member}})
+    manifest = artifact.new_manifest(
+        target=board.to_dict(), strategy="firmware", config=config.to_dict(), compression_map=map_to_dict(cmap),
+        input={"name": "x", "shape": list(shape), "dtype": "float32"},
+        output={"shape": [1, out_len], "dtype": "float32"}, modules={}, levels=levels, reference="reference.npz",
+        firmware={"binary": member, "weights": "firmware/weights.bin", **result.summary()})
+    path = out_dir / f"{board.name}.lcsa"
+    artifact.write_artifact(path, manifest, {member: result.binary, "firmware/weights.bin": result.bank,
+                                             "reference.npz": artifact.npz_bytes(ref)})
+    return path
