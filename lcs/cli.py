@@ -159,6 +159,8 @@ def _policy_options(pairs: tuple[str, ...]) -> dict[str, str]:
               help="artifact whose manifest gives the levels (accuracy, latency or cycles)")
 @click.option("--profile", "profile_path", type=click.Path(path_type=Path), default=None,
               help="JSON file with the same 'levels' list, for use without an artifact")
+@click.option("--accuracy", "accuracy_path", type=click.Path(path_type=Path), default=None,
+              help="lcs eval results (results.json) to fill levels that carry no accuracy, matched by alpha")
 @click.option("--board", default=None, help="board in targets/ [default: the one the levels were measured on]")
 @click.option("--policy", default="greedy", show_default=True,
               help="greedy | battery | hysteresis, or module:Class for your own")
@@ -171,10 +173,13 @@ def _policy_options(pairs: tuple[str, ...]) -> dict[str, str]:
               help="battery capacity (default: 1000 mAh at 3.7 V)")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="folder for timeline.csv, summary.json, timeline.png [default: sim-<trace name>]")
+@click.option("--device", "device_url", default=None, metavar="URL",
+              help="hardware in the loop: a pyserial port or URL of lcs firmware (/dev/ttyACM0, socket://h:p, a pty); "
+                   "each running step really sets the level and runs one inference there")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON instead of a table")
 @fail_cleanly
-def simulate_cmd(trace_path, artifact_path, profile_path, board, policy, policy_option, deadline_ms, period_ms,
-                 capacity_mwh, out_dir, as_json):
+def simulate_cmd(trace_path, artifact_path, profile_path, accuracy_path, board, policy, policy_option, deadline_ms,
+                 period_ms, capacity_mwh, out_dir, device_url, as_json):
     """Replay a power/load trace: which level a policy picks per step, and what that costs."""
     from lcs import simulate
     from lcs.simulate.output import print_summary, summary_json
@@ -182,7 +187,8 @@ def simulate_cmd(trace_path, artifact_path, profile_path, board, policy, policy_
     result = simulate.simulate(
         trace_path, artifact=artifact_path, profile=profile_path, board=board, policy=policy,
         policy_options=_policy_options(policy_option), deadline_ms=deadline_ms, period_ms=period_ms,
-        capacity_mwh=capacity_mwh, out_dir=out_dir if out_dir is not None else Path(f"sim-{trace_path.stem}"))
+        capacity_mwh=capacity_mwh, out_dir=out_dir if out_dir is not None else Path(f"sim-{trace_path.stem}"),
+        device=device_url, accuracy=accuracy_path)
     if as_json:
         click.echo(summary_json(result.summary), nl=False)
     else:

@@ -356,3 +356,106 @@ def test_out_path_that_is_a_file_is_refused(tmp_path, profile_file):
                                       "--out", str(tmp_path / "taken")])
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert (tmp_path / "taken").read_text() == "x"
+
+
+# -- levels from an artifact, accuracy from lcs eval ----------------------------------------------
+
+def write_firmware_artifact(path: Path, target: str = "host-sim") -> Path:
+    """An artifact shaped like an MCU build's: cycles per level, no accuracy, no latency."""
+    from lcs import artifact
+
+    levels = [{"index": i, "alpha": a, "label": f"{100 * (1 - a):.1f}% sparse", "accuracy": None, "latency_ms": None,
+               "cycles": c, "members": {"firmware": "firmware/fw.bin"}}
+              for i, (a, c) in enumerate([(0.05, 400_000), (0.25, 700_000), (1.0, 1_500_000)])]
+    manifest = artifact.new_manifest(target={"name": target}, strategy="firmware", levels=levels, modules={})
+    return artifact.write_artifact(path, manifest, {"firmware/fw.bin": b"\x7fELF not really"})
+
+
+def eval_results(path: Path) -> Path:
+    rows = [{"model": "LCS+L (unstructured)", "alpha": a, "accuracy": acc} for a, acc in
+            [(0.05, 0.91), (0.25, 0.95), (0.5, 0.96), (1.0, 0.97)]]
+    rows.append({"model": "fixed baseline", "alpha": 0.05, "accuracy": 0.5})
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def test_levels_from_an_artifact_with_accuracy_from_eval(tmp_path):
+    lcsa = write_firmware_artifact(tmp_path / "m.lcsa")
+    trace = write_trace(tmp_path / "t.csv", [(0, 90, 0.0, 1e6), (1, 90, 0.0, 1e6)])
+    result = simulate(trace, artifact=lcsa, accuracy=eval_results(tmp_path / "results.json"), period_ms=1000.0)
+    assert [lv.accuracy for lv in result.profile.levels] == [0.91, 0.95, 0.97]
+    assert result.summary["board"] == "host-sim"  # taken from the artifact's target
+    top = result.replay.records[0]
+    assert top.level == 2
+    # host-sim: clock 1e9 (cycles are ns), one core -> 1.5e6 cycles = 1.5 ms
+    board = BoardPower.from_board(__import__("targets").load("host-sim"))
+    assert top.latency_ms == pytest.approx(1.5)
+    assert top.power_mw == pytest.approx(board.core_mw * 1.5 / 1000.0)  # 1 answer/s
+
+
+@pytest.mark.parametrize("extra,message", [
+    ([], "levels[0]: no accuracy (pass --accuracy results.json"),
+    (["--board", "host"], "was built for target 'host-sim', not 'host'"),
+])
+def test_artifact_errors_are_one_line(tmp_path, extra, message):
+    lcsa = write_firmware_artifact(tmp_path / "m.lcsa")
+    trace = write_trace(tmp_path / "t.csv", [(0, 90, 0.0, 10), (1, 90, 0.0, 10)])
+    result = CliRunner().invoke(cli, ["simulate", "--trace", str(trace), "--artifact", str(lcsa),
+                                      "--out", str(tmp_path / "o"), *extra])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert message in result.stderr, result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_corrupt_artifact_is_refused(tmp_path):
+    lcsa = write_firmware_artifact(tmp_path / "m.lcsa")
+    lcsa.write_bytes(lcsa.read_bytes()[:700])
+    trace = write_trace(tmp_path / "t.csv", [(0, 90, 0.0, 10), (1, 90, 0.0, 10)])
+    result = CliRunner().invoke(cli, ["simulate", "--trace", str(trace), "--artifact", str(lcsa)])
+    assert result.exit_code == 2 and "truncated" in result.stderr
+
+
+# -- the hardware-in-the-loop executor's bookkeeping (a scripted client; real firmware below) -----
+
+class ScriptedDevice:
+    """Answers like lcs.device.Device: 4 levels, 3 inputs; cycles = 1000 * (level + 1)."""
+
+    def __init__(self):
+        self.level, self.calls = 0, []
+
+    def hello(self):
+        from types import SimpleNamespace
+        return SimpleNamespace(levels=4, input_len=3)
+
+    def set_level(self, index=None, alpha=None):
+        self.calls.append(("set_level", index))
+        self.level = index
+        return index, 50
+
+    def infer(self, values):
+        self.calls.append(("infer", tuple(values)))
+        return [0.0, 1.0, 0.5], 1000 * (self.level + 1)
+
+
+def test_device_executor_switches_only_on_change_and_records_device_timing(tmp_path):
+    from lcs.simulate.hardware import DeviceExecutor, HardwareError
+
+    m = cost_model()
+    trace = load_trace(noisy_trace(tmp_path, n=60))
+    dev = ScriptedDevice()
+    executor = DeviceExecutor(dev, clock_hz=1e6, level_indices=[0, 1, 2], source="device:test",
+                              inputs=[[1, 2, 3], [4, 5, 6]], reference={1: [[0, 0, 1], [0, 1, 0]]})
+    result = replay(trace, m, make_policy("greedy"), capacity_mwh=3700.0, executor=executor)
+    ran = [r for r in result.records if r.state == "run"]
+    set_calls = [c for c in dev.calls if c[0] == "set_level"]
+    assert len(set_calls) == summarize(result)["switches"] + 1  # the first set-level loads, the rest switch
+    assert [c for c in dev.calls if c[0] == "infer"][:2] == [("infer", (1.0, 2.0, 3.0)), ("infer", (4.0, 5.0, 6.0))]
+    for r in ran:
+        assert r.device_latency_ms == pytest.approx((r.level + 1) * 1000 / 1e6 * 1000)  # cycles at 1 MHz
+        assert r.output == "1"
+    report = executor.report()
+    assert report["device_inferences"] == len(ran)
+    level1 = [i for i, r in enumerate(ran) if r.level == 1]
+    assert report["reference_disagreements"] == sum(1 for i in level1 if i % 2 == 0)  # sample 0 expects class 2
+    with pytest.raises(HardwareError, match="offers 4 levels"):
+        DeviceExecutor(ScriptedDevice(), clock_hz=1e6, level_indices=[0, 7], source="device:test")

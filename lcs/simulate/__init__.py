@@ -40,10 +40,12 @@ class SimulationResult:
 
 
 def load_levels(*, artifact: str | Path | None = None, profile: str | Path | None = None,
-                board: str | None = None) -> Profile:
+                board: str | None = None, accuracy: str | Path | None = None) -> Profile:
     if (artifact is None) == (profile is None):
         raise ConfigError("give the levels as exactly one of --artifact FILE or --profile FILE.json")
-    return load_profile_artifact(artifact, board) if artifact is not None else load_profile_json(profile)
+    if artifact is not None:
+        return load_profile_artifact(artifact, board, accuracy)
+    return load_profile_json(profile, accuracy)
 
 
 def resolve_board(name: str | None, levels: Profile) -> BoardPower:
@@ -66,7 +68,8 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
              board: str | None = None, policy: str = "greedy", policy_options: Mapping[str, str] | None = None,
              deadline_ms: float | None = None, period_ms: float | None = None,
              capacity_mwh: float = DEFAULT_CAPACITY_MWH, out_dir: str | Path | None = None,
-             executor: Executor | None = None) -> SimulationResult:
+             device: str | None = None, executor: Executor | None = None,
+             accuracy: str | Path | None = None) -> SimulationResult:
     """Replay `trace_path` with `policy`; write timeline.csv, summary.json and timeline.png to `out_dir`.
 
     Everything is validated (trace, levels, board, policy) before any file is written. One request
@@ -76,7 +79,7 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
     from lcs.simulate.policies import make_policy
 
     trace: Trace = load_trace(trace_path)
-    levels = load_levels(artifact=artifact, profile=profile, board=board)
+    levels = load_levels(artifact=artifact, profile=profile, board=board, accuracy=accuracy)
     board_power = resolve_board(board, levels)
     period = period_ms if period_ms is not None else DEFAULT_PERIOD_MS
     workload = Workload(period_ms=period, deadline_ms=deadline_ms if deadline_ms is not None else period)
@@ -85,12 +88,21 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
         raise ConfigError(f"--capacity-mwh must be a positive number, got {capacity_mwh!r}")
     model = CostModel(levels, board_power, workload)
 
-    result = replay(trace, model, chosen, capacity_mwh=capacity_mwh, executor=executor)
+    if device is not None:
+        if executor is not None:
+            raise ConfigError("give either a device URL or an executor, not both")
+        with _open_device(device) as client:
+            executor = device_executor(client, device, board_power, levels, artifact)
+            result = replay(trace, model, chosen, capacity_mwh=capacity_mwh, executor=executor)
+    else:
+        result = replay(trace, model, chosen, capacity_mwh=capacity_mwh, executor=executor)
     summary = {
         "trace": str(trace.path), "levels_from": levels.source, "board": board_power.name,
         "policy": chosen.name, "source": result.source, "deadline_ms": workload.deadline_ms,
         "period_ms": workload.period_ms, "capacity_mwh": capacity_mwh, **summarize(result),
     }
+    if hasattr(executor, "report"):
+        summary.update(executor.report())
     files: dict[str, Path] = {}
     if out_dir is not None:
         title = f"{Path(trace.path).name}: policy {chosen.name} on {board_power.name}"
@@ -98,3 +110,26 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
                               with_device=result.source != "model")
         summary["files"] = {name: str(path) for name, path in files.items()}
     return SimulationResult(replay=result, summary=summary, profile=levels, files=files)
+
+
+def _open_device(url: str):
+    from lcs.device import Device
+
+    return Device.open(url)
+
+
+def device_executor(client, url: str, board: BoardPower, levels: Profile, artifact: str | Path | None):
+    """A hardware-in-the-loop executor over an open `lcs.device.Device`; sample inputs and reference
+    outputs come from the artifact when there is one."""
+    from lcs.simulate.hardware import DeviceExecutor
+
+    inputs = reference = None
+    if artifact is not None:
+        from lcs.artifact import open_artifact
+
+        ref = open_artifact(artifact).reference()
+        inputs = [x.reshape(-1).tolist() for x in ref["input"]]
+        reference = {lv.index: [y.reshape(-1).tolist() for y in ref[f"level{lv.index}"]]
+                     for lv in levels.levels if f"level{lv.index}" in ref}
+    return DeviceExecutor(client, clock_hz=board.clock_hz, level_indices=[lv.index for lv in levels.levels],
+                          source=f"device:{url}", inputs=inputs, reference=reference)

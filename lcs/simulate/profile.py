@@ -13,7 +13,8 @@ For hardware-free use the same data can come from a JSON profile file:
     }
 
 Per level: `index` (what set-level sends to a device), `alpha`, `label` (optional), `accuracy`
-(fraction 0..1, required: policies trade it against cost), and its unloaded speed as
+(fraction 0..1, required: policies trade it against cost; where a manifest has none, `--accuracy`
+fills it from `lcs eval` results by alpha), and its unloaded speed as
 `latency_ms` or, when only that is known, MCU `cycles` (turned into time with the board's clock).
 """
 
@@ -81,7 +82,7 @@ def profile_from_dict(data: dict, source: str) -> Profile:
         if isinstance(index, bool) or not isinstance(index, int) or index < 0:
             raise ProfileError(f"{where}: index must be a non-negative integer, got {index!r}")
         if raw.get("accuracy") is None:
-            raise ProfileError(f"{where}: no accuracy (evaluate the checkpoint and record accuracy per level)")
+            raise ProfileError(f"{where}: no accuracy (pass --accuracy results.json from `lcs eval --out`)")
         accuracy = _finite(raw["accuracy"], where, "accuracy", lo=0.0, hi=1.0)
         if raw.get("alpha") is None:
             raise ProfileError(f"{where}: no alpha")
@@ -111,23 +112,54 @@ def profile_from_dict(data: dict, source: str) -> Profile:
     return Profile(levels=tuple(sorted(levels, key=lambda lv: lv.index)), target=target, source=source)
 
 
-def load_profile_json(path: str | Path) -> Profile:
-    path = Path(path)
+def _read_json(path: Path, what: str):
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except FileNotFoundError:
-        raise ProfileError(f"{path}: no such profile file") from None
+        raise ProfileError(f"{path}: no such {what} file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ProfileError(f"{path}: cannot read ({exc})") from None
     except json.JSONDecodeError as exc:
         raise ProfileError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+
+
+def with_accuracy(data: dict, accuracy_path: str | Path) -> dict:
+    """Fill levels' missing accuracy from `lcs eval` results (results.json or --json output), matched by alpha.
+
+    Only the first model in the results counts (eval lists the subspace first, then baselines).
+    """
+    path = Path(accuracy_path)
+    rows = _read_json(path, "accuracy")
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        raise ProfileError(f"{path}: expected the list of rows that `lcs eval` writes")
+    model = rows[0].get("model")
+    known = [(r.get("alpha"), r.get("accuracy")) for r in rows if r.get("model") == model]
+    levels = []
+    for i, level in enumerate(data.get("levels") or []):
+        if isinstance(level, dict) and level.get("accuracy") is None and isinstance(level.get("alpha"), (int, float)):
+            match = [acc for alpha, acc in known if isinstance(alpha, (int, float)) and abs(alpha - level["alpha"]) < 1e-6]
+            if not match:
+                raise ProfileError(f"{path} has no accuracy for level {level.get('index', i)} "
+                                   f"(alpha {level['alpha']:g}); evaluate with --levels covering it")
+            level = {**level, "accuracy": match[0]}
+        levels.append(level)
+    return {**data, "levels": levels}
+
+
+def load_profile_json(path: str | Path, accuracy: str | Path | None = None) -> Profile:
+    path = Path(path)
+    data = _read_json(path, "profile")
+    if accuracy is not None and isinstance(data, dict):
+        data = with_accuracy(data, accuracy)
     return profile_from_dict(data, str(path))
 
 
-def load_profile_artifact(path: str | Path, board: str | None = None) -> Profile:
+def load_profile_artifact(path: str | Path, board: str | None = None, accuracy: str | Path | None = None) -> Profile:
     """The levels of an artifact, read through `lcs.artifact` (which checks integrity and, given `board`,
     that the artifact was built for it)."""
     from lcs import artifact
 
     manifest = artifact.open_artifact(path, expect_target=board).manifest
+    if accuracy is not None:
+        manifest = with_accuracy(manifest, accuracy)
     return profile_from_dict(manifest, str(path))

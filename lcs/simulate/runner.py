@@ -1,10 +1,12 @@
 """The replay loop: per trace step, ask the policy for a level, have an executor run it, keep the books.
 
 Executors are the seam between the model and hardware. `ModelExecutor` (model-only mode) runs
-nothing and reports the cost model's numbers. A hardware-in-the-loop executor implements the same
-two methods, sending set-level when the level changes and one inference per step to a device
-(`lcs.device`), and returns the device's own timing and output; the runner records them beside the
-model's expectation. Decisions, deadline misses and energy always come from the cost model, so the
+nothing and reports the cost model's numbers. The hardware-in-the-loop executor
+(`lcs.simulate.hardware.DeviceExecutor`) implements the same two methods, sending set-level when
+the level changes and one inference per running step to a device (`lcs.device`), as fast as the
+device answers (not paced to the trace's clock), and returns the device's own timing and output;
+the runner records them beside the model's expectation. An executor may also offer `report()`, a
+dict merged into the summary. Decisions, deadline misses and energy always come from the cost model, so the
 two modes are comparable step for step (the device does not see the trace's simulated CPU load).
 """
 
@@ -180,4 +182,13 @@ def summarize(result: Replay) -> dict:
         "battery_left_pct": records[-1].battery_end_pct,
         "battery_min_pct": min(min(r.battery_pct, r.battery_end_pct) for r in records),
         "time_per_level_s": level_time,
+        **_device_latency(ran),
     }
+
+
+def _device_latency(ran: list[StepRecord]) -> dict:
+    measured = sorted(r.device_latency_ms for r in ran if r.device_latency_ms is not None)
+    if not measured:
+        return {}
+    return {"device_latency_ms_mean": sum(measured) / len(measured),
+            "device_latency_ms_max": measured[-1]}
