@@ -20,7 +20,7 @@ import torch
 from lcs.errors import ConfigError, LcsError
 from lcs.subspace.levels import Level
 from tvm_build.mcu import firmware as fw
-from tvm_build.mcu.device_net import CTRL_LEN, device_net
+from tvm_build.mcu.device_net import device_net
 from tvm_build.mcu.executor import emit_executor, plan
 from tvm_build.mcu.lower import lower
 
@@ -108,11 +108,7 @@ def build_firmware(checkpoint, board, levels: list[float] | None, out_dir, *, sa
     out_dir = Path(out_dir)
     src = out_dir / "src"
     src.mkdir(parents=True, exist_ok=True)
-    dn = device_net(model)
-    with torch.no_grad():
-        lowered = lower(dn.module, x)
-    ctrl_params = {layer.ctrl_param for layer in dn.layers if layer.ctrl_param}
-    p = plan(lowered, ctrl_params)
+    dn, lowered, p = _lowered(model, x)
     bank = fw.bank_bytes(dn, p)
     executor_c = emit_executor(p, [c.kernel for c in p.calls])
     mhash = fw.model_hash(bank, lowered.kernels_c.encode(), executor_c.encode())
@@ -147,6 +143,23 @@ def build_firmware(checkpoint, board, levels: list[float] | None, out_dir, *, sa
     if write_artifact:
         result.artifact = _write_artifact(result, board, config, cmap, out_dir, shape, out_len)
     return result
+
+
+_LOWERED: dict = {}
+
+
+def _lowered(model, x):
+    """Device network, TVM kernels and plan of a model; memoised per model object within one process (the same
+    kernels serve every board: only the compiler flags differ)."""
+    key = (id(model), tuple(x.shape))
+    if key not in _LOWERED:
+        dn = device_net(model)
+        with torch.no_grad():
+            lowered = lower(dn.module, x)
+        ctrl_params = {layer.ctrl_param for layer in dn.layers if layer.ctrl_param}
+        _LOWERED.clear()
+        _LOWERED[key] = (model, dn, lowered, plan(lowered, ctrl_params))
+    return _LOWERED[key][1:]
 
 
 def start(binary: Path, board):
