@@ -23,7 +23,7 @@ def print_info(info: dict, console: Console | None = None) -> None:
             console.print(f"tuned {t['module']}: {t['trials']} trials{' (database reused)' if t.get('reused') else ''}")
     table = Table()
     for col in ("level", "alpha", "compression", "acc %", "ms", "cycles", "weights B", "library"):
-        table.add_column(col, justify="left" if col in ("compression", "library") else "right")
+        table.add_column(col, justify="left" if col in ("compression", "library") else "right", no_wrap=True)
     for row in info["levels"]:
         acc = row["accuracy"]
         table.add_row(str(row["index"]), f"{row['alpha']:.4f}", row["label"] or "",

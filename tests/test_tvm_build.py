@@ -1,0 +1,225 @@
+"""`lcs build` / `lcs info`: real TVM builds of tiny checkpoints, checked against the torch subspace model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from lcs import artifact as art
+from lcs.cli import cli
+
+pytest.importorskip("tvm")
+pytestmark = pytest.mark.tvm
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train_tiny(path: Path, family: str, shape: str = "line") -> Path:
+    from lcs import commands
+
+    config, data = commands.train_config(data_source="digits", family=family, shape=shape, width=4, epochs=1,
+                                         batch_size=256)
+    commands.train(config, data, path, progress=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpt")
+    return {f: train_tiny(d / f"{f}.safetensors", f, "point" if f == "quantization" else "line")
+            for f in ("unstructured", "structured", "quantization")}
+
+
+def subspace_outputs(ckpt_path: Path, alpha: float, xs: np.ndarray) -> np.ndarray:
+    from lcs import checkpoint
+
+    model = checkpoint.load(ckpt_path).model
+    model.set_alpha(alpha)
+    with torch.no_grad():
+        return np.stack([model(torch.from_numpy(x)).numpy() for x in xs])
+
+
+def run_cli(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def test_structured_per_level_matches_subspace(ckpts, tmp_path):
+    from lcs.runtime import Runtime
+
+    out = tmp_path / "s.lcsa"
+    code, text = run_cli("build", ckpts["structured"], "--target", "host", "--levels", "width=0.25,1.0",
+                         "--no-progress", "-o", out)
+    assert code == 0, text
+    a = art.open_artifact(out, expect_target="host")
+    m = a.manifest
+    assert m["strategy"] == "per-level" and m["tvm_version"].startswith("0.27")
+    assert len(m["modules"]) == 2  # widths change shapes: one module each
+    assert [lv["width"] for lv in a.levels] == [0.25, 1.0]
+    assert all(lv["latency_ms"] > 0 and lv["max_abs_diff"] <= 1e-4 for lv in a.levels)
+    assert m["config"]["subspace"]["family"] == "structured" and m["compression_map"]["family"] == "structured"
+    # the width-0.25 module really is narrower
+    p0, p1 = (m["modules"][lv["members"]["library"]]["params"][0]["shape"] for lv in a.levels)
+    assert p0[0] < p1[0]
+    rt = Runtime(a)
+    xs = a.reference()["input"]
+    for index, alpha in enumerate((0.0, 1.0)):
+        got = np.stack([rt.run(x, level=index) for x in xs])
+        np.testing.assert_allclose(got, subspace_outputs(ckpts["structured"], alpha, xs), atol=1e-4, rtol=0)
+
+
+def test_quantized_weights_as_input_store_int8(ckpts, tmp_path):
+    from lcs.runtime import Runtime
+
+    out = tmp_path / "q.lcsa"
+    code, text = run_cli("build", ckpts["quantization"], "--target", "host", "--strategy", "weights-as-input",
+                         "--levels", "bits=3,bits=8", "--no-progress", "-o", out)
+    assert code == 0, text
+    a = art.open_artifact(out)
+    assert len(a.manifest["modules"]) == 1
+    assert {lv["members"]["library"] for lv in a.levels} == {"lib/module0.so"}
+    w3, w8 = (a.read_npz(lv["members"]["weights"]) for lv in a.levels)
+    codes = [k for k in w3 if k.endswith(".codes")]
+    assert codes and all(w3[k].dtype == np.int8 for k in codes)
+    assert np.abs(w3[codes[0]]).max() <= 4 < np.abs(w8[codes[0]]).max()  # 3-bit grid vs 8-bit grid
+    # int8 codes are 4x smaller than the fp32 weights per level
+    per_level = tmp_path / "qp.lcsa"
+    assert run_cli("build", ckpts["quantization"], "--target", "host", "--levels", "bits=8", "--no-progress",
+                   "-o", per_level)[0] == 0
+    fp32 = art.open_artifact(per_level).read_npz("weights/level0.npz")
+    layer = codes[0][: -len(".codes")]
+    fp32_name = next(k for k in fp32 if k.startswith(layer) and k.endswith("weight"))
+    assert fp32[fp32_name].nbytes == 4 * w8[codes[0]].nbytes
+    rt = Runtime(a)
+    xs = a.reference()["input"]
+    for index, alpha in enumerate((1 / 6, 1.0)):
+        got = np.stack([rt.run(x, level=index) for x in xs])
+        np.testing.assert_allclose(got, subspace_outputs(ckpts["quantization"], alpha, xs), atol=1e-4, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def host_unstructured(ckpts, tmp_path_factory):
+    out = tmp_path_factory.mktemp("u") / "u.lcsa"
+    code, text = run_cli("build", ckpts["unstructured"], "--target", "host", "--levels", "keep=0.1,0.5,1.0",
+                         "--no-progress", "-o", out)
+    assert code == 0, text
+    return out
+
+
+def test_unstructured_levels_share_one_module(host_unstructured):
+    a = art.open_artifact(host_unstructured)
+    assert len(a.manifest["modules"]) == 1 and len(a.levels) == 3
+    w = [a.read_npz(lv["members"]["weights"]) for lv in a.levels]
+    zeros = [float(np.mean(x["features.1.0.weight"] == 0)) for x in w]
+    assert zeros[0] > 0.85 and zeros[2] < 0.05
+
+
+def test_info_table_and_json(host_unstructured):
+    code, text = run_cli("info", host_unstructured, "--json")
+    assert code == 0
+    info = json.loads(text)
+    assert info["target"] == "host" and [lv["label"] for lv in info["levels"]][1] == "50.0% sparse"
+    code, text = run_cli("info", host_unstructured)
+    assert code == 0 and "50.0% sparse" in text and "lcs-artifact" in text
+
+
+def test_structured_weights_as_input_refused(ckpts, tmp_path):
+    code, text = run_cli("build", ckpts["structured"], "--target", "host", "--strategy", "weights-as-input",
+                         "--no-progress", "-o", tmp_path / "x.lcsa")
+    assert code == 2 and "per-level" in text and "Traceback" not in text
+    assert not (tmp_path / "x.lcsa").exists()
+
+
+def test_verification_failure_writes_nothing(ckpts, tmp_path, monkeypatch):
+    from tvm_build import build
+
+    monkeypatch.setattr(build, "ATOL", -1.0)  # any difference at all now fails
+    code, text = run_cli("build", ckpts["unstructured"], "--target", "host", "--levels", "1.0", "--no-progress",
+                         "-o", tmp_path / "x.lcsa")
+    assert code == 2 and "differ from torch" in text and "level 0 (alpha 1)" in text
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--target", "nope"], "valid targets: host"),
+    (["--target", "host", "--levels", "keep=2"], "outside the trained range"),
+    (["--target", "host", "--levels", "width=0.5"], "does not fit the unstructured family"),
+    (["--target", "rasp4", "--tune", "4"], "needs the board"),
+])
+def test_bad_build_input(ckpts, tmp_path, args, expect):
+    code, text = run_cli("build", ckpts["unstructured"], *args, "--no-progress", "-o", tmp_path / "x.lcsa")
+    assert code == 2 and expect in text and text.count("\n") == 1, text
+    assert not (tmp_path / "x.lcsa").exists()
+
+
+def test_not_an_lcs_checkpoint(tmp_path):
+    fake = tmp_path / "fake.safetensors"
+    fake.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00" + b'{"a": 1}        ')
+    code, text = run_cli("build", fake, "--target", "host", "--no-progress", "-o", tmp_path / "x.lcsa")
+    assert code == 2 and "not an lcs checkpoint" in text
+    assert not (tmp_path / "x.lcsa").exists()
+
+
+def test_missing_cross_compiler_names_package(ckpts, tmp_path, monkeypatch):
+    from tvm_build import compile as tc
+
+    monkeypatch.setattr(tc.shutil, "which", lambda name: None)
+    code, text = run_cli("build", ckpts["unstructured"], "--target", "rasp4", "--no-progress", "-o", tmp_path / "x")
+    assert code == 2 and "gcc-aarch64-linux-gnu" in text and "aarch64-linux-gnu-gcc" in text
+
+
+def test_bad_artifacts_one_line(host_unstructured, tmp_path):
+    data = host_unstructured.read_bytes()
+    (tmp_path / "cut.lcsa").write_bytes(data[: len(data) // 2])
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x55
+    (tmp_path / "flip.lcsa").write_bytes(bytes(flipped))
+    for name, expect in (("cut.lcsa", "truncated"), ("flip.lcsa", "sha256")):
+        code, text = run_cli("info", tmp_path / name)
+        assert code == 2 and expect in text and text.count("\n") == 1, text
+    code, text = run_cli("info", host_unstructured, "--target", "rasp4")
+    assert code == 2 and "built for target 'host', not 'rasp4'" in text
+
+
+def test_cross_builds_for_the_pis(ckpts, tmp_path):
+    for target, machine in (("rasp4", b"\xb7\x00"), ("rasp3", b"\x28\x00")):  # rasp4-32 builds like rasp3
+        out = tmp_path / f"{target}.lcsa"
+        code, text = run_cli("build", ckpts["structured"], "--target", target, "--levels", "0.0", "--no-progress",
+                             "-o", out)
+        assert code == 0, text
+        a = art.open_artifact(out, expect_target=target)
+        lib = a.read(a.levels[0]["members"]["library"])
+        assert lib[:4] == b"\x7fELF" and lib[18:20] == machine  # e_machine: AArch64 / ARM
+        assert a.levels[0]["latency_ms"] is None  # not timed: the board was not reachable
+        assert "host" in a.manifest["verification"]["on"]
+
+
+def test_cli_build_subprocess_filters_tvm_noise(ckpts, tmp_path):
+    out = tmp_path / "u.lcsa"
+    proc = subprocess.run([sys.executable, "-m", "lcs", "build", str(ckpts["quantization"]), "--target", "host",
+                           "--levels", "bits=4", "--no-progress", "-o", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    assert "Scope Saving" not in proc.stderr and "Scope Loaded" not in proc.stderr
+    assert "wrote" in proc.stdout
+
+
+@pytest.mark.slow
+def test_tuning_smoke_and_database_reuse(ckpts, tmp_path, monkeypatch):
+    monkeypatch.setenv("LCS_CACHE_DIR", str(tmp_path / "cache"))
+    from tvm_build.build import build
+
+    first = build(ckpts["structured"], "host", tmp_path / "t1.lcsa", levels="0.0", tune=2, progress=False)
+    assert first["tuning"][0]["reused"] is False
+    db = Path(first["tuning"][0]["database"])
+    assert db.is_relative_to(tmp_path / "cache" / "tune") and (db / "database_tuning_record.json").stat().st_size > 0
+    second = build(ckpts["structured"], "host", tmp_path / "t2.lcsa", levels="0.0", tune=2, progress=False)
+    assert second["tuning"][0]["reused"] is True and second["tuning"][0]["database"] == str(db)
+    assert second["verification"]["max_abs_diff"] <= 1e-4
