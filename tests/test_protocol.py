@@ -18,7 +18,7 @@ from lcs.device import Device, DeviceTimeout
 
 # Shared test vectors: (type, seq, payload) -> frame bytes. CRCs computed independently with binascii.
 VECTORS = [
-    (P.HELLO, 1, b"", "a55a010100004ed83b98"),
+    (P.HELLO, 1, b"", "a55a010100004ed23a98"),
     (P.SET_LEVEL, 7, bytes([0, 3]), "a55a020702000003" + "%08x"),
     (P.STATS, 255, b"", "a55a04ff0000" + "%08x"),
 ]
@@ -36,8 +36,8 @@ def test_encode_matches_vectors(frame_type, seq, payload, hexpattern):
 
 
 def test_hello_vector_crc_is_zlib_crc32():
-    # the first vector is spelled out completely: crc32(01 01 00 00) == 0x983bd84e
-    assert binascii.crc32(bytes.fromhex("01010000")) == 0x983BD84E
+    # the first vector is spelled out completely: crc32(01 01 00 00) == 0x983ad24e
+    assert binascii.crc32(bytes.fromhex("01010000")) == 0x983AD24E
 
 
 def test_decoder_handles_split_garbage_and_several_frames():
