@@ -176,10 +176,13 @@ def _policy_options(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--device", "device_url", default=None, metavar="URL",
               help="hardware in the loop: a pyserial port or URL of lcs firmware (/dev/ttyACM0, socket://h:p, a pty); "
                    "each running step really sets the level and runs one inference there")
+@click.option("--sim", "sim_board", default=None, metavar="BOARD",
+              help="hardware in the loop on a simulated board: start the artifact's firmware (host-sim on a pty, "
+                   "QEMU boards) and use it like --device")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON instead of a table")
 @fail_cleanly
 def simulate_cmd(trace_path, artifact_path, profile_path, accuracy_path, board, policy, policy_option, deadline_ms,
-                 period_ms, capacity_mwh, out_dir, device_url, as_json):
+                 period_ms, capacity_mwh, out_dir, device_url, sim_board, as_json):
     """Replay a power/load trace: which level a policy picks per step, and what that costs."""
     from lcs import simulate
     from lcs.simulate.output import print_summary, summary_json
@@ -188,7 +191,7 @@ def simulate_cmd(trace_path, artifact_path, profile_path, accuracy_path, board, 
         trace_path, artifact=artifact_path, profile=profile_path, board=board, policy=policy,
         policy_options=_policy_options(policy_option), deadline_ms=deadline_ms, period_ms=period_ms,
         capacity_mwh=capacity_mwh, out_dir=out_dir if out_dir is not None else Path(f"sim-{trace_path.stem}"),
-        device=device_url, accuracy=accuracy_path)
+        device=device_url, sim=sim_board, accuracy=accuracy_path)
     if as_json:
         click.echo(summary_json(result.summary), nl=False)
     else:

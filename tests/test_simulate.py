@@ -459,3 +459,80 @@ def test_device_executor_switches_only_on_change_and_records_device_timing(tmp_p
     assert report["reference_disagreements"] == sum(1 for i in level1 if i % 2 == 0)  # sample 0 expects class 2
     with pytest.raises(HardwareError, match="offers 4 levels"):
         DeviceExecutor(ScriptedDevice(), clock_hz=1e6, level_indices=[0, 7], source="device:test")
+
+
+# -- hardware in the loop with the real firmware on host-sim ---------------------------------------
+
+@pytest.fixture(scope="module")
+def host_sim_build(tmp_path_factory):
+    """A tiny unstructured subspace trained on digits, built as host-sim firmware with three levels."""
+    from lcs import commands
+    from tvm_build.mcu.build import build_firmware
+
+    tmp = tmp_path_factory.mktemp("hil")
+    config, data = commands.train_config(data_source="digits", epochs=1, width=8)
+    commands.train(config, data, tmp / "ck.safetensors", threads=1, progress=False)
+    build = build_firmware(tmp / "ck.safetensors", "host-sim", [0.05, 0.25, 1.0], tmp / "fw")
+    return build.artifact, build.binary
+
+
+@pytest.mark.slow
+@pytest.mark.tvm
+@pytest.mark.parametrize("how", ["sim", "device"])
+def test_hardware_in_the_loop_on_host_sim(host_sim_build, tmp_path, how):
+    from lcs.artifact import open_artifact
+
+    lcsa, binary = host_sim_build
+    levels = open_artifact(lcsa).levels
+    # host-sim cycles are wall-clock ns, so which level is cheapest varies from build to build. The accuracies
+    # given here are synthetic and rise with cost: the test checks the loop's mechanics, not the model.
+    by_cost = sorted(levels, key=lambda lv: lv["cycles"])
+    assert by_cost[0]["cycles"] < by_cost[-1]["cycles"], levels
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps([{"model": "lcs", "alpha": lv["alpha"], "accuracy": 0.7 + 0.1 * rank}
+                                   for rank, lv in enumerate(by_cost)]))
+    board = BoardPower.from_board(__import__("targets").load("host-sim"))
+    power = {lv["index"]: board.core_mw * lv["cycles"] / 1e6 / 100.0 for lv in levels}  # ms / 100 ms period
+    best, cheap = by_cost[-1]["index"], by_cost[0]["index"]
+    hi, lo = power[best] * 1.01, power[cheap] * 1.01
+    budgets = [hi, hi, lo, lo, hi, 0.0, hi, lo, hi, hi]
+    trace = write_trace(tmp_path / "t.csv", [(i, 90, 0.0, b) for i, b in enumerate(budgets)])
+    out = tmp_path / "out"
+    args = ["simulate", "--trace", str(trace), "--artifact", str(lcsa), "--accuracy", str(results),
+            "--out", str(out), "--json"]
+    if how == "sim":
+        result = CliRunner().invoke(cli, args + ["--sim", "host-sim"])
+    else:
+        from tvm_build.mcu.launch import start_host_sim
+
+        with start_host_sim(binary) as running:
+            result = CliRunner().invoke(cli, args + ["--device", running.url])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["source"].startswith("device:")
+    rows = read_timeline(out / "timeline.csv")
+    b, c = str(best), str(cheap)
+    assert [r["level"] for r in rows] == [b, b, c, c, b, "", b, c, b, b]
+    assert summary["switches"] == 4 and summary["device_switches"] == 5  # the first set-level loads
+    assert summary["device_inferences"] == summary["run_steps"] == 9
+    assert summary["reference_disagreements"] == 0  # the device predicts what torch predicts at each level
+    for r in rows:
+        if r["state"] == "run":
+            assert float(r["device_latency_ms"]) > 0 and r["output"] != ""
+        else:
+            assert r["device_latency_ms"] == "" and r["output"] == ""
+
+
+def test_sim_needs_an_artifact(tmp_path, profile_file):
+    trace = write_trace(tmp_path / "t.csv", [(0, 90, 0.1, 10), (1, 90, 0.1, 10)])
+    result = CliRunner().invoke(cli, ["simulate", "--trace", str(trace), "--profile", str(profile_file),
+                                      "--sim", "host-sim"])
+    assert result.exit_code == 2 and "--sim starts the firmware inside an artifact" in result.stderr
+
+
+def test_device_that_does_not_exist(tmp_path, profile_file):
+    trace = write_trace(tmp_path / "t.csv", [(0, 90, 0.1, 10), (1, 90, 0.1, 10)])
+    result = CliRunner().invoke(cli, ["simulate", "--trace", str(trace), "--profile", str(profile_file),
+                                      "--device", str(tmp_path / "ttyNOPE"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "cannot open" in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()

@@ -68,7 +68,7 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
              board: str | None = None, policy: str = "greedy", policy_options: Mapping[str, str] | None = None,
              deadline_ms: float | None = None, period_ms: float | None = None,
              capacity_mwh: float = DEFAULT_CAPACITY_MWH, out_dir: str | Path | None = None,
-             device: str | None = None, executor: Executor | None = None,
+             device: str | None = None, sim: str | None = None, executor: Executor | None = None,
              accuracy: str | Path | None = None) -> SimulationResult:
     """Replay `trace_path` with `policy`; write timeline.csv, summary.json and timeline.png to `out_dir`.
 
@@ -88,9 +88,19 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
         raise ConfigError(f"--capacity-mwh must be a positive number, got {capacity_mwh!r}")
     model = CostModel(levels, board_power, workload)
 
-    if device is not None:
-        if executor is not None:
-            raise ConfigError("give either a device URL or an executor, not both")
+    if sum(x is not None for x in (device, sim, executor)) > 1:
+        raise ConfigError("give at most one of --device URL, --sim BOARD (or an executor)")
+    if sim is not None:
+        if artifact is None:
+            raise ConfigError("--sim starts the firmware inside an artifact; pass --artifact")
+        if sim != board_power.name:
+            raise ConfigError(f"--sim {sim} but the levels are for board {board_power.name}")
+        from lcs.simulate.hardware import started_firmware
+
+        with started_firmware(artifact, sim) as url, _open_device(url) as client:
+            executor = device_executor(client, f"{sim}:{url}", board_power, levels, artifact)
+            result = replay(trace, model, chosen, capacity_mwh=capacity_mwh, executor=executor)
+    elif device is not None:
         with _open_device(device) as client:
             executor = device_executor(client, device, board_power, levels, artifact)
             result = replay(trace, model, chosen, capacity_mwh=capacity_mwh, executor=executor)

@@ -184,6 +184,12 @@ def print_summary(summary: dict) -> None:
         ("battery", f"{summary['battery_start_pct']:.1f}% -> {summary['battery_left_pct']:.1f}% "
                     f"(min {summary['battery_min_pct']:.1f}%)"),
     ]
+    if summary.get("device_latency_ms_mean") is not None:
+        disagree = summary.get("reference_disagreements")
+        rows.append(("device latency", f"{summary['device_latency_ms_mean']:.4g} ms mean, "
+                                       f"{summary['device_latency_ms_max']:.4g} ms max ({summary['source']})"))
+        if disagree is not None:
+            rows.append(("device vs reference", f"{disagree} of {summary['device_inferences']} predictions differ"))
     for name, value in rows:
         table.add_row(name, value)
     Console().print(table)
