@@ -73,7 +73,7 @@ def test_cos2_is_global_over_layers():
     dot = sum(float((a * b).sum().detach()) for a, b in pairs)
     n0 = sum(float((a * a).sum().detach()) for a, _ in pairs)
     n1 = sum(float((b * b).sum().detach()) for _, b in pairs)
-    assert float(sub.cos2()) == pytest.approx(dot * dot / (n0 * n1), rel=1e-4)
+    assert float(sub.cos2().detach()) == pytest.approx(dot * dot / (n0 * n1), rel=1e-4)
     assert len(pairs) == len(list(sub.weight_layers()))
 
 
