@@ -1,0 +1,212 @@
+"""The real firmware (TVM C kernels + generated static executor + protocol loop) compiled for x86 and driven over a
+pseudo-terminal with pyserial: every level against torch, bad frames, uploads, reset, budgets, missing tools."""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import targets
+from lcs import protocol as P
+from lcs.checkpoint import Checkpoint
+from lcs.config import ModelConfig, RunConfig, SubspaceConfig
+from lcs.device import Device
+from lcs.models import build_model
+from lcs.subspace.model import SubspaceModel
+
+pytestmark = [pytest.mark.slow, pytest.mark.tvm]
+
+
+def tiny_checkpoint(family: str, seed: int = 0) -> Checkpoint:
+    """A width-4 small CNN on 8x8 input, LCS+L, with activation ranges as training would leave them."""
+    torch.manual_seed(seed)
+    mc = ModelConfig(width=4, image_size=8)
+    sc = SubspaceConfig(family=family)
+    model = SubspaceModel(build_model(mc), sc).eval()
+    for layer in model.weight_layers():
+        layer.act_range.lo.fill_(-1.0)
+        layer.act_range.hi.fill_(2.0)
+        layer.act_range.seen.fill_(True)
+    return Checkpoint(RunConfig(model=mc, subspace=sc), model)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    from tvm_build.mcu.build import build_firmware
+
+    ckpt = tiny_checkpoint("quantization")
+    result = build_firmware(ckpt, "host-sim", None, tmp_path_factory.mktemp("hostsim"), samples=2, measure=True)
+    return ckpt, result
+
+
+@pytest.fixture
+def device(built):
+    from tvm_build.mcu.launch import start_host_sim
+
+    _, result = built
+    with start_host_sim(result.binary) as running, Device.open(running.url, timeouts={P.HELLO: 1.0}) as dev:
+        dev.hello()
+        yield dev
+
+
+def check_levels(dev, result, tol=1e-5):
+    for i in range(len(result.levels)):
+        index, _ = dev.set_level(index=i)
+        assert index == i
+        for k in range(len(result.inputs)):
+            out, _ = dev.infer(result.inputs[k].reshape(-1).tolist())
+            np.testing.assert_allclose(out, result.expected[i][k], atol=tol, rtol=0)
+
+
+def test_every_level_matches_torch(device, built):
+    _, result = built
+    info = device.info
+    assert (info.levels, info.family, info.input_len, info.output_len) == (6, "quantization", 64, 10)
+    check_levels(device, result)
+    # the levels really differ (3 bit vs 8 bit), so equality above is not vacuous
+    assert np.abs(result.expected[0] - result.expected[-1]).max() > 1e-3
+
+
+def test_set_level_by_alpha_and_level_info(device, built):
+    _, result = built
+    alpha = result.levels[2].alpha
+    assert device.set_level(alpha=alpha)[0] == 2
+    info = device.level_info(2)
+    assert info.bits == result.levels[2].bits and abs(info.alpha - alpha) < 1e-6
+
+
+def test_bad_frames_get_error_replies_and_device_keeps_running(device, built):
+    _, result = built
+    # bad CRC
+    frame = bytearray(P.encode(P.HELLO, 77))
+    frame[-1] ^= 0x55
+    device.send_raw(bytes(frame))
+    reply = device.read_frame(2.0)
+    assert (reply.type, reply.seq, reply.status) == (P.ERROR, 77, P.BAD_CRC)
+    # length over the device maximum
+    device.send_raw(b"\xa5\x5a" + struct.pack("<BBH", P.INFER, 78, 0xFFFF))
+    reply = device.read_frame(2.0)
+    assert (reply.type, reply.seq, reply.status) == (P.ERROR, 78, P.BAD_LENGTH)
+    # wrong payload size for the command
+    with pytest.raises(P.DeviceError, match="bad length"):
+        device.request(P.INFER, b"\0" * 12)
+    # unknown command
+    with pytest.raises(P.DeviceError, match="unknown command"):
+        device.request(0x42)
+    # out-of-range level, by index and by an alpha that names no level
+    with pytest.raises(P.DeviceError, match="out of range"):
+        device.set_level(index=99)
+    with pytest.raises(P.DeviceError, match="out of range"):
+        device.set_level(alpha=0.123)
+    # a frame that stops half way: the client flushes it out and the next request succeeds
+    device.send_raw(P.encode(P.INFER, 79, b"\0" * 256)[:40])
+    time.sleep(0.1)
+    device._flush_device()
+    stats = device.stats()
+    assert stats["frames_bad"] >= 3
+    out, _ = device.infer(result.inputs[0].reshape(-1).tolist())
+    np.testing.assert_allclose(out, result.expected[device.info.level][0], atol=1e-5, rtol=0)
+
+
+def test_shared_vectors_against_the_c_side(device):
+    from tests.test_protocol import VECTORS, _expected
+
+    frame_type, seq, payload, pattern = VECTORS[0]  # HELLO
+    device.send_raw(_expected(frame_type, seq, payload, pattern))
+    reply = device.read_frame(2.0)
+    assert (reply.type, reply.seq, reply.status) == (P.HELLO | P.REPLY, seq, P.OK)
+
+
+def test_upload_commits_only_a_complete_checked_set(device, built):
+    from tvm_build.mcu import firmware as fw
+    from tvm_build.mcu.build import _lowered
+    from lcs.subspace.export import materialize
+
+    ckpt, result = built
+    level = device.set_level(index=len(result.levels) - 1)[0]
+    x = result.inputs[0].reshape(-1).tolist()
+    before, _ = device.infer(x)
+    # another model of the same architecture
+    other = tiny_checkpoint("quantization", seed=1)
+    dn, _, plan = _lowered(ckpt.model, torch.zeros(1, 1, 8, 8))
+    from tvm_build.mcu.device_net import device_net
+    blob = fw.bank_bytes(device_net(other.model), plan)
+    assert blob != result.bank
+
+    device.upload_weights(blob, chunk=1000, stop_after=3)  # link lost half way
+    with pytest.raises(P.DeviceError, match="incomplete"):
+        device.request(P.UPLOAD_COMMIT)
+    assert device.infer(x)[0] == before
+
+    crc = P.crc32(blob)
+    device.request(P.UPLOAD_BEGIN, P.upload_begin_payload(len(blob), crc ^ 1))  # wrong announced check
+    for offset in range(0, len(blob), 1000):
+        device.request(P.UPLOAD_CHUNK, P.upload_chunk_payload(offset, blob[offset: offset + 1000]))
+    with pytest.raises(P.DeviceError, match="failed their check"):
+        device.request(P.UPLOAD_COMMIT)
+    assert device.infer(x)[0] == before
+    with pytest.raises(P.DeviceError, match="out of order"):
+        device.request(P.UPLOAD_CHUNK, P.upload_chunk_payload(0, blob[:10]))  # no BEGIN
+    with pytest.raises(P.DeviceError, match="bad argument"):
+        device.request(P.UPLOAD_BEGIN, P.upload_begin_payload(len(blob) - 4, crc))
+
+    assert device.upload_weights(blob) == crc
+    assert device.hello().weights_crc == crc
+    with torch.no_grad():
+        want = materialize(other.model, result.levels[level].alpha, torch.zeros(1, 1, 8, 8))(
+            torch.from_numpy(result.inputs[:1])).numpy()[0]
+    np.testing.assert_allclose(device.infer(x)[0], want, atol=1e-5, rtol=0)
+    assert device.stats()["uploads_committed"] == 1
+
+
+def test_reset_restarts_with_the_image(device, built):
+    _, result = built
+    device.set_level(index=0)
+    device.reset()
+    time.sleep(0.2)
+    info = device.hello()
+    assert info.level == len(result.levels) - 1
+    assert device.stats()["inferences"] == 0
+
+
+def test_build_records_cycles_and_writes_artifact(built):
+    from lcs.artifact import open_artifact
+
+    _, result = built
+    assert len(result.cycles) == len(result.levels)
+    assert all(c["infer_cycles"] > 0 and c["switch_cycles"] > 0 for c in result.cycles)
+    art = open_artifact(result.artifact)
+    levels = art.manifest["levels"]
+    assert [lv["cycles"] for lv in levels] == [c["infer_cycles"] for c in result.cycles]
+    assert art.manifest["strategy"] == "firmware"
+
+
+def test_over_budget_fails_early_with_numbers(built, tmp_path):
+    from tvm_build.mcu.build import build_firmware
+    from tvm_build.mcu.firmware import BudgetExceeded
+
+    ckpt, _ = built
+    board = dataclasses.replace(targets.load("host-sim"), flash_bytes=20_000, ram_bytes=10_000)
+    with pytest.raises(BudgetExceeded, match=r"flash [\d,]+ B > 20,000 B; RAM [\d,]+ B > 10,000 B"):
+        build_firmware(ckpt, board, None, tmp_path, measure=False, write_artifact=False)
+
+
+def test_missing_toolchain_and_qemu_say_what_to_install(built, tmp_path, monkeypatch):
+    from tvm_build.mcu.build import build_firmware
+    from tvm_build.mcu.firmware import ToolchainMissing
+    from tvm_build.mcu.launch import start_qemu
+
+    ckpt, _ = built
+    board = targets.load("mps2-an500")
+    spec = {**board.extra["firmware"], "cc": "arm-none-eabi-gcc-not-here"}
+    board = dataclasses.replace(board, extra={**board.extra, "firmware": spec})
+    with pytest.raises(ToolchainMissing, match="apt-get install gcc-arm-none-eabi"):
+        build_firmware(ckpt, board, None, tmp_path, measure=False, write_artifact=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ToolchainMissing, match="apt-get install qemu-system-arm"):
+        start_qemu(tmp_path / "x.elf", targets.load("mps2-an500").extra["qemu"])
