@@ -113,11 +113,15 @@ def plot_png(records: list[StepRecord], summary: dict, levels, title: str) -> by
     ax_lat.plot(edges, masked([r.latency_ms for r in records]), drawstyle="steps-post", lw=1.4,
                 color="tab:purple", label="latency (under load)")
     ax_lat.axhline(records[0].deadline_ms, color="tab:red", lw=1, ls="--", label="deadline")
+    measured = [i for i, r in enumerate(records) if r.device_latency_ms is not None]
+    if measured:  # hardware in the loop: what the device itself timed (unloaded) beside the model
+        ax_lat.scatter([xs[i] for i in measured], [records[i].device_latency_ms for i in measured], s=10,
+                       marker="x", color="tab:green", zorder=3, label="device (measured, unloaded)")
     misses = [i for i, r in enumerate(records) if r.deadline_miss]
     if misses:
         ax_lat.scatter([xs[i] for i in misses], [records[i].latency_ms for i in misses], s=12, color="tab:red",
                        zorder=3, label=f"missed ({len(misses)})")
-    shown = [r.latency_ms for r in records if r.latency_ms is not None] + [records[0].deadline_ms]
+    shown = [v for r in records for v in (r.latency_ms, r.device_latency_ms) if v is not None] + [records[0].deadline_ms]
     if max(shown) / min(shown) > 20:  # a deadline far above the latencies would flatten them on a linear axis
         ax_lat.set_yscale("log")
     ax_lat.set_ylabel("latency (ms)")
