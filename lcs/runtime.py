@@ -32,27 +32,28 @@ NOISE = ("Scope Saving", "Scope Loaded")
 @contextlib.contextmanager
 def filtered_tvm_logs():
     """Drop TVM's executable.cc save/load chatter from stderr (written by C++, so filter at the fd level)."""
+    fd = 2  # C++ writes to the process's fd 2, whatever sys.stderr is
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
     try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):  # stderr replaced by something without a descriptor
+        saved = os.dup(fd)
+    except OSError:  # no stderr at all
         yield
         return
-    sys.stderr.flush()
-    saved = os.dup(fd)
     with tempfile.TemporaryFile() as capture:
         os.dup2(capture.fileno(), fd)
         try:
             yield
         finally:
-            sys.stderr.flush()
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
             os.dup2(saved, fd)
             os.close(saved)
             capture.seek(0)
             kept = [line for line in capture.read().decode(errors="replace").splitlines(keepends=True)
-                    if not (("executable.cc" in line and any(n in line for n in NOISE)) or line.strip() == "")]
+                    if not ("executable.cc" in line and any(n in line for n in NOISE))]
             if kept:
-                sys.stderr.write("".join(kept))
-                sys.stderr.flush()
+                os.write(fd, "".join(kept).encode())
 
 
 class RunError(LcsError):

@@ -1,0 +1,106 @@
+"""lcs.runtime: runs an artifact with numpy + the TVM runtime only (no torch), switches levels without reloading."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lcs.runtime import filtered_tvm_logs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run_python(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+
+
+def test_import_pulls_in_neither_torch_nor_tvm():
+    proc = _run_python("""
+        import sys, lcs.runtime
+        bad = [m for m in ("torch", "tvm", "tvm_build") if m in sys.modules]
+        assert not bad, bad
+    """)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_filter_drops_only_tvm_noise(capfd):
+    with filtered_tvm_logs():
+        os.write(2, b"[20:01:02] /src/runtime/vm/executable.cc:276: Warning: Scope Saving: 3\n")
+        os.write(2, b"a real warning\n")
+        os.write(2, b"executable.cc:340: Warning: Scope Loaded: 7\n")
+    err = capfd.readouterr().err
+    assert "a real warning" in err and "Scope" not in err
+
+
+@pytest.fixture(scope="module")
+def host_artifact(tmp_path_factory):
+    pytest.importorskip("tvm")
+    from lcs import commands
+    from tvm_build.build import build
+
+    d = tmp_path_factory.mktemp("rt")
+    config, data = commands.train_config(data_source="digits", family="structured", width=4, epochs=1, batch_size=256)
+    commands.train(config, data, d / "s.safetensors", progress=False)
+    build(d / "s.safetensors", "host", d / "s.lcsa", levels="0.0,0.5,1.0", progress=False)
+    return d / "s.lcsa"
+
+
+@pytest.mark.tvm
+def test_runtime_only_without_torch(host_artifact):
+    # torch is installed in this venv; a device has none. Make `import torch` fail as it would there
+    # (tvm_ffi tries it and carries on) and run with only libtvm_runtime loaded.
+    proc = _run_python(f"""
+        import sys
+        sys.modules["torch"] = None
+        import numpy as np
+        from lcs.runtime import Runtime
+        rt = Runtime({str(host_artifact)!r}, expect_target="host")
+        diffs = rt.check()
+        assert max(diffs) <= 1e-4, diffs
+        ref = rt.artifact.reference()
+        vms = list(rt._vms.values())
+        outs = [rt.run(ref["input"][0], level=i) for i in (2, 0, 1, 2)]
+        assert all(a is b for a, b in zip(vms, rt._vms.values()))  # switching reloaded nothing
+        assert np.array_equal(outs[0], outs[3]) and not np.allclose(outs[0], outs[1])
+        assert "tvm.relax" not in sys.modules and not any(m == "torch" or m.startswith("torch.") for m in sys.modules
+                                                          if sys.modules[m] is not None)
+        try:  # proof that only libtvm_runtime is loaded: the compiler's Relax cannot import
+            from tvm import relax
+        except Exception:
+            pass
+        else:
+            raise SystemExit("tvm.relax imported: the full compiler library is loaded")
+    """, TVM_USE_RUNTIME_LIB="1")
+    assert proc.returncode == 0, proc.stderr
+    assert "Scope" not in proc.stderr
+
+
+@pytest.mark.tvm
+def test_runtime_errors(host_artifact):
+    from lcs.runtime import RunError, Runtime
+
+    rt = Runtime(host_artifact)
+    with pytest.raises(RunError, match="does not match"):
+        rt.run(np.zeros((1, 3, 8, 8), np.float32))
+    with pytest.raises(RunError, match="levels 0..2"):
+        rt.set_level(3)
+    assert rt.level_for_alpha(0.45) == 1
+    assert rt.time(0) > 0
+
+
+@pytest.mark.tvm
+def test_runtime_cli_check(host_artifact):
+    proc = subprocess.run([sys.executable, "-m", "lcs.runtime", str(host_artifact), "--check"], capture_output=True,
+                          text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "TVM_USE_RUNTIME_LIB": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("max abs diff") == 3
+    proc = subprocess.run([sys.executable, "-m", "lcs.runtime", str(host_artifact), "--target", "rasp4"],
+                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2 and "built for target 'host'" in proc.stderr and "Traceback" not in proc.stderr
