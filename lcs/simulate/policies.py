@@ -108,7 +108,8 @@ def greedy_choice(obs: Observation, candidates: Sequence[Option] | None = None,
                   budget_mw: float | None = None) -> Option | None:
     """The greedy rule over `candidates` (default: all options) and a budget (default: the step's)."""
     pool = obs.options if candidates is None else candidates
-    affordable = [o for o in pool if obs.within_budget(o, budget_mw)]
+    limit = (obs.power_budget_mw if budget_mw is None else budget_mw) * (1 + BUDGET_TOLERANCE)
+    affordable = [o for o in pool if o.power_mw <= limit]
     on_time = [o for o in affordable if o.meets_deadline]
     if on_time:
         return best_accuracy(on_time)

@@ -105,7 +105,7 @@ def replay(trace: Trace, model: CostModel, policy: Policy, *, capacity_mwh: floa
     n = len(trace)
     battery = trace.battery_pct[0]
     running: Option | None = None  # last level set on the device; idle steps keep it loaded
-    previous: Option | None = None  # level of the previous step (None when it was idle)
+    previous: int | None = None  # position in the options of the previous step's level (None: idle)
     records: list[StepRecord] = []
     for k in range(n):
         dt = durations[k]
@@ -113,14 +113,15 @@ def replay(trace: Trace, model: CostModel, policy: Policy, *, capacity_mwh: floa
         record = StepRecord(step=k, t_s=trace.t_s[k], dt_s=dt, trace_battery_pct=trace.battery_pct[k],
                             battery_pct=battery, cpu_load=trace.cpu_load[k],
                             power_budget_mw=trace.power_budget_mw[k], deadline_ms=deadline, state="empty")
-        choice = None
+        choice, position = None, None
         if battery > 0:
-            current = None if previous is None else options[model.profile.levels.index(previous.level)]
+            current = None if previous is None else options[previous]
             obs = Observation(step=k, t_s=trace.t_s[k], dt_s=dt, battery_pct=battery, cpu_load=trace.cpu_load[k],
                               power_budget_mw=trace.power_budget_mw[k], deadline_ms=deadline, current=current,
                               options=options)
             choice = policy.choose(obs)
-            if choice is not None and not any(choice is o for o in options):
+            position = next((i for i, o in enumerate(options) if o is choice), None)
+            if choice is not None and position is None:
                 raise PolicyError(f"policy {policy.name} returned {choice!r} at step {k}; "
                                   f"it must return one of obs.options or None")
             record.state = "idle" if choice is None else "run"
@@ -143,7 +144,7 @@ def replay(trace: Trace, model: CostModel, policy: Policy, *, capacity_mwh: floa
             record.energy_mj = energy * served
             record.answers = choice.rate_hz * dt * served
             record.device_latency_ms, record.output = execution.device_latency_ms, execution.output
-            previous = choice
+            previous = position
         else:
             if choice is not None:  # chosen, but the battery had nothing to give this step
                 record.state = "empty"
