@@ -1,0 +1,61 @@
+"""The firmware on QEMU's Cortex-M boards (M3, M4, M7, M55), driven over QEMU's TCP serial port with pyserial:
+every level equals torch, SysTick counts under -icount repeat exactly, a bad frame is answered and survived."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lcs import protocol as P
+from lcs.device import Device
+from tests.test_firmware_hostsim import check_levels, tiny_checkpoint
+
+pytestmark = [pytest.mark.slow, pytest.mark.tvm, pytest.mark.qemu]
+
+BOARDS = ["mps2-an385", "mps2-an386", "mps2-an500", "mps3-an547"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint():
+    return tiny_checkpoint("unstructured")
+
+
+@pytest.mark.parametrize("board", BOARDS)
+def test_board_runs_every_level_exactly(board, checkpoint, tmp_path):
+    import targets
+    from tvm_build.mcu.build import build_firmware
+    from tvm_build.mcu.launch import start_qemu
+
+    result = build_firmware(checkpoint, board, None, tmp_path, samples=2, measure=False, write_artifact=False)
+    with start_qemu(result.binary, targets.load(board).extra["qemu"]) as running, Device.open(running.url) as dev:
+        info = dev.hello()
+        assert (info.board, info.levels, info.family) == (board, len(result.levels), "unstructured")
+        check_levels(dev, result)
+        # within one run the same work costs the same instructions; SysTick (25 MHz, 40 ns) quantizes the
+        # -icount clock (8 ns per instruction) and a SysTick wrap interrupt may fall inside, so counts may differ by
+        # a few ticks with the start phase
+        x = result.inputs[0].reshape(-1).tolist()
+        counts = [dev.infer(x)[1] for _ in range(3)]
+        switches = [dev.set_level(index=1)[1] for _ in range(2)]
+        assert max(counts) - min(counts) <= 4 and max(switches) - min(switches) <= 4 and min(counts) > 1000
+        bad = bytearray(P.encode(P.STATS, 5))
+        bad[7] ^= 1
+        dev.send_raw(bytes(bad))
+        reply = dev.read_frame(5.0)
+        assert (reply.type, reply.status) == (P.ERROR, P.BAD_CRC)
+        out, _ = dev.infer(x)
+        np.testing.assert_allclose(out, result.expected[1][0], atol=1e-5, rtol=0)
+
+
+def test_recorded_cycles_repeat_exactly_across_runs(checkpoint, tmp_path):
+    """What the build records repeats across QEMU runs to within one SysTick tick: the instructions are the same,
+    but the start phase within a 40 ns tick depends on how long the firmware polled the UART for the host."""
+    import targets
+    from tvm_build.mcu.build import build_firmware, measure_cycles
+
+    result = build_firmware(checkpoint, "mps2-an500", [0.1, 1.0], tmp_path, samples=1, measure=True,
+                            write_artifact=False)
+    again = measure_cycles(result, targets.load("mps2-an500"))
+    for a, b in zip(again, result.cycles):
+        assert abs(a["infer_cycles"] - b["infer_cycles"]) <= 1 and abs(a["switch_cycles"] - b["switch_cycles"]) <= 1
+    assert all(c["switch_cycles"] > 0 and c["infer_cycles"] > 0 for c in again)
