@@ -17,6 +17,7 @@ This package imports neither torch nor TVM.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -90,21 +91,23 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
 
     if sum(x is not None for x in (device, sim, executor)) > 1:
         raise ConfigError("give at most one of --device URL, --sim BOARD (or an executor)")
-    if sim is not None:
-        if artifact is None:
-            raise ConfigError("--sim starts the firmware inside an artifact; pass --artifact")
-        if sim != board_power.name:
-            raise ConfigError(f"--sim {sim} but the levels are for board {board_power.name}")
-        from lcs.simulate.hardware import started_firmware
+    if sim is not None and artifact is None:
+        raise ConfigError("--sim starts the firmware inside an artifact; pass --artifact")
+    if sim is not None and sim != board_power.name:
+        raise ConfigError(f"--sim {sim} but the levels are for board {board_power.name}")
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ConfigError(f"--out {out_dir} exists and is not a folder")
 
-        with started_firmware(artifact, sim) as url, _open_device(url) as client:
-            executor = device_executor(client, f"{sim}:{url}", board_power, levels, artifact)
-            result = replay(trace, model, chosen, capacity_mwh=capacity_mwh, executor=executor)
-    elif device is not None:
-        with _open_device(device) as client:
-            executor = device_executor(client, device, board_power, levels, artifact)
-            result = replay(trace, model, chosen, capacity_mwh=capacity_mwh, executor=executor)
-    else:
+    with contextlib.ExitStack() as running:
+        url, name = device, device
+        if sim is not None:
+            from lcs.simulate.hardware import started_firmware
+
+            url = running.enter_context(started_firmware(artifact, sim))
+            name = f"{sim}:{url}"
+        if url is not None:
+            client = running.enter_context(_open_device(url))
+            executor = device_executor(client, name, board_power, levels, artifact)
         result = replay(trace, model, chosen, capacity_mwh=capacity_mwh, executor=executor)
     summary = {
         "trace": str(trace.path), "levels_from": levels.source, "board": board_power.name,
