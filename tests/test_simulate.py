@@ -247,6 +247,17 @@ def test_greedy_never_exceeds_the_budget_on_a_random_trace(tmp_path):
             assert not affordable
 
 
+def test_deadline_misses_are_counted_when_no_level_is_on_time(tmp_path):
+    m = cost_model(deadline_ms=0.2)
+    # load 0.95 on 2 cores: 10 % of a core -> 0.5, 1.5, 3 ms; nothing meets 0.2 ms, greedy answers late at level 0
+    trace = load_trace(write_trace(tmp_path / "t.csv", [(0, 90, 0.0, 100), (1, 90, 0.95, 100), (2, 90, 0.95, 100),
+                                                         (3, 90, 0.0, 100)]))
+    records = replay(trace, m, make_policy("greedy"), capacity_mwh=3700.0).records
+    assert [r.level for r in records] == [1, 0, 0, 1]  # unloaded, 0.15 ms is on time; loaded, the fastest
+    assert [r.deadline_miss for r in records] == [False, True, True, False]
+    assert summarize(replay(trace, m, make_policy("greedy"), capacity_mwh=3700.0))["deadline_misses"] == 2
+
+
 def test_battery_policy_caps_the_level_by_thresholds():
     m, battery = cost_model(), make_policy("battery")  # thresholds 50, 20, 5
     assert battery.choose(obs_for(m, 100.0, battery=80)).level.index == 2
