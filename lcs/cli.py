@@ -170,7 +170,7 @@ def _policy_options(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--period-ms", type=float, default=None,
               help="one inference request every period [default: 100 ms]")
 @click.option("--capacity-mwh", type=float, default=3700.0, show_default=True,
-              help="battery capacity (default: 1000 mAh at 3.7 V)")
+              help="battery capacity (the default is 1000 mAh at 3.7 V)")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="folder for timeline.csv, summary.json, timeline.png [default: sim-<trace name>]")
 @click.option("--device", "device_url", default=None, metavar="URL",

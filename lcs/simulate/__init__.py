@@ -125,10 +125,13 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
     return SimulationResult(replay=result, summary=summary, profile=levels, files=files)
 
 
+DEVICE_CONNECT_TIMEOUT_S = 3.0  # a port that is not there after this is not coming
+
+
 def _open_device(url: str):
     from lcs.device import Device
 
-    return Device.open(url)
+    return Device.open(url, connect_timeout=DEVICE_CONNECT_TIMEOUT_S)
 
 
 def device_executor(client, url: str, board: BoardPower, levels: Profile, artifact: str | Path | None):
