@@ -112,7 +112,10 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
     summary = {
         "trace": str(trace.path), "levels_from": levels.source, "board": board_power.name,
         "policy": chosen.name, "source": result.source, "deadline_ms": workload.deadline_ms,
-        "period_ms": workload.period_ms, "capacity_mwh": capacity_mwh, **summarize(result),
+        "period_ms": workload.period_ms, "capacity_mwh": capacity_mwh,
+        # what each level costs unloaded at this period: the scale a trace's power_budget_mw must match
+        "level_power_mw": {o.level.label: o.power_mw for o in model.options(0.0)},
+        **summarize(result),
     }
     if hasattr(executor, "report"):
         summary.update(executor.report())

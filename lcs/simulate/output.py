@@ -173,7 +173,7 @@ def print_summary(summary: dict) -> None:
 
     mean = summary["mean_expected_accuracy"]
     budget_note = f" ({summary['over_budget_steps']} over budget)" if summary["over_budget_steps"] else ""
-    table = Table(title=f"simulate {summary['trace']}: policy {summary['policy']} on {summary['board']}")
+    table = Table(title=f"simulate {Path(summary['trace']).name}: policy {summary['policy']} on {summary['board']}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     rows = [
@@ -188,6 +188,10 @@ def print_summary(summary: dict) -> None:
         ("battery", f"{summary['battery_start_pct']:.1f}% -> {summary['battery_left_pct']:.1f}% "
                     f"(min {summary['battery_min_pct']:.1f}%)"),
     ]
+    costs = list(summary.get("level_power_mw", {}).values())
+    if costs:
+        rows.append(("level cost (unloaded)", f"{min(costs):.4g} to {max(costs):.4g} mW "
+                                              f"at one request per {summary['period_ms']:g} ms"))
     if summary.get("device_latency_ms_mean") is not None:
         disagree = summary.get("reference_disagreements")
         rows.append(("device latency", f"{summary['device_latency_ms_mean']:.4g} ms mean, "
