@@ -72,6 +72,12 @@ def test_trace_parses_comments_extras_and_defaults(tmp_path):
     assert trace.columns == ("t_s", "cpu_load")
 
 
+def test_trace_errors_are_lcs_errors_for_api_callers(tmp_path):
+    path = write_trace(tmp_path / "t.csv", [(0, 90, 0.1, 10), (1, 90, 1.5, 10)])
+    with pytest.raises(TraceError, match=r"t.csv:3: column cpu_load = 1.5 is outside \[0, 1\] \(a fraction"):
+        load_trace(path)
+
+
 BAD_TRACES = [
     ("nan", HEADER + "\n0,90,0.1,10\n1,nan,0.1,10\n", ":3: column battery_pct is NaN"),
     ("blank", HEADER + "\n0,90,0.1,10\n1,90,,10\n", ":3: column cpu_load is blank"),
