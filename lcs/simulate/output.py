@@ -2,6 +2,21 @@
 
 Everything is rendered in memory first and then written file by file through `lcs.atomic`, so a
 failure leaves no half-written file behind.
+
+timeline.csv, one row per trace row (blank cells: not applicable, e.g. no level while idle):
+  step, t_s, dt_s; trace_battery_pct (the trace's own value), battery_pct (simulated, at the start
+  of the step), cpu_load, power_budget_mw (`inf`: unlimited), deadline_ms; state (`run`, `idle`:
+  the policy chose no level, `empty`: no charge); level, alpha, label, accuracy of the level run;
+  latency_ms (model, under load), deadline_miss and over_budget (0/1); power_mw, energy_mj,
+  answers (requests answered), served_fraction (share of the step the battery could power),
+  battery_end_pct, switched (1 when the level changed); with a device also device_latency_ms
+  (measured on the device) and output (its predicted class).
+
+summary.json: the run's settings, `level_power_mw` (each level's unloaded cost at the period),
+mean_expected_accuracy (over answers), answers, energy_mj/energy_mwh, mean_power_mw,
+deadline_misses, over_budget_steps, switches, run/idle/empty steps, battery start/left/min,
+time_per_level_s; with a device also its latency and how many predictions differed from the
+artifact's reference outputs.
 """
 
 from __future__ import annotations
