@@ -18,8 +18,8 @@ An artifact is an uncompressed POSIX tar of regular files. `manifest.json` is it
       "modules": {                          # compiled libraries and the order of their run-time inputs
         "lib/level0.so": {"entry": "main",
                           "params": [{"name": "p_w", "shape": [8, 1, 3, 3], "dtype": "float32"}, ...],
-                          "extra_inputs": []}      # e.g. [{"name": "alpha", ...}] for alpha-input
-      },
+                          "extra_inputs": []}      # e.g. [{"name": "alpha", "shape": [1], "dtype": "float64"}]
+      },                                    # call: main(x, *extra_inputs (values = level[name]), *params)
       "levels": [{
         "index": 0, "alpha": 1.0, "label": "width 1.000", "keep": 1.0, "width": 1.0, "bits": null,
         "accuracy": 0.93 | null,            # from the checkpoint's metrics if known

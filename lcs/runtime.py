@@ -104,7 +104,10 @@ class Runtime:
             module = members["library"]
             spec = manifest["modules"][module]
             weights = self.artifact.read_npz(members["weights"]) if members.get("weights") else {}
-            args = []
+            args = []  # main(x, *extra_inputs, *params)
+            for extra in spec.get("extra_inputs", []):  # e.g. alpha for the alpha-input strategy
+                value = np.asarray(level[extra["name"]], dtype=extra["dtype"]).reshape(extra["shape"])
+                args.append(tvm.runtime.tensor(value, self.device))
             for p in spec.get("params", []):
                 if p["name"] not in weights:
                     raise ArtifactError(f"{self.artifact.path}: level {level['index']} lacks weight {p['name']}")
@@ -113,9 +116,6 @@ class Runtime:
                     raise ArtifactError(f"{self.artifact.path}: weight {p['name']} of level {level['index']} is "
                                         f"{array.shape} {array.dtype}, the module wants {p['shape']} {p['dtype']}")
                 args.append(tvm.runtime.tensor(array, self.device))
-            for extra in spec.get("extra_inputs", []):  # e.g. alpha for the alpha-input strategy
-                value = np.asarray(level[extra["name"]], dtype=extra["dtype"]).reshape(extra["shape"])
-                args.append(tvm.runtime.tensor(value, self.device))
             self._levels.append((self._vms[module], args))
         self.level = 0
 

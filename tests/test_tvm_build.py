@@ -130,6 +130,31 @@ def test_info_table_and_json(host_unstructured):
     assert code == 0 and "50.0% sparse" in text and "lcs-artifact" in text
 
 
+def test_alpha_input_blends_in_the_graph(ckpts, tmp_path):
+    from lcs.runtime import Runtime
+
+    out = tmp_path / "a.lcsa"
+    code, text = run_cli("build", ckpts["unstructured"], "--target", "host", "--strategy", "alpha-input",
+                         "--levels", "keep=0.1,0.6", "--no-progress", "-o", out)
+    assert code == 0, text
+    a = art.open_artifact(out)
+    (module,) = a.manifest["modules"].values()
+    assert module["extra_inputs"] == [{"name": "alpha", "shape": [1], "dtype": "float64"}]
+    assert {lv["members"]["weights"] for lv in a.levels} == {"weights/endpoints.npz"}  # endpoints stored once
+    assert any(name.endswith("weight1") for name in a.read_npz("weights/endpoints.npz"))
+    rt = Runtime(a)
+    xs = a.reference()["input"]
+    for index, alpha in enumerate((0.1, 0.6)):
+        got = np.stack([rt.run(x, level=index) for x in xs])
+        np.testing.assert_allclose(got, subspace_outputs(ckpts["unstructured"], alpha, xs), atol=1e-4, rtol=0)
+
+
+def test_alpha_input_refuses_quantization(ckpts, tmp_path):
+    code, text = run_cli("build", ckpts["quantization"], "--target", "host", "--strategy", "alpha-input",
+                         "--no-progress", "-o", tmp_path / "x.lcsa")
+    assert code == 2 and "unstructured family only" in text and text.count("\n") == 1
+
+
 def test_structured_weights_as_input_refused(ckpts, tmp_path):
     code, text = run_cli("build", ckpts["structured"], "--target", "host", "--strategy", "weights-as-input",
                          "--no-progress", "-o", tmp_path / "x.lcsa")

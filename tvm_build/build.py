@@ -191,11 +191,13 @@ def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key,
         bar.step(f"level {index}: export ({level.label()})")
         with torch.no_grad():
             reference[f"level{index}"] = np.stack([net(torch.from_numpy(x)).numpy() for x in xs])
-        arrays = graph.param_arrays(net)
+        export_net = getattr(net, "export_net", net)  # alpha-input exports one net taking (x, alpha)
+        arrays = graph.param_arrays(export_net)
         # identical network structure (e.g. every sparsity level): export once, reuse the Relax module
-        shape_key = (repr(net), tuple(graph.param_specs(arrays)))
+        shape_key = (repr(export_net), tuple(graph.param_specs(arrays)))
         if shape_key not in exported:
-            mod, ep = tc.to_relax(net, example)
+            args = net.export_args(example) if hasattr(net, "export_args") else (example,)
+            mod, ep = tc.to_relax(export_net, args)
             exported[shape_key] = (mod, graph.export_order(ep))
         mod, order = exported[shape_key]
         if sorted(order) != sorted(arrays):
@@ -214,7 +216,8 @@ def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key,
                                       getattr(net, "extra_inputs", []))
             modules.append(compiled)
             by_structure[structure] = compiled
-        weights_name = f"weights/level{index}.npz"
+        # alpha-input levels share the two endpoints; the level is only its alpha
+        weights_name = "weights/endpoints.npz" if strategy == "alpha-input" else f"weights/level{index}.npz"
         extra_values = {e["name"]: e["value"] for e in getattr(net, "extra_inputs", [])}
         members[weights_name] = art.npz_bytes(arrays) if arrays else art.npz_bytes({})
         level_rows.append({

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,14 +69,16 @@ def check_cross_compiler(board) -> None:
                              f"(apt-get install {board.debian_package})")
 
 
-def to_relax(net, example):
-    """torch.export a plain network and import it into Relax with its parameters as inputs after x."""
+def to_relax(net, args):
+    """torch.export a plain network and import it into Relax: main(*args, *parameters)."""
     import torch
     from tvm.relax.frontend import detach_params
     from tvm.relax.frontend.torch import from_exported_program
 
-    with torch.no_grad():
-        ep = torch.export.export(net, (torch.as_tensor(example),))
+    with torch.no_grad(), warnings.catch_warnings():
+        # alpha-input layers receive alpha as a plain attribute set in forward (never a buffer: it is an input)
+        warnings.filterwarnings("ignore", message="The tensor attributes .* were assigned during export")
+        ep = torch.export.export(net, tuple(args))
     mod = from_exported_program(ep, keep_params_as_input=True, unwrap_unit_return_tuple=True)
     mod, _ = detach_params(mod)
     return mod, ep

@@ -1,0 +1,266 @@
+"""Batch-1 CPU latency per compression level: torch eager, ONNX Runtime, ExecuTorch-XNNPACK (when installed),
+untuned TVM and MetaSchedule-tuned TVM, at 1 and 2 threads; plus the cost of switching level in lcs.runtime.
+
+    PYTHONPATH=. python benchmarks/latency.py [--checkpoint CKPT] [--levels width=1.0,width=0.5,width=0.25]
+                                              [--trials 64] [--reps 300]
+
+Prints a table (ratios against ONNX Runtime at the same thread count) and writes benchmarks/results/latency.json.
+Each runtime is timed in its own process: TVM's idle worker threads spin after a call and would slow torch down.
+TVM artifacts are built through `tvm_build.build` exactly as `lcs build` makes them (per-level modules, weights as
+inputs); the tuned one is tuned in that form, with the database cached and reused (LCS_CACHE_DIR/tune).
+Without --checkpoint a small CNN (structured width, mnist5k 28x28, width 16) is trained for one epoch: latency does
+not depend on accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "latency.json"
+
+
+def median_ms(fn, reps: int, warmup: int = 20) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times)
+
+
+# -- workers (each runs in its own process) ------------------------------------------------------------------------
+
+def worker_torch(spec: dict) -> dict:
+    """torch eager, ONNX Runtime and ExecuTorch on the same materialized networks."""
+    import numpy as np
+    import torch
+
+    from lcs import checkpoint
+    from tvm_build.graph import level_network, sample_inputs
+
+    torch.set_num_threads(spec["threads"])
+    ckpt = checkpoint.load(spec["checkpoint"])
+    x = torch.from_numpy(sample_inputs(ckpt.config, count=1)[0])
+    out: dict = {"torch": [], "onnxruntime": [], "executorch": [], "notes": []}
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        ort = None
+        out["notes"].append("onnxruntime not installed")
+    try:
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+        from executorch.runtime import Runtime as EtRuntime
+    except ImportError as exc:
+        EtRuntime = None
+        out["notes"].append(f"ExecuTorch not measured: {exc}")
+    tmp = Path(spec["scratch"])
+    for alpha in spec["alphas"]:
+        net = level_network(ckpt.model, alpha, x)
+        with torch.no_grad():
+            ref = net(x).numpy()
+            out["torch"].append(median_ms(lambda: net(x), spec["reps"]))
+        if ort is not None:
+            path = tmp / f"level_{alpha:.4f}.onnx"
+            if not path.exists():
+                torch.onnx.export(net, (x,), str(path), dynamo=True, verbose=False)
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads, opts.inter_op_num_threads = spec["threads"], 1
+            sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            name = sess.get_inputs()[0].name
+            xn = x.numpy()
+            assert np.abs(sess.run(None, {name: xn})[0] - ref).max() < 1e-4
+            out["onnxruntime"].append(median_ms(lambda: sess.run(None, {name: xn}), spec["reps"]))
+        if EtRuntime is not None:
+            try:
+                program = to_edge_transform_and_lower(torch.export.export(net, (x,)),
+                                                      partitioner=[XnnpackPartitioner()]).to_executorch()
+                path = tmp / f"level_{alpha:.4f}.pte"
+                path.write_bytes(program.buffer)
+                method = EtRuntime.get().load_program(str(path)).load_method("forward")
+                assert np.abs(method.execute([x])[0].numpy() - ref).max() < 1e-4
+                out["executorch"].append(median_ms(lambda: method.execute([x]), spec["reps"]))
+            except Exception as exc:  # report, do not hide: the table shows the reason
+                out["notes"].append(f"ExecuTorch failed at alpha {alpha}: {type(exc).__name__}: {exc}"[:300])
+                out["executorch"].append(None)
+    return out
+
+
+def worker_tvm(spec: dict) -> dict:
+    """Untuned and tuned artifacts through lcs.runtime: per level, and the cost of switching level."""
+    import numpy as np
+
+    from lcs.runtime import Runtime
+
+    out: dict = {}
+    for kind in ("untuned", "tuned"):
+        rt = Runtime(spec[kind])
+        x = rt.artifact.reference()["input"][0]
+        per_level = [median_ms(lambda i=i: rt.run(x, level=i), spec["reps"]) for i in range(len(rt.levels))]
+        out[kind] = per_level
+        if kind == "tuned":
+            full = int(np.argmax([lv["alpha"] for lv in rt.levels]))
+            n = len(rt.levels)
+            # the switch alone (what a device does between inferences)
+            out["switch_ms"] = median_ms(lambda: rt.set_level((rt.level + 1) % n), 2000)
+            # inference right after a switch vs at a steady level (cache effects included)
+            same = median_ms(lambda: rt.run(x, level=full), spec["reps"])
+            state = {"i": 0}
+
+            def alternate():
+                state["i"] = (state["i"] + 1) % n
+                rt.run(x, level=state["i"])
+
+            out["alternating_mean_ms"] = median_ms(alternate, spec["reps"])
+            out["steady_full_ms"] = same
+    return out
+
+
+def run_worker(kind: str, spec: dict, threads: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TVM_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+    if kind == "tvm":
+        env["TVM_USE_RUNTIME_LIB"] = "1"
+    proc = subprocess.run([sys.executable, __file__, "--worker", kind, "--spec", json.dumps({**spec, "threads": threads})],
+                          capture_output=True, text=True, env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"{kind} worker failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# -- driver --------------------------------------------------------------------------------------------------------
+
+def default_checkpoint(cache: Path) -> Path:
+    path = cache / "bench-small-cnn-structured.safetensors"
+    if not path.exists():
+        from lcs import commands
+
+        config, data = commands.train_config(data_source="mnist5k", family="structured", width=16, epochs=1)
+        commands.train(config, data, path, progress=False)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path)
+    parser.add_argument("--levels", default="width=1.0,width=0.5,width=0.25")
+    parser.add_argument("--trials", type=int, default=64, help="MetaSchedule trials per level module")
+    parser.add_argument("--reps", type=int, default=300)
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--worker", choices=["torch", "tvm"])
+    parser.add_argument("--spec")
+    args = parser.parse_args()
+    if args.worker:
+        spec = json.loads(args.spec)
+        result = worker_torch(spec) if args.worker == "torch" else worker_tvm(spec)
+        print(json.dumps(result))
+        return
+
+    from lcs import checkpoint
+    from lcs.commands import level_alphas
+    from tvm_build.build import build
+    from tvm_build.compile import cache_dir
+
+    cache = cache_dir() / "bench"
+    cache.mkdir(parents=True, exist_ok=True)
+    ckpt_path = args.checkpoint or default_checkpoint(cache)
+    ckpt = checkpoint.load(ckpt_path)
+    alphas = level_alphas(args.levels, ckpt.model.cmap)
+    labels = [ckpt.model.cmap.level(a).label() for a in alphas]
+    levels_text = ",".join(f"{a!r}" for a in alphas)
+    t = time.perf_counter()
+    untuned = build(ckpt_path, "host", cache / "untuned.lcsa", levels=levels_text, progress=False)
+    untuned_s = time.perf_counter() - t
+    t = time.perf_counter()
+    tuned = build(ckpt_path, "host", cache / "tuned.lcsa", levels=levels_text, tune=args.trials, progress=True,
+                  log=lambda m: print(m, file=sys.stderr))
+    tuned_s = time.perf_counter() - t
+    tuning = tuned["tuning"]
+    spec = {"checkpoint": str(ckpt_path), "alphas": alphas, "reps": args.reps, "scratch": str(cache),
+            "untuned": str(cache / "untuned.lcsa"), "tuned": str(cache / "tuned.lcsa")}
+    runs = {}
+    for threads in [int(n) for n in args.threads.split(",")]:
+        runs[threads] = {**run_worker("torch", spec, threads), **run_worker("tvm", spec, threads)}
+
+    import platform
+
+    from tvm.target import codegen
+
+    result = {
+        "machine": {"cpu": codegen.llvm_get_system_cpu(), "cores": os.cpu_count(), "python": platform.python_version(),
+                    "load_average": os.getloadavg()},
+        "checkpoint": str(ckpt_path), "model": ckpt.config.model.__dict__, "levels": labels, "alphas": alphas,
+        "tuning": {"trials_per_module": args.trials, "modules": tuning,
+                   "tuning_seconds_this_run": round(sum(m["seconds"] for m in tuning if not m["reused"]), 1),
+                   "database_reused": all(m["reused"] for m in tuning), "tuned_build_seconds": round(tuned_s, 1),
+                   "untuned_build_seconds": round(untuned_s, 1)},
+        "threads": {str(k): v for k, v in runs.items()},
+    }
+    result["targets"] = check_targets(result)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, args.out)
+    print_table(result)
+    print(f"wrote {args.out}")
+
+
+def check_targets(result: dict) -> dict:
+    out = {}
+    full = 0  # the first level is width 1.0 by default
+    for threads, r in result["threads"].items():
+        ort = r["onnxruntime"]
+        if ort:
+            out[f"tuned_full_vs_onnxruntime_{threads}t"] = round(r["tuned"][full] / ort[full], 3)
+        out[f"tuned_smallest_vs_full_{threads}t"] = round(r["tuned"][-1] / r["tuned"][full], 3)
+        out[f"switch_vs_inference_{threads}t"] = round(r["switch_ms"] / r["tuned"][full], 5)
+        out[f"alternating_vs_steady_{threads}t"] = round(r["alternating_mean_ms"] / r["steady_full_ms"], 3)
+    out["goals"] = {"tuned_full_vs_onnxruntime": "<= 1.0", "tuned_smallest_vs_full": "<= 0.15 (width 0.25)",
+                    "switch_vs_inference": "<= 0.1", "tuning_seconds": "<= 300"}
+    return out
+
+
+def print_table(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=140)
+    table = Table(title="batch-1 latency, median ms (x = ratio to ONNX Runtime at the same thread count)")
+    for col in ("threads", "level", "torch eager", "ONNX Runtime", "ExecuTorch", "TVM untuned", "TVM tuned"):
+        table.add_column(col, justify="left" if col == "level" else "right")
+    for threads, r in result["threads"].items():
+        for i, label in enumerate(result["levels"]):
+            ort = r["onnxruntime"][i] if r["onnxruntime"] else None
+
+            def cell(v):
+                if v is None:
+                    return "-"
+                return f"{v:.3f}" + (f" ({v / ort:.2f}x)" if ort else "")
+
+            et = r["executorch"][i] if r["executorch"] else None
+            table.add_row(threads, label, cell(r["torch"][i]), cell(ort), cell(et), cell(r["untuned"][i]),
+                          cell(r["tuned"][i]))
+    console.print(table)
+    for threads, r in result["threads"].items():
+        console.print(f"{threads} thread(s): level switch {1e3 * r['switch_ms']:.2f} us; inference after a switch "
+                      f"(round robin) {r['alternating_mean_ms']:.3f} ms vs steady full level {r['steady_full_ms']:.3f} ms")
+        for note in r.get("notes", []):
+            console.print(f"  note: {note}")
+    t = result["tuning"]
+    console.print(f"tuning: {t['trials_per_module']} trials per module, {t['tuning_seconds_this_run']} s this run "
+                  f"(database reused: {t['database_reused']})")
+    console.print("targets: " + json.dumps({k: v for k, v in result["targets"].items() if k != "goals"}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""The Raspberry Pi 4 artifact really runs: cross-compile for rasp4, run it with lcs.runtime in an arm64 Debian root
+under qemu-user (aarch64 TVM wheel, runtime-only, no torch) and compare with x86.
+
+The arm64 root is built once by scripts/arm64-root.sh (about 6 minutes, cached under LCS_CACHE_DIR)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tvm")
+pytestmark = [pytest.mark.qemu, pytest.mark.slow, pytest.mark.tvm]
+ROOT = Path(__file__).resolve().parents[1]
+DEVICE_FILES = ("__init__.py", "artifact.py", "atomic.py", "errors.py", "runtime.py")  # all a Pi needs of lcs
+
+
+@pytest.fixture(scope="module")
+def arm64_root() -> Path:
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "arm64-root.sh")], capture_output=True, text=True,
+                          env={**os.environ, "PYTHON": sys.executable}, timeout=3600)
+    assert proc.returncode == 0, f"scripts/arm64-root.sh failed:\n{proc.stderr[-3000:]}"
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    from lcs import commands
+    from tvm_build.build import build
+
+    d = tmp_path_factory.mktemp("pi")
+    config, data = commands.train_config(data_source="digits", family="structured", width=4, epochs=1, batch_size=256)
+    commands.train(config, data, d / "s.safetensors", progress=False)
+    build(d / "s.safetensors", "rasp4", d / "rasp4.lcsa", levels="0.0,1.0", progress=False)
+    build(d / "s.safetensors", "host", d / "host.lcsa", levels="0.0,1.0", progress=False)
+    return d / "rasp4.lcsa", d / "host.lcsa"
+
+
+def test_rasp4_artifact_runs_under_qemu(arm64_root, artifacts):
+    from lcs.runtime import Runtime
+
+    rasp4, host = artifacts
+    work = Path("root") / f"lcs-test-{uuid.uuid4().hex[:8]}"
+    inside = arm64_root / work
+    (inside / "lcs").mkdir(parents=True)
+    try:
+        for name in DEVICE_FILES:
+            shutil.copy(ROOT / "lcs" / name, inside / "lcs" / name)
+        shutil.copy(rasp4, inside / "rasp4.lcsa")
+        script = textwrap.dedent(f"""
+            import json, platform, sys
+            sys.path.insert(0, "/{work}")
+            from lcs.runtime import Runtime
+            rt = Runtime("/{work}/rasp4.lcsa", expect_target="rasp4")
+            ref = rt.artifact.reference()
+            outs = [[rt.run(x, level=i).tolist() for x in ref["input"]] for i in range(len(rt.levels))]
+            try:
+                import torch
+                has_torch = True
+            except ImportError:
+                has_torch = False
+            print(json.dumps({{"machine": platform.machine(), "torch": has_torch, "outs": outs}}))
+        """)
+        (inside / "run.py").write_text(script)
+        proc = subprocess.run(["chroot", str(arm64_root), "/usr/bin/env", "TVM_USE_RUNTIME_LIB=1",
+                               "/root/venv/bin/python", f"/{work}/run.py"], capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(inside, ignore_errors=True)
+    assert result["machine"] == "aarch64" and result["torch"] is False
+    x86 = Runtime(host)
+    ref = x86.artifact.reference()
+    for level, outs in enumerate(result["outs"]):
+        pi = np.asarray(outs, dtype=np.float32)
+        here = np.stack([x86.run(x, level=level) for x in ref["input"]])
+        diff = float(np.abs(pi - here).max())
+        assert diff <= 1e-4, f"level {level}: aarch64 vs x86 differ by {diff}"
+        assert float(np.abs(pi - ref[f"level{level}"]).max()) <= 1e-4
