@@ -35,10 +35,11 @@ COMMAND_NAMES = {HELLO: "hello", SET_LEVEL: "set_level", INFER: "infer", STATS: 
                  UPLOAD_CHUNK: "upload_chunk", UPLOAD_COMMIT: "upload_commit", RESET: "reset", LEVEL_INFO: "level_info"}
 
 # Status codes (first payload byte of every reply).
-OK, BAD_CRC, BAD_LENGTH, UNKNOWN_COMMAND, BAD_ARGUMENT, OUT_OF_RANGE, UPLOAD_STATE, UPLOAD_CHECK = range(8)
+OK, BAD_CRC, BAD_LENGTH, UNKNOWN_COMMAND, BAD_ARGUMENT, OUT_OF_RANGE, UPLOAD_STATE, UPLOAD_CHECK, NO_SPACE = range(9)
 STATUS_NAMES = {OK: "ok", BAD_CRC: "bad CRC", BAD_LENGTH: "bad length", UNKNOWN_COMMAND: "unknown command",
                 BAD_ARGUMENT: "bad argument", OUT_OF_RANGE: "level out of range",
-                UPLOAD_STATE: "upload out of order or incomplete", UPLOAD_CHECK: "uploaded weights failed their check"}
+                UPLOAD_STATE: "upload out of order or incomplete", UPLOAD_CHECK: "uploaded weights failed their check",
+                NO_SPACE: "no spare weight bank in this build (flash too small for two sets)"}
 
 # SET_LEVEL selectors.
 BY_INDEX, BY_ALPHA = 0, 1

@@ -32,9 +32,17 @@ extern const lcs_layer_t lcs_layers[];
 extern const uint32_t lcs_input_len, lcs_output_len;   /* float32 elements */
 extern const uint32_t lcs_weight_bytes;
 extern const uint8_t lcs_model_hash[16];
-extern uint32_t lcs_bank_a_words[], lcs_bank_b_words[]; /* the weight store: two banks */
+extern uint32_t lcs_bank_a_words[];                    /* the weight store: the built set ... */
+#ifdef LCS_NO_UPLOAD_BANK
+extern uint32_t *const lcs_bank_b_words;               /* ... and no spare bank where flash is too small */
+#else
+extern uint32_t lcs_bank_b_words[];                    /* ... and a spare bank for uploads */
+#endif
+extern const uint8_t lcs_has_upload_bank;
 #define lcs_bank_a ((uint8_t *)lcs_bank_a_words)
 #define lcs_bank_b ((uint8_t *)lcs_bank_b_words)
+
+extern uint8_t lcs_rx_buffer[];                        /* main.c: frame payloads; INFER input in place */
 
 /* Generated executor. */
 void lcs_model_bind(const uint8_t *bank);   /* point the weight tensors at a bank */

@@ -38,13 +38,16 @@ class FirmwareBuild:
     state_bytes: int
     workspace_bytes: int
     kernels: int
+    switching: str = "on-switch"  # where the weight transform runs: once per switch, or inside every kernel call
+    upload_bank: bool = True
     cycles: list[dict] = field(default_factory=list)  # per level: {"infer": n, "switch": n} when measured
     artifact: Path | None = None
 
     def summary(self) -> dict:
         return {"board": self.board, "binary": str(self.binary), **self.sizes.to_dict(),
                 "arena_bytes": self.arena_bytes, "state_bytes": self.state_bytes, "weight_bytes": len(self.bank),
-                "workspace_bytes": self.workspace_bytes, "kernels": self.kernels,
+                "workspace_bytes": self.workspace_bytes, "kernels": self.kernels, "switching": self.switching,
+                "upload_bank": self.upload_bank,
                 "levels": [{**lv.to_dict(), **(self.cycles[i] if i < len(self.cycles) else {})}
                            for i, lv in enumerate(self.levels)]}
 
@@ -75,13 +78,16 @@ def _linker_script(board, path: Path) -> Path:
     return path
 
 
-def compile_firmware(board, src_dir: Path, out: Path, *, max_payload: int, workspace: int) -> Path:
+def compile_firmware(board, src_dir: Path, out: Path, *, max_payload: int, workspace: int, tx_bytes: int = 0,
+                     defines: tuple[str, ...] = ()) -> Path:
     spec = board.extra["firmware"]
     cc = fw.require_tool(spec["cc"], spec.get("cc_package", spec["cc"]))
     board_dir = fw.FIRMWARE_DIR / "boards" / spec["board_dir"]
     cmd = [cc, *spec.get("cflags", []), f"-DLCS_MAX_PAYLOAD={max_payload}", f"-DLCS_WORKSPACE_BYTES={workspace}",
            f"-I{fw.FIRMWARE_DIR / 'src'}", f"-I{board_dir}", *[f"-I{d}" for d in fw.include_dirs()],
-           *[f"-D{d}" for d in spec.get("defines", [])]]
+           *[f"-D{d}" for d in (*spec.get("defines", []), *defines)]]
+    if tx_bytes:
+        cmd.append(f"-DLCS_TX_BYTES={tx_bytes}")
     if "memory" in spec:
         cmd += [f"-T{_linker_script(board, src_dir / 'link.ld')}"]
     cmd += ["-o", str(out), *fw.firmware_sources(src_dir, board_dir), *spec.get("ldflags", [])]
@@ -89,8 +95,16 @@ def compile_firmware(board, src_dir: Path, out: Path, *, max_payload: int, works
     return out
 
 
+SWITCHING = ("on-switch", "in-kernel")
+
+
 def build_firmware(checkpoint, board, levels: list[float] | None, out_dir, *, samples: int = 2, measure: bool = True,
-                   write_artifact: bool = True, example: torch.Tensor | None = None) -> FirmwareBuild:
+                   write_artifact: bool = True, example: torch.Tensor | None = None, switching: str = "auto",
+                   upload_bank: bool | None = None) -> FirmwareBuild:
+    """`switching`: "on-switch" keeps the current level's weights in RAM, computed once per switch (fast inference,
+    RAM = weights); "in-kernel" recomputes them inside every kernel (RAM = activations only, slower inference);
+    "auto" takes the first that fits the board. `upload_bank`: reserve a second weight bank for uploads (None: if
+    the flash budget allows)."""
     from lcs.subspace.export import materialize
 
     board = _load_board(board)
@@ -108,24 +122,34 @@ def build_firmware(checkpoint, board, levels: list[float] | None, out_dir, *, sa
     out_dir = Path(out_dir)
     src = out_dir / "src"
     src.mkdir(parents=True, exist_ok=True)
-    dn, lowered, p = _lowered(model, x)
-    bank = fw.bank_bytes(dn, p)
-    executor_c = emit_executor(p, [c.kernel for c in p.calls])
-    mhash = fw.model_hash(bank, lowered.kernels_c.encode(), executor_c.encode())
-    default = int(np.argmax(alphas))
-    tables = fw.emit_model_tables(dn, p, cmap.family, level_objs, default, bank, mhash)
-    (src / "kernels.c").write_text(lowered.kernels_c)
-    (src / "executor.c").write_text(executor_c)
-    (src / "model_gen.c").write_text(tables)
-
     in_len = int(np.prod(shape))
-    out_len = int(np.prod(p.tensors[p.output].shape))
-    max_payload = max(256, in_len * 4, out_len * 4 + 8, 1032)
     binary = out_dir / ("firmware.elf" if board.kind == "mcu" else "firmware-host-sim")
-    compile_firmware(board, src, binary, max_payload=max_payload, workspace=max(16, lowered.workspace_bytes))
     spec = board.extra["firmware"]
-    sizes = fw.elf_sizes(binary, stack_bytes=int(spec.get("stack_bytes", 0)))
-    fw.check_budget(sizes, board)
+    if switching not in ("auto", *SWITCHING):
+        raise ConfigError(f"unknown switching mode {switching!r}; choose auto, {', '.join(SWITCHING)}")
+    variants = [(m, bank) for m in (SWITCHING if switching == "auto" else (switching,))
+                for bank in ((True, False) if upload_bank is None else (upload_bank,))]
+    for attempt, (mode, with_bank) in enumerate(variants):
+        dn, lowered, p = _lowered(model, x, mode == "in-kernel")
+        bank = fw.bank_bytes(dn, p)
+        executor_c = emit_executor(p, [c.kernel for c in p.calls])
+        mhash = fw.model_hash(bank, lowered.kernels_c.encode(), executor_c.encode())
+        default = int(np.argmax(alphas))
+        tables = fw.emit_model_tables(dn, p, cmap.family, level_objs, default, bank, mhash, upload_bank=with_bank)
+        (src / "kernels.c").write_text(lowered.kernels_c)
+        (src / "executor.c").write_text(executor_c)
+        (src / "model_gen.c").write_text(tables)
+        out_len = int(np.prod(p.tensors[p.output].shape))
+        max_payload = max(256, in_len * 4, out_len * 4 + 8, 1032)
+        compile_firmware(board, src, binary, max_payload=max_payload, workspace=max(16, lowered.workspace_bytes),
+                         tx_bytes=max(256, out_len * 4 + 16), defines=() if with_bank else ("LCS_NO_UPLOAD_BANK",))
+        sizes = fw.elf_sizes(binary, stack_bytes=int(spec.get("stack_bytes", 0)))
+        try:
+            fw.check_budget(sizes, board)
+            break
+        except fw.BudgetExceeded:
+            if attempt == len(variants) - 1:
+                raise
 
     # reference: torch's plain network of each level on fixed sample inputs
     gen = torch.Generator().manual_seed(0)
@@ -136,7 +160,7 @@ def build_firmware(checkpoint, board, levels: list[float] | None, out_dir, *, sa
             net = materialize(model, a, x)
             expected.append(net(inputs).numpy().astype(np.float32))
     result = FirmwareBuild(board.name, binary, level_objs, sizes, bank, inputs.numpy(), expected, p.arena_bytes,
-                           p.state_bytes, lowered.workspace_bytes, len(set(c.kernel for c in p.calls)))
+                           p.state_bytes, lowered.workspace_bytes, len(set(c.kernel for c in p.calls)), mode, with_bank)
     if measure:
         result.cycles = measure_cycles(result, board)
     (out_dir / "build.json").write_text(json.dumps(result.summary(), indent=1))
@@ -148,16 +172,17 @@ def build_firmware(checkpoint, board, levels: list[float] | None, out_dir, *, sa
 _LOWERED: dict = {}
 
 
-def _lowered(model, x):
+def _lowered(model, x, weights_in_kernel: bool = False):
     """Device network, TVM kernels and plan of a model; memoised per model object within one process (the same
     kernels serve every board: only the compiler flags differ)."""
-    key = (id(model), tuple(x.shape))
+    key = (id(model), tuple(x.shape), weights_in_kernel)
     if key not in _LOWERED:
         dn = device_net(model)
         with torch.no_grad():
-            lowered = lower(dn.module, x)
+            lowered = lower(dn.module, x, weights_in_kernel=weights_in_kernel)
         ctrl_params = {layer.ctrl_param for layer in dn.layers if layer.ctrl_param}
-        _LOWERED.clear()
+        if len(_LOWERED) > 4:
+            _LOWERED.clear()
         _LOWERED[key] = (model, dn, lowered, plan(lowered, ctrl_params))
     return _LOWERED[key][1:]
 

@@ -88,7 +88,7 @@ def plan(lowered: Lowered, ctrl_params: set[str]) -> Plan:
     params = list(main.params)
     x = params[0]
     shape, dtype = _shape_dtype(x)
-    p.tensors["x"] = Tensor("x", shape, dtype, "arena")
+    p.tensors["x"] = Tensor("x", shape, dtype, "input")  # read in place from the frame buffer
     names[x] = "x"
     p.input = "x"
     depends_on_input.add("x")
@@ -165,9 +165,6 @@ def _plan_arena(p: Plan, phase: str) -> int:
     """First-fit placement of the phase's arena tensors by lifetime [first write, last read]."""
     calls = p.calls_in(phase)
     first, last = {}, {}
-    if phase == "infer":
-        first[p.input] = -1
-        last[p.input] = -1
     for i, c in enumerate(calls):
         for a in c.args[:-1]:
             if p.tensors[a].kind == "arena":
@@ -218,16 +215,18 @@ def emit_executor(p: Plan, kernels: list[str]) -> str:
     for t in p.tensors.values():
         code, bits, ctype = _DTYPES[t.dtype]
         if t.shape:
-            out.append(f"static int64_t shape_{t.name}[{len(t.shape)}] = {{{', '.join(map(str, t.shape))}}};")
+            out.append(f"static const int64_t shape_{t.name}[{len(t.shape)}] = {{{', '.join(map(str, t.shape))}}};")
         if t.kind == "ctrl":
             out.append(f"float ctrl_{t.name}[{max(1, int(np.prod(t.shape)))}] __attribute__((aligned({ALIGN})));")
         if t.kind == "const":
             out.append(f"static const {ctype} const_{t.name}[{max(1, t.value.size)}] __attribute__((aligned({ALIGN}))) = "
                        f"{_c_array(t.value, ctype)};")
         data = {"arena": f"arena + {t.offset}", "state": f"state + {t.offset}", "ctrl": f"ctrl_{t.name}",
-                "const": f"(void *)const_{t.name}", "weight": "0"}[t.kind]
-        shape = f"shape_{t.name}" if t.shape else "0"
-        out.append(f"static DLTensor {t.name} = {{(void *)({data}), {{kDLCPU, 0}}, {len(t.shape)}, "
+                "const": f"(void *)const_{t.name}", "weight": "0", "input": "lcs_rx_buffer"}[t.kind]
+        shape = f"(int64_t *)shape_{t.name}" if t.shape else "0"
+        # only weight tensors change (bank binding); the rest are const and stay out of RAM
+        qual = "static DLTensor" if t.kind == "weight" else "static const DLTensor"
+        out.append(f"{qual} {t.name} = {{(void *)({data}), {{kDLCPU, 0}}, {len(t.shape)}, "
                    f"{{{code}, {bits}, 1}}, {shape}, 0, 0}};")
     out.append("")
     out.append("void lcs_model_bind(const uint8_t *bank) {")
@@ -236,10 +235,10 @@ def emit_executor(p: Plan, kernels: list[str]) -> str:
             out.append(f"  {t.name}.data = (void *)(bank + {t.offset});")
     out.append("}")
     out.append("")
-    out.append("static int call(int32_t (*kernel)(void *, void *, int32_t, void *), DLTensor **tensors, int n) {")
+    out.append("static int call(int32_t (*kernel)(void *, void *, int32_t, void *), const DLTensor *const *tensors, int n) {")
     out.append("  TVMFFIAny args[16], result;")
     out.append("  memset(args, 0, sizeof args); memset(&result, 0, sizeof result);")
-    out.append("  for (int i = 0; i < n; i++) { args[i].type_index = kTVMFFIDLTensorPtr; args[i].v_ptr = tensors[i]; }")
+    out.append("  for (int i = 0; i < n; i++) { args[i].type_index = kTVMFFIDLTensorPtr; args[i].v_ptr = (void *)tensors[i]; }")
     out.append("  return kernel(0, args, n, &result);")
     out.append("}")
     for phase, fname in (("switch", "int lcs_model_run_switch(void)"), ("infer", "static int run_infer(void)")):
@@ -248,13 +247,13 @@ def emit_executor(p: Plan, kernels: list[str]) -> str:
         for c in p.calls_in(phase):
             if len(c.args) > 16:
                 raise CodegenError(f"kernel {c.kernel} takes {len(c.args)} tensors; the executor passes at most 16")
-            out.append(f"  {{ DLTensor *a[] = {{{', '.join('&' + a for a in c.args)}}}; "
+            out.append(f"  {{ const DLTensor *const a[] = {{{', '.join('&' + a for a in c.args)}}}; "
                        f"if (call(__tvm_ffi_{c.kernel}, a, {len(c.args)})) return -1; }}")
         out.append("  return 0;")
         out.append("}")
     xin, y = p.tensors[p.input], p.tensors[p.output]
     out += ["", "int lcs_model_infer(const float *input, float *output) {",
-            f"  memcpy({xin.name}.data, input, {xin.nbytes});",
+            f"  if ((const void *)input != {xin.name}.data) memcpy({xin.name}.data, input, {xin.nbytes});",
             "  if (run_infer()) return -1;",
             f"  memcpy(output, {y.name}.data, {y.nbytes});",
             "  return 0;", "}", ""]

@@ -65,7 +65,10 @@ def _has_root(sch) -> bool:
         return False
 
 
-def lower(net: torch.nn.Module, example: torch.Tensor) -> Lowered:
+def lower(net: torch.nn.Module, example: torch.Tensor, *, weights_in_kernel: bool = False) -> Lowered:
+    """`weights_in_kernel`: fuse each layer's weight transform (blend, mask, quantize) into the conv/matmul that
+    reads it, so no transformed weight is ever stored: the least RAM, at the cost of recomputing every weight
+    for each output position. Otherwise the transform is its own kernel and runs once per level switch."""
     import tvm
     from tvm import relax
     from tvm.relax.frontend.torch import from_exported_program
@@ -78,6 +81,14 @@ def lower(net: torch.nn.Module, example: torch.Tensor) -> Lowered:
     mod = from_exported_program(ep, keep_params_as_input=True, unwrap_unit_return_tuple=True)
     mod = tvm.transform.Sequential([
         relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
+    ])(mod)
+    if weights_in_kernel:
+        # FuseOps never fuses a producer into a conv (kOutEWiseFusable); as a reduction (kCommReduce) the conv
+        # and matmul take their elementwise weight producers in, which compute_inline then folds into the loop.
+        for gv in list(mod.get_global_vars()):
+            if gv.name_hint.startswith(("conv2d", "matmul")):
+                mod[gv] = mod[gv].with_attr("op_pattern", 3)
+    mod = tvm.transform.Sequential([
         relax.transform.FuseOps(), relax.transform.FuseTIR(), relax.transform.DeadCodeElimination(),
     ])(mod)
     funcs = {}
