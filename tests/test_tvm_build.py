@@ -248,3 +248,21 @@ def test_tuning_smoke_and_database_reuse(ckpts, tmp_path, monkeypatch):
     second = build(ckpts["structured"], "host", tmp_path / "t2.lcsa", levels="0.0", tune=2, progress=False)
     assert second["tuning"][0]["reused"] is True and second["tuning"][0]["database"] == str(db)
     assert second["verification"]["max_abs_diff"] <= 1e-4
+
+
+def test_verify_and_time_over_rpc(ckpts, tmp_path):
+    import tvm.rpc
+
+    server = tvm.rpc.Server(host="127.0.0.1", port=9190, port_end=9290)
+    try:
+        out = tmp_path / "r.lcsa"
+        code, text = run_cli("build", ckpts["structured"], "--target", "host", "--levels", "1.0",
+                             "--rpc", f"127.0.0.1:{server.port}", "--no-progress", "-o", out)
+        assert code == 0, text
+        a = art.open_artifact(out)
+        assert a.manifest["verification"]["on"] == "host over RPC" and a.levels[0]["latency_ms"] > 0
+    finally:
+        server.terminate()
+    code, text = run_cli("build", ckpts["structured"], "--target", "host", "--levels", "1.0", "--rpc", "127.0.0.1:1",
+                         "--no-progress", "-o", tmp_path / "x.lcsa")
+    assert code == 2 and "cannot reach the board over RPC" in text and not (tmp_path / "x.lcsa").exists()
