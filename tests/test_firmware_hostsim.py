@@ -54,13 +54,24 @@ def device(built):
         yield dev
 
 
-def check_levels(dev, result, tol=1e-5):
-    for i in range(len(result.levels)):
+def level_tolerance(level) -> float:
+    """fp32 levels: 1e-5. Quantized levels quantize activations too: TVM's group norm rounds differently from
+    torch's in the last bit, and a value that close to a grid boundary lands on the neighbouring grid point
+    (one activation step, ~1e-4 at the output). Bit-exactness is checked between boards instead."""
+    return 1e-5 if level.bits is None else 1e-3
+
+
+def check_levels(dev, result) -> list[list[list[float]]]:
+    outputs = []
+    for i, level in enumerate(result.levels):
         index, _ = dev.set_level(index=i)
         assert index == i
+        outputs.append([])
         for k in range(len(result.inputs)):
             out, _ = dev.infer(result.inputs[k].reshape(-1).tolist())
-            np.testing.assert_allclose(out, result.expected[i][k], atol=tol, rtol=0)
+            np.testing.assert_allclose(out, result.expected[i][k], atol=level_tolerance(level), rtol=0)
+            outputs[-1].append(out)
+    return outputs
 
 
 def test_every_level_matches_torch(device, built):
@@ -210,3 +221,17 @@ def test_missing_toolchain_and_qemu_say_what_to_install(built, tmp_path, monkeyp
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(ToolchainMissing, match="apt-get install qemu-system-arm"):
         start_qemu(tmp_path / "x.elf", targets.load("mps2-an500").extra["qemu"])
+
+
+def test_in_kernel_switching_matches_torch_too(built, tmp_path):
+    """The low-RAM variant (weight transforms fused into the kernels) computes the same levels."""
+    from tvm_build.mcu.build import build_firmware
+    from tvm_build.mcu.launch import start_host_sim
+
+    ckpt, on_switch = built
+    result = build_firmware(ckpt, "host-sim", None, tmp_path, samples=2, measure=False, write_artifact=False,
+                            switching="in-kernel")
+    assert result.switching == "in-kernel" and result.state_bytes < on_switch.state_bytes
+    with start_host_sim(result.binary) as running, Device.open(running.url) as dev:
+        dev.hello()
+        check_levels(dev, result)

@@ -59,3 +59,42 @@ def test_recorded_cycles_repeat_exactly_across_runs(checkpoint, tmp_path):
     for a, b in zip(again, result.cycles):
         assert abs(a["infer_cycles"] - b["infer_cycles"]) <= 1 and abs(a["switch_cycles"] - b["switch_cycles"]) <= 1
     assert all(c["switch_cycles"] > 0 and c["infer_cycles"] > 0 for c in again)
+
+
+def test_small_cnn_fits_cortex_m7_budget_and_matches_torch(tmp_path):
+    """The MCU-sized CNN (width 16, 28x28, ~33k parameters) in <= 256 KB flash and <= 64 KB RAM on mps2-an500:
+    the build picks in-kernel weight transforms and no upload bank, and the firmware still switches levels.
+    Its outputs are bit-identical to the same firmware compiled for x86 (host-sim)."""
+    import targets
+    from lcs.checkpoint import Checkpoint
+    from lcs.config import ModelConfig, RunConfig, SubspaceConfig
+    from lcs.models import build_model
+    from lcs.subspace.model import SubspaceModel
+    from tvm_build.mcu.build import build_firmware
+    from tvm_build.mcu.launch import start_qemu
+    import torch
+
+    torch.manual_seed(0)
+    mc, sc = ModelConfig(), SubspaceConfig(family="quantization", shape="point")
+    model = SubspaceModel(build_model(mc), sc).eval()
+    assert 30_000 < sum(p.numel() for p in model.parameters()) < 40_000
+    for layer in model.weight_layers():
+        layer.act_range.lo.fill_(-1.0)
+        layer.act_range.hi.fill_(2.0)
+        layer.act_range.seen.fill_(True)
+    board = targets.load("mps2-an500")
+    result = build_firmware(Checkpoint(RunConfig(model=mc, subspace=sc), model), board, [1 / 6, 1.0], tmp_path,
+                            samples=1, measure=False, write_artifact=False)
+    assert result.sizes.flash <= 256 * 1024 and result.sizes.ram <= 64 * 1024
+    assert (result.switching, result.upload_bank) == ("in-kernel", False)
+    with start_qemu(result.binary, board.extra["qemu"]) as running, Device.open(running.url) as dev:
+        dev.hello()
+        on_m7 = check_levels(dev, result)
+        with pytest.raises(P.DeviceError, match="no spare weight bank"):
+            dev.upload_weights(result.bank)
+    from tvm_build.mcu.launch import start_host_sim
+    x86 = build_firmware(Checkpoint(RunConfig(model=mc, subspace=sc), model), "host-sim", [1 / 6, 1.0],
+                         tmp_path / "x86", samples=1, measure=False, write_artifact=False, switching="in-kernel")
+    with start_host_sim(x86.binary) as running, Device.open(running.url) as dev:
+        dev.hello()
+        assert check_levels(dev, x86) == on_m7  # float lists: bit-exact equality
