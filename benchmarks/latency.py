@@ -202,6 +202,7 @@ def main() -> None:
         "checkpoint": str(ckpt_path), "model": ckpt.config.model.__dict__, "levels": labels, "alphas": alphas,
         "tuning": {"trials_per_module": args.trials, "modules": tuning,
                    "tuning_seconds_this_run": round(sum(m["seconds"] for m in tuning if not m["reused"]), 1),
+                   "tuning_seconds_first_run": tuning_first_seconds(tuning),
                    "database_reused": all(m["reused"] for m in tuning), "tuned_build_seconds": round(tuned_s, 1),
                    "untuned_build_seconds": round(untuned_s, 1)},
         "threads": {str(k): v for k, v in runs.items()},
@@ -215,6 +216,17 @@ def main() -> None:
     print(f"wrote {args.out}")
 
 
+def tuning_first_seconds(tuning: list) -> float | None:
+    """Seconds the database took to tune when it was made (kept beside it, so a reused run still reports it)."""
+    for t in tuning:
+        path = Path(t["database"]) / "bench-seconds.json"
+        if not t["reused"]:
+            path.write_text(json.dumps({"seconds": t["seconds"]}))
+        if path.is_file():
+            return json.loads(path.read_text())["seconds"]
+    return None
+
+
 def check_targets(result: dict) -> dict:
     out = {}
     full = 0  # the first level is width 1.0 by default
@@ -225,6 +237,7 @@ def check_targets(result: dict) -> dict:
         out[f"tuned_smallest_vs_full_{threads}t"] = round(r["tuned"][-1] / r["tuned"][full], 3)
         out[f"switch_vs_inference_{threads}t"] = round(r["switch_ms"] / r["tuned"][full], 5)
         out[f"alternating_vs_steady_{threads}t"] = round(r["alternating_mean_ms"] / r["steady_full_ms"], 3)
+    out["tuning_seconds"] = result["tuning"]["tuning_seconds_first_run"]
     out["goals"] = {"tuned_full_vs_onnxruntime": "<= 1.0", "tuned_smallest_vs_full": "<= 0.15 (width 0.25)",
                     "switch_vs_inference": "<= 0.1", "tuning_seconds": "<= 300"}
     return out
@@ -257,8 +270,8 @@ def print_table(result: dict) -> None:
         for note in r.get("notes", []):
             console.print(f"  note: {note}")
     t = result["tuning"]
-    console.print(f"tuning: {t['trials_per_module']} trials per module, {t['tuning_seconds_this_run']} s this run "
-                  f"(database reused: {t['database_reused']})")
+    console.print(f"tuning: {t['trials_per_module']} trials per module, {t['tuning_seconds_this_run']} s this run, "
+                  f"{t['tuning_seconds_first_run']} s when the database was made (reused now: {t['database_reused']})")
     console.print("targets: " + json.dumps({k: v for k, v in result["targets"].items() if k != "goals"}))
 
 

@@ -242,7 +242,7 @@ def test_tuning_smoke_and_database_reuse(ckpts, tmp_path, monkeypatch):
     from tvm_build.build import build
 
     first = build(ckpts["structured"], "host", tmp_path / "t1.lcsa", levels="0.0", tune=2, progress=False)
-    assert first["tuning"][0]["reused"] is False
+    assert first["tuning"][0]["reused"] is False and first["tuning"][0]["modules"] == ["lib/module0.so"]
     db = Path(first["tuning"][0]["database"])
     assert db.is_relative_to(tmp_path / "cache" / "tune") and (db / "database_tuning_record.json").stat().st_size > 0
     second = build(ckpts["structured"], "host", tmp_path / "t2.lcsa", levels="0.0", tune=2, progress=False)

@@ -230,14 +230,15 @@ def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key,
     with tc.scratch_dir() as scratch:
         scratch = Path(scratch)
         host_libs = {}
-        for m in modules:
+        shipped = [m.relax for m in modules]
+        if tune:
+            bar.step(f"tuning {tune} trials x {len(modules)} module(s)", 0)
+            shipped, info = tc.tune(shipped, target, tune, runner=runner, log=log)
+            tuning_info.append({"modules": [m.name for m in modules], "trials_per_module": info.trials,
+                                "database": str(info.database), "reused": info.reused,
+                                "seconds": round(info.seconds, 1)})
+        for m, relax_mod in zip(modules, shipped):
             bar.step(f"{m.name}: compile for {board.name}", 0)
-            relax_mod = m.relax
-            if tune:
-                bar.step(f"{m.name}: tuning {tune} trials", 0)
-                relax_mod, info = tc.tune(m.relax, target, tune, runner=runner, log=log)
-                tuning_info.append({"module": m.name, "trials": info.trials, "database": str(info.database),
-                                    "reused": info.reused, "seconds": round(info.seconds, 1)})
             executable = tc.compile_module(relax_mod, target)
             path = scratch / m.name.replace("/", "_")
             tc.export_library(executable, board, path)

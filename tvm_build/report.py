@@ -20,7 +20,8 @@ def print_info(info: dict, console: Console | None = None) -> None:
                   + (f"  verified on {v.get('on')} (max abs diff {v.get('max_abs_diff'):.3g})" if v else ""))
     if info.get("tuning"):
         for t in info["tuning"]:
-            console.print(f"tuned {t['module']}: {t['trials']} trials{' (database reused)' if t.get('reused') else ''}")
+            console.print(f"tuned {', '.join(t['modules'])}: {t['trials_per_module']} trials per module"
+                          f"{' (database reused)' if t.get('reused') else ''}")
     table = Table()
     for col in ("level", "alpha", "compression", "acc %", "ms", "cycles", "weights B", "library"):
         table.add_column(col, justify="left" if col in ("compression", "library") else "right", no_wrap=True)
