@@ -235,3 +235,12 @@ def test_in_kernel_switching_matches_torch_too(built, tmp_path):
     with start_host_sim(result.binary) as running, Device.open(running.url) as dev:
         dev.hello()
         check_levels(dev, result)
+
+
+def test_structured_width_is_refused_clearly():
+    from lcs.errors import ConfigError
+    from tvm_build.mcu.device_net import device_net
+
+    ckpt = tiny_checkpoint("structured")
+    with pytest.raises(ConfigError, match="structured width levels need one kernel set per width"):
+        device_net(ckpt.model)

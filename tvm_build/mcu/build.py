@@ -79,12 +79,12 @@ def _linker_script(board, path: Path) -> Path:
 
 
 def compile_firmware(board, src_dir: Path, out: Path, *, max_payload: int, workspace: int, tx_bytes: int = 0,
-                     defines: tuple[str, ...] = ()) -> Path:
+                     defines: tuple[str, ...] = (), include: tuple[Path, ...] = ()) -> Path:
     spec = board.extra["firmware"]
     cc = fw.require_tool(spec["cc"], spec.get("cc_package", spec["cc"]))
     board_dir = fw.FIRMWARE_DIR / "boards" / spec["board_dir"]
     cmd = [cc, *spec.get("cflags", []), f"-DLCS_MAX_PAYLOAD={max_payload}", f"-DLCS_WORKSPACE_BYTES={workspace}",
-           f"-I{fw.FIRMWARE_DIR / 'src'}", f"-I{board_dir}", *[f"-I{d}" for d in fw.include_dirs()],
+           f"-I{fw.FIRMWARE_DIR / 'src'}", f"-I{board_dir}", *[f"-I{d}" for d in include], *[f"-I{d}" for d in fw.include_dirs()],
            *[f"-D{d}" for d in (*spec.get("defines", []), *defines)]]
     if tx_bytes:
         cmd.append(f"-DLCS_TX_BYTES={tx_bytes}")

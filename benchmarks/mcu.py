@@ -1,0 +1,156 @@
+"""MCU benchmark: per QEMU board and level, cycles per inference and per level switch, flash and RAM, the switch /
+inference ratio (target <= 1.0), and the TVM-generated kernels against a plain C reference of the same layers.
+
+    PYTHONPATH=. python benchmarks/mcu.py [--checkpoint CK] [--boards mps2-an500,...] [--out benchmarks/mcu.json]
+
+Without --checkpoint the small CNN (width 16, 28x28, LCS+P, unstructured) is used with its initial weights: cycle
+counts do not depend on training. Cycles are SysTick ticks under QEMU -icount shift=3 (8 ns per instruction,
+25 MHz SysTick on MPS2, 32 MHz on MPS3): they compare code, not real silicon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import targets  # noqa: E402
+from lcs.checkpoint import Checkpoint, load  # noqa: E402
+from lcs.config import ModelConfig, RunConfig, SubspaceConfig  # noqa: E402
+from lcs.device import Device  # noqa: E402
+from lcs.models import build_model  # noqa: E402
+from lcs.subspace.model import SubspaceModel  # noqa: E402
+from tvm_build.mcu import firmware as fw  # noqa: E402
+from tvm_build.mcu.build import _lowered, build_firmware, compile_firmware, start  # noqa: E402
+
+BOARDS = ["mps2-an385", "mps2-an386", "mps2-an500", "mps3-an547"]
+
+
+def default_checkpoint(family: str) -> Checkpoint:
+    torch.manual_seed(0)
+    mc, sc = ModelConfig(), SubspaceConfig(family=family, shape="point")
+    return Checkpoint(RunConfig(model=mc, subspace=sc), SubspaceModel(build_model(mc), sc).eval())
+
+
+def reference_config(model, plan) -> str:
+    """ref_config.h: geometry and weight offsets of the small CNN for firmware_host/bench/ref_small_cnn.c."""
+    offsets = {name: off for name, off, _ in plan.bank_layout}
+    feats = model.net.features
+    conv = [feats[i][0] for i in range(4)]
+    norm = [feats[i][1] for i in range(4)]
+    ctrl = sorted({t.name for t in plan.tensors.values() if t.kind == "ctrl"})
+    lines = [
+        f"#define REF_IN_C {conv[0].in_channels}",
+        f"#define REF_IN_HW {plan.tensors['x'].shape[-1]}",
+        f"#define REF_COUT {{{', '.join(str(c.out_channels) for c in conv)}}}",
+        f"#define REF_STRIDE {{{', '.join(str(c.stride[0]) for c in conv)}}}",
+        f"#define REF_GROUPS {{{', '.join(str(n.groups) for n in norm)}}}",
+        f"#define REF_CONV_W {{{', '.join(str(offsets[f'features.{i}.0.w0']) for i in range(4))}}}",
+        f"#define REF_NORM_G {{{', '.join(str(offsets[f'features.{i}.1.g0']) for i in range(4))}}}",
+        f"#define REF_NORM_B {{{', '.join(str(offsets[f'features.{i}.1.be0']) for i in range(4))}}}",
+        f"#define REF_FC_W {offsets['classifier.w0']}",
+        f"#define REF_FC_B {offsets['classifier.b0']}",
+        f"#define REF_FEATURES {conv[-1].out_channels}",
+        f"#define REF_CLASSES {model.net.classifier.out_features}",
+        f"#define REF_MAX_ACT {max(t.nbytes // 4 for t in plan.tensors.values() if t.kind == 'arena')}",
+        *[f"float ctrl_{name}[16];" for name in ctrl],
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def run_levels(result, board, x) -> list[dict]:
+    rows = []
+    with start(result.binary, board) as running, Device.open(running.url) as dev:
+        dev.hello()
+        for i, level in enumerate(result.levels):
+            _, switch = dev.set_level(index=i)
+            out, infer = dev.infer(x)
+            err = float(np.abs(np.array(out) - result.expected[i][0]).max())
+            rows.append({"level": level.label(), "alpha": level.alpha, "infer_cycles": infer, "switch_cycles": switch,
+                         "switch_per_infer": switch / infer, "max_abs_err_vs_torch": err})
+    return rows
+
+
+def reference_cycles(ckpt, board, build, out_dir: Path, x) -> dict:
+    """Link the plain C reference in place of the TVM kernels + executor, same weights, dense level."""
+    dn, lowered, plan = _lowered(ckpt.model, torch.zeros(1, 1, 28, 28), build.switching == "in-kernel")
+    src = out_dir / "ref_src"
+    src.mkdir(parents=True, exist_ok=True)
+    shutil.copy(fw.FIRMWARE_DIR / "bench" / "ref_small_cnn.c", src / "executor.c")
+    (src / "kernels.c").write_text("/* the reference needs no TVM kernels */\n")
+    shutil.copy(build.binary.parent / "src" / "model_gen.c", src / "model_gen.c")
+    (src / "ref_config.h").write_text(reference_config(ckpt.model, plan))
+    binary = out_dir / "reference.elf"
+    compile_firmware(board, src, binary, max_payload=max(1032, len(x) * 4), workspace=16, tx_bytes=256,
+                     defines=() if build.upload_bank else ("LCS_NO_UPLOAD_BANK",), include=(src,))
+    dense = len(build.levels) - 1
+    ref = type(build)(**{**build.__dict__, "binary": binary})
+    with start(binary, board) as running, Device.open(running.url) as dev:
+        dev.hello()
+        dev.set_level(index=dense)
+        out, infer = dev.infer(x)
+    sizes = fw.elf_sizes(binary, stack_bytes=int(board.extra["firmware"].get("stack_bytes", 0)))
+    return {"reference_infer_cycles": infer, "reference_flash": sizes.flash, "reference_ram": sizes.ram,
+            "reference_max_abs_err_vs_torch": float(np.abs(np.array(out) - ref.expected[dense][0]).max())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint")
+    parser.add_argument("--boards", default=",".join(BOARDS))
+    parser.add_argument("--family", default="unstructured", help="family of the default model (no --checkpoint)")
+    parser.add_argument("--levels", default="", help="alphas (default: 0.1,0.5,1.0 or the 3/5/8-bit levels)")
+    parser.add_argument("--out", default="benchmarks/mcu.json")
+    parser.add_argument("--work", default="build/bench-mcu")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    ckpt = load(args.checkpoint) if args.checkpoint else default_checkpoint(args.family)
+    cmap = ckpt.model.cmap
+    default_levels = [cmap.alpha_for(b) for b in (3, 5, 8)] if cmap.family == "quantization" else [0.1, 0.5, 1.0]
+    alphas = [float(a) for a in args.levels.split(",")] if args.levels else default_levels
+    report = {"model": ckpt.config.to_dict()["model"], "family": ckpt.model.cmap.family, "boards": []}
+    for name in args.boards.split(","):
+        board = targets.load(name)
+        out_dir = Path(args.work) / name
+        t0 = time.time()
+        build = build_firmware(ckpt, board, alphas, out_dir, samples=1, measure=False, write_artifact=False)
+        x = build.inputs[0].reshape(-1).tolist()
+        entry = {"board": name, "cpu": board.cpu, "switching": build.switching, "upload_bank": build.upload_bank,
+                 "flash_bytes": build.sizes.flash, "ram_bytes": build.sizes.ram,
+                 "flash_budget": board.flash_bytes, "ram_budget": board.ram_bytes,
+                 "arena_bytes": build.arena_bytes, "state_bytes": build.state_bytes,
+                 "levels": run_levels(build, board, x)}
+        dense = build.levels[-1]
+        if ckpt.config.model.name == "small-cnn" and dense.bits is None and dense.keep == 1.0 and dense.width == 1.0:
+            entry.update(reference_cycles(ckpt, board, build, out_dir, x))
+            entry["generated_per_reference"] = entry["levels"][-1]["infer_cycles"] / entry["reference_infer_cycles"]
+        entry["seconds"] = round(time.time() - t0, 1)
+        report["boards"].append(entry)
+        print_entry(entry)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    print(f"wrote {args.out}")
+
+
+def print_entry(e: dict) -> None:
+    print(f"\n{e['board']} ({e['cpu']}): {e['switching']} switching, upload bank {e['upload_bank']}, "
+          f"flash {e['flash_bytes']:,} / {e['flash_budget'] or 0:,} B, RAM {e['ram_bytes']:,} / {e['ram_budget'] or 0:,} B")
+    print(f"  {'level':>14} {'infer cycles':>13} {'switch cycles':>14} {'switch/infer':>13} {'err vs torch':>13}")
+    for r in e["levels"]:
+        print(f"  {r['level']:>14} {r['infer_cycles']:>13,} {r['switch_cycles']:>14,} {r['switch_per_infer']:>13.4f} "
+              f"{r['max_abs_err_vs_torch']:>13.2e}")
+    if "reference_infer_cycles" in e:
+        print(f"  plain C reference (dense level): {e['reference_infer_cycles']:,} cycles; generated / reference = "
+              f"{e['generated_per_reference']:.2f}; reference err vs torch {e['reference_max_abs_err_vs_torch']:.2e}")
+
+
+if __name__ == "__main__":
+    main()
