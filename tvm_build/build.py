@@ -23,6 +23,7 @@ real cross-compiled libraries).
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,11 +84,11 @@ def build(checkpoint_path: str | Path, target: str, output: str | Path, *, level
         raise ConfigError("--tracker needs --key (the device key the board registered with)")
     if rpc and tracker:
         raise ConfigError("give either --rpc host:port or --tracker host:port --key K, not both")
-    if board.kind == "mcu":
+    if board.kind in ("mcu", "sim"):
         return _build_mcu(checkpoint_path, board, output, levels=levels, strategy=strategy, tune=tune, log=log)
     if board.kind != "linux":
-        raise ConfigError(f"target {board.name} is a {board.kind} board; lcs build makes artifacts for linux and mcu "
-                          f"boards")
+        raise ConfigError(f"target {board.name} is a {board.kind} board; lcs build makes artifacts for linux, mcu "
+                          f"and sim boards")
     from tvm_build import compile as tc
 
     tc.check_cross_compiler(board)
@@ -110,16 +111,37 @@ def build(checkpoint_path: str | Path, target: str, output: str | Path, *, level
         return _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key, bar, log)
 
 
-def _build_mcu(checkpoint_path, board, output, **kwargs):
+def _build_mcu(checkpoint_path, board, output: Path, *, levels, strategy, tune, log) -> dict:
+    """Microcontroller and host-sim boards: firmware built by tvm_build.mcu (TVM C kernels + lcs's static executor)."""
+    import tempfile
+
+    from lcs.atomic import atomic_path
+
     try:
-        from tvm_build import mcu
-    except ImportError:
-        raise ConfigError(f"microcontroller builds (target {board.name}) are not available in this lcs "
-                          f"(tvm_build.mcu is missing)") from None
-    if not hasattr(mcu, "build_firmware"):
-        raise ConfigError(f"microcontroller builds (target {board.name}) are not available yet "
-                          f"(tvm_build.mcu has no build_firmware)")
-    return mcu.build_firmware(checkpoint_path, board, output, **kwargs)
+        from tvm_build.mcu.build import build_firmware
+    except ImportError as exc:
+        raise ConfigError(f"microcontroller builds (target {board.name}) are not available in this lcs ({exc})") from None
+    if strategy != "per-level" or tune:
+        raise ConfigError(f"target {board.name} is a {board.kind} board: its firmware has one strategy (all levels, "
+                          f"switched on the device) and no MetaSchedule tuning; drop --strategy/--tune")
+    from lcs import checkpoint
+    from lcs.commands import level_alphas
+
+    started = time.perf_counter()
+    ckpt = checkpoint.load(checkpoint_path)
+    alphas = level_alphas(levels, ckpt.model.cmap)
+    with tempfile.TemporaryDirectory(prefix="lcs-mcu-") as scratch:
+        log(f"building firmware for {board.name} ({len(alphas)} levels)")
+        result = build_firmware(ckpt, board, alphas, scratch)
+        built = art.open_artifact(result.artifact, expect_target=board.name)  # refuse anything half-made
+        with atomic_path(output) as tmp:
+            shutil.copyfile(result.artifact, tmp)
+            tmp.chmod(0o644)
+    manifest = dict(built.manifest)
+    manifest["build_seconds"] = round(time.perf_counter() - started, 1)
+    manifest["output"] = str(output)
+    manifest["size"] = output.stat().st_size
+    return manifest
 
 
 class _Progress:

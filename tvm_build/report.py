@@ -36,7 +36,11 @@ def print_info(info: dict, console: Console | None = None) -> None:
 
 def print_build(summary: dict, console: Console | None = None) -> None:
     console = console or Console()
-    v = summary["verification"]
-    console.print(f"wrote {summary['output']} ({summary['size']:,} bytes, {len(summary['levels'])} levels, "
-                  f"{len(summary['modules'])} modules, {summary['build_seconds']:.1f} s); every level matches torch "
-                  f"within {v['atol']:g} (max {v['max_abs_diff']:.3g}, on {v['on']})")
+    v = summary.get("verification")
+    line = (f"wrote {summary['output']} ({summary['size']:,} bytes, {len(summary['levels'])} levels, "
+            f"{len(summary.get('modules') or {})} modules, {summary['build_seconds']:.1f} s)")
+    if v:
+        line += (f"; every level matches torch within {v['atol']:g} (max {v['max_abs_diff']:.3g}, on {v['on']})")
+    elif summary.get("strategy") == "firmware":
+        line += "; firmware from tvm_build.mcu (reference outputs inside for lcs deploy to check)"
+    console.print(line)
