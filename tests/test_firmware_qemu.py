@@ -45,6 +45,35 @@ def test_board_runs_every_level_exactly(board, checkpoint, tmp_path):
         assert (reply.type, reply.status) == (P.ERROR, P.BAD_CRC)
         out, _ = dev.infer(x)
         np.testing.assert_allclose(out, result.expected[1][0], atol=1e-5, rtol=0)
+        if board == "mps2-an385":
+            check_upload_and_reset(dev, checkpoint, result)
+
+
+def check_upload_and_reset(dev, checkpoint, result):
+    """A new weight set goes through the UART in chunks and is committed; RESET brings back the flashed image."""
+    import time
+
+    import torch
+    from lcs.subspace.export import materialize
+    from tvm_build.mcu import firmware as fw
+    from tvm_build.mcu.build import _lowered
+    from tvm_build.mcu.device_net import device_net
+
+    other = tiny_checkpoint("unstructured", seed=1)
+    _, _, plan = _lowered(checkpoint.model, torch.zeros(1, 1, 8, 8), result.switching == "in-kernel")
+    blob = fw.bank_bytes(device_net(other.model), plan)
+    level = len(result.levels) - 1
+    dev.set_level(index=level)
+    assert dev.upload_weights(blob) == P.crc32(blob)
+    with torch.no_grad():
+        want = materialize(other.model, result.levels[level].alpha, torch.zeros(1, 1, 8, 8))(
+            torch.from_numpy(result.inputs[:1])).numpy()[0]
+    x = result.inputs[0].reshape(-1).tolist()
+    np.testing.assert_allclose(dev.infer(x)[0], want, atol=1e-5, rtol=0)
+    dev.reset()
+    time.sleep(0.3)
+    assert dev.hello().weights_crc == P.crc32(result.bank)
+    np.testing.assert_allclose(dev.infer(x)[0], result.expected[level][0], atol=1e-5, rtol=0)
 
 
 def test_recorded_cycles_repeat_exactly_across_runs(checkpoint, tmp_path):
