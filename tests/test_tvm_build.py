@@ -266,3 +266,15 @@ def test_verify_and_time_over_rpc(ckpts, tmp_path):
     code, text = run_cli("build", ckpts["structured"], "--target", "host", "--levels", "1.0", "--rpc", "127.0.0.1:1",
                          "--no-progress", "-o", tmp_path / "x.lcsa")
     assert code == 2 and "cannot reach the board over RPC" in text and not (tmp_path / "x.lcsa").exists()
+
+
+def test_mcu_boards_dispatch_to_firmware_build(ckpts, tmp_path):
+    code, text = run_cli("build", ckpts["quantization"], "--target", "host-sim", "--tune", "2", "--no-progress",
+                         "-o", tmp_path / "x.lcsa")
+    assert code == 2 and "no MetaSchedule tuning" in text
+    out = tmp_path / "fw.lcsa"
+    code, text = run_cli("build", ckpts["quantization"], "--target", "host-sim", "--levels", "bits=4,bits=8",
+                         "--no-progress", "-o", out)
+    assert code == 0, text
+    a = art.open_artifact(out, expect_target="host-sim")
+    assert a.manifest["strategy"] == "firmware" and [lv["bits"] for lv in a.levels] == [4, 8]
