@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lcs.errors import ConfigError, LcsError
+from lcs.errors import ConfigError
 from lcs.subspace.levels import Level
 from tvm_build.mcu import firmware as fw
 from tvm_build.mcu.device_net import device_net
