@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from lcs import __version__
+from lcs.config import TrainConfig  # the training recipe's defaults (no torch)
 from lcs.errors import LcsError
 
 FAMILY_CHOICE = click.Choice(["unstructured", "structured", "quantization"])
@@ -73,12 +74,12 @@ def cli() -> None:
 @click.option("--norm", type=click.Choice(["group", "instance", "layer", "batch"]), default=None,
               help="norm layers [default: group; instance for structured; batch for us]")
 @click.option("--width", type=int, default=16, show_default=True, help="base channels of the small CNN")
-@click.option("--epochs", type=int, default=20, show_default=True)
-@click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--lr", type=float, default=None, help="base learning rate [default: 0.1; 0.025 for quantization]")
-@click.option("--weight-decay", type=float, default=5e-4, show_default=True)
-@click.option("--warmup-epochs", type=float, default=1.0, show_default=True)
-@click.option("--beta", type=float, default=1.0, show_default=True, help="weight of the cos^2(w0, w1) regulariser")
+@click.option("--epochs", type=int, default=TrainConfig.epochs, show_default=True)
+@click.option("--batch-size", type=int, default=TrainConfig.batch_size, show_default=True)
+@click.option("--lr", type=float, default=TrainConfig.lr, show_default=True, help="base learning rate")
+@click.option("--weight-decay", type=float, default=TrainConfig.weight_decay, show_default=True)
+@click.option("--warmup-epochs", type=float, default=TrainConfig.warmup_epochs, show_default=True)
+@click.option("--beta", type=float, default=TrainConfig.beta, show_default=True, help="weight of the cos^2(w0, w1) regulariser")
 @click.option("--sampler", default="", help="override the family's alpha sampler")
 @click.option("--compress-stem/--no-compress-stem", default=False, show_default=True)
 @click.option("--compress-head/--no-compress-head", default=False, show_default=True)

@@ -13,6 +13,7 @@ from lcs.subspace.levels import CompressionMap, make_map, map_from_dict, map_to_
 CONFIG_VERSION = 1
 NORMS = ("group", "instance", "layer", "batch")
 SHAPES = ("line", "point")
+ENDPOINT_INITS = ("copy", "independent")
 METHODS = ("lcs", "fixed", "us")
 SAMPLERS = ("biased-endpoints", "sandwich", "discrete", "uniform", "fixed", "delayed-uniform", "per-layer-bits")
 
@@ -47,10 +48,16 @@ class SubspaceConfig:
     compress_stem: bool = False
     compress_head: bool = False
     line_params: str = "all"  # "all": conv, linear and norm affine on the line; "norm": only norm affine
+    # How endpoint 1 starts. "copy": endpoint 0 plus 10 % noise, so the line starts short and every
+    # point on it is already a usable network (converges in a few epochs). "independent": the
+    # reference's separate draw, N(0, sqrt(2 / fan_out)) weights and norm gamma 0.5.
+    endpoint_init: str = "copy"
 
     def __post_init__(self) -> None:
         if self.shape not in SHAPES:
             raise ConfigError(f"unknown subspace shape {self.shape!r}; choose line or point")
+        if self.endpoint_init not in ENDPOINT_INITS:
+            raise ConfigError(f"unknown endpoint init {self.endpoint_init!r}; choose one of {', '.join(ENDPOINT_INITS)}")
         if self.line_params not in ("all", "norm"):
             raise ConfigError(f"line_params must be 'all' or 'norm', got {self.line_params!r}")
         self.compression_map()  # validates family and options
@@ -63,7 +70,7 @@ class SubspaceConfig:
 class TrainConfig:
     method: str = "lcs"  # lcs | fixed (one level, the paper's baseline) | us (slimmable, shared BN)
     epochs: int = 20
-    batch_size: int = 128
+    batch_size: int = 32  # small batches: 4x the steps of 128 per epoch; a short line run needs the steps
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -71,8 +78,19 @@ class TrainConfig:
     sampler: str = ""  # empty: the family's default (see train.default_sampler)
     samples_per_step: int = 4  # sandwich rule
     fixed_alpha: float = 1.0  # method "fixed": the one level trained
-    beta: float = 1.0  # weight of cos^2(w0, w1) for line subspaces
+    # Weight of cos^2(w0, w1) for line subspaces. The reference's 1.0 pushes the endpoints apart
+    # (orthogonal), which a short run cannot afford: every point between them must be trained too.
+    beta: float = 0.0
+    # Line subspaces: learning-rate factors of the line's centre (w0 + w1) / 2 and half-difference
+    # (w1 - w0) / 2 (SubspaceModel.split_line_gradients). The reference (plain SGD on both endpoints)
+    # is 0.5 / 0.5.
+    line_centre_lr: float = 1.0
+    line_spread_lr: float = 0.25
     compression_warmup: float = 0.8  # fraction of training over which compression is phased in
+    # How the samplers draw unstructured keep fractions between the ends: "log" (uniform in log keep,
+    # as many draws between 2.5 % and 10 % keep as between 25 % and 100 %, where accuracy changes
+    # little) or "linear" (the reference: uniform in keep, under 4 % of draws below 10 % keep).
+    alpha_spacing: str = "log"
     label_smoothing: float = 0.0
     seed: int = 0
 
@@ -85,6 +103,8 @@ class TrainConfig:
             raise ConfigError("epochs and batch size must be at least 1")
         if not (0.0 <= self.fixed_alpha <= 1.0):
             raise ConfigError(f"alpha {self.fixed_alpha:g} is outside [0, 1]")
+        if self.alpha_spacing not in ("log", "linear"):
+            raise ConfigError(f"alpha spacing must be 'log' or 'linear', got {self.alpha_spacing!r}")
         if not (0.0 <= self.compression_warmup < 1.0):
             raise ConfigError("compression warm-up must be a fraction in [0, 1)")
 

@@ -69,23 +69,28 @@ def draw_alphas(sampler: str, rng: random.Random, progress: float, cfg: RunConfi
     def unstructured_warmup(alpha: float) -> Draw:
         return Draw(alpha, effective=alpha + (1.0 - alpha) * anneal)
 
+    def between() -> float:
+        if cmap.family == "unstructured" and t.alpha_spacing == "log":
+            return lo * (hi / lo) ** rng.random()
+        return rng.uniform(lo, hi)
+
     if sampler == "fixed":
         alpha = t.fixed_alpha
         if cmap.family == "unstructured":
             return [unstructured_warmup(max(alpha, lo))]
         return [Draw(alpha, quantize_acts=not warming)]
     if sampler == "biased-endpoints":
-        alpha = rng.choice((lo, hi)) if rng.random() < 0.5 else rng.uniform(lo, hi)
+        alpha = rng.choice((lo, hi)) if rng.random() < 0.5 else between()
         return [unstructured_warmup(alpha) if cmap.family == "unstructured" else Draw(alpha, quantize_acts=not warming)]
     if sampler == "uniform":
-        return [Draw(rng.uniform(lo, hi), quantize_acts=not warming)]
+        return [Draw(between(), quantize_acts=not warming)]
     if sampler == "sandwich":
         n = max(2, t.samples_per_step)
-        return [Draw(a, quantize_acts=not warming) for a in [lo, hi] + [rng.uniform(lo, hi) for _ in range(n - 2)]]
+        return [Draw(a, quantize_acts=not warming) for a in [lo, hi] + [between() for _ in range(n - 2)]]
     if sampler == "discrete":
         return [Draw(rng.choice(cmap.eval_alphas), quantize_acts=not warming)]
     if sampler == "delayed-uniform":  # unstructured LCS+P: dense until the warm-up ends
-        return [Draw(hi)] if warming else [Draw(rng.uniform(lo, hi))]
+        return [Draw(hi)] if warming else [Draw(between())]
     if sampler == "per-layer-bits":  # quantized LCS+P: 8 bit until the warm-up ends, then mixed precision
         if cmap.family != "quantization":
             raise ConfigError("the per-layer-bits sampler needs the quantization family")
@@ -216,6 +221,8 @@ def train(config: RunConfig, *, data: DataSplit | None = None, out: str | Path |
                         loss.backward()
                 else:
                     loss.backward()
+            if line:
+                model.split_line_gradients(t.line_centre_lr, t.line_spread_lr)
             optimizer.step()
             schedule.step()
             step += 1

@@ -18,6 +18,11 @@ from torch import nn
 from lcs.subspace.compress import RangeTracker, fake_quant, topk_mask
 from lcs.subspace.levels import StructuredMap
 
+# Endpoint init "copy" (config.SubspaceConfig.endpoint_init): noise added to endpoint 1's weights,
+# relative to the weight tensor's standard deviation. Small enough that the line starts short,
+# large enough that the two endpoints are different networks from the first step.
+COPY_NOISE = 0.1
+
 
 @dataclass
 class LayerState:
@@ -66,7 +71,8 @@ class SubspaceLayer(nn.Module):
 class _WeightLayer(SubspaceLayer):
     """Shared by conv and linear: compress a weight, fake-quantize the input."""
 
-    def _setup_weight_layer(self, line: bool, role: str, compressible: bool, line_weights: bool) -> None:
+    def _setup_weight_layer(self, line: bool, role: str, compressible: bool, line_weights: bool,
+                            endpoint_init: str) -> None:
         self._init_subspace(line, role, compressible)
         self.line_names = ("weight", "bias") if line and line_weights else ()
         self.act_range = RangeTracker()
@@ -74,12 +80,13 @@ class _WeightLayer(SubspaceLayer):
             p = getattr(self, name)
             if p is None:
                 continue
-            if name == "weight":
-                # Endpoint 1 starts independent (reference init: N(0, sqrt(2 / fan_out))).
+            if name != "weight":
+                self.add_endpoint(name, p)
+            elif endpoint_init == "copy":
+                self.add_endpoint(name, p + COPY_NOISE * p.detach().std() * torch.randn_like(p))
+            else:  # reference: an independent draw, N(0, sqrt(2 / fan_out))
                 fan_out = p.shape[0] * math.prod(p.shape[2:])
                 self.add_endpoint(name, torch.randn_like(p) * math.sqrt(2.0 / fan_out))
-            else:
-                self.add_endpoint(name, p)
 
     def compressed_weight(self, weight: torch.Tensor) -> torch.Tensor:
         s = self.state
@@ -110,13 +117,14 @@ class _WeightLayer(SubspaceLayer):
 
 class SubspaceConv2d(nn.Conv2d, _WeightLayer):
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, *, line: bool, role: str, compressible: bool, line_weights: bool = True):
+    def from_conv(cls, conv: nn.Conv2d, *, line: bool, role: str, compressible: bool, line_weights: bool = True,
+                  endpoint_init: str = "copy"):
         layer = cls(
             conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
             conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
         )
         layer.load_state_dict(conv.state_dict())
-        layer._setup_weight_layer(line, role, compressible, line_weights)
+        layer._setup_weight_layer(line, role, compressible, line_weights, endpoint_init)
         return layer
 
     @property
@@ -140,10 +148,11 @@ class SubspaceConv2d(nn.Conv2d, _WeightLayer):
 
 class SubspaceLinear(nn.Linear, _WeightLayer):
     @classmethod
-    def from_linear(cls, linear: nn.Linear, *, line: bool, role: str, compressible: bool, line_weights: bool = True):
+    def from_linear(cls, linear: nn.Linear, *, line: bool, role: str, compressible: bool, line_weights: bool = True,
+                  endpoint_init: str = "copy"):
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None)
         layer.load_state_dict(linear.state_dict())
-        layer._setup_weight_layer(line, role, compressible, line_weights)
+        layer._setup_weight_layer(line, role, compressible, line_weights, endpoint_init)
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -165,7 +174,7 @@ class SubspaceNorm(SubspaceLayer):
     """
 
     def __init__(self, kind: str, channels: int, groups: int = 1, eps: float = 1e-5, momentum: float = 0.1,
-                 *, line: bool = False, role: str = "body") -> None:
+                 *, line: bool = False, role: str = "body", endpoint_init: str = "copy") -> None:
         super().__init__()
         self.kind, self.channels, self.eps, self.momentum = kind, channels, eps, momentum
         self.groups = {"group": max(1, min(groups, channels)), "instance": channels, "layer": 1}.get(kind, 1)
@@ -176,17 +185,20 @@ class SubspaceNorm(SubspaceLayer):
             self.register_buffer("running_var", torch.ones(channels))
         self._init_subspace(line, role, compressible=False)
         self.line_names = ("weight", "bias") if line else ()
+        # "copy": endpoint 1 equals endpoint 0 (load_affine keeps them equal); reference: gamma 0.5, beta 0.
+        self.copy_endpoints = line and endpoint_init == "copy"
         if line:
-            # Reference init of endpoint 1: gamma 0.5, beta 0.
-            self.add_endpoint("weight", torch.full((channels,), 0.5))
+            self.add_endpoint("weight", torch.full((channels,), 1.0 if self.copy_endpoints else 0.5))
             self.add_endpoint("bias", torch.zeros(channels))
 
     def load_affine(self, weight: torch.Tensor | None, bias: torch.Tensor | None) -> None:
         with torch.no_grad():
-            if weight is not None:
-                self.weight.copy_(weight)
-            if bias is not None:
-                self.bias.copy_(bias)
+            for name, value in (("weight", weight), ("bias", bias)):
+                if value is None:
+                    continue
+                getattr(self, name).copy_(value)
+                if self.copy_endpoints:
+                    getattr(self, name + "1").copy_(value)
 
     def groups_at(self, c: int) -> int:
         """Groups for c live channels: sliced widths need not divide the full group count."""

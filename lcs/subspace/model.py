@@ -34,6 +34,7 @@ class SubspaceModel(nn.Module):
         self.cmap = cfg.compression_map()
         self.net = _convert(net, cfg)
         self.level: Level = self.cmap.level(1.0)
+        self.line_pairs = [(p0, p1) for layer in self.layers() for _, p0, p1 in layer.endpoint_pairs()]
         self.set_alpha(1.0)
 
     # -- the subspace ---------------------------------------------------------------------------
@@ -79,6 +80,23 @@ class SubspaceModel(nn.Module):
         return [(p0, p1) for layer in self.layers() if isinstance(layer, want)
                 for name, p0, p1 in layer.endpoint_pairs() if name == "weight"]
 
+    @torch.no_grad()
+    def split_line_gradients(self, centre: float, spread: float) -> None:
+        """Re-weight the endpoint gradients as steps of the line's centre c = (w0 + w1) / 2 and its
+        half-difference d = (w1 - w0) / 2, with w(alpha) = c + (2 alpha - 1) d. After this, an SGD step
+        of rate lr moves c at centre * lr and d at spread * lr. Plain SGD on the endpoints is
+        centre = spread = 0.5: the centre learns at half the rate of a single network, and d takes
+        steps as large as c's, mostly noise while every level is still nearly dense."""
+        # With g_c = g0 + g1 = dL/dc and g_d = g1 - g0 = dL/dd, the new endpoint gradients are
+        # centre * g_c -/+ spread * g_d, i.e. (centre + spread) g0 + (centre - spread) g1 and mirrored.
+        same, other = centre + spread, centre - spread
+        for p0, p1 in self.line_pairs:
+            if p0.grad is None or p1.grad is None:  # not used in this step (both stay in the graph otherwise)
+                continue
+            g0 = p0.grad
+            p0.grad = torch.add(g0 * same, p1.grad, alpha=other)
+            p1.grad.mul_(same).add_(g0, alpha=other)
+
     def cos2(self) -> torch.Tensor:
         """cos^2 between the two endpoints, global over the regularised weights (0 for a point)."""
         pairs = self.regularised_pairs()
@@ -120,9 +138,11 @@ def _convert(net: nn.Module, cfg: SubspaceConfig) -> nn.Module:
         if isinstance(module, nn.Conv2d):
             if cfg.family == "structured" and 1 < module.groups and not (module.groups == module.in_channels == module.out_channels):
                 raise ConfigError(f"layer {name}: grouped convolutions cannot be width-sliced (only depthwise)")
-            new = SubspaceConv2d.from_conv(module, line=line, role=role, compressible=compressible, line_weights=line_weights)
+            new = SubspaceConv2d.from_conv(module, line=line, role=role, compressible=compressible, line_weights=line_weights,
+                                          endpoint_init=cfg.endpoint_init)
         elif isinstance(module, nn.Linear):
-            new = SubspaceLinear.from_linear(module, line=line, role=role, compressible=compressible, line_weights=line_weights)
+            new = SubspaceLinear.from_linear(module, line=line, role=role, compressible=compressible, line_weights=line_weights,
+                                            endpoint_init=cfg.endpoint_init)
         elif isinstance(module, _NORMS):
             kind = _norm_kind(module)
             if kind == "batch" and not warned:
@@ -132,7 +152,8 @@ def _convert(net: nn.Module, cfg: SubspaceConfig) -> nn.Module:
                 warned = True
             channels = module.num_channels if isinstance(module, nn.GroupNorm) else module.num_features
             groups = module.num_groups if isinstance(module, nn.GroupNorm) else 1
-            new = SubspaceNorm(kind, channels, groups, module.eps, getattr(module, "momentum", 0.1) or 0.1, line=line, role=role)
+            new = SubspaceNorm(kind, channels, groups, module.eps, getattr(module, "momentum", 0.1) or 0.1, line=line, role=role,
+                               endpoint_init=cfg.endpoint_init)
             new.load_affine(getattr(module, "weight", None), getattr(module, "bias", None))
         else:
             continue

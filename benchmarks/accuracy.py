@@ -1,0 +1,356 @@
+"""Accuracy per compression level of LCS+L and LCS+P against models trained for one level each, on
+MNIST-5k (fixed 4000/1000 split) with the small CNN (GroupNorm); plus the training-step time of LCS+L
+against a standard step of the same network and batch.
+
+    PYTHONPATH=. python benchmarks/accuracy.py [--epochs N] [--out DIR] [--quick] [--jobs 2] [--threads 1]
+
+For each family (unstructured, structured, quantization) it trains LCS+L and LCS+P with the default
+recipe (lcs.config) and one fixed-level model per level (method "fixed", same model, data, epochs),
+plus ablation runs of LCS+L for the unstructured family that switch single recipe choices back to the
+reference's. Prints a table per family, writes DIR/accuracy.json (every accuracy, step times and
+ratios, targets met or not, the recipe) and DIR/accuracy-<family>.png.
+
+Training runs go to `--jobs` worker processes with `--threads` torch threads each. Step times are
+measured afterwards in this process, standard and LCS+L steps alternating, with nothing else of ours
+running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lcs import atomic  # noqa: E402
+from lcs.config import DataConfig, RunConfig, SubspaceConfig, TrainConfig  # noqa: E402
+from lcs.subspace.levels import make_map  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+TOLERANCE = 1.0  # accuracy points, for every target below
+
+# The levels at which a per-level model is trained, as the CLI spells them.
+LEVELS = {
+    "unstructured": ["keep=1.0", "keep=0.5", "keep=0.25", "keep=0.1", "keep=0.05"],
+    "structured": ["width=1.0", "width=0.75", "width=0.5", "width=0.25"],
+    "quantization": ["bits=8", "bits=6", "bits=4", "bits=3"],
+}
+QUICK_LEVELS = {family: [levels[0], levels[-2]] for family, levels in LEVELS.items()}
+
+# Ablations (unstructured family, LCS+L unless "shape" says otherwise): each switches recipe choices
+# back to the reference's. The settings are overrides of TrainConfig / SubspaceConfig fields.
+ABLATIONS = {
+    "reference recipe": {"train": {"beta": 1.0, "line_centre_lr": 0.5, "line_spread_lr": 0.5, "batch_size": 128,
+                                   "alpha_spacing": "linear"},
+                         "subspace": {"endpoint_init": "independent"}},
+    "ours, batch 128": {"train": {"batch_size": 128}},
+    "ours, independent endpoint init": {"subspace": {"endpoint_init": "independent"}},
+    "ours, beta 1": {"train": {"beta": 1.0}},
+    "ours, plain endpoint SGD (0.5/0.5)": {"train": {"line_centre_lr": 0.5, "line_spread_lr": 0.5}},
+    "ours, linear alpha spacing": {"train": {"alpha_spacing": "linear"}},
+    "LCS+P, linear alpha spacing": {"shape": "point", "train": {"alpha_spacing": "linear"}},
+}
+QUICK_ABLATIONS = ("reference recipe",)
+
+
+@dataclass
+class Run:
+    name: str  # "LCS+L", "LCS+P", "fixed keep=0.1", "LCS+L, reference recipe", ...
+    family: str
+    config: RunConfig
+    level: str | None = None  # fixed-level runs: the level trained
+    ablation: dict = field(default_factory=dict)
+
+
+# -- what to run -----------------------------------------------------------------------------------
+
+DATA = DataConfig("mnist5k")
+
+
+@functools.cache
+def model_config():
+    from lcs.data import load_data, model_config_for
+
+    return model_config_for(load_data(DATA).info, name="small-cnn", norm="group")
+
+
+def base_config(family: str, shape: str, epochs: int) -> RunConfig:
+    return RunConfig(model=model_config(), data=DATA, subspace=SubspaceConfig(shape=shape, family=family),
+                     train=TrainConfig(epochs=epochs))
+
+
+def plan(epochs: int, quick: bool) -> list[Run]:
+    from lcs.subspace.levels import parse_level
+
+    runs = []
+    for family, levels in (QUICK_LEVELS if quick else LEVELS).items():
+        for shape, label in (("line", "LCS+L"), ("point", "LCS+P")):
+            runs.append(Run(label, family, base_config(family, shape, epochs)))
+        for level in levels:
+            cfg = base_config(family, "point", epochs)
+            alpha = parse_level(level, cfg.subspace.compression_map())
+            cfg = cfg.replace(train=dataclasses.replace(cfg.train, method="fixed", fixed_alpha=alpha))
+            runs.append(Run(f"fixed {level}", family, cfg, level=level))
+    for name, change in ABLATIONS.items():
+        if quick and name not in QUICK_ABLATIONS:
+            continue
+        cfg = base_config("unstructured", change.get("shape", "line"), epochs)
+        cfg = cfg.replace(train=dataclasses.replace(cfg.train, **change.get("train", {})),
+                          subspace=dataclasses.replace(cfg.subspace, **change.get("subspace", {})))
+        runs.append(Run(name if name.startswith("LCS+") else f"LCS+L, {name}", "unstructured", cfg, ablation=change))
+    # The sandwich runs (4 passes a step) first, so the two processes finish together.
+    runs.sort(key=lambda run: not (run.family == "structured" and run.config.train.method == "lcs"))
+    return runs
+
+
+# -- training (in worker processes) ----------------------------------------------------------------
+
+_DATA = None
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def train_and_evaluate(run: Run) -> dict:
+    """Train one run and measure its test accuracy at its levels (all of LEVELS for a subspace)."""
+    global _DATA
+    from lcs.data import load_data
+    from lcs.evaluate import evaluate_levels
+    from lcs.subspace.levels import parse_level
+    from lcs.train import train
+
+    if _DATA is None:
+        _DATA = load_data(run.config.data)
+    started = time.perf_counter()
+    result = train(run.config, data=_DATA)
+    seconds = time.perf_counter() - started
+    cmap = result.model.cmap
+    levels = [run.level] if run.level else LEVELS[run.family]
+    rows = evaluate_levels(result.model, _DATA.test, [parse_level(level, cmap) for level in levels], run.name)
+    # The whole evaluation grid of the map as well, for the plot.
+    grid = [] if run.level else evaluate_levels(result.model, _DATA.test, cmap.eval_alphas, run.name)
+    return {
+        "name": run.name,
+        "family": run.family,
+        "accuracy": {level: round(100 * row.accuracy, 2) for level, row in zip(levels, rows)},
+        "grid": [dataclasses.asdict(r) for r in grid],
+        "rows": [dataclasses.asdict(r) for r in rows],
+        "train_seconds": round(seconds, 1),
+        "final_loss": round(result.history[-1]["loss"], 4),
+        "final_cos2": round(float(result.model.cos2().detach()), 4),
+        "config": run.config.to_dict(),
+        "ablation": run.ablation,
+    }
+
+
+# -- step time ------------------------------------------------------------------------------------
+
+def time_steps(family: str, batch_size: int, steps: int, rounds: int) -> dict:
+    """Mean wall time of one training step: a plain network with a plain SGD step, against LCS+L as
+    lcs.train runs it (compression fully on: no warm-up, so every step masks or quantizes).
+    Alternates the two `rounds` times and keeps the median of each."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader, Subset
+
+    from lcs.data import load_data
+    from lcs.models import build_model
+    from lcs.train import default_sampler, train
+
+    cfg = base_config(family, "line", 1)
+    cfg = cfg.replace(train=dataclasses.replace(cfg.train, batch_size=batch_size, compression_warmup=0.0))
+    data = load_data(cfg.data)
+    subset = dataclasses.replace(data, train=Subset(data.train, range(batch_size * (steps + 3))))
+    batches = list(DataLoader(subset.train, batch_size=batch_size, shuffle=True,
+                              generator=torch.Generator().manual_seed(0)))
+    t = cfg.train
+
+    def standard_step_seconds() -> float:
+        torch.manual_seed(0)
+        net = build_model(cfg.model)
+        net.train()
+        opt = torch.optim.SGD(net.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        elapsed = []
+        for i, (x, y) in enumerate(batches):
+            started = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(net(x), y).backward()
+            opt.step()
+            if i >= 3:  # same warm-up as lcs.train's own timing
+                elapsed.append(time.perf_counter() - started)
+        return statistics.fmean(elapsed)
+
+    standard, lcs_line = [], []
+    for _ in range(rounds):
+        standard.append(standard_step_seconds())
+        lcs_line.append(train(cfg, data=subset).step_seconds)
+    passes = 1 if default_sampler(cfg) != "sandwich" else max(2, t.samples_per_step)
+    std_ms, lcs_ms = 1e3 * statistics.median(standard), 1e3 * statistics.median(lcs_line)
+    return {
+        "batch_size": batch_size,
+        "sampler": default_sampler(cfg),
+        "passes_per_step": passes,
+        "standard_step_ms": round(std_ms, 3),
+        "lcs_line_step_ms": round(lcs_ms, 3),
+        "ratio_per_step": round(lcs_ms / std_ms, 3),
+        "ratio_per_pass": round(lcs_ms / passes / std_ms, 3),
+        "rounds_ms": {"standard": [round(1e3 * s, 3) for s in standard],
+                      "lcs_line": [round(1e3 * s, 3) for s in lcs_line]},
+    }
+
+
+# -- targets and report ---------------------------------------------------------------------------
+
+def family_report(family: str, results: list[dict], timing: dict) -> dict:
+    by_name = {r["name"]: r for r in results if r["family"] == family}
+    line, point = by_name["LCS+L"]["accuracy"], by_name["LCS+P"]["accuracy"]
+    fixed = {r["name"].removeprefix("fixed "): r["accuracy"][r["name"].removeprefix("fixed ")]
+             for r in by_name.values() if r["name"].startswith("fixed ")}
+    levels = [level for level in LEVELS[family] if level in fixed]
+    table = [{"level": level, "lcs_line": line[level], "lcs_point": point[level], "fixed": fixed[level],
+              "line_minus_fixed": round(line[level] - fixed[level], 2),
+              "point_minus_fixed": round(point[level] - fixed[level], 2)} for level in levels]
+    targets = {
+        "line_within_1pt_of_fixed_at_every_level": all(row["line_minus_fixed"] >= -TOLERANCE for row in table),
+        "worst_line_minus_fixed": min(row["line_minus_fixed"] for row in table),
+        "point_within_1pt_of_fixed_at_every_level": all(row["point_minus_fixed"] >= -TOLERANCE for row in table),
+        "line_step_at_most_1.3x_standard": timing["ratio_per_step"] <= 1.3,
+    }
+    if family == "unstructured" and "keep=0.1" in line:
+        targets["line_90pct_sparse_minus_dense"] = round(line["keep=0.1"] - line["keep=1.0"], 2)
+        targets["line_90pct_sparse_within_1pt_of_dense"] = targets["line_90pct_sparse_minus_dense"] >= -TOLERANCE
+    if family == "quantization" and "bits=4" in line:
+        targets["line_4bit_minus_8bit"] = round(line["bits=4"] - line["bits=8"], 2)
+        targets["line_4bit_within_1pt_of_8bit"] = targets["line_4bit_minus_8bit"] >= -TOLERANCE
+    return {"levels": table, "targets": targets, "step_time": timing,
+            "runs": {name: {k: v for k, v in r.items() if k not in ("rows", "grid")} for name, r in by_name.items()}}
+
+
+def plot_family(family: str, results: list[dict], out: Path) -> Path:
+    from lcs.evaluate import LevelResult, plot
+
+    rows = []
+    for r in results:
+        if r["family"] != family:
+            continue
+        label = "per-level models" if r["name"].startswith("fixed ") else r["name"]
+        if r["ablation"] and r["name"] != "LCS+L, reference recipe":
+            continue  # the plot shows ours, the point, the reference recipe and the per-level models
+        rows += [LevelResult(**{**row, "model": label}) for row in (r["grid"] or r["rows"])]
+    return plot(rows, family, out / f"accuracy-{family}.png",
+                title=f"MNIST-5k, small CNN: {family} (same epochs for every model)")
+
+
+def print_report(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for family, fam in report["families"].items():
+        table = Table(title=f"{family}: test accuracy (%)")
+        for col in ("level", "LCS+L", "LCS+P", "fixed", "L - fixed", "P - fixed"):
+            table.add_column(col, justify="left" if col == "level" else "right")
+        for row in fam["levels"]:
+            table.add_row(row["level"], f"{row['lcs_line']:.1f}", f"{row['lcs_point']:.1f}", f"{row['fixed']:.1f}",
+                          f"{row['line_minus_fixed']:+.1f}", f"{row['point_minus_fixed']:+.1f}")
+        console.print(table)
+        st = fam["step_time"]
+        console.print(f"  step: standard {st['standard_step_ms']:.2f} ms, LCS+L {st['lcs_line_step_ms']:.2f} ms "
+                      f"-> {st['ratio_per_step']:.2f}x per step, {st['ratio_per_pass']:.2f}x per pass "
+                      f"({st['passes_per_step']} pass(es), sampler {st['sampler']})")
+        console.print("  targets: " + ", ".join(f"{k}={v}" for k, v in fam["targets"].items()))
+    if report["ablations"]:
+        table = Table(title="unstructured LCS+L ablations: test accuracy (%)")
+        levels = LEVELS["unstructured"]
+        table.add_column("run")
+        for level in levels:
+            table.add_column(level, justify="right")
+        for name, acc in report["ablations"].items():
+            table.add_row(name, *(f"{acc[level]:.1f}" if level in acc else "-" for level in levels))
+        console.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=None, help="epochs of every run (default 20, --quick 2)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"output folder (default {RESULTS.relative_to(ROOT)}; --quick: a temp folder)")
+    parser.add_argument("--quick", action="store_true", help="2 levels per family, one ablation, 2 epochs")
+    parser.add_argument("--jobs", type=int, default=2, help="training processes at once")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process (and for step timing)")
+    args = parser.parse_args(argv)
+    epochs = args.epochs or (2 if args.quick else TrainConfig().epochs)
+    out = args.out or (Path(tempfile.gettempdir()) / "lcs-accuracy-quick" if args.quick else RESULTS)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    runs = plan(epochs, args.quick)
+    print(f"{len(runs)} training runs, {epochs} epochs each, {args.jobs} processes x {args.threads} thread(s)")
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.jobs, mp_context=ctx, initializer=_worker_init, initargs=(args.threads,)) as pool:
+        results = []
+        for result in pool.map(train_and_evaluate, runs):
+            print(f"  {result['family']:13s} {result['name']:42s} {result['train_seconds']:6.1f} s  "
+                  + " ".join(f"{k} {v:.1f}" for k, v in result["accuracy"].items()), flush=True)
+            results.append(result)
+    train_seconds = time.perf_counter() - started
+
+    batch = TrainConfig().batch_size
+    steps, rounds = (10, 1) if args.quick else (40, 3)
+    timing = {family: time_steps(family, batch, steps, rounds) for family in LEVELS}
+    recipe = {"train": dataclasses.asdict(TrainConfig()), "subspace": dataclasses.asdict(SubspaceConfig()),
+              "model": "small-cnn, width 16, GroupNorm (conv -> GN -> ReLU)"}
+    report = {
+        "benchmark": "accuracy",
+        "data": "mnist5k: 4000 train / 1000 test, fixed split (seed 0)",
+        "epochs": epochs,
+        "quick": args.quick,
+        "tolerance_points": TOLERANCE,
+        "recipe": recipe,
+        "reference_recipe_overrides": ABLATIONS["reference recipe"],
+        "families": {family: family_report(family, results, timing[family]) for family in LEVELS},
+        "ablations": {r["name"]: r["accuracy"] for r in results if r["ablation"]},
+        "ablation_settings": {r["name"]: r["ablation"] for r in results if r["ablation"]},
+        "full_grid": {f"{r['family']} {r['name']}": [{k: row[k] for k in ("level", "alpha", "accuracy")}
+                                                     for row in r["grid"]] for r in results if r["grid"]},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "training_processes": args.jobs,
+            "torch_threads_per_process": args.threads,
+            "step_timing_threads": args.threads,
+            "loadavg_at_start": [round(x, 2) for x in load_before],
+            "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
+        "seconds": {"training": round(train_seconds, 1), "total": round(time.perf_counter() - started, 1)},
+    }
+    atomic.write_text(out / "accuracy.json", json.dumps(report, indent=2))
+    for family in LEVELS:
+        plot_family(family, results, out)
+    print_report(report)
+    print(f"wrote {out / 'accuracy.json'} and accuracy-<family>.png ({report['seconds']['total']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
