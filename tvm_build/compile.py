@@ -101,6 +101,10 @@ def _prepare_for_tuning(mod):
                                      relax.pipeline.zero_pipeline()])(mod)
 
 
+# tasks that only move data; MetaSchedule's default schedule for them is already as good as it gets
+LAYOUT_ONLY = ("reshape", "transpose")
+
+
 @dataclass
 class Tuning:
     trials: int
@@ -137,6 +141,8 @@ def tune(mods: list, target, trials: int, *, runner=None, log=None) -> tuple[lis
         unique: dict[str, object] = {}
         for m in prepared:
             for task in extract_tasks(m, target):
+                if task.task_name.startswith(LAYOUT_ONLY):  # nothing to gain; each task costs a warm-up round
+                    continue
                 seen = unique.setdefault(task.mod.script(show_meta=False), task)
                 if seen is not task:
                     seen.weight += task.weight
@@ -148,7 +154,7 @@ def tune(mods: list, target, trials: int, *, runner=None, log=None) -> tuple[lis
             with filtered_tvm_logs():
                 ms.tune.tune_tasks(
                     tasks=tasks, task_weights=weights, work_dir=str(work), max_trials_global=trials * len(mods),
-                    max_trials_per_task=max(8, trials), num_trials_per_iter=min(16, max(2, trials)),
+                    max_trials_per_task=max(8, trials), num_trials_per_iter=min(8, max(2, trials // 12)),
                     builder=ms.builder.LocalBuilder(max_workers=1, timeout_sec=300),
                     runner=runner or ms.runner.LocalRunner(timeout_sec=60))
         finally:
