@@ -30,6 +30,7 @@ from lcs.models import build_model  # noqa: E402
 from lcs.subspace.model import SubspaceModel  # noqa: E402
 from tvm_build.mcu import firmware as fw  # noqa: E402
 from tvm_build.mcu.build import _lowered, build_firmware, compile_firmware, start  # noqa: E402
+from tvm_build.mcu.executor import ctrl_symbol  # noqa: E402
 
 BOARDS = ["mps2-an385", "mps2-an386", "mps2-an500", "mps3-an547"]
 
@@ -46,7 +47,7 @@ def reference_config(model, plan) -> str:
     feats = model.net.features
     conv = [feats[i][0] for i in range(4)]
     norm = [feats[i][1] for i in range(4)]
-    ctrl = sorted({t.name for t in plan.tensors.values() if t.kind == "ctrl"})
+    ctrl = sorted({ctrl_symbol(t.param) for t in plan.tensors.values() if t.kind == "ctrl"})
     lines = [
         f"#define REF_IN_C {conv[0].in_channels}",
         f"#define REF_IN_HW {plan.tensors['x'].shape[-1]}",
@@ -61,7 +62,7 @@ def reference_config(model, plan) -> str:
         f"#define REF_FEATURES {conv[-1].out_channels}",
         f"#define REF_CLASSES {model.net.classifier.out_features}",
         f"#define REF_MAX_ACT {max(t.nbytes // 4 for t in plan.tensors.values() if t.kind == 'arena')}",
-        *[f"float ctrl_{name}[16];" for name in ctrl],
+        *[f"float {name}[16];" for name in ctrl],
     ]
     return "\n".join(lines) + "\n"
 

@@ -237,10 +237,15 @@ def test_in_kernel_switching_matches_torch_too(built, tmp_path):
         check_levels(dev, result)
 
 
-def test_structured_width_is_refused_clearly():
-    from lcs.errors import ConfigError
-    from tvm_build.mcu.device_net import device_net
+def test_structured_width_levels_run_with_their_own_kernels(tmp_path):
+    """Structured width: one kernel set and call list per width, one shared weight bank; narrower is cheaper."""
+    from tvm_build.mcu.build import build_firmware
+    from tvm_build.mcu.launch import start_host_sim
 
     ckpt = tiny_checkpoint("structured")
-    with pytest.raises(ConfigError, match="structured width levels need one kernel set per width"):
-        device_net(ckpt.model)
+    result = build_firmware(ckpt, "host-sim", [0.0, 0.5, 1.0], tmp_path, samples=2, measure=False,
+                            write_artifact=False)
+    assert [lv.width for lv in result.levels] == [0.25, 0.625, 1.0]
+    with start_host_sim(result.binary) as running, Device.open(running.url) as dev:
+        assert dev.hello().family == "structured"
+        check_levels(dev, result)

@@ -51,5 +51,6 @@ int lcs_model_infer(const float *input, float *output);
 extern const char *lcs_last_error;
 
 /* Generic (levels.c). */
+extern int lcs_active_level;                           /* the level whose call lists run */
 int lcs_set_level(int index, const uint8_t *bank);     /* 0 ok, <0 error */
 #endif

@@ -45,8 +45,11 @@ static void quant_params(float lo, float hi, int bits, float *scale, float *zero
     *zero = z < qmin ? qmin : (z > qmax ? qmax : z);
 }
 
+int lcs_active_level;
+
 int lcs_set_level(int index, const uint8_t *bank) {
     if (index < 0 || index >= lcs_num_levels) return -1;
+    lcs_active_level = index;
     const lcs_level_t *level = &lcs_levels[index];
     for (uint16_t l = 0; l < lcs_num_layers; l++) {
         const lcs_layer_t *layer = &lcs_layers[l];

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lcs.errors import ConfigError
+from lcs.errors import ConfigError, LcsError
 from lcs.subspace.levels import Level
 from tvm_build.mcu import firmware as fw
 from tvm_build.mcu.device_net import device_net
@@ -130,18 +130,33 @@ def build_firmware(checkpoint, board, levels: list[float] | None, out_dir, *, sa
     variants = [(m, bank) for m in (SWITCHING if switching == "auto" else (switching,))
                 for bank in ((True, False) if upload_bank is None else (upload_bank,))]
     for attempt, (mode, with_bank) in enumerate(variants):
-        dn, lowered, p = _lowered(model, x, mode == "in-kernel")
+        in_kernel = mode == "in-kernel"
+        if cmap.family == "structured":  # one graph (kernels, call lists) per width level, one weight bank
+            per_level = [_lowered(model, x, in_kernel, a, f"l{i}_") for i, a in enumerate(alphas)]
+            level_plan = list(range(len(alphas)))
+        else:
+            per_level = [_lowered(model, x, in_kernel)]
+            level_plan = [0] * len(alphas)
+        dn, lowered, p = per_level[0]
+        plans = [entry[2] for entry in per_level]
+        if any(q.bank_layout != p.bank_layout for q in plans):
+            raise LcsError("the width levels disagree on the weight layout (internal error)")
         bank = fw.bank_bytes(dn, p)
-        executor_c = emit_executor(p, [c.kernel for c in p.calls])
-        mhash = fw.model_hash(bank, lowered.kernels_c.encode(), executor_c.encode())
+        executor_c = emit_executor(plans, level_plan)
+        kernel_sources = [entry[1].kernels_c for entry in per_level]
+        mhash = fw.model_hash(bank, *(k.encode() for k in kernel_sources), executor_c.encode())
         default = int(np.argmax(alphas))
         tables = fw.emit_model_tables(dn, p, cmap.family, level_objs, default, bank, mhash, upload_bank=with_bank)
-        (src / "kernels.c").write_text(lowered.kernels_c)
+        for stale in src.glob("kernels*.c"):
+            stale.unlink()
+        for i, source in enumerate(kernel_sources):
+            (src / f"kernels_{i}.c").write_text(source)
         (src / "executor.c").write_text(executor_c)
         (src / "model_gen.c").write_text(tables)
+        workspace = max(entry[1].workspace_bytes for entry in per_level)
         out_len = int(np.prod(p.tensors[p.output].shape))
         max_payload = max(256, in_len * 4, out_len * 4 + 8, 1032)
-        compile_firmware(board, src, binary, max_payload=max_payload, workspace=max(16, lowered.workspace_bytes),
+        compile_firmware(board, src, binary, max_payload=max_payload, workspace=max(16, workspace),
                          tx_bytes=max(256, out_len * 4 + 16), defines=() if with_bank else ("LCS_NO_UPLOAD_BANK",))
         sizes = fw.elf_sizes(binary, stack_bytes=int(spec.get("stack_bytes", 0)))
         try:
@@ -159,8 +174,9 @@ def build_firmware(checkpoint, board, levels: list[float] | None, out_dir, *, sa
         for a in alphas:
             net = materialize(model, a, x)
             expected.append(net(inputs).numpy().astype(np.float32))
-    result = FirmwareBuild(board.name, binary, level_objs, sizes, bank, inputs.numpy(), expected, p.arena_bytes,
-                           p.state_bytes, lowered.workspace_bytes, len(set(c.kernel for c in p.calls)), mode, with_bank)
+    result = FirmwareBuild(board.name, binary, level_objs, sizes, bank, inputs.numpy(), expected,
+                           max(q.arena_bytes for q in plans), max(q.state_bytes for q in plans), workspace,
+                           len({c.kernel for q in plans for c in q.calls}), mode, with_bank)
     if measure:
         result.cycles = measure_cycles(result, board)
     (out_dir / "build.json").write_text(json.dumps(result.summary(), indent=1))
@@ -172,16 +188,16 @@ def build_firmware(checkpoint, board, levels: list[float] | None, out_dir, *, sa
 _LOWERED: dict = {}
 
 
-def _lowered(model, x, weights_in_kernel: bool = False):
+def _lowered(model, x, weights_in_kernel: bool = False, width_alpha: float | None = None, prefix: str = ""):
     """Device network, TVM kernels and plan of a model; memoised per model object within one process (the same
     kernels serve every board: only the compiler flags differ)."""
-    key = (id(model), tuple(x.shape), weights_in_kernel)
+    key = (id(model), tuple(x.shape), weights_in_kernel, width_alpha, prefix)
     if key not in _LOWERED:
-        dn = device_net(model)
+        dn = device_net(model, width_alpha)
         with torch.no_grad():
-            lowered = lower(dn.module, x, weights_in_kernel=weights_in_kernel)
+            lowered = lower(dn.module, x, weights_in_kernel=weights_in_kernel, prefix=prefix)
         ctrl_params = {layer.ctrl_param for layer in dn.layers if layer.ctrl_param}
-        if len(_LOWERED) > 4:
+        if len(_LOWERED) > 32:
             _LOWERED.clear()
         _LOWERED[key] = (model, dn, lowered, plan(lowered, ctrl_params))
     return _LOWERED[key][1:]

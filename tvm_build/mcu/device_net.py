@@ -62,11 +62,19 @@ class DeviceWeightLayer(nn.Module):
         seen = bool(layer.act_range.seen)
         self.act_range = (float(layer.act_range.lo), float(layer.act_range.hi)) if seen else None
 
+    out_c: int | None = None  # structured width: outputs of this level (None: all)
+    sliced: bool = False  # structured width: slice the weights to this level's channels
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.ctrl
         alpha = c[0]
         w = _blend(self.w0, self.w1, alpha)
         b = _blend(self.b0, self.b1, alpha) if self.b0 is not None else None
+        if self.sliced:  # the first channels are kept (StructuredMap), sliced in the graph
+            in_c = x.shape[1] // self.groups if self.is_conv else x.shape[-1]
+            out_c = self.out_c or w.shape[0]
+            w = w[:out_c, :in_c]
+            b = b[:out_c] if b is not None else None
         if self.compressible:
             # |w| >= thr without abs(): TVM's C backend has no fabs lowering
             w = torch.where((w >= c[1]) | (-w >= c[1]), w, torch.zeros_like(w))
@@ -90,14 +98,18 @@ class DeviceNorm(nn.Module):
             self.register_buffer("running_mean", layer.running_mean.detach().clone())
             self.register_buffer("running_var", layer.running_var.detach().clone())
 
+    groups_at = None  # structured width: the subspace norm's groups_at (groups for c live channels)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.ctrl is not None:
             g, b = _blend(self.g0, self.g1, self.ctrl[0]), _blend(self.be0, self.be1, self.ctrl[0])
         else:
             g, b = self.g0, self.be0
+        c = x.shape[1]
+        g, b = g[:c], b[:c]
         if self.kind == "batch":
-            return F.batch_norm(x, self.running_mean, self.running_var, g, b, False, 0.0, self.eps)
-        return F.group_norm(x, self.groups, g, b, self.eps)
+            return F.batch_norm(x, self.running_mean[:c], self.running_var[:c], g, b, False, 0.0, self.eps)
+        return F.group_norm(x, self.groups_at(c) if self.groups_at else self.groups, g, b, self.eps)
 
 
 @dataclass
@@ -120,10 +132,13 @@ class DeviceNet:
     layers: list[DeviceLayer] = field(default_factory=list)
 
 
-def device_net(model: SubspaceModel) -> DeviceNet:
-    if model.cmap.family == "structured":
-        raise ConfigError("MCU builds support the unstructured and quantization families; structured width "
-                          "levels need one kernel set per width and are not implemented for MCUs yet")
+def device_net(model: SubspaceModel, width_alpha: float | None = None) -> DeviceNet:
+    """The device graph. Structured width: one graph per level (`width_alpha`), channels sliced in the graph from
+    the full stored weights, so every level shares one weight bank."""
+    structured = model.cmap.family == "structured"
+    if structured and width_alpha is None:
+        raise ConfigError("structured width needs one device graph per level: pass width_alpha")
+    level = model.cmap.level(width_alpha) if structured else None
     net = copy.deepcopy(model.net).eval()
     layers = []
     for name, layer in list(net.named_modules()):
@@ -131,11 +146,18 @@ def device_net(model: SubspaceModel) -> DeviceNet:
             if isinstance(layer, SubspaceConv2d) and layer.depthwise and model.cmap.family == "structured":
                 raise ConfigError("depthwise convolutions with structured width are not supported on MCUs")
             new = DeviceWeightLayer(layer)
+            new.sliced = structured
+            if structured and layer.role != "head" and level.width < 1.0:
+                from lcs.subspace.levels import StructuredMap
+
+                new.out_c = StructuredMap.channels(layer.out_channels if new.is_conv else layer.out_features,
+                                                   level.width)
             layers.append(DeviceLayer(name, "weight", f"{name}.ctrl", f"{name}.w0",
                                       f"{name}.w1" if new.w1 is not None else None, new.w0.numel(),
                                       new.compressible, new.act_range))
         elif isinstance(layer, SubspaceNorm):
             new = DeviceNorm(layer)
+            new.groups_at = layer.groups_at
             layers.append(DeviceLayer(name, "norm", f"{name}.ctrl" if new.ctrl is not None else None))
         else:
             continue

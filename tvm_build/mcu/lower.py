@@ -65,7 +65,7 @@ def _has_root(sch) -> bool:
         return False
 
 
-def lower(net: torch.nn.Module, example: torch.Tensor, *, weights_in_kernel: bool = False) -> Lowered:
+def lower(net: torch.nn.Module, example: torch.Tensor, *, weights_in_kernel: bool = False, prefix: str = "") -> Lowered:
     """`weights_in_kernel`: fuse each layer's weight transform (blend, mask, quantize) into the conv/matmul that
     reads it, so no transformed weight is ever stored: the least RAM, at the cost of recomputing every weight
     for each output position. Otherwise the transform is its own kernel and runs once per level switch."""
@@ -95,7 +95,7 @@ def lower(net: torch.nn.Module, example: torch.Tensor, *, weights_in_kernel: boo
     renamed = {}
     for i, gv in enumerate(sorted((g for g in mod.get_global_vars() if g.name_hint != "main"), key=lambda g: g.name_hint)):
         func = mod[gv]
-        name = f"lcs_k{i}"
+        name = f"lcs_{prefix}k{i}"
         renamed[gv.name_hint] = name
         funcs[name] = _inline_intermediates(func).with_attr("global_symbol", name)
     # Same module, inlined kernels exported under short C names; relax.build lowers them for target "c"
@@ -106,6 +106,8 @@ def lower(net: torch.nn.Module, example: torch.Tensor, *, weights_in_kernel: boo
     built = tvm.compile(mod, target=tvm.target.Target({"kind": "c"}))
     # TVM's C printer spells float infinity `inff` (from clip bounds of +-inf): give it a definition
     source = "#include <math.h>\n#define inff INFINITY\n" + built.mod.imports[0].inspect_source()
+    # one library context per source file, or several kernel sets (structured width) collide at link time
+    source = source.replace("void* __tvm_ffi__library_ctx = NULL;", "static void* __tvm_ffi__library_ctx = NULL;")
     return Lowered(mod, mod["main"], source, params, _workspace_need(source), renamed)
 
 
