@@ -28,6 +28,9 @@ class LevelResult:
     accuracy: float
     zero_fraction: float  # fraction of zero conv/linear weights actually used (stem/head included)
 
+    def to_dict(self) -> dict:
+        return asdict(self)
+
 
 @torch.no_grad()
 def accuracy(model: SubspaceModel, data: Dataset, batch_size: int = 512) -> float:
@@ -70,7 +73,7 @@ def label_of(ckpt: Checkpoint, path: str | Path) -> str:
 # -- output ---------------------------------------------------------------------------------------
 
 def rows_to_json(rows: list[LevelResult]) -> str:
-    return json.dumps([asdict(r) for r in rows], indent=2)
+    return json.dumps([r.to_dict() for r in rows], indent=2)
 
 
 def rows_to_csv(rows: list[LevelResult]) -> str:

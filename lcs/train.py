@@ -27,6 +27,7 @@ from lcs import checkpoint
 from lcs.config import RunConfig, TrainConfig
 from lcs.data import DataSplit, check_fits, load_data
 from lcs.errors import ConfigError
+from lcs.evaluate import evaluate_levels
 from lcs.subspace.levels import CompressionMap
 from lcs.subspace.model import SubspaceModel
 
@@ -157,6 +158,7 @@ class TrainResult:
     model: SubspaceModel
     history: list[dict] = field(default_factory=list)
     step_seconds: float = 0.0  # mean wall time of one optimizer step (after the first few)
+    eval: list[dict] = field(default_factory=list)  # accuracy per level on the test split (LevelResult rows)
     checkpoint: Path | None = None
 
 
@@ -238,10 +240,14 @@ def train(config: RunConfig, *, data: DataSplit | None = None, out: str | Path |
                                "lr": schedule.get_last_lr()[0]})
     result.step_seconds = timed_seconds / max(1, timed)
     model.eval()
+    if world.main:
+        # The final evaluation travels with the checkpoint (builds copy it into the artifact manifest).
+        alphas = [config.train.fixed_alpha] if config.train.method == "fixed" else list(cmap.eval_alphas)
+        result.eval = [row.to_dict() for row in evaluate_levels(model, data.test, alphas)]
     model.set_alpha(cmap.alpha_range[1])
     if out is not None and world.main:
-        result.checkpoint = checkpoint.save(out, config, model, {"train": {"history": result.history,
-                                                                           "step_seconds": result.step_seconds}})
+        metrics = {"train": {"history": result.history, "step_seconds": result.step_seconds}, "eval": result.eval}
+        result.checkpoint = checkpoint.save(out, config, model, metrics)
     if world.world > 1:
         dist.barrier()
     return result
