@@ -216,18 +216,21 @@ def simulate_cmd(trace_path, artifact_path, profile_path, accuracy_path, board, 
 @click.option("--rpc", default=None, metavar="HOST:PORT", help="a TVM RPC server on the board: verify and time there")
 @click.option("--tracker", default=None, metavar="HOST:PORT", help="a TVM RPC tracker: tune, verify and time on a board")
 @click.option("--key", default=None, help="device key of the board at the tracker")
+@click.option("--accuracy", "eval_results", type=click.Path(path_type=Path), default=None,
+              help="results.json from `lcs eval --out DIR`: accuracy per level for the manifest")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="artifact to write (.lcsa)")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON")
 @fail_cleanly
-def build_cmd(checkpoint_path, target, levels, strategy, tune, rpc, tracker, key, output, progress, as_json):
+def build_cmd(checkpoint_path, target, levels, strategy, tune, rpc, tracker, key, eval_results, output, progress,
+              as_json):
     """Compile a checkpoint for a board into one verified artifact."""
     from tvm_build.build import build
     from tvm_build.report import print_build
 
     summary = build(checkpoint_path, target, output, levels=levels, strategy=strategy, tune=tune, rpc=rpc,
-                    tracker=tracker, key=key, progress=progress and not as_json,
+                    tracker=tracker, key=key, eval_results=eval_results, progress=progress and not as_json,
                     log=lambda msg: click.echo(msg, err=True))
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))

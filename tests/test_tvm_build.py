@@ -113,6 +113,20 @@ def host_unstructured(ckpts, tmp_path_factory):
     return out
 
 
+def test_accuracy_from_lcs_eval_results(ckpts, tmp_path):
+    code, text = run_cli("eval", ckpts["unstructured"], "--levels", "0.5,1.0", "--out", tmp_path / "ev")
+    assert code == 0, text
+    out = tmp_path / "u.lcsa"
+    code, text = run_cli("build", ckpts["unstructured"], "--target", "host", "--levels", "0.5,1.0",
+                         "--accuracy", tmp_path / "ev" / "results.json", "--no-progress", "-o", out)
+    assert code == 0, text
+    rows = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert [lv["accuracy"] for lv in art.open_artifact(out).levels] == [r["accuracy"] for r in rows[:2]]
+    code, text = run_cli("build", ckpts["unstructured"], "--target", "host", "--accuracy", out, "--no-progress",
+                         "-o", tmp_path / "x.lcsa")
+    assert code == 2 and "not a results.json" in text
+
+
 def test_unstructured_levels_share_one_module(host_unstructured):
     a = art.open_artifact(host_unstructured)
     assert len(a.manifest["modules"]) == 1 and len(a.levels) == 3

@@ -58,20 +58,32 @@ def load_board(name: str):
         raise ConfigError(str(exc)) from None
 
 
-def accuracy_from_metrics(metrics: dict, alpha: float) -> float | None:
-    """Accuracy at `alpha` if the checkpoint's metrics hold an evaluation row for it (lcs eval rows)."""
+def accuracy_table(metrics: dict, eval_results: str | Path | None) -> list[dict]:
+    """Rows {alpha, accuracy} known for this checkpoint: `lcs eval --out DIR` results (DIR/results.json, the main
+    subspace's rows, i.e. those of the first model listed) or evaluation rows kept in the checkpoint's metrics."""
+    if eval_results is not None:
+        path = Path(eval_results)
+        try:
+            rows = json.loads(path.read_text())
+            main = rows[0]["model"]
+            return [{"alpha": float(r["alpha"]), "accuracy": float(r["accuracy"])} for r in rows if r["model"] == main]
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            raise ConfigError(f"{path} is not a results.json written by `lcs eval --out`") from None
     for key in ("eval", "levels", "accuracy"):
         rows = metrics.get(key)
         if isinstance(rows, list):
-            for row in rows:
-                if isinstance(row, dict) and abs(float(row.get("alpha", -9)) - alpha) < 1e-9 and "accuracy" in row:
-                    return float(row["accuracy"])
-    return None
+            return [r for r in rows if isinstance(r, dict) and "alpha" in r and "accuracy" in r]
+    return []
+
+
+def accuracy_at(table: list[dict], alpha: float) -> float | None:
+    return next((float(r["accuracy"]) for r in table if abs(float(r["alpha"]) - alpha) < 1e-9), None)
 
 
 def build(checkpoint_path: str | Path, target: str, output: str | Path, *, levels: str | None = None,
           strategy: str = "per-level", tune: int = 0, rpc: str | None = None, tracker: str | None = None,
-          key: str | None = None, progress: bool = True, log: Callable[[str], None] | None = None) -> dict:
+          key: str | None = None, eval_results: str | Path | None = None, progress: bool = True,
+          log: Callable[[str], None] | None = None) -> dict:
     """Build and write the artifact; returns a summary (the manifest plus timings)."""
     log = log or (lambda msg: None)
     output = Path(output)
@@ -107,8 +119,9 @@ def build(checkpoint_path: str | Path, target: str, output: str | Path, *, level
     if strategy != "per-level" and ckpt.config.subspace.family == "structured":
         raise ConfigError(f"strategy {strategy} needs every level to have the same weight shapes; structured width "
                           f"changes them: use --strategy per-level")
+    accuracy = accuracy_table(ckpt.metrics, eval_results)
     with _Progress(progress) as bar:
-        return _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key, bar, log)
+        return _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key, accuracy, bar, log)
 
 
 def _build_mcu(checkpoint_path, board, output: Path, *, levels, strategy, tune, log) -> dict:
@@ -185,7 +198,7 @@ def _networks(ckpt, alphas, strategy, example):
     return [make(ckpt.model, a, example) for a in alphas]
 
 
-def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key, bar, log) -> dict:
+def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key, accuracy, bar, log) -> dict:
     import torch
     import tvm
 
@@ -244,7 +257,7 @@ def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key,
         members[weights_name] = art.npz_bytes(arrays) if arrays else art.npz_bytes({})
         level_rows.append({
             "index": index, "alpha": float(alpha), "label": level.label(), "keep": level.keep,
-            "width": level.width, "bits": level.bits, "accuracy": accuracy_from_metrics(ckpt.metrics, alpha),
+            "width": level.width, "bits": level.bits, "accuracy": accuracy_at(accuracy, alpha),
             "latency_ms": None, "cycles": None, "max_abs_diff": None,
             "members": {"library": compiled.name, "weights": weights_name}, **extra_values})
         bar.step(f"level {index}: exported")
