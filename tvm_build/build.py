@@ -103,6 +103,11 @@ def build(checkpoint_path: str | Path, target: str, output: str | Path, *, level
                           f"and sim boards")
     from tvm_build import compile as tc
 
+    try:
+        import tvm  # noqa: F401
+    except ImportError:
+        raise tc.ToolchainError("Apache TVM is not installed: pip install 'lcs[tvm]' (apache-tvm==0.27.0.post1)") \
+            from None
     tc.check_cross_compiler(board)
     if tune and not (tc.is_host(board) or rpc or tracker):
         raise ConfigError(f"tuning for {board.name} needs the board: give --tracker host:port --key K "
