@@ -127,3 +127,18 @@ def test_small_cnn_fits_cortex_m7_budget_and_matches_torch(tmp_path):
     with start_host_sim(x86.binary) as running, Device.open(running.url) as dev:
         dev.hello()
         assert check_levels(dev, x86) == on_m7  # float lists: bit-exact equality
+
+
+def test_structured_width_on_cortex_m4(tmp_path):
+    """Width levels (one kernel set each) on a real Cortex-M build: equal to torch, narrower costs fewer cycles."""
+    import targets
+    from tvm_build.mcu.build import build_firmware
+    from tvm_build.mcu.launch import start_qemu
+
+    board = targets.load("mps2-an386")
+    result = build_firmware(tiny_checkpoint("structured"), board, [0.0, 1.0], tmp_path, samples=2, measure=True,
+                            write_artifact=False)
+    assert result.cycles[0]["infer_cycles"] < result.cycles[1]["infer_cycles"] / 2
+    with start_qemu(result.binary, board.extra["qemu"]) as running, Device.open(running.url) as dev:
+        dev.hello()
+        check_levels(dev, result)
