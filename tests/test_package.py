@@ -17,7 +17,8 @@ def test_wheel_holds_every_package_and_the_console_script(tmp_path):
     wheel = next(tmp_path.glob("lcs-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     for member in ("lcs/cli.py", "lcs/subspace/levels.py", "lcs/models/small_cnn.py", "targets/__init__.py",
-                   "targets/host.json", "tvm_build/__init__.py"):
+                   "targets/host.json", "tvm_build/__init__.py", "tvm_build/mcu/build.py",
+                   "firmware_host/src/main.c", "firmware_host/PROTOCOL.md", "firmware_host/boards/cmsdk/link.ld.in"):
         assert member in names, member
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "lcs = lcs.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
