@@ -71,6 +71,7 @@ def draw_alphas(sampler: str, rng: random.Random, progress: float, cfg: RunConfi
         return Draw(alpha, effective=alpha + (1.0 - alpha) * anneal)
 
     def between() -> float:
+        """A level between the ends: uniform, or uniform in log keep (TrainConfig.alpha_spacing)."""
         if cmap.family == "unstructured" and t.alpha_spacing == "log":
             return lo * (hi / lo) ** rng.random()
         return rng.uniform(lo, hi)
