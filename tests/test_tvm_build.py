@@ -64,6 +64,11 @@ def test_structured_per_level_matches_subspace(ckpts, tmp_path):
     assert len(m["modules"]) == 2  # widths change shapes: one module each
     assert [lv["width"] for lv in a.levels] == [0.25, 1.0]
     assert all(lv["latency_ms"] > 0 and lv["max_abs_diff"] <= 1e-4 for lv in a.levels)
+    # training stores an evaluation at the family's grid in the checkpoint; the manifest carries it
+    from lcs import checkpoint
+
+    metrics = {round(r["alpha"], 9): r["accuracy"] for r in checkpoint.load(ckpts["structured"]).metrics["eval"]}
+    assert [lv["accuracy"] for lv in a.levels] == [metrics[0.0], metrics[1.0]]
     assert m["config"]["subspace"]["family"] == "structured" and m["compression_map"]["family"] == "structured"
     # the width-0.25 module really is narrower
     p0, p1 = (m["modules"][lv["members"]["library"]]["params"][0]["shape"] for lv in a.levels)
