@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lcs import atomic
 from lcs.checkpoint import Checkpoint
+from lcs.errors import ConfigError
 from lcs.subspace.model import SubspaceModel
 
 
@@ -68,6 +69,28 @@ def label_of(ckpt: Checkpoint, path: str | Path) -> str:
     if t.method == "us":
         return "US-Nets (shared BN)"
     return f"LCS+{'L' if s.shape == 'line' else 'P'} ({Path(path).stem})"
+
+
+def accuracy_table(metrics: dict, eval_results: str | Path | None) -> list[dict]:
+    """Rows {alpha, accuracy} known for this checkpoint: `lcs eval --out DIR` results (DIR/results.json, the main
+    subspace's rows, i.e. those of the first model listed) or evaluation rows kept in the checkpoint's metrics."""
+    if eval_results is not None:
+        path = Path(eval_results)
+        try:
+            rows = json.loads(path.read_text())
+            main = rows[0]["model"]
+            return [{"alpha": float(r["alpha"]), "accuracy": float(r["accuracy"])} for r in rows if r["model"] == main]
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            raise ConfigError(f"{path} is not a results.json written by `lcs eval --out`") from None
+    for key in ("eval", "levels", "accuracy"):
+        rows = metrics.get(key)
+        if isinstance(rows, list):
+            return [r for r in rows if isinstance(r, dict) and "alpha" in r and "accuracy" in r]
+    return []
+
+
+def accuracy_at(table: list[dict], alpha: float) -> float | None:
+    return next((float(r["accuracy"]) for r in table if abs(float(r["alpha"]) - alpha) < 1e-9), None)
 
 
 # -- output ---------------------------------------------------------------------------------------

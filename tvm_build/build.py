@@ -34,6 +34,7 @@ import numpy as np
 import targets
 from lcs import artifact as art
 from lcs.errors import ConfigError, LcsError
+from lcs.evaluate import accuracy_at, accuracy_table
 
 STRATEGIES = ("per-level", "weights-as-input", "alpha-input")
 ATOL = 1e-4
@@ -58,28 +59,6 @@ def load_board(name: str):
         raise ConfigError(str(exc)) from None
 
 
-def accuracy_table(metrics: dict, eval_results: str | Path | None) -> list[dict]:
-    """Rows {alpha, accuracy} known for this checkpoint: `lcs eval --out DIR` results (DIR/results.json, the main
-    subspace's rows, i.e. those of the first model listed) or evaluation rows kept in the checkpoint's metrics."""
-    if eval_results is not None:
-        path = Path(eval_results)
-        try:
-            rows = json.loads(path.read_text())
-            main = rows[0]["model"]
-            return [{"alpha": float(r["alpha"]), "accuracy": float(r["accuracy"])} for r in rows if r["model"] == main]
-        except (OSError, ValueError, KeyError, IndexError, TypeError):
-            raise ConfigError(f"{path} is not a results.json written by `lcs eval --out`") from None
-    for key in ("eval", "levels", "accuracy"):
-        rows = metrics.get(key)
-        if isinstance(rows, list):
-            return [r for r in rows if isinstance(r, dict) and "alpha" in r and "accuracy" in r]
-    return []
-
-
-def accuracy_at(table: list[dict], alpha: float) -> float | None:
-    return next((float(r["accuracy"]) for r in table if abs(float(r["alpha"]) - alpha) < 1e-9), None)
-
-
 def build(checkpoint_path: str | Path, target: str, output: str | Path, *, levels: str | None = None,
           strategy: str = "per-level", tune: int = 0, rpc: str | None = None, tracker: str | None = None,
           key: str | None = None, eval_results: str | Path | None = None, progress: bool = True,
@@ -97,7 +76,8 @@ def build(checkpoint_path: str | Path, target: str, output: str | Path, *, level
     if rpc and tracker:
         raise ConfigError("give either --rpc host:port or --tracker host:port --key K, not both")
     if board.kind in ("mcu", "sim"):
-        return _build_mcu(checkpoint_path, board, output, levels=levels, strategy=strategy, tune=tune, log=log)
+        return _build_mcu(checkpoint_path, board, output, levels=levels, strategy=strategy, tune=tune,
+                          eval_results=eval_results, log=log)
     if board.kind != "linux":
         raise ConfigError(f"target {board.name} is a {board.kind} board; lcs build makes artifacts for linux, mcu "
                           f"and sim boards")
@@ -129,7 +109,7 @@ def build(checkpoint_path: str | Path, target: str, output: str | Path, *, level
         return _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key, accuracy, bar, log)
 
 
-def _build_mcu(checkpoint_path, board, output: Path, *, levels, strategy, tune, log) -> dict:
+def _build_mcu(checkpoint_path, board, output: Path, *, levels, strategy, tune, eval_results, log) -> dict:
     """Microcontroller and host-sim boards: firmware built by tvm_build.mcu (TVM C kernels + lcs's static executor)."""
     import tempfile
 
@@ -150,7 +130,7 @@ def _build_mcu(checkpoint_path, board, output: Path, *, levels, strategy, tune, 
     alphas = level_alphas(levels, ckpt.model.cmap)
     with tempfile.TemporaryDirectory(prefix="lcs-mcu-") as scratch:
         log(f"building firmware for {board.name} ({len(alphas)} levels)")
-        result = build_firmware(ckpt, board, alphas, scratch)
+        result = build_firmware(ckpt, board, alphas, scratch, accuracy=accuracy_table(ckpt.metrics, eval_results))
         built = art.open_artifact(result.artifact, expect_target=board.name)  # refuse anything half-made
         with atomic_path(output) as tmp:
             shutil.copyfile(result.artifact, tmp)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from lcs.errors import ConfigError, LcsError
+from lcs.evaluate import accuracy_at, accuracy_table
 from lcs.subspace.levels import Level
 from tvm_build.mcu import firmware as fw
 from tvm_build.mcu.device_net import device_net
@@ -100,16 +101,18 @@ SWITCHING = ("on-switch", "in-kernel")
 
 def build_firmware(checkpoint, board, levels: list[float] | None, out_dir, *, samples: int = 2, measure: bool = True,
                    write_artifact: bool = True, example: torch.Tensor | None = None, switching: str = "auto",
-                   upload_bank: bool | None = None) -> FirmwareBuild:
+                   upload_bank: bool | None = None, accuracy: list[dict] | None = None) -> FirmwareBuild:
     """`switching`: "on-switch" keeps the current level's weights in RAM, computed once per switch (fast inference,
     RAM = weights); "in-kernel" recomputes them inside every kernel (RAM = activations only, slower inference);
     "auto" takes the first that fits the board. `upload_bank`: reserve a second weight bank for uploads (None: if
-    the flash budget allows)."""
+    the flash budget allows). `accuracy`: rows {alpha, accuracy} for the manifest (default: the checkpoint's own
+    final evaluation)."""
     from lcs.subspace.export import materialize
 
     board = _load_board(board)
     ckpt = _load_model(checkpoint)
     model, config = ckpt.model.eval(), ckpt.config
+    accuracy = accuracy_table(ckpt.metrics, None) if accuracy is None else accuracy
     cmap = model.cmap
     alphas = list(levels) if levels else list(cmap.eval_alphas)
     if not alphas or len(alphas) > 255:
@@ -181,7 +184,7 @@ def build_firmware(checkpoint, board, levels: list[float] | None, out_dir, *, sa
         result.cycles = measure_cycles(result, board)
     (out_dir / "build.json").write_text(json.dumps(result.summary(), indent=1))
     if write_artifact:
-        result.artifact = _write_artifact(result, board, config, cmap, out_dir, shape, out_len)
+        result.artifact = _write_artifact(result, board, config, cmap, out_dir, shape, out_len, accuracy)
     return result
 
 
@@ -225,7 +228,8 @@ def measure_cycles(result: FirmwareBuild, board) -> list[dict]:
     return cycles
 
 
-def _write_artifact(result: FirmwareBuild, board, config, cmap, out_dir: Path, shape, out_len) -> Path:
+def _write_artifact(result: FirmwareBuild, board, config, cmap, out_dir: Path, shape, out_len,
+                    accuracy: list[dict]) -> Path:
     from lcs import artifact
     from lcs.subspace.levels import map_to_dict
 
@@ -235,7 +239,7 @@ def _write_artifact(result: FirmwareBuild, board, config, cmap, out_dir: Path, s
     for i, lv in enumerate(result.levels):
         c = result.cycles[i] if i < len(result.cycles) else {}
         levels.append({"index": i, "alpha": lv.alpha, "label": lv.label(), "keep": lv.keep, "width": lv.width,
-                       "bits": lv.bits, "accuracy": None, "latency_ms": None, "cycles": c.get("infer_cycles"),
+                       "bits": lv.bits, "accuracy": accuracy_at(accuracy, lv.alpha), "latency_ms": None, "cycles": c.get("infer_cycles"),
                        "switch_cycles": c.get("switch_cycles"), "members": {"firmware": member}})
     manifest = artifact.new_manifest(
         target=board.to_dict(), strategy="firmware", config=config.to_dict(), compression_map=map_to_dict(cmap),

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from lcs.errors import LcsError
+from lcs.runtime import filtered_tvm_logs
 
 
 class CodegenError(LcsError):
@@ -79,9 +80,10 @@ def lower(net: torch.nn.Module, example: torch.Tensor, *, weights_in_kernel: boo
         raise CodegenError(f"torch.export failed for the MCU network: {str(exc).splitlines()[0]}") from None
     params = [s.target for s in ep.graph_signature.input_specs if s.kind.name == "PARAMETER"]
     mod = from_exported_program(ep, keep_params_as_input=True, unwrap_unit_return_tuple=True)
-    mod = tvm.transform.Sequential([
-        relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
-    ])(mod)
+    with filtered_tvm_logs():  # LegalizeOps warns once per gather kernel about its "fast mode"
+        mod = tvm.transform.Sequential([
+            relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
+        ])(mod)
     if weights_in_kernel:
         # FuseOps never fuses a producer into a conv (kOutEWiseFusable); as a reduction (kCommReduce) the conv
         # and matmul take their elementwise weight producers in, which compute_inline then folds into the loop.
@@ -105,7 +107,7 @@ def lower(net: torch.nn.Module, example: torch.Tensor, *, weights_in_kernel: boo
             mod[gv] = funcs[renamed[gv.name_hint]]
     # The generated executor passes exactly the shapes the kernels were built for, so the per-argument checks
     # (and their message strings, about a third of the flash) are left out.
-    with tvm.transform.PassContext(config={"tirx.disable_assert": True}):
+    with tvm.transform.PassContext(config={"tirx.disable_assert": True}), filtered_tvm_logs():
         built = tvm.compile(mod, target=tvm.target.Target({"kind": "c"}))
     # TVM's C printer spells float infinity `inff` (from clip bounds of +-inf): give it a definition
     source = "#include <math.h>\n#define inff INFINITY\n" + built.mod.imports[0].inspect_source()
