@@ -1,13 +1,24 @@
 #!/usr/bin/env bash
-# Sets everything up and runs the demo on bundled data: train an LCS+L subspace on MNIST-5k,
-# evaluate it at every sparsity level beside a baseline trained for 90 % sparsity, and plot.
+# Sets everything up, then runs the main job end to end on bundled data and the host-simulated board:
+#   train an LCS+L subspace (unstructured sparsity) on MNIST-5k, and a baseline trained for 90 % sparsity
+#   -> accuracy at every level beside the baseline (table, JSON, CSV, plot)
+#   -> firmware for host-sim (the microcontroller firmware compiled for this PC, on a pseudo-terminal)
+#   -> replay the example battery trace with the firmware in the loop: summary table, timeline CSV and plot.
+# Output folder: $1, default ./out/demo. About 3-5 minutes on 2 cores.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv=$("$root/scripts/setup.sh" | tail -n 1)
 out=${1:-$root/out/demo}
 mkdir -p "$out"
 export PATH="$venv/bin:$PATH"
-lcs train --data mnist5k --family unstructured --shape line --epochs 12 -o "$out/lcs-line.safetensors"
-lcs train --data mnist5k --family unstructured --method fixed --alpha sparsity=0.9 --epochs 12 -o "$out/fixed-90.safetensors"
+levels=keep=0.05,keep=0.1,keep=0.25,keep=0.5,keep=1
+
+lcs train --data mnist5k --family unstructured --shape line --epochs 20 -o "$out/lcs-line.safetensors"
+lcs train --data mnist5k --family unstructured --method fixed --alpha sparsity=0.9 --epochs 20 \
+    -o "$out/fixed-90.safetensors"
 lcs eval "$out/lcs-line.safetensors" --baseline "$out/fixed-90.safetensors" --out "$out/eval"
-echo "demo: plot at $out/eval/accuracy.png"
+lcs build "$out/lcs-line.safetensors" --target host-sim --levels "$levels" -o "$out/lcs-host-sim.lcsa"
+lcs info "$out/lcs-host-sim.lcsa"
+lcs simulate --trace "$root/examples/traces/battery_discharge.csv" --artifact "$out/lcs-host-sim.lcsa" \
+    --sim host-sim --policy battery --out "$out/simulate"
+echo "demo: accuracy plot $out/eval/accuracy.png, simulation plot $out/simulate/timeline.png"
