@@ -259,6 +259,38 @@ def info_cmd(artifact_path, target, as_json):
 # -- end build / info -----------------------------------------------------------------------------
 
 
+# -- deploy (issue 6) -----------------------------------------------------------------------------
+
+@cli.command("deploy")
+@click.argument("artifact_path", metavar="ARTIFACT", type=click.Path(path_type=Path))
+@click.option("--device", "device_url", default=None, metavar="URL",
+              help="pyserial port or URL of a board running the artifact's firmware (/dev/ttyACM0, socket://h:p)")
+@click.option("--sim", "sim_board", default=None, metavar="BOARD",
+              help="start the artifact's firmware on a simulated board (host-sim on a pty, QEMU boards)")
+@click.option("--rpc", default=None, metavar="HOST:PORT", help="TVM RPC server of a Linux board (not implemented yet)")
+@click.option("--trace-io", is_flag=True, help="hex-dump every frame with a timestamp (stderr)")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+@fail_cleanly
+def deploy_cmd(artifact_path, device_url, sim_board, rpc, trace_io, progress, as_json):
+    """Upload an artifact's model to a board, have it confirm what it holds, self-test and profile every level."""
+    from rich.console import Console
+
+    from lcs.deploy import check_passed, deploy, print_report
+
+    err = Console(stderr=True)
+    report = deploy(artifact_path, device=device_url, sim=sim_board, rpc=rpc, trace_io=trace_io,
+                    progress=progress and not as_json, console=err)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        print_report(report, Console())
+    check_passed(report)
+
+
+# -- end deploy -----------------------------------------------------------------------------------
+
+
 def main() -> None:
     cli(prog_name="lcs")
 

@@ -6,16 +6,24 @@
         outputs, cycles = dev.infer(x)    # x: a flat sequence of float32 values
         dev.upload_weights(blob)          # chunks, then commit; the device keeps its old set if anything fails
 
-Every request carries a sequence number; a reply must echo it. A request that gets no (valid) reply within its
-timeout is resent up to `retries` times, after flushing whatever half-frame the device may be waiting on.
+Every request carries a sequence number; a reply must echo it, and replies to earlier attempts are dropped. A request
+that gets no (valid) reply within its timeout is resent up to `retries` times, with a growing pause (back-off), after
+flushing whatever half-frame the device may be waiting on. Garbage between frames is skipped (the decoder hunts for
+the next sync). Retrying is safe because every command is idempotent except UPLOAD_CHUNK, whose retry is resolved by
+`upload_weights` (it asks the device how far it got instead of sending a chunk twice).
+
+`trace` (e.g. `hexdump_tracer()`, `lcs deploy --trace-io`) sees every frame sent and received, with a timestamp.
 Torch-free: uses only lcs.protocol and pyserial.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import struct
+import sys
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 from lcs import protocol as P
 from lcs.errors import LcsError
@@ -29,31 +37,73 @@ DEFAULT_TIMEOUTS = {P.HELLO: 2.0, P.SET_LEVEL: 20.0, P.INFER: 30.0, P.STATS: 2.0
                     P.UPLOAD_CHUNK: 5.0, P.UPLOAD_COMMIT: 30.0, P.RESET: 2.0, P.LEVEL_INFO: 2.0}
 
 
+class UploadError(LcsError):
+    """A weight upload that did not complete (the device keeps its previous weights)."""
+
+
+class PortError(LcsError):
+    """A port that does not exist, is busy, or cannot be opened."""
+
+
+Tracer = Callable[[str, bytes], None]  # (direction "->" host to device | "<-", frame bytes)
+
+
+def hexdump_tracer(stream=None) -> Tracer:
+    """Print each frame as `[seconds since start] -> a5 5a 01 ...` (to stderr unless told otherwise)."""
+    start = time.monotonic()
+
+    def trace(direction: str, data: bytes) -> None:
+        print(f"[{time.monotonic() - start:10.6f}] {direction} {len(data):5d} B  {data.hex(' ')}",
+              file=stream or sys.stderr, flush=True)
+
+    return trace
+
+
+def _is_busy(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return getattr(exc, "errno", None) == errno.EBUSY or "exclusively lock" in text or "resource busy" in text
+
+
 class Device:
-    def __init__(self, port, *, retries: int = 2, timeouts: dict | None = None) -> None:
+    def __init__(self, port, *, retries: int = 2, timeouts: dict | None = None, backoff: float = 0.02,
+                 trace: Tracer | None = None) -> None:
         self.port = port
         self.retries = retries
+        self.backoff = backoff  # pause before retry k: backoff * 2**k seconds
         self.timeouts = {**DEFAULT_TIMEOUTS, **(timeouts or {})}
+        self.trace = trace
         self.seq = 0
         self.decoder = P.Decoder()
         self.pending: list[P.Frame] = []
         self.info: P.Hello | None = None
         self.max_payload = 256  # until HELLO tells the device's limit
+        self.last_attempts = 0  # attempts the last request needed (1 = answered first time)
+        self.retried = 0  # resends since opening (for reports and tests)
+        self.uploads_restarted = 0
 
     @classmethod
-    def open(cls, url: str, *, connect_timeout: float = 10.0, **kwargs) -> "Device":
+    def open(cls, url: str, *, connect_timeout: float = 10.0, exclusive: bool = False, port_wrapper=None,
+             **kwargs) -> "Device":
+        """Open a pyserial port or URL. A path that does not exist (yet) is retried until `connect_timeout` (a
+        board may still be enumerating); `exclusive` locks the port and refuses one another program holds.
+        `port_wrapper` wraps the opened port (e.g. lcs.transport.faults.FaultyPort)."""
         import serial
 
         deadline = time.monotonic() + connect_timeout
+        options = {"exclusive": True} if exclusive else {}
         while True:
             try:
-                port = serial.serial_for_url(url, baudrate=115200, timeout=0.05)
+                port = serial.serial_for_url(url, baudrate=115200, timeout=0.05, **options)
                 break
-            except (serial.SerialException, OSError) as exc:
+            except (serial.SerialException, OSError, ValueError) as exc:
+                if _is_busy(exc):
+                    raise PortError(f"cannot open {url}: the port is busy (another program holds it)") from None
                 if time.monotonic() > deadline:
-                    raise LcsError(f"cannot open {url}: {exc}") from None
+                    if "://" not in url and not os.path.exists(url):
+                        raise PortError(f"cannot open {url}: no such port") from None
+                    raise PortError(f"cannot open {url}: {exc}") from None
                 time.sleep(0.05)
-        return cls(port, **kwargs)
+        return cls(port_wrapper(port) if port_wrapper else port, **kwargs)
 
     def close(self) -> None:
         self.port.close()
@@ -66,6 +116,8 @@ class Device:
 
     # -- framing ------------------------------------------------------------------------------------------
     def send_raw(self, data: bytes) -> None:
+        if self.trace:
+            self.trace("->", data)
         self.port.write(data)
         self.port.flush()
 
@@ -79,20 +131,35 @@ class Device:
                 try:
                     self.pending += self.decoder.feed(chunk)
                 except P.ProtocolError:
-                    continue  # a corrupted reply: the request times out and is resent
-        return self.pending.pop(0)
+                    # a corrupted reply: resynchronise at the next sync; the request times out and is resent
+                    self.pending += self._drain_decoder()
+        frame = self.pending.pop(0)
+        if self.trace:
+            self.trace("<-", P.encode(frame.type, frame.seq, frame.payload))
+        return frame
+
+    def _drain_decoder(self) -> list[P.Frame]:
+        """Frames already buffered behind a corrupted one (feed() stops at the first bad frame)."""
+        frames: list[P.Frame] = []
+        while True:
+            try:
+                return frames + self.decoder.feed(b"")
+            except P.ProtocolError:
+                continue
 
     def _flush_device(self) -> None:
         """Complete any frame the device is still collecting (it then fails its CRC and is dropped)."""
         self.send_raw(b"\0" * (self.max_payload + P.OVERHEAD))
         time.sleep(0.05)
         self.port.reset_input_buffer()
-        self.decoder, self.pending = P.Decoder(), []
+        self.decoder, self.pending = P.Decoder(self.decoder.max_payload), []
 
     def request(self, command: int, payload: bytes = b"", *, timeout: float | None = None) -> bytes:
         """Send one request and return the reply payload (status byte first, already checked to be OK)."""
         timeout = self.timeouts.get(command, 5.0) if timeout is None else timeout
         for attempt in range(self.retries + 1):
+            self.last_attempts = attempt + 1
+            self.retried += attempt > 0
             self.seq = (self.seq + 1) & 0xFF
             self.send_raw(P.encode(command, self.seq, payload))
             deadline = time.monotonic() + timeout
@@ -110,6 +177,7 @@ class Device:
                     raise P.DeviceError(command, frame.status)
                 return frame.payload
             if attempt < self.retries:
+                time.sleep(self.backoff * 2 ** attempt)
                 self._flush_device()
         raise DeviceTimeout(f"no reply to {P.COMMAND_NAMES.get(command, command)} after {self.retries + 1} attempts "
                             f"({timeout:g} s each)")
@@ -118,6 +186,8 @@ class Device:
     def hello(self) -> P.Hello:
         self.info = P.parse_hello(self.request(P.HELLO))
         self.max_payload = self.info.max_payload
+        # replies are never longer than the device's buffers: a corrupted length field beyond that is garbage
+        self.decoder.max_payload = max(self.info.max_payload, 4 * self.info.output_len + 8, 256) + 16
         return self.info
 
     def level_info(self, index: int) -> P.LevelInfo:
@@ -138,20 +208,61 @@ class Device:
     def stats(self) -> dict:
         return P.parse_stats(self.request(P.STATS))
 
-    def upload_weights(self, blob: bytes, *, chunk: int | None = None, stop_after: int | None = None) -> int:
-        """Send a whole weight set and commit it; returns its CRC. `stop_after` (chunks) abandons the upload
-        half way, as a broken link would (used by tests)."""
+    def upload_weights(self, blob: bytes, *, chunk: int | None = None, stop_after: int | None = None,
+                       progress: Callable[[int], None] | None = None, attempts: int = 3) -> int:
+        """Send a whole weight set and commit it; returns its CRC, confirmed by the device's HELLO.
+
+        The device keeps running its last good set until a commit passes its CRC check. If the upload breaks off
+        (the device was reset, or a chunk's fate is unknown), the whole upload starts again from BEGIN, up to
+        `attempts` times. `progress(bytes_acknowledged)` is called after every chunk. `stop_after` (chunks)
+        abandons the upload half way, as a broken link would (used by tests)."""
         info = self.info or self.hello()
         chunk = chunk or max(16, min(1024, info.max_payload - 8))
         crc = P.crc32(blob)
+        for attempt in range(attempts):
+            try:
+                if self._upload_once(blob, crc, chunk, stop_after, progress):
+                    return crc
+                if stop_after is not None:
+                    return crc
+            except (P.DeviceError, DeviceTimeout) as exc:
+                if isinstance(exc, P.DeviceError) and exc.status not in (P.UPLOAD_STATE, P.UPLOAD_CHECK):
+                    raise  # a refusal that a retry cannot change (no spare bank, wrong size)
+                if attempt == attempts - 1:
+                    raise UploadError(f"weight upload failed {attempts} times; the device keeps its previous "
+                                      f"weights (last error: {exc})") from None
+            self.uploads_restarted += 1
+            self.hello()  # resynchronise (a reset device starts over) before starting again
+        raise UploadError("weight upload did not complete")  # unreachable: the loop returns or raises
+
+    def _upload_once(self, blob: bytes, crc: int, chunk: int, stop_after, progress) -> bool:
         self.request(P.UPLOAD_BEGIN, P.upload_begin_payload(len(blob), crc))
         for i, offset in enumerate(range(0, len(blob), chunk)):
             if stop_after is not None and i >= stop_after:
-                return crc
-            self.request(P.UPLOAD_CHUNK, P.upload_chunk_payload(offset, blob[offset: offset + chunk]))
-        payload = self.request(P.UPLOAD_COMMIT)
-        (committed,) = struct.unpack_from("<I", payload, 1)
-        return committed
+                return False
+            data = blob[offset: offset + chunk]
+            try:
+                self.request(P.UPLOAD_CHUNK, P.upload_chunk_payload(offset, data))
+            except P.DeviceError as exc:
+                # A retried chunk refused as out of order: was the first attempt applied (its reply lost)? An empty
+                # chunk at the next offset is accepted exactly when the device already holds offset + len bytes.
+                if exc.status != P.UPLOAD_STATE or self.last_attempts == 1:
+                    raise
+                self.request(P.UPLOAD_CHUNK, P.upload_chunk_payload(offset + len(data), b""))
+            if progress:
+                progress(offset + len(data))
+        try:
+            payload = self.request(P.UPLOAD_COMMIT)
+            (committed,) = struct.unpack_from("<I", payload, 1)
+        except P.DeviceError as exc:
+            # a retried commit whose first attempt went through finds no open upload: the HELLO below decides
+            if exc.status != P.UPLOAD_STATE or self.last_attempts == 1:
+                raise
+            committed = crc
+        if committed != crc or self.hello().weights_crc != crc:
+            raise UploadError(f"the device reports weights CRC {self.info.weights_crc:08x} after committing a set "
+                              f"with CRC {crc:08x}")
+        return True
 
     def reset(self) -> None:
         self.request(P.RESET)
