@@ -66,10 +66,11 @@ def _is_busy(exc: Exception) -> bool:
 
 class Device:
     def __init__(self, port, *, retries: int = 2, timeouts: dict | None = None, backoff: float = 0.02,
-                 trace: Tracer | None = None) -> None:
+                 max_backoff: float = 1.0, trace: Tracer | None = None) -> None:
         self.port = port
         self.retries = retries
-        self.backoff = backoff  # pause before retry k: backoff * 2**k seconds
+        self.backoff = backoff  # pause before retry k: backoff * 2**k seconds, at most max_backoff
+        self.max_backoff = max_backoff
         self.timeouts = {**DEFAULT_TIMEOUTS, **(timeouts or {})}
         self.trace = trace
         self.seq = 0
@@ -80,6 +81,7 @@ class Device:
         self.last_attempts = 0  # attempts the last request needed (1 = answered first time)
         self.retried = 0  # resends since opening (for reports and tests)
         self.uploads_restarted = 0
+        self.settle_s = 0.05
 
     @classmethod
     def open(cls, url: str, *, connect_timeout: float = 10.0, exclusive: bool = False, port_wrapper=None,
@@ -121,7 +123,9 @@ class Device:
         self.port.write(data)
         self.port.flush()
 
-    def read_frame(self, timeout: float) -> P.Frame | None:
+    def read_frame(self, timeout: float, *, stop_on_corrupt: bool = False) -> P.Frame | None:
+        """The next valid frame, or None after `timeout` (or, with `stop_on_corrupt`, as soon as a corrupted frame
+        arrived and nothing valid is queued: its request is known lost and can be resent at once)."""
         deadline = time.monotonic() + timeout
         while not self.pending:
             if time.monotonic() > deadline:
@@ -131,8 +135,10 @@ class Device:
                 try:
                     self.pending += self.decoder.feed(chunk)
                 except P.ProtocolError:
-                    # a corrupted reply: resynchronise at the next sync; the request times out and is resent
+                    # a corrupted frame: resynchronise at the next sync
                     self.pending += self._drain_decoder()
+                    if stop_on_corrupt and not self.pending:
+                        return None
         frame = self.pending.pop(0)
         if self.trace:
             self.trace("<-", P.encode(frame.type, frame.seq, frame.payload))
@@ -150,7 +156,7 @@ class Device:
     def _flush_device(self) -> None:
         """Complete any frame the device is still collecting (it then fails its CRC and is dropped)."""
         self.send_raw(b"\0" * (self.max_payload + P.OVERHEAD))
-        time.sleep(0.05)
+        time.sleep(self.settle_s)  # let the device's error reply arrive, then drop it
         self.port.reset_input_buffer()
         self.decoder, self.pending = P.Decoder(self.decoder.max_payload), []
 
@@ -163,22 +169,26 @@ class Device:
             self.seq = (self.seq + 1) & 0xFF
             self.send_raw(P.encode(command, self.seq, payload))
             deadline = time.monotonic() + timeout
+            device_idle = False  # it answered (with an error, or a reply we received corrupted): no flush needed
             while True:
-                frame = self.read_frame(max(0.0, deadline - time.monotonic()))
+                frame = self.read_frame(max(0.0, deadline - time.monotonic()), stop_on_corrupt=True)
                 if frame is None:
+                    device_idle = time.monotonic() < deadline  # returned early: a corrupted reply arrived
                     break
                 if frame.seq != self.seq:
                     continue  # a late reply to an earlier attempt
-                if frame.type == P.ERROR and frame.status == P.BAD_CRC:
-                    break  # corrupted on the way: resend
-                if frame.type not in (command | P.REPLY, P.ERROR):
+                if frame.type == P.ERROR:
+                    device_idle = True
+                    break  # the device could not trust the frame (bad CRC or length): corrupted on the way, resend
+                if frame.type != command | P.REPLY:
                     raise P.ProtocolError(f"reply type 0x{frame.type:02x} to command 0x{command:02x}")
                 if frame.status != P.OK:
                     raise P.DeviceError(command, frame.status)
                 return frame.payload
             if attempt < self.retries:
-                time.sleep(self.backoff * 2 ** attempt)
-                self._flush_device()
+                time.sleep(min(self.backoff * 2 ** attempt, self.max_backoff))
+                if not device_idle:
+                    self._flush_device()  # it may still be collecting a frame whose length lies
         raise DeviceTimeout(f"no reply to {P.COMMAND_NAMES.get(command, command)} after {self.retries + 1} attempts "
                             f"({timeout:g} s each)")
 
