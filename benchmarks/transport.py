@@ -1,6 +1,6 @@
 """Transport: weight upload throughput against the raw link throughput on the same link, and command round trips.
 
-    PYTHONPATH=. $PY benchmarks/transport.py [--artifact host-sim.lcsa] [--sim host-sim] [--repeats 5]
+    PYTHONPATH=. $PY benchmarks/transport.py [--artifact host-sim.lcsa ...] [--sim BOARD] [--repeats 5]
                                              [--out benchmarks/results/transport.json]
 
 The link is the firmware an artifact carries, started by `lcs.simulate.hardware.started_firmware` (host-sim on a
@@ -15,9 +15,9 @@ bundled digits (1 epoch) and built for host-sim first (about 10 s).
 - round trip: median and p95 of HELLO, STATS, SET_LEVEL and one INFER (wall clock on the host).
 Best of `--repeats` for throughputs. Prints a table and writes JSON.
 
-On host-sim's pseudo-terminal the ratio comes out above 1: a stream that outruns a reader taking one byte per
-read() is throttled by the pty (the writer sleeps and is woken as the buffer drains), while a 1 KiB frame fits the
-buffer whole and is read without that hand-off. The raw number is still what the link carries with no protocol;
+On host-sim's pseudo-terminal (and QEMU's socket UART) the ratio comes out above 1: a stream that outruns a reader
+taking one byte at a time is throttled (the writer sleeps and is woken as the buffer drains), while a 1 KiB frame fits
+the buffer whole and is read without that hand-off. The raw number is still what the link carries with no protocol;
 on a UART the raw stream is the baud-rate ceiling and the ratio is the protocol's real cost.
 """
 
@@ -83,38 +83,27 @@ def round_trips(dev: Device, n: int, x: list[float]) -> dict:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--artifact", type=Path, default=None)
-    parser.add_argument("--sim", default=None, help="board to start the firmware on [default: the artifact's]")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--round-trips", type=int, default=500)
-    parser.add_argument("--chunks", default="256,512,1024", help="upload chunk sizes (bytes of data per frame)")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "transport.json")
-    args = parser.parse_args()
-
-    with tempfile.TemporaryDirectory(prefix="lcs-transport-") as tmp:
-        lcsa = args.artifact or build_artifact(Path(tmp))
-        art = open_artifact(lcsa)
-        board = args.sim or art.target_name
-        weights = art.read(art.manifest["firmware"]["weights"])
-        x = art.reference()["input"][0].reshape(-1).tolist()
-        with started_firmware(lcsa, board) as url, Device.open(url) as dev:
-            info = dev.hello()
-            chunk_sizes = [c for c in (int(s) for s in args.chunks.split(",")) if c <= info.max_payload - 4]
-            raw_by_piece = {piece or "all": min(raw_link(dev, len(weights), piece) for _ in range(args.repeats))
-                            for piece in RAW_PIECES}
-            raw_s = min(raw_by_piece.values())
-            uploads = {}
-            for chunk in chunk_sizes:
-                times = []
-                for _ in range(args.repeats):
-                    start = time.perf_counter()
-                    dev.upload_weights(weights, chunk=chunk)
-                    times.append(time.perf_counter() - start)
-                uploads[chunk] = min(times)
-            rtt = round_trips(dev, args.round_trips, x)
-            retries = dev.retried
+def measure(lcsa: Path, args) -> dict:
+    art = open_artifact(lcsa)
+    board = args.sim or art.target_name
+    weights = art.read(art.manifest["firmware"]["weights"])
+    x = art.reference()["input"][0].reshape(-1).tolist()
+    with started_firmware(lcsa, board) as url, Device.open(url) as dev:
+        info = dev.hello()
+        chunk_sizes = [c for c in (int(s) for s in args.chunks.split(",")) if c <= info.max_payload - 4]
+        raw_by_piece = {piece or "all": min(raw_link(dev, len(weights), piece) for _ in range(args.repeats))
+                        for piece in RAW_PIECES}
+        raw_s = min(raw_by_piece.values())
+        uploads = {}
+        for chunk in chunk_sizes:
+            times = []
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                dev.upload_weights(weights, chunk=chunk)
+                times.append(time.perf_counter() - start)
+            uploads[chunk] = min(times)
+        rtt = round_trips(dev, args.round_trips, x)
+        retries = dev.retried
 
     raw_bps = len(weights) / raw_s
     rows = [{"chunk_bytes": c, "seconds": s, "bytes_per_s": len(weights) / s, "ratio_to_raw": len(weights) / s / raw_bps}
@@ -125,10 +114,8 @@ def main() -> None:
         "weight_bytes": len(weights), "max_payload": info.max_payload,
         "raw": {"seconds": raw_s, "bytes_per_s": raw_bps,
                 "seconds_by_write_size": {str(k): v for k, v in raw_by_piece.items()}},
-        "upload": rows, "best_ratio": best["ratio_to_raw"], "target_ratio": 0.8,
-        "meets_target": best["ratio_to_raw"] >= 0.8, "round_trip": rtt, "retries": retries,
-        "repeats": args.repeats, "python": platform.python_version(), "cpus": os.cpu_count(),
-        "loadavg": os.getloadavg(), "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "upload": rows, "best_ratio": best["ratio_to_raw"], "meets_target": best["ratio_to_raw"] >= 0.8,
+        "round_trip": rtt, "retries": retries,
     }
     print(f"{board} over {result['link']}: weight set {len(weights):,} B, device max payload {info.max_payload} B")
     print(f"{'':>14} {'seconds':>9} {'KiB/s':>10} {'÷ raw':>7}")
@@ -139,6 +126,26 @@ def main() -> None:
     print(f"best ratio {best['ratio_to_raw']:.2f} (target >= 0.8: {'met' if result['meets_target'] else 'NOT met'})")
     print("round trip (ms): " + ", ".join(f"{k} {v['median_ms']:.3f} median / {v['p95_ms']:.3f} p95"
                                            for k, v in rtt.items()))
+    print()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--artifact", type=Path, action="append", default=None,
+                        help="an MCU or host-sim artifact (repeat to measure several links in one run)")
+    parser.add_argument("--sim", default=None, help="board to start the firmware on [default: the artifact's]")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--round-trips", type=int, default=500)
+    parser.add_argument("--chunks", default="256,512,1024", help="upload chunk sizes (bytes of data per frame)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "transport.json")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="lcs-transport-") as tmp:
+        links = [measure(lcsa, args) for lcsa in (args.artifact or [build_artifact(Path(tmp))])]
+    result = {"links": links, "target_ratio": 0.8, "repeats": args.repeats, "python": platform.python_version(),
+              "cpus": os.cpu_count(), "loadavg": os.getloadavg(),
+              "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic.atomic_path(args.out) as tmp_path:
         Path(tmp_path).write_text(json.dumps(result, indent=2) + "\n")
