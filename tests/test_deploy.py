@@ -137,3 +137,20 @@ def test_corrupt_artifact_and_rpc_and_missing_connection(hostsim_artifact, tmp_p
     one_line_error(run(broken, "--sim", "host-sim"), "broken.lcsa")
     one_line_error(run(lcsa, "--rpc", "127.0.0.1:9090"), "not implemented yet")
     one_line_error(run(lcsa), "give exactly one of --device URL, --sim BOARD, --rpc HOST:PORT")
+
+
+@pytest.mark.qemu
+def test_deploy_on_a_qemu_board(hostsim_artifact, tmp_path):
+    """The same model built for an emulated Cortex-M7 board: QEMU started by --sim, upload over its UART."""
+    from tvm_build.mcu.build import build_firmware
+
+    lcsa, _ = hostsim_artifact
+    checkpoint = lcsa.parent.parent / "ck.safetensors"
+    build = build_firmware(checkpoint, "mps2-an500", [0.05, 1.0], tmp_path / "an500")
+    result = run(build.artifact, "--sim", "mps2-an500", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["passed"] and report["board"] == "mps2-an500" and report["uploaded_bytes"] > 0
+    assert [lv["passed"] for lv in report["levels"]] == [True, True]
+    # cycles from the board's SysTick under QEMU's instruction counting: the dense level is not free
+    assert all(lv["infer_cycles"] > 1000 for lv in report["levels"])
