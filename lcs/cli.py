@@ -161,7 +161,7 @@ def _policy_options(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--profile", "profile_path", type=click.Path(path_type=Path), default=None,
               help="JSON file with the same 'levels' list, for use without an artifact")
 @click.option("--accuracy", "accuracy_path", type=click.Path(path_type=Path), default=None,
-              help="lcs eval results (results.json) to fill levels that carry no accuracy, matched by alpha")
+              help="lcs eval results (results.json): accuracy per level, matched by alpha (wins over the manifest's)")
 @click.option("--board", default=None, help="board in targets/ [default: the one the levels were measured on]")
 @click.option("--policy", default="greedy", show_default=True,
               help="greedy | battery | hysteresis, or module:Class for your own")

@@ -13,8 +13,8 @@ For hardware-free use the same data can come from a JSON profile file:
     }
 
 Per level: `index` (what set-level sends to a device), `alpha`, `label` (optional), `accuracy`
-(fraction 0..1, required: policies trade it against cost; where a manifest has none, `--accuracy`
-fills it from `lcs eval` results by alpha), and its unloaded speed as
+(fraction 0..1, required: policies trade it against cost; builds copy the checkpoint's own evaluation,
+and `--accuracy` replaces it with `lcs eval` results matched by alpha), and its unloaded speed as
 `latency_ms` or, when only that is known, MCU `cycles` (turned into time with the board's clock).
 """
 
@@ -124,7 +124,8 @@ def _read_json(path: Path, what: str):
 
 
 def with_accuracy(data: dict, accuracy_path: str | Path) -> dict:
-    """Fill levels' missing accuracy from `lcs eval` results (results.json or --json output), matched by alpha.
+    """Accuracy per level from `lcs eval` results (results.json or --json output), matched by alpha. Results given
+    explicitly win over the manifest's own numbers; a level they do not cover keeps its own, if it has one.
 
     Only the first model in the results counts (eval lists the subspace first, then baselines).
     """
@@ -136,8 +137,11 @@ def with_accuracy(data: dict, accuracy_path: str | Path) -> dict:
     known = [(r.get("alpha"), r.get("accuracy")) for r in rows if r.get("model") == model]
     levels = []
     for i, level in enumerate(data.get("levels") or []):
-        if isinstance(level, dict) and level.get("accuracy") is None and isinstance(level.get("alpha"), (int, float)):
+        if isinstance(level, dict) and isinstance(level.get("alpha"), (int, float)):
             match = [acc for alpha, acc in known if isinstance(alpha, (int, float)) and abs(alpha - level["alpha"]) < 1e-6]
+            if not match and level.get("accuracy") is not None:
+                levels.append(level)
+                continue
             if not match:
                 raise ProfileError(f"{path} has no accuracy for level {level.get('index', i)} "
                                    f"(alpha {level['alpha']:g}); evaluate with --levels covering it")
