@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -292,6 +293,9 @@ def deploy_cmd(artifact_path, device_url, sim_board, rpc, trace_io, progress, as
 
 
 def main() -> None:
+    # rich tables fall back to 80 columns when output is piped or logged; 120 keeps the level tables readable.
+    if not sys.stdout.isatty():
+        os.environ.setdefault("COLUMNS", "120")
     cli(prog_name="lcs")
 
 

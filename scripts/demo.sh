@@ -3,6 +3,7 @@
 #   train an LCS+L subspace (unstructured sparsity) on MNIST-5k, and a baseline trained for 90 % sparsity
 #   -> accuracy at every level beside the baseline (table, JSON, CSV, plot)
 #   -> firmware for host-sim (the microcontroller firmware compiled for this PC, on a pseudo-terminal)
+#   -> deploy it: upload, device-confirmed weights, self-test of every level against the artifact's references
 #   -> replay the example battery trace with the firmware in the loop: summary table, timeline CSV and plot.
 # Output folder: $1, default ./out/demo. About 3-5 minutes on 2 cores.
 set -euo pipefail
@@ -19,6 +20,7 @@ lcs train --data mnist5k --family unstructured --method fixed --alpha sparsity=0
 lcs eval "$out/lcs-line.safetensors" --baseline "$out/fixed-90.safetensors" --out "$out/eval"
 lcs build "$out/lcs-line.safetensors" --target host-sim --levels "$levels" -o "$out/lcs-host-sim.lcsa"
 lcs info "$out/lcs-host-sim.lcsa"
+lcs deploy "$out/lcs-host-sim.lcsa" --sim host-sim
 lcs simulate --trace "$root/examples/traces/battery_discharge.csv" --artifact "$out/lcs-host-sim.lcsa" \
     --sim host-sim --policy battery --out "$out/simulate"
 echo "demo: accuracy plot $out/eval/accuracy.png, simulation plot $out/simulate/timeline.png"
