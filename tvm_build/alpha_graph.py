@@ -48,6 +48,15 @@ class _Endpoints(nn.Module):
         p0 = getattr(self, name, None)
         return None if p0 is None else _blend(p0, getattr(self, name + "1", None), a32)
 
+    def weight_and_bias(self):
+        """Blended at alpha (float32, as the subspace blends), TopK-masked with alpha in float64 when compressible."""
+        a64 = self.alpha
+        a32 = a64.to(torch.float32)
+        w = self.get("weight", a32)
+        if self.compressible:
+            w = _topk_in_graph(w, a64)
+        return w, self.get("bias", a32)
+
 
 class AlphaConv2d(_Endpoints):
     def __init__(self, layer: SubspaceConv2d, plain: nn.Conv2d) -> None:
@@ -57,12 +66,8 @@ class AlphaConv2d(_Endpoints):
         self.alpha = None
 
     def forward(self, x):
-        a64 = self.alpha
-        a32 = a64.to(torch.float32)
-        w = self.get("weight", a32)
-        if self.compressible:
-            w = _topk_in_graph(w, a64)
-        return nn.functional.conv2d(x, w, self.get("bias", a32), self.stride, self.padding, self.dilation, self.groups)
+        w, b = self.weight_and_bias()
+        return nn.functional.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
 
 
 class AlphaLinear(_Endpoints):
@@ -72,12 +77,7 @@ class AlphaLinear(_Endpoints):
         self.alpha = None
 
     def forward(self, x):
-        a64 = self.alpha
-        a32 = a64.to(torch.float32)
-        w = self.get("weight", a32)
-        if self.compressible:
-            w = _topk_in_graph(w, a64)
-        return nn.functional.linear(x, w, self.get("bias", a32))
+        return nn.functional.linear(x, *self.weight_and_bias())
 
 
 class AlphaGroupNorm(_Endpoints):
