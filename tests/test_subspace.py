@@ -185,3 +185,15 @@ def test_materialized_level_equals_the_subspace_model(family, name):
         plain = materialize(sub, alpha, x[:1])
         assert not any(isinstance(m, (SubspaceConv2d, SubspaceLinear)) for m in plain.modules())
         torch.testing.assert_close(plain(x), expected, rtol=0, atol=1e-5)
+
+
+def test_fake_quant_snaps_to_the_grid_and_passes_gradients_straight_through():
+    from lcs.subspace.compress import fake_quant, quant_params, quantize
+
+    t = torch.randn(4, 8, 5, 5, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    out = fake_quant(t, 4)
+    scale, zero = quant_params(t.detach().min(), t.detach().max(), 4)
+    assert torch.equal(out.detach(), (quantize(t.detach(), scale, zero, 4) - zero) * scale)
+    assert len(torch.unique(out.detach())) <= 16
+    (out * torch.arange(t.numel()).view_as(t)).sum().backward()
+    assert torch.equal(t.grad, torch.arange(t.numel(), dtype=t.dtype).view_as(t))
