@@ -61,7 +61,7 @@ class _SnapToGrid(torch.autograd.Function):
 def fake_quant(t: torch.Tensor, bits: int, lo: torch.Tensor | None = None, hi: torch.Tensor | None = None) -> torch.Tensor:
     """Quantize and dequantize `t`; the gradient passes straight through (identity)."""
     if lo is None or hi is None:
-        lo, hi = t.detach().min(), t.detach().max()
+        lo, hi = torch.aminmax(t.detach())  # one pass for both ends
     scale, zero = quant_params(lo, hi, bits)
     qmin, qmax = QuantizationMap.int_range(bits)
     return _SnapToGrid.apply(t, scale, zero, qmin, qmax)
@@ -79,7 +79,8 @@ class RangeTracker(torch.nn.Module):
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
-        lo, hi = x.min().clamp(max=0.0), x.max().clamp(min=0.0)
+        lo, hi = torch.aminmax(x)  # one pass for both ends
+        lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
         if not bool(self.seen):
             self.lo.copy_(lo)
             self.hi.copy_(hi)
