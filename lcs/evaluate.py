@@ -129,10 +129,11 @@ def plot(rows: list[LevelResult], family: str, path: str | Path, title: str = ""
     for i, name in enumerate(models):
         pts = sorted((x_of(r), 100 * r.accuracy) for r in rows if r.model == name)
         xs, ys = zip(*pts)
+        color = f"C{i}"  # one color per model, whether it is drawn as a curve or a single marker
         if len(pts) == 1:
-            ax.scatter(xs, ys, marker="s", s=36, label=name, zorder=3)
+            ax.scatter(xs, ys, marker="s", s=36, color=color, label=name, zorder=3)
         else:
-            ax.plot(xs, ys, marker="o", ms=4, lw=2 if i == 0 else 1.4, label=name)
+            ax.plot(xs, ys, marker="o", ms=4, lw=2 if i == 0 else 1.4, color=color, label=name)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title or f"accuracy vs {family} compression")
