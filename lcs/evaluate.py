@@ -82,11 +82,10 @@ def accuracy_table(metrics: dict, eval_results: str | Path | None) -> list[dict]
             return [{"alpha": float(r["alpha"]), "accuracy": float(r["accuracy"])} for r in rows if r["model"] == main]
         except (OSError, ValueError, KeyError, IndexError, TypeError):
             raise ConfigError(f"{path} is not a results.json written by `lcs eval --out`") from None
-    for key in ("eval", "levels", "accuracy"):
-        rows = metrics.get(key)
-        if isinstance(rows, list):
-            return [r for r in rows if isinstance(r, dict) and "alpha" in r and "accuracy" in r]
-    return []
+    rows = metrics.get("eval")  # written by lcs.train at the end of training
+    if not isinstance(rows, list):
+        return []
+    return [r for r in rows if isinstance(r, dict) and "alpha" in r and "accuracy" in r]
 
 
 def accuracy_at(table: list[dict], alpha: float) -> float | None:

@@ -32,33 +32,32 @@ class ParamSpec:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
 
 
-class DequantConv2d(nn.Module):
-    """A conv whose weight arrives as int8 codes: w = (codes - zero) * scale, exactly as the subspace computes it."""
+class _Dequant(nn.Module):
+    """A layer whose weight arrives as int8 codes: w = (codes - zero) * scale, exactly as the subspace computes it."""
 
+    def __init__(self, layer: nn.Module, codes: torch.Tensor, scale: float, zero: float) -> None:
+        super().__init__()
+        self.codes = nn.Parameter(codes.to(torch.int8).clone(), requires_grad=False)
+        self.scale = nn.Parameter(torch.tensor(scale, dtype=torch.float32), requires_grad=False)
+        self.zero = nn.Parameter(torch.tensor(zero, dtype=torch.float32), requires_grad=False)
+        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
+
+    def weight(self) -> torch.Tensor:
+        return (self.codes.to(torch.float32) - self.zero) * self.scale
+
+
+class DequantConv2d(_Dequant):
     def __init__(self, conv: nn.Conv2d, codes: torch.Tensor, scale: float, zero: float) -> None:
-        super().__init__()
+        super().__init__(conv, codes, scale, zero)
         self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
-        self.codes = nn.Parameter(codes.to(torch.int8).clone(), requires_grad=False)
-        self.scale = nn.Parameter(torch.tensor(scale, dtype=torch.float32), requires_grad=False)
-        self.zero = nn.Parameter(torch.tensor(zero, dtype=torch.float32), requires_grad=False)
-        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
 
     def forward(self, x):
-        w = (self.codes.to(torch.float32) - self.zero) * self.scale
-        return nn.functional.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return nn.functional.conv2d(x, self.weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
-class DequantLinear(nn.Module):
-    def __init__(self, linear: nn.Linear, codes: torch.Tensor, scale: float, zero: float) -> None:
-        super().__init__()
-        self.codes = nn.Parameter(codes.to(torch.int8).clone(), requires_grad=False)
-        self.scale = nn.Parameter(torch.tensor(scale, dtype=torch.float32), requires_grad=False)
-        self.zero = nn.Parameter(torch.tensor(zero, dtype=torch.float32), requires_grad=False)
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
-
+class DequantLinear(_Dequant):
     def forward(self, x):
-        w = (self.codes.to(torch.float32) - self.zero) * self.scale
-        return nn.functional.linear(x, w, self.bias)
+        return nn.functional.linear(x, self.weight(), self.bias)
 
 
 class GridInput(nn.Module):
