@@ -6,11 +6,13 @@
         outputs, cycles = dev.infer(x)    # x: a flat sequence of float32 values
         dev.upload_weights(blob)          # chunks, then commit; the device keeps its old set if anything fails
 
-Every request carries a sequence number; a reply must echo it, and replies to earlier attempts are dropped. A request
-that gets no (valid) reply within its timeout is resent up to `retries` times, with a growing pause (back-off), after
-flushing whatever half-frame the device may be waiting on. Garbage between frames is skipped (the decoder hunts for
-the next sync). Retrying is safe because every command is idempotent except UPLOAD_CHUNK, whose retry is resolved by
-`upload_weights` (it asks the device how far it got instead of sending a chunk twice).
+Every request carries a sequence number; a reply must echo it, and replies to earlier requests are dropped. A request
+that gets no (valid) reply within its timeout is resent, the same frame with the same sequence number, up to `retries`
+times, with a growing pause (back-off), after flushing whatever half-frame the device may be waiting on. Garbage
+between frames is skipped (the decoder hunts for the next sync). Retrying is safe: the device (protocol 2) answers a
+repeated frame with the reply it kept from the first attempt, so a chunk, commit or level switch whose reply was lost is
+not applied twice. (A protocol-1 device runs a repeat again: harmless for every command but UPLOAD_CHUNK and
+UPLOAD_COMMIT, which it then refuses as out of order, and `upload_weights` starts the upload over.)
 
 `trace` (e.g. `hexdump_tracer()`, `lcs deploy --trace-io`) sees every frame sent and received, with a timestamp.
 Torch-free: uses only lcs.protocol and pyserial.
@@ -163,11 +165,12 @@ class Device:
     def request(self, command: int, payload: bytes = b"", *, timeout: float | None = None) -> bytes:
         """Send one request and return the reply payload (status byte first, already checked to be OK)."""
         timeout = self.timeouts.get(command, 5.0) if timeout is None else timeout
+        self.seq = (self.seq + 1) & 0xFF
+        frame_bytes = P.encode(command, self.seq, payload)  # every attempt sends these same bytes (device dedupe)
         for attempt in range(self.retries + 1):
             self.last_attempts = attempt + 1
             self.retried += attempt > 0
-            self.seq = (self.seq + 1) & 0xFF
-            self.send_raw(P.encode(command, self.seq, payload))
+            self.send_raw(frame_bytes)
             deadline = time.monotonic() + timeout
             device_idle = False  # it answered (with an error, or a reply we received corrupted): no flush needed
             while True:
@@ -176,7 +179,7 @@ class Device:
                     device_idle = time.monotonic() < deadline  # returned early: a corrupted reply arrived
                     break
                 if frame.seq != self.seq:
-                    continue  # a late reply to an earlier attempt
+                    continue  # a late reply to an earlier request
                 if frame.type == P.ERROR:
                     device_idle = True
                     break  # the device could not trust the frame (bad CRC or length): corrupted on the way, resend
@@ -223,9 +226,9 @@ class Device:
         """Send a whole weight set and commit it; returns its CRC, confirmed by the device's HELLO.
 
         The device keeps running its last good set until a commit passes its CRC check. If the upload breaks off
-        (the device was reset, or a chunk's fate is unknown), the whole upload starts again from BEGIN, up to
-        `attempts` times. `progress(bytes_acknowledged)` is called after every chunk. `stop_after` (chunks)
-        abandons the upload half way, as a broken link would (used by tests)."""
+        (the device was reset, or no reply came through within the retries), the whole upload starts again from
+        BEGIN, up to `attempts` times. `progress(bytes_acknowledged)` is called after every chunk. `stop_after`
+        (chunks) abandons the upload half way, as a broken link would (used by tests)."""
         info = self.info or self.hello()
         chunk = chunk or max(16, min(1024, info.max_payload - 8))
         crc = P.crc32(blob)
@@ -251,24 +254,10 @@ class Device:
             if stop_after is not None and i >= stop_after:
                 return False
             data = blob[offset: offset + chunk]
-            try:
-                self.request(P.UPLOAD_CHUNK, P.upload_chunk_payload(offset, data))
-            except P.DeviceError as exc:
-                # A retried chunk refused as out of order: was the first attempt applied (its reply lost)? An empty
-                # chunk at the next offset is accepted exactly when the device already holds offset + len bytes.
-                if exc.status != P.UPLOAD_STATE or self.last_attempts == 1:
-                    raise
-                self.request(P.UPLOAD_CHUNK, P.upload_chunk_payload(offset + len(data), b""))
+            self.request(P.UPLOAD_CHUNK, P.upload_chunk_payload(offset, data))
             if progress:
                 progress(offset + len(data))
-        try:
-            payload = self.request(P.UPLOAD_COMMIT)
-            (committed,) = struct.unpack_from("<I", payload, 1)
-        except P.DeviceError as exc:
-            # a retried commit whose first attempt went through finds no open upload: the HELLO below decides
-            if exc.status != P.UPLOAD_STATE or self.last_attempts == 1:
-                raise
-            committed = crc
+        (committed,) = struct.unpack_from("<I", self.request(P.UPLOAD_COMMIT), 1)
         if committed != crc or self.hello().weights_crc != crc:
             raise UploadError(f"the device reports weights CRC {self.info.weights_crc:08x} after committing a set "
                               f"with CRC {crc:08x}")

@@ -10,6 +10,8 @@ Frame (both directions, little endian):
 crc32 is zlib's CRC-32 over type, seq, length and payload (the sync bytes are not covered).
 A reply has type = request type | 0x80, the request's seq, and a status byte as its first payload byte.
 A frame the device cannot trust (bad CRC, length over the device's maximum) gets an ERROR (0xFF) reply.
+A retry repeats its request frame byte for byte (same seq): the device (protocol 2) answers it with the reply it kept
+from the first attempt instead of running the command twice.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ SYNC = b"\xa5\x5a"
 HEADER = struct.Struct("<BBH")  # type, seq, length
 CRC = struct.Struct("<I")
 OVERHEAD = len(SYNC) + HEADER.size + CRC.size  # 10 bytes around each payload
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: the device answers a repeated request frame from its kept reply (STATS counts repeats)
 MAX_PAYLOAD_LIMIT = 0xFFFF
 
 # Request types (replies: | REPLY).
@@ -202,13 +204,16 @@ def parse_infer(payload: bytes) -> tuple[list[float], int]:
 
 
 STATS_FIELDS = ("frames_ok", "frames_bad", "inferences", "switches", "last_infer_cycles", "last_switch_cycles",
-                "uploads_committed", "level")
-_STATS = struct.Struct("<IIIIIIIB")
+                "uploads_committed", "level", "repeats")
+_STATS_V1 = struct.Struct("<IIIIIIIB")
+_STATS = struct.Struct("<IIIIIIIBI")  # protocol 2 appends `repeats`
 
 
 def parse_stats(payload: bytes) -> dict:
-    _check(payload, STATS, 1 + _STATS.size)
-    return dict(zip(STATS_FIELDS, _STATS.unpack_from(payload, 1)))
+    """Device counters; `repeats` (requests answered from the kept reply) is absent from protocol-1 devices."""
+    _check(payload, STATS, 1 + _STATS_V1.size)
+    layout = _STATS if len(payload) >= 1 + _STATS.size else _STATS_V1
+    return dict(zip(STATS_FIELDS, layout.unpack_from(payload, 1)))
 
 
 def upload_begin_payload(total: int, crc: int) -> bytes:

@@ -175,6 +175,103 @@ def test_upload_commits_only_a_complete_checked_set(device, built):
     assert device.stats()["uploads_committed"] == 1
 
 
+def exchange(dev, frame: bytes) -> P.Frame:
+    dev.send_raw(frame)
+    reply = dev.read_frame(2.0)
+    assert reply is not None, "no reply"
+    return reply
+
+
+def test_a_repeated_request_is_answered_from_the_kept_reply(device, built):
+    """The same frame twice (a retry whose reply was lost): the same reply, the command runs once."""
+    _, result = built
+    x = result.inputs[0].reshape(-1).tolist()
+    before = device.stats()
+    # host-sim cycles are nanoseconds: a second run would not report the same count
+    set_level = P.encode(P.SET_LEVEL, 200, P.set_level_payload(index=1))
+    switched = exchange(device, set_level)
+    assert exchange(device, set_level) == switched and P.parse_set_level(switched.payload)[0] == 1
+    infer = P.encode(P.INFER, 201, P.infer_payload(x))
+    inferred = exchange(device, infer)
+    assert exchange(device, infer) == inferred
+    np.testing.assert_allclose(P.parse_infer(inferred.payload)[0], result.expected[1][0], atol=1e-3, rtol=0)
+    after = device.stats()
+    assert after["switches"] - before["switches"] == 1 and after["inferences"] - before["inferences"] == 1
+    assert after["repeats"] - before["repeats"] == 2
+    assert after["last_switch_cycles"] == P.parse_set_level(switched.payload)[1]
+    assert after["last_infer_cycles"] == P.parse_infer(inferred.payload)[1]
+
+    # a chunk and a commit that a second run would refuse (wrong offset, no open upload)
+    blob = result.bank
+    crc = P.crc32(blob)
+    device.request(P.UPLOAD_BEGIN, P.upload_begin_payload(len(blob), crc))
+    chunk = P.encode(P.UPLOAD_CHUNK, 210, P.upload_chunk_payload(0, blob[:100]))
+    first = exchange(device, chunk)
+    assert exchange(device, chunk) == first and first.payload == bytes([P.OK]) + struct.pack("<I", 100)
+    for offset in range(100, len(blob), 1000):
+        device.request(P.UPLOAD_CHUNK, P.upload_chunk_payload(offset, blob[offset: offset + 1000]))
+    commit = P.encode(P.UPLOAD_COMMIT, 211)
+    first = exchange(device, commit)
+    assert exchange(device, commit) == first and first.payload == bytes([P.OK]) + struct.pack("<I", crc)
+    assert device.stats()["uploads_committed"] == 1
+
+    # the same seq with another payload, or the same payload with another seq, is a new request
+    assert P.parse_set_level(exchange(device, P.encode(P.SET_LEVEL, 211, P.set_level_payload(index=0))).payload)[0] == 0
+    assert P.parse_set_level(exchange(device, P.encode(P.SET_LEVEL, 212, P.set_level_payload(index=0))).payload)[0] == 0
+    stats = device.stats()
+    assert stats["switches"] - after["switches"] == 3  # the commit's re-derivation and two set-levels
+    assert stats["repeats"] - after["repeats"] == 2
+
+
+class LoseReplies:
+    """A link that loses the device's reply to the first request of each listed type (a pyserial port wrapper)."""
+
+    def __init__(self, port, commands) -> None:
+        self.port, self.lose, self.losing = port, set(commands), None
+
+    def write(self, data: bytes) -> int:
+        for frame in P.Decoder().feed(bytes(data)):  # the client writes whole frames (or flush zeros)
+            if frame.type in self.lose:
+                self.lose.discard(frame.type)
+                self.losing = P.Decoder()
+        return self.port.write(data)
+
+    def read(self, size: int = 1) -> bytes:
+        data = self.port.read(size)
+        if self.losing is not None and data:
+            if self.losing.feed(data):  # the reply is complete: it was lost, later ones pass
+                self.losing = None
+            return b""
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self.port, name)
+
+
+def test_client_retries_after_lost_replies_apply_nothing_twice(built):
+    """Lost replies to a level switch, an inference, a chunk and the commit: the client resends the same frames,
+    the device answers from its kept reply, and nothing runs twice (no refused chunk, no restarted upload)."""
+    from tvm_build.mcu.launch import start_host_sim
+
+    _, result = built
+    commands = (P.SET_LEVEL, P.INFER, P.UPLOAD_CHUNK, P.UPLOAD_COMMIT)
+    x = result.inputs[0].reshape(-1).tolist()
+    other = (np.frombuffer(result.bank, dtype=np.float32) * np.float32(0.5)).tobytes()
+    with start_host_sim(result.binary) as running, \
+            Device.open(running.url, timeouts={c: 0.3 for c in P.COMMAND_NAMES},
+                        port_wrapper=lambda port: LoseReplies(port, commands)) as dev:
+        dev.hello()
+        before = dev.stats()
+        assert dev.set_level(index=2)[0] == 2
+        assert len(dev.infer(x)[0]) == len(result.expected[2][0])
+        assert dev.upload_weights(other, chunk=1000) == P.crc32(other)
+        stats = dev.stats()
+        assert dev.retried == len(commands) and dev.uploads_restarted == 0
+    assert stats["repeats"] - before["repeats"] == len(commands)
+    assert stats["switches"] - before["switches"] == 2  # set-level once, the commit's re-derivation once
+    assert stats["inferences"] - before["inferences"] == 1 and stats["uploads_committed"] == 1
+
+
 def test_reset_restarts_with_the_image(device, built):
     _, result = built
     device.set_level(index=0)

@@ -80,6 +80,14 @@ def test_payload_parsers():
         P.set_level_payload(index=1, alpha=0.5)
 
 
+def test_stats_with_and_without_repeats():
+    counters = (10, 1, 4, 3, 999, 55, 1)
+    v2 = P.parse_stats(b"\x00" + struct.pack("<7IBI", *counters, 2, 6))
+    assert v2 == dict(zip(P.STATS_FIELDS, (*counters, 2, 6)))
+    v1 = P.parse_stats(b"\x00" + struct.pack("<7IB", *counters, 2))  # protocol 1 had no repeats counter
+    assert "repeats" not in v1 and v1["level"] == 2 and v1["uploads_committed"] == 1
+
+
 class FakeDevice(threading.Thread):
     """Answers like the firmware on the other end of a pty; drops the first `drop` requests (a lossy link)."""
 
@@ -123,9 +131,11 @@ def test_client_retries_lost_request_and_matches_seq(pty_pair):
     fake.start()
     with Device.open(path, timeouts={P.SET_LEVEL: 0.3}) as dev:
         assert dev.set_level(index=4) == (4, 1234)
+        assert dev.set_level(index=2) == (2, 1234)
     fake.stop = True
-    seqs = [f.seq for f in fake.seen if f.type == P.SET_LEVEL]
-    assert len(seqs) == 2 and seqs[0] != seqs[1]  # resent with a fresh sequence number
+    sent = [f for f in fake.seen if f.type == P.SET_LEVEL]
+    assert len(sent) == 3 and sent[0] == sent[1]  # resent as the same frame, same seq: the device can tell a retry
+    assert sent[2].seq == (sent[0].seq + 1) & 0xFF  # a new request gets the next seq
 
 
 def test_client_reports_device_error_and_timeout(pty_pair):

@@ -8,7 +8,7 @@
 #define LCS_MAX_PAYLOAD 4096
 #endif
 #define FIRMWARE_VERSION "lcs-fw 0.1.0"
-#define PROTOCOL_VERSION 1
+#define PROTOCOL_VERSION 2
 
 enum { HELLO = 1, SET_LEVEL, INFER, STATS, UPLOAD_BEGIN, UPLOAD_CHUNK, UPLOAD_COMMIT, RESET, LEVEL_INFO };
 enum { OK = 0, BAD_CRC, BAD_LENGTH, UNKNOWN_COMMAND, BAD_ARGUMENT, OUT_OF_RANGE, UPLOAD_STATE, UPLOAD_CHECK, NO_SPACE };
@@ -24,9 +24,14 @@ uint8_t lcs_rx_buffer[LCS_MAX_PAYLOAD] __attribute__((aligned(16)));
 static uint8_t tx[LCS_TX_BYTES] __attribute__((aligned(4)));  /* replies are small: output + header, HELLO */
 
 static struct {
-    uint32_t frames_ok, frames_bad, inferences, switches, last_infer_cycles, last_switch_cycles, uploads;
+    uint32_t frames_ok, frames_bad, inferences, switches, last_infer_cycles, last_switch_cycles, uploads, repeats;
     uint8_t level;
 } stats;
+
+/* The last request executed; its reply stays in tx until the next one. A frame equal to it (type, seq, length and
+   CRC, so the same payload) is a retry whose reply was lost: it gets that reply again, the command is not run twice.
+   Costs a few words of RAM: tx is already sized for the largest reply. */
+static struct { uint8_t valid, type, seq; uint16_t length, reply_length; uint32_t crc; } last;
 
 static const uint8_t *active_bank;         /* the last good weight set */
 static struct { int open; uint32_t total, crc, received; uint8_t *bank; } upload;
@@ -101,8 +106,8 @@ static void send_frame(uint8_t type, uint8_t seq, const uint8_t *payload, uint16
     hal_write(tail, 4);
 }
 
-static void reply_status(uint8_t type, uint8_t seq, uint8_t status) {
-    send_frame(type, seq, &status, 1);
+static void error_frame(uint8_t seq, uint8_t status) {
+    send_frame(ERROR_FRAME, seq, &status, 1);
 }
 
 static uint32_t switch_to(int index) {
@@ -125,8 +130,14 @@ static void put_string(uint8_t **p, const char *s) {
     *p += n;
 }
 
-static void handle(uint8_t type, uint8_t seq, const uint8_t *p, uint16_t len) {
-    uint8_t r = type | REPLY, *o = tx + 1;
+static uint16_t refuse(uint8_t status) {
+    tx[0] = status;
+    return 1;
+}
+
+/* Run one request; the reply payload is left in tx, its length returned. */
+static uint16_t handle(uint8_t type, uint8_t seq, const uint8_t *p, uint16_t len) {
+    uint8_t *o = tx + 1;
     tx[0] = OK;
     switch (type) {
     case HELLO:
@@ -141,8 +152,8 @@ static void handle(uint8_t type, uint8_t seq, const uint8_t *p, uint16_t len) {
         put_string(&o, hal_board_name);
         break;
     case LEVEL_INFO: {
-        if (len != 1) { reply_status(r, seq, BAD_LENGTH); return; }
-        if (p[0] >= lcs_num_levels) { reply_status(r, seq, OUT_OF_RANGE); return; }
+        if (len != 1) return refuse(BAD_LENGTH);
+        if (p[0] >= lcs_num_levels) return refuse(OUT_OF_RANGE);
         const lcs_level_t *lv = &lcs_levels[p[0]];
         float keep = (float)lv->keep;
         *o++ = p[0];
@@ -160,19 +171,19 @@ static void handle(uint8_t type, uint8_t seq, const uint8_t *p, uint16_t len) {
             memcpy(&alpha, p + 1, 4);
             for (int i = 0; i < lcs_num_levels; i++)   /* alpha must name a built level */
                 if (fabsf_(alpha - lcs_levels[i].alpha) <= 1e-6f) index = i;
-        } else { reply_status(r, seq, BAD_LENGTH); return; }
-        if (index < 0 || index >= lcs_num_levels) { reply_status(r, seq, OUT_OF_RANGE); return; }
+        } else return refuse(BAD_LENGTH);
+        if (index < 0 || index >= lcs_num_levels) return refuse(OUT_OF_RANGE);
         uint32_t cycles = switch_to(index);
         *o++ = (uint8_t)index;
         put_u32(o, cycles); o += 4;
         break;
     }
     case INFER: {
-        if (len != lcs_input_len * 4u) { reply_status(r, seq, BAD_LENGTH); return; }
+        if (len != lcs_input_len * 4u) return refuse(BAD_LENGTH);
         uint64_t t0 = hal_cycles();
         int rc = lcs_model_infer((const float *)(const void *)p, (float *)(void *)(tx + 8));
         uint32_t cycles = (uint32_t)(hal_cycles() - t0);
-        if (rc != 0) { reply_status(r, seq, BAD_ARGUMENT); return; }
+        if (rc != 0) return refuse(BAD_ARGUMENT);
         stats.inferences++;
         stats.last_infer_cycles = cycles;
         /* layout: status, cycles u32, then the floats (written at tx + 8 for alignment, moved down) */
@@ -190,11 +201,12 @@ static void handle(uint8_t type, uint8_t seq, const uint8_t *p, uint16_t len) {
         put_u32(o, stats.last_switch_cycles); o += 4;
         put_u32(o, stats.uploads); o += 4;
         *o++ = stats.level;
+        put_u32(o, stats.repeats); o += 4;
         break;
     case UPLOAD_BEGIN:
-        if (len != 8) { reply_status(r, seq, BAD_LENGTH); return; }
-        if (!lcs_has_upload_bank) { reply_status(r, seq, NO_SPACE); return; }
-        if (get_u32(p) != lcs_weight_bytes) { reply_status(r, seq, BAD_ARGUMENT); return; }
+        if (len != 8) return refuse(BAD_LENGTH);
+        if (!lcs_has_upload_bank) return refuse(NO_SPACE);
+        if (get_u32(p) != lcs_weight_bytes) return refuse(BAD_ARGUMENT);
         upload.open = 1;
         upload.total = get_u32(p);
         upload.crc = get_u32(p + 4);
@@ -202,10 +214,10 @@ static void handle(uint8_t type, uint8_t seq, const uint8_t *p, uint16_t len) {
         upload.bank = active_bank == lcs_bank_a ? lcs_bank_b : lcs_bank_a;  /* never the running set */
         break;
     case UPLOAD_CHUNK: {
-        if (len < 4) { reply_status(r, seq, BAD_LENGTH); return; }
+        if (len < 4) return refuse(BAD_LENGTH);
         uint32_t offset = get_u32(p), n = len - 4u;
         if (!upload.open || offset != upload.received || n > upload.total - upload.received) {
-            reply_status(r, seq, UPLOAD_STATE); return;
+            return refuse(UPLOAD_STATE);
         }
         hal_store_write(upload.bank + offset, p + 4, n);
         upload.received += n;
@@ -213,9 +225,9 @@ static void handle(uint8_t type, uint8_t seq, const uint8_t *p, uint16_t len) {
         break;
     }
     case UPLOAD_COMMIT:
-        if (!upload.open || upload.received != upload.total) { reply_status(r, seq, UPLOAD_STATE); return; }
+        if (!upload.open || upload.received != upload.total) return refuse(UPLOAD_STATE);
         upload.open = 0;
-        if (crc_update(0, upload.bank, upload.total) != upload.crc) { reply_status(r, seq, UPLOAD_CHECK); return; }
+        if (crc_update(0, upload.bank, upload.total) != upload.crc) return refuse(UPLOAD_CHECK);
         active_bank = upload.bank;
         lcs_model_bind(active_bank);
         stats.uploads++;
@@ -223,14 +235,13 @@ static void handle(uint8_t type, uint8_t seq, const uint8_t *p, uint16_t len) {
         put_u32(o, upload.crc); o += 4;
         break;
     case RESET:
-        reply_status(r, seq, OK);
+        send_frame(type | REPLY, seq, tx, 1);
         hal_reset();
-        return;
+        return 0;
     default:
-        reply_status(r, seq, UNKNOWN_COMMAND);
-        return;
+        return refuse(UNKNOWN_COMMAND);
     }
-    send_frame(r, seq, tx, (uint16_t)(o - tx));
+    return (uint16_t)(o - tx);
 }
 
 static int read_byte(void) { return hal_read_byte(); }
@@ -242,6 +253,7 @@ int lcs_main(void) {
     lcs_model_bind(active_bank);
     switch_to(lcs_default_level);
     stats.switches = 0;
+    last.valid = 0;
     for (;;) {
         /* hunt for the sync bytes */
         int c = read_byte();
@@ -254,7 +266,7 @@ int lcs_main(void) {
         uint16_t len = (uint16_t)(head[2] | head[3] << 8);
         if (len > LCS_MAX_PAYLOAD) {       /* cannot hold it: say so and hunt for the next sync */
             stats.frames_bad++;
-            reply_status(ERROR_FRAME, head[1], BAD_LENGTH);
+            error_frame(head[1], BAD_LENGTH);
             continue;
         }
         for (uint16_t i = 0; i < len; i++) { if ((c = read_byte()) < 0) return 0; rx[i] = (uint8_t)c; }
@@ -263,10 +275,19 @@ int lcs_main(void) {
         uint32_t crc = crc_update(crc_update(0, head, 4), rx, len);
         if (crc != get_u32(tail)) {
             stats.frames_bad++;
-            reply_status(ERROR_FRAME, head[1], BAD_CRC);
+            error_frame(head[1], BAD_CRC);
             continue;
         }
         stats.frames_ok++;
-        handle(head[0], head[1], rx, len);
+        if (last.valid && last.type == head[0] && last.seq == head[1] && last.length == len && last.crc == crc) {
+            stats.repeats++;  /* a retry: answer again from tx, do not run the command twice */
+        } else {
+            last.valid = 0;   /* tx is about to change */
+            uint16_t n = handle(head[0], head[1], rx, len);
+            last.type = head[0]; last.seq = head[1]; last.length = len; last.crc = crc;
+            last.reply_length = n;
+            last.valid = 1;
+        }
+        send_frame(head[0] | REPLY, head[1], tx, last.reply_length);
     }
 }
