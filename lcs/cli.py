@@ -181,10 +181,14 @@ def _policy_options(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--sim", "sim_board", default=None, metavar="BOARD",
               help="hardware in the loop on a simulated board: start the artifact's firmware (host-sim on a pty, "
                    "QEMU boards) and use it like --device")
+@click.option("--rpc", default=None, metavar="HOST:PORT",
+              help="hardware in the loop on a Linux board's TVM RPC server: the --artifact (a CPU build) runs there")
+@click.option("--tracker", default=None, metavar="HOST:PORT", help="like --rpc, a free board of --key from a tracker")
+@click.option("--key", default=None, help="device key of the board at the tracker")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON instead of a table")
 @fail_cleanly
 def simulate_cmd(trace_path, artifact_path, profile_path, accuracy_path, board, policy, policy_option, deadline_ms,
-                 period_ms, capacity_mwh, out_dir, device_url, sim_board, as_json):
+                 period_ms, capacity_mwh, out_dir, device_url, sim_board, rpc, tracker, key, as_json):
     """Replay a power/load trace: which level a policy picks per step, and what that costs."""
     from lcs import simulate
     from lcs.simulate.output import print_summary, summary_json
@@ -193,7 +197,7 @@ def simulate_cmd(trace_path, artifact_path, profile_path, accuracy_path, board, 
         trace_path, artifact=artifact_path, profile=profile_path, board=board, policy=policy,
         policy_options=_policy_options(policy_option), deadline_ms=deadline_ms, period_ms=period_ms,
         capacity_mwh=capacity_mwh, out_dir=out_dir if out_dir is not None else Path(f"sim-{trace_path.stem}"),
-        device=device_url, sim=sim_board, accuracy=accuracy_path)
+        device=device_url, sim=sim_board, rpc=rpc, tracker=tracker, key=key, accuracy=accuracy_path)
     if as_json:
         click.echo(summary_json(result.summary), nl=False)
     else:
@@ -268,20 +272,23 @@ def info_cmd(artifact_path, target, as_json):
               help="pyserial port or URL of a board running the artifact's firmware (/dev/ttyACM0, socket://h:p)")
 @click.option("--sim", "sim_board", default=None, metavar="BOARD",
               help="start the artifact's firmware on a simulated board (host-sim on a pty, QEMU boards)")
-@click.option("--rpc", default=None, metavar="HOST:PORT", help="TVM RPC server of a Linux board (not implemented yet)")
+@click.option("--rpc", default=None, metavar="HOST:PORT",
+              help="TVM RPC server of a Linux board (python -m tvm.exec.rpc_server): deploy a CPU build there")
+@click.option("--tracker", default=None, metavar="HOST:PORT", help="a TVM RPC tracker: deploy to a free board of --key")
+@click.option("--key", default=None, help="device key of the board at the tracker")
 @click.option("--trace-io", is_flag=True, help="hex-dump every frame with a timestamp (stderr)")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 @fail_cleanly
-def deploy_cmd(artifact_path, device_url, sim_board, rpc, trace_io, progress, as_json):
+def deploy_cmd(artifact_path, device_url, sim_board, rpc, tracker, key, trace_io, progress, as_json):
     """Upload an artifact's model to a board, have it confirm what it holds, self-test and profile every level."""
     from rich.console import Console
 
     from lcs.deploy import check_passed, deploy, print_report
 
     err = Console(stderr=True)
-    report = deploy(artifact_path, device=device_url, sim=sim_board, rpc=rpc, trace_io=trace_io,
-                    progress=progress and not as_json, console=err)
+    report = deploy(artifact_path, device=device_url, sim=sim_board, rpc=rpc, tracker=tracker, key=key,
+                    trace_io=trace_io, progress=progress and not as_json, console=err)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:

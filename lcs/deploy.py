@@ -2,6 +2,8 @@
 
     report = deploy("build/host-sim.lcsa", sim="host-sim")          # starts the firmware on a pty itself
     report = deploy("build/an500.lcsa", device="/dev/ttyACM0")      # a board that already runs the firmware
+    report = deploy("build/rasp4.lcsa", rpc="192.168.1.20:9090")    # a Linux board running TVM's RPC server
+    report = deploy("build/rasp4.lcsa", tracker="10.0.0.1:9190", key="rasp4")   # a free board from a tracker
 
 Steps: verify the artifact (sha256 of every member) and that it was built for this board -> connect (the host speaks
 first: HELLO) -> check the device runs this model's shape (levels, input and output sizes, board name) -> upload the
@@ -10,7 +12,18 @@ bank -> have the device confirm what it holds (weights CRC, model hash) -> per l
 reference input, comparing with the outputs the build stored -> a per-level profile (switch and inference time from
 the device's cycle counter, flash/RAM from the build).
 
-Linux boards over TVM RPC (`--rpc`) are not implemented yet: that fails loudly. Torch-free.
+Linux boards over TVM RPC (`--rpc HOST:PORT`, or `--tracker HOST:PORT --key K`; connecting lives in
+`lcs/transport/rpc.py`) take CPU builds (per-level, weights-as-input, alpha-input): verify the artifact (sha256 of
+every member; a CPU build, not firmware; a tracker key that names a board in targets/ must be the artifact's target)
+-> connect -> upload every library and weight set into the session's folder on the board (progress bar, the same
+closing line) -> the board sends every uploaded file back and its sha256 must match the manifest -> load the
+libraries the board holds into a resident `lcs.runtime.Runtime` (a library for another architecture fails here) ->
+per level: every reference input against the stored outputs (the build's tolerance) -> a per-level profile: latency
+timed on the board by TVM's time_evaluator, the switch time (host-side: levels are resident, nothing moves), and the
+library and weight sizes. TVM's RPC server keeps uploads for the session only: the deploy proves the artifact runs
+there; `lcs simulate --rpc` and your own `Runtime(..., session=...)` use the board the same way.
+
+Torch-free.
 """
 
 from __future__ import annotations
@@ -43,10 +56,12 @@ class LevelCheck:
     max_abs_error: float
     tolerance: float
     agree: bool  # the predicted class matches the reference on every sample
-    infer_cycles: int
-    switch_cycles: int
+    infer_cycles: int | None  # the device's own counter (serial firmware); None over RPC (timed in ms directly)
+    switch_cycles: int | None
     latency_ms: float
     switch_ms: float
+    library_bytes: int | None = None  # CPU builds: the level's library and weight set in the artifact
+    weights_bytes: int | None = None
 
     @property
     def passed(self) -> bool:
@@ -68,6 +83,7 @@ class DeployReport:
     ram_bytes: int | None = None
     retries: int = 0
     levels: list[LevelCheck] = field(default_factory=list)
+    held: dict[str, str] = field(default_factory=dict)  # RPC: file on the board -> sha256 of what it sent back
 
     @property
     def throughput_kib_s(self) -> float | None:
@@ -83,7 +99,7 @@ class DeployReport:
                 "weights_crc": self.weights_crc, "uploaded_bytes": self.uploaded_bytes,
                 "upload_s": round(self.upload_s, 4), "upload_kib_s": self.throughput_kib_s,
                 "upload_note": self.upload_note, "flash_bytes": self.flash_bytes, "ram_bytes": self.ram_bytes,
-                "retries": self.retries, "passed": self.passed,
+                "retries": self.retries, "passed": self.passed, "held": self.held,
                 "levels": [{**lv.__dict__, "passed": lv.passed} for lv in self.levels]}
 
 
@@ -94,14 +110,16 @@ def level_tolerance(level: dict) -> float:
 
 
 def deploy(artifact_path: str | Path, *, device: str | None = None, sim: str | None = None, rpc: str | None = None,
-           trace_io: bool = False, progress: bool = True, console=None, device_options: dict | None = None
-           ) -> DeployReport:
+           tracker: str | None = None, key: str | None = None, trace_io: bool = False, progress: bool = True,
+           console=None, device_options: dict | None = None, rpc_options: dict | None = None) -> DeployReport:
     """Deploy and self-test; raises DeployError if the device's answers do not match the artifact."""
-    if sum(x is not None for x in (device, sim, rpc)) != 1:
-        raise LcsError("give exactly one of --device URL, --sim BOARD, --rpc HOST:PORT")
-    if rpc is not None:
-        raise LcsError("lcs deploy --rpc (TVM RPC to Linux boards) is not implemented yet; "
-                       "`lcs build --target BOARD --rpc HOST:PORT` verifies and times a CPU build on the board")
+    if sum(x is not None for x in (device, sim, rpc or tracker)) != 1 or (key is not None and tracker is None):
+        raise LcsError("give exactly one of --device URL, --sim BOARD, --rpc HOST:PORT, --tracker HOST:PORT --key K")
+    if rpc is not None or tracker is not None:
+        if trace_io:
+            raise LcsError("--trace-io dumps serial frames; TVM RPC has no lcs frames to show")
+        return deploy_rpc(artifact_path, rpc=rpc, tracker=tracker, key=key, progress=progress, console=console,
+                          **(rpc_options or {}))
     art = open_artifact(artifact_path, expect_target=sim)
     firmware = art.manifest.get("firmware")
     if not isinstance(firmware, dict) or firmware.get("weights") not in art.members():
@@ -210,13 +228,112 @@ def self_test(dev, art: Artifact) -> list[LevelCheck]:
     return checks
 
 
+# -- Linux boards over TVM RPC -------------------------------------------------------------------------------
+
+PROFILE_NUMBER, PROFILE_REPEAT = 5, 3  # time_evaluator: median of 3 means of 5 calls, on the board
+
+
+def deploy_rpc(artifact_path: str | Path, *, rpc: str | None = None, tracker: str | None = None,
+               key: str | None = None, progress: bool = True, console=None, **connect_options) -> DeployReport:
+    """`lcs deploy --rpc` / `--tracker --key`: a CPU build on a Linux board running TVM's RPC server."""
+    from lcs.transport import rpc as R
+
+    where = R.Endpoint(rpc, tracker, key)  # malformed options fail before the artifact is read
+    art = R.cpu_artifact(artifact_path, key)
+    files = _rpc_files(art)
+    with R.connected(where, **connect_options) as link:
+        report = DeployReport(str(art.path), art.target_name, link.describe(), firmware_version="", model_hash="",
+                              weights_crc="", retries=link.attempts - 1)
+        _upload_files(link.session, art, files, report, progress, console)
+        report.held = _confirm_held(link.session, art, files, link.describe())
+        runtime = R.resident_runtime(art, link, report.held)
+        try:
+            report.levels = self_test_runtime(runtime, art)
+        finally:
+            del runtime  # remote modules and tensors go before the session does
+    return report
+
+
+def _rpc_files(art: Artifact) -> dict[str, str]:
+    """Artifact member -> file name in the session folder on the board: every library and weight set. Libraries get
+    the name `lcs.runtime.Runtime` gives them, so the runtime loads the very copy the board confirmed."""
+    members = list(art.manifest["modules"])
+    members += sorted({lv["members"]["weights"] for lv in art.levels if lv.get("members", {}).get("weights")})
+    return {m: m.replace("/", "_") for m in members}
+
+
+def _upload_files(session, art: Artifact, files: dict[str, str], report: DeployReport, progress: bool,
+                  console) -> None:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    blobs = {m: art.read(m) for m in files}
+    total = sum(len(b) for b in blobs.values())
+    start = time.perf_counter()
+    with Progress(TextColumn("uploading {task.fields[member]:<24}"), BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), console=console, disable=not progress, transient=True) as bar:
+        task = bar.add_task("upload", total=total, member="")
+        for member, blob in blobs.items():  # TVM's upload sends one file per call
+            bar.update(task, member=member)
+            session.upload(bytearray(blob), files[member])
+            bar.advance(task, len(blob))
+    report.upload_s = time.perf_counter() - start
+    report.uploaded_bytes = total
+
+
+def _confirm_held(session, art: Artifact, files: dict[str, str], where: str) -> dict[str, str]:
+    """The board sends back every file it holds; each must hash to the manifest's sha256."""
+    from lcs.artifact import sha256
+
+    held = {}
+    for member, name in files.items():
+        digest = sha256(bytes(session.download(name)))
+        want = art.manifest["members"][member]["sha256"]
+        if digest != want:
+            raise DeployError(f"the board at {where} holds {name} with sha256 {digest[:16]}..., the artifact's "
+                              f"{member} has {want[:16]}...: the upload was corrupted")
+        held[name] = digest
+    return held
+
+
+def self_test_runtime(runtime, art: Artifact) -> list[LevelCheck]:
+    """Every level of a resident Runtime on every reference input, against the stored outputs, with the tolerance
+    the build verified against; latency timed on the device by TVM's time_evaluator."""
+    reference = art.reference()
+    atol = float((art.manifest.get("verification") or {}).get("atol") or 1e-4)
+    sizes = {name: int(info["size"]) for name, info in art.manifest["members"].items()}
+    checks = []
+    for position, level in enumerate(art.levels):
+        index = int(level["index"])
+        expected = reference.get(f"level{index}")
+        if expected is None:
+            raise ArtifactError(f"{art.path}: no reference outputs for level {index}")
+        start = time.perf_counter()
+        runtime.set_level(position)
+        switch_ms = (time.perf_counter() - start) * 1e3
+        got = np.stack([runtime.run(x) for x in reference["input"]])
+        got, want = got.reshape(len(got), -1), expected.reshape(len(expected), -1)
+        worst = float(np.abs(got - want).max())
+        agree = bool(np.array_equal(got.argmax(axis=1), want.argmax(axis=1)))
+        latency_ms = runtime.time(position, number=PROFILE_NUMBER, repeat=PROFILE_REPEAT)
+        members = level.get("members") or {}
+        checks.append(LevelCheck(index, float(level["alpha"]), str(level.get("label", "")), len(got), worst, atol,
+                                 agree, None, None, latency_ms, switch_ms,
+                                 library_bytes=sizes.get(members.get("library")),
+                                 weights_bytes=sizes.get(members.get("weights"))))
+    return checks
+
+
 def print_report(report: DeployReport, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console()
-    console.print(f"[bold]{report.board}[/] via {report.connection}: firmware {report.firmware_version}, "
-                  f"model {report.model_hash}, weights CRC {report.weights_crc}")
+    if report.held:
+        console.print(f"[bold]{report.board}[/] via {report.connection}: the board holds {len(report.held)} "
+                      f"file(s) whose sha256 match the artifact (TVM RPC session folder)")
+    else:
+        console.print(f"[bold]{report.board}[/] via {report.connection}: firmware {report.firmware_version}, "
+                      f"model {report.model_hash}, weights CRC {report.weights_crc}")
     if report.uploaded_bytes:
         console.print(f"uploaded {report.uploaded_bytes} bytes in {report.upload_s:.3f} s "
                       f"({report.throughput_kib_s:.1f} KiB/s effective)")
@@ -224,16 +341,30 @@ def print_report(report: DeployReport, console=None) -> None:
         console.print(report.upload_note)
     sizes = [f"{name} {value:,} B" for name, value in (("flash", report.flash_bytes), ("RAM", report.ram_bytes))
              if value is not None]
+    with_cycles = any(lv.infer_cycles is not None for lv in report.levels)
+    with_files = any(lv.library_bytes is not None for lv in report.levels)
     table = Table(title="self-test and profile per level" + (f" ({', '.join(sizes)})" if sizes else ""))
-    for col in ("level", "alpha", "label", "switch ms", "infer cycles", "latency ms", "max |err|", "self-test"):
+    columns = ["level", "alpha", "label", "switch ms", *(["infer cycles"] if with_cycles else []), "latency ms",
+               *(["library B", "weights B"] if with_files else []), "max |err|", "self-test"]
+    for col in columns:
         table.add_column(col, justify="left" if col in ("label", "self-test") else "right")
     for lv in report.levels:
-        table.add_row(str(lv.index), f"{lv.alpha:g}", lv.label, f"{lv.switch_ms:.3f}", f"{lv.infer_cycles:,}",
-                      f"{lv.latency_ms:.3f}", f"{lv.max_abs_error:.2e}",
+        cycles = [f"{lv.infer_cycles:,}" if lv.infer_cycles is not None else "-"] if with_cycles else []
+        files = [_size(lv.library_bytes), _size(lv.weights_bytes)] if with_files else []
+        table.add_row(str(lv.index), f"{lv.alpha:g}", lv.label, f"{lv.switch_ms:.3f}", *cycles,
+                      f"{lv.latency_ms:.3f}", *files, f"{lv.max_abs_error:.2e}",
                       "[green]pass[/]" if lv.passed else f"[red]FAIL[/] ({lv.samples} samples)")
     console.print(table)
+    if report.held:
+        console.print("latency: TVM time_evaluator on the board; switch: host-side choice of a resident level "
+                      "(nothing is transferred)")
     if report.retries:
-        console.print(f"{report.retries} request(s) were resent after a timeout or a corrupted frame")
+        console.print(f"{report.retries} connection attempt(s) failed before the board answered" if report.held else
+                      f"{report.retries} request(s) were resent after a timeout or a corrupted frame")
+
+
+def _size(value: int | None) -> str:
+    return f"{value:,}" if value is not None else "-"
 
 
 def check_passed(report: DeployReport) -> None:

@@ -292,7 +292,9 @@ def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key,
         else:
             art.write_artifact(draft, manifest, members)
             if rpc or tracker:
-                session = _connect(rpc, tracker, key)
+                from lcs.transport.rpc import Endpoint, connect
+
+                session = connect(Endpoint(rpc, tracker, key)).session
                 where = f"{board.name} over RPC"
             else:
                 where = "host"
@@ -318,23 +320,6 @@ def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key,
     manifest["output"] = str(output)
     manifest["size"] = output.stat().st_size
     return manifest
-
-
-def _connect(rpc: str | None, tracker: str | None, key: str | None):
-    import tvm.rpc
-
-    from tvm_build.compile import split_address
-
-    try:
-        if rpc:
-            host, port = split_address(rpc, "--rpc")
-            return tvm.rpc.connect(host, port, session_timeout=600)
-        host, port = split_address(tracker, "--tracker")
-        return tvm.rpc.connect_tracker(host, port).request(key, session_timeout=600)
-    except LcsError:
-        raise
-    except Exception as exc:  # connection refused, timeout, unknown key
-        raise LcsError(f"cannot reach the board over RPC ({rpc or tracker}): {exc}") from None
 
 
 def _map_dict(cmap) -> dict:

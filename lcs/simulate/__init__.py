@@ -69,7 +69,8 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
              board: str | None = None, policy: str = "greedy", policy_options: Mapping[str, str] | None = None,
              deadline_ms: float | None = None, period_ms: float | None = None,
              capacity_mwh: float = DEFAULT_CAPACITY_MWH, out_dir: str | Path | None = None,
-             device: str | None = None, sim: str | None = None, executor: Executor | None = None,
+             device: str | None = None, sim: str | None = None, rpc: str | None = None,
+             tracker: str | None = None, key: str | None = None, executor: Executor | None = None,
              accuracy: str | Path | None = None) -> SimulationResult:
     """Replay `trace_path` with `policy`; write timeline.csv, summary.json and timeline.png to `out_dir`.
 
@@ -89,10 +90,19 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
         raise ConfigError(f"--capacity-mwh must be a positive number, got {capacity_mwh!r}")
     model = CostModel(levels, board_power, workload)
 
-    if sum(x is not None for x in (device, sim, executor)) > 1:
-        raise ConfigError("give at most one of --device URL, --sim BOARD (or an executor)")
+    from lcs.transport import rpc as R
+
+    remote = R.endpoint(rpc, tracker, key)  # None, or a checked --rpc / --tracker --key
+    if sum(x is not None for x in (device, sim, remote, executor)) > 1:
+        raise ConfigError("give at most one of --device URL, --sim BOARD, --rpc HOST:PORT, "
+                          "--tracker HOST:PORT --key K (or an executor)")
     if sim is not None and artifact is None:
         raise ConfigError("--sim starts the firmware inside an artifact; pass --artifact")
+    if remote is not None and artifact is None:
+        raise ConfigError(f"--{'rpc' if rpc is not None else 'tracker'} runs the CPU build inside an artifact on the "
+                          f"board; pass --artifact")
+    if remote is not None:
+        R.check_key_names_board(remote.key, board_power.name, f"the simulation of board {board_power.name!r}")
     if sim is not None and sim != board_power.name:
         raise ConfigError(f"--sim {sim} but the levels are for board {board_power.name}")
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
@@ -108,6 +118,9 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
         if url is not None:
             client = running.enter_context(_open_device(url))
             executor = device_executor(client, name, board_power, levels, artifact)
+        if remote is not None:
+            client = running.enter_context(_open_rpc_device(artifact, remote, board_power.name))
+            executor = device_executor(client, remote.describe(), board_power, levels, artifact)
         result = replay(trace, model, chosen, capacity_mwh=capacity_mwh, executor=executor)
     summary = {
         "trace": str(trace.path), "levels_from": levels.source, "board": board_power.name,
@@ -135,6 +148,21 @@ def _open_device(url: str):
     from lcs.device import Device
 
     return Device.open(url, connect_timeout=DEVICE_CONNECT_TIMEOUT_S)
+
+
+@contextlib.contextmanager
+def _open_rpc_device(artifact: str | Path, remote, board: str):
+    """A Linux board over TVM RPC, with every level of the artifact's CPU build resident there."""
+    from lcs.transport import rpc as R
+
+    art = R.cpu_artifact(artifact, remote.key)
+    # no session time limit: the replay lasts as long as the trace (the session still ends with this process)
+    with R.connected(remote, session_timeout=0) as link:
+        runtime = R.resident_runtime(art, link)
+        try:
+            yield R.RuntimeDevice(runtime, board)
+        finally:
+            del runtime
 
 
 def device_executor(client, url: str, board: BoardPower, levels: Profile, artifact: str | Path | None):

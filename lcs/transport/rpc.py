@@ -1,0 +1,275 @@
+"""TVM RPC to Linux boards: the one place that turns `--rpc HOST:PORT` or `--tracker HOST:PORT --key K` into a
+session, and the small device client (`RuntimeDevice`) that runs an artifact's levels over it.
+
+    with connected(Endpoint(rpc="192.168.1.20:9090")) as link:  # a board running `python -m tvm.exec.rpc_server`
+        rt = Runtime("model.lcsa", session=link.session)
+    with connected(Endpoint(tracker="10.0.0.1:9190", key="rasp4")) as link:  # any free board registered as rasp4
+        ...
+
+Before TVM connects, a plain TCP probe with a timeout checks the address answers: TVM's own client blocks for the
+OS connect timeout on an unreachable host and retries a refused tracker for 60 s. Failed attempts are retried with
+back-off; what still fails is an `RpcError` naming the address. At a tracker the key is checked against the
+tracker's summary first (a request for an unknown key would wait forever), and the request itself has a deadline
+(a known key whose boards are all busy waits at most `request_timeout_s`).
+
+TVM's RPC server keeps uploads in a per-session temporary folder: what is uploaded lives as long as the session.
+
+Torch-free; `tvm` is imported only when a session is opened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from lcs.errors import ConfigError, LcsError
+
+CONNECT_TIMEOUT_S = 3.0  # per TCP probe: a board on the LAN answers in milliseconds
+REQUEST_TIMEOUT_S = 60.0  # waiting for a free board at the tracker
+SESSION_TIMEOUT_S = 600  # the server drops a session older than this (a dead client must not hold a fleet board)
+ATTEMPTS = 3
+BACKOFF_S = 0.25  # doubled after every failed attempt
+
+
+class RpcError(LcsError):
+    """A board (or tracker) that cannot be reached over TVM RPC, or a key the tracker does not know."""
+
+
+def parse_address(text: str | None, option: str) -> tuple[str, int]:
+    """`host:port` (IPv6 as `[::1]:9090`) -> (host, port); anything else is a one-line ConfigError."""
+    host, sep, port = (text or "").strip().rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{option} wants HOST:PORT (e.g. 127.0.0.1:9090), got {text!r}")
+    return host, int(port)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where to find the board: a direct RPC server, or a tracker and the key the board registered with."""
+
+    rpc: str | None = None
+    tracker: str | None = None
+    key: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.rpc is None) == (self.tracker is None):
+            raise ConfigError("give either --rpc HOST:PORT or --tracker HOST:PORT --key K")
+        if self.tracker is not None and not self.key:
+            raise ConfigError("--tracker needs --key (the device key the board registered with)")
+        if self.rpc is not None and self.key:
+            raise ConfigError("--key goes with --tracker; --rpc connects to one server directly")
+        self.address()  # malformed addresses fail before anything else happens
+
+    def address(self) -> tuple[str, int]:
+        return parse_address(self.rpc, "--rpc") if self.rpc is not None else parse_address(self.tracker, "--tracker")
+
+    def describe(self) -> str:
+        return f"rpc:{self.rpc}" if self.rpc is not None else f"tracker:{self.tracker} key {self.key}"
+
+
+def endpoint(rpc: str | None = None, tracker: str | None = None, key: str | None = None) -> Endpoint | None:
+    """The endpoint the options describe, or None when no RPC option was given."""
+    if rpc is None and tracker is None and key is None:
+        return None
+    return Endpoint(rpc, tracker, key)
+
+
+def check_key_names_board(key: str | None, target: str, what: str) -> None:
+    """A tracker key that is a board name in targets/ must be the board `what` was built or measured for."""
+    import targets
+
+    if key and key in targets.names() and key != target:
+        raise RpcError(f"tracker key {key!r} is a {key} board; {what} is for {target!r}")
+
+
+@dataclass
+class Link:
+    session: object  # tvm.rpc.RPCSession
+    endpoint: Endpoint
+    attempts: int  # connection attempts it took (1 = no retry)
+
+    def describe(self) -> str:
+        return self.endpoint.describe()
+
+
+@contextlib.contextmanager
+def connected(where: Endpoint, *, session_timeout: float = SESSION_TIMEOUT_S,
+              connect_timeout: float = CONNECT_TIMEOUT_S, request_timeout: float = REQUEST_TIMEOUT_S,
+              attempts: int = ATTEMPTS) -> Iterator[Link]:
+    """A TVM RPC session to the board, released on exit."""
+    link = connect(where, session_timeout=session_timeout, connect_timeout=connect_timeout,
+                   request_timeout=request_timeout, attempts=attempts)
+    try:
+        yield link
+    finally:
+        # TVM closes the session (and the server removes its upload folder) once nothing refers to it any more:
+        # drop ours; remote modules and tensors held elsewhere keep it alive until they go
+        link.session = None
+
+
+def connect(where: Endpoint, *, session_timeout: float = SESSION_TIMEOUT_S,
+            connect_timeout: float = CONNECT_TIMEOUT_S, request_timeout: float = REQUEST_TIMEOUT_S,
+            attempts: int = ATTEMPTS) -> Link:
+    host, port = where.address()
+    try:
+        import tvm.rpc
+    except ImportError as exc:
+        raise RpcError(f"TVM RPC needs the TVM runtime ({exc}); pip install apache-tvm==0.27.0.post1") from None
+    last = ""
+    for attempt in range(1, attempts + 1):
+        try:
+            _probe(host, port, connect_timeout)
+            if where.rpc is not None:
+                session = tvm.rpc.connect(host, port, session_timeout=session_timeout)
+            else:
+                session = _request(tvm.rpc, host, port, where.key, session_timeout, connect_timeout,
+                                   request_timeout)
+            return Link(session, where, attempt)
+        except RpcError:
+            raise  # a definite answer (unknown key): retrying will not change it
+        except Exception as exc:  # refused, timed out, reset, TVM's connect check
+            last = _one_line(exc)
+        if attempt < attempts:
+            time.sleep(BACKOFF_S * 2 ** (attempt - 1))
+    what = "the board" if where.rpc is not None else "a board through the tracker"
+    raise RpcError(f"cannot reach {what} over RPC at {host}:{port} after {attempts} attempts ({last})")
+
+
+def _probe(host: str, port: int, timeout: float) -> None:
+    with socket.create_connection((host, port), timeout=timeout):
+        pass
+
+
+def _request(rpc, host: str, port: int, key: str, session_timeout: float, connect_timeout: float,
+             request_timeout: float):
+    tracker = rpc.connect_tracker(host, port)
+    try:
+        # TVM's tracker client has no timeouts of its own: a silent tracker or a queue that never frees would
+        # block forever. `_sock` is its one socket.
+        tracker._sock.settimeout(connect_timeout)
+        summary = tracker.summary()
+        queues = summary.get("queue_info") or {}
+        known = sorted(set(queues) | {s["key"].partition(":")[2] for s in summary.get("server_info", [])
+                                       if str(s.get("key", "")).startswith("server:")})
+        if key not in known:
+            listed = ", ".join(known) if known else "none: no board has registered"
+            raise RpcError(f"the tracker at {host}:{port} knows no board with key {key!r} (keys: {listed})")
+        tracker._sock.settimeout(request_timeout)
+        try:
+            return tracker.request(key, session_timeout=session_timeout, max_retry=1)
+        except RuntimeError as exc:
+            if "timed out" in str(exc):
+                free = queues.get(key, {}).get("free")
+                raise RpcError(f"the tracker at {host}:{port} had no free {key!r} board within "
+                               f"{request_timeout:g} s ({free} free when asked)") from None
+            raise
+    finally:
+        tracker.close()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[-1] if lines else type(exc).__name__)[:200]
+
+
+# -- artifacts on an RPC board ------------------------------------------------------------------------------
+
+def cpu_artifact(path, key: str | None = None):
+    """Open (sha256-verified) a CPU build for an RPC board; firmware, or a tracker key naming another board, is
+    refused."""
+    from lcs.artifact import ArtifactError, open_artifact
+
+    art = open_artifact(path)
+    manifest = art.manifest
+    if manifest.get("strategy") == "firmware" or "firmware" in manifest or not manifest.get("modules"):
+        raise ArtifactError(f"{path} is firmware for {art.target_name!r}, not a CPU build; TVM RPC runs "
+                            f"`lcs build --target host|rasp4|...` artifacts (firmware goes over --device or --sim)")
+    check_key_names_board(key, art.target_name, str(path))
+    return art
+
+
+class HeldFiles:
+    """The RPC session as `lcs.runtime.Runtime` sees it, except that a file the board already holds with the same
+    sha256 (uploaded and confirmed by `lcs deploy`) is not sent again: the runtime loads the confirmed copy."""
+
+    def __init__(self, session, held: dict[str, str]) -> None:
+        self._session, self._held = session, held
+
+    def upload(self, data, target=None):
+        import os
+
+        from lcs.artifact import sha256
+
+        name = target or os.path.basename(data)
+        blob = data if isinstance(data, bytearray) else open(data, "rb").read()
+        if self._held.get(name) != sha256(bytes(blob)):
+            self._session.upload(data, target)
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+
+def resident_runtime(art, link: Link, held: dict[str, str] | None = None):
+    """Every level of `art` loaded on the board behind `link` (libraries loaded there, weights in its memory)."""
+    from lcs.runtime import RunError, Runtime
+
+    session = HeldFiles(link.session, held) if held else link.session
+    try:
+        return Runtime(art, session=session)
+    except RunError as exc:  # most often a library built for another architecture
+        cpu = (art.manifest.get("target") or {}).get("cpu") or "?"
+        raise RunError(f"the board at {link.describe()} cannot run {art.path} (built for {art.target_name!r}, "
+                       f"cpu {cpu}): {exc}") from None
+
+
+# -- a device client over a resident Runtime ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RuntimeHello:
+    """What `lcs.device.Device.hello()` tells about a board, for a Runtime over RPC."""
+
+    board: str
+    levels: int
+    input_len: int
+    output_len: int
+
+
+class RuntimeDevice:
+    """The small client API hardware-in-the-loop uses (`hello`, `set_level(index=)`, `infer(values)`), backed by an
+    `lcs.runtime.Runtime` whose libraries and weights are resident on the RPC board.
+
+    Times are in ticks of `tick_hz` = 1e9 (nanoseconds). `infer` returns the outputs of one call and the time of one
+    more call of the same level measured on the device by TVM's time_evaluator (number=1, repeat=1): the device runs
+    two inferences per step, one for the outputs and one for the clock (the Runtime's public API has no single call
+    giving both). `set_level` only picks another resident (module, weights) pair on the host, so its time is the host's
+    perf_counter around that choice: no device work happens on a switch.
+    """
+
+    tick_hz = 1e9
+
+    def __init__(self, runtime, board: str) -> None:
+        self.runtime, self.board = runtime, board
+        self.shape = list(runtime.input_spec["shape"])
+        self.dtype = runtime.input_spec["dtype"]
+
+    def hello(self) -> RuntimeHello:
+        out_shape = self.runtime.artifact.manifest.get("output", {}).get("shape") or [0]
+        return RuntimeHello(self.board, len(self.runtime.levels), int(np.prod(self.shape)), int(np.prod(out_shape)))
+
+    def set_level(self, *, index: int) -> tuple[int, int]:
+        start = time.perf_counter_ns()
+        self.runtime.set_level(index)
+        return self.runtime.level, time.perf_counter_ns() - start
+
+    def infer(self, values) -> tuple[list[float], int]:
+        x = np.asarray(values, dtype=self.dtype).reshape(self.shape)
+        out = self.runtime.run(x)
+        ms = self.runtime.time(self.runtime.level, number=1, repeat=1)
+        return out.reshape(-1).tolist(), int(round(ms * 1e6))
