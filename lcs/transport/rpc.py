@@ -6,9 +6,9 @@ session, and the small device client (`RuntimeDevice`) that runs an artifact's l
     with connected(Endpoint(tracker="10.0.0.1:9190", key="rasp4")) as link:  # any free board registered as rasp4
         ...
 
-Before TVM connects, a plain TCP probe with a timeout checks the address answers: TVM's own client blocks for the
-OS connect timeout on an unreachable host and retries a refused tracker for 60 s. Failed attempts are retried with
-back-off; what still fails is an `RpcError` naming the address. At a tracker the key is checked against the
+Before TVM connects, a probe with a timeout checks that the address answers as a TVM RPC server or tracker (`_probe`:
+TVM's own clients have no timeouts). Failed attempts are retried with back-off; what still fails is an `RpcError`
+naming the address. At a tracker the key is checked against the
 tracker's summary first (a request for an unknown key would wait forever), and the request itself has a deadline
 (a known key whose boards are all busy waits at most `request_timeout_s`).
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -99,12 +100,9 @@ class Link:
 
 
 @contextlib.contextmanager
-def connected(where: Endpoint, *, session_timeout: float = SESSION_TIMEOUT_S,
-              connect_timeout: float = CONNECT_TIMEOUT_S, request_timeout: float = REQUEST_TIMEOUT_S,
-              attempts: int = ATTEMPTS) -> Iterator[Link]:
-    """A TVM RPC session to the board, released on exit."""
-    link = connect(where, session_timeout=session_timeout, connect_timeout=connect_timeout,
-                   request_timeout=request_timeout, attempts=attempts)
+def connected(where: Endpoint, **options) -> Iterator[Link]:
+    """A TVM RPC session to the board (options as for `connect`), released on exit."""
+    link = connect(where, **options)
     try:
         yield link
     finally:
@@ -113,9 +111,13 @@ def connected(where: Endpoint, *, session_timeout: float = SESSION_TIMEOUT_S,
         link.session = None
 
 
-def connect(where: Endpoint, *, session_timeout: float = SESSION_TIMEOUT_S,
-            connect_timeout: float = CONNECT_TIMEOUT_S, request_timeout: float = REQUEST_TIMEOUT_S,
-            attempts: int = ATTEMPTS) -> Link:
+def connect(where: Endpoint, *, session_timeout: float | None = None, connect_timeout: float | None = None,
+            request_timeout: float | None = None, attempts: int | None = None) -> Link:
+    """Open the session; None takes the module's default (read at call time). session_timeout 0: no limit."""
+    session_timeout = SESSION_TIMEOUT_S if session_timeout is None else session_timeout
+    connect_timeout = connect_timeout or CONNECT_TIMEOUT_S
+    request_timeout = request_timeout or REQUEST_TIMEOUT_S
+    attempts = attempts or ATTEMPTS
     host, port = where.address()
     try:
         import tvm.rpc
@@ -124,15 +126,14 @@ def connect(where: Endpoint, *, session_timeout: float = SESSION_TIMEOUT_S,
     last = ""
     for attempt in range(1, attempts + 1):
         try:
-            _probe(host, port, connect_timeout)
+            _probe(host, port, connect_timeout, tracker=where.tracker is not None)
             if where.rpc is not None:
                 session = tvm.rpc.connect(host, port, session_timeout=session_timeout)
             else:
-                session = _request(tvm.rpc, host, port, where.key, session_timeout, connect_timeout,
-                                   request_timeout)
+                session = _request(tvm.rpc, host, port, where.key, session_timeout, connect_timeout, request_timeout)
             return Link(session, where, attempt)
         except RpcError:
-            raise  # a definite answer (unknown key): retrying will not change it
+            raise  # a definite answer (not an RPC server, unknown key, no free board): retrying will not change it
         except Exception as exc:  # refused, timed out, reset, TVM's connect check
             last = _one_line(exc)
         if attempt < attempts:
@@ -141,9 +142,36 @@ def connect(where: Endpoint, *, session_timeout: float = SESSION_TIMEOUT_S,
     raise RpcError(f"cannot reach {what} over RPC at {host}:{port} after {attempts} attempts ({last})")
 
 
-def _probe(host: str, port: int, timeout: float) -> None:
-    with socket.create_connection((host, port), timeout=timeout):
-        pass
+PROBE_KEY = b"client:lcs-probe"  # matches no server key: a TVM RPC server answers "mismatch" and hangs up
+
+
+def _probe(host: str, port: int, timeout: float, *, tracker: bool) -> None:
+    """Open a TCP connection and have the other end say it is a TVM RPC server (or tracker), all within `timeout`.
+
+    TVM's own clients have no timeouts: its C++ connect blocks for the OS timeout on an unreachable host and forever
+    on a port that accepts but never answers, and its tracker client retries a refused port for 60 s. The probe
+    speaks the first step of TVM's handshake (tvm.rpc.base): a server answers a key it does not serve with a
+    mismatch code (it logs "mismatch key" once); a tracker echoes its magic number.
+    """
+    from tvm.rpc import base
+
+    magic = base.RPC_TRACKER_MAGIC if tracker else base.RPC_MAGIC
+    hello = struct.pack("<i", magic) if tracker else struct.pack("<ii", magic, len(PROBE_KEY)) + PROBE_KEY
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        sock.sendall(hello)
+        try:
+            reply = base.recvall(sock, 4)
+        except socket.timeout:
+            raise TimeoutError(f"the port accepted a connection but said nothing within {timeout:g} s") from None
+        except OSError:  # hung up without a word
+            reply = b""
+    answer = struct.unpack("<i", reply)[0] if len(reply) == 4 else None
+    expected = {base.RPC_TRACKER_MAGIC} if tracker else {base.RPC_CODE_SUCCESS, base.RPC_CODE_MISMATCH,
+                                                          base.RPC_CODE_DUPLICATE}
+    if answer not in expected:
+        raise RpcError(f"{host}:{port} answers, but not as a TVM RPC {'tracker' if tracker else 'server'} "
+                       f"(start one with `python -m tvm.exec.{'rpc_tracker' if tracker else 'rpc_server'}`)")
 
 
 def _request(rpc, host: str, port: int, key: str, session_timeout: float, connect_timeout: float,
