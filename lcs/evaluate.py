@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lcs import atomic
 from lcs.checkpoint import Checkpoint
-from lcs.errors import ConfigError
+from lcs.results import read_accuracy
 from lcs.subspace.model import SubspaceModel
 
 
@@ -75,13 +75,7 @@ def accuracy_table(metrics: dict, eval_results: str | Path | None) -> list[dict]
     """Rows {alpha, accuracy} known for this checkpoint: `lcs eval --out DIR` results (DIR/results.json, the main
     subspace's rows, i.e. those of the first model listed) or evaluation rows kept in the checkpoint's metrics."""
     if eval_results is not None:
-        path = Path(eval_results)
-        try:
-            rows = json.loads(path.read_text())
-            main = rows[0]["model"]
-            return [{"alpha": float(r["alpha"]), "accuracy": float(r["accuracy"])} for r in rows if r["model"] == main]
-        except (OSError, ValueError, KeyError, IndexError, TypeError):
-            raise ConfigError(f"{path} is not a results.json written by `lcs eval --out`") from None
+        return read_accuracy(eval_results)
     rows = metrics.get("eval")  # written by lcs.train at the end of training
     if not isinstance(rows, list):
         return []

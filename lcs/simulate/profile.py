@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lcs.errors import ConfigError
+from lcs.results import read_accuracy
 
 
 class ProfileError(ConfigError):
@@ -124,21 +125,16 @@ def _read_json(path: Path, what: str):
 
 
 def with_accuracy(data: dict, accuracy_path: str | Path) -> dict:
-    """Accuracy per level from `lcs eval` results (results.json or --json output), matched by alpha. Results given
-    explicitly win over the manifest's own numbers; a level they do not cover keeps its own, if it has one.
-
-    Only the first model in the results counts (eval lists the subspace first, then baselines).
+    """Accuracy per level from `lcs eval` results (results.json or --json output, read by `lcs.results`), matched by
+    alpha. Results given explicitly win over the manifest's own numbers; a level they do not cover keeps its own, if
+    it has one. Only the first model in the results counts (eval lists the subspace first, then baselines).
     """
     path = Path(accuracy_path)
-    rows = _read_json(path, "accuracy")
-    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
-        raise ProfileError(f"{path}: expected the list of rows that `lcs eval` writes")
-    model = rows[0].get("model")
-    known = [(r.get("alpha"), r.get("accuracy")) for r in rows if r.get("model") == model]
+    known = read_accuracy(path)
     levels = []
     for i, level in enumerate(data.get("levels") or []):
         if isinstance(level, dict) and isinstance(level.get("alpha"), (int, float)):
-            match = [acc for alpha, acc in known if isinstance(alpha, (int, float)) and abs(alpha - level["alpha"]) < 1e-6]
+            match = [row["accuracy"] for row in known if abs(row["alpha"] - level["alpha"]) < 1e-6]
             if not match and level.get("accuracy") is not None:
                 levels.append(level)
                 continue
