@@ -135,7 +135,7 @@ def test_corrupt_artifact_and_rpc_and_missing_connection(hostsim_artifact, tmp_p
     data[len(data) // 2] ^= 0xFF
     broken.write_bytes(bytes(data))
     one_line_error(run(broken, "--sim", "host-sim"), "broken.lcsa")
-    one_line_error(run(lcsa, "--rpc", "127.0.0.1:9090"), "not implemented yet")
+    one_line_error(run(lcsa, "--rpc", "127.0.0.1:9090"), "is firmware for 'host-sim', not a CPU build")
     one_line_error(run(lcsa), "give exactly one of --device URL, --sim BOARD, --rpc HOST:PORT")
 
 
