@@ -44,7 +44,7 @@ def test_board_runs_every_level_exactly(board, checkpoint, tmp_path):
         reply = dev.read_frame(5.0)
         assert (reply.type, reply.status) == (P.ERROR, P.BAD_CRC)
         out, _ = dev.infer(x)
-        np.testing.assert_allclose(out, result.expected[1][0], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(out, result.expected[1][0], atol=1e-6, rtol=0)
         if board == "mps2-an385":
             check_upload_and_reset(dev, checkpoint, result)
 
@@ -69,11 +69,11 @@ def check_upload_and_reset(dev, checkpoint, result):
         want = materialize(other.model, result.levels[level].alpha, torch.zeros(1, 1, 8, 8))(
             torch.from_numpy(result.inputs[:1])).numpy()[0]
     x = result.inputs[0].reshape(-1).tolist()
-    np.testing.assert_allclose(dev.infer(x)[0], want, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(dev.infer(x)[0], want, atol=1e-6, rtol=0)
     dev.reset()
     time.sleep(0.3)
     assert dev.hello().weights_crc == P.crc32(result.bank)
-    np.testing.assert_allclose(dev.infer(x)[0], result.expected[level][0], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(dev.infer(x)[0], result.expected[level][0], atol=1e-6, rtol=0)
 
 
 def test_recorded_cycles_repeat_exactly_across_runs(checkpoint, tmp_path):

@@ -5,10 +5,11 @@
 #include <string.h>
 #include "lcs_model.h"
 
+/* (1 - alpha) w0 + alpha w1, as lcs/subspace/layers.py blends (exactly w0 at alpha 0, w1 at alpha 1). With the
+   float32 alpha both sides use and no contraction (-ffp-contract=off), the blended weights are bit-identical. */
 static inline float blended(const float *w0, const float *w1, float alpha, uint32_t i) {
     if (!w1) return w0[i];
-    if (alpha == 1.0f) return w1[i];
-    return w0[i] + alpha * (w1[i] - w0[i]);
+    return (1.0f - alpha) * w0[i] + alpha * w1[i];
 }
 
 static inline uint32_t magnitude_bits(float v) {      /* |v| as an order-preserving integer */

@@ -9,6 +9,7 @@ the efficient end) and `weight1`/`bias1` (endpoint 1, the accurate end).
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,11 @@ from lcs.subspace.levels import StructuredMap
 # relative to the weight tensor's standard deviation. Small enough that the line starts short,
 # large enough that the two endpoints are different networks from the first step.
 COPY_NOISE = 0.1
+
+
+def _float32(value: float) -> float:
+    """The nearest float32, as a Python float."""
+    return struct.unpack("<f", struct.pack("<f", value))[0]
 
 
 @dataclass
@@ -55,9 +61,10 @@ class SubspaceLayer(nn.Module):
         p1 = getattr(self, name + "1", None)
         if p0 is None or p1 is None:
             return p0
-        a = self.state.alpha
-        # Exact at both ends ((1 - 1) * w0 + 1 * w1 == w1), and both endpoints stay in the graph
-        # (DDP needs every parameter to take part in every step).
+        # alpha as the float32 every device holds (firmware ctrl vectors, alpha-input graphs), so their
+        # (1 - alpha) w0 + alpha w1 gives bit-identical weights. Exact at both ends ((1 - 1) * w0 + 1 * w1
+        # == w1), and both endpoints stay in the graph (DDP needs every parameter in every step).
+        a = _float32(self.state.alpha)
         return (1.0 - a) * p0 + a * p1
 
     def endpoint_pairs(self):

@@ -7,7 +7,7 @@ Each conv/linear keeps its stored endpoint weights (read-only, in flash) and rea
     ctrl = [alpha, thr, w_scale, w_zero, qmin, qmax, w_qon, a_scale, a_zero, a_qon]
 
 and in the graph
-    w   = p1 if alpha == 1 else p0 + alpha * (p1 - p0)          (LCS+L blending; point: p0)
+    w   = (1 - alpha) * p0 + alpha * p1                        (LCS+L blending as layers.py; point: p0)
     w   = w if |w| >= thr else 0                                (TopK as a per-layer magnitude threshold)
     w   = w + ((clamp(round(w / s) + z, qmin, qmax) - z) * s - w)   if w_qon     (fake_quant of compress.py)
     x   = (clamp(round(x / as) + az, qmin, qmax) - az) * as             if a_qon     (QuantizeInput of export.py)
@@ -38,7 +38,7 @@ CTRL_LEN = len(CTRL_FIELDS)
 def _blend(p0: torch.Tensor, p1: torch.Tensor | None, alpha: torch.Tensor) -> torch.Tensor:
     if p1 is None:
         return p0
-    return torch.where(alpha == 1.0, p1, p0 + alpha * (p1 - p0))
+    return (1.0 - alpha) * p0 + alpha * p1  # the formula of lcs/subspace/layers.py, exact at both ends
 
 
 def _snap(t: torch.Tensor, scale, zero, qmin, qmax) -> torch.Tensor:
