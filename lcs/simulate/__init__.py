@@ -9,10 +9,13 @@
 - `profile.py`: levels with accuracy and latency, from an artifact manifest or a JSON profile.
 - `model.py`: the documented latency/power/energy/battery model.
 - `policies.py`: the policy API (`Policy.choose`, `register`) and the built-in policies.
-- `runner.py`: the replay loop and the executor seam (model-only now; hardware-in-the-loop later).
+- `runner.py`: the replay loop and the executor seam (model-only, or a device's own answers).
+- `hardware.py`: hardware in the loop (`DeviceExecutor`) over any client with hello / set_level / infer: lcs
+  firmware over serial (`--device`, `--sim`) or a CPU build on a Linux board over TVM RPC (`--rpc`, `--tracker
+  --key`: `lcs.transport.rpc.RuntimeDevice`).
 - `output.py`: timeline.csv, summary.json, timeline.png and the printed table.
 
-This package imports neither torch nor TVM.
+This package imports neither torch nor TVM (TVM only when a run uses --rpc/--tracker).
 """
 
 from __future__ import annotations

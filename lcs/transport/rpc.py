@@ -8,9 +8,9 @@ session, and the small device client (`RuntimeDevice`) that runs an artifact's l
 
 Before TVM connects, a probe with a timeout checks that the address answers as a TVM RPC server or tracker (`_probe`:
 TVM's own clients have no timeouts). Failed attempts are retried with back-off; what still fails is an `RpcError`
-naming the address. At a tracker the key is checked against the
-tracker's summary first (a request for an unknown key would wait forever), and the request itself has a deadline
-(a known key whose boards are all busy waits at most `request_timeout_s`).
+naming the address. At a tracker the key is checked against the tracker's summary first (a request for an unknown
+key would wait forever), and the request itself has a deadline (a known key whose boards are all busy waits at most
+REQUEST_TIMEOUT_S).
 
 TVM's RPC server keeps uploads in a per-session temporary folder: what is uploaded lives as long as the session.
 
@@ -231,12 +231,12 @@ class HeldFiles:
         self._session, self._held = session, held
 
     def upload(self, data, target=None):
-        import os
+        from pathlib import Path
 
         from lcs.artifact import sha256
 
-        name = target or os.path.basename(data)
-        blob = data if isinstance(data, bytearray) else open(data, "rb").read()
+        name = target or Path(data).name
+        blob = data if isinstance(data, bytearray) else Path(data).read_bytes()
         if self._held.get(name) != sha256(bytes(blob)):
             self._session.upload(data, target)
 
