@@ -5,7 +5,8 @@
     report = deploy("build/rasp4.lcsa", rpc="192.168.1.20:9090")    # a Linux board running TVM's RPC server
     report = deploy("build/rasp4.lcsa", tracker="10.0.0.1:9190", key="rasp4")   # a free board from a tracker
 
-Steps: verify the artifact (sha256 of every member) and that it was built for this board -> connect (the host speaks
+Serial boards (`--device`, `--sim`; firmware builds): verify the artifact (sha256 of every member) and that it was
+built for this board -> connect (the host speaks
 first: HELLO) -> check the device runs this model's shape (levels, input and output sizes, board name) -> upload the
 weight set in chunks (progress bar, closing line with bytes, seconds and throughput) when the board has a spare weight
 bank -> have the device confirm what it holds (weights CRC, model hash) -> per level: set the level and run every

@@ -343,6 +343,23 @@ def test_unreachable_board_with_a_real_artifact(host_lcsa, fast_connect):
 
 @pytest.mark.tvm
 @pytest.mark.slow
+def test_a_wrong_answer_on_the_board_fails_the_self_test(host_lcsa, rpc_server, tmp_path):
+    """Reference outputs of level 1 shifted by 1e-3 (above the build's 1e-4): the board's real outputs no longer match."""
+    from lcs import artifact as A
+
+    art = A.open_artifact(host_lcsa)
+    reference = art.reference()
+    reference["level1"] = reference["level1"] + np.float32(1e-3)
+    members = {m: art.read(m) for m in art.members()}
+    members["reference.npz"] = A.npz_bytes(reference)
+    shifted = A.write_artifact(tmp_path / "shifted.lcsa", art.manifest, members)
+    result = run("deploy", shifted, "--rpc", rpc_server, "--no-progress")
+    one_line_error(result, "self-test failed on level(s) 1 (level 1: max |error| 0.001")
+    assert "FAIL" in result.stdout and result.stdout.count("pass") == 1, result.stdout  # the table still shows it
+
+
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_library_for_another_architecture(host_lcsa, rpc_server, tmp_path):
     """The artifact's library swapped for a real aarch64 shared object: the x86 board cannot load it."""
     from lcs import artifact as A
