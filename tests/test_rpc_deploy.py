@@ -336,9 +336,15 @@ def test_firmware_is_not_for_rpc(host_lcsa, tmp_path):
 
 
 @pytest.mark.tvm
-def test_unreachable_board_with_a_real_artifact(host_lcsa, fast_connect):
+def test_unreachable_board_with_a_real_artifact(host_lcsa, fast_connect, tmp_path):
     one_line_error(run("deploy", host_lcsa, "--rpc", f"127.0.0.1:{free_port()}"),
                    "cannot reach the board over RPC", "after 3 attempts", "Connection refused")
+    trace = tmp_path / "t.csv"
+    trace.write_text(f"{HEADER}\n0,90,0.1,1000\n1,90,0.1,1000\n")
+    one_line_error(run("simulate", "--trace", trace, "--artifact", host_lcsa, "--tracker", f"127.0.0.1:{free_port()}",
+                       "--key", "host", "--out", tmp_path / "o"),
+                   "cannot reach a board through the tracker over RPC")
+    assert not (tmp_path / "o").exists()  # nothing half-written
 
 
 @pytest.mark.tvm

@@ -71,10 +71,10 @@ def build(checkpoint_path: str | Path, target: str, output: str | Path, *, level
         raise ConfigError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if tune < 0:
         raise ConfigError("--tune wants a number of trials >= 0")
-    if tracker and not key:
-        raise ConfigError("--tracker needs --key (the device key the board registered with)")
-    if rpc and tracker:
-        raise ConfigError("give either --rpc host:port or --tracker host:port --key K, not both")
+    if rpc or tracker:  # malformed addresses fail now, not after the compile
+        from lcs.transport.rpc import Endpoint
+
+        Endpoint(rpc, tracker, key)
     if board.kind in ("mcu", "sim"):
         return _build_mcu(checkpoint_path, board, output, levels=levels, strategy=strategy, tune=tune,
                           eval_results=eval_results, log=log)
