@@ -39,6 +39,11 @@ DEFAULT_TIMEOUTS = {P.HELLO: 2.0, P.SET_LEVEL: 20.0, P.INFER: 30.0, P.STATS: 2.0
                     P.UPLOAD_CHUNK: 5.0, P.UPLOAD_COMMIT: 30.0, P.RESET: 2.0, P.LEVEL_INFO: 2.0}
 
 
+# A blocking read returns as soon as a byte arrives; this only bounds how far past its deadline a request whose reply
+# never comes waits (short command timeouts, as on a lossy link, would otherwise all round up to it).
+READ_POLL_S = 0.005
+
+
 class UploadError(LcsError):
     """A weight upload that did not complete (the device keeps its previous weights)."""
 
@@ -97,7 +102,7 @@ class Device:
         options = {"exclusive": True} if exclusive else {}
         while True:
             try:
-                port = serial.serial_for_url(url, baudrate=115200, timeout=0.05, **options)
+                port = serial.serial_for_url(url, baudrate=115200, timeout=READ_POLL_S, **options)
                 break
             except (serial.SerialException, OSError, ValueError) as exc:
                 if _is_busy(exc):

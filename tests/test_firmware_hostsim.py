@@ -152,6 +152,7 @@ def test_shared_vectors_against_the_c_side(device):
     device.send_raw(_expected(frame_type, seq, payload, pattern))
     reply = device.read_frame(2.0)
     assert (reply.type, reply.seq, reply.status) == (P.HELLO | P.REPLY, seq, P.OK)
+    assert P.parse_hello(reply.payload).protocol_version == P.PROTOCOL_VERSION  # main.c and protocol.py agree
 
 
 def test_upload_commits_only_a_complete_checked_set(device, built):
