@@ -443,3 +443,21 @@ def test_runtime_device_reports_the_device_time(host_lcsa, rpc_server):
             np.testing.assert_allclose(outputs, ref[f"level{index}"][0].reshape(-1), atol=1e-4, rtol=0)
             assert 0 < ns < 1e8
         del client
+
+
+@pytest.mark.tvm
+def test_a_server_busy_with_another_session(host_lcsa, rpc_server, fast_connect):
+    """TVM's RPC server serves one session at a time: a second client gets a clear one-line answer, and the server is
+    usable again once the first session ends."""
+    import gc
+
+    holder = R.connect(R.Endpoint(rpc=rpc_server))
+    try:
+        one_line_error(run("deploy", host_lcsa, "--rpc", rpc_server, "--no-progress"),
+                       f"cannot reach the board over RPC at {rpc_server}", "another client's session")
+    finally:
+        holder.session = None
+        gc.collect()
+    link = R.connect(R.Endpoint(rpc=rpc_server), connect_timeout=5.0, attempts=5)
+    assert link.session.cpu() is not None
+    link.session = None

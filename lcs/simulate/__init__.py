@@ -161,11 +161,11 @@ def _open_rpc_device(artifact: str | Path, remote, board: str):
     art = R.cpu_artifact(artifact, remote.key)
     # no session time limit: the replay lasts as long as the trace (the session still ends with this process)
     with R.connected(remote, session_timeout=0) as link:
-        runtime = R.resident_runtime(art, link)
+        client = R.RuntimeDevice(R.resident_runtime(art, link), board)
         try:
-            yield R.RuntimeDevice(runtime, board)
+            yield client
         finally:
-            del runtime
+            client.close()  # the executor may outlive this block: it must not keep the session open
 
 
 def device_executor(client, url: str, board: BoardPower, levels: Profile, artifact: str | Path | None):

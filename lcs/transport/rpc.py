@@ -123,7 +123,7 @@ def connect(where: Endpoint, *, session_timeout: float | None = None, connect_ti
         import tvm.rpc
     except ImportError as exc:
         raise RpcError(f"TVM RPC needs the TVM runtime ({exc}); pip install apache-tvm==0.27.0.post1") from None
-    last = ""
+    last, timed_out = "", False
     for attempt in range(1, attempts + 1):
         try:
             _probe(host, port, connect_timeout, tracker=where.tracker is not None)
@@ -135,11 +135,13 @@ def connect(where: Endpoint, *, session_timeout: float | None = None, connect_ti
         except RpcError:
             raise  # a definite answer (not an RPC server, unknown key, no free board): retrying will not change it
         except Exception as exc:  # refused, timed out, reset, TVM's connect check
-            last = _one_line(exc)
+            last, timed_out = _one_line(exc), isinstance(exc, TimeoutError)
         if attempt < attempts:
             time.sleep(BACKOFF_S * 2 ** (attempt - 1))
     what = "the board" if where.rpc is not None else "a board through the tracker"
-    raise RpcError(f"cannot reach {what} over RPC at {host}:{port} after {attempts} attempts ({last})")
+    # a TVM RPC server serves one session at a time and does not answer meanwhile
+    busy = "; is another client's session holding the server?" if timed_out and where.rpc is not None else ""
+    raise RpcError(f"cannot reach {what} over RPC at {host}:{port} after {attempts} attempts ({last}){busy}")
 
 
 PROBE_KEY = b"client:lcs-probe"  # matches no server key: a TVM RPC server answers "mismatch" and hangs up
@@ -248,13 +250,15 @@ def resident_runtime(art, link: Link, held: dict[str, str] | None = None):
     """Every level of `art` loaded on the board behind `link` (libraries loaded there, weights in its memory)."""
     from lcs.runtime import RunError, Runtime
 
-    session = HeldFiles(link.session, held) if held else link.session
     try:
-        return Runtime(art, session=session)
+        return Runtime(art, session=HeldFiles(link.session, held) if held else link.session)
     except RunError as exc:  # most often a library built for another architecture
-        cpu = (art.manifest.get("target") or {}).get("cpu") or "?"
-        raise RunError(f"the board at {link.describe()} cannot run {art.path} (built for {art.target_name!r}, "
-                       f"cpu {cpu}): {exc}") from None
+        reason = str(exc)
+    # raised outside the except block on purpose: a chained exception would keep the failed Runtime's frames, and with
+    # them the session, alive; TVM's RPC server serves one session at a time and would stay busy
+    cpu = (art.manifest.get("target") or {}).get("cpu") or "?"
+    raise RunError(f"the board at {link.describe()} cannot run {art.path} (built for {art.target_name!r}, cpu {cpu}): "
+                   f"{reason}")
 
 
 # -- a device client over a resident Runtime ----------------------------------------------------------------
@@ -295,6 +299,10 @@ class RuntimeDevice:
         start = time.perf_counter_ns()
         self.runtime.set_level(index)
         return self.runtime.level, time.perf_counter_ns() - start
+
+    def close(self) -> None:
+        """Let go of the resident levels (remote modules and tensors), so the session can end."""
+        self.runtime = None
 
     def infer(self, values) -> tuple[list[float], int]:
         x = np.asarray(values, dtype=self.dtype).reshape(self.shape)
