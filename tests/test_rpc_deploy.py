@@ -319,6 +319,21 @@ def test_unknown_key_at_the_tracker_lists_the_known_ones(host_lcsa, tracker):
 
 
 @pytest.mark.tvm
+def test_unknown_key_in_a_real_process(host_lcsa, tracker):
+    """The same refusal from `python -m lcs` itself: exit code 2, one line on stderr, no TVM noise."""
+    import os
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "lcs", "deploy", str(host_lcsa), "--tracker", tracker, "--key",
+                           "pi-zero"], capture_output=True, text=True, cwd=root, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [f"error: the tracker at {tracker} knows no board with key 'pi-zero' "
+                                        f"(keys: host)"], proc.stderr
+
+
+@pytest.mark.tvm
 def test_a_key_naming_another_board_is_refused_before_connecting(host_lcsa):
     # port 1: nothing listens there, so the refusal must come from the artifact check
     one_line_error(run("deploy", host_lcsa, "--tracker", "127.0.0.1:1", "--key", "rasp4"),
