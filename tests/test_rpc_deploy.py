@@ -176,6 +176,7 @@ def test_a_file_the_board_holds_differently_is_refused(tmp_path):
     assert _confirm_held(FakeSession(), art, {}, "rpc:test") == {}
 
 
+@pytest.mark.tvm  # the probe uses tvm.rpc's handshake constants
 def test_unreachable_and_silent_ports_fail_fast(fast_connect):
     closed = free_port()
     started = time.perf_counter()
@@ -195,6 +196,7 @@ def test_unreachable_and_silent_ports_fail_fast(fast_connect):
     assert time.perf_counter() - started < 20
 
 
+@pytest.mark.tvm
 def test_a_service_that_is_not_tvm_rpc(fast_connect):
     import threading
 
