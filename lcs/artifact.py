@@ -28,6 +28,7 @@ An artifact is an uncompressed POSIX tar of regular files. `manifest.json` is it
         "members": {"library": "lib/level0.so", "weights": "weights/level0.npz"}   # what this level uses
       }, ...],
       "reference": "reference.npz",         # "input" (sample inputs) and "level<i>" (expected outputs)
+      "runtime": {"threads": 1, ...},       # CPU builds timed on the board: the thread count lcs.runtime caps at
       "members": {"lib/level0.so": {"sha256": "...", "size": 1234}, ...}   # every member but the manifest
       ...                                   # producers may add keys (e.g. "firmware", "tuning"); readers ignore them
     }
@@ -269,5 +270,5 @@ def describe(path: str | Path, expect_target: str | None = None) -> dict:
             "target": a.target_name, "strategy": m.get("strategy"),
             "family": (m.get("compression_map") or {}).get("family"), "input": m.get("input"),
             "output": m.get("output"), "modules": m.get("modules"), "verification": m.get("verification"),
-            "tuning": m.get("tuning"), "levels": summary_rows(a), "members": m["members"],
+            "tuning": m.get("tuning"), "runtime": m.get("runtime"), "levels": summary_rows(a), "members": m["members"],
             "size": Path(path).stat().st_size}

@@ -81,6 +81,7 @@ class Runtime:
             raise RunError(f"{self.artifact.path} is microcontroller firmware; deploy it with `lcs deploy`")
         tvm, VirtualMachine = _import_tvm()
         self._tvm = tvm
+        self._session = session
         self.device = session.cpu() if session is not None else tvm.cpu()
         self.input_spec = manifest["input"]
         self._vms: dict[str, object] = {}
@@ -120,6 +121,26 @@ class Runtime:
                 args.append(tvm.runtime.tensor(array, self.device))
             self._levels.append((self._vms[module], args))
         self.level = 0
+        # the build measured how many threads this model gains from (tiny models lose to the thread pool's
+        # hand-offs); never use more than that, nor more than the process was given (TVM_NUM_THREADS)
+        best = (manifest.get("runtime") or {}).get("threads")
+        if best:
+            self.set_threads(min(int(best), self.threads()))
+
+    def _runtime_function(self, name: str):
+        if self._session is not None:
+            return self._session.get_function(name)
+        return self._tvm.get_global_func(name)
+
+    def threads(self) -> int:
+        """Worker threads TVM's pool uses for the next call (on the board, over RPC)."""
+        return int(self._runtime_function("runtime.NumThreads")())
+
+    def set_threads(self, count: int) -> None:
+        """Resize TVM's thread pool. It is one per process: every Runtime in this process shares it."""
+        if count < 1:
+            raise RunError(f"threads must be >= 1, got {count}")
+        self._runtime_function("runtime.config_threadpool")(0, int(count))  # mode 0: TVM's default affinity
 
     @property
     def levels(self) -> list[dict]:

@@ -96,6 +96,32 @@ def test_runtime_errors(host_artifact):
 
 
 @pytest.mark.tvm
+def test_build_records_thread_counts_and_runtime_caps_the_pool(host_artifact, tmp_path):
+    from lcs import artifact as art
+    from lcs.runtime import Runtime
+
+    a = art.open_artifact(host_artifact)
+    measured = a.manifest["runtime"]
+    by_threads = measured["latency_ms_by_threads"]
+    assert min(int(k) for k in by_threads) == 1
+    chosen = str(measured["threads"] or 1)  # null: only one count could be measured, nothing to cap
+    for i, level in enumerate(a.levels):  # a level's latency is the one at the chosen thread count
+        assert level["latency_ms"] == by_threads[chosen][i] > 0
+    rt = Runtime(a)
+    given = rt.threads()  # TVM_NUM_THREADS, or TVM's default of half the logical CPUs
+    members = {name: a.read(name) for name in a.members()}
+    capped = tmp_path / "capped.lcsa"
+    try:
+        art.write_artifact(capped, {**a.manifest, "runtime": {**measured, "threads": 1}}, members)
+        assert Runtime(capped).threads() == 1
+        rt.set_threads(given)
+        art.write_artifact(capped, {**a.manifest, "runtime": {**measured, "threads": given + 2}}, members)
+        assert Runtime(capped).threads() == given  # never more than the process was given
+    finally:
+        rt.set_threads(given)
+
+
+@pytest.mark.tvm
 def test_runtime_cli_check(host_artifact):
     proc = subprocess.run([sys.executable, "-m", "lcs.runtime", str(host_artifact), "--check"], capture_output=True,
                           text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "TVM_USE_RUNTIME_LIB": "1"})

@@ -1,8 +1,8 @@
 """The TVM side of a build: board -> Target, torch.export -> Relax, compile, cross-compile, tune, time.
 
 Facts this relies on (TVM 0.27, see the notes): targets are dicts or tags, never strings; host targets need "mcpu"
-or LLVM emits baseline SSE2 code; MetaSchedule must tune the exact module that ships (weights as inputs) with a
-LocalBuilder timeout >= 120 s; tuning databases are keyed by workload and target.
+or LLVM emits baseline SSE2 code; MetaSchedule must tune the exact module that ships (weights as inputs); tuning databases are keyed by workload and
+target.
 """
 
 from __future__ import annotations
@@ -103,6 +103,12 @@ def _prepare_for_tuning(mod):
 
 # tasks that only move data; MetaSchedule's default schedule for them is already as good as it gets
 LAYOUT_ONLY = ("reshape", "transpose")
+# a task doing less than this share of its module's arithmetic (a global pool, a 10-class head) costs a few
+# microseconds with the default schedule: not worth a warm-up round of trials
+TINY_TASK_SHARE = 0.01
+# trials per search round: the evolutionary search and the cost model run once per round (~1 s), so rounds must
+# not be tiny, but the first round of every task is spent before the scheduler knows where time goes
+TRIALS_PER_ROUND = 8
 
 
 @dataclass
@@ -110,13 +116,85 @@ class Tuning:
     trials: int
     database: Path
     reused: bool
-    seconds: float
+    seconds: float  # this call (next to nothing when the database is reused)
+    tasks: int = 0  # kernels tuned
+    tuning_seconds: float | None = None  # what making the database took
+
+
+def _register_cpu_tensor_intrinsics() -> None:
+    """Register only the CPU tensor intrinsics before MetaSchedule asks for all of them.
+
+    MetaSchedule imports `tvm.s_tir.tensor_intrin`, whose __init__ parses every backend's intrinsics in TVMScript:
+    45 s on this 2-core machine (27 s CUDA, 7 s ROCm, 3 s Hexagon), a sixth of the tuning budget. CPU schedules can
+    only use the x86 and Arm ones, so the package is entered under its own name with just those two loaded."""
+    import importlib.util
+    import sys
+    import types
+
+    name = "tvm.s_tir.tensor_intrin"
+    if name in sys.modules:
+        return
+    spec = importlib.util.find_spec(name)
+    package = types.ModuleType(name, "CPU tensor intrinsics only (registered by lcs for tuning)")
+    package.__path__ = list(spec.submodule_search_locations)
+    package.__package__ = name
+    sys.modules[name] = package
+    importlib.import_module(f"{name}.x86")
+    importlib.import_module(f"{name}.arm_cpu")
+
+
+def _in_process_builder():
+    """A MetaSchedule builder that compiles candidates in this process.
+
+    TVM's LocalBuilder starts a fresh worker pool for every batch (to dodge a leak in long sessions), and each new
+    worker imports TVM and all tensor intrinsics again: ~45 s per batch of 8-16 candidates here. Compiling in process
+    costs ~0.3 s a candidate; a tuning run is short enough for the leak not to matter."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+    from tvm.s_tir.meta_schedule.builder.local_builder import default_build, default_export
+
+    @derived_object
+    class InProcessBuilder(PyBuilder):
+        def build(self, build_inputs):
+            results = []
+            for item in build_inputs:
+                try:
+                    with warnings.catch_warnings():  # default_build still calls the deprecated tvm.build
+                        warnings.simplefilter("ignore", DeprecationWarning)
+                        library = default_build(item.mod, item.target, None)
+                    results.append(BuilderResult(default_export(library), None))
+                except Exception as exc:  # a candidate that does not compile is a failed trial, not a failed build
+                    results.append(BuilderResult(None, f"{type(exc).__name__}: {exc}"))
+            return results
+
+    return InProcessBuilder()
+
+
+def _tasks_worth_tuning(modules, target) -> list:
+    """The distinct compute tasks of all modules (an identical kernel in two modules is tuned once), without layout
+    copies and without tasks doing under TINY_TASK_SHARE of their module's arithmetic."""
+    import tvm_ffi
+    from tvm.s_tir.analysis import estimate_tir_flops
+    from tvm.s_tir.meta_schedule.relax_integration import extract_tasks
+
+    unique: dict[int, object] = {}
+    for mod in modules:
+        tasks = [t for t in extract_tasks(mod, target) if not t.task_name.startswith(LAYOUT_ONLY)]
+        flops = [estimate_tir_flops(t.dispatched[0]) * t.weight for t in tasks]
+        total = sum(flops) or 1.0
+        for task, work in zip(tasks, flops):
+            if work < TINY_TASK_SHARE * total:
+                continue
+            seen = unique.setdefault(tvm_ffi.structural_hash(task.dispatched[0]), task)
+            if seen is not task:
+                seen.weight += task.weight
+    return list(unique.values())
 
 
 def tune(mods: list, target, trials: int, *, runner=None, log=None) -> tuple[list, Tuning]:
     """MetaSchedule-tune the modules that ship (weights as inputs) for `target`, `trials` trials per module, jointly:
-    one task scheduler and one builder for all of them (the builder's start-up alone costs ~45 s on 2 cores).
-    Returns (modules with the schedules applied, Tuning).
+    one task scheduler for all of them, which spends the trials where the time goes (gradient scheduler, rounds of
+    TRIALS_PER_ROUND). Returns (modules with the schedules applied, Tuning).
 
     The database lives in ${LCS_CACHE_DIR:-~/.cache/lcs}/tune/<key of the module structures and target>; a later build
     of the same structures (any weights) on the same target with no more trials reuses it without tuning again."""
@@ -124,8 +202,10 @@ def tune(mods: list, target, trials: int, *, runner=None, log=None) -> tuple[lis
     import time
 
     from tvm import relax
+
+    _register_cpu_tensor_intrinsics()
     from tvm.s_tir import meta_schedule as ms
-    from tvm.s_tir.meta_schedule.relax_integration import extract_tasks, extracted_tasks_to_tune_contexts
+    from tvm.s_tir.meta_schedule.relax_integration import extracted_tasks_to_tune_contexts
 
     prepared = [_prepare_for_tuning(m) for m in mods]
     key = hashlib.sha256("".join(sorted(module_key(m, target) for m in prepared)).encode()).hexdigest()[:20]
@@ -134,19 +214,18 @@ def tune(mods: list, target, trials: int, *, runner=None, log=None) -> tuple[lis
     done = json.loads(done_file.read_text()) if done_file.is_file() else {}
     start = time.perf_counter()
     reused = done.get("trials", 0) >= trials
+    count, took = done.get("tasks", 0), done.get("seconds")
     if not reused:
         work.mkdir(parents=True, exist_ok=True)
+        chosen = _tasks_worth_tuning(prepared, target)
+        count = len(chosen)
         if log:
-            log(f"tuning {trials} trials x {len(mods)} module(s) into {work}")
-        unique: dict[str, object] = {}
-        for m in prepared:
-            for task in extract_tasks(m, target):
-                if task.task_name.startswith(LAYOUT_ONLY):  # nothing to gain; each task costs a warm-up round
-                    continue
-                seen = unique.setdefault(task.mod.script(show_meta=False), task)
-                if seen is not task:
-                    seen.weight += task.weight
-        tasks, weights = extracted_tasks_to_tune_contexts(list(unique.values()), str(work))
+            log(f"tuning {trials} trials x {len(mods)} module(s) over {count} kernels into {work}")
+        # a small population and two evolution rounds: the search runs once per round of 8 trials, and with 512
+        # candidates and 4 rounds (TVM's defaults) it cost more than measuring the trials it picked
+        search = ms.search_strategy.EvolutionarySearch(population_size=128, genetic_num_iters=2,
+                                                       init_min_unmeasured=32)
+        tasks, weights = extracted_tasks_to_tune_contexts(chosen, str(work), strategy=search)
         quiet = logging.getLogger("tvm.s_tir.meta_schedule")
         level = quiet.level
         quiet.setLevel(logging.WARNING)  # the per-task logs stay in work/logs
@@ -154,17 +233,26 @@ def tune(mods: list, target, trials: int, *, runner=None, log=None) -> tuple[lis
             with filtered_tvm_logs():
                 ms.tune.tune_tasks(
                     tasks=tasks, task_weights=weights, work_dir=str(work), max_trials_global=trials * len(mods),
-                    max_trials_per_task=max(8, trials), num_trials_per_iter=min(8, max(2, trials // 12)),
-                    builder=ms.builder.LocalBuilder(max_workers=1, timeout_sec=300),
-                    runner=runner or ms.runner.LocalRunner(timeout_sec=60))
+                    max_trials_per_task=max(TRIALS_PER_ROUND, min(trials, 64)), num_trials_per_iter=TRIALS_PER_ROUND,
+                    builder=_in_process_builder(),
+                    runner=runner or ms.runner.LocalRunner(timeout_sec=60, evaluator_config=_evaluator()))
         finally:
             quiet.setLevel(level)
+        took = round(time.perf_counter() - start, 1)
         tmp = done_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"trials": trials, "modules": len(mods), "target": str(target.export())}))
+        tmp.write_text(json.dumps({"trials": trials, "modules": len(mods), "tasks": count, "seconds": took,
+                                   "target": str(target.export())}))
         os.replace(tmp, done_file)
     with target:
         tuned = [relax.transform.MetaScheduleApplyDatabase(str(work))(m) for m in prepared]
-    return tuned, Tuning(trials, work, reused, time.perf_counter() - start)
+    return tuned, Tuning(trials, work, reused, time.perf_counter() - start, count, took)
+
+
+def _evaluator():
+    from tvm.s_tir import meta_schedule as ms
+
+    # 30 ms per measurement is hundreds of runs of a kernel of tens of microseconds (TVM's default is 100 ms)
+    return ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=30)
 
 
 def rpc_runner(tracker: str, key: str):
@@ -172,7 +260,8 @@ def rpc_runner(tracker: str, key: str):
 
     host, port = split_address(tracker, "--tracker")
     return ms.runner.RPCRunner(rpc_config=ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
-                                                              session_timeout_sec=120))
+                                                              session_timeout_sec=120),
+                               evaluator_config=_evaluator())
 
 
 def split_address(text: str, option: str) -> tuple[str, int]:

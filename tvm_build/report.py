@@ -20,8 +20,15 @@ def print_info(info: dict, console: Console | None = None) -> None:
                   + (f"  verified on {v.get('on')} (max abs diff {v.get('max_abs_diff'):.3g})" if v else ""))
     if info.get("tuning"):
         for t in info["tuning"]:
+            took = t.get("tuning_seconds")
             console.print(f"tuned {', '.join(t['modules'])}: {t['trials_per_module']} trials per module"
-                          f"{' (database reused)' if t.get('reused') else ''}")
+                          + (f", {t['kernels']} kernels" if t.get("kernels") else "")
+                          + (f", {took:.0f} s" if took is not None else "")
+                          + (" (database reused)" if t.get("reused") else ""))
+    threads = (info.get("runtime") or {}).get("threads")
+    if threads:
+        console.print(f"runs on {threads} thread(s): the fastest count measured on "
+                      f"{info['runtime'].get('measured_on')}")
     table = Table()
     for col in ("level", "alpha", "compression", "acc %", "ms", "cycles", "weights B", "library"):
         table.add_column(col, justify="left" if col in ("compression", "library") else "right", no_wrap=True)
