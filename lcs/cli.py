@@ -218,6 +218,8 @@ def simulate_cmd(trace_path, artifact_path, profile_path, accuracy_path, board, 
 @click.option("--strategy", type=click.Choice(["per-level", "weights-as-input", "alpha-input"]), default="per-level",
               show_default=True, help="one module per level, one module with weights as inputs, or alpha as input")
 @click.option("--tune", type=int, default=0, show_default=True, help="MetaSchedule trials per module (0: untuned)")
+@click.option("--threads", type=int, default=None,
+              help="CPU threads the model runs on: kernels planned and tuned for it [default: every core]")
 @click.option("--rpc", default=None, metavar="HOST:PORT", help="a TVM RPC server on the board: verify and time there")
 @click.option("--tracker", default=None, metavar="HOST:PORT", help="a TVM RPC tracker: tune, verify and time on a board")
 @click.option("--key", default=None, help="device key of the board at the tracker")
@@ -228,14 +230,14 @@ def simulate_cmd(trace_path, artifact_path, profile_path, accuracy_path, board, 
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON")
 @fail_cleanly
-def build_cmd(checkpoint_path, target, levels, strategy, tune, rpc, tracker, key, eval_results, output, progress,
-              as_json):
+def build_cmd(checkpoint_path, target, levels, strategy, tune, threads, rpc, tracker, key, eval_results, output,
+              progress, as_json):
     """Compile a checkpoint for a board into one verified artifact."""
     from tvm_build.build import build
     from tvm_build.report import print_build
 
-    summary = build(checkpoint_path, target, output, levels=levels, strategy=strategy, tune=tune, rpc=rpc,
-                    tracker=tracker, key=key, eval_results=eval_results, progress=progress and not as_json,
+    summary = build(checkpoint_path, target, output, levels=levels, strategy=strategy, tune=tune, threads=threads,
+                    rpc=rpc, tracker=tracker, key=key, eval_results=eval_results, progress=progress and not as_json,
                     log=lambda msg: click.echo(msg, err=True))
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))

@@ -196,6 +196,8 @@ def test_verification_failure_writes_nothing(ckpts, tmp_path, monkeypatch):
     (["--target", "host", "--levels", "keep=2"], "outside the trained range"),
     (["--target", "host", "--levels", "width=0.5"], "does not fit the unstructured family"),
     (["--target", "rasp4", "--tune", "4"], "needs the board"),
+    (["--target", "host", "--threads", "0"], "--threads wants a count >= 1"),
+    (["--target", "host-sim", "--threads", "2"], "--threads is for CPU boards"),
 ])
 def test_bad_build_input(ckpts, tmp_path, args, expect):
     code, text = run_cli("build", ckpts["unstructured"], *args, "--no-progress", "-o", tmp_path / "x.lcsa")
@@ -267,6 +269,25 @@ def test_tuning_smoke_and_database_reuse(ckpts, tmp_path, monkeypatch):
     second = build(ckpts["structured"], "host", tmp_path / "t2.lcsa", levels="0.0", tune=2, progress=False)
     assert second["tuning"][0]["reused"] is True and second["tuning"][0]["database"] == str(db)
     assert second["verification"]["max_abs_diff"] <= 1e-4
+
+
+def test_threads_plan_the_kernels_and_cap_the_runtime(ckpts, tmp_path):
+    from lcs import artifact as art
+    from lcs.runtime import Runtime
+    from tvm_build.build import build
+
+    summary = build(ckpts["structured"], "host", tmp_path / "one.lcsa", levels="1.0", threads=1, progress=False)
+    assert summary["runtime"]["threads"] == 1 and list(summary["runtime"]["latency_ms_by_threads"]) == ["1"]
+    a = art.open_artifact(tmp_path / "one.lcsa")
+    assert a.manifest["runtime"]["threads"] == 1
+    import tvm
+
+    given = tvm.get_global_func("runtime.NumThreads")()
+    rt = Runtime(a)
+    try:
+        assert rt.threads() == 1
+    finally:
+        rt.set_threads(given)
 
 
 def test_verify_and_time_over_rpc(ckpts, tmp_path):

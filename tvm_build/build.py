@@ -62,8 +62,12 @@ def load_board(name: str):
 def build(checkpoint_path: str | Path, target: str, output: str | Path, *, levels: str | None = None,
           strategy: str = "per-level", tune: int = 0, rpc: str | None = None, tracker: str | None = None,
           key: str | None = None, eval_results: str | Path | None = None, progress: bool = True,
-          log: Callable[[str], None] | None = None) -> dict:
-    """Build and write the artifact; returns a summary (the manifest plus timings)."""
+          threads: int | None = None, log: Callable[[str], None] | None = None) -> dict:
+    """Build and write the artifact; returns a summary (the manifest plus timings).
+
+    `threads` (CPU boards): the thread count the model runs on. Kernels are planned and tuned for it and lcs.runtime
+    never uses more; without it the kernels are planned for every core and the build records the fastest count it
+    can measure."""
     log = log or (lambda msg: None)
     output = Path(output)
     board = load_board(target)
@@ -71,11 +75,15 @@ def build(checkpoint_path: str | Path, target: str, output: str | Path, *, level
         raise ConfigError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if tune < 0:
         raise ConfigError("--tune wants a number of trials >= 0")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads wants a count >= 1, got {threads}")
     if rpc or tracker:  # malformed addresses fail now, not after the compile
         from lcs.transport.rpc import Endpoint
 
         Endpoint(rpc, tracker, key)
     if board.kind in ("mcu", "sim"):
+        if threads is not None:
+            raise ConfigError(f"--threads is for CPU boards; {board.name} runs the model on its one core")
         return _build_mcu(checkpoint_path, board, output, levels=levels, strategy=strategy, tune=tune,
                           eval_results=eval_results, log=log)
     if board.kind != "linux":
@@ -106,7 +114,8 @@ def build(checkpoint_path: str | Path, target: str, output: str | Path, *, level
                           f"changes them: use --strategy per-level")
     accuracy = accuracy_table(ckpt.metrics, eval_results)
     with _Progress(progress) as bar:
-        return _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key, accuracy, bar, log)
+        return _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key, accuracy, threads, bar,
+                            log)
 
 
 def _build_mcu(checkpoint_path, board, output: Path, *, levels, strategy, tune, eval_results, log) -> dict:
@@ -183,7 +192,8 @@ def _networks(ckpt, alphas, strategy, example):
     return [make(ckpt.model, a, example) for a in alphas]
 
 
-def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key, accuracy, bar, log) -> dict:
+def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key, accuracy, threads, bar,
+                 log) -> dict:
     import torch
     import tvm
 
@@ -198,7 +208,7 @@ def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key,
     bar.step("materializing levels", 0)
     nets = _networks(ckpt, alphas, strategy, example)
     bar.step("materialized levels")
-    target = tc.make_target(board)
+    target = tc.make_target(board, threads)
     runner = tc.rpc_runner(tracker, key) if (tune and tracker) else None
 
     modules: list[CompiledModule] = []
@@ -311,12 +321,15 @@ def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key,
         for i, row in enumerate(level_rows):
             row["max_abs_diff"] = diffs[i]
         if timed:
-            threads, by_threads = _best_thread_count(runtime, len(level_rows))
+            chosen, by_threads = _best_thread_count(runtime, len(level_rows), threads)
             for i, row in enumerate(level_rows):
-                row["latency_ms"] = by_threads[threads][i]
+                row["latency_ms"] = by_threads[chosen][i]
             # one count measured (TVM's pool was given one thread): no evidence to cap anything with
-            manifest["runtime"] = {"threads": threads if len(by_threads) > 1 else None, "measured_on": where,
+            manifest["runtime"] = {"threads": threads or (chosen if len(by_threads) > 1 else None),
+                                   "measured_on": where,
                                    "latency_ms_by_threads": {str(k): v for k, v in by_threads.items()}}
+        elif threads:
+            manifest["runtime"] = {"threads": threads}
         manifest["verification"] = {"atol": ATOL, "on": where, "samples": int(len(xs)), "max_abs_diff": max(diffs)}
         bar.step("verified", 0)
         del runtime
@@ -327,12 +340,15 @@ def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key,
     return manifest
 
 
-def _best_thread_count(runtime, levels: int) -> tuple[int, dict[int, list[float]]]:
+def _best_thread_count(runtime, levels: int, threads: int | None) -> tuple[int, dict[int, list[float]]]:
     """Time every level at 1, 2, 4, ... threads up to the size of TVM's pool (TVM_NUM_THREADS, else half the logical
     CPUs); the fewest threads within 3 % of the fastest total win (batch-1 kernels of a small model can lose more to
-    the pool's hand-offs than they gain)."""
+    the pool's hand-offs than they gain). With `threads` given, only that count (as far as the pool allows)."""
     most = runtime.threads()
-    counts = sorted({1, most, *(2 ** k for k in range(1, most.bit_length()) if 2 ** k < most)})
+    if threads:
+        counts = [min(threads, most)]
+    else:
+        counts = sorted({1, most, *(2 ** k for k in range(1, most.bit_length()) if 2 ** k < most)})
     by_threads = {}
     for count in counts:
         runtime.set_threads(count)

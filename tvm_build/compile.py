@@ -42,11 +42,15 @@ def target_dict(board) -> dict | str:
     return spec
 
 
-def make_target(board):
+def make_target(board, threads: int | None = None):
+    """The board's TVM target; `threads` plans the kernels' parallel loops for that many cores instead of all."""
     import tvm
 
     try:
-        return tvm.target.Target(target_dict(board))
+        target = tvm.target.Target(target_dict(board))
+        if threads:
+            target = tvm.target.Target({**dict(target.export()), "num-cores": int(threads)})
+        return target
     except Exception as exc:  # TVM raises ValueError/TVMError for bad target specs
         raise ConfigError(f"board {board.name}: TVM cannot build target {board.tvm_target!r}: {exc}") from None
 
