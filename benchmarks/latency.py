@@ -2,7 +2,7 @@
 untuned TVM and MetaSchedule-tuned TVM, at 1 and 2 threads; plus the cost of switching level in lcs.runtime.
 
     PYTHONPATH=. python benchmarks/latency.py [--checkpoint CKPT] [--levels width=1.0,width=0.5,width=0.25]
-                                              [--trials 160] [--reps 300] [--fresh]
+                                              [--trials 160] [--rounds 5] [--fresh]
 
 Prints a table (ratios against ONNX Runtime at the same thread count) and writes benchmarks/results/latency.json.
 Each runtime is timed in its own process: TVM's idle worker threads spin after a call and would slow torch down.
@@ -124,13 +124,11 @@ def worker_tvm(spec: dict) -> dict:
             out["switch_ms"] = median_ms(lambda: rt.set_level((rt.level + 1) % n), 2000)
             # inference right after a switch vs at a steady level (cache effects included)
             same = median_ms(lambda: rt.run(x, level=full), spec["reps"])
-            state = {"i": 0}
+            def round_robin():  # one call per level, each right after a switch; timed as a whole round because
+                for i in range(n):  # the median of single calls of a fast and a slow level means nothing
+                    rt.run(x, level=i)
 
-            def alternate():
-                state["i"] = (state["i"] + 1) % n
-                rt.run(x, level=state["i"])
-
-            out["alternating_mean_ms"] = median_ms(alternate, spec["reps"])
+            out["alternating_mean_ms"] = median_ms(round_robin, spec["reps"]) / n
             out["steady_full_ms"] = same
             out["steady_mean_ms"] = float(np.mean(per_level))  # what round robin would cost with no switch effect
     return out
@@ -166,6 +164,7 @@ def main() -> None:
     parser.add_argument("--levels", default="width=1.0,width=0.25")
     parser.add_argument("--trials", type=int, default=160, help="MetaSchedule trials per level module")
     parser.add_argument("--reps", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=5, help="measurement rounds; each figure is their median")
     parser.add_argument("--fresh", action="store_true",
                         help="drop the benchmark's tuning database first, so the tuning time is measured from scratch")
     parser.add_argument("--threads", default="1,2")
@@ -217,10 +216,14 @@ def main() -> None:
                 os.environ["LCS_CACHE_DIR"] = saved
     spec = {"checkpoint": str(ckpt_path), "alphas": alphas, "reps": args.reps, "scratch": str(cache),
             "untuned": str(cache / "untuned.lcsa")}
-    runs = {}
-    for threads in thread_counts:
-        tvm_spec = {**spec, "tuned": tuned_paths.get(threads)}
-        runs[threads] = {**run_worker("torch", spec, threads), **run_worker("tvm", tvm_spec, threads)}
+    # the runtimes take turns, round after round; each figure is the median over the rounds (this 2-vCPU machine has
+    # bursts where one runtime's whole measurement comes out 1.5x slow)
+    rounds: dict[int, list[dict]] = {threads: [] for threads in thread_counts}
+    for _ in range(args.rounds):
+        for threads in thread_counts:
+            tvm_spec = {**spec, "tuned": tuned_paths.get(threads)}
+            rounds[threads].append({**run_worker("torch", spec, threads), **run_worker("tvm", tvm_spec, threads)})
+    runs = {threads: median_over_rounds(r) for threads, r in rounds.items()}
 
     import platform
 
@@ -247,6 +250,26 @@ def main() -> None:
     os.replace(tmp, args.out)
     print_table(result)
     print(f"wrote {args.out}")
+
+
+def median_over_rounds(rounds: list[dict]) -> dict:
+    """Per figure, the median over the rounds (lists element-wise; notes from the first round)."""
+    def med(values):
+        values = [v for v in values if v is not None]
+        return statistics.median(values) if values else None
+
+    out = {}
+    for key, first in rounds[0].items():
+        if key == "notes":
+            out[key] = first
+        elif isinstance(first, list):
+            out[key] = [med([r[key][i] for r in rounds]) for i in range(len(first))]
+        elif first is None:
+            out[key] = None
+        else:
+            out[key] = med([r[key] for r in rounds])
+    out["rounds"] = len(rounds)
+    return out
 
 
 def check_targets(result: dict) -> dict:
