@@ -278,6 +278,9 @@ def test_threads_plan_the_kernels_and_cap_the_runtime(ckpts, tmp_path):
 
     summary = build(ckpts["structured"], "host", tmp_path / "one.lcsa", levels="1.0", threads=1, progress=False)
     assert summary["runtime"]["threads"] == 1 and list(summary["runtime"]["latency_ms_by_threads"]) == ["1"]
+    assert summary["runtime"]["chosen_by"] == "--threads"
+    code, text = run_cli("info", tmp_path / "one.lcsa")
+    assert code == 0 and "runs on at most 1 thread(s): as built with --threads" in text, text
     a = art.open_artifact(tmp_path / "one.lcsa")
     assert a.manifest["runtime"]["threads"] == 1
     import tvm

@@ -326,10 +326,10 @@ def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key,
                 row["latency_ms"] = by_threads[chosen][i]
             # one count measured (TVM's pool was given one thread): no evidence to cap anything with
             manifest["runtime"] = {"threads": threads or (chosen if len(by_threads) > 1 else None),
-                                   "measured_on": where,
+                                   "chosen_by": "--threads" if threads else "fastest measured", "measured_on": where,
                                    "latency_ms_by_threads": {str(k): v for k, v in by_threads.items()}}
         elif threads:
-            manifest["runtime"] = {"threads": threads}
+            manifest["runtime"] = {"threads": threads, "chosen_by": "--threads"}
         manifest["verification"] = {"atol": ATOL, "on": where, "samples": int(len(xs)), "max_abs_diff": max(diffs)}
         bar.step("verified", 0)
         del runtime

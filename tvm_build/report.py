@@ -27,8 +27,9 @@ def print_info(info: dict, console: Console | None = None) -> None:
                           + (" (database reused)" if t.get("reused") else ""))
     threads = (info.get("runtime") or {}).get("threads")
     if threads:
-        console.print(f"runs on {threads} thread(s): the fastest count measured on "
-                      f"{info['runtime'].get('measured_on')}")
+        how = ("as built with --threads" if info["runtime"].get("chosen_by") == "--threads"
+               else f"the fastest count measured on {info['runtime'].get('measured_on')}")
+        console.print(f"runs on at most {threads} thread(s): {how}")
     table = Table()
     for col in ("level", "alpha", "compression", "acc %", "ms", "cycles", "weights B", "library"):
         table.add_column(col, justify="left" if col in ("compression", "library") else "right", no_wrap=True)
