@@ -39,6 +39,7 @@ def one_line_error(result, *needles):
     assert "Traceback" not in result.output
     for needle in needles:
         assert needle in lines[0], lines[0]
+    return lines[0]
 
 
 def test_deploy_on_sim_uploads_confirms_and_self_tests(hostsim_artifact):

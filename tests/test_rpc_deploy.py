@@ -19,22 +19,13 @@ from click.testing import CliRunner
 from lcs.cli import cli
 from lcs.errors import ConfigError
 from lcs.transport import rpc as R
+from tests.test_deploy import one_line_error  # the deploy CLI's one-line-error check, shared
 
 HEADER = "t_s,battery_pct,cpu_load,power_budget_mw"
 
 
 def run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def one_line_error(result, *needles):
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture
