@@ -140,6 +140,22 @@ def test_unstructured_levels_share_one_module(host_unstructured):
     assert zeros[0] > 0.85 and zeros[2] < 0.05
 
 
+def test_per_level_weights_stored_channels_last(ckpts, host_unstructured):
+    """Per-level modules run NHWC convolutions; their kernels are transposed once at build time, not per call."""
+    from lcs import checkpoint
+    from tvm_build.graph import level_network
+
+    a = art.open_artifact(host_unstructured)
+    (module,) = a.manifest["modules"].values()
+    assert module["layout"] == "NHWC"
+    spec = next(p for p in module["params"] if p["name"] == "features.1.0.weight")
+    assert spec["from_torch"] == "permute_dims(2,3,1,0)"
+    net = level_network(checkpoint.load(ckpts["unstructured"]).model, a.levels[1]["alpha"], torch.zeros(1, 1, 8, 8))
+    stored = a.read_npz(a.levels[1]["members"]["weights"])["features.1.0.weight"]
+    assert list(stored.shape) == spec["shape"]
+    np.testing.assert_array_equal(stored, net.features[1][0].weight.numpy().transpose(2, 3, 1, 0))
+
+
 def test_info_table_and_json(host_unstructured):
     code, text = run_cli("info", host_unstructured, "--json")
     assert code == 0

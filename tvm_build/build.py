@@ -6,7 +6,8 @@
 Strategies:
   per-level         one module per distinct level graph (structured widths change shapes; quantized levels bake their
                     activation grid in). Levels whose graphs are identical (e.g. all unstructured sparsity levels)
-                    share one compiled module and differ only in their fp32 weight file.
+                    share one compiled module and differ only in their fp32 weight file. Convolutions run
+                    channels-last (NHWC), weights stored in the layout the kernels read (compile.ChannelsLast).
   weights-as-input  one module for every level; level-dependent values are run-time inputs: weights (int8 codes +
                     scale/zero for quantized layers, dequantized in the graph), activation grids, norm statistics.
                     Unstructured and quantization families; structured width needs per-level.
@@ -50,6 +51,7 @@ class CompiledModule:
     relax: object
     params: list  # ParamSpec
     extra_inputs: list = field(default_factory=list)
+    layout: str = "NCHW"  # of the convolutions' activations (weights are stored in the layout the kernels read)
 
 
 def load_board(name: str):
@@ -228,13 +230,19 @@ def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key,
         if shape_key not in exported:
             args = net.export_args(example) if hasattr(net, "export_args") else (example,)
             mod, ep = tc.to_relax(export_net, args)
-            exported[shape_key] = (mod, graph.export_order(ep))
-        mod, order = exported[shape_key]
+            order = graph.export_order(ep)
+            # per-level modules take plain weights: their layouts can be chosen at build time (weights-as-input and
+            # alpha-input weights are computed in the graph or by the host, in torch's layout)
+            lifted = tc.ChannelsLast(mod, order) if strategy == "per-level" else None
+            exported[shape_key] = (mod, order, lifted)
+        mod, order, lifted = exported[shape_key]
         if sorted(order) != sorted(arrays):
             raise LcsError(f"level {index}: exported parameters do not match the network's ({len(order)} vs "
                            f"{len(arrays)})")
         arrays = {name: arrays[name] for name in order}
-        specs = graph.param_specs(arrays)
+        if lifted is not None:
+            mod, arrays = lifted.main, lifted.weights(arrays)
+        specs = graph.param_specs(arrays, lifted.from_torch if lifted is not None else None)
         structure = tc.module_key(mod, target)
         if strategy != "per-level" and modules:
             graph.check_same_specs(modules[0].params, specs, f"strategy {strategy}")
@@ -243,7 +251,8 @@ def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key,
         compiled = by_structure.get(structure)
         if compiled is None:
             compiled = CompiledModule(f"lib/module{len(modules)}.so", mod, specs,
-                                      getattr(net, "extra_inputs", []))
+                                      getattr(net, "extra_inputs", []),
+                                      "NHWC" if lifted is not None else "NCHW")
             modules.append(compiled)
             by_structure[structure] = compiled
         # alpha-input levels share the two endpoints; the level is only its alpha
@@ -285,7 +294,7 @@ def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key,
             strategy=strategy, config=config.to_dict(), compression_map=_map_dict(ckpt.model.cmap),
             input={"name": "x", "shape": list(xs.shape[1:]), "dtype": "float32"},
             output={"shape": list(reference["level0"].shape[1:]), "dtype": "float32"},
-            modules={m.name: {"entry": "main", "params": [p.to_dict() for p in m.params],
+            modules={m.name: {"entry": "main", "layout": m.layout, "params": [p.to_dict() for p in m.params],
                               "extra_inputs": [{k: v for k, v in e.items() if k != "value"} for e in m.extra_inputs]}
                      for m in modules},
             levels=level_rows, reference="reference.npz",

@@ -27,9 +27,11 @@ class ParamSpec:
     name: str
     shape: tuple[int, ...]
     dtype: str
+    from_torch: str = ""  # how the stored array was made from torch's parameter, e.g. "permute_dims(2,3,1,0)"
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        out = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        return {**out, "from_torch": self.from_torch} if self.from_torch else out
 
 
 class _Dequant(nn.Module):
@@ -126,8 +128,9 @@ def param_arrays(net: nn.Module) -> dict[str, np.ndarray]:
     return {name: p.detach().cpu().numpy().copy() for name, p in net.named_parameters()}
 
 
-def param_specs(arrays: dict[str, np.ndarray]) -> list[ParamSpec]:
-    return [ParamSpec(name, tuple(int(d) for d in a.shape), str(a.dtype)) for name, a in arrays.items()]
+def param_specs(arrays: dict[str, np.ndarray], from_torch: dict[str, str] | None = None) -> list[ParamSpec]:
+    return [ParamSpec(name, tuple(int(d) for d in a.shape), str(a.dtype), (from_torch or {}).get(name, ""))
+            for name, a in arrays.items()]
 
 
 def check_same_specs(first: list[ParamSpec], other: list[ParamSpec], what: str) -> None:
