@@ -177,8 +177,9 @@ def _prepare_for_tuning(mod):
                                      relax.pipeline.zero_pipeline()])(mod)
 
 
-# tasks that only move data; MetaSchedule's default schedule for them is already as good as it gets
-LAYOUT_ONLY = ("reshape", "transpose")
+# tasks that only move data (`transpose`, `fused_transpose1_reshape`); MetaSchedule's default schedule for them is
+# already as good as it gets
+LAYOUT_ONLY = {"reshape", "transpose"}
 # trials per search round: the evolutionary search and the cost model run once per round (~1 s), so rounds must
 # not be tiny, but the first round of every task is spent before the scheduler knows where time goes
 TRIALS_PER_ROUND = 8
@@ -216,31 +217,63 @@ def _register_cpu_tensor_intrinsics() -> None:
     importlib.import_module(f"{name}.arm_cpu")
 
 
-def _in_process_builder():
-    """A MetaSchedule builder that compiles candidates in this process.
+# a candidate LLVM has not compiled in this long is a failed trial (a rare schedule unrolls into a huge function and
+# LLVM then takes many minutes over it); the others compile in 0.1-0.5 s
+BUILD_TIMEOUT_S = 30
 
-    TVM's LocalBuilder starts a fresh worker pool for every batch (to dodge a leak in long sessions), and each new
-    worker imports TVM and all tensor intrinsics again: ~45 s per batch of 8-16 candidates here. Compiling in process
-    costs ~0.3 s a candidate; a tuning run is short enough for the leak not to matter."""
+
+def _pooled_builder():
+    """A MetaSchedule builder on a pool of worker processes that lives as long as the tuning run: one per core, with
+    a time limit per candidate. Returns (builder, pool to shut down).
+
+    TVM's LocalBuilder starts a fresh pool for every batch of candidates (to dodge a leak in long sessions), and each
+    new worker imports TVM and every tensor intrinsic again: ~45 s a batch here. These workers pay ~5 s once (CPU
+    intrinsics only) and compile two candidates at a time; a worker stuck past BUILD_TIMEOUT_S is killed and
+    replaced, and its candidate counts as a failed trial."""
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
-    from tvm.s_tir.meta_schedule.builder.local_builder import default_build, default_export
+    from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
+
+    def start_worker(root: str) -> None:  # pickled by value: the worker may not have lcs on its path
+        import sys
+
+        sys.path.insert(0, root)
+        from tvm_build.compile import _register_cpu_tensor_intrinsics
+
+        _register_cpu_tensor_intrinsics()
+
+    def compile_candidate(mod, target) -> str:
+        import warnings
+
+        from tvm.s_tir.meta_schedule.builder.local_builder import default_build, default_export
+
+        with warnings.catch_warnings():  # default_build still calls the deprecated tvm.build
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return default_export(default_build(mod, target, None))
+
+    pool = PopenPoolExecutor(max_workers=os.cpu_count() or 1, timeout=BUILD_TIMEOUT_S, initializer=start_worker,
+                             initargs=(str(Path(__file__).resolve().parents[1]),))
 
     @derived_object
-    class InProcessBuilder(PyBuilder):
+    class PooledBuilder(PyBuilder):
         def build(self, build_inputs):
             results = []
-            for item in build_inputs:
-                try:
-                    with warnings.catch_warnings():  # default_build still calls the deprecated tvm.build
-                        warnings.simplefilter("ignore", DeprecationWarning)
-                        library = default_build(item.mod, item.target, None)
-                    results.append(BuilderResult(default_export(library), None))
-                except Exception as exc:  # a candidate that does not compile is a failed trial, not a failed build
-                    results.append(BuilderResult(None, f"{type(exc).__name__}: {exc}"))
+            jobs = [(item.mod, item.target) for item in build_inputs]
+            for done in pool.map_with_error_catching(lambda job: compile_candidate(*job), jobs):
+                if done.status == StatusKind.COMPLETE:
+                    results.append(BuilderResult(done.value, None))
+                elif done.status == StatusKind.TIMEOUT:
+                    results.append(BuilderResult(None, f"compile timed out after {BUILD_TIMEOUT_S} s"))
+                else:  # a candidate that does not compile is a failed trial, not a failed build
+                    results.append(BuilderResult(None, f"{type(done.value).__name__}: {done.value}"))
             return results
 
-    return InProcessBuilder()
+    return PooledBuilder(), pool
+
+
+def _layout_only(task_name: str) -> bool:
+    parts = task_name.removeprefix("fused_").split("_")
+    return all(part.rstrip("0123456789") in LAYOUT_ONLY for part in parts)
 
 
 def _tasks_worth_tuning(modules, target) -> list:
@@ -253,7 +286,7 @@ def _tasks_worth_tuning(modules, target) -> list:
     unique: dict[int, object] = {}
     for mod in modules:
         for task in extract_tasks(mod, target):
-            if task.task_name.startswith(LAYOUT_ONLY):
+            if _layout_only(task.task_name):
                 continue
             seen = unique.setdefault(tvm_ffi.structural_hash(task.dispatched[0]), task)
             if seen is not task:
@@ -299,13 +332,15 @@ def tune(mods: list, target, trials: int, *, runner=None, log=None) -> tuple[lis
         quiet = logging.getLogger("tvm.s_tir.meta_schedule")
         level = quiet.level
         quiet.setLevel(logging.WARNING)  # the per-task logs stay in work/logs
+        builder, pool = _pooled_builder()
         try:
             with filtered_tvm_logs():
                 ms.tune.tune_tasks(
                     tasks=tasks, task_weights=weights, work_dir=str(work), max_trials_global=trials * len(mods),
                     max_trials_per_task=max(TRIALS_PER_ROUND, min(trials, 64)), num_trials_per_iter=TRIALS_PER_ROUND,
-                    builder=_in_process_builder(), runner=runner or _local_runner(target))
+                    builder=builder, runner=runner or _local_runner(target))
         finally:
+            pool.shutdown()
             quiet.setLevel(level)
         took = round(time.perf_counter() - start, 1)
         tmp = done_file.with_suffix(".tmp")
