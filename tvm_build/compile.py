@@ -276,22 +276,30 @@ def _layout_only(task_name: str) -> bool:
     return all(part.rstrip("0123456789") in LAYOUT_ONLY for part in parts)
 
 
-def _tasks_worth_tuning(modules, target) -> list:
-    """The distinct compute tasks of all modules (an identical kernel in two modules is tuned once), without layout
-    copies. Small tasks are tuned too: a group norm does under 1 % of the small CNN's arithmetic, but left with its
-    unscheduled loops it costs 5-10 us of a 60 us network (one round of trials brings it to 1-2 us)."""
+def _tasks_worth_tuning(modules, target) -> list[tuple[object, float]]:
+    """The distinct compute tasks of all modules with their weights for the task scheduler, without layout copies.
+
+    An identical kernel in two modules is tuned once. Small tasks are tuned too: a group norm does under 1 % of the
+    small CNN's arithmetic, but left with its unscheduled loops it costs 5-10 us of a 60 us network (one round of
+    trials brings it to 1-2 us). Each module's tasks are weighted by how much smaller the module is than the largest:
+    a device switches between levels, so a microsecond saved on width 0.25 (14 us) is worth what five are on width
+    1.0 (53 us), and the scheduler, which spends trials where weighted time goes, does not leave small levels on
+    their first guesses."""
     import tvm_ffi
+    from tvm.s_tir.analysis import estimate_tir_flops
     from tvm.s_tir.meta_schedule.relax_integration import extract_tasks
 
-    unique: dict[int, object] = {}
+    per_module = []
     for mod in modules:
-        for task in extract_tasks(mod, target):
-            if _layout_only(task.task_name):
-                continue
-            seen = unique.setdefault(tvm_ffi.structural_hash(task.dispatched[0]), task)
-            if seen is not task:
-                seen.weight += task.weight
-    return list(unique.values())
+        tasks = [t for t in extract_tasks(mod, target) if not _layout_only(t.task_name)]
+        per_module.append((tasks, sum(estimate_tir_flops(t.dispatched[0]) * t.weight for t in tasks) or 1.0))
+    largest = max((flops for _, flops in per_module), default=1.0)
+    unique: dict[int, list] = {}
+    for tasks, flops in per_module:
+        for task in tasks:
+            entry = unique.setdefault(tvm_ffi.structural_hash(task.dispatched[0]), [task, 0.0])
+            entry[1] += task.weight * largest / flops
+    return [(task, weight) for task, weight in unique.values()]
 
 
 def tune(mods: list, target, trials: int, *, runner=None, log=None) -> tuple[list, Tuning]:
@@ -324,11 +332,13 @@ def tune(mods: list, target, trials: int, *, runner=None, log=None) -> tuple[lis
         count = len(chosen)
         if log:
             log(f"tuning {trials} trials x {len(mods)} module(s) over {count} kernels into {work}")
-        # a small population and two evolution rounds: the search runs once per round of 8 trials, and with 512
-        # candidates and 4 rounds (TVM's defaults) it cost more than measuring the trials it picked
-        search = ms.search_strategy.EvolutionarySearch(population_size=128, genetic_num_iters=2,
+        # a small population and one evolution round: the search runs once per round of 8 trials and cost more
+        # than building and measuring them (~5 s a round with 128 candidates and 2 evolution rounds, 201 of a 349 s
+        # run; TVM's defaults are 512 and 4). With 64 and 1 the same 320 trials took 188 s, kernels as fast.
+        search = ms.search_strategy.EvolutionarySearch(population_size=64, genetic_num_iters=1,
                                                        init_min_unmeasured=32)
-        tasks, weights = extracted_tasks_to_tune_contexts(chosen, str(work), strategy=search)
+        tasks, _ = extracted_tasks_to_tune_contexts([task for task, _ in chosen], str(work), strategy=search)
+        weights = [weight for _, weight in chosen]
         quiet = logging.getLogger("tvm.s_tir.meta_schedule")
         level = quiet.level
         quiet.setLevel(logging.WARNING)  # the per-task logs stay in work/logs
