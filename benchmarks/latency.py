@@ -1,13 +1,14 @@
-"""Batch-1 CPU latency per compression level: torch eager, ONNX Runtime, ExecuTorch-XNNPACK (when installed),
+"""Batch-1 CPU latency per compression level: torch eager, ONNX Runtime, ExecuTorch-XNNPACK,
 untuned TVM and MetaSchedule-tuned TVM, at 1 and 2 threads; plus the cost of switching level in lcs.runtime.
 
     PYTHONPATH=. python benchmarks/latency.py [--checkpoint CKPT] [--levels width=1.0,width=0.5,width=0.25]
-                                              [--trials 160] [--rounds 5] [--fresh]
+                                              [--trials 160] [--rounds 5] [--fresh] [--no-executorch]
 
 Prints a table (ratios against ONNX Runtime at the same thread count) and writes benchmarks/results/latency.json.
 Each runtime is timed in its own process: TVM's idle worker threads spin after a call and would slow torch down.
-TVM artifacts are built through `tvm_build.build` exactly as `lcs build` makes them (per-level modules, weights as
-inputs); the tuned ones are tuned in that form, one artifact per thread count (`lcs build --threads N --tune T`:
+ExecuTorch (XNNPACK delegate) comes from scripts/setup-executorch.sh, installed once outside the venv.
+TVM artifacts are built through `tvm_build.build` exactly as `lcs build` makes them (per-level modules, NHWC, weights
+as inputs); the tuned ones are tuned in that form, one artifact per thread count (`lcs build --threads N --tune T`:
 kernels planned and measured on N threads), with the databases cached and reused (under the benchmark's cache).
 Without --checkpoint a small CNN (structured width, mnist5k 28x28, width 16) is trained for one epoch: latency does
 not depend on accuracy.
@@ -63,10 +64,15 @@ def worker_torch(spec: dict) -> dict:
     except ImportError:
         ort = None
         out["notes"].append("onnxruntime not installed")
+    if spec.get("executorch_path"):  # after the venv's own packages: it must not shadow torch or numpy
+        sys.path.append(spec["executorch_path"])
     try:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
+        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
         from executorch.runtime import Runtime as EtRuntime
+
+        _unsafe_reset_threadpool(spec["threads"])  # XNNPACK's pool, sized to all cores by default
     except ImportError as exc:
         EtRuntime = None
         out["notes"].append(f"ExecuTorch not measured: {exc}")
@@ -134,8 +140,19 @@ def worker_tvm(spec: dict) -> dict:
     return out
 
 
+def executorch_path() -> str | None:
+    """ExecuTorch's install directory (scripts/setup-executorch.sh, cached); None, with the reason on stderr, if it
+    cannot be installed: the table then says ExecuTorch was not measured."""
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "setup-executorch.sh"), sys.executable],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f"ExecuTorch not installed: {proc.stderr.strip()[-500:]}", file=sys.stderr)
+        return None
+    return proc.stdout.strip().splitlines()[-1]
+
+
 def run_worker(kind: str, spec: dict, threads: int) -> dict:
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # keeps e.g. a side ExecuTorch
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path, "TVM_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
     if kind == "tvm":
         env["TVM_USE_RUNTIME_LIB"] = "1"
@@ -168,6 +185,8 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true",
                         help="drop the benchmark's tuning database first, so the tuning time is measured from scratch")
     parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--no-executorch", action="store_true",
+                        help="skip ExecuTorch (otherwise scripts/setup-executorch.sh installs it once, outside the venv)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--worker", choices=["torch", "tvm"])
     parser.add_argument("--spec")
@@ -215,7 +234,8 @@ def main() -> None:
             if saved is not None:
                 os.environ["LCS_CACHE_DIR"] = saved
     spec = {"checkpoint": str(ckpt_path), "alphas": alphas, "reps": args.reps, "scratch": str(cache),
-            "untuned": str(cache / "untuned.lcsa")}
+            "untuned": str(cache / "untuned.lcsa"),
+            "executorch_path": None if args.no_executorch else executorch_path()}
     # the runtimes take turns, round after round; each figure is the median over the rounds (this 2-vCPU machine has
     # bursts where one runtime's whole measurement comes out 1.5x slow)
     rounds: dict[int, list[dict]] = {threads: [] for threads in thread_counts}
@@ -280,6 +300,8 @@ def check_targets(result: dict) -> dict:
         ships = r["tuned"] or r["untuned"]
         if ort and r["tuned"]:
             out[f"tuned_full_vs_onnxruntime_{threads}t"] = round(r["tuned"][full] / ort[full], 3)
+        if r["executorch"] and r["executorch"][full] and r["tuned"]:
+            out[f"tuned_full_vs_executorch_{threads}t"] = round(r["tuned"][full] / r["executorch"][full], 3)
         out[f"smallest_vs_full_{threads}t"] = round(ships[-1] / ships[full], 3)
         out[f"switch_vs_inference_{threads}t"] = round(r["switch_ms"] / ships[full], 5)
         out[f"round_robin_vs_steady_{threads}t"] = round(r["alternating_mean_ms"] / r["steady_mean_ms"], 3)
