@@ -30,9 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "latency.json"
 
 
-def median_ms(fn, reps: int, warmup_s: float = 0.5, min_s: float = 1.0) -> float:
+def median_ms(fn, reps: int, warmup_s: float = 2.0, min_s: float = 1.0) -> float:
     """Median of at least `reps` calls and at least `min_s` seconds of them, after `warmup_s` seconds of calls (a
-    fixed count of warm-up calls is a few milliseconds for these models: not enough for a vCPU to settle)."""
+    fixed count of warm-up calls is a few milliseconds for these models: not enough for a vCPU to settle; two-thread
+    runs here take 1-2 s after a model is loaded before their calls settle, e.g. 0.10 -> 0.05 ms)."""
     end = time.perf_counter() + warmup_s
     while time.perf_counter() < end:
         fn()

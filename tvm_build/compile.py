@@ -104,6 +104,8 @@ class ChannelsLast:
 
         mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
         mod = relax.transform.LiftTransformParams()(mod)
+        if not any(gv.name_hint == "main_transform_params" for gv in mod.get_global_vars()):
+            raise LcsError("TVM's LiftTransformParams made no weight transform; this TVM is not the pinned 0.27")
         transform = mod["main_transform_params"]
         self.main = tvm.IRModule({"main": mod["main"]})
         self.names, self.from_torch = _lifted_names(transform, names)
