@@ -16,8 +16,9 @@ An artifact is an uncompressed POSIX tar of regular files. `manifest.json` is it
       "input":  {"name": "x", "shape": [1, 1, 8, 8], "dtype": "float32"},
       "output": {"shape": [1, 10], "dtype": "float32"},
       "modules": {                          # compiled libraries and the order of their run-time inputs
-        "lib/level0.so": {"entry": "main",
-                          "params": [{"name": "p_w", "shape": [8, 1, 3, 3], "dtype": "float32"}, ...],
+        "lib/level0.so": {"entry": "main", "layout": "NHWC" | "NCHW",   # of the convolutions' activations
+                          "params": [{"name": "features.0.0.weight", "shape": [3, 3, 1, 8], "dtype": "float32",
+                                      "from_torch": "permute_dims(2,3,1,0)"}, ...],  # stored as the kernels read it
                           "extra_inputs": []}      # e.g. [{"name": "alpha", "shape": [1], "dtype": "float64"}]
       },                                    # call: main(x, *extra_inputs (values = level[name]), *params)
       "levels": [{
