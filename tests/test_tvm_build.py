@@ -337,3 +337,11 @@ def test_mcu_boards_dispatch_to_firmware_build(ckpts, tmp_path):
     assert code == 0, text
     a = art.open_artifact(out, expect_target="host-sim")
     assert a.manifest["strategy"] == "firmware" and [lv["bits"] for lv in a.levels] == [4, 8]
+
+
+def test_layout_only_tasks_are_the_ones_not_tuned():
+    from tvm_build.compile import _layout_only
+
+    assert _layout_only("transpose") and _layout_only("reshape1") and _layout_only("fused_transpose1_reshape")
+    assert not any(_layout_only(n) for n in ("conv2d3", "fused_group_norm_relu", "fused_matmul_add", "mean",
+                                             "fused_reshape_add"))
