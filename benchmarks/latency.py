@@ -74,7 +74,7 @@ def worker_torch(spec: dict) -> dict:
         from executorch.runtime import Runtime as EtRuntime
 
         _unsafe_reset_threadpool(spec["threads"])  # XNNPACK's pool, sized to all cores by default
-    except ImportError as exc:
+    except (ImportError, OSError) as exc:  # OSError: its native libraries do not load beside this torch
         EtRuntime = None
         out["notes"].append(f"ExecuTorch not measured: {exc}")
     tmp = Path(spec["scratch"])
