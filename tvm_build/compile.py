@@ -111,20 +111,18 @@ class ChannelsLast:
         self.names, self.from_torch = _lifted_names(transform, names)
         self._source_names = list(names)
         with filtered_tvm_logs():
-            self._transform = relax.build(tvm.IRModule({"transform": transform.with_attr("global_symbol", "transform")}),
-                                          target=host_target())
+            executable = relax.build(tvm.IRModule({"transform": transform.with_attr("global_symbol", "transform")}),
+                                     target=host_target())
+        self._transform = relax.VirtualMachine(executable, tvm.cpu())["transform"]  # run once per level
 
     def weights(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One level's weights (torch names and layouts, export order) as the rewritten module takes them."""
         import tvm
-        from tvm import relax
 
         if list(arrays) != self._source_names:
             raise LcsError(f"weights do not match the exported parameters ({list(arrays)[:3]}... vs "
                            f"{self._source_names[:3]}...)")
-        dev = tvm.cpu()
-        outputs = relax.VirtualMachine(self._transform, dev)["transform"](
-            [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in arrays.values()])
+        outputs = self._transform([tvm.runtime.tensor(np.ascontiguousarray(a), tvm.cpu()) for a in arrays.values()])
         return {name: out.numpy() for name, out in zip(self.names, outputs)}
 
 
@@ -135,7 +133,7 @@ def _lifted_names(transform, names: list[str]) -> tuple[list[str], dict[str, str
 
     (params_tuple,) = transform.params
     source: dict = {}  # var -> (index of the one weight it comes from, or None; the operations since)
-    outputs = []
+    tuples: dict = {}
     for block in transform.body.blocks:
         for binding in block.bindings:
             value = binding.value
@@ -149,7 +147,9 @@ def _lifted_names(transform, names: list[str]) -> tuple[list[str], dict[str, str
                 before = source[value.args[0]][1] if value.args and value.args[0] in source else ""
                 source[binding.var] = (inputs.pop() if len(inputs) == 1 else None, f"{before} {op}".strip())
             elif isinstance(value, relax.Tuple):
-                outputs = list(value.fields)
+                tuples[binding.var] = value.fields
+    returned = transform.body.body  # the tuple the function returns, bound in its dataflow block or written inline
+    outputs = list(returned.fields if isinstance(returned, relax.Tuple) else tuples[returned])
     out, how = [], {}
     for field in outputs:
         index, ops = source.get(field, (None, "computed"))
@@ -182,8 +182,9 @@ def _prepare_for_tuning(mod):
 # tasks that only move data (`transpose`, `fused_transpose1_reshape`); MetaSchedule's default schedule for them is
 # already as good as it gets
 LAYOUT_ONLY = {"reshape", "transpose"}
-# trials per search round: the evolutionary search and the cost model run once per round (~1 s), so rounds must
-# not be tiny, but the first round of every task is spent before the scheduler knows where time goes
+# trials per search round: the evolutionary search and the cost model run once per round (~1.5 s with the search
+# below), so rounds must not be tiny, but the first round of every task is spent before the scheduler knows where
+# time goes
 TRIALS_PER_ROUND = 8
 
 
