@@ -5,7 +5,8 @@
 On a device set TVM_USE_RUNTIME_LIB=1 so that `import tvm` loads only libtvm_runtime (the module never sets it
 itself: in a build process the full compiler is already loaded). Every compiled library of the artifact is loaded
 once and every level's weights are uploaded once; `set_level` only picks which (VM, weight list) pair the next
-`run` uses, so switching levels costs no reload. With `session=` (a TVM RPC session) the libraries and weights go
+`run` uses, and resizes TVM's thread pool when the level runs on another thread count (recorded per level by
+`lcs build`), so switching levels costs no reload. With `session=` (a TVM RPC session) the libraries and weights go
 to the remote device instead.
 
 This module imports neither torch nor tvm_build (the device has neither); it needs the `tvm` package only when a
@@ -62,7 +63,21 @@ class RunError(LcsError):
     """The artifact cannot run here (wrong architecture, missing TVM runtime, bad input)."""
 
 
+def default_thread_pool_size() -> None:
+    """Size TVM's thread pool explicitly (TVM_NUM_THREADS) unless the user did (TVM_NUM_THREADS or OMP_NUM_THREADS).
+
+    Without either variable TVM asks the C library for the CPU count on every parallel kernel launch, and glibc reads
+    /sys/devices/system/cpu/online each time: the width-0.25 small CNN took 95 us a call instead of 9 us here. TVM
+    would also size the pool at half the logical CPUs on x86; this gives it every CPU the process may run on, and the
+    levels pick how many they use (measured by `lcs build`). Call it before TVM's pool starts: TVM sizes the pool
+    once, at its first parallel kernel."""
+    if "TVM_NUM_THREADS" not in os.environ and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["TVM_NUM_THREADS"] = str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                            else os.cpu_count() or 1)
+
+
 def _import_tvm():
+    default_thread_pool_size()
     try:
         import tvm
         from tvm.runtime.vm import VirtualMachine
@@ -84,6 +99,7 @@ class Runtime:
         self._session = session
         self.device = session.cpu() if session is not None else tvm.cpu()
         self.input_spec = manifest["input"]
+        self._input_shape = tuple(self.input_spec["shape"])
         self._vms: dict[str, object] = {}
         self._extra: dict[str, list] = {}
         self._scratch = tempfile.TemporaryDirectory(prefix="lcs-runtime-")
@@ -120,37 +136,58 @@ class Runtime:
                                         f"{array.shape} {array.dtype}, the module wants {p['shape']} {p['dtype']}")
                 args.append(tvm.runtime.tensor(array, self.device))
             self._levels.append((self._vms[module], self._vms[module]["main"], args))
-        self.level = 0
         self._input_host, self._input = self._input_buffer()
-        # the build measured how many threads this model gains from (tiny models lose to the thread pool's
-        # hand-offs); never use more than that, nor more than the process was given (TVM_NUM_THREADS)
+        # threads: the build measured each level at 1, 2, 4, ... threads and recorded the fewest within 3 % of its
+        # fastest (tiny levels lose more to the pool's hand-offs than they gain). A switch resizes TVM's pool when
+        # the next level wants another count (~1.5 us locally, one round trip over RPC).
+        self.pool_threads = self._pool_size()  # what the process gave TVM (TVM_NUM_THREADS)
         best = (manifest.get("runtime") or {}).get("threads")
-        if best:
-            self.set_threads(min(int(best), self.threads()))
+        self._cap = min(int(best), self.pool_threads) if best else self.pool_threads  # never more than it was given
+        self._level_threads = [level.get("threads") for level in manifest["levels"]]
+        self._threads_now = self.pool_threads
+        self.level = -1
+        self.set_level(0)
 
     def _runtime_function(self, name: str):
         if self._session is not None:
             return self._session.get_function(name)
         return self._tvm.get_global_func(name)
 
+    def _pool_size(self) -> int:
+        """Threads TVM's pool was given (TVM_NUM_THREADS): reset it to all of them and ask."""
+        self._runtime_function("runtime.config_threadpool")(0, 0)  # 0 threads: TVM's "use every worker"
+        return int(self._runtime_function("runtime.NumThreads")())
+
     def threads(self) -> int:
         """Worker threads TVM's pool uses for the next call (on the board, over RPC)."""
         return int(self._runtime_function("runtime.NumThreads")())
 
     def set_threads(self, count: int) -> None:
-        """Resize TVM's thread pool. It is one per process: every Runtime in this process shares it."""
+        """Use at most `count` threads from now on (each level uses up to its own count). TVM's pool is one per
+        process: every Runtime in this process shares it."""
         if count < 1:
             raise RunError(f"threads must be >= 1, got {count}")
-        self._runtime_function("runtime.config_threadpool")(0, int(count))  # mode 0: TVM's default affinity
+        self._cap = min(int(count), self.pool_threads)
+        self._use_threads(self._wanted_threads(self.level))
+
+    def _wanted_threads(self, index: int) -> int:
+        return min(self._level_threads[index] or self._cap, self._cap)
+
+    def _use_threads(self, count: int) -> None:
+        if count != self._threads_now:
+            self._runtime_function("runtime.config_threadpool")(0, count)  # mode 0: TVM's default affinity
+            self._threads_now = count
 
     @property
     def levels(self) -> list[dict]:
         return self.artifact.levels
 
     def set_level(self, index: int) -> None:
-        if not 0 <= index < len(self._levels):
-            raise RunError(f"level {index} does not exist; this artifact has levels 0..{len(self._levels) - 1}")
-        self.level = index
+        if index != self.level:
+            if not 0 <= index < len(self._levels):
+                raise RunError(f"level {index} does not exist; this artifact has levels 0..{len(self._levels) - 1}")
+            self._use_threads(self._wanted_threads(index))
+            self.level = index
 
     def level_for_alpha(self, alpha: float) -> int:
         """The index of the artifact level whose alpha is closest to `alpha`."""
@@ -174,7 +211,7 @@ class Runtime:
         if level is not None:
             self.set_level(level)
         x = np.asarray(x)
-        if list(x.shape) != list(self.input_spec["shape"]):
+        if x.shape != self._input_shape:
             raise RunError(f"input shape {list(x.shape)} does not match the artifact's {self.input_spec['shape']}")
         _, main, args = self._levels[self.level]
         if self._input_host is None:
@@ -183,13 +220,16 @@ class Runtime:
         np.copyto(self._input_host, x, casting="same_kind")
         return np.from_dlpack(main(self._input, *args)).copy()  # the output's storage is the VM's to reuse
 
-    def time(self, level: int, number: int = 10, repeat: int = 5) -> float:
-        """Median milliseconds of one call at `level`, timed on the device by TVM's time_evaluator."""
+    def time(self, level: int, number: int = 10, repeat: int = 5, *, min_repeat_ms: int = 0,
+             warmup: int = 0) -> float:
+        """Median milliseconds of one call at `level`, timed on the device by TVM's time_evaluator: `repeat` means of
+        `number` calls (each mean at least `min_repeat_ms` long), the first `warmup` of them dropped."""
         self.set_level(level)
         vm, _, args = self._levels[level]
         x = self._tvm.runtime.tensor(np.zeros(self.input_spec["shape"], self.input_spec["dtype"]), self.device)
-        timer = vm.time_evaluator("main", self.device, number=number, repeat=repeat)
-        return float(np.median(timer(x, *args).results) * 1e3)
+        timer = vm.time_evaluator("main", self.device, number=number, repeat=repeat + warmup,
+                                  min_repeat_ms=min_repeat_ms)
+        return float(np.median(timer(x, *args).results[warmup:]) * 1e3)
 
     def check(self, atol: float = 1e-4) -> list[float]:
         """Max abs difference per level between this device's outputs and the reference outputs in the artifact."""

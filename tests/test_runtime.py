@@ -96,29 +96,69 @@ def test_runtime_errors(host_artifact):
 
 
 @pytest.mark.tvm
-def test_build_records_thread_counts_and_runtime_caps_the_pool(host_artifact, tmp_path):
+def test_build_records_each_levels_thread_count(host_artifact):
     from lcs import artifact as art
-    from lcs.runtime import Runtime
 
     a = art.open_artifact(host_artifact)
     measured = a.manifest["runtime"]
     by_threads = measured["latency_ms_by_threads"]
     assert min(int(k) for k in by_threads) == 1
-    chosen = str(measured["threads"] or 1)  # null: only one count could be measured, nothing to cap
-    for i, level in enumerate(a.levels):  # a level's latency is the one at the chosen thread count
-        assert level["latency_ms"] == by_threads[chosen][i] > 0
-    rt = Runtime(a)
-    given = rt.threads()  # TVM_NUM_THREADS, or TVM's default of half the logical CPUs
+    for i, level in enumerate(a.levels):  # a level's latency is the one at its own thread count
+        threads = level["threads"]
+        assert level["latency_ms"] == by_threads[str(threads or 1)][i] > 0
+        if threads:  # the fewest threads within 3 % of the level's fastest
+            fastest = min(v[i] for v in by_threads.values())
+            assert by_threads[str(threads)][i] <= 1.03 * fastest
+            assert all(by_threads[k][i] > 1.03 * fastest for k in by_threads if int(k) < threads)
+
+
+def test_thread_pool_gets_an_explicit_size_unless_the_user_gave_one():
+    # without TVM_NUM_THREADS / OMP_NUM_THREADS, TVM asks glibc for the CPU count on every parallel kernel launch
+    code = """
+        import os
+        from lcs.runtime import default_thread_pool_size
+        default_thread_pool_size()
+        print(os.environ.get("TVM_NUM_THREADS"), len(os.sched_getaffinity(0)))
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=ROOT,
+                          env={**env, "PYTHONPATH": str(ROOT)})
+    given, cpus = proc.stdout.split()
+    assert proc.returncode == 0 and given == cpus, proc.stderr
+    for name in ("TVM_NUM_THREADS", "OMP_NUM_THREADS"):  # the user's choice stands
+        proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=ROOT,
+                              env={**env, "PYTHONPATH": str(ROOT), name: "3"})
+        assert proc.stdout.split()[0] == ("3" if name == "TVM_NUM_THREADS" else "None"), proc.stderr
+
+
+@pytest.mark.tvm
+def test_levels_switch_the_thread_count_they_were_built_for(host_artifact, tmp_path):
+    from lcs import artifact as art
+
+    a = art.open_artifact(host_artifact)
     members = {name: a.read(name) for name in a.members()}
-    capped = tmp_path / "capped.lcsa"
-    try:
-        art.write_artifact(capped, {**a.manifest, "runtime": {**measured, "threads": 1}}, members)
-        assert Runtime(capped).threads() == 1
-        rt.set_threads(given)
-        art.write_artifact(capped, {**a.manifest, "runtime": {**measured, "threads": given + 2}}, members)
-        assert Runtime(capped).threads() == given  # never more than the process was given
-    finally:
-        rt.set_threads(given)
+    levels = [{**lv, "threads": t} for lv, t in zip(a.manifest["levels"], (1, 2, None))]
+    path = tmp_path / "threads.lcsa"
+    art.write_artifact(path, {**a.manifest, "levels": levels, "runtime": {"threads": 2}}, members)
+    # a process of its own: TVM's pool is one per process and sized once
+    proc = _run_python(f"""
+        import numpy as np
+        from lcs.runtime import Runtime
+        rt = Runtime({str(path)!r})
+        assert rt.pool_threads == 3
+        seen = [rt.threads()]
+        for level in (1, 2, 0, 1):
+            rt.run(np.zeros(rt.input_spec["shape"], np.float32), level=level)
+            seen.append(rt.threads())
+        rt.set_threads(1)  # a cap: no level uses more
+        seen.append(rt.threads())
+        rt.set_level(0)
+        seen.append(rt.threads())
+        print(seen)
+    """, TVM_NUM_THREADS="3", TVM_USE_RUNTIME_LIB="1")
+    assert proc.returncode == 0, proc.stderr
+    # level 0: 1 thread, level 1: 2, level 2: no count recorded, so the artifact's cap (2)
+    assert proc.stdout.split("\n")[-2] == "[1, 2, 2, 1, 2, 1, 1]", proc.stdout + proc.stderr
 
 
 @pytest.mark.tvm

@@ -309,6 +309,42 @@ def test_threads_plan_the_kernels_and_cap_the_runtime(ckpts, tmp_path):
         rt.set_threads(given)
 
 
+class FakeTimedRuntime:
+    """Per-level latencies (ms) by thread count, as lcs.runtime.Runtime would measure them."""
+
+    def __init__(self, table: dict[int, list[float]], pool: int) -> None:
+        self.table, self.pool_threads, self.now = table, pool, pool
+
+    def set_threads(self, count: int) -> None:
+        self.now = count
+
+    def time(self, level: int, **timing) -> float:
+        return self.table[self.now][level]
+
+
+def test_each_level_gets_the_fewest_threads_near_its_fastest():
+    from tvm_build.build import _modules_to_retune, _thread_counts
+
+    table = {1: [0.060, 0.0070, 0.0298], 2: [0.048, 0.0120, 0.0295], 4: [0.040, 0.0200, 0.0291]}
+    chosen, by_threads = _thread_counts(FakeTimedRuntime(table, pool=4), 3, None)
+    assert chosen == [4, 1, 1] and by_threads == table  # level 2: 4 threads are within 3 % of 1, so 1
+    chosen, by_threads = _thread_counts(FakeTimedRuntime(table, pool=4), 3, 2)  # --threads 2: never more
+    assert chosen == [2, 1, 1] and sorted(by_threads) == [1, 2]
+    assert _thread_counts(FakeTimedRuntime(table, pool=1), 3, None)[0] == [None] * 3  # one count: no evidence
+
+    class Module:
+        def __init__(self, name):
+            self.name = name
+
+    modules = [Module("lib/module0.so"), Module("lib/module1.so"), Module("lib/module2.so")]
+    rows = [{"index": i, "members": {"library": lib}} for i, lib in
+            enumerate(["lib/module0.so", "lib/module1.so", "lib/module2.so", "lib/module2.so"])]
+    # module1's only level runs on 1 thread: tune it again for 1; module2's levels disagree (1 and 4): it stays
+    assert _modules_to_retune(modules, rows, [4, 1, 1, 4], [4, 4, 4]) == {1: [1]}
+    assert _modules_to_retune(modules, rows, [4, 1, 1, 4], [4, 1, 4]) == {}  # already planned for 1
+    assert _modules_to_retune(modules, rows, [None] * 4, [4, 4, 4]) == {}
+
+
 def test_verify_and_time_over_rpc(ckpts, tmp_path):
     import tvm.rpc
 

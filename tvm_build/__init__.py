@@ -7,3 +7,7 @@
 
 Importing this package is cheap; torch and tvm are imported inside the functions that need them.
 """
+
+from lcs.runtime import default_thread_pool_size
+
+default_thread_pool_size()  # before anything here starts TVM's thread pool (it is sized once, per process)

@@ -262,31 +262,34 @@ def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key,
         level_rows.append({
             "index": index, "alpha": float(alpha), "label": level.label(), "keep": level.keep,
             "width": level.width, "bits": level.bits, "accuracy": accuracy_at(accuracy, alpha),
-            "latency_ms": None, "cycles": None, "max_abs_diff": None,
+            "latency_ms": None, "threads": None, "cycles": None, "max_abs_diff": None,
             "members": {"library": compiled.name, "weights": weights_name}, **extra_values})
         bar.step(f"level {index}: exported")
 
     with tc.scratch_dir() as scratch:
         scratch = Path(scratch)
-        host_libs = {}
+        host_libs: dict[str, bytes] = {}
         shipped = [m.relax for m in modules]
+        tuned_threads = [int(target.attrs.get("num-cores") or 1)] * len(modules)  # what each module is planned for
         if tune:
             bar.step(f"tuning {tune} trials x {len(modules)} module(s)", 0)
             shipped, info = tc.tune(shipped, target, tune, runner=runner, log=log)
-            tuning_info.append({"modules": [m.name for m in modules], "trials_per_module": info.trials,
-                                "database": str(info.database), "reused": info.reused, "kernels": info.tasks,
-                                "seconds": round(info.seconds, 1), "tuning_seconds": info.tuning_seconds})
-        for m, relax_mod in zip(modules, shipped):
-            bar.step(f"{m.name}: compile for {board.name}", 0)
-            executable = tc.compile_module(relax_mod, target)
-            path = scratch / m.name.replace("/", "_")
-            tc.export_library(executable, board, path)
-            members[m.name] = path.read_bytes()
-            if not (tc.is_host(board) or rpc or tracker):
-                host_path = scratch / ("host_" + path.name)
-                tc.export_library(tc.compile_module(m.relax, tc.host_target()), targets.load("host"), host_path)
-                host_libs[m.name] = host_path.read_bytes()
-            bar.step(f"{m.name}: compiled")
+            tuning_info.append(_tuning_row(modules, info, tuned_threads[0]))
+
+        def compile_modules(indices) -> None:
+            for i in indices:
+                m = modules[i]
+                bar.step(f"{m.name}: compile for {board.name}", 0)
+                path = scratch / m.name.replace("/", "_")
+                tc.export_library(tc.compile_module(shipped[i], tc.make_target(board, tuned_threads[i])), board, path)
+                members[m.name] = path.read_bytes()
+                if not (tc.is_host(board) or rpc or tracker):
+                    host_path = scratch / ("host_" + path.name)
+                    tc.export_library(tc.compile_module(m.relax, tc.host_target()), targets.load("host"), host_path)
+                    host_libs[m.name] = host_path.read_bytes()
+                bar.step(f"{m.name}: compiled")
+
+        compile_modules(range(len(modules)))
         members["reference.npz"] = art.npz_bytes(reference)
 
         manifest = art.new_manifest(
@@ -300,45 +303,44 @@ def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key,
             levels=level_rows, reference="reference.npz",
             tuning=tuning_info or None)
 
-        # verify through the device-side runtime, on the board when we can reach it
-        bar.step("verifying every level", 0)
-        draft = scratch / "draft.lcsa"
         session = None
-        if host_libs:
-            verify_manifest = dict(manifest, target=targets.load("host").to_dict())
-            art.write_artifact(draft, verify_manifest, {**members, **host_libs})
-            where = "host (same Relax module compiled for x86; run the board's libraries on the board to be sure)"
-        else:
-            art.write_artifact(draft, manifest, members)
-            if rpc or tracker:
-                from lcs.transport.rpc import Endpoint, connect
+        if rpc or tracker:
+            from lcs.transport.rpc import Endpoint, connect
 
-                session = connect(Endpoint(rpc, tracker, key)).session
-                where = f"{board.name} over RPC"
-            else:
-                where = "host"
-        from lcs.runtime import Runtime
-
-        runtime = Runtime(draft, session=session)
-        diffs = runtime.check()
-        bad = [(i, d) for i, d in enumerate(diffs) if not d <= ATOL]
-        if bad:
-            detail = ", ".join(f"level {i} (alpha {level_rows[i]['alpha']:.4g}) {d:.3g}" for i, d in bad)
-            raise VerificationError(f"compiled outputs differ from torch by more than {ATOL:g}: {detail}; "
-                                    f"no artifact written")
+            session = connect(Endpoint(rpc, tracker, key)).session
+        where = ("host (same Relax module compiled for x86; run the board's libraries on the board to be sure)"
+                 if host_libs else f"{board.name} over RPC" if session is not None else "host")
         timed = tc.is_host(board) or session is not None
-        for i, row in enumerate(level_rows):
-            row["max_abs_diff"] = diffs[i]
+        runtime, diffs = _verify(manifest, members, host_libs, scratch, session, level_rows, bar)
         if timed:
-            chosen, by_threads = _best_thread_count(runtime, len(level_rows), threads)
+            level_threads, by_threads = _thread_counts(runtime, len(level_rows), threads)
+            # a module whose levels all run on fewer threads than it was tuned for is tuned again for that count:
+            # kernels planned for two threads lose a third of their speed on one (small CNN width 0.25: 11 vs 7 us)
+            retune = _modules_to_retune(modules, level_rows, level_threads, tuned_threads) if tune else {}
+            if retune:
+                del runtime
+                for count, indices in sorted(retune.items()):
+                    bar.step(f"tuning {len(indices)} module(s) again for {count} thread(s)", 0)
+                    again, info = tc.tune([modules[i].relax for i in indices], tc.make_target(board, count), tune,
+                                          runner=runner, log=log)
+                    tuning_info.append(_tuning_row([modules[i] for i in indices], info, count))
+                    for i, mod in zip(indices, again):
+                        shipped[i], tuned_threads[i] = mod, count
+                    compile_modules(indices)
+                manifest["tuning"] = tuning_info
+                runtime, diffs = _verify(manifest, members, host_libs, scratch, session, level_rows, bar)
+                level_threads, by_threads = _thread_counts(runtime, len(level_rows), threads)
             for i, row in enumerate(level_rows):
-                row["latency_ms"] = by_threads[chosen][i]
-            # one count measured (TVM's pool was given one thread): no evidence to cap anything with
-            manifest["runtime"] = {"threads": threads or (chosen if len(by_threads) > 1 else None),
+                row["threads"] = level_threads[i]
+                row["latency_ms"] = by_threads[level_threads[i] or min(by_threads)][i]
+            counted = max((c for c in level_threads if c), default=None)
+            manifest["runtime"] = {"threads": threads or counted,
                                    "chosen_by": "--threads" if threads else "fastest measured", "measured_on": where,
                                    "latency_ms_by_threads": {str(k): v for k, v in by_threads.items()}}
         elif threads:
             manifest["runtime"] = {"threads": threads, "chosen_by": "--threads"}
+        for i, row in enumerate(level_rows):
+            row["max_abs_diff"] = diffs[i]
         manifest["verification"] = {"atol": ATOL, "on": where, "samples": int(len(xs)), "max_abs_diff": max(diffs)}
         bar.step("verified", 0)
         del runtime
@@ -349,23 +351,67 @@ def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key,
     return manifest
 
 
-def _best_thread_count(runtime, levels: int, threads: int | None) -> tuple[int, dict[int, list[float]]]:
-    """Time every level at 1, 2, 4, ... threads up to the size of TVM's pool (TVM_NUM_THREADS, else half the logical
-    CPUs); the fewest threads within 3 % of the fastest total win (batch-1 kernels of a small model can lose more to
-    the pool's hand-offs than they gain). With `threads` given, only that count (as far as the pool allows)."""
-    most = runtime.threads()
-    if threads:
-        counts = [min(threads, most)]
+def _tuning_row(modules, info, threads: int) -> dict:
+    return {"modules": [m.name for m in modules], "threads": threads, "trials_per_module": info.trials,
+            "database": str(info.database), "reused": info.reused, "kernels": info.tasks,
+            "seconds": round(info.seconds, 1), "tuning_seconds": info.tuning_seconds}
+
+
+def _modules_to_retune(modules, level_rows, level_threads, tuned_threads) -> dict[int, list[int]]:
+    """{thread count: indices of the modules to tune again for it}: modules whose levels all run on the same count,
+    fewer threads than the kernels were planned for (a module shared by levels on different counts stays)."""
+    retune: dict[int, list[int]] = {}
+    for i, m in enumerate(modules):
+        counts = {level_threads[r["index"]] for r in level_rows if r["members"]["library"] == m.name}
+        count = counts.pop() if len(counts) == 1 else None
+        if count is not None and count < tuned_threads[i]:
+            retune.setdefault(count, []).append(i)
+    return retune
+
+
+def _verify(manifest, members, host_libs, scratch: Path, session, level_rows, bar):
+    """Write a draft artifact and compare every level with torch through lcs.runtime (the libraries compiled for the
+    host when the board's cannot run here); refuse with numbers when any level is off. Returns (runtime, diffs)."""
+    from lcs.runtime import Runtime
+
+    bar.step("verifying every level", 0)
+    draft = scratch / "draft.lcsa"
+    if host_libs:
+        art.write_artifact(draft, dict(manifest, target=targets.load("host").to_dict()), {**members, **host_libs})
     else:
-        counts = sorted({1, most, *(2 ** k for k in range(1, most.bit_length()) if 2 ** k < most)})
+        art.write_artifact(draft, manifest, members)
+    runtime = Runtime(draft, session=session)
+    diffs = runtime.check()
+    bad = [(i, d) for i, d in enumerate(diffs) if not d <= ATOL]
+    if bad:
+        detail = ", ".join(f"level {i} (alpha {level_rows[i]['alpha']:.4g}) {d:.3g}" for i, d in bad)
+        raise VerificationError(f"compiled outputs differ from torch by more than {ATOL:g}: {detail}; "
+                                f"no artifact written")
+    return runtime, diffs
+
+
+def _thread_counts(runtime, levels: int, threads: int | None) -> tuple[list[int | None], dict[int, list[float]]]:
+    """Time every level at 1, 2, 4, ... threads up to `threads` (default: the size of TVM's pool, TVM_NUM_THREADS);
+    each level gets the fewest threads within 3 % of its fastest (batch-1 kernels of a small level can lose more to
+    the pool's hand-offs than they gain). With a single count measurable, levels get None: no evidence to pick with."""
+    most = runtime.pool_threads
+    if threads:
+        most = min(threads, most)
+    counts = sorted({1, most, *(2 ** k for k in range(1, most.bit_length()) if 2 ** k < most)})
     by_threads = {}
     for count in counts:
         runtime.set_threads(count)
-        by_threads[count] = [runtime.time(i) for i in range(levels)]
-    fastest = min(sum(v) for v in by_threads.values())
-    best = min(c for c in counts if sum(by_threads[c]) <= 1.03 * fastest)
+        # settled timings: multi-threaded calls take a few hundred ms after a pool resize to settle (the small CNN
+        # measured 0.10 ms at 2 threads right after one, 0.05 ms later)
+        by_threads[count] = [runtime.time(i, number=1, repeat=4, min_repeat_ms=50, warmup=2) for i in range(levels)]
     runtime.set_threads(most)
-    return best, by_threads
+    if len(counts) == 1:
+        return [counts[0] if threads else None] * levels, by_threads
+    chosen = []
+    for i in range(levels):
+        fastest = min(by_threads[c][i] for c in counts)
+        chosen.append(min(c for c in counts if by_threads[c][i] <= 1.03 * fastest))
+    return chosen, by_threads
 
 
 def _map_dict(cmap) -> dict:

@@ -29,16 +29,22 @@ def print_info(info: dict, console: Console | None = None) -> None:
     if threads:
         how = ("as built with --threads" if info["runtime"].get("chosen_by") == "--threads"
                else f"the fastest count measured on {info['runtime'].get('measured_on')}")
-        console.print(f"runs on at most {threads} thread(s): {how}")
+        console.print(f"runs on at most {threads} thread(s): {how}; each level on the fewest threads within 3 % of "
+                      f"its fastest (column threads)")
+    # columns only a board of that kind fills: thread counts (CPU boards, measured) and cycles (microcontrollers)
+    cols = {"level": lambda r: str(r["index"]), "alpha": lambda r: f"{r['alpha']:.4f}",
+            "compression": lambda r: r["label"] or "",
+            "acc %": lambda r: _fmt(None if r["accuracy"] is None else 100 * r["accuracy"], ".2f"),
+            "ms": lambda r: _fmt(r["latency_ms"], ".3f"), "threads": lambda r: _fmt(r.get("threads"), "d"),
+            "cycles": lambda r: _fmt(r["cycles"], ",d"),
+            "weights B": lambda r: _fmt(r["member_bytes"].get("weights"), ",d"),
+            "library": lambda r: str(r["members"].get("library") or r["members"].get("firmware") or "-").split("/")[-1]}
+    shown = [c for c in cols if c not in ("threads", "cycles") or any(r.get(c) is not None for r in info["levels"])]
     table = Table()
-    for col in ("level", "alpha", "compression", "acc %", "ms", "cycles", "weights B", "library"):
+    for col in shown:
         table.add_column(col, justify="left" if col in ("compression", "library") else "right", no_wrap=True)
     for row in info["levels"]:
-        acc = row["accuracy"]
-        table.add_row(str(row["index"]), f"{row['alpha']:.4f}", row["label"] or "",
-                      _fmt(None if acc is None else 100 * acc, ".2f"), _fmt(row["latency_ms"], ".3f"),
-                      _fmt(row["cycles"], ",d"), _fmt(row["member_bytes"].get("weights"), ",d"),
-                      str(row["members"].get("library") or row["members"].get("firmware") or "-").split("/")[-1])
+        table.add_row(*(cols[c](row) for c in shown))
     console.print(table)
 
 
