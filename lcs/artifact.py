@@ -24,12 +24,13 @@ An artifact is an uncompressed POSIX tar of regular files. `manifest.json` is it
       "levels": [{
         "index": 0, "alpha": 1.0, "label": "width 1.000", "keep": 1.0, "width": 1.0, "bits": null,
         "accuracy": 0.93 | null,            # from the checkpoint's metrics if known
-        "latency_ms": 0.12 | null,          # measured at build time on the host when the target is the host
+        "latency_ms": 0.12 | null,          # measured at build time on the board (host, or over RPC)
+        "threads": 2 | null,                 # CPU threads this level runs on (the fewest within 3 % of its fastest)
         "cycles": null,                      # MCU builds
         "members": {"library": "lib/level0.so", "weights": "weights/level0.npz"}   # what this level uses
       }, ...],
       "reference": "reference.npz",         # "input" (sample inputs) and "level<i>" (expected outputs)
-      "runtime": {"threads": 1, ...},       # CPU builds timed on the board: the thread count lcs.runtime caps at
+      "runtime": {"threads": 2, ...},       # CPU builds timed on the board: the most threads lcs.runtime uses
       "members": {"lib/level0.so": {"sha256": "...", "size": 1234}, ...}   # every member but the manifest
       ...                                   # producers may add keys (e.g. "firmware", "tuning"); readers ignore them
     }

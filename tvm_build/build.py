@@ -39,6 +39,7 @@ from lcs.evaluate import accuracy_at, accuracy_table
 
 STRATEGIES = ("per-level", "weights-as-input", "alpha-input")
 ATOL = 1e-4
+TIMING_ROUNDS = 3  # of every level at every thread count, interleaved
 
 
 class VerificationError(LcsError):
@@ -398,12 +399,18 @@ def _thread_counts(runtime, levels: int, threads: int | None) -> tuple[list[int 
     if threads:
         most = min(threads, most)
     counts = sorted({1, most, *(2 ** k for k in range(1, most.bit_length()) if 2 ** k < most)})
-    by_threads = {}
-    for count in counts:
-        runtime.set_threads(count)
-        # settled timings: multi-threaded calls take a few hundred ms after a pool resize to settle (the small CNN
-        # measured 0.10 ms at 2 threads right after one, 0.05 ms later)
-        by_threads[count] = [runtime.time(i, number=1, repeat=4, min_repeat_ms=50, warmup=2) for i in range(levels)]
+    # rounds over the counts, each figure the fastest of its rounds: a burst of load elsewhere on the machine (a
+    # shared 2-vCPU VM here once made 2 threads look 2x slow for seconds) must not decide a level's count; within a
+    # round, timings are settled (multi-threaded calls take a few hundred ms after a pool resize to settle)
+    rounds = []
+    for _ in range(TIMING_ROUNDS):
+        by_count = {}
+        for count in counts:
+            runtime.set_threads(count)
+            by_count[count] = [runtime.time(i, number=1, repeat=3, min_repeat_ms=40, warmup=1)
+                               for i in range(levels)]
+        rounds.append(by_count)
+    by_threads = {c: [min(r[c][i] for r in rounds) for i in range(levels)] for c in counts}
     runtime.set_threads(most)
     if len(counts) == 1:
         return [counts[0] if threads else None] * levels, by_threads

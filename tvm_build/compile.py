@@ -103,6 +103,7 @@ class ChannelsLast:
         from tvm import relax
 
         mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
+        mod = _unit_permutes_as_reshapes(mod)
         mod = relax.transform.LiftTransformParams()(mod)
         if not any(gv.name_hint == "main_transform_params" for gv in mod.get_global_vars()):
             raise LcsError("TVM's LiftTransformParams made no weight transform; this TVM is not the pinned 0.27")
@@ -124,6 +125,39 @@ class ChannelsLast:
                            f"{self._source_names[:3]}...)")
         outputs = self._transform([tvm.runtime.tensor(np.ascontiguousarray(a), tvm.cpu()) for a in arrays.values()])
         return {name: out.numpy() for name, out in zip(self.names, outputs)}
+
+
+def _unit_permutes_as_reshapes(mod):
+    """Rewrite transposes that only move axes of extent 1 (NHWC (1,1,1,C) -> NCHW (1,C,1,1) before a flatten, which
+    ConvertLayout leaves at the classifier) as reshapes: Relax runs a reshape as a view, with no kernel launch or
+    allocation (a transpose is one of each, a tenth of the width-0.25 small CNN's fixed cost per call)."""
+    import tvm
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class Rewriter(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            op = getattr(call.op, "name", None)
+            if op == "relax.reshape":  # a reshape of a reshape (the rewritten transpose's consumer) is one reshape
+                source = self.lookup_binding(call.args[0]) if isinstance(call.args[0], relax.Var) else None
+                if isinstance(source, relax.Call) and getattr(source.op, "name", None) == "relax.reshape":
+                    return relax.op.reshape(source.args[0], call.args[1])
+                return call
+            shape = getattr(call.args[0].ty, "shape", None) if call.args else None
+            if op != "relax.permute_dims" or not isinstance(shape, relax.ShapeExpr):
+                return call
+            dims = [d.value if isinstance(d, tvm.tirx.IntImm) else None for d in shape.values]
+            axes = [int(a) for a in call.attrs.axes] if call.attrs.axes is not None else list(range(len(dims)))[::-1]
+            moved = [a for a in axes if dims[a] != 1]
+            if None in dims or moved != sorted(moved):
+                return call
+            return relax.op.reshape(call.args[0], [dims[a] for a in axes])
+
+    out = tvm.IRModule(attrs=mod.attrs)
+    for gv, func in mod.functions.items():
+        out[gv] = Rewriter(mod).visit_expr(func) if isinstance(func, relax.Function) else func
+    return relax.transform.DeadCodeElimination()(out)  # the reshapes now unused
 
 
 def _lifted_names(transform, names: list[str]) -> tuple[list[str], dict[str, str]]:
