@@ -156,6 +156,31 @@ def test_per_level_weights_stored_channels_last(ckpts, host_unstructured):
     np.testing.assert_array_equal(stored, net.features[1][0].weight.numpy().transpose(2, 3, 1, 0))
 
 
+def test_channels_last_calls_no_transpose_kernel(ckpts):
+    """ConvertLayout leaves an NHWC -> NCHW transpose before the classifier's flatten; it only moves axes of extent 1,
+    so it must run as a reshape (a view), and the module must still match torch."""
+    from tvm import relax
+
+    from lcs import checkpoint
+    from tvm_build import compile as tc
+    from tvm_build.graph import export_order, level_network, param_arrays
+
+    x = torch.randn(1, 1, 8, 8)
+    net = level_network(checkpoint.load(ckpts["structured"]).model, 0.5, x)
+    mod, ep = tc.to_relax(net, (x,))
+    converted = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)["main"].script()
+    assert "R.permute_dims(lv" in converted  # the activation transpose ConvertLayout inserts before the flatten
+    lifted = tc.ChannelsLast(mod, export_order(ep))
+    text = lifted.main["main"].script()
+    assert "R.permute_dims(" not in text and text.count("R.reshape(") >= 1, text
+    arrays = param_arrays(net)
+    weights = lifted.weights({name: arrays[name] for name in export_order(ep)})
+    executable = tc.compile_module(lifted.main, tc.host_target())
+    got = tc.run_vm(executable, x.numpy(), list(weights.values()))
+    with torch.no_grad():
+        np.testing.assert_allclose(got, net(x).numpy(), atol=1e-5)
+
+
 def test_info_table_and_json(host_unstructured):
     code, text = run_cli("info", host_unstructured, "--json")
     assert code == 0
