@@ -219,7 +219,8 @@ def simulate_cmd(trace_path, artifact_path, profile_path, accuracy_path, board, 
               show_default=True, help="one module per level, one module with weights as inputs, or alpha as input")
 @click.option("--tune", type=int, default=0, show_default=True, help="MetaSchedule trials per module (0: untuned)")
 @click.option("--threads", type=int, default=None,
-              help="CPU threads the model runs on: kernels planned and tuned for it [default: every core]")
+              help="CPU threads the model may use: kernels planned and tuned for it; each level is timed at 1, 2, 4 "
+                   ".. of them and runs on the fewest within 3 % of its fastest [default: every core]")
 @click.option("--rpc", default=None, metavar="HOST:PORT", help="a TVM RPC server on the board: verify and time there")
 @click.option("--tracker", default=None, metavar="HOST:PORT", help="a TVM RPC tracker: tune, verify and time on a board")
 @click.option("--key", default=None, help="device key of the board at the tracker")
