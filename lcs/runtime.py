@@ -147,7 +147,7 @@ class Runtime:
                 self._calls.append(functools.partial(vm["main"], self._input, *args))
         # threads: the build measured each level at 1, 2, 4, ... threads and recorded the fewest within 3 % of its
         # fastest (tiny levels lose more to the pool's hand-offs than they gain). A switch resizes TVM's pool when
-        # the next level wants another count (~1.5 us locally, one round trip over RPC).
+        # the next level wants another count (~2.6 us here, one round trip over RPC).
         self.pool_threads = self._pool_size()  # what the process gave TVM (TVM_NUM_THREADS)
         best = (manifest.get("runtime") or {}).get("threads")
         self._cap = min(int(best), self.pool_threads) if best else self.pool_threads  # never more than it was given

@@ -271,6 +271,7 @@ def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key,
         scratch = Path(scratch)
         host_libs: dict[str, bytes] = {}
         shipped = [m.relax for m in modules]
+        module_targets = [target] * len(modules)  # a module tuned again for fewer threads gets its own
         tuned_threads = [int(target.attrs.get("num-cores") or 1)] * len(modules)  # what each module is planned for
         if tune:
             bar.step(f"tuning {tune} trials x {len(modules)} module(s)", 0)
@@ -282,7 +283,7 @@ def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key,
                 m = modules[i]
                 bar.step(f"{m.name}: compile for {board.name}", 0)
                 path = scratch / m.name.replace("/", "_")
-                tc.export_library(tc.compile_module(shipped[i], tc.make_target(board, tuned_threads[i])), board, path)
+                tc.export_library(tc.compile_module(shipped[i], module_targets[i]), board, path)
                 members[m.name] = path.read_bytes()
                 if not (tc.is_host(board) or rpc or tracker):
                     host_path = scratch / ("host_" + path.name)
@@ -325,11 +326,11 @@ def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key,
                 del runtime
                 for count, indices in sorted(retune.items()):
                     bar.step(f"tuning {len(indices)} module(s) again for {count} thread(s)", 0)
-                    again, info = tc.tune([modules[i].relax for i in indices], tc.make_target(board, count), tune,
-                                          runner=runner, log=log)
+                    fewer = tc.make_target(board, count)
+                    again, info = tc.tune([modules[i].relax for i in indices], fewer, tune, runner=runner, log=log)
                     tuning_info.append(_tuning_row([modules[i] for i in indices], info, count))
                     for i, mod in zip(indices, again):
-                        shipped[i], tuned_threads[i] = mod, count
+                        shipped[i], module_targets[i], tuned_threads[i] = mod, fewer, count
                     compile_modules(indices)
                 manifest["tuning"] = tuning_info
                 runtime, diffs = _verify(manifest, members, host_libs, scratch, session, level_rows, bar)
