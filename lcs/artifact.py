@@ -258,7 +258,7 @@ def summary_rows(artifact: Artifact) -> list[dict]:
         sizes = {role: artifact.manifest["members"][m]["size"] for role, m in members.items() if isinstance(m, str)}
         rows.append({"index": level["index"], "alpha": level["alpha"], "label": level.get("label"),
                      "accuracy": level.get("accuracy"), "latency_ms": level.get("latency_ms"),
-                     "cycles": level.get("cycles"), "bytes": sum(sizes.values()), "member_bytes": sizes,
+                     "threads": level.get("threads"), "cycles": level.get("cycles"), "bytes": sum(sizes.values()), "member_bytes": sizes,
                      "members": members})
     return rows
 

@@ -322,6 +322,7 @@ def test_threads_plan_the_kernels_and_cap_the_runtime(ckpts, tmp_path):
     assert summary["runtime"]["chosen_by"] == "--threads"
     code, text = run_cli("info", tmp_path / "one.lcsa")
     assert code == 0 and "runs on at most 1 thread(s): as built with --threads" in text, text
+    assert any("level" in line and "threads" in line for line in text.splitlines()), text  # the per-level column
     a = art.open_artifact(tmp_path / "one.lcsa")
     assert a.manifest["runtime"]["threads"] == 1
     import tvm

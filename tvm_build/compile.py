@@ -130,7 +130,7 @@ class ChannelsLast:
 def _unit_permutes_as_reshapes(mod):
     """Rewrite transposes that only move axes of extent 1 (NHWC (1,1,1,C) -> NCHW (1,C,1,1) before a flatten, which
     ConvertLayout leaves at the classifier) as reshapes: Relax runs a reshape as a view, with no kernel launch or
-    allocation (a transpose is one of each, a tenth of the width-0.25 small CNN's fixed cost per call)."""
+    allocation (a transpose costs one of each: one of the eleven kernels of the width-0.25 small CNN)."""
     import tvm
     from tvm import relax
 

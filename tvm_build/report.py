@@ -29,8 +29,10 @@ def print_info(info: dict, console: Console | None = None) -> None:
     if threads:
         how = ("as built with --threads" if info["runtime"].get("chosen_by") == "--threads"
                else f"the fastest count measured on {info['runtime'].get('measured_on')}")
-        console.print(f"runs on at most {threads} thread(s): {how}; each level on the fewest threads within 3 % of "
-                      f"its fastest (column threads)")
+        per_level = any(r.get("threads") for r in info["levels"])
+        console.print(f"runs on at most {threads} thread(s): {how}"
+                      + ("; each level on the fewest threads within 3 % of its fastest (column threads)"
+                         if per_level else ""))
     # columns only a board of that kind fills: thread counts (CPU boards, measured) and cycles (microcontrollers)
     cols = {"level": lambda r: str(r["index"]), "alpha": lambda r: f"{r['alpha']:.4f}",
             "compression": lambda r: r["label"] or "",
