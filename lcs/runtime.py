@@ -139,7 +139,7 @@ class Runtime:
                                         f"{array.shape} {array.dtype}, the module wants {p['shape']} {p['dtype']}")
                 args.append(tvm.runtime.tensor(array, self.device))
             vm = self._vms[module]
-            self._levels.append((vm, vm["main"], args))
+            self._levels.append((vm, args))
             if session is None:  # the VM keeps the arguments: a call converts none of them (0.3 us of 16 weights)
                 vm.save_function("main", f"lcs_level{len(self._calls)}", self._input, *args)
                 self._calls.append(vm.module[f"lcs_level{len(self._calls)}"])
@@ -235,7 +235,7 @@ class Runtime:
         """Median milliseconds of one call at `level`, timed on the device by TVM's time_evaluator: `repeat` means of
         `number` calls (each mean at least `min_repeat_ms` long), the first `warmup` of them dropped."""
         self.set_level(level)
-        vm, _, args = self._levels[level]
+        vm, args = self._levels[level]
         x = self._tvm.runtime.tensor(np.zeros(self.input_spec["shape"], self.input_spec["dtype"]), self.device)
         timer = vm.time_evaluator("main", self.device, number=number, repeat=repeat + warmup,
                                   min_repeat_ms=min_repeat_ms)

@@ -272,11 +272,10 @@ def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key,
         host_libs: dict[str, bytes] = {}
         shipped = [m.relax for m in modules]
         module_targets = [target] * len(modules)  # a module tuned again for fewer threads gets its own
-        tuned_threads = [int(target.attrs.get("num-cores") or 1)] * len(modules)  # what each module is planned for
         if tune:
             bar.step(f"tuning {tune} trials x {len(modules)} module(s)", 0)
             shipped, info = tc.tune(shipped, target, tune, runner=runner, log=log)
-            tuning_info.append(_tuning_row(modules, info, tuned_threads[0]))
+            tuning_info.append(_tuning_row(modules, info, _planned_threads(target)))
 
         def compile_modules(indices) -> None:
             for i in indices:
@@ -320,7 +319,8 @@ def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key,
             # speed on one (small CNN width 0.25: 11 vs 7 us)
             while True:
                 level_threads, by_threads = _thread_counts(runtime, len(level_rows), threads)
-                retune = _modules_to_retune(modules, level_rows, level_threads, tuned_threads) if tune else {}
+                planned = [_planned_threads(t) for t in module_targets]
+                retune = _modules_to_retune(modules, level_rows, level_threads, planned) if tune else {}
                 if not retune:
                     break
                 del runtime
@@ -330,7 +330,7 @@ def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key,
                     again, info = tc.tune([modules[i].relax for i in indices], fewer, tune, runner=runner, log=log)
                     tuning_info.append(_tuning_row([modules[i] for i in indices], info, count))
                     for i, mod in zip(indices, again):
-                        shipped[i], module_targets[i], tuned_threads[i] = mod, fewer, count
+                        shipped[i], module_targets[i] = mod, fewer
                     compile_modules(indices)
                 manifest["tuning"] = tuning_info
                 runtime, diffs = _verify(manifest, members, host_libs, scratch, session, level_rows, bar)
@@ -359,6 +359,11 @@ def _tuning_row(modules, info, threads: int) -> dict:
     return {"modules": [m.name for m in modules], "threads": threads, "trials_per_module": info.trials,
             "database": str(info.database), "reused": info.reused, "kernels": info.tasks,
             "seconds": round(info.seconds, 1), "tuning_seconds": info.tuning_seconds}
+
+
+def _planned_threads(target) -> int:
+    """The thread count a target's kernels are planned (and tuned) for."""
+    return int(target.attrs.get("num-cores") or 1)
 
 
 def _modules_to_retune(modules, level_rows, level_threads, tuned_threads) -> dict[int, list[int]]:
