@@ -16,6 +16,7 @@ Runtime is created.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import os
 import sys
@@ -87,6 +88,70 @@ def _import_tvm():
     return tvm, VirtualMachine
 
 
+def aligned_copy(array: np.ndarray, align: int = 64) -> np.ndarray:
+    """A C-contiguous copy of `array` whose data starts on an `align`-byte boundary (TVM kernels assume 64)."""
+    array = np.asarray(array)
+    raw = np.empty(array.nbytes + align, np.uint8)
+    start = -raw.ctypes.data % align
+    out = raw[start:start + array.nbytes].view(array.dtype).reshape(array.shape)
+    out[...] = array
+    return out
+
+
+class _StaticLibrary:
+    """A library with lcs's static executor (tvm_build/cpu_executor.py), called through ctypes: a call is one C
+    function on buffers the library owns, with no TVM packed call and no tensor conversion. The library must already
+    be loaded by TVM (which fills in its runtime hooks: thread pool, workspace); dlopen hands ctypes the same copy."""
+
+    def __init__(self, path: Path, input_spec: dict, output_spec: dict) -> None:
+        lib = ctypes.CDLL(str(path))
+        for name in ("lcs_input", "lcs_output"):
+            getattr(lib, name).restype = ctypes.c_void_p
+        lib.lcs_bind.argtypes = [ctypes.c_void_p]
+        lib.lcs_serial.argtypes = [ctypes.c_int]
+        lib.lcs_serial.restype = None
+        self._lib = lib
+        self._run = lib.lcs_run
+        self.input = self._view(lib.lcs_input(), input_spec)
+        self.output = self._view(lib.lcs_output(), output_spec)
+
+    @staticmethod
+    def _view(address: int, spec: dict) -> np.ndarray:
+        dtype, shape = np.dtype(spec["dtype"]), tuple(spec["shape"])
+        buffer = (ctypes.c_char * (int(np.prod(shape)) * dtype.itemsize)).from_address(address)
+        return np.frombuffer(buffer, dtype=dtype).reshape(shape)
+
+    @staticmethod
+    def pointers(arrays: list[np.ndarray]):
+        return (ctypes.c_void_p * max(1, len(arrays)))(*[a.ctypes.data for a in arrays])
+
+    def bind(self, pointers) -> None:
+        if self._lib.lcs_bind(pointers):
+            raise RunError("the static executor failed to set up a level's weights (a kernel raised)")
+
+    def threads(self, count: int) -> None:
+        """On one thread the kernels' parallel loops run inline, not through TVM's launcher (~100 ns a loop)."""
+        self._lib.lcs_serial(1 if count == 1 else 0)
+
+    def run(self) -> np.ndarray:
+        code = self._run()
+        if code:
+            raise RunError(f"the static executor failed ({'no weights bound' if code == -2 else 'a kernel raised'})")
+        return self.output.copy()  # the buffer is the library's, overwritten by the next call
+
+
+class _Level:
+    """What one level needs to run: its weights bound where its module reads them, and a call on its input."""
+
+    def __init__(self, module: str, args: list, call, input_host, bind=None, timed=None) -> None:
+        self.module = module
+        self.args = args  # TVM tensors: main's (*extra_inputs, *params), or the executor's parameters
+        self.call = call  # () -> output (numpy), reading the input from `input_host` (or the shared RPC input)
+        self.input_host = input_host  # numpy view of the input buffer the call reads (None over RPC)
+        self.bind = bind  # () -> None: make these weights the module's (static executor); None for the VM
+        self.timed = timed  # (module, function name, arguments after the input) for TVM's time_evaluator
+
+
 class Runtime:
     """All levels of one artifact, resident; run any of them and switch without reloading."""
 
@@ -100,9 +165,9 @@ class Runtime:
         self._session = session
         self.device = session.cpu() if session is not None else tvm.cpu()
         self.input_spec = manifest["input"]
+        self.output_spec = manifest["output"]
         self._input_shape = tuple(self.input_spec["shape"])
-        self._vms: dict[str, object] = {}
-        self._extra: dict[str, list] = {}
+        self._libs: dict[str, object] = {}
         self._scratch = tempfile.TemporaryDirectory(prefix="lcs-runtime-")
         for name in manifest["modules"]:
             path = Path(self._scratch.name) / name.replace("/", "_")
@@ -117,34 +182,13 @@ class Runtime:
                 except Exception as exc:  # wrong architecture or a library the runtime cannot open
                     raise RunError(f"cannot load {name} from {self.artifact.path} here: "
                                         f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}") from None
-            self._vms[name] = VirtualMachine(lib, self.device)
+            self._libs[name] = (lib, path)
+        # the shared input: every VM level and every call over RPC read it
         self._input_host, self._input = self._input_buffer()
-        self._levels = []
-        self._calls = []  # per level: a function of no arguments that runs it on the shared input
-        for level in manifest["levels"]:
-            members = level["members"]
-            module = members["library"]
-            spec = manifest["modules"][module]
-            weights = self.artifact.read_npz(members["weights"]) if members.get("weights") else {}
-            args = []  # main(x, *extra_inputs, *params)
-            for extra in spec.get("extra_inputs", []):  # e.g. alpha for the alpha-input strategy
-                value = np.asarray(level[extra["name"]], dtype=extra["dtype"]).reshape(extra["shape"])
-                args.append(tvm.runtime.tensor(value, self.device))
-            for p in spec.get("params", []):
-                if p["name"] not in weights:
-                    raise ArtifactError(f"{self.artifact.path}: level {level['index']} lacks weight {p['name']}")
-                array = np.require(weights[p["name"]], requirements="C")
-                if list(array.shape) != list(p["shape"]) or str(array.dtype) != p["dtype"]:
-                    raise ArtifactError(f"{self.artifact.path}: weight {p['name']} of level {level['index']} is "
-                                        f"{array.shape} {array.dtype}, the module wants {p['shape']} {p['dtype']}")
-                args.append(tvm.runtime.tensor(array, self.device))
-            vm = self._vms[module]
-            self._levels.append((vm, args))
-            if session is None:  # the VM keeps the arguments: a call converts none of them (0.3 us of 16 weights)
-                vm.save_function("main", f"lcs_level{len(self._calls)}", self._input, *args)
-                self._calls.append(vm.module[f"lcs_level{len(self._calls)}"])
-            else:
-                self._calls.append(functools.partial(vm["main"], self._input, *args))
+        self._vms: dict[str, object] = {}
+        self._static: dict[str, _StaticLibrary] = {}
+        self._bound: dict[str, int] = {}  # static module -> the level whose weights it holds
+        self._levels = [self._load_level(level, VirtualMachine) for level in manifest["levels"]]
         # threads: the build measured each level at 1, 2, 4, ... threads and recorded the fewest within 3 % of its
         # fastest (tiny levels lose more to the pool's hand-offs than they gain). A switch resizes TVM's pool when
         # the next level wants another count (~2.6 us here, one round trip over RPC).
@@ -153,8 +197,65 @@ class Runtime:
         self._cap = min(int(best), self.pool_threads) if best else self.pool_threads  # never more than it was given
         self._level_threads = [level.get("threads") for level in manifest["levels"]]
         self._threads_now = self.pool_threads
+        for static in self._static.values():
+            static.threads(self._threads_now)
         self.level = -1
         self.set_level(0)
+
+    def _load_level(self, level: dict, VirtualMachine) -> _Level:
+        tvm = self._tvm
+        manifest = self.artifact.manifest
+        members = level["members"]
+        module = members["library"]
+        spec = manifest["modules"][module]
+        weights = self.artifact.read_npz(members["weights"]) if members.get("weights") else {}
+        arrays = []  # main(x, *extra_inputs, *params)
+        for extra in spec.get("extra_inputs", []):  # e.g. alpha for the alpha-input strategy
+            arrays.append(np.asarray(level[extra["name"]], dtype=extra["dtype"]).reshape(extra["shape"]))
+        for p in spec.get("params", []):
+            if p["name"] not in weights:
+                raise ArtifactError(f"{self.artifact.path}: level {level['index']} lacks weight {p['name']}")
+            array = np.require(weights[p["name"]], requirements="C")
+            if list(array.shape) != list(p["shape"]) or str(array.dtype) != p["dtype"]:
+                raise ArtifactError(f"{self.artifact.path}: weight {p['name']} of level {level['index']} is "
+                                    f"{array.shape} {array.dtype}, the module wants {p['shape']} {p['dtype']}")
+            arrays.append(array)
+        lib, path = self._libs[module]
+        index = level["index"]
+        if spec.get("executor") == "static":
+            if self._session is None:  # ctypes straight into the library: no packed call, no tensor conversion
+                static = self._static.get(module) or self._static.setdefault(
+                    module, _StaticLibrary(path, self.input_spec, self.output_spec))
+                kept = [aligned_copy(a) for a in arrays]
+                pointers = static.pointers(kept)
+
+                def bind(static=static, pointers=pointers, kept=kept):  # `kept` lives as long as the binding
+                    static.bind(pointers)
+
+                args = [tvm.runtime.from_dlpack(a) for a in kept]  # views, for time_evaluator
+                y = tvm.runtime.tensor(np.zeros(self.output_spec["shape"], self.output_spec["dtype"]), self.device)
+                return _Level(module, args, static.run, static.input, bind, (lib, "lcs_forward", [y]))
+            args = [tvm.runtime.tensor(a, self.device) for a in arrays]
+            set_weights, forward = lib["lcs_set_weights"], lib["lcs_forward"]
+            y = tvm.runtime.tensor(np.zeros(self.output_spec["shape"], self.output_spec["dtype"]), self.device)
+
+            def remote_call(forward=forward, y=y):
+                forward(self._input, y)
+                return y.numpy()
+
+            return _Level(module, args, remote_call, None, lambda: set_weights(*args), (lib, "lcs_forward", [y]))
+        if module not in self._vms:
+            self._vms[module] = VirtualMachine(lib, self.device)
+        vm = self._vms[module]
+        args = [tvm.runtime.tensor(a, self.device) for a in arrays]
+        if self._session is None:  # the VM keeps the arguments: a call converts none of them (0.3 us of 16 weights)
+            vm.save_function("main", f"lcs_level{index}", self._input, *args)
+            saved = vm.module[f"lcs_level{index}"]
+            # the output's storage is the VM's to reuse
+            return _Level(module, args, lambda: np.from_dlpack(saved()).copy(), self._input_host,
+                          timed=(vm, "main", args))
+        main = functools.partial(vm["main"], self._input, *args)
+        return _Level(module, args, lambda: main().numpy(), None, timed=(vm, "main", args))
 
     def _runtime_function(self, name: str):
         if self._session is not None:
@@ -185,6 +286,8 @@ class Runtime:
         if count != self._threads_now:
             self._runtime_function("runtime.config_threadpool")(0, count)  # mode 0: TVM's default affinity
             self._threads_now = count
+            for static in self._static.values():
+                static.threads(count)
 
     @property
     def levels(self) -> list[dict]:
@@ -195,6 +298,10 @@ class Runtime:
             if not 0 <= index < len(self._levels):
                 raise RunError(f"level {index} does not exist; this artifact has levels 0..{len(self._levels) - 1}")
             self._use_threads(self._wanted_threads(index))
+            level = self._levels[index]
+            if level.bind is not None and self._bound.get(level.module) != index:  # levels sharing a library
+                level.bind()
+                self._bound[level.module] = index
             self.level = index
 
     def level_for_alpha(self, alpha: float) -> int:
@@ -202,44 +309,47 @@ class Runtime:
         return min(range(len(self.levels)), key=lambda i: abs(self.levels[i]["alpha"] - alpha))
 
     def _input_buffer(self):
-        """One input tensor for every call. Locally it is a zero-copy view of a 64-byte aligned numpy array (what
+        """One input tensor for every VM call. Locally it is a zero-copy view of a 64-byte aligned numpy array (what
         DLPack import demands), so a call costs a numpy copy instead of a fresh TVM tensor (~15 us, more than the
         whole width-0.25 network); over RPC it is a tensor on the board that each call copies into."""
         shape, dtype = tuple(self.input_spec["shape"]), np.dtype(self.input_spec["dtype"])
         if self._session is not None:
             return None, self._tvm.runtime.tensor(np.zeros(shape, dtype), self.device)
-        size = int(np.prod(shape))
-        raw = np.empty(size + 64 // dtype.itemsize, dtype)
-        start = (-raw.ctypes.data % 64) // dtype.itemsize
-        host = raw[start:start + size].reshape(shape)
+        host = aligned_copy(np.zeros(shape, dtype))
         return host, self._tvm.runtime.from_dlpack(host)
 
     def run(self, x: np.ndarray, level: int | None = None) -> np.ndarray:
-        """Outputs of one call at `level` (default: the current one). Not thread-safe: calls share one input."""
+        """Outputs of one call at `level` (default: the current one). Not thread-safe: calls share their input."""
         if level is not None and level != self.level:
             self.set_level(level)
         x = np.asarray(x)
         if x.shape != self._input_shape:
             raise RunError(f"input shape {list(x.shape)} does not match the artifact's {self.input_spec['shape']}")
-        if self._input_host is None:
+        current = self._levels[self.level]
+        host = current.input_host
+        if host is None:
             self._input.copyfrom(np.ascontiguousarray(x, dtype=self.input_spec["dtype"]))
-            return self._calls[self.level]().numpy()
-        if x.dtype == self._input_host.dtype:
-            self._input_host[...] = x  # half the time of np.copyto, which checks casting rules
+        elif x.dtype == host.dtype:
+            host[...] = x  # half the time of np.copyto, which checks casting rules
         else:
-            np.copyto(self._input_host, x, casting="same_kind")
-        return np.from_dlpack(self._calls[self.level]()).copy()  # the output's storage is the VM's to reuse
+            np.copyto(host, x, casting="same_kind")
+        return current.call()
 
     def time(self, level: int, number: int = 10, repeat: int = 5, *, min_repeat_ms: int = 0,
              warmup: int = 0) -> float:
         """Median milliseconds of one call at `level`, timed on the device by TVM's time_evaluator: `repeat` means of
         `number` calls (each mean at least `min_repeat_ms` long), the first `warmup` of them dropped."""
         self.set_level(level)
-        vm, args = self._levels[level]
+        module, name, args = self._levels[level].timed
         x = self._tvm.runtime.tensor(np.zeros(self.input_spec["shape"], self.input_spec["dtype"]), self.device)
-        timer = vm.time_evaluator("main", self.device, number=number, repeat=repeat + warmup,
-                                  min_repeat_ms=min_repeat_ms)
+        timer = module.time_evaluator(name, self.device, number=number, repeat=repeat + warmup,
+                                      min_repeat_ms=min_repeat_ms)
         return float(np.median(timer(x, *args).results[warmup:]) * 1e3)
+
+    @property
+    def executors(self) -> list[str]:
+        """Per level: "static" (lcs's C executor, tvm_build/cpu_executor.py) or "vm" (the Relax VM)."""
+        return ["static" if lv.bind is not None else "vm" for lv in self._levels]
 
     def check(self, atol: float = 1e-4) -> list[float]:
         """Max abs difference per level between this device's outputs and the reference outputs in the artifact."""

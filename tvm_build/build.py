@@ -270,23 +270,25 @@ def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key,
     with tc.scratch_dir() as scratch:
         scratch = Path(scratch)
         host_libs: dict[str, bytes] = {}
-        shipped = [m.relax for m in modules]
         module_targets = [target] * len(modules)  # a module tuned again for fewer threads gets its own
         if tune:
             bar.step(f"tuning {tune} trials x {len(modules)} module(s)", 0)
-            shipped, info = tc.tune(shipped, target, tune, runner=runner, log=log)
+            shipped, info = tc.tune([m.relax for m in modules], target, tune, runner=runner, log=log)
             tuning_info.append(_tuning_row(modules, info, _planned_threads(target)))
+        else:
+            shipped = [tc.fuse_kernels(m.relax) for m in modules]
+        executors: dict[str, dict] = {}  # module -> how it runs (static executor or Relax VM), for the manifest
 
         def compile_modules(indices) -> None:
             for i in indices:
                 m = modules[i]
                 bar.step(f"{m.name}: compile for {board.name}", 0)
                 path = scratch / m.name.replace("/", "_")
-                tc.export_library(tc.compile_module(shipped[i], module_targets[i]), board, path)
+                executors[m.name] = tc.build_library(shipped[i], module_targets[i], board, path)
                 members[m.name] = path.read_bytes()
                 if not (tc.is_host(board) or rpc or tracker):
                     host_path = scratch / ("host_" + path.name)
-                    tc.export_library(tc.compile_module(m.relax, tc.host_target()), targets.load("host"), host_path)
+                    tc.build_library(tc.fuse_kernels(m.relax), tc.host_target(), targets.load("host"), host_path)
                     host_libs[m.name] = host_path.read_bytes()
                 bar.step(f"{m.name}: compiled")
 
@@ -299,7 +301,8 @@ def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key,
             input={"name": "x", "shape": list(xs.shape[1:]), "dtype": "float32"},
             output={"shape": list(reference["level0"].shape[1:]), "dtype": "float32"},
             modules={m.name: {"entry": "main", "layout": m.layout, "params": [p.to_dict() for p in m.params],
-                              "extra_inputs": [{k: v for k, v in e.items() if k != "value"} for e in m.extra_inputs]}
+                              "extra_inputs": [{k: v for k, v in e.items() if k != "value"} for e in m.extra_inputs],
+                              **executors[m.name]}
                      for m in modules},
             levels=level_rows, reference="reference.npz",
             tuning=tuning_info or None)
@@ -332,6 +335,8 @@ def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key,
                     for i, mod in zip(indices, again):
                         shipped[i], module_targets[i] = mod, fewer
                     compile_modules(indices)
+                    for i in indices:
+                        manifest["modules"][modules[i].name].update(executors[modules[i].name])
                 manifest["tuning"] = tuning_info
                 runtime, diffs = _verify(manifest, members, host_libs, scratch, session, level_rows, bar)
             for i, row in enumerate(level_rows):

@@ -20,6 +20,7 @@ import numpy as np
 
 from lcs.errors import ConfigError, LcsError
 from lcs.runtime import filtered_tvm_logs
+from tvm_build.static_plan import CodegenError
 
 
 class ToolchainError(LcsError):
@@ -204,7 +205,8 @@ def module_key(mod, target) -> str:
     return hashlib.sha256(text.encode() + tvm.__version__.encode()).hexdigest()[:20]
 
 
-def _prepare_for_tuning(mod):
+def fuse_kernels(mod):
+    """Legalize and fuse: `main` becomes a list of call_tir kernels (the form tuned, and the static executor's)."""
     import tvm
     from tvm import relax
 
@@ -355,7 +357,7 @@ def tune(mods: list, target, trials: int, *, runner=None, log=None) -> tuple[lis
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.relax_integration import extracted_tasks_to_tune_contexts
 
-    prepared = [_prepare_for_tuning(m) for m in mods]
+    prepared = [fuse_kernels(m) for m in mods]
     key = hashlib.sha256("".join(sorted(module_key(m, target) for m in prepared)).encode()).hexdigest()[:20]
     work = cache_dir() / "tune" / key
     done_file = work / "done.json"
@@ -444,16 +446,49 @@ def compile_module(mod, target):
     return relax.build(mod, target=target, exec_mode="compiled")
 
 
-def export_library(executable, board, path: Path) -> Path:
-    """Write the compiled module as a shared library for the board (cross-linked when the board needs it)."""
-    kwargs = {}
-    if board.cross_compiler:
-        from tvm.support import cc
+def build_library(mod, target, board, path: Path) -> dict:
+    """Compile a fused module (`fuse_kernels`, or tuned) into the board's shared library at `path`: its kernels and
+    the static executor (cpu_executor.py) when `main` is a flat list of kernels, else a Relax VM program. Returns
+    the manifest's description of the module's executor."""
+    import tvm
 
-        kwargs["fcompile"] = cc.cross_compiler(board.cross_compiler)
+    from tvm_build import cpu_executor
+
+    lowered = cpu_executor.kernel_module(mod)
+    try:
+        plan = cpu_executor.plan_module(lowered)
+    except CodegenError as exc:
+        export_library(compile_module(mod, target), board, path)
+        return {"executor": "vm", "why_not_static": str(exc)}
+    # the executor passes exactly the shapes the kernels were built for: their argument checks are dead code
+    with tvm.transform.PassContext(config={"tirx.disable_assert": True}), filtered_tvm_logs():
+        kernels = tvm.compile(cpu_executor.kernels_of(lowered, plan), target=target)
+    source = path.with_name(path.name + ".executor.c")
+    source.write_text(cpu_executor.emit(plan))
+    export_library(kernels, board, path, sources=[source])
+    return {"executor": "static", "entry": cpu_executor.ENTRY, "kernels": len(plan.calls),
+            "arena_bytes": plan.arena_bytes}
+
+
+def tvm_include_dirs() -> list[str]:
+    """Where TVM's C headers are (tvm/ffi/c_api.h, DLPack) for C compiled beside TVM kernels."""
+    import tvm
+    import tvm_ffi
+
+    return [str(Path(tvm_ffi.__file__).parent / "include"), str(Path(tvm.__file__).parent / "include")]
+
+
+def export_library(executable, board, path: Path, sources: list[Path] = ()) -> Path:
+    """Write a compiled module as a shared library for the board (cross-linked when the board needs it), with the C
+    `sources` compiled into it."""
+    from tvm.support import cc
+
+    options = [f"-I{d}" for d in tvm_include_dirs()] + ["-O2"] if sources else []
+    fcompile = cc.cross_compiler(board.cross_compiler or cc.create_shared, options=options,
+                                 add_files=[str(s) for s in sources])
     with filtered_tvm_logs():
         try:
-            executable.export_library(str(path), **kwargs)
+            executable.export_library(str(path), fcompile=fcompile)
         except Exception as exc:  # a linker failure surfaces as a RuntimeError with the compiler's output
             raise ToolchainError(f"linking for {board.name} with {board.cross_compiler or 'the host compiler'} "
                                  f"failed: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}") from None

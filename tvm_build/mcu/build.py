@@ -20,6 +20,7 @@ import torch
 from lcs.errors import ConfigError, LcsError
 from lcs.evaluate import accuracy_at, accuracy_table
 from lcs.subspace.levels import Level
+from tvm_build.compile import tvm_include_dirs
 from tvm_build.mcu import firmware as fw
 from tvm_build.mcu.device_net import device_net
 from tvm_build.mcu.executor import emit_executor, plan
@@ -85,7 +86,7 @@ def compile_firmware(board, src_dir: Path, out: Path, *, max_payload: int, works
     cc = fw.require_tool(spec["cc"], spec.get("cc_package", spec["cc"]))
     board_dir = fw.FIRMWARE_DIR / "boards" / spec["board_dir"]
     cmd = [cc, *spec.get("cflags", []), f"-DLCS_MAX_PAYLOAD={max_payload}", f"-DLCS_WORKSPACE_BYTES={workspace}",
-           f"-I{fw.FIRMWARE_DIR / 'src'}", f"-I{board_dir}", *[f"-I{d}" for d in include], *[f"-I{d}" for d in fw.include_dirs()],
+           f"-I{fw.FIRMWARE_DIR / 'src'}", f"-I{board_dir}", *[f"-I{d}" for d in include], *[f"-I{d}" for d in tvm_include_dirs()],
            *[f"-D{d}" for d in (*spec.get("defines", []), *defines)]]
     if tx_bytes:
         cmd.append(f"-DLCS_TX_BYTES={tx_bytes}")

@@ -18,7 +18,7 @@ import numpy as np
 
 from lcs.errors import LcsError
 from tvm_build.mcu.device_net import DeviceNet
-from tvm_build.mcu.executor import Plan
+from tvm_build.static_plan import Plan
 from tvm_build.mcu.executor import ctrl_symbol as executor_ctrl_symbol
 
 FIRMWARE_DIR = Path(__file__).resolve().parents[2] / "firmware_host"
@@ -111,13 +111,6 @@ def model_hash(*parts: bytes) -> bytes:
 
 
 # -- compiling ----------------------------------------------------------------------------------------------
-
-def include_dirs() -> list[str]:
-    import tvm
-    import tvm_ffi
-
-    return [str(Path(tvm_ffi.__file__).parent / "include"), str(Path(tvm.__file__).parent / "include")]
-
 
 def require_tool(tool: str, package: str) -> str:
     path = shutil.which(tool)

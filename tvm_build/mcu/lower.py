@@ -13,12 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from lcs.errors import LcsError
 from lcs.runtime import filtered_tvm_logs
-
-
-class CodegenError(LcsError):
-    """The model cannot be turned into MCU C code."""
+from tvm_build.static_plan import CodegenError
 
 
 @dataclass
