@@ -124,6 +124,7 @@ def worker_tvm(spec: dict) -> dict:
         x = rt.artifact.reference()["input"][0]
         per_level = [median_ms(lambda i=i: rt.run(x, level=i), spec["reps"]) for i in range(len(rt.levels))]
         out[kind] = per_level
+        out[f"{kind}_executors"] = rt.executors
         if kind == "tuned" or spec["tuned"] is None:  # switch costs of what ships (tuned if there is one)
             full = int(np.argmax([lv["alpha"] for lv in rt.levels]))
             n = len(rt.levels)
@@ -287,7 +288,7 @@ def median_over_rounds(rounds: list[dict]) -> dict:
 
     out = {}
     for key, first in rounds[0].items():
-        if key == "notes":
+        if key == "notes" or key.endswith("_executors"):  # words, not figures
             out[key] = first
         elif isinstance(first, list):
             out[key] = [med([r[key][i] for r in rounds]) for i in range(len(first))]

@@ -4,9 +4,11 @@
 
 On a device set TVM_USE_RUNTIME_LIB=1 so that `import tvm` loads only libtvm_runtime (the module never sets it
 itself: in a build process the full compiler is already loaded). Every compiled library of the artifact is loaded
-once and every level's weights are uploaded once; `set_level` only picks which (VM, weight list) pair the next
-`run` uses, and resizes TVM's thread pool when the level runs on another thread count (recorded per level by
-`lcs build`), so switching levels costs no reload. With `session=` (a TVM RPC session) the libraries and weights go
+once and every level's weights are uploaded once. A library built with lcs's static executor
+(tvm_build/cpu_executor.py) is called through ctypes: one C call per inference on buffers the library owns; others
+run on TVM's Relax VM. `set_level` points the level's library at its weights (a pointer table; a library shared by
+several levels is rebound) and resizes TVM's thread pool when the level runs on another thread count (recorded per
+level by `lcs build`), so switching levels costs no reload. With `session=` (a TVM RPC session) the libraries and weights go
 to the remote device instead.
 
 This module imports neither torch nor tvm_build (the device has neither); it needs the `tvm` package only when a
@@ -239,8 +241,8 @@ class Runtime:
             set_weights, forward = lib["lcs_set_weights"], lib["lcs_forward"]
             y = tvm.runtime.tensor(np.zeros(self.output_spec["shape"], self.output_spec["dtype"]), self.device)
 
-            def remote_call(forward=forward, y=y):
-                forward(self._input, y)
+            def remote_call(forward=forward, x=self._input, y=y):  # no reference to self: the session must close
+                forward(x, y)                                         # when the Runtime goes, not at the next GC
                 return y.numpy()
 
             return _Level(module, args, remote_call, None, lambda: set_weights(*args), (lib, "lcs_forward", [y]))

@@ -74,6 +74,8 @@ def test_structured_per_level_matches_subspace(ckpts, tmp_path):
     p0, p1 = (m["modules"][lv["members"]["library"]]["params"][0]["shape"] for lv in a.levels)
     assert p0[0] < p1[0]
     rt = Runtime(a)
+    assert [mod["executor"] for mod in m["modules"].values()] == ["static", "static"]
+    assert rt.executors == ["static", "static"]  # lcs's C executor, no Relax VM
     xs = a.reference()["input"]
     for index, alpha in enumerate((0.0, 1.0)):
         got = np.stack([rt.run(x, level=index) for x in xs])
@@ -103,6 +105,7 @@ def test_quantized_weights_as_input_store_int8(ckpts, tmp_path):
     fp32_name = next(k for k in fp32 if k.startswith(layer) and k.endswith("weight"))
     assert fp32[fp32_name].nbytes == 4 * w8[codes[0]].nbytes
     rt = Runtime(a)
+    assert rt.executors == ["static", "static"]  # one library, rebound per level: int8 codes dequantized in it
     xs = a.reference()["input"]
     for index, alpha in enumerate((1 / 6, 1.0)):
         got = np.stack([rt.run(x, level=index) for x in xs])
@@ -203,8 +206,9 @@ def test_alpha_input_blends_in_the_graph(ckpts, tmp_path):
     assert {lv["members"]["weights"] for lv in a.levels} == {"weights/endpoints.npz"}  # endpoints stored once
     assert any(name.endswith("weight1") for name in a.read_npz("weights/endpoints.npz"))
     rt = Runtime(a)
+    assert rt.executors == ["static", "static"]  # the blend runs once per switch, in the executor's lcs_bind
     xs = a.reference()["input"]
-    for index, alpha in enumerate((0.1, 0.6)):
+    for index, alpha in [(0, 0.1), (1, 0.6), (0, 0.1)]:  # back to 0: the blend is redone
         got = np.stack([rt.run(x, level=index) for x in xs])
         np.testing.assert_allclose(got, subspace_outputs(ckpts["unstructured"], alpha, xs), atol=1e-4, rtol=0)
 
@@ -220,6 +224,27 @@ def test_structured_weights_as_input_refused(ckpts, tmp_path):
                          "--no-progress", "-o", tmp_path / "x.lcsa")
     assert code == 2 and "per-level" in text and "Traceback" not in text
     assert not (tmp_path / "x.lcsa").exists()
+
+
+def test_graphs_the_static_executor_cannot_plan_run_on_the_vm(ckpts, tmp_path, monkeypatch):
+    from lcs.runtime import Runtime
+    from tvm_build import cpu_executor
+    from tvm_build.static_plan import CodegenError
+
+    def refuse(mod):
+        raise CodegenError("the static executor only runs call_tir and reshape bindings, found: R.call_dps_packed")
+
+    monkeypatch.setattr(cpu_executor, "plan_module", refuse)
+    out = tmp_path / "vm.lcsa"
+    code, text = run_cli("build", ckpts["unstructured"], "--target", "host", "--levels", "keep=0.5,1.0",
+                         "--no-progress", "-o", out)
+    assert code == 0, text
+    a = art.open_artifact(out)
+    (module,) = a.manifest["modules"].values()
+    assert module["executor"] == "vm" and "call_dps_packed" in module["why_not_static"]
+    rt = Runtime(a)
+    assert rt.executors == ["vm", "vm"]
+    assert max(rt.check()) <= 1e-4 and rt.time(0, number=2, repeat=2) > 0
 
 
 def test_verification_failure_writes_nothing(ckpts, tmp_path, monkeypatch):

@@ -15,6 +15,10 @@ Strategies:
                     graph (tvm_build/alpha_graph.py). Lines (LCS+L) whose compression does not depend on a
                     data-dependent choice inside the graph; see alpha_graph for what it supports.
 
+Executor: each module's library holds its kernels and lcs's static executor (cpu_executor.py: C calling the kernels
+in a fixed order from a memory plan made here, no Relax VM; ~2.5 us less per call of a small network), or, for a graph
+that is not a plain list of kernels, a Relax VM program. The manifest says which ("executor") and why not static.
+
 Verification: every level's compiled output is compared with torch on sample inputs (max abs diff <= 1e-4) through
 `lcs.runtime` itself before the artifact is written: on the board over RPC when --rpc/--tracker is given, on this
 machine when the board is the host, else with the same Relax module compiled for the host (the qemu test runs the
@@ -276,7 +280,7 @@ def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key,
             shipped, info = tc.tune([m.relax for m in modules], target, tune, runner=runner, log=log)
             tuning_info.append(_tuning_row(modules, info, _planned_threads(target)))
         else:
-            shipped = [tc.fuse_kernels(m.relax) for m in modules]
+            shipped = [tc.fuse_kernels(m.relax, target) for m in modules]
         executors: dict[str, dict] = {}  # module -> how it runs (static executor or Relax VM), for the manifest
 
         def compile_modules(indices) -> None:
@@ -288,7 +292,7 @@ def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key,
                 members[m.name] = path.read_bytes()
                 if not (tc.is_host(board) or rpc or tracker):
                     host_path = scratch / ("host_" + path.name)
-                    tc.build_library(tc.fuse_kernels(m.relax), tc.host_target(), targets.load("host"), host_path)
+                    tc.build_library(tc.fuse_kernels(m.relax, tc.host_target()), tc.host_target(), targets.load("host"), host_path)
                     host_libs[m.name] = host_path.read_bytes()
                 bar.step(f"{m.name}: compiled")
 

@@ -205,11 +205,15 @@ def module_key(mod, target) -> str:
     return hashlib.sha256(text.encode() + tvm.__version__.encode()).hexdigest()[:20]
 
 
-def fuse_kernels(mod):
-    """Legalize and fuse: `main` becomes a list of call_tir kernels (the form tuned, and the static executor's)."""
+def fuse_kernels(mod, target):
+    """Legalize and fuse: `main` becomes a list of call_tir kernels (the form tuned, and the static executor's).
+    Sorts and sampling are dispatched to the target's TIR first (TopK levels in the alpha-input graph sort), as the
+    VM build does before it legalizes."""
     import tvm
     from tvm import relax
 
+    with target:
+        mod = tvm.transform.Sequential([relax.backend.DispatchSampling(), relax.backend.DispatchSortScan()])(mod)
     return tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
                                      relax.transform.CanonicalizeBindings(),
                                      relax.pipeline.zero_pipeline()])(mod)
@@ -357,7 +361,7 @@ def tune(mods: list, target, trials: int, *, runner=None, log=None) -> tuple[lis
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.relax_integration import extracted_tasks_to_tune_contexts
 
-    prepared = [fuse_kernels(m) for m in mods]
+    prepared = [fuse_kernels(m, target) for m in mods]
     key = hashlib.sha256("".join(sorted(module_key(m, target) for m in prepared)).encode()).hexdigest()[:20]
     work = cache_dir() / "tune" / key
     done_file = work / "done.json"

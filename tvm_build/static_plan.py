@@ -23,7 +23,7 @@ import numpy as np
 from lcs.errors import LcsError
 
 # dtype -> (DLPack type code, bits, C type)
-DTYPES = {"float32": (2, 32, "float"), "int64": (0, 64, "int64_t"), "int32": (0, 32, "int32_t"),
+DTYPES = {"float32": (2, 32, "float"), "float64": (2, 64, "double"), "int64": (0, 64, "int64_t"), "int32": (0, 32, "int32_t"),
           "bool": (1, 8, "uint8_t"), "int8": (0, 8, "int8_t"), "uint8": (1, 8, "uint8_t")}
 
 
@@ -232,9 +232,10 @@ def _plan_arena(p: Plan, phase: str) -> int:
 def c_array(values: np.ndarray, ctype: str) -> str:
     """A C initializer list of `values` (floats exactly, as hex literals)."""
     flat = values.reshape(-1)
-    if ctype == "float":
-        items = [f"{float(v).hex()}f" if np.isfinite(v) else ("INFINITY" if v > 0 else "-INFINITY")
-                 for v in flat.astype(np.float32)]
+    if ctype in ("float", "double"):
+        suffix, dtype = ("f", np.float32) if ctype == "float" else ("", np.float64)
+        items = [f"{float(v).hex()}{suffix}" if np.isfinite(v) else ("INFINITY" if v > 0 else "-INFINITY")
+                 for v in flat.astype(dtype)]
     else:
         items = [str(int(v)) for v in flat]
     lines = [", ".join(items[i:i + 8]) for i in range(0, len(items), 8)] or ["0"]
