@@ -189,8 +189,10 @@ def test_info_table_and_json(host_unstructured):
     assert code == 0
     info = json.loads(text)
     assert info["target"] == "host" and [lv["label"] for lv in info["levels"]][1] == "50.0% sparse"
+    assert info["modules"]["lib/module0.so"]["executor"] == "static"
     code, text = run_cli("info", host_unstructured)
     assert code == 0 and "50.0% sparse" in text and "lcs-artifact" in text
+    assert "module0.so with lcs's static executor" in text
 
 
 def test_alpha_input_blends_in_the_graph(ckpts, tmp_path):
@@ -242,6 +244,7 @@ def test_graphs_the_static_executor_cannot_plan_run_on_the_vm(ckpts, tmp_path, m
     a = art.open_artifact(out)
     (module,) = a.manifest["modules"].values()
     assert module["executor"] == "vm" and "call_dps_packed" in module["why_not_static"]
+    assert "module0.so on the Relax VM (the static executor only runs" in run_cli("info", out)[1]
     rt = Runtime(a)
     assert rt.executors == ["vm", "vm"]
     assert max(rt.check()) <= 1e-4 and rt.time(0, number=2, repeat=2) > 0

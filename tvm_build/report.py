@@ -25,6 +25,16 @@ def print_info(info: dict, console: Console | None = None) -> None:
                           + (f", {t['kernels']} kernels" if t.get("kernels") else "")
                           + (f", {took:.0f} s" if took is not None else "")
                           + (" (database reused)" if t.get("reused") else ""))
+    by_executor: dict[str, list[str]] = {}
+    for name, module in (info.get("modules") or {}).items():
+        if module.get("executor"):
+            by_executor.setdefault(module["executor"], []).append(name.split("/")[-1])
+    if by_executor:
+        why = next((m["why_not_static"] for m in info["modules"].values() if m.get("why_not_static")), None)
+        console.print("runs " + "; ".join(
+            f"{', '.join(names)} " + ("with lcs's static executor (no Relax VM)" if kind == "static"
+                                      else f"on the Relax VM ({why})" if why else "on the Relax VM")
+            for kind, names in by_executor.items()))
     threads = (info.get("runtime") or {}).get("threads")
     if threads:
         how = ("as built with --threads" if info["runtime"].get("chosen_by") == "--threads"
