@@ -145,9 +145,8 @@ class _StaticLibrary:
 class _Level:
     """What one level needs to run: its weights bound where its module reads them, and a call on its input."""
 
-    def __init__(self, module: str, args: list, call, input_host, bind=None, timed=None) -> None:
+    def __init__(self, module: str, call, input_host, bind=None, timed=None) -> None:
         self.module = module
-        self.args = args  # TVM tensors: main's (*extra_inputs, *params), or the executor's parameters
         self.call = call  # () -> output (numpy), reading the input from `input_host` (or the shared RPC input)
         self.input_host = input_host  # numpy view of the input buffer the call reads (None over RPC)
         self.bind = bind  # () -> None: make these weights the module's (static executor); None for the VM
@@ -226,17 +225,17 @@ class Runtime:
         index = level["index"]
         if spec.get("executor") == "static":
             if self._session is None:  # ctypes straight into the library: no packed call, no tensor conversion
-                static = self._static.get(module) or self._static.setdefault(
-                    module, _StaticLibrary(path, self.input_spec, self.output_spec))
-                kept = [aligned_copy(a) for a in arrays]
+                if module not in self._static:
+                    self._static[module] = _StaticLibrary(path, self.input_spec, self.output_spec)
+                static = self._static[module]
+                kept = [aligned_copy(a) for a in arrays]  # the library reads them in place
                 pointers = static.pointers(kept)
 
                 def bind(static=static, pointers=pointers, kept=kept):  # `kept` lives as long as the binding
                     static.bind(pointers)
 
-                args = [tvm.runtime.from_dlpack(a) for a in kept]  # views, for time_evaluator
                 y = tvm.runtime.tensor(np.zeros(self.output_spec["shape"], self.output_spec["dtype"]), self.device)
-                return _Level(module, args, static.run, static.input, bind, (lib, "lcs_forward", [y]))
+                return _Level(module, static.run, static.input, bind, (lib, "lcs_forward", [y]))
             args = [tvm.runtime.tensor(a, self.device) for a in arrays]
             set_weights, forward = lib["lcs_set_weights"], lib["lcs_forward"]
             y = tvm.runtime.tensor(np.zeros(self.output_spec["shape"], self.output_spec["dtype"]), self.device)
@@ -245,7 +244,7 @@ class Runtime:
                 forward(x, y)                                         # when the Runtime goes, not at the next GC
                 return y.numpy()
 
-            return _Level(module, args, remote_call, None, lambda: set_weights(*args), (lib, "lcs_forward", [y]))
+            return _Level(module, remote_call, None, lambda: set_weights(*args), (lib, "lcs_forward", [y]))
         if module not in self._vms:
             self._vms[module] = VirtualMachine(lib, self.device)
         vm = self._vms[module]
@@ -254,10 +253,9 @@ class Runtime:
             vm.save_function("main", f"lcs_level{index}", self._input, *args)
             saved = vm.module[f"lcs_level{index}"]
             # the output's storage is the VM's to reuse
-            return _Level(module, args, lambda: np.from_dlpack(saved()).copy(), self._input_host,
-                          timed=(vm, "main", args))
+            return _Level(module, lambda: np.from_dlpack(saved()).copy(), self._input_host, timed=(vm, "main", args))
         main = functools.partial(vm["main"], self._input, *args)
-        return _Level(module, args, lambda: main().numpy(), None, timed=(vm, "main", args))
+        return _Level(module, lambda: main().numpy(), None, timed=(vm, "main", args))
 
     def _runtime_function(self, name: str):
         if self._session is not None:

@@ -292,7 +292,8 @@ def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key,
                 members[m.name] = path.read_bytes()
                 if not (tc.is_host(board) or rpc or tracker):
                     host_path = scratch / ("host_" + path.name)
-                    tc.build_library(tc.fuse_kernels(m.relax, tc.host_target()), tc.host_target(), targets.load("host"), host_path)
+                    host = tc.host_target()
+                    tc.build_library(tc.fuse_kernels(m.relax, host), host, targets.load("host"), host_path)
                     host_libs[m.name] = host_path.read_bytes()
                 bar.step(f"{m.name}: compiled")
 
