@@ -22,7 +22,7 @@ and two TVM packed functions, for TVM RPC and TVM's time_evaluator (ENTRY, SET_W
 
 from __future__ import annotations
 
-from tvm_build.static_plan import DTYPES, CodegenError, Plan, c_array, plan
+from tvm_build.static_plan import DTYPES, Plan, c_array, c_kernel_calls, plan
 
 ALIGN = 64  # TVM kernels take their tensors as 64-byte aligned (TVM's allocation alignment) and may rely on it
 ENTRY = "lcs_forward"
@@ -76,10 +76,7 @@ def emit(p: Plan) -> str:
            "#include <math.h>", "#include <stdint.h>", "#include <string.h>", '#include "tvm/ffi/c_api.h"',
            '#include "tvm/runtime/c_backend_api.h"', "",
            "#ifdef __cplusplus", 'extern "C" {', "#endif", "",
-           "#define LCS_EXPORT __attribute__((visibility(\"default\")))",
-           "typedef int32_t (*lcs_kernel)(void *, const TVMFFIAny *, int32_t, TVMFFIAny *);"]
-    out += [f"int32_t __tvm_ffi_{k}(void *, const TVMFFIAny *, int32_t, TVMFFIAny *);"
-            for k in sorted({c.kernel for c in p.calls})]
+           "#define LCS_EXPORT __attribute__((visibility(\"default\")))"]
     x, y = p.tensors[p.input], p.tensors[p.output]
     out += ["", f"static uint8_t arena[{max(p.arena_bytes, ALIGN)}] __attribute__((aligned({ALIGN})));",
             f"static uint8_t state[{max(p.state_bytes, ALIGN)}] __attribute__((aligned({ALIGN})));",
@@ -100,25 +97,9 @@ def emit(p: Plan) -> str:
     out += ["", f"static DLTensor *const params[{count}] = {{{', '.join('&T_' + t.name for t in weights) or '0'}}};",
             "", "static void bind_aliases(void) {"]
     out += [f"  T_{t.name}.data = T_{p.root(t.name).name}.data;" for t in weight_aliases]
-    out += ["}", "",
-            "static int call(lcs_kernel kernel, DLTensor *const *tensors, int n) {",
-            "  TVMFFIAny args[16], result;",
-            "  memset(&result, 0, sizeof result);",
-            "  for (int i = 0; i < n; i++) {",
-            "    memset(&args[i], 0, sizeof args[i]);",
-            "    args[i].type_index = kTVMFFIDLTensorPtr;",
-            "    args[i].v_ptr = tensors[i];",
-            "  }",
-            "  return kernel(0, args, n, &result);",
-            "}", ""]
-    for phase in ("switch", "infer"):
-        out.append(f"static int run_{phase}(void) {{")
-        for c in p.calls_in(phase):
-            if len(c.args) > 16:
-                raise CodegenError(f"kernel {c.kernel} takes {len(c.args)} tensors; the executor passes at most 16")
-            out.append(f"  {{ DLTensor *const a[] = {{{', '.join('&T_' + a for a in c.args)}}}; "
-                       f"if (call(__tvm_ffi_{c.kernel}, a, {len(c.args)})) return -1; }}")
-        out += ["  return 0;", "}", ""]
+    out += ["}", ""]
+    out += c_kernel_calls([(p, "switch", "run_switch", "T_"), (p, "infer", "run_infer", "T_")])
+    out.append("")
     out += ["/* the weights (and run-time inputs such as alpha) of a level; what depends on them alone (blending,",
             "   masking, quantizing in the graph) is computed here, once per binding */",
             "LCS_EXPORT int lcs_bind(void *const *data) {",

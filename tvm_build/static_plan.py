@@ -12,6 +12,8 @@ firmware's (mcu/executor.py) and the CPU modules' (native.py), both C with no Re
   another shape, no call.
 * Parameters are weights (bound by the caller) or control vectors (ctrl_params, RAM arrays the firmware writes);
   Relax constants become const arrays.
+
+The C both executors emit the same way lives here too: the kernel calls (`c_kernel_calls`) and constants (`c_array`).
 """
 
 from __future__ import annotations
@@ -240,3 +242,32 @@ def c_array(values: np.ndarray, ctype: str) -> str:
         items = [str(int(v)) for v in flat]
     lines = [", ".join(items[i:i + 8]) for i in range(0, len(items), 8)] or ["0"]
     return "{\n  " + ",\n  ".join(lines) + "\n}"
+
+
+def c_kernel_calls(phases: list[tuple[Plan, str, str, str]]) -> list[str]:
+    """C that runs kernels in plan order: a declaration of every kernel the plans call (each a TVM packed function),
+    one `call` helper passing it DLTensor pointers, and per (plan, phase, function name, prefix) in `phases` a
+    `static int function(void)` calling that phase's kernels in order (0, or -1 when a kernel raised); a tensor's
+    DLTensor is named prefix + its name. Needs tvm/ffi/c_api.h and string.h."""
+    out = [f"int32_t __tvm_ffi_{k}(void *, const TVMFFIAny *, int32_t, TVMFFIAny *);"
+           for k in sorted({c.kernel for p, _, _, _ in phases for c in p.calls})]
+    out += ["", "static int call(int32_t (*kernel)(void *, const TVMFFIAny *, int32_t, TVMFFIAny *), "
+            "const DLTensor *const *tensors, int n) {",
+            "  TVMFFIAny args[16], result;",
+            "  memset(&result, 0, sizeof result);",
+            "  for (int i = 0; i < n; i++) {",
+            "    memset(&args[i], 0, sizeof args[i]);",
+            "    args[i].type_index = kTVMFFIDLTensorPtr;",
+            "    args[i].v_ptr = (void *)tensors[i];",
+            "  }",
+            "  return kernel(0, args, n, &result);",
+            "}"]
+    for p, phase, function, prefix in phases:
+        out += ["", f"static int {function}(void) {{"]
+        for c in p.calls_in(phase):
+            if len(c.args) > 16:
+                raise CodegenError(f"kernel {c.kernel} takes {len(c.args)} tensors; the executor passes at most 16")
+            out.append(f"  {{ const DLTensor *const a[] = {{{', '.join('&' + prefix + a for a in c.args)}}}; "
+                       f"if (call(__tvm_ffi_{c.kernel}, a, {len(c.args)})) return -1; }}")
+        out += ["  return 0;", "}"]
+    return out

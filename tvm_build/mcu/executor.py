@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from tvm_build.mcu.lower import Lowered
-from tvm_build.static_plan import DTYPES, CodegenError, Plan, c_array
+from tvm_build.static_plan import DTYPES, Plan, c_array, c_kernel_calls
 from tvm_build.static_plan import plan as plan_main
 
 ALIGN = 16
@@ -34,9 +34,6 @@ def emit_executor(plans: list[Plan], level_plan: list[int]) -> str:
            f"static uint8_t arena[{max(max(p.arena_bytes for p in plans), ALIGN)}] __attribute__((aligned({ALIGN})));",
            f"static uint8_t state[{max(max(p.state_bytes for p in plans), ALIGN)}] __attribute__((aligned({ALIGN})));",
            f"static const uint8_t level_plan[{len(level_plan)}] = {{{', '.join(map(str, level_plan))}}};", ""]
-    kernels = sorted({c.kernel for p in plans for c in p.calls})
-    out += [f"int32_t __tvm_ffi_{k}(void *self, void *args, int32_t num_args, void *result);" for k in kernels]
-    out.append("")
     ctrl_done = set()
     for pi, p in enumerate(plans):
         pre = f"P{pi}_"
@@ -68,24 +65,10 @@ def emit_executor(plans: list[Plan], level_plan: list[int]) -> str:
                 out.append(f"  P{pi}_{t.name}.data = (void *)(bank + {p.root(t.name).offset});")
     out.append("}")
     out.append("")
-    out.append("static int call(int32_t (*kernel)(void *, void *, int32_t, void *), const DLTensor *const *tensors, int n) {")
-    out.append("  TVMFFIAny args[16], result;")
-    out.append("  memset(args, 0, sizeof args); memset(&result, 0, sizeof result);")
-    out.append("  for (int i = 0; i < n; i++) { args[i].type_index = kTVMFFIDLTensorPtr; args[i].v_ptr = (void *)tensors[i]; }")
-    out.append("  return kernel(0, args, n, &result);")
-    out.append("}")
+    out += c_kernel_calls([(p, phase, f"run_{phase}_{pi}", f"P{pi}_") for pi, p in enumerate(plans)
+                           for phase in ("switch", "infer")])
     for pi, p in enumerate(plans):
         pre = f"P{pi}_"
-        for phase in ("switch", "infer"):
-            out.append("")
-            out.append(f"static int run_{phase}_{pi}(void) {{")
-            for c in p.calls_in(phase):
-                if len(c.args) > 16:
-                    raise CodegenError(f"kernel {c.kernel} takes {len(c.args)} tensors; the executor passes at most 16")
-                out.append(f"  {{ const DLTensor *const a[] = {{{', '.join('&' + pre + a for a in c.args)}}}; "
-                           f"if (call(__tvm_ffi_{c.kernel}, a, {len(c.args)})) return -1; }}")
-            out.append("  return 0;")
-            out.append("}")
         xin, y = p.tensors[p.input], p.tensors[p.output]
         out += ["", f"static int infer_{pi}(const float *input, float *output) {{",
                 f"  if ((const void *)input != {pre}{xin.name}.data) memcpy({pre}{xin.name}.data, input, {xin.nbytes});",
