@@ -19,8 +19,10 @@ An artifact is an uncompressed POSIX tar of regular files. `manifest.json` is it
         "lib/level0.so": {"entry": "main", "layout": "NHWC" | "NCHW",   # of the convolutions' activations
                           "params": [{"name": "features.0.0.weight", "shape": [3, 3, 1, 8], "dtype": "float32",
                                       "from_torch": "permute_dims(2,3,1,0)"}, ...],  # stored as the kernels read it
-                          "extra_inputs": []}      # e.g. [{"name": "alpha", "shape": [1], "dtype": "float64"}]
-      },                                    # call: main(x, *extra_inputs (values = level[name]), *params)
+                          "extra_inputs": [],      # e.g. [{"name": "alpha", "shape": [1], "dtype": "float64"}]
+                          "executor": "static" | "vm"}   # lcs's C executor ("entry": "lcs_forward"), or the Relax VM
+      },                                    #   ("why_not_static"); call: main(x, *extra_inputs (values = level[name]),
+                                            #   *params), the static executor binds (*extra_inputs, *params) first
       "levels": [{
         "index": 0, "alpha": 1.0, "label": "width 1.000", "keep": 1.0, "width": 1.0, "bits": null,
         "accuracy": 0.93 | null,            # from the checkpoint's metrics if known
@@ -258,8 +260,8 @@ def summary_rows(artifact: Artifact) -> list[dict]:
         sizes = {role: artifact.manifest["members"][m]["size"] for role, m in members.items() if isinstance(m, str)}
         rows.append({"index": level["index"], "alpha": level["alpha"], "label": level.get("label"),
                      "accuracy": level.get("accuracy"), "latency_ms": level.get("latency_ms"),
-                     "threads": level.get("threads"), "cycles": level.get("cycles"), "bytes": sum(sizes.values()), "member_bytes": sizes,
-                     "members": members})
+                     "threads": level.get("threads"), "cycles": level.get("cycles"), "bytes": sum(sizes.values()),
+                     "member_bytes": sizes, "members": members})
     return rows
 
 
