@@ -39,7 +39,8 @@ def build(config: RunConfig) -> SubspaceModel:
 
 def save(path: str | Path, config: RunConfig, model: SubspaceModel, metrics: dict | None = None) -> Path:
     path = Path(path)
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    # Device-free: tensors are saved from the CPU whatever device trained them, so any machine loads them.
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     meta = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),

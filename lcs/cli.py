@@ -88,21 +88,30 @@ def cli() -> None:
 @click.option("--augment/--no-augment", default=False, show_default=True, help="random crop and flip (image sets)")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="checkpoint to write (.safetensors)")
 @click.option("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+@click.option("--device", "device", default="auto", show_default=True,
+              help="auto | cpu | cuda | cuda:N (auto: CUDA when present; under torchrun, cuda is each rank's GPU)")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="autocast precision of convolutions and matrix products (masks, quantization, norms stay fp32)")
+@click.option("--workers", type=int, default=None,
+              help="data loader processes for image folders [default: up to 8 per GPU, none on CPU]")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the training summary as JSON")
 @fail_cleanly
 def train_cmd(data_source, model_name, family, shape, method, fixed_level, norm, width, epochs, batch_size, lr,
               weight_decay, warmup_epochs, beta, sampler, compress_stem, compress_head, seed, augment, output, threads,
-              progress, as_json):
+              device, precision, workers, progress, as_json):
     """Train a compressible subspace (or a baseline) and write a checkpoint."""
     from lcs import commands
+    from lcs.accel import Accel, resolve_device
 
+    accel = Accel(device=device, precision=precision, workers=workers)
+    resolve_device(accel.device)  # a missing GPU fails before the data is read
     config, data = commands.train_config(
         data_source=data_source, model_name=model_name, family=family, shape=shape, method=method,
         fixed_level=fixed_level, norm=norm, width=width, epochs=epochs, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, warmup_epochs=warmup_epochs, beta=beta, sampler=sampler,
         compress_stem=compress_stem, compress_head=compress_head, seed=seed, augment=augment)
-    summary = commands.train(config, data, output, threads=threads, progress=progress and not as_json)
+    summary = commands.train(config, data, output, threads=threads, progress=progress and not as_json, accel=accel)
     if summary["rank"] != 0:
         return
     if as_json:
@@ -110,6 +119,7 @@ def train_cmd(data_source, model_name, family, shape, method, fixed_level, norm,
     else:
         click.echo(f"wrote {summary['checkpoint']}  ({summary['epochs']} epochs, final loss {summary['final_loss']:.4f}, "
                    f"{summary['step_ms']:.1f} ms/step)")
+        click.echo(commands.timing_line(summary))
 
 
 # -- eval -----------------------------------------------------------------------------------------
@@ -125,13 +135,15 @@ def train_cmd(data_source, model_name, family, shape, method, fixed_level, norm,
               help="write results.json, results.csv and accuracy.png here")
 @click.option("--json", "as_json", is_flag=True, help="print the rows as JSON")
 @click.option("--csv", "as_csv", is_flag=True, help="print the rows as CSV")
+@click.option("--device", "device", default="auto", show_default=True,
+              help="auto | cpu | cuda | cuda:N (auto: CUDA when present)")
 @fail_cleanly
-def eval_cmd(checkpoint_path, data_source, levels, baselines, out_dir, as_json, as_csv):
+def eval_cmd(checkpoint_path, data_source, levels, baselines, out_dir, as_json, as_csv, device):
     """Accuracy of a subspace at every compression level, beside baselines."""
     from lcs import commands, evaluate
 
     rows = commands.evaluate(checkpoint_path, data_source=data_source, levels=levels, baselines=baselines,
-                             out_dir=out_dir)
+                             out_dir=out_dir, device=device)
     if as_json:
         click.echo(evaluate.rows_to_json(rows))
     elif as_csv:

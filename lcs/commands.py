@@ -49,8 +49,9 @@ def train_config(*, data_source: str = "mnist5k", model_name: str = "small-cnn",
 
 
 def train(config: RunConfig, data=None, output: str | Path | None = None, *, threads: int = 0,
-          progress: bool = True) -> dict:
-    """Train and write the checkpoint; returns a summary."""
+          progress: bool = True, accel=None, compare_steps: int = 20) -> dict:
+    """Train and write the checkpoint; returns a summary. `accel` (lcs.accel.Accel): device and precision;
+    `compare_steps`: steps of the plain network timed afterwards, for the step-cost comparison (0: none)."""
     import torch
 
     from lcs import train as training
@@ -58,7 +59,7 @@ def train(config: RunConfig, data=None, output: str | Path | None = None, *, thr
     if threads:
         torch.set_num_threads(threads)
     if not progress:
-        result = training.train(config, data=data, out=output)
+        result = training.train(config, data=data, out=output, accel=accel, compare_steps=compare_steps)
     else:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -70,16 +71,29 @@ def train(config: RunConfig, data=None, output: str | Path | None = None, *, thr
             def on_step(step: int, total: int, info: dict) -> None:
                 bar.update(task, completed=step, total=total, epoch=info["epoch"], loss=info["loss"])
 
-            result = training.train(config, data=data, out=output, on_step=on_step)
+            result = training.train(config, data=data, out=output, on_step=on_step, accel=accel,
+                                    compare_steps=compare_steps)
     return {
         "rank": training.Dist.from_env().rank,  # under torchrun only rank 0 writes and reports
         "checkpoint": str(result.checkpoint) if result.checkpoint else None,
         "epochs": config.train.epochs,
         "final_loss": result.history[-1]["loss"],
-        "step_ms": 1000 * result.step_seconds,
+        **result.timing(),  # device, precision, world_size, images_per_second, step_ms, plain_step_ms, step_ratio
         "history": result.history,
+        "eval": result.eval,
         "config": config.to_dict(),
     }
+
+
+def timing_line(summary: dict) -> str:
+    """Throughput and the LCS step beside a plain step of the same network, for `lcs train`."""
+    where = summary["device"] + (f", {summary['world_size']} processes ({summary['backend']})"
+                                 if summary["world_size"] > 1 else "")
+    line = f"{summary['images_per_second']:.0f} images/s on {where}, {summary['precision']}; step {summary['step_ms']:.2f} ms"
+    if summary.get("plain_step_ms"):
+        line += (f", a plain step of the same network and batch {summary['plain_step_ms']:.2f} ms "
+                 f"(LCS step {summary['step_ratio']:.2f}x)")
+    return line
 
 
 def level_alphas(text: str | None, cmap) -> list[float]:
@@ -92,25 +106,30 @@ def level_alphas(text: str | None, cmap) -> list[float]:
 
 
 def evaluate(checkpoint_path: str | Path, *, data_source: str | None = None, levels: str | None = None,
-             baselines: Sequence[str | Path] = (), out_dir: str | Path | None = None):
-    """Accuracy per level for a checkpoint and its baselines; optionally writes JSON, CSV and a plot."""
+             baselines: Sequence[str | Path] = (), out_dir: str | Path | None = None, device: str = "auto"):
+    """Accuracy per level for a checkpoint and its baselines, on `device` (auto, cpu, cuda, cuda:N);
+    optionally writes JSON, CSV and a plot."""
     from lcs import atomic, checkpoint
+    from lcs.accel import resolve_device
     from lcs.data import check_fits, load_data
     from lcs.evaluate import baseline_levels, evaluate_levels, label_of, plot, rows_to_csv, rows_to_json
 
+    where = resolve_device(device)
     main = checkpoint.load(checkpoint_path)
     data_cfg = DataConfig(source=data_source, seed=main.config.data.seed) if data_source else main.config.data
     data = load_data(data_cfg)
     check_fits(data.info, main.config.model)
     alphas = level_alphas(levels, main.model.cmap)
-    rows = evaluate_levels(main.model, data.test, baseline_levels(main, alphas), label_of(main, checkpoint_path))
+    rows = evaluate_levels(main.model.to(where), data.test, baseline_levels(main, alphas),
+                           label_of(main, checkpoint_path), device=where)
     for path in baselines:
         base = checkpoint.load(path)
         if base.config.subspace.family != main.config.subspace.family:
             raise ConfigError(f"baseline {path} compresses by {base.config.subspace.family}, "
                               f"not {main.config.subspace.family}")
         check_fits(data.info, base.config.model)
-        rows += evaluate_levels(base.model, data.test, baseline_levels(base, alphas), label_of(base, path))
+        rows += evaluate_levels(base.model.to(where), data.test, baseline_levels(base, alphas), label_of(base, path),
+                                device=where)
     if out_dir is not None:
         out = Path(out_dir)
         atomic.write_text(out / "results.json", rows_to_json(rows))

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from lcs import atomic
+from lcs import accel, atomic
 from lcs.checkpoint import Checkpoint
 from lcs.results import read_accuracy
 from lcs.subspace.model import SubspaceModel
@@ -34,20 +34,26 @@ class LevelResult:
 
 
 @torch.no_grad()
-def accuracy(model: SubspaceModel, data: Dataset, batch_size: int = 512) -> float:
+def accuracy(model: SubspaceModel, data: Dataset, batch_size: int = 512, device: torch.device | None = None) -> float:
+    """Top-1 accuracy in float32, on `device` (default: where the model is). Correct answers are
+    counted on the device and read once."""
     model.eval()
-    correct = total = 0
-    for x, y in DataLoader(data, batch_size=batch_size):
-        correct += int((model(x).argmax(1) == y).sum())
+    device = device or next(model.parameters()).device
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    total = 0
+    for x, y in accel.loader(data, batch_size, device=device):
+        x, y = accel.to_device((x, y), device)
+        correct += (model(x).argmax(1) == y).sum()
         total += len(y)
-    return correct / max(total, 1)
+    return int(correct) / max(total, 1)
 
 
-def evaluate_levels(model: SubspaceModel, data: Dataset, alphas: Sequence[float], label: str = "lcs") -> list[LevelResult]:
+def evaluate_levels(model: SubspaceModel, data: Dataset, alphas: Sequence[float], label: str = "lcs",
+                    device: torch.device | None = None) -> list[LevelResult]:
     rows = []
     for alpha in alphas:
         level = model.set_alpha(alpha)
-        acc = accuracy(model, data)
+        acc = accuracy(model, data, device=device)
         stats = model.compression_stats()
         rows.append(LevelResult(label, level.alpha, level.label(), level.keep, level.width, level.bits, acc,
                                 stats["zero_fraction"]))

@@ -4,8 +4,9 @@ The loop, top to bottom: load data, build the subspace model, then for every bat
 more alphas (the sampler), run the compressed network at each, add the cross-entropy losses and
 the beta * cos^2(w0, w1) regulariser, and take an SGD step under a warm-up + cosine schedule.
 
-Runs on one process, or under `torchrun` with DDP (gloo on CPU): every rank draws the same alphas
-from the same seed, so all ranks train the same levels on different data.
+Runs on the CPU or a GPU (`Accel`: device and precision, lcs/accel.py), on one process, or under
+`torchrun` with DDP (NCCL between GPUs, gloo on CPUs): every rank draws the same alphas from the same
+seed, so all ranks train the same levels on different data.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DistributedSampler
 
+from lcs import accel as acc
 from lcs import checkpoint
+from lcs.accel import Accel
 from lcs.config import RunConfig, TrainConfig
 from lcs.data import DataSplit, check_fits, load_data
 from lcs.errors import ConfigError
@@ -117,19 +120,44 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
 class Dist:
     rank: int = 0
     world: int = 1
+    backend: str = ""
 
     @property
     def main(self) -> bool:
         return self.rank == 0
 
+    @staticmethod
+    def local_rank() -> int:
+        return int(os.environ.get("LOCAL_RANK", "0"))
+
     @classmethod
-    def from_env(cls) -> "Dist":
+    def from_env(cls, device: torch.device | None = None) -> "Dist":
+        """This process's place under torchrun (one process: rank 0 of 1). The first call joins the
+        process group, with the backend `backend_for(device)`."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return cls()
         if not dist.is_initialized():
-            dist.init_process_group("gloo")
-        return cls(dist.get_rank(), dist.get_world_size())
+            backend = backend_for(device or torch.device("cpu"))
+            if backend == "nccl":
+                torch.cuda.set_device(device)
+            dist.init_process_group(backend)
+        return cls(dist.get_rank(), dist.get_world_size(), dist.get_backend())
+
+
+def backend_for(device: torch.device) -> str:
+    """NCCL between GPUs, gloo on CPUs. NCCL refuses two ranks on one GPU, so ranks that share a GPU
+    (more local processes than GPUs) use gloo, which also reduces CUDA tensors. LCS_DIST_BACKEND
+    (nccl or gloo) overrides the choice."""
+    chosen = os.environ.get("LCS_DIST_BACKEND", "").strip().lower()
+    if chosen:
+        if chosen not in ("nccl", "gloo"):
+            raise ConfigError(f"LCS_DIST_BACKEND={chosen!r}: use nccl or gloo")
+        return chosen
+    if device.type != "cuda":
+        return "gloo"
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return "nccl" if local <= torch.cuda.device_count() else "gloo"
 
 
 def _check_runs(model: SubspaceModel, data: DataSplit, config: RunConfig) -> None:
@@ -156,26 +184,47 @@ def _check_runs(model: SubspaceModel, data: DataSplit, config: RunConfig) -> Non
 @dataclass
 class TrainResult:
     config: RunConfig
-    model: SubspaceModel
+    model: SubspaceModel  # on the CPU again after training, whatever device trained it
     history: list[dict] = field(default_factory=list)
-    step_seconds: float = 0.0  # mean wall time of one optimizer step (after the first few)
+    step_seconds: float = 0.0  # mean time of one optimizer step (after the first few)
     eval: list[dict] = field(default_factory=list)  # accuracy per level on the test split (LevelResult rows)
     checkpoint: Path | None = None
+    images_per_second: float = 0.0  # training images through all ranks per second of the training loop
+    plain_step_seconds: float | None = None  # the same network without the subspace, same batch (compare_steps)
+    device: str = "cpu"
+    precision: str = "fp32"
+    world: int = 1
+    backend: str = ""
+
+    def timing(self) -> dict:
+        plain = self.plain_step_seconds
+        return {"device": self.device, "precision": self.precision, "world_size": self.world, "backend": self.backend,
+                "images_per_second": round(self.images_per_second, 1), "step_ms": round(1e3 * self.step_seconds, 3),
+                "plain_step_ms": None if plain is None else round(1e3 * plain, 3),
+                "step_ratio": None if not plain else round(self.step_seconds / plain, 3)}
 
 
 ProgressHook = Callable[[int, int, dict], None]
 
 
 def train(config: RunConfig, *, data: DataSplit | None = None, out: str | Path | None = None,
-          on_step: ProgressHook | None = None) -> TrainResult:
+          on_step: ProgressHook | None = None, accel: Accel | None = None, compare_steps: int = 0) -> TrainResult:
+    """Train `config` and write the checkpoint to `out` (rank 0). `compare_steps` > 0: afterwards, time
+    that many steps of the plain network (no subspace) at the same batch, device and precision."""
     t: TrainConfig = config.train
-    world = Dist.from_env()
+    accel = accel or Accel()
+    device = acc.resolve_device(accel.device, Dist.local_rank())
+    acc.check_precision(accel.precision, device)
+    world = Dist.from_env(device)
     torch.manual_seed(t.seed)
     rng = random.Random(t.seed)  # same seed on every rank: all ranks train the same alphas
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest conv algorithms once
 
     data = data or load_data(config.data)
     check_fits(data.info, config.model)
-    model = checkpoint.build(config)
+    model = checkpoint.build(config)  # built on the CPU: the same initial weights on every device
     model.train()
     cmap = model.cmap
     sampler = default_sampler(config)
@@ -183,72 +232,141 @@ def train(config: RunConfig, *, data: DataSplit | None = None, out: str | Path |
     track_acts = cmap.family == "quantization"
 
     _check_runs(model, data, config)
+    model.to(device)
     net: torch.nn.Module = model
     if world.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model)
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
     data_sampler = DistributedSampler(data.train, world.world, world.rank, shuffle=True, seed=t.seed) if world.world > 1 else None
-    loader = DataLoader(data.train, batch_size=t.batch_size, shuffle=data_sampler is None, sampler=data_sampler,
+    loader = acc.loader(data.train, t.batch_size, device=device, sampler=data_sampler, shuffle=data_sampler is None,
                         drop_last=len(data.train) > t.batch_size * world.world,
-                        generator=torch.Generator().manual_seed(t.seed))
+                        generator=torch.Generator().manual_seed(t.seed), workers=accel.workers)
     steps_per_epoch = len(loader)
     total = t.epochs * steps_per_epoch
     optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     warmup_steps = max(1, int(t.warmup_epochs * steps_per_epoch))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup_steps))
+    scaler = acc.grad_scaler(accel.precision, device)
+    # Losses stay on the device and are read once per epoch (and every `report_every` steps for the
+    # progress hook): reading a GPU number every step would make the CPU wait for the GPU.
+    report_every = 25 if cuda else 1
 
-    result = TrainResult(config, model)
-    step, timed, timed_seconds = 0, 0, 0.0
+    result = TrainResult(config, model, device=acc.describe(device), precision=accel.precision, world=world.world,
+                         backend=world.backend)
+    clock = acc.StepClock(device)
+    step, images = 0, 0
+    loop_started = time.perf_counter()
     for epoch in range(t.epochs):
         if data_sampler is not None:
             data_sampler.set_epoch(epoch)
-        epoch_loss, epoch_reg, batches = 0.0, 0.0, 0
+        epoch_loss = torch.zeros((), device=device)
+        epoch_reg = torch.zeros((), device=device)
+        batches = 0
         for x, y in loader:
-            started = time.perf_counter()
+            x, y = acc.to_device((x, y), device)
+            timed = step >= 3  # the first steps warm up (allocations, algorithm choice)
+            if timed:
+                clock.start()
             draws = draw_alphas(sampler, rng, step / total, config, cmap, model)
             optimizer.zero_grad(set_to_none=True)
-            loss_sum, reg = 0.0, 0.0
+            loss_sum = torch.zeros((), device=device)
             for i, d in enumerate(draws):
                 model.set_alpha(d.alpha, effective=d.effective, quantize_acts=d.quantize_acts, track_acts=track_acts)
                 if d.layer_bits is not None:
                     model.set_layer_bits(d.layer_bits)
-                loss = F.cross_entropy(net(x), y, label_smoothing=t.label_smoothing)
-                loss_sum += loss.item()
+                with acc.autocast(accel.precision, device):
+                    loss = F.cross_entropy(net(x), y, label_smoothing=t.label_smoothing)
+                loss_sum += loss.detach()
                 last = i == len(draws) - 1
                 if last and line and t.beta > 0:
-                    reg_term = t.beta * model.cos2()
-                    reg = reg_term.item()
+                    reg_term = t.beta * model.cos2()  # float32 parameters, outside autocast
+                    epoch_reg += reg_term.detach()
                     loss = loss + reg_term
+                if scaler is not None:
+                    loss = scaler.scale(loss)
                 # One backward per draw (gradients add up); DDP syncs only on the last one.
                 if world.world > 1 and not last:
                     with net.no_sync():
                         loss.backward()
                 else:
                     loss.backward()
+            if scaler is not None:
+                scaler.unscale_(optimizer)  # the line's gradient split works on true gradients
             if line:
                 model.split_line_gradients(t.line_centre_lr, t.line_spread_lr)
-            optimizer.step()
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
             schedule.step()
             step += 1
-            if step > 3:
-                timed += 1
-                timed_seconds += time.perf_counter() - started
-            epoch_loss += loss_sum / len(draws)
-            epoch_reg += reg
+            if timed:
+                clock.stop()
+            mean_loss = loss_sum / len(draws)
+            epoch_loss += mean_loss
             batches += 1
-            if on_step is not None and world.main:
-                on_step(step, total, {"epoch": epoch + 1, "loss": loss_sum / len(draws)})
-        result.history.append({"epoch": epoch + 1, "loss": epoch_loss / max(1, batches), "cos2": epoch_reg / max(1, batches),
-                               "lr": schedule.get_last_lr()[0]})
-    result.step_seconds = timed_seconds / max(1, timed)
+            images += len(y) * world.world
+            if on_step is not None and world.main and (step % report_every == 0 or batches == steps_per_epoch):
+                on_step(step, total, {"epoch": epoch + 1, "loss": float(mean_loss)})
+        result.history.append({"epoch": epoch + 1, "loss": float(epoch_loss) / max(1, batches),
+                               "cos2": float(epoch_reg) / max(1, batches), "lr": schedule.get_last_lr()[0]})
+    acc.synchronize(device)
+    result.images_per_second = images / max(1e-9, time.perf_counter() - loop_started)
+    result.step_seconds = clock.mean_seconds()
+    if compare_steps > 0:
+        result.plain_step_seconds = plain_step_seconds(config, loader, device, accel.precision, world, compare_steps)
     model.eval()
     if world.main:
         # The final evaluation travels with the checkpoint (builds copy it into the artifact manifest).
         alphas = [config.train.fixed_alpha] if config.train.method == "fixed" else list(cmap.eval_alphas)
-        result.eval = [row.to_dict() for row in evaluate_levels(model, data.test, alphas)]
+        result.eval = [row.to_dict() for row in evaluate_levels(model, data.test, alphas, device=device)]
     model.set_alpha(cmap.alpha_range[1])
+    model.to("cpu")  # the checkpoint and the returned model are device-free
     if out is not None and world.main:
-        metrics = {"train": {"history": result.history, "step_seconds": result.step_seconds}, "eval": result.eval}
+        metrics = {"train": {"history": result.history, "step_seconds": result.step_seconds, **result.timing()},
+                   "eval": result.eval}
         result.checkpoint = checkpoint.save(out, config, model, metrics)
     if world.world > 1:
         dist.barrier()
     return result
+
+
+def plain_step_seconds(config: RunConfig, loader, device: torch.device, precision: str, world: Dist,
+                       steps: int) -> float:
+    """Mean time of a training step of the plain network (the model without the subspace: one weight
+    set, no blending, masks or quantization) with plain SGD, at the same batches, device, precision and
+    process group as the LCS steps, timed the same way (after 3 warm-up steps)."""
+    t = config.train
+    from lcs.models import build_model
+
+    torch.manual_seed(t.seed)
+    plain = build_model(config.model).to(device)
+    plain.train()
+    net: torch.nn.Module = plain
+    if world.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(plain, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.SGD(plain.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    scaler = acc.grad_scaler(precision, device)
+    clock = acc.StepClock(device)
+    batches: list = []
+    for batch in loader:  # at most `steps` distinct batches, cycled (every rank sees as many)
+        batches.append(acc.to_device(batch, device))
+        if len(batches) >= steps:
+            break
+    for i in range(steps + 3):
+        x, y = batches[i % len(batches)]
+        if i >= 3:
+            clock.start()
+        optimizer.zero_grad(set_to_none=True)
+        with acc.autocast(precision, device):
+            loss = F.cross_entropy(net(x), y, label_smoothing=t.label_smoothing)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if i >= 3:
+            clock.stop()
+    return clock.mean_seconds()

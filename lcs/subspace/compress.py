@@ -76,15 +76,26 @@ class RangeTracker(torch.nn.Module):
         self.register_buffer("lo", torch.zeros(()))
         self.register_buffer("hi", torch.zeros(()))
         self.register_buffer("seen", torch.zeros((), dtype=torch.bool))
+        self._seen = False  # host copy of `seen` once it is true: reading a GPU flag waits for the GPU
+
+    def is_seen(self) -> bool:
+        if not self._seen:
+            self._seen = bool(self.seen)
+        return self._seen
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._seen = False  # re-read from the loaded buffer
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
-        lo, hi = torch.aminmax(x)  # one pass for both ends
+        lo, hi = torch.aminmax(x.float())  # one pass for both ends; float32 like the buffers
         lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
-        if not bool(self.seen):
+        if not self.is_seen():
             self.lo.copy_(lo)
             self.hi.copy_(hi)
             self.seen.fill_(True)
+            self._seen = True
         else:
             self.lo.lerp_(lo, self.momentum)
             self.hi.lerp_(hi, self.momentum)

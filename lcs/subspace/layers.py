@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lcs.accel import fp32_region
 from lcs.subspace.compress import RangeTracker, fake_quant, topk_mask
 from lcs.subspace.levels import StructuredMap
 
@@ -109,10 +110,13 @@ class _WeightLayer(SubspaceLayer):
         s = self.state
         if not self.compressible or s.bits is None:
             return x
-        if s.track_acts and self.training:
-            self.act_range.update(x)
-        if s.quantize_acts and bool(self.act_range.seen):
-            return fake_quant(x, s.bits, self.act_range.lo, self.act_range.hi)
+        # Ranges and the grid in float32 under mixed precision (lcs/accel.py says why).
+        x, fp32 = fp32_region(x)
+        with fp32:
+            if s.track_acts and self.training:
+                self.act_range.update(x)
+            if s.quantize_acts and self.act_range.is_seen():
+                return fake_quant(x, s.bits, self.act_range.lo, self.act_range.hi)
         return x
 
     def out_features_at(self, full: int) -> int:
@@ -216,10 +220,12 @@ class SubspaceNorm(SubspaceLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]
         weight, bias = self.blended("weight")[:c], self.blended("bias")[:c]
-        if self.kind == "batch":
-            return F.batch_norm(x, self.running_mean[:c], self.running_var[:c], weight, bias,
-                                self.training, self.momentum, self.eps)
-        return F.group_norm(x, self.groups_at(c), weight, bias, self.eps)
+        x, fp32 = fp32_region(x)  # statistics in float32 under mixed precision, on every device
+        with fp32:
+            if self.kind == "batch":
+                return F.batch_norm(x, self.running_mean[:c], self.running_var[:c], weight, bias,
+                                    self.training, self.momentum, self.eps)
+            return F.group_norm(x, self.groups_at(c), weight, bias, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.kind}, {self.channels}, groups={self.groups}, line={self.line}"
