@@ -163,19 +163,17 @@ class StepClock:
         self._count = 0
         self._started: float | object | None = None
 
+    def _event(self):
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(torch.cuda.current_stream(self.device))
+        return event
+
     def start(self) -> None:
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            self._started = event
-        else:
-            self._started = time.perf_counter()
+        self._started = self._event() if self.cuda else time.perf_counter()
 
     def stop(self) -> None:
         if self.cuda:
-            end = torch.cuda.Event(enable_timing=True)
-            end.record()
-            self._pairs.append((self._started, end))
+            self._pairs.append((self._started, self._event()))
         else:
             self._seconds += time.perf_counter() - self._started
             self._count += 1

@@ -7,6 +7,8 @@ Sources (the `--data` option):
   cifar10:PATH    CIFAR-10 in torchvision's layout (PATH/cifar-10-batches-py), its own split
   folder:PATH     any ImageFolder (PATH/<class>/*.png); PATH/train + PATH/test (or val) if present,
                   otherwise a fixed 80 / 20 split. A bare existing directory means folder:PATH.
+  synthetic:N     N generated 3x32x32 training images in 10 classes (CIFAR-10's shape) and N / 5 test
+                  images, from the seed: for measuring speed (throughput, step cost) without a data set
 Nothing is ever downloaded.
 """
 
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from lcs.config import DataConfig, ModelConfig
@@ -53,6 +56,10 @@ def load_data(cfg: DataConfig) -> DataSplit:
         return _digits(cfg.seed)
     if kind == "mnist5k":
         return _mnist5k(cfg.seed)
+    if kind == "synthetic":
+        if not path.isdigit() or not 10 <= int(path) <= 10_000_000:
+            raise DataError(f"data source {cfg.source!r}: use synthetic:N with N training images, 10 to 10000000")
+        return _synthetic(int(path), cfg.seed)
     if kind in ("cifar10", "folder"):
         if not path:
             raise DataError(f"data source {kind!r} needs a path: --data {kind}:PATH")
@@ -62,7 +69,8 @@ def load_data(cfg: DataConfig) -> DataSplit:
         return _cifar10(root, cfg.augment) if kind == "cifar10" else _image_folder(root, cfg.seed, cfg.augment)
     if "/" in cfg.source or cfg.source.startswith("."):
         raise DataError(f"data path {cfg.source} does not exist")
-    raise DataError(f"unknown data source {cfg.source!r}; use digits, mnist5k, cifar10:PATH, folder:PATH or a directory")
+    raise DataError(f"unknown data source {cfg.source!r}; use digits, mnist5k, cifar10:PATH, folder:PATH, synthetic:N "
+                    "or a directory")
 
 
 def check_fits(info: DataInfo, model: ModelConfig) -> None:
@@ -124,6 +132,29 @@ def _mnist5k(seed: int) -> DataSplit:
     images, labels = table[:, :-1].reshape(-1, 28, 28) / 255.0, table[:, -1].astype(np.int64)
     train_idx, test_idx = _stratified_split(labels, 100, 0.0, seed)
     return _tensor_split("mnist5k", images, labels, train_idx, test_idx)
+
+
+def _synthetic(n: int, seed: int) -> DataSplit:
+    """Images of 10 classes: a smooth random pattern per class, shifted by up to 8 pixels, in noise of
+    random strength. Learnable, not trivially (a model must find the pattern at any shift)."""
+    g = torch.Generator().manual_seed(seed)
+    patterns = F.interpolate(torch.randn(10, 3, 8, 8, generator=g), size=(40, 40), mode="bilinear", align_corners=False)
+
+    def make(count: int) -> TensorDataset:
+        labels = torch.randint(0, 10, (count,), generator=g)
+        x = torch.empty(count, 3, 32, 32)
+        for start in range(0, count, 4096):  # in chunks: at most ~50 MB of temporaries at a time
+            y = labels[start:start + 4096]
+            rows = torch.randint(0, 9, (len(y), 1), generator=g) + torch.arange(32)  # each image's crop
+            cols = torch.randint(0, 9, (len(y), 1), generator=g) + torch.arange(32)
+            crops = patterns[y[:, None, None, None], torch.arange(3)[None, :, None, None], rows[:, None, :, None],
+                             cols[:, None, None, :]]
+            noise = torch.randn(len(y), 3, 32, 32, generator=g)
+            x[start:start + len(y)] = crops + noise * (0.5 + torch.rand(len(y), 1, 1, 1, generator=g))
+        return TensorDataset(x, labels)
+
+    train, test = make(n), make(max(10, n // 5))
+    return DataSplit(train, test, DataInfo(f"synthetic:{n}", 10, 3, 32, len(train), len(test)))
 
 
 # -- sets from a local folder ---------------------------------------------------------------------

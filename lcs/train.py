@@ -11,6 +11,7 @@ seed, so all ranks train the same levels on different data.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import random
@@ -189,7 +190,7 @@ class TrainResult:
     step_seconds: float = 0.0  # mean time of one optimizer step (after the first few)
     eval: list[dict] = field(default_factory=list)  # accuracy per level on the test split (LevelResult rows)
     checkpoint: Path | None = None
-    images_per_second: float = 0.0  # training images through all ranks per second of the training loop
+    images_per_second: float = 0.0  # training images through all ranks per second, after the 3 warm-up steps
     plain_step_seconds: float | None = None  # the same network without the subspace, same batch (compare_steps)
     device: str = "cpu"
     precision: str = "fp32"
@@ -220,7 +221,10 @@ def train(config: RunConfig, *, data: DataSplit | None = None, out: str | Path |
     rng = random.Random(t.seed)  # same seed on every rank: all ranks train the same alphas
     cuda = device.type == "cuda"
     if cuda:
-        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest conv algorithms once
+        torch.cuda.set_device(device)  # autocast, the allocator and the step clock all work on this GPU
+        # Fixed shapes: cuDNN picks the fastest algorithms once. Not for width slicing, whose every width
+        # is a new shape to benchmark.
+        torch.backends.cudnn.benchmark = config.subspace.family != "structured"
 
     data = data or load_data(config.data)
     check_fits(data.info, config.model)
@@ -254,7 +258,8 @@ def train(config: RunConfig, *, data: DataSplit | None = None, out: str | Path |
                          backend=world.backend)
     clock = acc.StepClock(device)
     step, images = 0, 0
-    loop_started = time.perf_counter()
+    steady_since = time.perf_counter()  # throughput counts from the end of the warm-up steps
+    draws_seen = hashlib.sha256() if world.world > 1 else None
     for epoch in range(t.epochs):
         if data_sampler is not None:
             data_sampler.set_epoch(epoch)
@@ -262,11 +267,16 @@ def train(config: RunConfig, *, data: DataSplit | None = None, out: str | Path |
         epoch_reg = torch.zeros((), device=device)
         batches = 0
         for x, y in loader:
+            if step == 3 and total > 3:  # the first steps warm up (allocations, algorithm choice)
+                acc.synchronize(device)
+                steady_since, images = time.perf_counter(), 0
             x, y = acc.to_device((x, y), device)
-            timed = step >= 3  # the first steps warm up (allocations, algorithm choice)
+            timed = step >= 3
             if timed:
                 clock.start()
             draws = draw_alphas(sampler, rng, step / total, config, cmap, model)
+            if draws_seen is not None:
+                draws_seen.update(repr(draws).encode())
             optimizer.zero_grad(set_to_none=True)
             loss_sum = torch.zeros((), device=device)
             for i, d in enumerate(draws):
@@ -311,8 +321,10 @@ def train(config: RunConfig, *, data: DataSplit | None = None, out: str | Path |
         result.history.append({"epoch": epoch + 1, "loss": float(epoch_loss) / max(1, batches),
                                "cos2": float(epoch_reg) / max(1, batches), "lr": schedule.get_last_lr()[0]})
     acc.synchronize(device)
-    result.images_per_second = images / max(1e-9, time.perf_counter() - loop_started)
+    result.images_per_second = images / max(1e-9, time.perf_counter() - steady_since)
     result.step_seconds = clock.mean_seconds()
+    if draws_seen is not None:
+        _check_same_draws(draws_seen.hexdigest(), world)
     if compare_steps > 0:
         result.plain_step_seconds = plain_step_seconds(config, loader, device, accel.precision, world, compare_steps)
     model.eval()
@@ -329,6 +341,15 @@ def train(config: RunConfig, *, data: DataSplit | None = None, out: str | Path |
     if world.world > 1:
         dist.barrier()
     return result
+
+
+def _check_same_draws(digest: str, world: Dist) -> None:
+    """Every rank must have trained the same levels in the same order (the shared seed); a rank that
+    drew differently would have averaged gradients of different networks."""
+    digests: list = [None] * world.world
+    dist.all_gather_object(digests, digest)
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"ranks drew different alphas: {digests}")
 
 
 def plain_step_seconds(config: RunConfig, loader, device: torch.device, precision: str, world: Dist,

@@ -10,6 +10,25 @@ from lcs.data import load_data
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+_GPU_DESELECTED: list = []
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` are deselected (not skipped) where torch sees no CUDA device, and counted."""
+    if torch.cuda.is_available():
+        return
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu:
+        _GPU_DESELECTED.extend(gpu)
+        items[:] = [item for item in items if not item.get_closest_marker("gpu")]
+        config.hook.pytest_deselected(items=gpu)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _GPU_DESELECTED:
+        terminalreporter.write_line(f"gpu: {len(_GPU_DESELECTED)} test(s) deselected: no CUDA device here "
+                                    "(scripts/gpu-check.sh runs them on a GPU machine)")
+
 
 @pytest.fixture(scope="session")
 def digits():
