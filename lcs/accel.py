@@ -107,7 +107,8 @@ def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | 
 def fp32_region(x: torch.Tensor) -> tuple[torch.Tensor, contextlib.AbstractContextManager]:
     """`x` in float32 and a context with autocast off, where autocast is on (else `x` and a no-op):
     the parts of a layer that must compute as the CPU path does (see the module docstring)."""
-    if torch.is_autocast_enabled(x.device.type):
+    kind = x.device.type
+    if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
         return x.float(), torch.autocast(x.device.type, enabled=False)
     return x, contextlib.nullcontext()
 

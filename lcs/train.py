@@ -239,6 +239,7 @@ def train(config: RunConfig, *, data: DataSplit | None = None, out: str | Path |
     model.to(device)
     net: torch.nn.Module = model
     if world.world > 1:
+        model.fused_blend = False  # per-layer blends: DDP reduces each layer's gradients as soon as they are ready
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
     data_sampler = DistributedSampler(data.train, world.world, world.rank, shuffle=True, seed=t.seed) if world.world > 1 else None
     loader = acc.loader(data.train, t.batch_size, device=device, sampler=data_sampler, shuffle=data_sampler is None,

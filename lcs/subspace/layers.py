@@ -31,6 +31,14 @@ def _float32(value: float) -> float:
     return struct.unpack("<f", struct.pack("<f", value))[0]
 
 
+def _first(t: torch.Tensor, *sizes: int) -> torch.Tensor:
+    """The leading block of `t` (structured width): t[:sizes[0], :sizes[1]]. The tensor itself when that is
+    all of it: a full-size slice still costs a copy into a zero tensor in the backward pass."""
+    if all(n >= dim for n, dim in zip(sizes, t.shape)):
+        return t
+    return t[tuple(slice(0, n) for n in sizes)]
+
+
 @dataclass
 class LayerState:
     """What one layer runs at right now."""
@@ -53,11 +61,15 @@ class SubspaceLayer(nn.Module):
         self.role = role  # "stem", "body" or "head"
         self.compressible = compressible  # weights masked/quantized (stem and head usually not)
         self.state = LayerState()
+        self.blend_cache: dict[str, torch.Tensor] = {}  # filled by SubspaceModel.forward (one fused blend)
 
     def add_endpoint(self, name: str, init: torch.Tensor) -> None:
         self.register_parameter(name + "1", nn.Parameter(init.detach().clone()))
 
     def blended(self, name: str) -> torch.Tensor | None:
+        cached = self.blend_cache.get(name)
+        if cached is not None:
+            return cached
         p0 = getattr(self, name)
         p1 = getattr(self, name + "1", None)
         if p0 is None or p1 is None:
@@ -147,12 +159,12 @@ class SubspaceConv2d(nn.Conv2d, _WeightLayer):
         in_c, groups = x.shape[1], self.groups
         if self.depthwise:
             out_c, groups = in_c, in_c
-            weight = weight[:out_c]
+            weight = _first(weight, out_c)
         else:
             out_c = self.out_features_at(self.out_channels)
-            weight = weight[:out_c, : in_c // groups]
+            weight = _first(weight, out_c, in_c // groups)
         if bias is not None:
-            bias = bias[:out_c]
+            bias = _first(bias, out_c)
         x = self.compressed_input(x)
         return F.conv2d(x, self.compressed_weight(weight), bias, self.stride, self.padding, self.dilation, groups)
 
@@ -169,9 +181,9 @@ class SubspaceLinear(nn.Linear, _WeightLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.blended("weight"), self.blended("bias")
         out_f = self.out_features_at(self.out_features)
-        weight = weight[:out_f, : x.shape[-1]]
+        weight = _first(weight, out_f, x.shape[-1])
         if bias is not None:
-            bias = bias[:out_f]
+            bias = _first(bias, out_f)
         x = self.compressed_input(x)
         return F.linear(x, self.compressed_weight(weight), bias)
 
@@ -219,7 +231,7 @@ class SubspaceNorm(SubspaceLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]
-        weight, bias = self.blended("weight")[:c], self.blended("bias")[:c]
+        weight, bias = _first(self.blended("weight"), c), _first(self.blended("bias"), c)
         x, fp32 = fp32_region(x)  # statistics in float32 under mixed precision, on every device
         with fp32:
             if self.kind == "batch":
