@@ -321,14 +321,24 @@ def environment(sizes: Sizes) -> dict:
     if torch.cuda.is_available():
         env.update({"gpus": torch.cuda.device_count(), "gpu": torch.cuda.get_device_name(0),
                     "bf16_supported": torch.cuda.is_bf16_supported(),
-                    "nccl": ".".join(map(str, torch.cuda.nccl.version())) if hasattr(torch.cuda, "nccl") else None})
+                    "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32})
+        try:
+            env["nccl"] = str(torch.cuda.nccl.version())
+        except Exception as exc:  # informational only
+            env["nccl"] = f"unknown ({type(exc).__name__})"
+    try:
+        import importlib.util
+
+        env["mlxtend_wheel_found"] = importlib.util.find_spec("mlxtend") is not None
+    except Exception:
+        env["mlxtend_wheel_found"] = False
     return env
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu-check-out")))
-    parser.add_argument("--budget", type=float, default=450.0, help="seconds for the whole script")
+    parser.add_argument("--budget", type=float, default=400.0, help="seconds for the whole script")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU: checks the script itself")
     parser.add_argument("--parts", default="abcdef", help="which parts to run (letters)")
     args = parser.parse_args(argv)
