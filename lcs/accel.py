@@ -29,7 +29,8 @@ import time
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler, TensorDataset
+from torch.utils.data import (BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler, Subset,
+                              TensorDataset)
 
 from lcs.errors import ConfigError
 
@@ -115,6 +116,16 @@ def fp32_region(x: torch.Tensor) -> tuple[torch.Tensor, contextlib.AbstractConte
 
 # -- data -----------------------------------------------------------------------------------------
 
+def in_memory(dataset: Dataset) -> TensorDataset | None:
+    """`dataset` as one TensorDataset when it is in memory: a TensorDataset, or a Subset of one (gathered)."""
+    if isinstance(dataset, TensorDataset):
+        return dataset
+    if isinstance(dataset, Subset) and isinstance(dataset.dataset, TensorDataset):
+        index = torch.as_tensor(list(dataset.indices), dtype=torch.long)
+        return TensorDataset(*(t[index] for t in dataset.dataset.tensors))
+    return None
+
+
 def default_workers(dataset: Dataset, device: torch.device) -> int:
     """Worker processes: none for in-memory tensors (a batch is one gather); for file-backed data
     (decoding, transforms) on a GPU, up to 8 per process, sharing the cores with the other local ranks."""
@@ -131,11 +142,12 @@ def loader(dataset: Dataset, batch_size: int, *, device: torch.device, sampler: 
     sampler=..., drop_last=..., generator=...)` would give them. In-memory tensors are gathered a batch at
     a time (one index per batch instead of one per image); pinned memory when batches go to a GPU."""
     pin = device.type == "cuda"
-    if isinstance(dataset, TensorDataset):
+    tensors = in_memory(dataset)
+    if tensors is not None:
         # The same samplers the DataLoader would build, so the same generator draws the same order.
         inner = sampler if sampler is not None else (
-            RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset))
-        return DataLoader(dataset, batch_size=None, sampler=BatchSampler(inner, batch_size, drop_last),
+            RandomSampler(tensors, generator=generator) if shuffle else SequentialSampler(tensors))
+        return DataLoader(tensors, batch_size=None, sampler=BatchSampler(inner, batch_size, drop_last),
                           generator=generator, pin_memory=pin)
     workers = default_workers(dataset, device) if workers is None else workers
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False, sampler=sampler,

@@ -116,6 +116,10 @@ def test_loader_keeps_the_dataloader_batch_order():
             a, b = list(plain), list(ours)
             assert len(a) == len(b) == len(plain)
             assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b))
+    subset = Subset(data, list(range(5, 45)))  # a Subset of tensors: gathered once, same order
+    plain = DataLoader(subset, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(4))
+    ours = accel.loader(subset, 8, device=torch.device("cpu"), shuffle=True, generator=torch.Generator().manual_seed(4))
+    assert all(torch.equal(x[1], y[1]) for x, y in zip(plain, ours)) and len(plain) == len(ours)
     sampler = DistributedSampler(data, 2, 1, shuffle=True, seed=0)
     plain = DataLoader(data, batch_size=8, sampler=sampler)
     ours = accel.loader(data, 8, device=torch.device("cpu"), sampler=sampler)
