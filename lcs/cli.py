@@ -65,7 +65,7 @@ def cli() -> None:
 @click.option("--data", "data_source", default="mnist5k", show_default=True,
               help="digits | mnist5k | cifar10:PATH | folder:PATH (or a directory)")
 @click.option("--model", "model_name", default="small-cnn", show_default=True,
-              help="small-cnn | cpreresnet20 | resnet18 | mobilenet-v2")
+              help="small-cnn | cpreresnet20 | resnet8 | ds-cnn | mobilenet-v1-0.25 | resnet18 | mobilenet-v2")
 @click.option("--family", type=FAMILY_CHOICE, default="unstructured", show_default=True, help="compression family")
 @click.option("--shape", type=click.Choice(["line", "point"]), default="line", show_default=True,
               help="line = LCS+L (two endpoints), point = LCS+P (one weight set)")
