@@ -1,8 +1,8 @@
 /* int8 kernels; the arithmetic is lcs/int8/graph.py's (see kernels_int8.h).
 
-   Dense conv: for each output row the kh input rows it reads are widened once to int16 in a small scratch
-   (zero padding included, so the inner loop has no bounds checks), then each 2 output pixels x 2 output
-   channels block accumulates over kh rows of kw * in_c contiguous values. With DSP the widened rows are
+   Dense conv: for each output row the kh input rows it reads are widened to int16 in a small scratch, column
+   by column (zero padding included, so the inner loop has no bounds checks); each 2 output pixels x 2 output
+   channels block then accumulates over kw * kh * in_c contiguous values. With DSP the widened values are
    stored lane-swizzled: 4 channels c..c+3 as the words (c, c+2), (c+1, c+3), which is what `sxtb16` and
    `sxtb16 ror #8` make of a weight word, so the weights stay int8 in flash and one `smlad` does 2 MACs.
    Requantization, bias, residual add and ReLU happen in the block's epilogue. */
@@ -42,10 +42,12 @@ static inline int32_t high_mul(int32_t x, int32_t m) {
 #endif
 }
 
-int32_t q8_requant(int32_t x, const q8_rq_t *rq) {
-    int32_t t = high_mul((int32_t)((uint32_t)x << rq->l), rq->m);
-    return (t + ((1 << rq->n) >> 1)) >> rq->n;
+static inline int32_t rq_apply(int32_t x, q8_rq_t r) {
+    int32_t t = high_mul((int32_t)((uint32_t)x << r.l), r.m);
+    return (t + ((1 << r.n) >> 1)) >> r.n;
 }
+
+int32_t q8_requant(int32_t x, const q8_rq_t *rq) { return rq_apply(x, *rq); }
 
 static inline int8_t clamp8(int32_t v, int relu) {
 #if Q8_DSP
@@ -61,46 +63,76 @@ static int32_t padded_w(const q8_conv_t *p) { return (p->out_w - 1) * p->stride 
 
 int32_t q8_conv_scratch(const q8_conv_t *p) {
     if (p->depthwise) return 0;
-    return p->kh * padded_w(p) * p->in_c * 2;
+    return padded_w(p) * p->kh * p->in_c * 2 + p->out_w * p->out_c * 4;
 }
 
-/* One input row (iy, may be outside the tensor) as int16 over the padded columns. */
-static void widen_row(const q8_conv_t *p, const int8_t *in, int32_t iy, int16_t *dst) {
-    const int32_t wp = padded_w(p), ic = p->in_c, ac = p->act_c;
-    if (iy < 0 || iy >= p->in_h) {
-        memset(dst, 0, (size_t)wp * ic * 2);
-        return;
-    }
-    for (int32_t x = 0; x < wp; x++, dst += ic) {
-        int32_t ix = x - p->pad_l;
-        if (ix < 0 || ix >= p->in_w) {
-            memset(dst, 0, (size_t)ic * 2);
-            continue;
-        }
-        const int8_t *src = in + (iy * p->in_w + ix) * ac;
-        for (int32_t c = 0; c < ic; c += 4) {
-            uint32_t v;
-            if (ac == ic) {
-                v = ld32(src + c);
-            } else { /* channels padded up to a multiple of 4 (e.g. an RGB stem): the rest read as 0 */
-                v = 0;
-                for (int32_t k = 0; k < 4 && c + k < ac; k++) v |= (uint32_t)(uint8_t)src[c + k] << (8 * k);
+/* The input under output row oy, widened to int16 column by column: column x holds its kh rows of in_c
+   values, so the window of an output pixel (kw columns) is kw * kh * in_c contiguous values, in the order of
+   the weights ([o][kw][kh][in_c], transposed at build time). Padding is written as zeros. */
+static void widen_rows(const q8_conv_t *p, const int8_t *in, int32_t oy, int16_t *dst) {
+    const int32_t wp = padded_w(p), ic = p->in_c, ac = p->act_c, y0 = oy * p->stride - p->pad_t;
+    for (int32_t x = 0; x < wp; x++) {
+        const int32_t ix = x - p->pad_l;
+        for (int32_t r = 0; r < p->kh; r++, dst += ic) {
+            const int32_t iy = y0 + r;
+            if (ix < 0 || ix >= p->in_w || iy < 0 || iy >= p->in_h) {
+                memset(dst, 0, (size_t)ic * 2);
+                continue;
             }
+            const int8_t *src = in + (iy * p->in_w + ix) * ac;
+            for (int32_t c = 0; c < ic; c += 4) {
+                uint32_t v;
+                if (ac == ic) {
+                    v = ld32(src + c);
+                } else { /* channels padded up to a multiple of 4 (e.g. an RGB stem): the rest read as 0 */
+                    v = 0;
+                    for (int32_t k = 0; k < 4 && c + k < ac; k++) v |= (uint32_t)(uint8_t)src[c + k] << (8 * k);
+                }
 #if Q8_DSP
-            uint32_t e = __sxtb16(v), o = sxtb16_hi(v);
-            __builtin_memcpy(dst + c, &e, 4);
-            __builtin_memcpy(dst + c + 2, &o, 4);
+                uint32_t e = __sxtb16(v), o = sxtb16_hi(v);
+                __builtin_memcpy(dst + c, &e, 4);
+                __builtin_memcpy(dst + c + 2, &o, 4);
 #else
-            for (int32_t k = 0; k < 4; k++) dst[c + k] = (int8_t)(v >> (8 * k));
+                for (int32_t k = 0; k < 4; k++) dst[c + k] = (int8_t)(v >> (8 * k));
 #endif
+            }
         }
     }
 }
 
-static inline void store_out(const q8_conv_t *p, int8_t *out, int32_t idx, int32_t o, int32_t acc) {
-    int32_t v = q8_requant(acc, &p->rq[o]);
-    if (p->skip) v += q8_requant(p->skip[idx], &p->rq_add);
-    out[idx] = clamp8(v, p->relu);
+/* Epilogue parameters held in locals: int8 stores may alias anything reached through p. */
+typedef struct {
+    const int8_t *skip;
+    q8_rq_t add;
+    int relu;
+} epi_t;
+
+static inline void store_out(epi_t e, int8_t *out, int32_t idx, q8_rq_t r, int32_t acc) {
+    int32_t v = rq_apply(acc, r);
+    if (e.skip) v += rq_apply(e.skip[idx], e.add);
+    out[idx] = clamp8(v, e.relu);
+}
+
+/* Requantize one output row of accumulators (HWC, n_x pixels of n_c channels), channel by channel so each
+   channel's parameters stay in registers; residual add and ReLU fused. */
+static void epilogue_row(epi_t e, const q8_rq_t *rq, const int32_t *acc, int8_t *out, int32_t n_x, int32_t n_c,
+                         int32_t base) {
+    const int32_t end = n_x * n_c;
+    for (int32_t c = 0; c < n_c; c++) {
+        const q8_rq_t r = rq[c];
+        if (e.skip) {
+            const int8_t *skip = e.skip + base;
+            const q8_rq_t a = e.add;
+            if (e.relu)
+                for (int32_t i = c; i < end; i += n_c) out[i] = clamp8(rq_apply(acc[i], r) + rq_apply(skip[i], a), 1);
+            else
+                for (int32_t i = c; i < end; i += n_c) out[i] = clamp8(rq_apply(acc[i], r) + rq_apply(skip[i], a), 0);
+        } else if (e.relu) {
+            for (int32_t i = c; i < end; i += n_c) out[i] = clamp8(rq_apply(acc[i], r), 1);
+        } else {
+            for (int32_t i = c; i < end; i += n_c) out[i] = clamp8(rq_apply(acc[i], r), 0);
+        }
+    }
 }
 
 void q8_conv(const q8_conv_t *p, const int8_t *in, int8_t *out, int16_t *scratch) {
@@ -108,61 +140,79 @@ void q8_conv(const q8_conv_t *p, const int8_t *in, int8_t *out, int16_t *scratch
         q8_dwconv(p, in, out);
         return;
     }
-    const int32_t ic = p->in_c, wp = padded_w(p), row = wp * ic, len = p->kw * ic;
-    const int32_t K = p->kh * len, step = p->stride * ic, oc_n = p->out_c, ow_n = p->out_w;
+    const epi_t e = {p->skip, p->rq_add, p->relu};
+    const int32_t ic = p->in_c, K = p->kh * p->kw * ic, step = p->stride * p->kh * ic;
+    const int32_t oc_n = p->out_c, ow_n = p->out_w;
+    int32_t *const accrow = (int32_t *)(void *)(scratch + padded_w(p) * p->kh * ic);
     for (int32_t oy = 0; oy < p->out_h; oy++) {
-        for (int32_t r = 0; r < p->kh; r++) widen_row(p, in, oy * p->stride - p->pad_t + r, scratch + r * row);
+        widen_rows(p, in, oy, scratch);
         const int32_t obase = oy * ow_n * oc_n;
         for (int32_t o = 0; o < oc_n; o += 2) {
             const int32_t o1 = o + 1 < oc_n ? o + 1 : o; /* odd tail: compute channel o twice, store once */
-            const int8_t *w0 = p->w + o * K, *w1 = p->w + o1 * K;
+            const int32_t b0 = p->bias[o], b1 = p->bias[o1];
+            const int8_t *w0 = p->w + o * K;
+            const int32_t dw = (o1 - o) * K;
             for (int32_t ox = 0; ox < ow_n; ox += 2) {
                 const int32_t d = ox + 1 < ow_n ? step : 0;
-                int32_t a00 = p->bias[o], a01 = p->bias[o1], a10 = a00, a11 = a01;
-                const int16_t *arow = scratch + ox * step;
-                for (int32_t r = 0; r < p->kh; r++) {
-                    const int16_t *x0 = arow + r * row, *x1 = x0 + d;
-                    const int8_t *k0 = w0 + r * len, *k1 = w1 + r * len;
+                int32_t a00 = b0, a01 = b1, a10 = b0, a11 = b1;
+                const int16_t *x0 = scratch + ox * step, *x1 = x0 + d;
+                const int8_t *k0 = w0, *k1 = w0 + dw, *const end = w0 + K;
 #if Q8_DSP
-                    for (int32_t i = 0; i < len; i += 4) {
-                        uint32_t wa = ld32(k0 + i), wb = ld32(k1 + i);
-                        uint32_t wae = __sxtb16(wa), wao = sxtb16_hi(wa);
-                        uint32_t wbe = __sxtb16(wb), wbo = sxtb16_hi(wb);
-                        uint32_t e0 = ld32(x0 + i), q0 = ld32(x0 + i + 2);
-                        a00 = __smlad(e0, wae, a00);
-                        a01 = __smlad(e0, wbe, a01);
-                        a00 = __smlad(q0, wao, a00);
-                        a01 = __smlad(q0, wbo, a01);
-                        uint32_t e1 = ld32(x1 + i), q1 = ld32(x1 + i + 2);
-                        a10 = __smlad(e1, wae, a10);
-                        a11 = __smlad(e1, wbe, a11);
-                        a10 = __smlad(q1, wao, a10);
-                        a11 = __smlad(q1, wbo, a11);
-                    }
+                /* 4 channels x 2 pixels x 2 output channels per iteration: 2 weight words, 4 sxtb16,
+                   4 activation words, 8 smlad. In assembly because gcc spills this loop's 14 live values. */
+                uint32_t wa, wb, ta, tb, v;
+                __asm__ volatile(
+                    "1:\n\t"
+                    "ldr %[wa], [%[k0]], #4\n\t"
+                    "ldr %[wb], [%[k1]], #4\n\t"
+                    "sxtb16 %[ta], %[wa]\n\t"
+                    "sxtb16 %[wa], %[wa], ror #8\n\t"
+                    "sxtb16 %[tb], %[wb]\n\t"
+                    "sxtb16 %[wb], %[wb], ror #8\n\t"
+                    "ldr %[v], [%[x0], #4]\n\t"
+                    "smlad %[a00], %[v], %[wa], %[a00]\n\t"
+                    "smlad %[a01], %[v], %[wb], %[a01]\n\t"
+                    "ldr %[v], [%[x0]], #8\n\t"
+                    "smlad %[a00], %[v], %[ta], %[a00]\n\t"
+                    "smlad %[a01], %[v], %[tb], %[a01]\n\t"
+                    "ldr %[v], [%[x1], #4]\n\t"
+                    "smlad %[a10], %[v], %[wa], %[a10]\n\t"
+                    "smlad %[a11], %[v], %[wb], %[a11]\n\t"
+                    "ldr %[v], [%[x1]], #8\n\t"
+                    "smlad %[a10], %[v], %[ta], %[a10]\n\t"
+                    "smlad %[a11], %[v], %[tb], %[a11]\n\t"
+                    "cmp %[k0], %[end]\n\t"
+                    "bne 1b\n\t"
+                    : [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11), [k0] "+r"(k0),
+                      [k1] "+r"(k1), [x0] "+r"(x0), [x1] "+r"(x1), [wa] "=&r"(wa), [wb] "=&r"(wb), [ta] "=&r"(ta),
+                      [tb] "=&r"(tb), [v] "=&r"(v)
+                    : [end] "r"(end)
+                    : "cc", "memory");
 #else
-                    for (int32_t i = 0; i < len; i++) {
-                        int32_t ka = k0[i], kb = k1[i], v0 = x0[i], v1 = x1[i];
-                        a00 += v0 * ka;
-                        a01 += v0 * kb;
-                        a10 += v1 * ka;
-                        a11 += v1 * kb;
-                    }
+                do {
+                    int32_t ka = *k0++, kb = *k1++, v0 = *x0++, v1 = *x1++;
+                    a00 += v0 * ka;
+                    a01 += v0 * kb;
+                    a10 += v1 * ka;
+                    a11 += v1 * kb;
+                } while (k0 != end);
 #endif
-                }
-                int32_t idx = obase + ox * oc_n + o;
-                store_out(p, out, idx, o, a00);
-                if (o1 != o) store_out(p, out, idx + 1, o1, a01);
+                int32_t *acc = accrow + ox * oc_n + o;
+                acc[0] = a00;
+                if (o1 != o) acc[1] = a01;
                 if (d) {
-                    store_out(p, out, idx + oc_n, o, a10);
-                    if (o1 != o) store_out(p, out, idx + oc_n + 1, o1, a11);
+                    acc[oc_n] = a10;
+                    if (o1 != o) acc[oc_n + 1] = a11;
                 }
             }
         }
+        epilogue_row(e, p->rq, accrow, out + obase, ow_n, oc_n, obase);
     }
 }
 
 void q8_dwconv(const q8_conv_t *p, const int8_t *in, int8_t *out) {
     const int32_t c_n = p->out_c;
+    const epi_t e = {p->skip, p->rq_add, p->relu};
     int32_t acc[256];
     for (int32_t oy = 0; oy < p->out_h; oy++) {
         for (int32_t ox = 0; ox < p->out_w; ox++) {
@@ -181,7 +231,7 @@ void q8_dwconv(const q8_conv_t *p, const int8_t *in, int8_t *out) {
                     }
                 }
                 const int32_t base = (oy * p->out_w + ox) * c_n + c0;
-                for (int32_t c = 0; c < cn; c++) store_out(p, out, base + c, c0 + c, acc[c]);
+                for (int32_t c = 0; c < cn; c++) store_out(e, out, base + c, p->rq[c0 + c], acc[c]);
             }
         }
     }

@@ -20,7 +20,7 @@ typedef struct {
     int16_t kh, kw, stride;
     int16_t pad_t, pad_l;       /* bottom/right padding follows from the output size */
     uint8_t relu, depthwise;
-    const int8_t *w;            /* [out_c][kh][kw][in_c]; depthwise: [kh][kw][c] */
+    const int8_t *w;            /* [out_c][kw][kh][in_c] (column-major window); depthwise: [kh][kw][c] */
     const int32_t *bias;        /* [out_c] */
     const q8_rq_t *rq;          /* [out_c] */
     const int8_t *skip;         /* residual of the output's shape added before the ReLU, or 0 */

@@ -62,7 +62,7 @@ def _conv_weights(op: Conv, in_c: int) -> np.ndarray:
     w = op.weight
     if w.shape[3] != in_c:
         w = np.concatenate([w, np.zeros(w.shape[:3] + (in_c - w.shape[3],), w.dtype)], axis=3)
-    return w
+    return np.transpose(w, (0, 2, 1, 3))  # OHWI -> OWHI: the kernel's window runs column by column
 
 
 def emit(graph: Graph, test_input: np.ndarray | None = None) -> str:
@@ -88,7 +88,7 @@ def emit(graph: Graph, test_input: np.ndarray | None = None) -> str:
                 f"static const q8_conv_t p{i} = {{{ih}, {iw}, {in_c}, {ac}, {oh}, {ow}, {oc}, {kh}, {kw}, {op.stride}, "
                 f"{op.pads[0]}, {op.pads[2]}, {int(op.relu)}, {int(op.depthwise)}, w{i}, b{i}, rq{i}, {skip}, {rq_add}}};\n")
             if not op.depthwise:
-                scratch = max(scratch, kh * ((ow - 1) * op.stride + kw) * in_c * 2)
+                scratch = max(scratch, kh * ((ow - 1) * op.stride + kw) * in_c * 2 + ow * oc * 4)  # q8_conv_scratch
             body = f"q8_conv(&p{i}, {src}, {dst}, scratch);"
             kind = ("dwconv" if op.depthwise else "conv") + f"{kh}x{kw}"
         elif isinstance(op, Pool):
