@@ -80,18 +80,24 @@ static void widen_rows(const q8_conv_t *p, const int8_t *in, int32_t oy, int16_t
                 continue;
             }
             const int8_t *src = in + (iy * p->in_w + ix) * ac;
-            for (int32_t c = 0; c < ic; c += 4) {
-                uint32_t v;
-                if (ac == ic) {
-                    v = ld32(src + c);
-                } else { /* channels padded up to a multiple of 4 (e.g. an RGB stem): the rest read as 0 */
-                    v = 0;
-                    for (int32_t k = 0; k < 4 && c + k < ac; k++) v |= (uint32_t)(uint8_t)src[c + k] << (8 * k);
-                }
+            if (ac == ic) {
+                for (int32_t c = 0; c < ic; c += 4) {
+                    uint32_t v = ld32(src + c);
 #if Q8_DSP
-                uint32_t e = __sxtb16(v), o = sxtb16_hi(v);
-                __builtin_memcpy(dst + c, &e, 4);
-                __builtin_memcpy(dst + c + 2, &o, 4);
+                    uint32_t w[2] = {__sxtb16(v), sxtb16_hi(v)};
+                    __builtin_memcpy(dst + c, w, 8);
+#else
+                    for (int32_t k = 0; k < 4; k++) dst[c + k] = (int8_t)(v >> (8 * k));
+#endif
+                }
+                continue;
+            }
+            for (int32_t c = 0; c < ic; c += 4) { /* channels padded up to a multiple of 4 (an RGB stem) */
+                uint32_t v = 0;
+                for (int32_t k = 0; k < 4 && c + k < ac; k++) v |= (uint32_t)(uint8_t)src[c + k] << (8 * k);
+#if Q8_DSP
+                uint32_t w[2] = {__sxtb16(v), sxtb16_hi(v)};
+                __builtin_memcpy(dst + c, w, 8);
 #else
                 for (int32_t k = 0; k < 4; k++) dst[c + k] = (int8_t)(v >> (8 * k));
 #endif
@@ -158,36 +164,38 @@ void q8_conv(const q8_conv_t *p, const int8_t *in, int8_t *out, int16_t *scratch
                 const int16_t *x0 = scratch + ox * step, *x1 = x0 + d;
                 const int8_t *k0 = w0, *k1 = w0 + dw, *const end = w0 + K;
 #if Q8_DSP
-                /* 4 channels x 2 pixels x 2 output channels per iteration: 2 weight words, 4 sxtb16,
-                   4 activation words, 8 smlad. In assembly because gcc spills this loop's 14 live values. */
+                /* 4 channels x 2 pixels x 2 output channels per step: 2 weight words, 4 sxtb16, 4 activation
+                   words, 8 smlad. In assembly because gcc spills this loop's 14 live values; two steps per
+                   loop iteration (an odd step first). */
                 uint32_t wa, wb, ta, tb, v;
-                __asm__ volatile(
-                    "1:\n\t"
-                    "ldr %[wa], [%[k0]], #4\n\t"
-                    "ldr %[wb], [%[k1]], #4\n\t"
-                    "sxtb16 %[ta], %[wa]\n\t"
-                    "sxtb16 %[wa], %[wa], ror #8\n\t"
-                    "sxtb16 %[tb], %[wb]\n\t"
-                    "sxtb16 %[wb], %[wb], ror #8\n\t"
-                    "ldr %[v], [%[x0], #4]\n\t"
-                    "smlad %[a00], %[v], %[wa], %[a00]\n\t"
-                    "smlad %[a01], %[v], %[wb], %[a01]\n\t"
-                    "ldr %[v], [%[x0]], #8\n\t"
-                    "smlad %[a00], %[v], %[ta], %[a00]\n\t"
-                    "smlad %[a01], %[v], %[tb], %[a01]\n\t"
-                    "ldr %[v], [%[x1], #4]\n\t"
-                    "smlad %[a10], %[v], %[wa], %[a10]\n\t"
-                    "smlad %[a11], %[v], %[wb], %[a11]\n\t"
-                    "ldr %[v], [%[x1]], #8\n\t"
-                    "smlad %[a10], %[v], %[ta], %[a10]\n\t"
-                    "smlad %[a11], %[v], %[tb], %[a11]\n\t"
-                    "cmp %[k0], %[end]\n\t"
-                    "bne 1b\n\t"
-                    : [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11), [k0] "+r"(k0),
-                      [k1] "+r"(k1), [x0] "+r"(x0), [x1] "+r"(x1), [wa] "=&r"(wa), [wb] "=&r"(wb), [ta] "=&r"(ta),
-                      [tb] "=&r"(tb), [v] "=&r"(v)
-                    : [end] "r"(end)
-                    : "cc", "memory");
+#define Q8_STEP                                    \
+    "ldr %[wa], [%[k0]], #4\n\t"                   \
+    "ldr %[wb], [%[k1]], #4\n\t"                   \
+    "sxtb16 %[ta], %[wa]\n\t"                      \
+    "sxtb16 %[wa], %[wa], ror #8\n\t"              \
+    "sxtb16 %[tb], %[wb]\n\t"                      \
+    "sxtb16 %[wb], %[wb], ror #8\n\t"              \
+    "ldr %[v], [%[x0], #4]\n\t"                    \
+    "smlad %[a00], %[v], %[wa], %[a00]\n\t"        \
+    "smlad %[a01], %[v], %[wb], %[a01]\n\t"        \
+    "ldr %[v], [%[x0]], #8\n\t"                    \
+    "smlad %[a00], %[v], %[ta], %[a00]\n\t"        \
+    "smlad %[a01], %[v], %[tb], %[a01]\n\t"        \
+    "ldr %[v], [%[x1], #4]\n\t"                    \
+    "smlad %[a10], %[v], %[wa], %[a10]\n\t"        \
+    "smlad %[a11], %[v], %[wb], %[a11]\n\t"        \
+    "ldr %[v], [%[x1]], #8\n\t"                    \
+    "smlad %[a10], %[v], %[ta], %[a10]\n\t"        \
+    "smlad %[a11], %[v], %[tb], %[a11]\n\t"
+#define Q8_OPERANDS                                                                                           \
+    : [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11), [k0] "+r"(k0), [k1] "+r"(k1),        \
+      [x0] "+r"(x0), [x1] "+r"(x1), [wa] "=&r"(wa), [wb] "=&r"(wb), [ta] "=&r"(ta), [tb] "=&r"(tb), [v] "=&r"(v) \
+    : [end] "r"(end)                                                                                          \
+    : "cc", "memory"
+                if (K & 4) __asm__ volatile(Q8_STEP Q8_OPERANDS);
+                if (k0 != end) __asm__ volatile("1:\n\t" Q8_STEP Q8_STEP "cmp %[k0], %[end]\n\tbne 1b\n\t" Q8_OPERANDS);
+#undef Q8_STEP
+#undef Q8_OPERANDS
 #else
                 do {
                     int32_t ka = *k0++, kb = *k1++, v0 = *x0++, v1 = *x1++;
