@@ -2,8 +2,9 @@
 
    Dense conv: for each output row the kh input rows it reads are widened to int16 in a small scratch, column
    by column (zero padding included, so the inner loop has no bounds checks); each 2 output pixels x 2 output
-   channels block then accumulates over kw * kh * in_c contiguous values. With DSP the widened values are
-   stored lane-swizzled: 4 channels c..c+3 as the words (c, c+2), (c+1, c+3), which is what `sxtb16` and
+   channels block then accumulates over kw * col contiguous values (col = kh * in_c rounded up to a multiple of
+   4). With DSP the widened values are stored lane-swizzled: 4 values c..c+3 as the words (c, c+2), (c+1, c+3),
+   which is what `sxtb16` and
    `sxtb16 ror #8` make of a weight word, so the weights stay int8 in flash and one `smlad` does 2 MACs.
    Requantization, bias, residual add and ReLU happen in the block's epilogue. */
 #include "kernels_int8.h"
@@ -62,47 +63,60 @@ static inline int8_t clamp8(int32_t v, int relu) {
 static int32_t padded_w(const q8_conv_t *p) { return (p->out_w - 1) * p->stride + p->kw; }
 
 int32_t q8_conv_scratch(const q8_conv_t *p) {
-    if (p->depthwise) return 0;
-    return padded_w(p) * p->kh * p->in_c * 2 + p->out_w * p->out_c * 4;
+    if (p->depthwise) return p->out_w * p->out_c * 4;
+    return padded_w(p) * p->col * 2 + p->out_w * p->out_c * 4;
+}
+
+static inline void put4(int16_t *dst, uint32_t v) {
+#if Q8_DSP
+    uint32_t w[2] = {__sxtb16(v), sxtb16_hi(v)};
+    __builtin_memcpy(dst, w, 8);
+#else
+    for (int32_t k = 0; k < 4; k++) dst[k] = (int8_t)(v >> (8 * k));
+#endif
 }
 
 /* The input under output row oy, widened to int16 column by column: column x holds its kh rows of in_c
-   values, so the window of an output pixel (kw columns) is kw * kh * in_c contiguous values, in the order of
-   the weights ([o][kw][kh][in_c], transposed at build time). Padding is written as zeros. */
+   values (then zeros up to col), so the window of an output pixel (kw columns) is kw * col contiguous values,
+   in the order of the weights ([o][kw][col], transposed at build time). Padding is written as zeros. */
 static void widen_rows(const q8_conv_t *p, const int8_t *in, int32_t oy, int16_t *dst) {
-    const int32_t wp = padded_w(p), ic = p->in_c, ac = p->act_c, y0 = oy * p->stride - p->pad_t;
-    for (int32_t x = 0; x < wp; x++) {
+    const int32_t wp = padded_w(p), ic = p->in_c, col = p->col, y0 = oy * p->stride - p->pad_t;
+    for (int32_t x = 0; x < wp; x++, dst += col) {
         const int32_t ix = x - p->pad_l;
-        for (int32_t r = 0; r < p->kh; r++, dst += ic) {
-            const int32_t iy = y0 + r;
-            if (ix < 0 || ix >= p->in_w || iy < 0 || iy >= p->in_h) {
-                memset(dst, 0, (size_t)ic * 2);
-                continue;
-            }
-            const int8_t *src = in + (iy * p->in_w + ix) * ac;
-            if (ac == ic) {
-                for (int32_t c = 0; c < ic; c += 4) {
-                    uint32_t v = ld32(src + c);
-#if Q8_DSP
-                    uint32_t w[2] = {__sxtb16(v), sxtb16_hi(v)};
-                    __builtin_memcpy(dst + c, w, 8);
-#else
-                    for (int32_t k = 0; k < 4; k++) dst[c + k] = (int8_t)(v >> (8 * k));
-#endif
+        if (ix < 0 || ix >= p->in_w) {
+            memset(dst, 0, (size_t)col * 2);
+            continue;
+        }
+        if ((ic & 3) == 0) { /* whole groups of 4 per row */
+            for (int32_t r = 0; r < p->kh; r++) {
+                const int32_t iy = y0 + r;
+                int16_t *d = dst + r * ic;
+                if (iy < 0 || iy >= p->in_h) {
+                    memset(d, 0, (size_t)ic * 2);
+                    continue;
                 }
-                continue;
+                const int8_t *src = in + (iy * p->in_w + ix) * ic;
+                for (int32_t c = 0; c < ic; c += 4) put4(d + c, ld32(src + c));
             }
-            for (int32_t c = 0; c < ic; c += 4) { /* channels padded up to a multiple of 4 (an RGB stem) */
-                uint32_t v = 0;
-                for (int32_t k = 0; k < 4 && c + k < ac; k++) v |= (uint32_t)(uint8_t)src[c + k] << (8 * k);
-#if Q8_DSP
-                uint32_t w[2] = {__sxtb16(v), sxtb16_hi(v)};
-                __builtin_memcpy(dst + c, w, 8);
-#else
-                for (int32_t k = 0; k < 4; k++) dst[c + k] = (int8_t)(v >> (8 * k));
-#endif
+            continue;
+        }
+        /* few channels (an RGB or MFCC stem): gather the column value by value */
+        uint32_t v = 0;
+        int32_t k = 0, g = 0;
+        for (int32_t r = 0; r < p->kh; r++) {
+            const int32_t iy = y0 + r;
+            const int8_t *src = in + (iy * p->in_w + ix) * ic;
+            for (int32_t c = 0; c < ic; c++) {
+                if (iy >= 0 && iy < p->in_h) v |= (uint32_t)(uint8_t)src[c] << (8 * k);
+                if (++k == 4) {
+                    put4(dst + g, v);
+                    g += 4;
+                    v = 0;
+                    k = 0;
+                }
             }
         }
+        for (; g < col; g += 4, v = 0) put4(dst + g, v);
     }
 }
 
@@ -112,12 +126,6 @@ typedef struct {
     q8_rq_t add;
     int relu;
 } epi_t;
-
-static inline void store_out(epi_t e, int8_t *out, int32_t idx, q8_rq_t r, int32_t acc) {
-    int32_t v = rq_apply(acc, r);
-    if (e.skip) v += rq_apply(e.skip[idx], e.add);
-    out[idx] = clamp8(v, e.relu);
-}
 
 /* Requantize one output row of accumulators (HWC, n_x pixels of n_c channels), channel by channel so each
    channel's parameters stay in registers; residual add and ReLU fused. */
@@ -143,13 +151,13 @@ static void epilogue_row(epi_t e, const q8_rq_t *rq, const int32_t *acc, int8_t 
 
 void q8_conv(const q8_conv_t *p, const int8_t *in, int8_t *out, int16_t *scratch) {
     if (p->depthwise) {
-        q8_dwconv(p, in, out);
+        q8_dwconv(p, in, out, (int32_t *)(void *)scratch);
         return;
     }
     const epi_t e = {p->skip, p->rq_add, p->relu};
-    const int32_t ic = p->in_c, K = p->kh * p->kw * ic, step = p->stride * p->kh * ic;
+    const int32_t col = p->col, K = p->kw * col, step = p->stride * col;
     const int32_t oc_n = p->out_c, ow_n = p->out_w;
-    int32_t *const accrow = (int32_t *)(void *)(scratch + padded_w(p) * p->kh * ic);
+    int32_t *const accrow = (int32_t *)(void *)(scratch + padded_w(p) * col);
     for (int32_t oy = 0; oy < p->out_h; oy++) {
         widen_rows(p, in, oy, scratch);
         const int32_t obase = oy * ow_n * oc_n;
@@ -218,30 +226,51 @@ void q8_conv(const q8_conv_t *p, const int8_t *in, int8_t *out, int16_t *scratch
     }
 }
 
-void q8_dwconv(const q8_conv_t *p, const int8_t *in, int8_t *out) {
-    const int32_t c_n = p->out_c;
+/* Depthwise: per output pixel only the taps inside the input (no padding copies), 4 channels per step; with DSP
+   one weight word and one activation word give 4 MACs through smlabb/smlatt. One output row of accumulators,
+   then the shared epilogue. */
+void q8_dwconv(const q8_conv_t *p, const int8_t *in, int8_t *out, int32_t *accrow) {
     const epi_t e = {p->skip, p->rq_add, p->relu};
-    int32_t acc[256];
+    const int32_t C = p->out_c, W = p->in_w, kw = p->kw;
     for (int32_t oy = 0; oy < p->out_h; oy++) {
+        const int32_t y0 = oy * p->stride - p->pad_t;
+        const int32_t r0 = y0 < 0 ? -y0 : 0, r1 = p->in_h - y0 < p->kh ? p->in_h - y0 : p->kh;
         for (int32_t ox = 0; ox < p->out_w; ox++) {
-            for (int32_t c0 = 0; c0 < c_n; c0 += 256) {
-                const int32_t cn = c_n - c0 < 256 ? c_n - c0 : 256;
-                for (int32_t c = 0; c < cn; c++) acc[c] = p->bias[c0 + c];
-                for (int32_t r = 0; r < p->kh; r++) {
-                    const int32_t iy = oy * p->stride - p->pad_t + r;
-                    if (iy < 0 || iy >= p->in_h) continue;
-                    for (int32_t s = 0; s < p->kw; s++) {
-                        const int32_t ix = ox * p->stride - p->pad_l + s;
-                        if (ix < 0 || ix >= p->in_w) continue;
-                        const int8_t *x = in + (iy * p->in_w + ix) * c_n + c0;
-                        const int8_t *k = p->w + (r * p->kw + s) * c_n + c0;
-                        for (int32_t c = 0; c < cn; c++) acc[c] += x[c] * k[c];
+            const int32_t x0 = ox * p->stride - p->pad_l;
+            const int32_t t0 = x0 < 0 ? -x0 : 0, t1 = W - x0 < kw ? W - x0 : kw;
+            int32_t *acc = accrow + ox * C;
+            int32_t c = 0;
+#if Q8_DSP
+            for (; c + 4 <= C; c += 4) {
+                int32_t s0 = p->bias[c], s1 = p->bias[c + 1], s2 = p->bias[c + 2], s3 = p->bias[c + 3];
+                for (int32_t r = r0; r < r1; r++) {
+                    const int8_t *x = in + ((y0 + r) * W + x0 + t0) * C + c;
+                    const int8_t *k = p->w + (r * kw + t0) * C + c;
+                    for (int32_t t = t0; t < t1; t++, x += C, k += C) {
+                        uint32_t v = ld32(x), w = ld32(k);
+                        uint32_t ve = __sxtb16(v), vo = sxtb16_hi(v), we = __sxtb16(w), wo = sxtb16_hi(w);
+                        s0 = __smlabb(ve, we, s0);
+                        s2 = __smlatt(ve, we, s2);
+                        s1 = __smlabb(vo, wo, s1);
+                        s3 = __smlatt(vo, wo, s3);
                     }
                 }
-                const int32_t base = (oy * p->out_w + ox) * c_n + c0;
-                for (int32_t c = 0; c < cn; c++) store_out(e, out, base + c, p->rq[c0 + c], acc[c]);
+                acc[c] = s0;
+                acc[c + 1] = s1;
+                acc[c + 2] = s2;
+                acc[c + 3] = s3;
+            }
+#endif
+            for (; c < C; c++) {
+                int32_t s0 = p->bias[c];
+                for (int32_t r = r0; r < r1; r++)
+                    for (int32_t t = t0; t < t1; t++)
+                        s0 += in[((y0 + r) * W + x0 + t) * C + c] * p->w[(r * kw + t) * C + c];
+                acc[c] = s0;
             }
         }
+        const int32_t obase = oy * p->out_w * C;
+        epilogue_row(e, p->rq, accrow, out + obase, p->out_w, C, obase);
     }
 }
 

@@ -13,24 +13,24 @@ typedef struct {
 } q8_rq_t;
 
 typedef struct {
-    int16_t in_h, in_w, in_c;   /* in_c: channels as stored in the weights (a multiple of 4 for dense convs
-                                   whose tensor has fewer: the missing channels read as zero) */
-    int16_t act_c;              /* channels of the input tensor in memory */
+    int16_t in_h, in_w, in_c;   /* input tensor (HWC) */
+    int16_t col;                /* dense conv: values per window column, kh * in_c rounded up to a multiple of 4
+                                   (the extra values are zero weights against zero activations) */
     int16_t out_h, out_w, out_c;
     int16_t kh, kw, stride;
     int16_t pad_t, pad_l;       /* bottom/right padding follows from the output size */
     uint8_t relu, depthwise;
-    const int8_t *w;            /* [out_c][kw][kh][in_c] (column-major window); depthwise: [kh][kw][c] */
+    const int8_t *w;            /* dense: [out_c][kw][col] (col = kh x in_c, padded); depthwise: [kh][kw][c] */
     const int32_t *bias;        /* [out_c] */
     const q8_rq_t *rq;          /* [out_c] */
     const int8_t *skip;         /* residual of the output's shape added before the ReLU, or 0 */
     q8_rq_t rq_add;
 } q8_conv_t;
 
-/* Scratch: q8_conv needs q8_conv_scratch(p) bytes, 4-byte aligned. */
+/* Scratch: q8_conv needs q8_conv_scratch(p) bytes, 4-byte aligned (depthwise convs too: it calls q8_dwconv). */
 int32_t q8_conv_scratch(const q8_conv_t *p);
 void q8_conv(const q8_conv_t *p, const int8_t *in, int8_t *out, int16_t *scratch);
-void q8_dwconv(const q8_conv_t *p, const int8_t *in, int8_t *out);
+void q8_dwconv(const q8_conv_t *p, const int8_t *in, int8_t *out, int32_t *accrow); /* out_w * out_c int32 */
 /* global average pool over h*w positions of c channels */
 void q8_avgpool(const int8_t *in, int32_t hw, int32_t c, const q8_rq_t *rq, int8_t *out);
 void q8_dense(const int8_t *in, int32_t n_in, int32_t n_out, const int8_t *w, const int32_t *bias,

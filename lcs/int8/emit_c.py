@@ -4,8 +4,8 @@
     q8_n_layers, q8_layer_names[], q8_run_layer(i), q8_layer_out(i), q8_layer_size(i),
     q8_input(), q8_input_size, q8_output(), q8_output_size, q8_arena_bytes, q8_scratch_bytes
 
-Dense convs whose input has fewer than a multiple of 4 channels (an RGB stem) get zero weight channels up to
-the next multiple: the kernel widens the missing input channels as zeros, so the result is unchanged."""
+Dense conv weights are stored [o][kw][kh * in_c], each column padded with zeros to a multiple of 4 values (an RGB
+or MFCC stem): the kernel widens the same padding as zero activations, so the result is unchanged."""
 
 from __future__ import annotations
 
@@ -56,13 +56,12 @@ def plan_arena(graph: Graph) -> tuple[dict[str, int], int]:
     return offsets, max((e for _, e, _, _ in placed), default=0)
 
 
-def _conv_weights(op: Conv, in_c: int) -> np.ndarray:
+def _conv_weights(op: Conv, col: int) -> np.ndarray:
     if op.depthwise:  # [C, KH, KW, 1] -> [KH, KW, C]
         return np.transpose(op.weight[..., 0], (1, 2, 0))
-    w = op.weight
-    if w.shape[3] != in_c:
-        w = np.concatenate([w, np.zeros(w.shape[:3] + (in_c - w.shape[3],), w.dtype)], axis=3)
-    return np.transpose(w, (0, 2, 1, 3))  # OHWI -> OWHI: the kernel's window runs column by column
+    o, kh, kw, ic = op.weight.shape
+    w = np.transpose(op.weight, (0, 2, 1, 3)).reshape(o, kw, kh * ic)  # OHWI -> [o][kw][kh * ic]
+    return np.concatenate([w, np.zeros((o, kw, col - kh * ic), w.dtype)], axis=2)
 
 
 def emit(graph: Graph, test_input: np.ndarray | None = None) -> str:
@@ -77,18 +76,18 @@ def emit(graph: Graph, test_input: np.ndarray | None = None) -> str:
         if isinstance(op, Conv):
             ih, iw, ac = t[op.inp].shape
             oh, ow, oc = t[op.out].shape
-            in_c = ac if op.depthwise else (ac + 3) // 4 * 4
-            out.append(_arr("int8_t", f"w{i}", _conv_weights(op, in_c)))
+            kh, kw = op.kernel
+            col = (kh * ac + 3) // 4 * 4
+            out.append(_arr("int8_t", f"w{i}", _conv_weights(op, col)))
             out.append(_arr("int32_t", f"b{i}", op.bias))
             out.append(_rq_arr(f"rq{i}", op.rq))
-            kh, kw = op.kernel
             skip = f"arena + {offsets[op.add]}" if op.add else "0"
             rq_add = _rq(op.rq_add) if op.add else "{0, 0, 0, {0, 0}}"
             out.append(
-                f"static const q8_conv_t p{i} = {{{ih}, {iw}, {in_c}, {ac}, {oh}, {ow}, {oc}, {kh}, {kw}, {op.stride}, "
+                f"static const q8_conv_t p{i} = {{{ih}, {iw}, {ac}, {col}, {oh}, {ow}, {oc}, {kh}, {kw}, {op.stride}, "
                 f"{op.pads[0]}, {op.pads[2]}, {int(op.relu)}, {int(op.depthwise)}, w{i}, b{i}, rq{i}, {skip}, {rq_add}}};\n")
-            if not op.depthwise:
-                scratch = max(scratch, kh * ((ow - 1) * op.stride + kw) * in_c * 2 + ow * oc * 4)  # q8_conv_scratch
+            # q8_conv_scratch
+            scratch = max(scratch, (0 if op.depthwise else ((ow - 1) * op.stride + kw) * col * 2) + ow * oc * 4)
             body = f"q8_conv(&p{i}, {src}, {dst}, scratch);"
             kind = ("dwconv" if op.depthwise else "conv") + f"{kh}x{kw}"
         elif isinstance(op, Pool):
