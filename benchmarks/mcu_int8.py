@@ -15,6 +15,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from lcs.config import ModelConfig  # noqa: E402
 from lcs.int8 import emit_c  # noqa: E402
 from lcs.int8 import firmware as fw  # noqa: E402
 from lcs.int8.from_torch import from_torch  # noqa: E402
-from lcs.int8.graph import quantize, run_int  # noqa: E402
+from lcs.int8.graph import Conv, quantize, run_int  # noqa: E402
 from lcs.models import build_model  # noqa: E402
 
 CMSIS_NN = {"resnet8": {"mps2-an386": 29_856_185, "mps2-an500": 30_018_280, "mps2-an385": 41_844_800}}
@@ -52,11 +53,66 @@ def model_graph(name: str, seed: int = 0):
     return graph, xq, run_int(graph, xq, keep=True)
 
 
+def prune(graph, sparsity: float):
+    """An unstructured level as LCS builds it: per layer, the smallest-magnitude fraction of the int8 weights
+    zeroed; stem (the first conv), depthwise convs and the classifier stay dense."""
+    ops = []
+    for i, op in enumerate(graph.ops):
+        if isinstance(op, Conv) and not op.depthwise and i > 0:
+            w = op.weight.copy()
+            order = np.argsort(np.abs(w.astype(np.int64)).ravel(), kind="stable")
+            w.reshape(-1)[order[:int(sparsity * w.size)]] = 0
+            op = replace(op, weight=w)
+        ops.append(op)
+    return replace(graph, ops=ops)
+
+
+def run_checked(graph, xq, src_dir: Path, board: str, tag: str, sparse_from: float | None):
+    ref = run_int(graph, xq, keep=True)
+    src = src_dir / f"{tag}.c"
+    src.write_text(emit_c.emit(graph, xq[0], sparse_from=sparse_from))
+    run = fw.run_qemu(fw.build(src, src_dir / f"{tag}-{board}.elf", board), board)
+    exact = all(h == fw.fnv1a(ref[op.out].astype(np.int8).tobytes()) for op, (_, _, h) in zip(graph.ops, run.layers))
+    return run, exact and run.output == ref[graph.output].astype(np.int8).tobytes()
+
+
+def sparse_sweep(boards: list[str], sparsities: list[float], tmp: Path) -> dict:
+    """ResNet-8 unstructured levels: dense kernels against the sparse kernel (every pruned conv), per board."""
+    graph, xq, _ = model_graph("resnet8")
+    out = {}
+    for board in boards:
+        rows = []
+        for s in sparsities:
+            level = prune(graph, s)
+            dense, ok_d = run_checked(level, xq, tmp, board, "dense", None)
+            sparse, ok_s = run_checked(level, xq, tmp, board, "sparse", 0.25 if s > 0 else None)  # stem stays dense
+            n = fw.INSTRUCTIONS_PER_TICK
+            rows.append({"sparsity": s, "dense_instructions": dense.total_ticks * n,
+                         "sparse_instructions": sparse.total_ticks * n, "bit_exact": ok_d and ok_s,
+                         "sparse_layers": [{"name": a, "instructions": t * n} for a, t, _ in sparse.layers]})
+            print(f"resnet8 {board:11s} sparsity {s:.2f}: dense {rows[-1]['dense_instructions']:>11,d}  sparse kernel "
+                  f"{rows[-1]['sparse_instructions']:>11,d}  bit-exact {rows[-1]['bit_exact']}")
+        cross = None
+        for a, b in zip(rows, rows[1:]):
+            da, db = a["sparse_instructions"] - a["dense_instructions"], b["sparse_instructions"] - b["dense_instructions"]
+            if da >= 0 > db:  # linear interpolation of the sign change
+                cross = round(a["sparsity"] + (b["sparsity"] - a["sparsity"]) * da / (da - db), 3)
+        dense0 = rows[0]["dense_instructions"]
+        at90 = next((r for r in rows if abs(r["sparsity"] - 0.9) < 1e-9), None)
+        out[board] = {"levels": rows, "crossover_sparsity": cross,
+                      "sparse90_over_dense": round(at90["sparse_instructions"] / dense0, 3) if at90 else None}
+        print(f"resnet8 {board}: sparse kernel cheaper above {cross} sparsity; 90 % level / dense = "
+              f"{out[board]['sparse90_over_dense']}")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--boards", default="mps2-an386,mps2-an385,mps2-an500")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "mcu_int8.json"))
     ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--sparsities", default="0,0.5,0.6,0.7,0.8,0.9,0.95",
+                    help="ResNet-8 unstructured levels for the dense/sparse kernel sweep (empty: none)")
     args = ap.parse_args()
     result = {"units": "instructions (SysTick ticks x 5 under qemu -icount shift=3)", "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,6 +140,9 @@ def main() -> None:
                 print(f"{name:18s} {board:11s} {total:>12,d} instructions ({row['instructions_per_mac']} / MAC)"
                       + (f", CMSIS-NN {cmsis:,d} (ratio {row['ratio_to_cmsis_nn']})" if cmsis else "")
                       + f", bit-exact {row['bit_exact']}")
+        if args.sparsities:
+            result["resnet8_sparse"] = sparse_sweep(args.boards.split(","), [float(v) for v in args.sparsities.split(",")],
+                                                    Path(tmp))
     m4 = result["models"].get("resnet8", {}).get("boards", {}).get("mps2-an386")
     if m4:
         result["bar_resnet8_m4"] = {"limit": BAR_M4, "instructions": m4["instructions"],

@@ -206,6 +206,45 @@ def test_c_kernels_under_qemu_equal_the_reference(tmp_path, board, name, shape, 
     assert run.total_ticks > 0
 
 
+def _pruned(graph, sparsity):
+    from dataclasses import replace
+
+    ops = []
+    for i, op in enumerate(graph.ops):
+        if isinstance(op, Conv) and not op.depthwise and i > 0:
+            w = op.weight.copy()
+            w.reshape(-1)[np.argsort(np.abs(w.astype(int)).ravel(), kind="stable")[:int(sparsity * w.size)]] = 0
+            op = replace(op, weight=w)
+        ops.append(op)
+    return replace(graph, ops=ops)
+
+
+def test_sparse_entries_address_the_widened_window():
+    w = np.zeros((2, 1, 8), np.int8)
+    w[0, 0, [1, 2, 6]] = [5, -3, 7]
+    w[1, 0, 4] = -128 + 1
+    plain, starts = emit_c.sparse_entries(w, swizzled=False)
+    dsp, _ = emit_c.sparse_entries(w, swizzled=True)
+    assert starts.tolist() == [0, 3, 4]
+    assert [(int(e) >> 16, (int(e) & 0xFFFF) - ((int(e) & 0x8000) << 1)) for e in plain] == [(2, 5), (4, -3), (12, 7), (8, -127)]
+    # DSP layout of a group c..c+3: c, c+2, c+1, c+3 (int16 each)
+    assert [int(e) >> 16 for e in dsp] == [4, 2, 10, 8]
+
+
+@pytest.mark.parametrize("board", [None, pytest.param("mps2-an386", marks=pytest.mark.qemu),
+                                   pytest.param("mps2-an385", marks=pytest.mark.qemu)])
+def test_sparse_kernel_equals_the_reference(tmp_path, board):
+    graph, xq, _ = _quantized("resnet8", (3, 32, 32), 10, seed=5)
+    level = _pruned(graph, 0.8)
+    ref = run_int(level, xq, keep=True)
+    src = tmp_path / "net.c"
+    src.write_text(emit_c.emit(level, xq[0], sparse_from=0.5))
+    assert src.read_text().count("sparse-conv") == 8  # every conv but the stem
+    exe = fw.build(src, tmp_path / "net", board)
+    run = fw.run_host(exe) if board is None else fw.run_qemu(exe, board)
+    _check_bit_exact(level, ref, run)
+
+
 def test_arena_plan_keeps_live_tensors_apart():
     graph, _, _ = _quantized("resnet8", (3, 32, 32), 10)
     offsets, size = emit_c.plan_arena(graph)
