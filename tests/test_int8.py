@@ -262,3 +262,29 @@ def test_arena_plan_keeps_live_tensors_apart():
                 sa, sb = (int(np.prod(graph.tensors[n].shape)) for n in (a, b))
                 assert offsets[a] + sa <= offsets[b] or offsets[b] + sb <= offsets[a], (a, b)
     assert size <= 48 * 1024  # ResNet-8's activations fit the arena CMSIS-NN needs
+
+
+@pytest.mark.slow
+def test_a_trained_unstructured_level_becomes_a_sparse_int8_graph(tmp_path, digits):
+    from lcs import checkpoint, commands
+    from lcs.int8.level import int8_accuracy, int8_level
+
+    config, data = commands.train_config(data_source="digits", family="unstructured", shape="point", norm="batch",
+                                         epochs=3)
+    with pytest.warns(UserWarning):
+        commands.train(config, data, tmp_path / "u.safetensors", progress=False)
+    ck = checkpoint.load(tmp_path / "u.safetensors")
+    calib = torch.stack([digits.train[i][0] for i in range(256)])
+    xt = torch.stack([digits.test[i][0] for i in range(len(digits.test))])
+    yt = np.array([int(digits.test[i][1]) for i in range(len(digits.test))])
+    for alpha in (1.0, 0.1):
+        graph = int8_level(ck.model, alpha, calib)
+        convs = [op for op in graph.ops if isinstance(op, Conv)][1:]  # the stem stays dense
+        zeros = sum(int((op.weight == 0).sum()) for op in convs) / sum(op.weight.size for op in convs)
+        assert zeros >= (0.85 if alpha == 0.1 else 0.0)
+        ck.model.set_alpha(alpha)
+        ck.model.eval()
+        with torch.no_grad():
+            acc_fp = float((ck.model(xt).argmax(1).numpy() == yt).mean())
+        acc_int = int8_accuracy(graph, xt, yt)
+        assert abs(acc_int - acc_fp) <= 0.03, (alpha, acc_int, acc_fp)
