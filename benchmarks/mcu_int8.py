@@ -95,7 +95,8 @@ def sparse_sweep(boards: list[str], sparsities: list[float], tmp: Path) -> dict:
                   f"{rows[-1]['sparse_instructions']:>11,d}  bit-exact {rows[-1]['bit_exact']}")
         cross = 0.0 if rows[0]["sparse_instructions"] < rows[0]["dense_instructions"] else None
         for a, b in zip(rows, rows[1:]):
-            da, db = a["sparse_instructions"] - a["dense_instructions"], b["sparse_instructions"] - b["dense_instructions"]
+            da = a["sparse_instructions"] - a["dense_instructions"]
+            db = b["sparse_instructions"] - b["dense_instructions"]
             if cross is None and da >= 0 > db:  # linear interpolation of the first sign change
                 cross = round(a["sparsity"] + (b["sparsity"] - a["sparsity"]) * da / (da - db), 3)
         dense0 = rows[0]["dense_instructions"]
@@ -119,7 +120,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             graph, xq, ref = model_graph(name)
-            entry = result["models"][name] = {"macs": graph.macs(), "params": graph.params(), "boards": {}}
+            store, n_weights = emit_c.store_bytes(graph)
+            entry = result["models"][name] = {"macs": graph.macs(), "params": graph.params(), "store_bytes": store,
+                                              "store_bytes_per_weight": round(store / n_weights, 4), "boards": {}}
+            print(f"{name}: int8 store {store:,d} B for {n_weights:,d} weights ({store / n_weights:.3f} B each, "
+                  "per-channel biases and requantization tables included)")
             src = Path(tmp) / f"{name}.c"
             src.write_text(emit_c.emit(graph, xq[0]))
             for board in args.boards.split(","):
@@ -142,8 +147,8 @@ def main() -> None:
                       + (f", CMSIS-NN {cmsis:,d} (ratio {row['ratio_to_cmsis_nn']})" if cmsis else "")
                       + f", bit-exact {row['bit_exact']}")
         if args.sparsities:
-            result["resnet8_sparse"] = sparse_sweep(args.boards.split(","), [float(v) for v in args.sparsities.split(",")],
-                                                    Path(tmp))
+            sparsities = [float(v) for v in args.sparsities.split(",")]
+            result["resnet8_sparse"] = sparse_sweep(args.boards.split(","), sparsities, Path(tmp))
     m4 = result["models"].get("resnet8", {}).get("boards", {}).get("mps2-an386")
     if m4:
         result["bar_resnet8_m4"] = {"limit": BAR_M4, "instructions": m4["instructions"],

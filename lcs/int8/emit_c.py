@@ -17,7 +17,8 @@ from lcs.int8.graph import Conv, Dense, Graph, Pool, Requant
 def _arr(ctype: str, name: str, values, per_line: int = 24) -> str:
     flat = [str(int(v)) for v in np.asarray(values).reshape(-1)]
     rows = [", ".join(flat[i:i + per_line]) for i in range(0, len(flat), per_line)] or ["0"]
-    return f"static const {ctype} {name}[{max(len(flat), 1)}] __attribute__((aligned(4))) = {{\n  " + ",\n  ".join(rows) + "\n};\n"
+    head = f"static const {ctype} {name}[{max(len(flat), 1)}] __attribute__((aligned(4)))"
+    return head + " = {\n  " + ",\n  ".join(rows) + "\n};\n"
 
 
 def _rq(r: Requant) -> str:
@@ -80,6 +81,23 @@ def sparse_entries(window: np.ndarray, swizzled: bool) -> tuple[np.ndarray, np.n
     return np.concatenate(entries).astype(np.uint32) if entries else np.zeros(0, np.uint32), np.array(starts, np.uint32)
 
 
+def store_bytes(graph: Graph) -> tuple[int, int]:
+    """(bytes of weights, biases and requantization tables as `emit` lays them out densely, weights stored)."""
+    total = weights = 0
+    for op in graph.ops:
+        if isinstance(op, Pool):
+            total += 8
+            continue
+        weights += op.weight.size
+        if isinstance(op, Conv) and not op.depthwise:
+            kh, _ = op.kernel
+            total += _conv_weights(op, (kh * op.weight.shape[3] + 3) // 4 * 4).size
+        else:
+            total += op.weight.size
+        total += op.bias.size * (4 + 8)  # int32 bias, q8_rq_t
+    return total, weights
+
+
 def emit(graph: Graph, test_input: np.ndarray | None = None, sparse_from: float | None = None,
          sparse_ops: set[int] | None = None) -> str:
     """C source of the network (and, if given, a test input `q8_test_input`, int8 HWC). Dense convs whose
@@ -104,7 +122,8 @@ def emit(graph: Graph, test_input: np.ndarray | None = None, sparse_from: float 
                 dsp, starts = sparse_entries(window, True)
                 plain, _ = sparse_entries(window, False)
                 out.append("#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP\n" + _arr("uint32_t", f"nz{i}", dsp)
-                           + "#else\n" + _arr("uint32_t", f"nz{i}", plain) + "#endif\n" + _arr("uint32_t", f"nzs{i}", starts))
+                           + "#else\n" + _arr("uint32_t", f"nz{i}", plain) + "#endif\n"
+                           + _arr("uint32_t", f"nzs{i}", starts))
                 out.append(f"#define w{i} ((const int8_t *)0)\n")
             else:
                 out.append(_arr("int8_t", f"w{i}", window))
@@ -114,7 +133,8 @@ def emit(graph: Graph, test_input: np.ndarray | None = None, sparse_from: float 
             rq_add = _rq(op.rq_add) if op.add else "{0, 0, 0, {0, 0}}"
             out.append(
                 f"static const q8_conv_t p{i} = {{{ih}, {iw}, {ac}, {col}, {oh}, {ow}, {oc}, {kh}, {kw}, {op.stride}, "
-                f"{op.pads[0]}, {op.pads[2]}, {int(op.relu)}, {int(op.depthwise)}, w{i}, b{i}, rq{i}, {skip}, {rq_add}, "
+                f"{op.pads[0]}, {op.pads[2]}, {int(op.relu)}, {int(op.depthwise)}, w{i}, b{i}, rq{i}, {skip}, "
+                f"{rq_add}, "
                 + (f"nz{i}, nzs{i}}};\n" if sparse else "0, 0};\n"))
             # q8_conv_scratch
             scratch = max(scratch, (0 if op.depthwise else ((ow - 1) * op.stride + kw) * col * 2) + ow * oc * 4)

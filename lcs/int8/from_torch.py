@@ -110,7 +110,8 @@ def from_torch(net: nn.Module, input_shape: tuple[int, int, int]) -> Graph:
                 # the later conv takes the other operand as its residual
                 first, second = sorted((a, b), key=lambda t: [o.out for o in ops].index(t) if t in producer else -1)
                 op = producer.get(second)
-                if not isinstance(op, Conv) or op.relu or op.add is not None or users[node.args[[a, b].index(second)].name] != 1:
+                second_node = node.args[[a, b].index(second)]
+                if not isinstance(op, Conv) or op.relu or op.add is not None or users[second_node.name] != 1:
                     raise LcsError(f"error: int8: the add {node.name} does not follow a conv it can fuse into")
                 if tensors[first].shape != tensors[second].shape:
                     raise LcsError(f"error: int8: the add {node.name} joins tensors of different shapes")
