@@ -218,6 +218,29 @@ static void conv_sparse(const q8_conv_t *p, const int8_t *in, int8_t *out, int16
     }
 }
 
+#if Q8_DSP
+/* One step of the dense inner loop (see q8_conv). */
+#define Q8_STEP    \
+    "ldr %[wa], [%[k0]], #4\n\t"   \
+    "ldr %[wb], [%[k1]], #4\n\t"   \
+    "sxtb16 %[ta], %[wa]\n\t"      \
+    "sxtb16 %[wa], %[wa], ror #8\n\t"              \
+    "sxtb16 %[tb], %[wb]\n\t"      \
+    "sxtb16 %[wb], %[wb], ror #8\n\t"              \
+    "ldr %[v], [%[x0], #4]\n\t"    \
+    "smlad %[a00], %[v], %[wa], %[a00]\n\t"        \
+    "smlad %[a01], %[v], %[wb], %[a01]\n\t"        \
+    "ldr %[v], [%[x0]], #8\n\t"    \
+    "smlad %[a00], %[v], %[ta], %[a00]\n\t"        \
+    "smlad %[a01], %[v], %[tb], %[a01]\n\t"        \
+    "ldr %[v], [%[x1], #4]\n\t"    \
+    "smlad %[a10], %[v], %[wa], %[a10]\n\t"        \
+    "smlad %[a11], %[v], %[wb], %[a11]\n\t"        \
+    "ldr %[v], [%[x1]], #8\n\t"    \
+    "smlad %[a10], %[v], %[ta], %[a10]\n\t"        \
+    "smlad %[a11], %[v], %[tb], %[a11]\n\t"
+#endif
+
 void q8_conv(const q8_conv_t *p, const int8_t *in, int8_t *out, int16_t *scratch) {
     if (p->depthwise) {
         q8_dwconv(p, in, out, (int32_t *)(void *)scratch);
@@ -239,7 +262,58 @@ void q8_conv(const q8_conv_t *p, const int8_t *in, int8_t *out, int16_t *scratch
             const int32_t b0 = p->bias[o], b1 = p->bias[o1];
             const int8_t *w0 = p->w + o * K;
             const int32_t dw = (o1 - o) * K;
-            for (int32_t ox = 0; ox < ow_n; ox += 2) {
+            int32_t ox = 0;
+#if Q8_DSP
+            if ((K & 7) == 0 && ow_n >= 2 && o1 != o) {
+                /* Whole pixel pairs of the row in one loop: the pair's bookkeeping (bias, storing 4 accumulators,
+                   rewinding the weights, next pixels) in assembly too, its values kept on the stack, since the
+                   multiply loop holds all 14 registers. */
+                struct {
+                    int32_t b0, b1, cnt, dx, kb, ocn4;
+                    int32_t *accp;
+                } c = {b0, b1, ow_n / 2, 4 * step - 2 * K, K, 4 * oc_n, accrow + o}; /* dx, kb: bytes */
+                const int16_t *x0 = scratch, *x1 = scratch + step;
+                const int8_t *k0 = w0, *k1 = w0 + dw, *const end = w0 + K;
+                int32_t a00, a01, a10, a11;
+                uint32_t wa, wb, ta, tb, v;
+                __asm__ volatile(
+                    "2:\n\t"
+                    "ldr %[a00], %[b0]\n\t"
+                    "ldr %[a01], %[b1]\n\t"
+                    "mov %[a10], %[a00]\n\t"
+                    "mov %[a11], %[a01]\n\t"
+                    "1:\n\t" Q8_STEP Q8_STEP
+                    "cmp %[k0], %[end]\n\t"
+                    "bne 1b\n\t"
+                    "ldr %[ta], %[accp]\n\t"
+                    "ldr %[tb], %[ocn4]\n\t"
+                    "str %[a00], [%[ta]]\n\t"
+                    "str %[a01], [%[ta], #4]\n\t"
+                    "add %[ta], %[ta], %[tb]\n\t"
+                    "str %[a10], [%[ta]]\n\t"
+                    "str %[a11], [%[ta], #4]\n\t"
+                    "add %[ta], %[ta], %[tb]\n\t"
+                    "str %[ta], %[accp]\n\t"
+                    "ldr %[ta], %[kb]\n\t"
+                    "sub %[k0], %[k0], %[ta]\n\t"
+                    "sub %[k1], %[k1], %[ta]\n\t"
+                    "ldr %[ta], %[dx]\n\t"
+                    "add %[x0], %[x0], %[ta]\n\t"
+                    "add %[x1], %[x1], %[ta]\n\t"
+                    "ldr %[ta], %[cnt]\n\t"
+                    "subs %[ta], %[ta], #1\n\t"
+                    "str %[ta], %[cnt]\n\t"
+                    "bne 2b\n\t"
+                    : [a00] "=&r"(a00), [a01] "=&r"(a01), [a10] "=&r"(a10), [a11] "=&r"(a11), [k0] "+r"(k0),
+                      [k1] "+r"(k1), [x0] "+r"(x0), [x1] "+r"(x1), [wa] "=&r"(wa), [wb] "=&r"(wb), [ta] "=&r"(ta),
+                      [tb] "=&r"(tb), [v] "=&r"(v), [cnt] "+m"(c.cnt), [accp] "+m"(c.accp)
+                    : [end] "r"(end), [b0] "m"(c.b0), [b1] "m"(c.b1), [dx] "m"(c.dx), [kb] "m"(c.kb),
+                      [ocn4] "m"(c.ocn4)
+                    : "cc", "memory");
+                ox = ow_n & ~1;
+            }
+#endif
+            for (; ox < ow_n; ox += 2) {
                 const int32_t d = ox + 1 < ow_n ? step : 0;
                 int32_t a00 = b0, a01 = b1, a10 = b0, a11 = b1;
                 const int16_t *x0 = scratch + ox * step, *x1 = x0 + d;
@@ -249,25 +323,6 @@ void q8_conv(const q8_conv_t *p, const int8_t *in, int8_t *out, int16_t *scratch
                    words, 8 smlad. In assembly because gcc spills this loop's 14 live values; two steps per
                    loop iteration (an odd step first). */
                 uint32_t wa, wb, ta, tb, v;
-#define Q8_STEP                                    \
-    "ldr %[wa], [%[k0]], #4\n\t"                   \
-    "ldr %[wb], [%[k1]], #4\n\t"                   \
-    "sxtb16 %[ta], %[wa]\n\t"                      \
-    "sxtb16 %[wa], %[wa], ror #8\n\t"              \
-    "sxtb16 %[tb], %[wb]\n\t"                      \
-    "sxtb16 %[wb], %[wb], ror #8\n\t"              \
-    "ldr %[v], [%[x0], #4]\n\t"                    \
-    "smlad %[a00], %[v], %[wa], %[a00]\n\t"        \
-    "smlad %[a01], %[v], %[wb], %[a01]\n\t"        \
-    "ldr %[v], [%[x0]], #8\n\t"                    \
-    "smlad %[a00], %[v], %[ta], %[a00]\n\t"        \
-    "smlad %[a01], %[v], %[tb], %[a01]\n\t"        \
-    "ldr %[v], [%[x1], #4]\n\t"                    \
-    "smlad %[a10], %[v], %[wa], %[a10]\n\t"        \
-    "smlad %[a11], %[v], %[wb], %[a11]\n\t"        \
-    "ldr %[v], [%[x1]], #8\n\t"                    \
-    "smlad %[a10], %[v], %[ta], %[a10]\n\t"        \
-    "smlad %[a11], %[v], %[tb], %[a11]\n\t"
 #define Q8_OPERANDS                                                                                           \
     : [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11), [k0] "+r"(k0), [k1] "+r"(k1),        \
       [x0] "+r"(x0), [x1] "+r"(x1), [wa] "=&r"(wa), [wb] "=&r"(wb), [ta] "=&r"(ta), [tb] "=&r"(tb), [v] "=&r"(v) \
@@ -275,7 +330,6 @@ void q8_conv(const q8_conv_t *p, const int8_t *in, int8_t *out, int16_t *scratch
     : "cc", "memory"
                 if (K & 4) __asm__ volatile(Q8_STEP Q8_OPERANDS);
                 if (k0 != end) __asm__ volatile("1:\n\t" Q8_STEP Q8_STEP "cmp %[k0], %[end]\n\tbne 1b\n\t" Q8_OPERANDS);
-#undef Q8_STEP
 #undef Q8_OPERANDS
 #else
                 do {
