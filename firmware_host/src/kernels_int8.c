@@ -162,7 +162,68 @@ static void conv_sparse(const q8_conv_t *p, const int8_t *in, int8_t *out, int16
         for (int32_t o = 0; o < oc_n; o++) {
             const uint32_t *const first = p->nz + p->nz_start[o], *const last = p->nz + p->nz_start[o + 1];
             const int32_t b = p->bias[o];
-            for (int32_t ox = 0; ox < ow_n; ox += 4) {
+            int32_t ox = 0;
+#if Q8_DSP
+            if (ow_n >= 4 && first != last) {
+                /* Whole quads of the row in one assembly loop; the quad's bookkeeping values on the stack. */
+                struct {
+                    int32_t b, cnt, dx, ocn4;
+                    int32_t *accp;
+                    const uint32_t *first;
+                } c = {b, ow_n / 4, 4 * step, 4 * oc_n, accrow + o, first};
+                const uint8_t *x0 = (const uint8_t *)scratch, *x1 = x0 + step, *x2 = x1 + step, *x3 = x2 + step;
+                const uint32_t *q = first;
+                int32_t a0, a1, a2, a3;
+                uint32_t v, off, t;
+                __asm__ volatile(
+                    "2:\n\t"
+                    "ldr %[a0], %[b]\n\t"
+                    "mov %[a1], %[a0]\n\t"
+                    "mov %[a2], %[a0]\n\t"
+                    "mov %[a3], %[a0]\n\t"
+                    "1:\n\t"
+                    "ldr %[v], [%[q]], #4\n\t"
+                    "lsr %[off], %[v], #16\n\t"
+                    "ldrsh %[t], [%[x0], %[off]]\n\t"
+                    "smlabb %[a0], %[t], %[v], %[a0]\n\t"
+                    "ldrsh %[t], [%[x1], %[off]]\n\t"
+                    "smlabb %[a1], %[t], %[v], %[a1]\n\t"
+                    "ldrsh %[t], [%[x2], %[off]]\n\t"
+                    "smlabb %[a2], %[t], %[v], %[a2]\n\t"
+                    "ldrsh %[t], [%[x3], %[off]]\n\t"
+                    "smlabb %[a3], %[t], %[v], %[a3]\n\t"
+                    "cmp %[q], %[last]\n\t"
+                    "bne 1b\n\t"
+                    "ldr %[v], %[accp]\n\t"
+                    "ldr %[off], %[ocn4]\n\t"
+                    "str %[a0], [%[v]]\n\t"
+                    "add %[v], %[v], %[off]\n\t"
+                    "str %[a1], [%[v]]\n\t"
+                    "add %[v], %[v], %[off]\n\t"
+                    "str %[a2], [%[v]]\n\t"
+                    "add %[v], %[v], %[off]\n\t"
+                    "str %[a3], [%[v]]\n\t"
+                    "add %[v], %[v], %[off]\n\t"
+                    "str %[v], %[accp]\n\t"
+                    "ldr %[q], %[first]\n\t"
+                    "ldr %[v], %[dx]\n\t"
+                    "add %[x0], %[x0], %[v]\n\t"
+                    "add %[x1], %[x1], %[v]\n\t"
+                    "add %[x2], %[x2], %[v]\n\t"
+                    "add %[x3], %[x3], %[v]\n\t"
+                    "ldr %[v], %[cnt]\n\t"
+                    "subs %[v], %[v], #1\n\t"
+                    "str %[v], %[cnt]\n\t"
+                    "bne 2b\n\t"
+                    : [a0] "=&r"(a0), [a1] "=&r"(a1), [a2] "=&r"(a2), [a3] "=&r"(a3), [q] "+r"(q), [v] "=&r"(v),
+                      [off] "=&r"(off), [t] "=&r"(t), [x0] "+r"(x0), [x1] "+r"(x1), [x2] "+r"(x2), [x3] "+r"(x3),
+                      [cnt] "+m"(c.cnt), [accp] "+m"(c.accp)
+                    : [last] "r"(last), [b] "m"(c.b), [dx] "m"(c.dx), [ocn4] "m"(c.ocn4), [first] "m"(c.first)
+                    : "cc", "memory");
+                ox = ow_n & ~3;
+            }
+#endif
+            for (; ox < ow_n; ox += 4) {
                 const int32_t n = ow_n - ox < 4 ? ow_n - ox : 4; /* tail: missing pixels repeat pixel 0 */
                 const uint8_t *x0 = (const uint8_t *)(scratch) + ox * step;
                 const uint8_t *x1 = x0 + (n > 1 ? step : 0), *x2 = x0 + (n > 2 ? 2 * step : 0);
