@@ -197,7 +197,7 @@ def test_c_kernels_on_the_host_equal_the_reference(tmp_path, name, shape, classe
 
 
 @pytest.mark.qemu
-@pytest.mark.parametrize("board", ["mps2-an386", "mps2-an385"])
+@pytest.mark.parametrize("board", ["mps2-an386", "mps2-an385", "mps2-an500"])
 @pytest.mark.parametrize("name,shape,classes", [(m[0], m[1], m[2]) for m in MLPERF[:2]])
 def test_c_kernels_under_qemu_equal_the_reference(tmp_path, board, name, shape, classes):
     graph, xq, ref = _quantized(name, shape, classes, seed=3)
@@ -235,7 +235,8 @@ def test_sparse_entries_address_the_widened_window():
 
 
 @pytest.mark.parametrize("board", [None, pytest.param("mps2-an386", marks=pytest.mark.qemu),
-                                   pytest.param("mps2-an385", marks=pytest.mark.qemu)])
+                                   pytest.param("mps2-an385", marks=pytest.mark.qemu),
+                                   pytest.param("mps2-an500", marks=pytest.mark.qemu)])
 def test_sparse_kernel_equals_the_reference(tmp_path, board):
     graph, xq, _ = _quantized("resnet8", (3, 32, 32), 10, seed=5)
     level = _pruned(graph, 0.8)

@@ -45,7 +45,7 @@ static inline int32_t high_mul(int32_t x, int32_t m) {
 
 static inline int32_t rq_apply(int32_t x, q8_rq_t r) {
     int32_t t = high_mul((int32_t)((uint32_t)x << r.l), r.m);
-    return (t + ((1 << r.n) >> 1)) >> r.n;
+    return (t + (int32_t)((1u << r.n) >> 1)) >> r.n;
 }
 
 int32_t q8_requant(int32_t x, const q8_rq_t *rq) { return rq_apply(x, *rq); }
@@ -215,8 +215,8 @@ static void conv_sparse(const q8_conv_t *p, const int8_t *in, int8_t *out, int16
                     "subs %[v], %[v], #1\n\t"
                     "str %[v], %[cnt]\n\t"
                     "bne 2b\n\t"
-                    : [a0] "=&r"(a0), [a1] "=&r"(a1), [a2] "=&r"(a2), [a3] "=&r"(a3), [q] "+r"(q), [v] "=&r"(v),
-                      [off] "=&r"(off), [t] "=&r"(t), [x0] "+r"(x0), [x1] "+r"(x1), [x2] "+r"(x2), [x3] "+r"(x3),
+                    : [a0] "=&r"(a0), [a1] "=&r"(a1), [a2] "=&r"(a2), [a3] "=&r"(a3), [q] "+&r"(q), [v] "=&r"(v),
+                      [off] "=&r"(off), [t] "=&r"(t), [x0] "+&r"(x0), [x1] "+&r"(x1), [x2] "+&r"(x2), [x3] "+&r"(x3),
                       [cnt] "+m"(c.cnt), [accp] "+m"(c.accp)
                     : [last] "r"(last), [b] "m"(c.b), [dx] "m"(c.dx), [ocn4] "m"(c.ocn4), [first] "m"(c.first)
                     : "cc", "memory");
@@ -247,7 +247,7 @@ static void conv_sparse(const q8_conv_t *p, const int8_t *in, int8_t *out, int16
                         "smlabb %[a3], %[t], %[v], %[a3]\n\t"
                         "cmp %[q], %[last]\n\t"
                         "bne 1b\n\t"
-                        : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [q] "+r"(q), [v] "=&r"(v),
+                        : [a0] "+&r"(a0), [a1] "+&r"(a1), [a2] "+&r"(a2), [a3] "+&r"(a3), [q] "+&r"(q), [v] "=&r"(v),
                           [off] "=&r"(off), [t] "=&r"(t)
                         : [x0] "r"(x0), [x1] "r"(x1), [x2] "r"(x2), [x3] "r"(x3), [last] "r"(last)
                         : "cc", "memory");
@@ -280,6 +280,8 @@ static void conv_sparse(const q8_conv_t *p, const int8_t *in, int8_t *out, int16
 }
 
 #if Q8_DSP
+/* Every in-out operand of the assembly loops is early-clobber ("+&r"): otherwise gcc may give an input of equal
+   value (k1 == end when the second weight row starts where the first ends) the same register. */
 /* One step of the dense inner loop (see q8_conv). */
 #define Q8_STEP    \
     "ldr %[wa], [%[k0]], #4\n\t"   \
@@ -365,8 +367,8 @@ void q8_conv(const q8_conv_t *p, const int8_t *in, int8_t *out, int16_t *scratch
                     "subs %[ta], %[ta], #1\n\t"
                     "str %[ta], %[cnt]\n\t"
                     "bne 2b\n\t"
-                    : [a00] "=&r"(a00), [a01] "=&r"(a01), [a10] "=&r"(a10), [a11] "=&r"(a11), [k0] "+r"(k0),
-                      [k1] "+r"(k1), [x0] "+r"(x0), [x1] "+r"(x1), [wa] "=&r"(wa), [wb] "=&r"(wb), [ta] "=&r"(ta),
+                    : [a00] "=&r"(a00), [a01] "=&r"(a01), [a10] "=&r"(a10), [a11] "=&r"(a11), [k0] "+&r"(k0),
+                      [k1] "+&r"(k1), [x0] "+&r"(x0), [x1] "+&r"(x1), [wa] "=&r"(wa), [wb] "=&r"(wb), [ta] "=&r"(ta),
                       [tb] "=&r"(tb), [v] "=&r"(v), [cnt] "+m"(c.cnt), [accp] "+m"(c.accp)
                     : [end] "r"(end), [b0] "m"(c.b0), [b1] "m"(c.b1), [dx] "m"(c.dx), [kb] "m"(c.kb),
                       [ocn4] "m"(c.ocn4)
@@ -385,8 +387,8 @@ void q8_conv(const q8_conv_t *p, const int8_t *in, int8_t *out, int16_t *scratch
                    loop iteration (an odd step first). */
                 uint32_t wa, wb, ta, tb, v;
 #define Q8_OPERANDS                                                                                           \
-    : [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11), [k0] "+r"(k0), [k1] "+r"(k1),        \
-      [x0] "+r"(x0), [x1] "+r"(x1), [wa] "=&r"(wa), [wb] "=&r"(wb), [ta] "=&r"(ta), [tb] "=&r"(tb), [v] "=&r"(v) \
+    : [a00] "+&r"(a00), [a01] "+&r"(a01), [a10] "+&r"(a10), [a11] "+&r"(a11), [k0] "+&r"(k0), [k1] "+&r"(k1),        \
+      [x0] "+&r"(x0), [x1] "+&r"(x1), [wa] "=&r"(wa), [wb] "=&r"(wb), [ta] "=&r"(ta), [tb] "=&r"(tb), [v] "=&r"(v) \
     : [end] "r"(end)                                                                                          \
     : "cc", "memory"
                 if (K & 4) __asm__ volatile(Q8_STEP Q8_OPERANDS);

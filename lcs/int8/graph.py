@@ -83,7 +83,6 @@ class Tensor:
     name: str
     shape: tuple[int, ...]  # HWC (or (C,) after the pool)
     scale: float = 0.0  # set by quantize
-    relu: bool = False  # only [0, 127] is used
 
 
 @dataclass
