@@ -54,6 +54,7 @@ def test_mlperf_tiny_models_have_the_published_size_and_fold_exactly(name, shape
     assert gn(x).shape == (2, classes)
 
 
+@pytest.mark.slow  # trains one epoch per model
 @pytest.mark.parametrize("name,size,mode", [("resnet8", 32, "RGB"), ("ds-cnn", 12, "L"),
                                             ("mobilenet-v1-0.25", 32, "RGB")])
 def test_mlperf_tiny_models_train_on_an_image_folder(tmp_path, name, size, mode):
