@@ -4,9 +4,10 @@
    by column (zero padding included, so the inner loop has no bounds checks); each 2 output pixels x 2 output
    channels block then accumulates over kw * col contiguous values (col = kh * in_c rounded up to a multiple of
    4). With DSP the widened values are stored lane-swizzled: 4 values c..c+3 as the words (c, c+2), (c+1, c+3),
-   which is what `sxtb16` and
-   `sxtb16 ror #8` make of a weight word, so the weights stay int8 in flash and one `smlad` does 2 MACs.
-   Requantization, bias, residual add and ReLU happen in the block's epilogue. */
+   which is what `sxtb16` and `sxtb16 ror #8` make of a weight word, so the weights stay int8 in flash and one
+   `smlad` does 2 MACs. The accumulators of a row go to an int32 row buffer; a per-row epilogue requantizes them
+   channel by channel (residual add and ReLU fused). Sparse convs (per-channel nonzero lists) and depthwise convs
+   share the widening and the epilogue. */
 #include "kernels_int8.h"
 
 #include <string.h>
@@ -283,24 +284,24 @@ static void conv_sparse(const q8_conv_t *p, const int8_t *in, int8_t *out, int16
 /* Every in-out operand of the assembly loops is early-clobber ("+&r"): otherwise gcc may give an input of equal
    value (k1 == end when the second weight row starts where the first ends) the same register. */
 /* One step of the dense inner loop (see q8_conv). */
-#define Q8_STEP    \
-    "ldr %[wa], [%[k0]], #4\n\t"   \
-    "ldr %[wb], [%[k1]], #4\n\t"   \
-    "sxtb16 %[ta], %[wa]\n\t"      \
-    "sxtb16 %[wa], %[wa], ror #8\n\t"              \
-    "sxtb16 %[tb], %[wb]\n\t"      \
-    "sxtb16 %[wb], %[wb], ror #8\n\t"              \
-    "ldr %[v], [%[x0], #4]\n\t"    \
-    "smlad %[a00], %[v], %[wa], %[a00]\n\t"        \
-    "smlad %[a01], %[v], %[wb], %[a01]\n\t"        \
-    "ldr %[v], [%[x0]], #8\n\t"    \
-    "smlad %[a00], %[v], %[ta], %[a00]\n\t"        \
-    "smlad %[a01], %[v], %[tb], %[a01]\n\t"        \
-    "ldr %[v], [%[x1], #4]\n\t"    \
-    "smlad %[a10], %[v], %[wa], %[a10]\n\t"        \
-    "smlad %[a11], %[v], %[wb], %[a11]\n\t"        \
-    "ldr %[v], [%[x1]], #8\n\t"    \
-    "smlad %[a10], %[v], %[ta], %[a10]\n\t"        \
+#define Q8_STEP \
+    "ldr %[wa], [%[k0]], #4\n\t" \
+    "ldr %[wb], [%[k1]], #4\n\t" \
+    "sxtb16 %[ta], %[wa]\n\t" \
+    "sxtb16 %[wa], %[wa], ror #8\n\t" \
+    "sxtb16 %[tb], %[wb]\n\t" \
+    "sxtb16 %[wb], %[wb], ror #8\n\t" \
+    "ldr %[v], [%[x0], #4]\n\t" \
+    "smlad %[a00], %[v], %[wa], %[a00]\n\t" \
+    "smlad %[a01], %[v], %[wb], %[a01]\n\t" \
+    "ldr %[v], [%[x0]], #8\n\t" \
+    "smlad %[a00], %[v], %[ta], %[a00]\n\t" \
+    "smlad %[a01], %[v], %[tb], %[a01]\n\t" \
+    "ldr %[v], [%[x1], #4]\n\t" \
+    "smlad %[a10], %[v], %[wa], %[a10]\n\t" \
+    "smlad %[a11], %[v], %[wb], %[a11]\n\t" \
+    "ldr %[v], [%[x1]], #8\n\t" \
+    "smlad %[a10], %[v], %[ta], %[a10]\n\t" \
     "smlad %[a11], %[v], %[tb], %[a11]\n\t"
 #endif
 
