@@ -328,7 +328,7 @@ void q8_conv(const q8_conv_t *p, const int8_t *in, int8_t *out, int16_t *scratch
             const int32_t dw = (o1 - o) * K;
             int32_t ox = 0;
 #if Q8_DSP
-            if ((K & 7) == 0 && ow_n >= 2 && o1 != o) {
+            if (ow_n >= 2 && o1 != o) {
                 /* Whole pixel pairs of the row in one loop: the pair's bookkeeping (bias, storing 4 accumulators,
                    rewinding the weights, next pixels) in assembly too, its values kept on the stack, since the
                    multiply loop holds all 14 registers. */
@@ -340,40 +340,49 @@ void q8_conv(const q8_conv_t *p, const int8_t *in, int8_t *out, int16_t *scratch
                 const int8_t *k0 = w0, *k1 = w0 + dw, *const end = w0 + K;
                 int32_t a00, a01, a10, a11;
                 uint32_t wa, wb, ta, tb, v;
-                __asm__ volatile(
-                    "2:\n\t"
-                    "ldr %[a00], %[b0]\n\t"
-                    "ldr %[a01], %[b1]\n\t"
-                    "mov %[a10], %[a00]\n\t"
-                    "mov %[a11], %[a01]\n\t"
-                    "1:\n\t" Q8_STEP Q8_STEP
-                    "cmp %[k0], %[end]\n\t"
-                    "bne 1b\n\t"
-                    "ldr %[ta], %[accp]\n\t"
-                    "ldr %[tb], %[ocn4]\n\t"
-                    "str %[a00], [%[ta]]\n\t"
-                    "str %[a01], [%[ta], #4]\n\t"
-                    "add %[ta], %[ta], %[tb]\n\t"
-                    "str %[a10], [%[ta]]\n\t"
-                    "str %[a11], [%[ta], #4]\n\t"
-                    "add %[ta], %[ta], %[tb]\n\t"
-                    "str %[ta], %[accp]\n\t"
-                    "ldr %[ta], %[kb]\n\t"
-                    "sub %[k0], %[k0], %[ta]\n\t"
-                    "sub %[k1], %[k1], %[ta]\n\t"
-                    "ldr %[ta], %[dx]\n\t"
-                    "add %[x0], %[x0], %[ta]\n\t"
-                    "add %[x1], %[x1], %[ta]\n\t"
-                    "ldr %[ta], %[cnt]\n\t"
-                    "subs %[ta], %[ta], #1\n\t"
-                    "str %[ta], %[cnt]\n\t"
-                    "bne 2b\n\t"
-                    : [a00] "=&r"(a00), [a01] "=&r"(a01), [a10] "=&r"(a10), [a11] "=&r"(a11), [k0] "+&r"(k0),
-                      [k1] "+&r"(k1), [x0] "+&r"(x0), [x1] "+&r"(x1), [wa] "=&r"(wa), [wb] "=&r"(wb), [ta] "=&r"(ta),
-                      [tb] "=&r"(tb), [v] "=&r"(v), [cnt] "+m"(c.cnt), [accp] "+m"(c.accp)
-                    : [end] "r"(end), [b0] "m"(c.b0), [b1] "m"(c.b1), [dx] "m"(c.dx), [kb] "m"(c.kb),
-                      [ocn4] "m"(c.ocn4)
-                    : "cc", "memory");
+#define Q8_ROW(PEEL) \
+                __asm__ volatile( \
+                    "2:\n\t" \
+                    "ldr %[a00], %[b0]\n\t" \
+                    "ldr %[a01], %[b1]\n\t" \
+                    "mov %[a10], %[a00]\n\t" \
+                    "mov %[a11], %[a01]\n\t" \
+                    PEEL \
+                    "1:\n\t" Q8_STEP Q8_STEP \
+                    "cmp %[k0], %[end]\n\t" \
+                    "bne 1b\n\t" \
+                    "3:\n\t" \
+                    "ldr %[ta], %[accp]\n\t" \
+                    "ldr %[tb], %[ocn4]\n\t" \
+                    "str %[a00], [%[ta]]\n\t" \
+                    "str %[a01], [%[ta], #4]\n\t" \
+                    "add %[ta], %[ta], %[tb]\n\t" \
+                    "str %[a10], [%[ta]]\n\t" \
+                    "str %[a11], [%[ta], #4]\n\t" \
+                    "add %[ta], %[ta], %[tb]\n\t" \
+                    "str %[ta], %[accp]\n\t" \
+                    "ldr %[ta], %[kb]\n\t" \
+                    "sub %[k0], %[k0], %[ta]\n\t" \
+                    "sub %[k1], %[k1], %[ta]\n\t" \
+                    "ldr %[ta], %[dx]\n\t" \
+                    "add %[x0], %[x0], %[ta]\n\t" \
+                    "add %[x1], %[x1], %[ta]\n\t" \
+                    "ldr %[ta], %[cnt]\n\t" \
+                    "subs %[ta], %[ta], #1\n\t" \
+                    "str %[ta], %[cnt]\n\t" \
+                    "bne 2b\n\t" \
+                    : [a00] "=&r"(a00), [a01] "=&r"(a01), [a10] "=&r"(a10), [a11] "=&r"(a11), [k0] "+&r"(k0), \
+                      [k1] "+&r"(k1), [x0] "+&r"(x0), [x1] "+&r"(x1), [wa] "=&r"(wa), [wb] "=&r"(wb), [ta] "=&r"(ta), \
+                      [tb] "=&r"(tb), [v] "=&r"(v), [cnt] "+m"(c.cnt), [accp] "+m"(c.accp) \
+                    : [end] "r"(end), [b0] "m"(c.b0), [b1] "m"(c.b1), [dx] "m"(c.dx), [kb] "m"(c.kb), \
+                      [ocn4] "m"(c.ocn4) \
+                    : "cc", "memory")
+                /* an odd number of steps: one step first, then pairs (none if that was the only step) */
+                if (K & 4)
+                    Q8_ROW(Q8_STEP "cmp %[k0], %[end]\n\tbeq 3f\n\t");
+                else
+                    Q8_ROW("");
+#undef Q8_ROW
                 ox = ow_n & ~1;
             }
 #endif
