@@ -285,7 +285,7 @@ def test_a_trained_unstructured_level_becomes_a_sparse_int8_graph(tmp_path, digi
     calib = torch.stack([digits.train[i][0] for i in range(256)])
     xt = torch.stack([digits.test[i][0] for i in range(len(digits.test))])
     yt = np.array([int(digits.test[i][1]) for i in range(len(digits.test))])
-    for alpha in (1.0, 0.1):
+    for alpha in (1.0, 0.5, 0.1):  # 0.1: a short BatchNorm run is poor there (shared statistics); agreement still
         graph = int8_level(ck.model, alpha, calib)
         convs = [op for op in graph.ops if isinstance(op, Conv)][1:]  # the stem stays dense
         zeros = sum(int((op.weight == 0).sum()) for op in convs) / sum(op.weight.size for op in convs)
@@ -296,3 +296,4 @@ def test_a_trained_unstructured_level_becomes_a_sparse_int8_graph(tmp_path, digi
             acc_fp = float((ck.model(xt).argmax(1).numpy() == yt).mean())
         acc_int = int8_accuracy(graph, xt, yt)
         assert abs(acc_int - acc_fp) <= 0.03, (alpha, acc_int, acc_fp)
+        assert acc_fp > (0.5 if alpha >= 0.5 else 0.0)
