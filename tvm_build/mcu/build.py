@@ -74,7 +74,9 @@ def _load_model(checkpoint):
 
 def _linker_script(board, path: Path) -> Path:
     mem = board.extra["firmware"]["memory"]
-    template = (fw.FIRMWARE_DIR / "boards" / board.extra["firmware"]["board_dir"] / "link.ld.in").read_text()
+    boards = fw.FIRMWARE_DIR / "boards"
+    own = boards / board.extra["firmware"]["board_dir"] / "link.ld.in"
+    template = (own if own.is_file() else boards / "cortexm" / "link.ld.in").read_text()  # vendor chips share one
     path.write_text(template.format(flash_origin=mem["flash_origin"], flash_length=mem["flash_length"],
                                     ram_origin=mem["ram_origin"], ram_length=mem["ram_length"]))
     return path
@@ -111,6 +113,8 @@ def build_firmware(checkpoint, board, levels: list[float] | None, out_dir, *, sa
     from lcs.subspace.export import materialize
 
     board = _load_board(board)
+    if upload_bank is None and board.extra["firmware"].get("upload_bank") is False:
+        upload_bank = False  # flash-only weight store (vendor chips): weights come with `lcs flash`
     ckpt = _load_model(checkpoint)
     model, config = ckpt.model.eval(), ckpt.config
     accuracy = accuracy_table(ckpt.metrics, None) if accuracy is None else accuracy
@@ -160,10 +164,10 @@ def build_firmware(checkpoint, board, levels: list[float] | None, out_dir, *, sa
         workspace = max(entry[1].workspace_bytes for entry in per_level)
         out_len = int(np.prod(p.tensors[p.output].shape))
         max_payload = max(256, in_len * 4, out_len * 4 + 8, 1032)
-        compile_firmware(board, src, binary, max_payload=max_payload, workspace=max(16, workspace),
-                         tx_bytes=max(256, out_len * 4 + 16), defines=() if with_bank else ("LCS_NO_UPLOAD_BANK",))
-        sizes = fw.elf_sizes(binary, stack_bytes=int(spec.get("stack_bytes", 0)))
         try:
+            compile_firmware(board, src, binary, max_payload=max_payload, workspace=max(16, workspace),
+                             tx_bytes=max(256, out_len * 4 + 16), defines=() if with_bank else ("LCS_NO_UPLOAD_BANK",))
+            sizes = fw.elf_sizes(binary, stack_bytes=int(spec.get("stack_bytes", 0)))
             fw.check_budget(sizes, board)
             break
         except fw.BudgetExceeded:
@@ -181,7 +185,7 @@ def build_firmware(checkpoint, board, levels: list[float] | None, out_dir, *, sa
     result = FirmwareBuild(board.name, binary, level_objs, sizes, bank, inputs.numpy(), expected,
                            max(q.arena_bytes for q in plans), max(q.state_bytes for q in plans), workspace,
                            len({c.kernel for q in plans for c in q.calls}), mode, with_bank)
-    if measure:
+    if measure and (board.kind != "mcu" or "qemu" in board.extra):  # build-only boards: no emulator here
         result.cycles = measure_cycles(result, board)
     (out_dir / "build.json").write_text(json.dumps(result.summary(), indent=1))
     if write_artifact:
