@@ -95,7 +95,11 @@ def compile_firmware(board, src_dir: Path, out: Path, *, max_payload: int, works
     if "memory" in spec:
         cmd += [f"-T{_linker_script(board, src_dir / 'link.ld')}"]
     cmd += ["-o", str(out), *fw.firmware_sources(src_dir, board_dir), *spec.get("ldflags", [])]
-    fw.run(cmd, f"compiling the firmware for {board.name}")
+    try:
+        fw.run(cmd, f"compiling the firmware for {board.name}")
+    except fw.BudgetExceeded as exc:  # the linker script holds the chip's real sizes and refused the image
+        raise fw.BudgetExceeded(f"the model does not fit {board.name} ({board.flash_bytes:,} B flash, "
+                                f"{board.ram_bytes:,} B RAM): the linker found {exc}") from None
     return out
 
 
@@ -246,12 +250,20 @@ def _write_artifact(result: FirmwareBuild, board, config, cmap, out_dir: Path, s
         levels.append({"index": i, "alpha": lv.alpha, "label": lv.label(), "keep": lv.keep, "width": lv.width,
                        "bits": lv.bits, "accuracy": accuracy_at(accuracy, lv.alpha), "latency_ms": None, "cycles": c.get("infer_cycles"),
                        "switch_cycles": c.get("switch_cycles"), "members": {"firmware": member}})
+    members = {member: result.binary, "firmware/weights.bin": result.bank}
+    images = {}
+    if board.kind == "mcu":  # what `lcs flash` writes: the ELF's loadable bytes as .bin and Intel .hex
+        from tvm_build.mcu.images import write_images
+
+        img = write_images(result.binary)
+        images = {"bin": f"firmware/{img.bin.name}", "hex": f"firmware/{img.hex.name}", "base": f"0x{img.base:08x}"}
+        members.update({images["bin"]: img.bin, images["hex"]: img.hex})
     manifest = artifact.new_manifest(
         target=board.to_dict(), strategy="firmware", config=config.to_dict(), compression_map=map_to_dict(cmap),
         input={"name": "x", "shape": list(shape), "dtype": "float32"},
         output={"shape": [1, out_len], "dtype": "float32"}, modules={}, levels=levels, reference="reference.npz",
-        firmware={"binary": member, "weights": "firmware/weights.bin", **result.summary()})
+        firmware={"binary": member, "weights": "firmware/weights.bin", **({"images": images} if images else {}),
+                  **result.summary()})
     path = out_dir / f"{board.name}.lcsa"
-    artifact.write_artifact(path, manifest, {member: result.binary, "firmware/weights.bin": result.bank,
-                                             "reference.npz": artifact.npz_bytes(ref)})
+    artifact.write_artifact(path, manifest, {**members, "reference.npz": artifact.npz_bytes(ref)})
     return path

@@ -124,8 +124,7 @@ def run(cmd: list[str], what: str) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     overflow = re.findall(r"region `(\w+)' overflowed by (\d+) bytes", proc.stderr or "")
     if proc.returncode != 0 and overflow:  # a linker script with the chip's real sizes refused the image
-        raise BudgetExceeded(f"{what}: the image does not fit: " + "; ".join(
-            f"{region} {int(n):,} B over the chip's {region} region" for region, n in overflow))
+        raise BudgetExceeded("; ".join(f"{region} {int(n):,} B over" for region, n in overflow))
     if proc.returncode != 0:
         lines = [l for l in (proc.stderr or proc.stdout).splitlines() if "error" in l.lower()] or (proc.stderr or proc.stdout).splitlines()
         raise LcsError(f"{what} failed: {' | '.join(lines[:3])[:400]}")
