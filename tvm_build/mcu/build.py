@@ -262,8 +262,8 @@ def _write_artifact(result: FirmwareBuild, board, config, cmap, out_dir: Path, s
         target=board.to_dict(), strategy="firmware", config=config.to_dict(), compression_map=map_to_dict(cmap),
         input={"name": "x", "shape": list(shape), "dtype": "float32"},
         output={"shape": [1, out_len], "dtype": "float32"}, modules={}, levels=levels, reference="reference.npz",
-        firmware={"binary": member, "weights": "firmware/weights.bin", **({"images": images} if images else {}),
-                  **result.summary()})
+        firmware={**result.summary(), "binary": member, "weights": "firmware/weights.bin",  # members, not build paths
+                  **({"images": images} if images else {})})
     path = out_dir / f"{board.name}.lcsa"
     artifact.write_artifact(path, manifest, {**members, "reference.npz": artifact.npz_bytes(ref)})
     return path
