@@ -324,3 +324,47 @@ def test_deploy_device_running_other_firmware_points_at_lcs_flash(kit_artifacts)
         chatter.join()
         os.close(master)
         os.close(slave)
+
+
+@pytest.mark.slow
+@pytest.mark.tvm
+@pytest.mark.qemu
+def test_flash_runs_the_printed_command_then_self_tests_on_the_port(artifacts, tmp_path, monkeypatch):
+    """Everything but the USB: a stand-in `pyocd` executable on PATH records what it is asked to run, a probe is
+    reported attached, and the micro:bit "on the other end of the port" is QEMU booting the artifact's .hex, the bytes
+    handed to pyocd (checked). The command run is the one --dry-run printed; the self-test passes on every level."""
+    import types
+
+    from lcs import flash
+    from tvm_build.mcu.launch import start_qemu
+
+    monkeypatch.setenv("LCS_CACHE_DIR", str(tmp_path / "cache"))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls.txt"
+    fake = bin_dir / "pyocd"
+    fake.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" > {calls}\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setattr(flash, "_pyocd_probes", lambda probe: [types.SimpleNamespace(unique_id="9900MICROBIT")])
+    lcsa = artifacts("microbit")
+    printed = invoke("flash", lcsa, "--dry-run", "--probe", "9900MICROBIT").stdout.splitlines()[1]
+    art = open_artifact(lcsa)
+    plan = flash.flash_plan(art, probe="9900MICROBIT")
+    with start_qemu(_hex_copy(art, tmp_path), targets.load("microbit").extra["qemu"]) as running:
+        result = invoke("flash", lcsa, "--port", running.url, "--json", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert shlex.join([str(fake), *calls.read_text().splitlines()]) == printed
+    assert plan.image_path.read_bytes() == art.read(art.manifest["firmware"]["images"]["hex"])
+    report = json.loads(result.stdout)
+    assert report["passed"] and [lv["passed"] for lv in report["levels"]] == [True, True, True]
+    assert "flashed firmware/firmware.hex to microbit with pyocd (probe 9900MICROBIT)" in result.stderr
+    # the tool's own failure comes back as one line
+    fake.write_text("#!/bin/sh\necho '0001234 E No ST-Link USB device found [__main__]' >&2\nexit 1\n")
+    one_line_error(invoke("flash", lcsa, "--port", "loop://"), "pyocd failed (exit 1)", "No ST-Link")
+
+
+def _hex_copy(art, tmp_path) -> Path:
+    path = tmp_path / "board.hex"
+    path.write_bytes(art.read(art.manifest["firmware"]["images"]["hex"]))
+    return path
