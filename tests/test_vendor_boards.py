@@ -62,6 +62,21 @@ def test_vendor_board_files_agree_with_their_linker_regions():
         assert targets.load(name).extra["qemu"]["machine"] == name
 
 
+def test_pack_targets_name_the_pack_to_install_and_builtin_targets_pass():
+    from lcs.flash import FlashError, _check_pyocd_target
+    from pyocd.target import TARGET
+
+    _check_pyocd_target(targets.load("microbit").extra["flash"]["pyocd_target"], False)  # built into pyOCD
+    for kit in REAL_KITS[:3]:
+        name = targets.load(kit).extra["flash"]["pyocd_target"]
+        if name in TARGET:
+            continue
+        try:
+            _check_pyocd_target(name, True)
+        except FlashError as exc:
+            assert f"pyocd pack install {name}" in str(exc)
+
+
 # -- the firmware in QEMU -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -291,6 +306,8 @@ def test_flash_fails_in_one_line_without_a_probe_or_an_image(kit_artifacts, arti
     one_line_error(invoke("flash", artifacts("netduinoplus2")), "no flash section",
                    "--sim netduinoplus2")
     one_line_error(invoke("flash", kit_artifacts["nucleo-f446re"], "--tool", "jlink"), "'jlink'")
+    one_line_error(invoke("deploy", kit_artifacts["nucleo-f446re"], "--sim", "nucleo-f446re"), "no QEMU machine",
+                   "lcs flash")
     assert not (tmp_path / "cache").exists()
 
 

@@ -219,6 +219,9 @@ def start(binary: Path, board):
     from tvm_build.mcu.launch import start_host_sim, start_qemu
 
     if board.kind == "mcu":
+        if "qemu" not in board.extra:
+            raise LcsError(f"{board.name} is built for, not emulated, here (no QEMU machine in targets/{board.name}"
+                           f".json): write it to the board with `lcs flash`, then `lcs deploy --device PORT`")
         return start_qemu(binary, board.extra["qemu"])
     return start_host_sim(binary)
 
