@@ -306,7 +306,8 @@ def deploy_cmd(artifact_path, device_url, sim_board, rpc, tracker, key, trace_io
 
 @cli.command("flash")
 @click.argument("artifact_path", metavar="ARTIFACT", type=click.Path(path_type=Path))
-@click.option("--probe", default=None, metavar="UID", help="debug probe unique ID (pyocd list) [default: the one attached]")
+@click.option("--probe", default=None, metavar="UID",
+              help="debug probe unique ID (pyocd list) [default: the one attached]")
 @click.option("--port", default=None, metavar="URL",
               help="the board's serial port for the self-test [default: the probe's virtual COM port]")
 @click.option("--tool", type=click.Choice(["pyocd", "openocd"]), default="pyocd", show_default=True,

@@ -190,8 +190,8 @@ def flash(artifact_path: str | Path, *, probe: str | None = None, port: str | No
     if port is None and result.probe:
         port = _serial_port_of(result.probe)
     if port is None:
-        raise FlashError(f"the firmware is written; no serial port belongs to probe {result.probe or '?'}: name the "
-                         f"board's port with --port to run the self-test (or run `lcs deploy {art.path} --device PORT`)")
+        raise FlashError(f"the firmware is written; no serial port belongs to probe {result.probe or '?'}: name "
+                         f"the board's port with --port to run the self-test (or: lcs deploy {art.path} --device PORT)")
     from lcs.deploy import deploy
 
     result.port = port

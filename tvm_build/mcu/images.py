@@ -1,6 +1,7 @@
 """Flashable images of a firmware ELF: a raw `.bin` and an Intel `.hex` holding exactly the ELF's loadable bytes.
 
-    images = write_images(Path("build/firmware.elf"))   # -> Images(bin=..firmware.bin, hex=..firmware.hex, base=0x08000000)
+    images = write_images(Path("build/firmware.elf"))
+    # -> Images(bin=build/firmware.bin, hex=build/firmware.hex, base=0x08000000, size=...)
 
 Loadable bytes are the contents of the ELF's PT_LOAD segments at their load (physical) addresses: code, read-only
 data, the weight store and the initial values of .data, which the startup copies to RAM. Segments without file bytes
