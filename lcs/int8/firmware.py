@@ -45,14 +45,14 @@ def fnv1a(data: bytes) -> int:
 def _tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        raise LcsError(f"error: {name} is not installed (needed to build or run the int8 kernels)")
+        raise LcsError(f"{name} is not installed (needed to build or run the int8 kernels)")
     return path
 
 
 def _parse(text: str) -> Run:
     run = Run()
     if "END" not in text.split():
-        raise LcsError(f"error: the int8 harness did not finish; it printed:\n{text[-2000:]}")
+        raise LcsError(f"the int8 harness did not finish; it printed:\n{text[-2000:]}")
     for line in text.splitlines():
         parts = line.split()
         if not parts:
@@ -76,14 +76,14 @@ def build(model_c: Path, out: Path, board: str | None, opt: str = "-O2") -> Path
                str(model_c), "-o", str(out)]
     else:
         if board not in BOARDS:
-            raise LcsError(f"error: no int8 harness for board {board!r}; choose one of {', '.join(BOARDS)}")
+            raise LcsError(f"no int8 harness for board {board!r}; choose one of {', '.join(BOARDS)}")
         cpu = BOARDS[board][0]
         cmd = [_tool("arm-none-eabi-gcc"), f"-mcpu={cpu}", "-mthumb", "-mfloat-abi=soft", opt, "-std=c11", "-Wall",
                "-Werror", "-ffreestanding", "-nostartfiles", "--specs=nano.specs", "--specs=nosys.specs",
                f"-T{LINK}", inc, str(HARNESS), str(KERNELS), str(model_c), "-o", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
-        raise LcsError(f"error: building the int8 harness failed:\n{proc.stderr[-3000:]}")
+        raise LcsError(f"building the int8 harness failed:\n{proc.stderr[-3000:]}")
     return out
 
 
@@ -96,7 +96,7 @@ def text_size(elf: Path) -> int:
 def run_host(exe: Path, timeout: float = 120) -> Run:
     proc = subprocess.run([str(exe)], capture_output=True, text=True, timeout=timeout)
     if proc.returncode:
-        raise LcsError(f"error: the host int8 harness exited with {proc.returncode}: {proc.stderr[-1000:]}")
+        raise LcsError(f"the host int8 harness exited with {proc.returncode}: {proc.stderr[-1000:]}")
     return _parse(proc.stdout)
 
 
@@ -108,9 +108,9 @@ def run_qemu(elf: Path, board: str, timeout: float = 600) -> Run:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise LcsError(f"error: {board} did not finish the int8 run within {timeout:g} s") from None
+        raise LcsError(f"{board} did not finish the int8 run within {timeout:g} s") from None
     if proc.returncode:
-        raise LcsError(f"error: qemu {board} exited with {proc.returncode}: {proc.stderr[-1000:]}{proc.stdout[-1000:]}")
+        raise LcsError(f"qemu {board} exited with {proc.returncode}: {proc.stderr[-1000:]}{proc.stdout[-1000:]}")
     run = _parse(proc.stdout)
     run.text_bytes = text_size(elf)
     return run

@@ -40,7 +40,7 @@ def from_torch(net: nn.Module, input_shape: tuple[int, int, int]) -> Graph:
         src = where[node.args[0].name]
         op = producer.get(src)
         if not isinstance(op, Conv) or users[node.args[0].name] != 1:
-            raise LcsError(f"error: int8: {node.name} follows {src}, which is not a conv it can fold into")
+            raise LcsError(f"int8: {node.name} follows {src}, which is not a conv it can fold into")
         return op
 
     for node in gm.graph.nodes:
@@ -60,9 +60,9 @@ def from_torch(net: nn.Module, input_shape: tuple[int, int, int]) -> Graph:
                 ih, iw, ic = tensors[src].shape
                 depthwise = mod.groups > 1
                 if depthwise and not (mod.groups == mod.in_channels == mod.out_channels):
-                    raise LcsError(f"error: int8: grouped conv {node.target} is neither dense nor depthwise")
+                    raise LcsError(f"int8: grouped conv {node.target} is neither dense nor depthwise")
                 if mod.dilation != (1, 1) or mod.stride[0] != mod.stride[1] or isinstance(mod.padding, str):
-                    raise LcsError(f"error: int8: conv {node.target} has a dilation, padding or stride it cannot run")
+                    raise LcsError(f"int8: conv {node.target} has a dilation, padding or stride it cannot run")
                 ph, pw = mod.padding
                 pads = (extra[0] + ph, extra[1] + ph, extra[2] + pw, extra[3] + pw)
                 weight = _np(mod.weight).transpose(0, 2, 3, 1)  # OIHW -> OHWI
@@ -85,7 +85,7 @@ def from_torch(net: nn.Module, input_shape: tuple[int, int, int]) -> Graph:
                 continue
             elif isinstance(mod, nn.AdaptiveAvgPool2d):
                 if mod.output_size not in (1, (1, 1)):
-                    raise LcsError(f"error: int8: {node.target} pools to {mod.output_size}, only a global pool runs")
+                    raise LcsError(f"int8: {node.target} pools to {mod.output_size}, only a global pool runs")
                 src = where[node.args[0].name]
                 op = Pool(src, node.name)
                 tensors[node.name] = Tensor(node.name, (tensors[src].shape[-1],))
@@ -98,7 +98,7 @@ def from_torch(net: nn.Module, input_shape: tuple[int, int, int]) -> Graph:
                 where[node.name] = where[node.args[0].name]
                 continue
             else:
-                raise LcsError(f"error: int8: layer {node.target} ({type(mod).__name__}) has no integer kernel; "
+                raise LcsError(f"int8: layer {node.target} ({type(mod).__name__}) has no integer kernel; "
                                "train with --norm batch for the int8 path")
             ops.append(op)
             producer[op.out] = op
@@ -112,9 +112,9 @@ def from_torch(net: nn.Module, input_shape: tuple[int, int, int]) -> Graph:
                 op = producer.get(second)
                 second_node = node.args[[a, b].index(second)]
                 if not isinstance(op, Conv) or op.relu or op.add is not None or users[second_node.name] != 1:
-                    raise LcsError(f"error: int8: the add {node.name} does not follow a conv it can fuse into")
+                    raise LcsError(f"int8: the add {node.name} does not follow a conv it can fuse into")
                 if tensors[first].shape != tensors[second].shape:
-                    raise LcsError(f"error: int8: the add {node.name} joins tensors of different shapes")
+                    raise LcsError(f"int8: the add {node.name} joins tensors of different shapes")
                 op.add = first
                 where[node.name] = second
             elif fn in (torch.relu, torch.nn.functional.relu, "relu"):
@@ -123,8 +123,8 @@ def from_torch(net: nn.Module, input_shape: tuple[int, int, int]) -> Graph:
             elif fn in (torch.flatten, "flatten", "view", "reshape"):
                 where[node.name] = where[node.args[0].name]
             else:
-                raise LcsError(f"error: int8: operation {node.name} ({fn}) has no integer kernel")
+                raise LcsError(f"int8: operation {node.name} ({fn}) has no integer kernel")
         else:
-            raise LcsError(f"error: int8: cannot convert node {node.name} ({node.op})")
+            raise LcsError(f"int8: cannot convert node {node.name} ({node.op})")
     used = {op.inp for op in ops} | {op.add for op in ops if isinstance(op, Conv) and op.add} | {out_name, "input"}
     return Graph({k: v for k, v in tensors.items() if k in used or k in {o.out for o in ops}}, ops, "input", out_name)

@@ -44,7 +44,7 @@ class Requant:
     @classmethod
     def of(cls, r: float) -> "Requant":
         if not (r > 0 and math.isfinite(r)):
-            raise LcsError(f"error: requantization factor {r!r} is not a positive number")
+            raise LcsError(f"requantization factor {r!r} is not a positive number")
         mant, exp = math.frexp(r)  # r = mant * 2^exp, mant in [0.5, 1)
         m = int(round(mant * (1 << 31)))
         if m == 1 << 31:
@@ -66,7 +66,7 @@ def requant(x: np.ndarray, m, l, n) -> np.ndarray:  # noqa: E741
     x = np.asarray(x, dtype=np.int64)
     shifted = x << np.asarray(l, dtype=np.int64)
     if np.any(shifted != (shifted.astype(np.int32))):
-        raise LcsError("error: requantization input overflows int32 after its left shift")
+        raise LcsError("requantization input overflows int32 after its left shift")
     t = (shifted * np.asarray(m, dtype=np.int64) + (1 << 31)) >> 32
     n = np.asarray(n, dtype=np.int64)
     rounding = np.where(n > 0, np.left_shift(1, np.maximum(n - 1, 0)), 0)
@@ -202,7 +202,7 @@ def run_float(graph: Graph, x: np.ndarray, *, keep: bool = False) -> np.ndarray 
 def run_int(graph: Graph, xq: np.ndarray, *, keep: bool = False) -> np.ndarray | dict[str, np.ndarray]:
     """Integer forward of int8 NHWC `xq`: bit-exact with the C kernels."""
     if not graph.quantized:
-        raise LcsError("error: the graph is not quantized")
+        raise LcsError("the graph is not quantized")
     vals = {graph.input: np.asarray(xq, np.int64)}
     for op in graph.ops:
         h = vals[op.inp]
@@ -253,10 +253,10 @@ def quantize(graph: Graph, calibration: np.ndarray) -> Graph:
         wq, ws = _weights_int8(op.weight)
         bq = np.rint(op.bias / (s_in * ws)).astype(np.int64)
         if np.abs(bq).max(initial=0) >= 1 << 30:
-            raise LcsError(f"error: bias of {op.out} does not fit int32 at scale {s_in:g}")
+            raise LcsError(f"bias of {op.out} does not fit int32 at scale {s_in:g}")
         rqs = [Requant.of(s_in * w / s_out) for w in ws]
         if any(r.l for r in rqs) and _acc_bound(wq, bq) >> (31 - max(r.l for r in rqs)):
-            raise LcsError(f"error: {op.out}: output scale {s_out:g} too fine for a 32-bit requantization")
+            raise LcsError(f"{op.out}: output scale {s_out:g} too fine for a 32-bit requantization")
         extra = {}
         if isinstance(op, Conv) and op.add is not None:
             extra["rq_add"] = Requant.of(tensors[op.add].scale / s_out)
