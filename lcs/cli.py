@@ -165,7 +165,7 @@ def _policy_options(pairs: tuple[str, ...]) -> dict[str, str]:
               help="lcs eval results (results.json): accuracy per level, matched by alpha (wins over the manifest's)")
 @click.option("--board", default=None, help="board in targets/ [default: the one the levels were measured on]")
 @click.option("--policy", default="greedy", show_default=True,
-              help="greedy | battery | hysteresis, or module:Class for your own")
+              help="greedy | battery | hysteresis | plan | fixed, or module:Class for your own")
 @click.option("--policy-option", "policy_option", multiple=True, metavar="NAME=VALUE",
               help="set a policy parameter, e.g. hold=5 or thresholds=60,30,10 (repeatable)")
 @click.option("--deadline-ms", type=float, default=None, help="latency deadline per answer [default: the period]")
@@ -185,10 +185,19 @@ def _policy_options(pairs: tuple[str, ...]) -> dict[str, str]:
               help="hardware in the loop on a Linux board's TVM RPC server: the --artifact (a CPU build) runs there")
 @click.option("--tracker", default=None, metavar="HOST:PORT", help="like --rpc, a free board of --key from a tracker")
 @click.option("--key", default=None, help="device key of the board at the tracker")
+@click.option("--budget-scale", default=None, metavar="FACTOR|from=P|levels",
+              help="rescale the trace's power budget to this board: a factor, from=P (the recording device's dynamic "
+                   "power range in mW) or levels (highest budget = costliest level); see lcs/simulate/scaling.py")
+@click.option("--load-scale", default=None, metavar="FACTOR|from=CORESxHZ",
+              help="rescale the trace's CPU load: a factor, or from=CORESxHZ (the recording device's cores and clock)")
+@click.option("--compare", "compare", is_flag=True,
+              help="also run every built-in policy, every fixed level and the offline optimum on the same trace: "
+                   "table, compare.json, compare.png (see lcs/simulate/compare.py)")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON instead of a table")
 @fail_cleanly
 def simulate_cmd(trace_path, artifact_path, profile_path, accuracy_path, board, policy, policy_option, deadline_ms,
-                 period_ms, capacity_mwh, out_dir, device_url, sim_board, rpc, tracker, key, as_json):
+                 period_ms, capacity_mwh, out_dir, device_url, sim_board, rpc, tracker, key, budget_scale, load_scale,
+                 compare, as_json):
     """Replay a power/load trace: which level a policy picks per step, and what that costs."""
     from lcs import simulate
     from lcs.simulate.output import print_summary, summary_json
@@ -197,11 +206,17 @@ def simulate_cmd(trace_path, artifact_path, profile_path, accuracy_path, board, 
         trace_path, artifact=artifact_path, profile=profile_path, board=board, policy=policy,
         policy_options=_policy_options(policy_option), deadline_ms=deadline_ms, period_ms=period_ms,
         capacity_mwh=capacity_mwh, out_dir=out_dir if out_dir is not None else Path(f"sim-{trace_path.stem}"),
-        device=device_url, sim=sim_board, rpc=rpc, tracker=tracker, key=key, accuracy=accuracy_path)
+        device=device_url, sim=sim_board, rpc=rpc, tracker=tracker, key=key, accuracy=accuracy_path,
+        budget_scale=budget_scale, load_scale=load_scale, compare=compare)
     if as_json:
-        click.echo(summary_json(result.summary), nl=False)
+        click.echo(summary_json({**result.summary, "compare": result.comparison} if compare else result.summary),
+                   nl=False)
     else:
         print_summary(result.summary)
+        if result.comparison is not None:
+            from lcs.simulate.compare import print_comparison
+
+            print_comparison(result.comparison)
         click.echo("wrote " + ", ".join(str(p) for p in result.files.values()))
 
 

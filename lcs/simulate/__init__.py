@@ -41,6 +41,7 @@ class SimulationResult:
     summary: dict
     profile: Profile
     files: dict[str, Path]
+    comparison: dict | None = None  # with compare=True: `lcs.simulate.compare`'s table as JSON
 
 
 def load_levels(*, artifact: str | Path | None = None, profile: str | Path | None = None,
@@ -74,7 +75,8 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
              capacity_mwh: float = DEFAULT_CAPACITY_MWH, out_dir: str | Path | None = None,
              device: str | None = None, sim: str | None = None, rpc: str | None = None,
              tracker: str | None = None, key: str | None = None, executor: Executor | None = None,
-             accuracy: str | Path | None = None) -> SimulationResult:
+             accuracy: str | Path | None = None, budget_scale: str | None = None, load_scale: str | None = None,
+             compare: bool = False) -> SimulationResult:
     """Replay `trace_path` with `policy`; write timeline.csv, summary.json and timeline.png to `out_dir`.
 
     Everything is validated (trace, levels, board, policy) before any file is written. One request
@@ -92,6 +94,10 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
     if not (isinstance(capacity_mwh, (int, float)) and capacity_mwh > 0 and capacity_mwh != float("inf")):
         raise ConfigError(f"--capacity-mwh must be a positive number, got {capacity_mwh!r}")
     model = CostModel(levels, board_power, workload)
+    from lcs.simulate import compare as cmp
+    from lcs.simulate.scaling import rescale
+
+    trace, scaling = rescale(trace, model, budget_scale, load_scale)
 
     from lcs.transport import rpc as R
 
@@ -131,17 +137,26 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
         "period_ms": workload.period_ms, "capacity_mwh": capacity_mwh,
         # what each level costs unloaded at this period: the scale a trace's power_budget_mw must match
         "level_power_mw": {o.level.label: o.power_mw for o in model.options(0.0)},
-        **summarize(result),
+        **summarize(result), "scaling": scaling,
+        "vs_densest": cmp.saving_vs_densest(trace, model, result, capacity_mwh=capacity_mwh),
     }
     if hasattr(executor, "report"):
         summary.update(executor.report())
+    comparison = None
+    if compare:  # computed before anything is written: a failure leaves no half of the outputs
+        table = cmp.compare(trace, model, result, chosen.name, capacity_mwh=capacity_mwh)
+        comparison = cmp.to_json(table, {k: summary[k] for k in ("trace", "levels_from", "board", "policy",
+                                                                   "deadline_ms", "period_ms", "capacity_mwh",
+                                                                   "scaling")})
     files: dict[str, Path] = {}
     if out_dir is not None:
         title = f"{Path(trace.path).name}: policy {chosen.name} on {board_power.name}"
         files = write_outputs(out_dir, result.records, summary, levels.levels, title,
                               with_device=result.source != "model")
+        if comparison is not None:
+            files.update(cmp.write(out_dir, comparison))
         summary["files"] = {name: str(path) for name, path in files.items()}
-    return SimulationResult(replay=result, summary=summary, profile=levels, files=files)
+    return SimulationResult(replay=result, summary=summary, profile=levels, files=files, comparison=comparison)
 
 
 DEVICE_CONNECT_TIMEOUT_S = 3.0  # a port that is not there after this is not coming

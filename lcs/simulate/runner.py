@@ -118,7 +118,7 @@ def replay(trace: Trace, model: CostModel, policy: Policy, *, capacity_mwh: floa
             current = None if previous is None else options[previous]
             obs = Observation(step=k, t_s=trace.t_s[k], dt_s=dt, battery_pct=battery, cpu_load=trace.cpu_load[k],
                               power_budget_mw=trace.power_budget_mw[k], deadline_ms=deadline, current=current,
-                              options=options)
+                              options=options, capacity_mwh=capacity_mwh)
             choice = policy.choose(obs)
             position = next((i for i, o in enumerate(options) if o is choice), None)
             if choice is not None and position is None:
