@@ -15,7 +15,8 @@ timeline.csv, one row per trace row (blank cells: not applicable, e.g. no level 
 summary.json: the run's settings, `level_power_mw` (each level's unloaded cost at the period),
 mean_expected_accuracy (over answers), answers, energy_mj/energy_mwh, mean_power_mw,
 deadline_misses, over_budget_steps, switches, run/idle/empty steps, battery start/left/min,
-time_per_level_s; with a device also its latency and how many predictions differed from the
+time_per_level_s; `scaling` (any --budget-scale/--load-scale applied, and the load model on this board);
+`vs_densest` (energy, battery left and answers against always running the densest level); with a device also its latency and how many predictions differed from the
 artifact's reference outputs.
 """
 
@@ -213,6 +214,18 @@ def print_summary(summary: dict) -> None:
                                        f"{summary['device_latency_ms_max']:.4g} ms max ({summary['source']})"))
         if disagree is not None:
             rows.append(("device vs reference", f"{disagree} of {summary['device_inferences']} predictions differ"))
+    saving = summary.get("vs_densest")
+    if saving and saving.get("densest_level"):
+        e, b, a = saving["energy_mwh"], saving["battery_left_pct"], saving["answers"]
+        rows.append((f"vs always {saving['densest_level']}",
+                     f"energy {e['saved']:+.4g} mWh saved ({e['policy']:.4g} vs {e['densest']:.4g}), battery left "
+                     f"{b['gained']:+.1f} points ({b['policy']:.1f}% vs {b['densest']:.1f}%), inferences served "
+                     f"{a['more']:+.6g} ({a['policy']:.6g} vs {a['densest']:.6g})"))
+    for key, label in (("budget", "budget scaled"), ("load", "load scaled")):
+        applied = (summary.get("scaling") or {}).get(key)
+        if applied:
+            capped = f", {applied['capped_rows']} rows capped at 1" if applied.get("capped_rows") else ""
+            rows.append((label, f"x{applied['factor']:.4g} ({applied['how']}{capped})"))
     for name, value in rows:
         table.add_row(name, value)
     Console().print(table)
