@@ -125,32 +125,46 @@ def solve(trace: Trace, model: CostModel, capacity_mwh: float, grid_points: int 
     reward = np.concatenate([np.zeros((K, 1)), costs.reward], axis=1)
     allowed = np.concatenate([np.ones((K, 1), bool), costs.allowed & (costs.reward > 0)], axis=1)
     A = L + 1
-    top_need = np.where(allowed, need, 0.0).max(axis=1)
+    # an action that needs at least as much as another allowed one and earns no more is never better
+    # (served and the next deficit are monotone in the need): drop it, most steps keep 3 or 4 actions
+    worse = np.zeros_like(allowed)
+    for i in range(A):
+        for j in range(A):
+            if i != j:
+                beats = allowed[:, i] & (need[:, i] <= need[:, j]) & (reward[:, i] >= reward[:, j])
+                tie = (need[:, i] == need[:, j]) & (reward[:, i] == reward[:, j])
+                worse[:, j] |= beats & (~tie | (i < j))
+    useful = allowed & ~worse
+    top_need = np.where(useful, need, 0.0).max(axis=1)
     d_top = float(min(costs.trace_pct.max(), top_need.sum()))
     n = grid_points or int(np.clip(WORK / (K * A), MIN_GRID, MAX_GRID))
     h = d_top / n if d_top > 0 else 1.0
+    # the deficit at step k is at most what the costliest levels take before it: rows above are never reached
+    reach = np.minimum(n, np.ceil(np.concatenate([[0.0], np.cumsum(top_need)])[:K] / h + 1e-6).astype(int) + 1)
     grid = np.arange(n + 1) * h  # deficits
     T = costs.trace_pct
     v_mid = np.zeros(n + 1)  # value to go, interpolated between grid points: it picks the schedule
     v_up = np.zeros(n + 1)  # next deficit rounded down: optimistic, an upper bound
     decisions = np.zeros((K, n + 1), dtype=np.int16)
-    rows = np.arange(n + 1)
     for k in range(K - 1, -1, -1):
-        nk, rk, ak = need[k], reward[k], allowed[k]
-        after = np.minimum(T[k + 1], grid[:, None] + nk[None, :]) / h  # (n+1) x A, in grid steps
-        room = np.clip(T[k + 1] - grid, 0.0, None)[:, None]
+        acts = np.flatnonzero(useful[k])
+        m = reach[k] + 1
+        g = grid[:m]
+        nk, rk = need[k, acts], reward[k, acts]
+        after = np.minimum(T[k + 1], g[:, None] + nk[None, :]) / h  # m x actions, in grid steps
+        room = np.clip(T[k + 1] - g, 0.0, None)[:, None]
         with np.errstate(divide="ignore", invalid="ignore"):
             served = np.where(nk[None, :] > 0, np.minimum(1.0, room / nk[None, :]), 1.0)
-        served = np.where((grid < T[k])[:, None], served, 0.0)
-        gain = np.where(ak[None, :], rk[None, :] * served, -np.inf)
+        gain = rk[None, :] * np.where((g < T[k])[:, None], served, 0.0)
         below = np.minimum(np.floor(after).astype(np.int64), n)
         frac = np.clip(after - below, 0.0, 1.0)
         above = np.minimum(below + 1, n)
         q_mid = gain + v_mid[below] * (1 - frac) + v_mid[above] * frac
         choice = np.argmax(q_mid, axis=1)
-        decisions[k] = choice
-        v_mid = q_mid[rows, choice]
-        v_up = (gain + v_up[below]).max(axis=1)
+        decisions[k, :m] = acts[choice]
+        v_mid, v_up = v_mid.copy(), v_up.copy()  # rows above m keep the next step's values: never read
+        v_mid[:m] = q_mid[np.arange(m), choice]
+        v_up[:m] = (gain + v_up[below]).max(axis=1)
     # follow the decisions from D_0 = 0, tracking the deficit exactly and reading the nearest grid point
     schedule: list[int | None] = []
     deficit = 0.0
