@@ -14,6 +14,11 @@
   firmware over serial (`--device`, `--sim`) or a CPU build on a Linux board over TVM RPC (`--rpc`, `--tracker
   --key`: `lcs.transport.rpc.RuntimeDevice`).
 - `output.py`: timeline.csv, summary.json, timeline.png and the printed table.
+- `planner.py`: the receding-horizon policy `plan`.
+- `optimum.py`: the offline optimum (the best schedule knowing the whole trace) and its bound.
+- `compare.py`: `--compare` (every policy, every fixed level and the optimum side by side) and the saving
+  against always running the densest level.
+- `scaling.py`: traces in the board's own units (`--budget-scale`, `--load-scale`) and the load model stated per board.
 
 This package imports neither torch nor TVM (TVM only when a run uses --rpc/--tracker).
 """
