@@ -16,8 +16,8 @@ summary.json: the run's settings, `level_power_mw` (each level's unloaded cost a
 mean_expected_accuracy (over answers), answers, energy_mj/energy_mwh, mean_power_mw,
 deadline_misses, over_budget_steps, switches, run/idle/empty steps, battery start/left/min,
 time_per_level_s; `scaling` (any --budget-scale/--load-scale applied, and the load model on this board);
-`vs_densest` (energy, battery left and answers against always running the densest level); with a device also its latency and how many predictions differed from the
-artifact's reference outputs.
+`vs_densest` (energy, battery left and answers against always running the densest level); with a device
+also its latency and how many predictions differed from the artifact's reference outputs.
 """
 
 from __future__ import annotations

@@ -16,15 +16,16 @@ rule has an answer rate rho(lam) (delivered accuracy per second) and a drain p(l
 The battery is then stepped over the horizon (`points` steps) under the forecast trend and p(lam);
 an empty battery serves only what the trend brings in. The price kept is the one with the largest
 forecast delivery among 0 and a geometric ladder of `prices` values spanning the levels' own
-accuracy-per-energy ratios; it is re-planned every `replan_s` seconds of trace time and applied to the current step.
+accuracy-per-energy ratios; it is re-planned every `replan_s` seconds of trace time and applied to
+the current step.
 The horizon is `horizon_s` (rolling) or, when the mission's end (the next recharge) is known,
 `until_s` minus the step's time. With battery to spare the price is 0 and the choice is greedy's
 (less the late answers, which deliver nothing); as the battery would run dry inside the horizon the
 price rises and cheaper levels buy a longer life.
 
 Cost on a device: the per-step choice is one multiply-add and a compare per level (about 10
-instructions a level on a Cortex-M4 with FPU). A re-plan (every `replan_s` of trace time) scores window x levels x (prices + 1)
-candidates and steps points x (prices + 1) battery forecasts: with the defaults 60 x 7 x 25 + 48 x 25,
+instructions a level on a Cortex-M4 with FPU). A re-plan (every `replan_s` of trace time) scores
+window x levels x (prices + 1) candidates and steps points x (prices + 1) battery forecasts: with the defaults 60 x 7 x 25 + 48 x 25,
 about 1.2e4 multiply-adds, some 1e5 instructions.
 """
 
