@@ -146,6 +146,9 @@ def solve(trace: Trace, model: CostModel, capacity_mwh: float, grid_points: int 
     v_mid = np.zeros(n + 1)  # value to go, interpolated between grid points: it picks the schedule
     v_up = np.zeros(n + 1)  # next deficit rounded down: optimistic, an upper bound
     decisions = np.zeros((K, n + 1), dtype=np.int16)
+    # when steps need much less than a cell, rounding down makes them nearly free: that bound is then
+    # left to `block_upper_bound`
+    per_step_bound = float(top_need.mean()) >= h / 4
     for k in range(K - 1, -1, -1):
         acts = np.flatnonzero(useful[k])
         m = reach[k] + 1
@@ -164,7 +167,8 @@ def solve(trace: Trace, model: CostModel, capacity_mwh: float, grid_points: int 
         decisions[k, :m] = acts[choice]
         v_mid, v_up = v_mid.copy(), v_up.copy()  # rows above m keep the next step's values: never read
         v_mid[:m] = q_mid[np.arange(m), choice]
-        v_up[:m] = (gain + v_up[below]).max(axis=1)
+        if per_step_bound:
+            v_up[:m] = (gain + v_up[below]).max(axis=1)
     # follow the decisions from D_0 = 0, tracking the deficit exactly and reading the nearest grid point
     schedule: list[int | None] = []
     deficit = 0.0
@@ -172,8 +176,112 @@ def solve(trace: Trace, model: CostModel, capacity_mwh: float, grid_points: int 
         a = int(decisions[k, min(int(round(deficit / h)), n)])
         schedule.append(a - 1 if a else None)
         deficit = min(T[k + 1], deficit + need[k, a])
-    return Optimum(schedule=schedule, estimate=float(v_mid[0]), upper=min(float(v_up[0]), per_step_max), exact=False,
+    # the per-step bound is tight when steps cross cells; otherwise the block bound needs a fine grid of its own
+    block_bound, priced = block_upper_bound(need, reward, useful, T, grid_points=2048 if per_step_bound else 16384)
+    upper = min(float(v_up[0]) if per_step_bound else np.inf, per_step_max, block_bound)
+    # the blocks' own energy decisions give a second schedule (often the better one on long traces)
+    schedule = max((schedule, priced), key=lambda sched: _delivered(sched, need, reward, T))
+    return Optimum(schedule=schedule, estimate=float(v_mid[0]), upper=upper, exact=False,
                    grid_points=n + 1, grid_step_pct=h, seconds=time.perf_counter() - start)
+
+
+def _delivered(schedule: list[int | None], need: np.ndarray, reward: np.ndarray, T: np.ndarray) -> float:
+    """What `schedule` delivers, with the runner's battery arithmetic in deficit form (actions: position + 1)."""
+    total, deficit = 0.0, 0.0
+    for k, position in enumerate(schedule):
+        a = 0 if position is None else position + 1
+        if a and deficit < T[k] and need[k, a] > 0:
+            total += reward[k, a] * min(1.0, max(T[k + 1] - deficit, 0.0) / need[k, a])
+        elif a and deficit < T[k]:
+            total += reward[k, a]
+        deficit = min(T[k + 1], deficit + need[k, a])
+    return total
+
+
+def _hull_segments(need: np.ndarray, reward: np.ndarray) -> list[tuple[float, float]]:
+    """(energy, reward) of the segments of the upper concave hull of a step's options, from idle (0, 0)."""
+    segments, n0, r0 = [], 0.0, 0.0
+    points = [(n, r) for n, r in zip(need, reward) if r > 0]
+    while True:
+        ahead = [(r - r0) / (n - n0) if n > n0 else np.inf for n, r in points if r > r0]
+        if not ahead:
+            return segments
+        best = [(n, r) for n, r in points if r > r0][int(np.argmax(ahead))]
+        if best[0] <= n0:  # free reward (no energy): take it without a segment's slope
+            r0 = best[1]
+            segments.append((0.0, r0))
+            continue
+        segments.append((best[0] - n0, best[1] - r0))
+        n0, r0 = best
+
+
+def block_upper_bound(need: np.ndarray, reward: np.ndarray, useful: np.ndarray, T: np.ndarray,
+                      grid_points: int = 16384, cells_per_block: int = 256) -> tuple[float, list[int | None]]:
+    """An upper bound on delivered accuracy that stays tight when each step needs far less than a grid cell.
+
+    Steps are grouped in blocks of about `cells_per_block` cells of the costliest energy. Within a block
+    the bound lets each step mix its levels fractionally (the upper concave hull of its (energy, reward)
+    options) and checks the battery only at the block's end, through two facts true of every schedule:
+    with E the energy the block uses, b the battery at its start and P the sum of the trace's rises in
+    it, E <= b + P, and the deficit at its end is at least max(min(lowest trace value in the block,
+    D + E), T_end - T_start + D - P + E). Energy is rounded up to whole cells in the reward and down in
+    the deficit, and the deficit down to the grid: each block can only gain, so the result is a bound.
+    """
+    K = len(need)
+    top = np.where(useful, need, 0.0).max(axis=1)
+    d_top = float(min(T.max(), top.sum()))
+    if d_top <= 0:
+        return float(np.where(useful, reward, 0.0).max(axis=1).sum()), [None] * K
+    n = grid_points
+    h = d_top / n
+    grid = np.arange(n + 1) * h
+    mean_top = max(float(top.mean()), 1e-300)
+    m = int(np.clip(round(cells_per_block * h / mean_top), 1, K))
+    bounds = list(range(0, K, m)) + [K]
+    v = np.zeros(n + 1)
+    blocks = []  # per block, from the last: (start, end, hull prices, cumulative energy, chosen cells)
+    for s, e in reversed(list(zip(bounds[:-1], bounds[1:]))):
+        segments = [seg for k in range(s, e) for seg in _hull_segments(need[k][useful[k]], reward[k][useful[k]])]
+        free = sum(r for dn, r in segments if dn <= 0)
+        paid = sorted(((r / dn, dn, r) for dn, r in segments if dn > 0), reverse=True)
+        cum_e = np.concatenate([[0.0], np.cumsum([dn for _, dn, _ in paid])])
+        cum_r = np.concatenate([[0.0], np.cumsum([r for _, _, r in paid])]) + free
+        t_start, t_end, t_low = T[s], T[e], T[s + 1:e + 1].min()
+        rises = float(np.clip(np.diff(T[s:e + 1]), 0.0, None).sum())
+        e_max = np.maximum(t_start - grid + rises, 0.0)  # E <= battery at the start + the rises
+        reward_at_max = np.interp(e_max, cum_e, cum_r)  # where the battery caps E below t h
+        best = np.full(n + 1, -np.inf)
+        best_t = np.zeros(n + 1, dtype=np.int64)
+        cells = np.arange(int(np.ceil(cum_e[-1] / h)) + 1)
+        for chunk in np.array_split(cells, max(1, len(cells) * (n + 1) // 4_000_000 + 1)):
+            t = chunk[:, None]
+            e_low = np.maximum(0.0, (t - 1) * h)  # E in (e_low, t h]: reward below R(t h), deficit above e_low
+            gain = np.where(e_max[None, :] >= t * h, np.interp(chunk * h, cum_e, cum_r)[:, None], reward_at_max[None, :])
+            after = np.maximum(np.minimum(t_low, grid[None, :] + e_low), t_end - t_start + grid[None, :] - rises + e_low)
+            index = np.minimum((np.maximum(after, 0.0) / h).astype(np.int64), n)
+            q = np.where(e_low <= e_max[None, :], gain + v[index], -np.inf)
+            top_q = q.max(axis=0)
+            best_t = np.where(top_q > best, chunk[np.argmax(q, axis=0)], best_t)
+            best = np.maximum(best, top_q)
+        v = best
+        blocks.append((s, e, np.array([p for p, _, _ in paid]), cum_e, best_t))
+    # a schedule from the blocks' decisions: at each block's start (the deficit followed exactly) take the
+    # energy the bound chose there, and price it at the hull's slope at that energy: every step then runs
+    # the option that earns most above that price
+    schedule: list[int | None] = []
+    deficit = 0.0
+    for s, e, prices, cum_e, best_t in reversed(blocks):
+        energy = best_t[min(int(deficit / h), n)] * h
+        i = int(np.searchsorted(cum_e, energy, side="left"))
+        price = 0.0 if i >= len(cum_e) or not len(prices) else (np.inf if i == 0 else float(prices[i - 1]))
+        for k in range(s, e):
+            score = np.where(useful[k], reward[k] - (price * need[k] if np.isfinite(price) else
+                                                     np.where(need[k] > 0, np.inf, 0.0)), -np.inf)
+            score[0] = 0.0
+            a = int(np.argmax(score))
+            schedule.append(a - 1 if a else None)
+            deficit = min(T[k + 1], deficit + need[k, a])
+    return float(v[0]), schedule
 
 
 class Scheduled(Policy):
