@@ -221,6 +221,8 @@ def print_summary(summary: dict) -> None:
                      f"energy {e['saved']:+.4g} mWh saved ({e['policy']:.4g} vs {e['densest']:.4g}), battery left "
                      f"{b['gained']:+.1f} points ({b['policy']:.1f}% vs {b['densest']:.1f}%), inferences served "
                      f"{a['more']:+.6g} ({a['policy']:.6g} vs {a['densest']:.6g})"))
+    if (summary.get("scaling") or {}).get("load_model"):
+        rows.append(("load model", summary["scaling"]["load_model"]))
     for key, label in (("budget", "budget scaled"), ("load", "load scaled")):
         applied = (summary.get("scaling") or {}).get(key)
         if applied:
