@@ -5,8 +5,9 @@ rest from the recent past:
 
 - the battery trend `r` (% per second) the rest of the system imposes (each step's battery change
   with the policy's own use added back): a straight line fitted to the last `trend_s` seconds,
-  extrapolated over the horizon but kept within the range of trends seen so far (a sunset shows as
-  a falling charge rate; a night already seen bounds how bad it gets);
+  extrapolated and kept within the range of trends seen so far, which further ahead (time constant
+  `trend_s`) reverts to the long-run trend of everything seen (a morning's charge is not taken to
+  last all day when a night has been seen);
 - budget, load and step length: the last `window` steps, taken as a sample of the steps to come.
 
 Planning. A price `lam` on energy turns every step into `argmax_i (reward_i - lam * need_i)` over the
@@ -76,6 +77,7 @@ class Plan(Policy):
         self._history = deque(maxlen=self.window)  # (rewards per level, needs per level, dt) of recent steps
         self._changes: deque = deque()  # (t, battery change per second the rest of the system made)
         self._seen = (math.inf, -math.inf)  # lowest and highest fitted trend so far
+        self._long = (0.0, 0.0)  # battery change and seconds over everything seen: the long-run trend
         self._last: tuple[float, float, float, float] | None = None  # t, battery, own need, dt of the last step
         self._price = 0.0
         self._planned_at = -math.inf
@@ -84,7 +86,9 @@ class Plan(Policy):
         if self._last is not None:
             t, battery, used, dt = self._last
             if battery > 0 and obs.battery_pct > 0:  # at 0 the battery is clamped: the trend is not visible
-                self._changes.append((t, (obs.battery_pct - battery + used) / dt))
+                change = (obs.battery_pct - battery + used) / dt
+                self._changes.append((t, change))
+                self._long = (self._long[0] + change * dt, self._long[1] + dt)
         while self._changes and self._changes[0][0] < obs.t_s - self.trend_s:
             self._changes.popleft()
 
@@ -125,6 +129,9 @@ class Plan(Policy):
         step = horizon / self.points
         times = (np.arange(self.points) + 0.5) * step
         trend = np.clip(level + slope * times, min(self._seen[0], level), max(self._seen[1], level))
+        if self._long[1] > 0:  # beyond the recent past the forecast reverts to the long-run trend
+            weight = np.exp(-times / self.trend_s)
+            trend = weight * trend + (1 - weight) * (self._long[0] / self._long[1])
         b = np.full(len(ladder), battery)
         delivered = np.zeros(len(ladder))
         want = drain * step
