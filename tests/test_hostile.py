@@ -72,3 +72,115 @@ def test_crafted_cifar_batch_never_runs_code(tmp_path):
     assert "posix.system" in line or "os.system" in line
     assert not marker.exists() and not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+# -- 2. traces: every missing column named, no plotting traceback, streamed ------------------------
+
+LEVELS = [{"index": 0, "alpha": 0.0, "label": "small, fast", "accuracy": 0.9, "latency_ms": 0.05},
+          {"index": 1, "alpha": 1.0, "label": "large", "accuracy": 0.97, "latency_ms": 0.3}]
+
+
+@pytest.fixture
+def profile(tmp_path):
+    import json
+
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps({"target": {"name": "host"}, "levels": LEVELS}))
+    return path
+
+
+@pytest.mark.parametrize("header,row,missing", [
+    ("t_s,battery_pct,power_budget_mw", "{t},90,10", "missing required column cpu_load "),
+    ("t_s,power_budget_mw", "{t},10", "missing required columns battery_pct, cpu_load "),
+    ("time,load", "{t},0.1", "missing required columns t_s, battery_pct, cpu_load "),
+])
+def test_trace_missing_columns_are_all_named(tmp_path, profile, header, row, missing):
+    trace = tmp_path / "t.csv"
+    trace.write_text(header + "\n" + "\n".join(row.format(t=t) for t in range(3)) + "\n")
+    out = tmp_path / "out"
+    refused(run("simulate", "--trace", trace, "--profile", profile, "--out", out), f"{trace}:1: {missing}")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("rows,message", [
+    (["0,90,0.1,10", "1e308,90,0.1,10"], ":3: column t_s = 1e+308 is outside [0, 1e+12]"),
+    (["0,90,0.1,1e308", "1,90,0.1,10"], ":2: column power_budget_mw = 1e+308 is outside [0, 1e+12]"),
+])
+def test_trace_huge_values_are_one_line_not_a_plotting_traceback(tmp_path, profile, rows, message):
+    trace = tmp_path / "t.csv"
+    trace.write_text("t_s,battery_pct,cpu_load,power_budget_mw\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "deep" / "out"
+    refused(run("simulate", "--trace", trace, "--profile", profile, "--out", out), message)
+    assert not (tmp_path / "deep").exists()
+
+
+def test_trace_error_late_in_a_stream_leaves_nothing(tmp_path, profile):
+    """Rows are validated as they are replayed: a bad row after thousands of good ones still leaves no
+    timeline, and the folder made for the run is removed again."""
+    trace = tmp_path / "t.csv"
+    good = "".join(f"{t},90,0.1,10\n" for t in range(5000))
+    trace.write_text("t_s,battery_pct,cpu_load,power_budget_mw\n" + good + "5000,90,nan,10\n")
+    out = tmp_path / "out"
+    refused(run("simulate", "--trace", trace, "--profile", profile, "--out", out), ":5002: column cpu_load is NaN")
+    assert not out.exists()
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "mine.txt").write_text("keep")
+    refused(run("simulate", "--trace", trace, "--profile", profile, "--out", existing))
+    assert sorted(p.name for p in existing.iterdir()) == ["mine.txt"]
+
+
+def test_streamed_timeline_matches_the_csv_writer_and_plot_is_decimated(tmp_path, profile):
+    """The fast row formatter writes what the csv module would, and the plot sees a bounded sample."""
+    import csv as csv_module
+
+    from lcs.simulate import simulate
+    from lcs.simulate.output import PLOT_POINTS, Decimator, timeline_csv
+    from lcs.simulate.runner import replay
+    from lcs.simulate.trace import load_trace
+
+    rows = [f"{t},{max(0, 90 - t / 30):.3f},{(t * 7 % 10) / 10},{[1, 6, 40][t % 3]}" for t in range(3000)]
+    trace = tmp_path / "t.csv"
+    trace.write_text("t_s,battery_pct,cpu_load,power_budget_mw\n" + "\n".join(rows) + "\n")
+    result = simulate(trace, profile=profile, out_dir=tmp_path / "out")
+    streamed = (tmp_path / "out" / "timeline.csv").read_text()
+    from lcs.simulate.model import BoardPower, CostModel, Workload
+    from lcs.simulate.policies import make_policy
+    from lcs.simulate.profile import load_profile_json
+    import targets
+
+    model = CostModel(load_profile_json(profile), BoardPower.from_board(targets.load("host")), Workload())
+    records = replay(load_trace(trace), model, make_policy("greedy"), capacity_mwh=3700.0).records
+    assert streamed == timeline_csv(records, with_device=False)
+    states = {r["state"] for r in csv_module.DictReader(streamed.splitlines())}
+    assert states >= {"run", "idle"}  # both row templates were exercised
+    assert '"small, fast"' in streamed
+    assert result.summary["steps"] == 3000
+    d = Decimator(points=100)
+    for r in records:
+        d.add(r)
+    sample = d.sample()
+    assert len(sample) <= 201 and sample[0] is records[0] and sample[-1] is records[-1]
+    assert PLOT_POINTS <= 10_000
+
+
+def test_trace_memory_does_not_grow_with_length(tmp_path, profile, monkeypatch):
+    """tracemalloc peak of a streamed replay of 10,000 rows is about that of 1,000 (it was ~1 KB per row), with
+    the plot's sample capped below both lengths as it is below any long trace's."""
+    import tracemalloc
+
+    from lcs.simulate import output, simulate
+
+    monkeypatch.setattr(output, "PLOT_POINTS", 200)
+
+    peaks = []
+    for n in (1_000, 10_000):
+        trace = tmp_path / f"t{n}.csv"
+        trace.write_text("t_s,battery_pct,cpu_load,power_budget_mw\n" +
+                         "".join(f"{t},{90 - t / n:.4f},0.1,{[1, 40][t % 2]}\n" for t in range(n)))
+        simulate(trace, profile=profile, out_dir=tmp_path / f"warm{n}")  # imports and caches outside the measure
+        tracemalloc.start()
+        simulate(trace, profile=profile, out_dir=tmp_path / f"out{n}")
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert peaks[1] < peaks[0] + 900_000, peaks  # 9,000 more rows add under 100 B each

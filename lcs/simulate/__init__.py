@@ -28,8 +28,8 @@ from typing import Mapping
 from lcs.errors import ConfigError
 from lcs.simulate.model import DEFAULT_CAPACITY_MWH, DEFAULT_PERIOD_MS, BoardPower, CostModel, Workload
 from lcs.simulate.profile import Profile, ProfileError, load_profile_artifact, load_profile_json
-from lcs.simulate.runner import Executor, Replay, replay, summarize
-from lcs.simulate.trace import Trace, load_trace
+from lcs.simulate.runner import Executor, Replay, Summary, iter_replay
+from lcs.simulate.trace import load_trace, open_trace
 
 __all__ = ["SimulationResult", "simulate", "load_levels", "resolve_board", "load_trace", "DEFAULT_CAPACITY_MWH",
            "DEFAULT_PERIOD_MS"]
@@ -77,13 +77,15 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
              accuracy: str | Path | None = None) -> SimulationResult:
     """Replay `trace_path` with `policy`; write timeline.csv, summary.json and timeline.png to `out_dir`.
 
-    Everything is validated (trace, levels, board, policy) before any file is written. One request
-    arrives every `period_ms` (default 100 ms); its deadline defaults to the period.
+    Levels, board, policy and the trace's header are validated before anything runs; the trace's rows are
+    streamed and validated as they are replayed (constant memory), the timeline written as it goes and renamed
+    into place only when the whole run succeeds. One request arrives every `period_ms` (default 100 ms); its
+    deadline defaults to the period. `SimulationResult.replay.records` holds the records only without `out_dir`.
     """
-    from lcs.simulate.output import write_outputs
+    from lcs.simulate.output import StreamingOutputs
     from lcs.simulate.policies import make_policy
 
-    trace: Trace = load_trace(trace_path)
+    trace = open_trace(trace_path)
     levels = load_levels(artifact=artifact, profile=profile, board=board, accuracy=accuracy)
     board_power = resolve_board(board, levels)
     period = period_ms if period_ms is not None else DEFAULT_PERIOD_MS
@@ -111,6 +113,10 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise ConfigError(f"--out {out_dir} exists and is not a folder")
 
+    title = f"{Path(trace.path).name}: policy {chosen.name} on {board_power.name}"
+    tally = Summary()
+    kept: list = []
+    files: dict[str, Path] = {}
     with contextlib.ExitStack() as running:
         url, name = device, device
         if sim is not None:
@@ -124,23 +130,30 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
         if remote is not None:
             client = running.enter_context(_open_rpc_device(artifact, remote, board_power.name))
             executor = device_executor(client, remote.describe(), board_power, levels, artifact)
-        result = replay(trace, model, chosen, capacity_mwh=capacity_mwh, executor=executor)
-    summary = {
-        "trace": str(trace.path), "levels_from": levels.source, "board": board_power.name,
-        "policy": chosen.name, "source": result.source, "deadline_ms": workload.deadline_ms,
-        "period_ms": workload.period_ms, "capacity_mwh": capacity_mwh,
-        # what each level costs unloaded at this period: the scale a trace's power_budget_mw must match
-        "level_power_mw": {o.level.label: o.power_mw for o in model.options(0.0)},
-        **summarize(result),
-    }
-    if hasattr(executor, "report"):
-        summary.update(executor.report())
-    files: dict[str, Path] = {}
-    if out_dir is not None:
-        title = f"{Path(trace.path).name}: policy {chosen.name} on {board_power.name}"
-        files = write_outputs(out_dir, result.records, summary, levels.levels, title,
-                              with_device=result.source != "model")
-        summary["files"] = {name: str(path) for name, path in files.items()}
+        source = executor.source if executor is not None else "model"
+        outputs = None
+        if out_dir is not None:
+            outputs = running.enter_context(StreamingOutputs(out_dir, with_device=source != "model"))
+        for record in iter_replay(trace.steps(), model, chosen, capacity_mwh=capacity_mwh, executor=executor):
+            tally.add(record)
+            if outputs is not None:
+                outputs.add(record)
+            else:
+                kept.append(record)
+        result = Replay(records=kept, policy=chosen.name, source=source)
+        summary = {
+            "trace": str(trace.path), "levels_from": levels.source, "board": board_power.name,
+            "policy": chosen.name, "source": result.source, "deadline_ms": workload.deadline_ms,
+            "period_ms": workload.period_ms, "capacity_mwh": capacity_mwh,
+            # what each level costs unloaded at this period: the scale a trace's power_budget_mw must match
+            "level_power_mw": {o.level.label: o.power_mw for o in model.options(0.0)},
+            **tally.result(),
+        }
+        if hasattr(executor, "report"):
+            summary.update(executor.report())
+        if outputs is not None:
+            files = outputs.finish(summary, levels.levels, title)
+            summary["files"] = {name: str(path) for name, path in files.items()}
     return SimulationResult(replay=result, summary=summary, profile=levels, files=files)
 
 
