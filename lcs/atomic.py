@@ -48,3 +48,27 @@ def write_bytes(target: str | os.PathLike, data: bytes) -> None:
 
 def write_text(target: str | os.PathLike, text: str) -> None:
     write_bytes(target, text.encode())
+
+
+def check_writable(target: str | os.PathLike, option: str = "output") -> None:
+    """Refuse an output path that cannot be written, before any long work starts: the target must not be a
+    folder, the nearest existing folder above it must be a folder (not a regular file) and accept a new file
+    (probed by creating and removing one, which also catches read-only mounts and root-squashed shares)."""
+    from lcs.errors import ConfigError
+
+    target = Path(target)
+    if target.is_dir():
+        raise ConfigError(f"{option} {target} is a folder, not a file")
+    parent = target.parent
+    while not parent.exists():
+        if parent.is_symlink() or parent == parent.parent:  # a dangling link, or nothing at all
+            break
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{option} {target}: {parent} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=parent)
+    except OSError as exc:
+        raise ConfigError(f"{option} {target}: cannot write in {parent} ({exc.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)

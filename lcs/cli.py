@@ -23,16 +23,32 @@ def fail_cleanly(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from lcs import interrupts
+
         try:
-            return fn(*args, **kwargs)
+            with interrupts.signals_interrupt():  # SIGTERM cleans up like SIGINT
+                return fn(*args, **kwargs)
         except LcsError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except Exception:
+            if interrupts.received() is None:
+                raise
+            # a library turned the interrupt into its own error (TVM: RuntimeError): it is still the interrupt
+            click.echo(f"interrupted ({signal_name(interrupts.received())})", err=True)
+            sys.exit(128 + interrupts.received())
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
+            signum = interrupts.received() or 2
+            click.echo(f"interrupted ({signal_name(signum)})", err=True)
+            sys.exit(128 + signum)
 
     return wrapper
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
 
 
 class LcsGroup(click.Group):
@@ -234,8 +250,11 @@ def simulate_cmd(trace_path, artifact_path, profile_path, accuracy_path, board, 
 def build_cmd(checkpoint_path, target, levels, strategy, tune, threads, rpc, tracker, key, eval_results, output,
               progress, as_json):
     """Compile a checkpoint for a board into one verified artifact."""
+    from lcs.atomic import check_writable
     from tvm_build.build import build
     from tvm_build.report import print_build
+
+    check_writable(output, "-o")  # before compiling, not after
 
     summary = build(checkpoint_path, target, output, levels=levels, strategy=strategy, tune=tune, threads=threads,
                     rpc=rpc, tracker=tracker, key=key, eval_results=eval_results, progress=progress and not as_json,

@@ -216,7 +216,7 @@ def _image_folder(root: Path, seed: int, augment: bool) -> DataSplit:
 
     def folder(path: Path, tf) -> datasets.ImageFolder:
         try:
-            return datasets.ImageFolder(str(path), transform=transforms.Compose(tf))
+            return datasets.ImageFolder(str(path), transform=transforms.Compose(tf), loader=_read_image)
         except (FileNotFoundError, OSError) as exc:
             raise DataError(f"cannot read image folder {path}: {exc}") from None
 
@@ -234,6 +234,19 @@ def _image_folder(root: Path, seed: int, augment: bool) -> DataSplit:
         train, test = Subset(full_train, train_idx.tolist()), Subset(full_test, test_idx.tolist())
         classes = len(full_train.classes)
     return DataSplit(train, test, DataInfo(f"folder:{root}", classes, channels, size, len(train), len(test)))
+
+
+def _read_image(path: str):
+    """ImageFolder's loader, with a corrupt or truncated file (found when a batch first needs it, possibly deep
+    into training) reported as one line naming the file instead of PIL's traceback."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as fh:
+            img = Image.open(fh)
+            return img.convert("RGB")  # what torchvision's default loader returns
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError is an OSError
+        raise DataError(f"cannot read image {path}: {exc}") from None
 
 
 def _first_image(root: Path) -> Path:

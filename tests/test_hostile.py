@@ -165,16 +165,16 @@ def test_streamed_timeline_matches_the_csv_writer_and_plot_is_decimated(tmp_path
 
 
 def test_trace_memory_does_not_grow_with_length(tmp_path, profile, monkeypatch):
-    """tracemalloc peak of a streamed replay of 10,000 rows is about that of 1,000 (it was ~1 KB per row), with
+    """tracemalloc peak of a streamed replay of 5,000 rows is about that of 500 (it was ~1 KB per row), with
     the plot's sample capped below both lengths as it is below any long trace's."""
     import tracemalloc
 
     from lcs.simulate import output, simulate
 
-    monkeypatch.setattr(output, "PLOT_POINTS", 200)
+    monkeypatch.setattr(output, "PLOT_POINTS", 100)
 
     peaks = []
-    for n in (1_000, 10_000):
+    for n in (500, 5_000):
         trace = tmp_path / f"t{n}.csv"
         trace.write_text("t_s,battery_pct,cpu_load,power_budget_mw\n" +
                          "".join(f"{t},{90 - t / n:.4f},0.1,{[1, 40][t % 2]}\n" for t in range(n)))
@@ -183,4 +183,86 @@ def test_trace_memory_does_not_grow_with_length(tmp_path, profile, monkeypatch):
         simulate(trace, profile=profile, out_dir=tmp_path / f"out{n}")
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
-    assert peaks[1] < peaks[0] + 900_000, peaks  # 9,000 more rows add under 100 B each
+    assert peaks[1] < peaks[0] + 450_000, peaks  # 4,500 more rows add under 100 B each
+
+
+# -- 3. input classes answered before any long work ----------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ck") / "tiny.safetensors"
+    r = run("train", "--data", "digits", "--width", "4", "--epochs", "1", "-o", path, "--no-progress")
+    assert r.exit_code == 0, r.output
+    return path
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Fails the test if training starts: the bad input must be caught before it."""
+    import lcs.train
+
+    def boom(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(lcs.train, "train", boom)
+
+
+def test_corrupt_jpeg_in_an_image_folder_is_one_line(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(root / cls / f"{i}.jpg")
+    whole = (root / "b" / "5.jpg").read_bytes()
+    (root / "b" / "5.jpg").write_bytes(whole[: len(whole) // 2])  # truncated
+    (root / "a" / "5.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")  # corrupt
+    out = tmp_path / "o.safetensors"
+    line = refused(run("train", "--data", root, "--width", "4", "--epochs", "1", "--batch-size", "1", "-o", out,
+                       "--no-progress"), "cannot read image")
+    assert "5.jpg" in line
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["imgs"]
+
+
+@pytest.mark.parametrize("where,needle", [
+    ("file/under.safetensors", "is not a folder"),
+    ("/proc/lcs-cannot-write-here.safetensors", "cannot write in /proc"),
+])
+def test_unwritable_output_is_refused_before_training(tmp_path, no_training, where, needle):
+    (tmp_path / "file").write_text("a regular file")
+    target = where if where.startswith("/") else tmp_path / where
+    refused(run("train", "--data", "digits", "--epochs", "1", "-o", target, "--no-progress"), needle)
+    assert (tmp_path / "file").read_text() == "a regular file"
+
+
+@pytest.mark.parametrize("option,value,needle", [
+    ("--lr", "nan", "lr must be a finite number"),
+    ("--lr", "inf", "lr must be a finite number"),
+    ("--lr", "0", "lr must be > 0"),
+    ("--weight-decay", "nan", "weight-decay must be a finite number"),
+    ("--warmup-epochs", "-inf", "warmup-epochs must be a finite number"),
+    ("--beta", "nan", "beta must be a finite number"),
+])
+def test_non_finite_hyperparameters_are_refused(tmp_path, no_training, option, value, needle):
+    out = tmp_path / "o.safetensors"
+    refused(run("train", "--data", "digits", option, value, "-o", out, "--no-progress"), needle)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("levels,needle", [
+    ("", "--levels is empty"),
+    (" , ", "--levels is empty"),
+    ("0.5,,1", "has an empty entry"),
+    ("0.5,0.5", "names one level twice: 0.5 and 0.5"),
+    ("keep=0.5,0.5", "names one level twice: keep=0.5 and 0.5"),
+])
+def test_levels_empty_or_duplicate_are_refused(tiny_ckpt, tmp_path, levels, needle):
+    refused(run("eval", tiny_ckpt, "--levels", levels, "--out", tmp_path / "ev"), needle)
+    assert not (tmp_path / "ev").exists()
+
+
+def test_eval_out_under_a_file_is_refused_before_evaluating(tiny_ckpt, tmp_path):
+    (tmp_path / "f").write_text("x")
+    refused(run("eval", tiny_ckpt, "--out", tmp_path / "f" / "ev"), "is not a folder")
