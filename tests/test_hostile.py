@@ -266,3 +266,57 @@ def test_levels_empty_or_duplicate_are_refused(tiny_ckpt, tmp_path, levels, need
 def test_eval_out_under_a_file_is_refused_before_evaluating(tiny_ckpt, tmp_path):
     (tmp_path / "f").write_text("x")
     refused(run("eval", tiny_ckpt, "--out", tmp_path / "f" / "ev"), "is not a folder")
+
+
+# -- 4. checkpoint integrity ---------------------------------------------------------------------
+
+def _tensor_span(path):
+    """(start, end) of the tensor bytes in a safetensors file."""
+    import struct
+
+    head = path.read_bytes()[:8]
+    size = struct.unpack("<Q", head)[0]
+    return 8 + size, path.stat().st_size
+
+
+def test_flipped_tensor_bytes_are_refused_naming_the_file(tiny_ckpt, tmp_path):
+    data = bytearray(tiny_ckpt.read_bytes())
+    start, end = _tensor_span(tiny_ckpt)
+    rng = np.random.default_rng(1)
+    for pos in rng.choice(np.arange(start, end), 32, replace=False):
+        data[pos] ^= 0xFF
+    bad = tmp_path / "flipped.safetensors"
+    bad.write_bytes(bytes(data))
+    refused(run("eval", bad, "--levels", "1"), f"{bad} is corrupt: its tensors do not match the digest")
+    art = tmp_path / "a.lcsa"
+    refused(run("build", bad, "--target", "host", "-o", art, "--no-progress"), f"{bad} is corrupt")
+    assert not art.exists()
+
+
+def test_checkpoint_without_digest_loads_with_one_warning(tiny_ckpt, tmp_path, capsys):
+    """Checkpoints from before the digest: accepted, with a warning naming the file (documented)."""
+    from safetensors.torch import load_file, save_file
+
+    from lcs import checkpoint
+    from safetensors import safe_open
+
+    with safe_open(str(tiny_ckpt), "pt") as fh:
+        meta = dict(fh.metadata())
+    assert checkpoint.DIGEST_KEY in meta
+    del meta[checkpoint.DIGEST_KEY]
+    old = tmp_path / "old.safetensors"
+    save_file(load_file(str(tiny_ckpt)), str(old), metadata=meta)
+    checkpoint.load(old)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"warning: {old} has no tensor digest (written by an older lcs); its tensors are not checked "
+                   f"for corruption"]
+
+
+def test_outputs_share_one_file_mode(tiny_ckpt, tmp_path):
+    """Checkpoints, eval results and simulate outputs get the mode a plain open() would (0666 less umask)."""
+    from lcs.atomic import output_mode
+
+    r = run("eval", tiny_ckpt, "--levels", "1", "--out", tmp_path / "ev")
+    assert r.exit_code == 0, r.output
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [tiny_ckpt, *(tmp_path / "ev").iterdir()]}
+    assert set(modes.values()) == {output_mode()}, modes
