@@ -204,9 +204,9 @@ class Device:
     def _timed(self, command: int, seconds: float) -> None:
         seen = self.reply_s.get(command)
         self.reply_s[command] = seconds if seen is None else max(seconds, 0.8 * seen + 0.2 * seconds)
-        # the flush's settle only has to outlast the device's error reply
-        fastest = min(self.reply_s.values())
-        self.settle_s = min(0.05, max(0.002, 2 * fastest))
+        if self.retries is None:  # adaptive: the flush's settle only has to outlast the device's error reply
+            fastest = min(self.reply_s.values())
+            self.settle_s = min(0.05, max(0.002, 2 * fastest))
 
     def request(self, command: int, payload: bytes = b"", *, timeout: float | None = None) -> bytes:
         """Send one request and return the reply payload (status byte first, already checked to be OK)."""

@@ -152,6 +152,9 @@ def test_streamed_timeline_matches_the_csv_writer_and_plot_is_decimated(tmp_path
     model = CostModel(load_profile_json(profile), BoardPower.from_board(targets.load("host")), Workload())
     records = replay(load_trace(trace), model, make_policy("greedy"), capacity_mwh=3700.0).records
     assert streamed == timeline_csv(records, with_device=False)
+    from lcs.atomic import output_mode
+
+    assert {p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()} == {output_mode()}
     states = {r["state"] for r in csv_module.DictReader(streamed.splitlines())}
     assert states >= {"run", "idle"}  # both row templates were exercised
     assert '"small, fast"' in streamed
@@ -320,3 +323,184 @@ def test_outputs_share_one_file_mode(tiny_ckpt, tmp_path):
     assert r.exit_code == 0, r.output
     modes = {p.name: p.stat().st_mode & 0o777 for p in [tiny_ckpt, *(tmp_path / "ev").iterdir()]}
     assert set(modes.values()) == {output_mode()}, modes
+
+
+# -- 6. optional signatures ----------------------------------------------------------------------
+
+def _keypair(folder, name):
+    """An ed25519 key pair as the documented openssl one-liners write it (PEM PKCS#8 / SubjectPublicKeyInfo)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    private, public = folder / f"{name}.pem", folder / f"{name}.pub"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private, public
+
+
+@pytest.fixture
+def keys(tmp_path):
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    return _keypair(folder, "mine"), _keypair(folder, "other")
+
+
+def _runtime(*args):
+    import contextlib
+    import io
+
+    from lcs.runtime import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return code, err.getvalue()
+
+
+def test_verify_key_refuses_unsigned_wrongly_signed_and_tampered(tmp_path, keys):
+    from lcs import signing
+
+    (mine, mine_pub), (other, _) = keys
+    art = tmp_path / "m.lcsa"
+    art.write_bytes(b"pretend artifact: never opened when the signature is refused")
+    cases = [("unsigned", None, "is not signed (no m.lcsa.sig beside it)")]
+    for case, signer, needle in cases + [("other key", other, "is not signed by the --verify-key key"),
+                                         ("tampered", mine, "changed after it was signed")]:
+        signing.signature_path(art).unlink(missing_ok=True)
+        if signer is not None:
+            signing.sign_artifact(art, signer)
+        if case == "tampered":
+            art.write_bytes(art.read_bytes() + b"#")
+        refused(run("deploy", art, "--sim", "host-sim", "--verify-key", mine_pub), needle)
+        code, err = _runtime(art, "--verify-key", mine_pub)
+        assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and needle in err, (case, err)
+    art.write_bytes(b"pretend artifact")
+    signing.sign_artifact(art, mine)
+    assert signing.verify_artifact(art, mine_pub)  # the right key over unchanged bytes passes
+    refused(run("deploy", art, "--sim", "host-sim", "--verify-key", mine), "is not a")  # past the signature: not a tar
+
+
+def test_sign_with_a_bad_key_is_refused_before_building(tiny_ckpt, tmp_path, keys):
+    (_, mine_pub), _ = keys
+    out = tmp_path / "m.lcsa"
+    refused(run("build", tiny_ckpt, "--target", "host", "-o", out, "--sign", mine_pub), "is not an unencrypted PEM")
+    refused(run("build", tiny_ckpt, "--target", "host", "-o", out, "--sign", tmp_path / "nokey.pem"),
+            "cannot read signing key")
+    assert not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.tvm
+def test_signed_build_deploys_and_a_swapped_firmware_is_refused(tiny_ckpt, tmp_path, keys):
+    """lcs build --sign writes ARTIFACT.sig; the runtime and deploy accept it under --verify-key; an artifact whose
+    members were swapped and whose sha256 entries were recomputed (what the hashes alone let through) is refused
+    before anything in it runs."""
+    import tarfile
+
+    from lcs import artifact as A
+
+    (mine, mine_pub), _ = keys
+    art = tmp_path / "m.lcsa"
+    r = run("build", tiny_ckpt, "--target", "host", "--levels", "1", "-o", art, "--sign", mine, "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "m.lcsa.sig").is_file()
+    code, err = _runtime(art, "--verify-key", mine_pub)
+    assert code == 0, err
+    # tamper: rewrite the tar with one member replaced and its manifest entry recomputed
+    evil = tmp_path / "evil.lcsa"
+    with tarfile.open(art) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    manifest = __import__("json").loads(members.pop(A.MANIFEST))
+    name = sorted(members)[0]
+    members[name] = members[name] + b"\0"
+    A.write_artifact(evil, {k: v for k, v in manifest.items() if k != "members"}, members)
+    (tmp_path / "evil.lcsa.sig").write_bytes((tmp_path / "m.lcsa.sig").read_bytes())
+    A.open_artifact(evil)  # the hashes alone accept it
+    code, err = _runtime(evil, "--verify-key", mine_pub)
+    assert code == 2 and "changed after it was signed" in err
+
+
+# -- 7. signals clean up; one file mode ----------------------------------------------------------
+
+def _lcs(args, tmp):
+    """`lcs ARGS` in its own process, temporary files under `tmp` (TMPDIR), stderr piped."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, TMPDIR=str(tmp), PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    return subprocess.Popen([sys.executable, "-m", "lcs", *map(str, args)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(predicate, seconds, proc):
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.05)
+
+
+def _long_trace(path, rows=2_000_000):
+    with open(path, "w") as fh:
+        fh.write("t_s,battery_pct,cpu_load,power_budget_mw\n")
+        fh.write("".join(f"{t},90,0.1,40\n" for t in range(rows)))
+    return path
+
+
+def test_sigterm_during_simulate_leaves_nothing(tmp_path, profile):
+    import signal
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    out = tmp_path / "out"
+    proc = _lcs(["simulate", "--trace", _long_trace(tmp_path / "t.csv"), "--profile", profile, "--out", out], tmp)
+    _wait_for(lambda: out.exists() and any(out.iterdir()), 120, proc)  # the timeline is being written
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 128 + signal.SIGTERM and err.strip() == "interrupted (SIGTERM)", (proc.returncode, err)
+    assert not out.exists() and list(tmp.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.tvm
+def test_sigterm_during_simulate_sim_removes_its_firmware_folder(hostsim_artifact, tmp_path):
+    import signal
+
+    lcsa, _ = hostsim_artifact
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    out = tmp_path / "out"
+    proc = _lcs(["simulate", "--trace", _long_trace(tmp_path / "t.csv", 200_000), "--artifact", lcsa,
+                 "--sim", "host-sim", "--out", out], tmp)
+    _wait_for(lambda: out.exists() and any(tmp.glob("lcs-sim-*")), 120, proc)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 128 + signal.SIGTERM and err.strip() == "interrupted (SIGTERM)", (proc.returncode, err)
+    assert list(tmp.iterdir()) == [] and not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.tvm
+def test_sigint_during_a_host_sim_build_is_one_line(tiny_ckpt, tmp_path):
+    import signal
+    import time
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    art = tmp_path / "m.lcsa"
+    proc = _lcs(["build", tiny_ckpt, "--target", "host-sim", "-o", art, "--no-progress"], tmp)
+    first = proc.stderr.readline()
+    assert "building firmware" in first, first + proc.stderr.read()
+    time.sleep(1.5)  # inside TVM's compiler by now
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 128 + signal.SIGINT, (proc.returncode, err)
+    assert err.strip() == "interrupted (SIGINT)", err
+    assert not art.exists() and list(tmp.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".m.lcsa")] == []
