@@ -318,7 +318,8 @@ class Device:
 
     def _received(self, candidates: Sequence[int]) -> int | None:
         """Which of `candidates` is the device's upload position (a zero-length chunk there is accepted), or None
-        when it holds no open upload."""
+        when it holds no open upload. A HELLO first waits out a link that went quiet (its own, longer budget)."""
+        self.hello()
         for offset in candidates:
             try:
                 self.request(P.UPLOAD_CHUNK, P.upload_chunk_payload(offset, b""))

@@ -77,3 +77,56 @@ def test_deploy_defaults_survive_one_percent_byte_faults(hostsim_artifact):
         assert slowest < 1.0, slowest  # ... and still no switch took a second
         print(f"upload {report.uploaded_bytes} B in {report.upload_s:.2f} s; {SWITCHES} switches, {resent} resent, "
               f"slowest {1000 * slowest:.0f} ms")
+
+
+class Blackout:
+    """Passes bytes through, except that replies are lost while `until` is in the future (a link gone quiet)."""
+
+    def __init__(self, port) -> None:
+        self.port, self.until = port, 0.0
+
+    def write(self, data: bytes) -> int:
+        return self.port.write(data)
+
+    def read(self, size: int = 1) -> bytes:
+        data = self.port.read(size)
+        return b"" if time.monotonic() < self.until else data
+
+    @property
+    def in_waiting(self) -> int:
+        return self.port.in_waiting
+
+    def flush(self) -> None:
+        self.port.flush()
+
+    def reset_input_buffer(self) -> None:
+        self.port.reset_input_buffer()
+
+    def close(self) -> None:
+        self.port.close()
+
+
+def test_upload_resumes_from_the_last_acknowledged_chunk(hostsim_artifact):
+    """Replies vanish for longer than a chunk's whole budget half way through an upload: the host asks the device
+    where it is and goes on from there; the upload is not started over."""
+    lcsa, _ = hostsim_artifact
+    art = open_artifact(lcsa)
+    good = art.read(art.manifest["firmware"]["weights"])
+    other = (np.frombuffer(good, dtype=np.float32) * np.float32(0.5)).astype(np.float32).tobytes()
+    links: list[Blackout] = []
+    begins = []
+    with started_firmware(lcsa, "host-sim") as url, \
+            Device.open(url, port_wrapper=lambda port: links.append(Blackout(port)) or links[0],
+                        timeouts={P.UPLOAD_CHUNK: 0.1}) as dev:
+        dev.trace = lambda direction, data: direction == "->" and data[2] == P.UPLOAD_BEGIN and begins.append(1)
+        dev.hello()
+        quiet = []
+
+        def half_way(done: int) -> None:
+            if not quiet and done >= len(other) // 2:
+                quiet.append(done)
+                links[0].until = time.monotonic() + 0.6  # > 3 x 0.1 s: the chunk in flight times out
+
+        assert dev.upload_weights(other, progress=half_way) == P.crc32(other)
+        assert quiet and dev.uploads_restarted == 0 and len(begins) == 1
+        assert dev.hello().weights_crc == P.crc32(other)
