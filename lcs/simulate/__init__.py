@@ -118,6 +118,11 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
     kept: list = []
     files: dict[str, Path] = {}
     with contextlib.ExitStack() as running:
+        outputs = None
+        if out_dir is not None:  # first: an --out that cannot be written fails before any board starts
+            hardware = any(x is not None for x in (device, sim, remote)) or \
+                getattr(executor, "source", "model") != "model"
+            outputs = running.enter_context(StreamingOutputs(out_dir, with_device=hardware))
         url, name = device, device
         if sim is not None:
             from lcs.simulate.hardware import started_firmware
@@ -131,9 +136,6 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
             client = running.enter_context(_open_rpc_device(artifact, remote, board_power.name))
             executor = device_executor(client, remote.describe(), board_power, levels, artifact)
         source = executor.source if executor is not None else "model"
-        outputs = None
-        if out_dir is not None:
-            outputs = running.enter_context(StreamingOutputs(out_dir, with_device=source != "model"))
         for record in iter_replay(trace.steps(), model, chosen, capacity_mwh=capacity_mwh, executor=executor):
             tally.add(record)
             if outputs is not None:
