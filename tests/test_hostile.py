@@ -504,3 +504,15 @@ def test_sigint_during_a_host_sim_build_is_one_line(tiny_ckpt, tmp_path):
     assert err.strip() == "interrupted (SIGINT)", err
     assert not art.exists() and list(tmp.iterdir()) == []
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".m.lcsa")] == []
+
+
+def test_trace_quoted_cells_take_the_csv_path(tmp_path):
+    from lcs.simulate.trace import TraceError, load_trace
+
+    path = tmp_path / "q.csv"
+    path.write_text('t_s,battery_pct,cpu_load,note\n0,90,0.1,"a, b"\n1,"80",0.2,x\n')
+    trace = load_trace(path)
+    assert trace.battery_pct == (90.0, 80.0) and trace.cpu_load == (0.1, 0.2)
+    path.write_text('t_s,battery_pct,cpu_load,note\n0,90,0.1,"a\nb"\n1,80,0.2,x\n')
+    with pytest.raises(TraceError, match="quoted cells must not span lines"):
+        load_trace(path)

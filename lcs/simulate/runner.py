@@ -53,7 +53,10 @@ class ModelExecutor:
         pass
 
     def infer(self, option: Option) -> Execution:
-        return Execution()
+        return _NOTHING
+
+
+_NOTHING = Execution()  # frozen: one shared instance, not one per step of a long trace
 
 
 @dataclass(slots=True)  # slots: one is made per trace row

@@ -157,34 +157,54 @@ class TraceStream:
         """Validated rows: (line, t_s, battery_pct, cpu_load, power_budget_mw), one at a time."""
         name, width = self.name, self.width
         getters = [(c, self.index.get(c), COLUMNS[c][2]) for c in COLUMNS]
+        i_t, i_b, i_c, i_p = (self.index.get(c) for c in COLUMNS)
+        full = i_p is not None  # all four columns: the fast path below applies
         before = None
         with self._open() as fh:
-            records = self._records(fh)
-            next(records)  # the header
-            for number, row in records:
+            lines = self._lines(fh)
+            next(lines)  # the header
+            for number, line in lines:
+                # a plain line splits on commas; one with quotes goes through the csv module
+                row = line.split(",") if '"' not in line else self._quoted(line, number)
                 if len(row) > width:
                     raise TraceError(f"{name}:{number}: {len(row)} cells but the header names {width} columns")
-                values = []
-                for column, i, default in getters:
-                    if i is None:
-                        values.append(default)
-                        continue
-                    cell = row[i] if i < len(row) else ""
-                    try:  # fast path; anything odd goes through _number for the exact message
-                        value = float(cell)
-                        lo, hi, _ = COLUMNS[column]
-                        if not lo <= value <= hi:
-                            raise ValueError
-                    except ValueError:
-                        value = _number(cell, f"{name}:{number}", column)
-                    values.append(value)
-                now = values[0]
-                if before is not None and now <= before:
-                    if now < before:
-                        raise TraceError(f"{name}:{number}: column t_s goes backwards ({now:g} after {before:g})")
-                    raise TraceError(f"{name}:{number}: column t_s does not advance ({now:g} twice)")
-                before = now
-                yield (number, *values)
+                try:  # fast path: four numbers in range; anything odd goes through _number for the exact message
+                    if not full or len(row) < width:
+                        raise ValueError
+                    t, b, c, p = float(row[i_t]), float(row[i_b]), float(row[i_c]), float(row[i_p])
+                    if not (0.0 <= t <= MAX_T_S and 0.0 <= b <= 100.0 and 0.0 <= c <= 1.0 and 0.0 <= p <= MAX_BUDGET_MW):
+                        raise ValueError
+                except ValueError:
+                    t, b, c, p = (default if i is None else
+                                  _number(row[i] if i < len(row) else "", f"{name}:{number}", column)
+                                  for column, i, default in getters)
+                if before is not None and t <= before:
+                    if t < before:
+                        raise TraceError(f"{name}:{number}: column t_s goes backwards ({t:g} after {before:g})")
+                    raise TraceError(f"{name}:{number}: column t_s does not advance ({t:g} twice)")
+                before = t
+                yield number, t, b, c, p
+
+    def _lines(self, fh):
+        """(line number, line) of every line that is neither blank nor a comment."""
+        number = 0
+        try:
+            for line in fh:
+                number += 1
+                stripped = line.strip()
+                if stripped and stripped[0] != "#":
+                    yield number, line
+        except UnicodeDecodeError:
+            raise TraceError(f"{self.name}: not a UTF-8 text file") from None
+
+    def _quoted(self, line: str, number: int) -> list[str]:
+        try:
+            row = next(csv.reader([line]))
+        except csv.Error as exc:
+            raise TraceError(f"{self.name}:{number}: not a valid CSV line ({exc})") from None
+        if row and "\n" in row[-1]:  # an unterminated quote ran into the line's end
+            raise TraceError(f"{self.name}: quoted cells must not span lines")
+        return row
 
     def steps(self):
         """Rows with what the replay needs from the next one: (line, t_s, dt_s, battery_pct, cpu_load,
