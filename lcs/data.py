@@ -206,9 +206,12 @@ def _image_folder(root: Path, seed: int, augment: bool) -> DataSplit:
     test_dir = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
     train_dir = root / "train" if test_dir is not None and (root / "train").is_dir() else root
     probe = _first_image(train_dir)
-    with Image.open(probe) as img:
-        channels = 1 if img.mode in ("L", "1", "I", "I;16", "F") else 3
-        size = max(img.size)
+    try:
+        with Image.open(probe) as img:
+            channels = 1 if img.mode in ("L", "1", "I", "I;16", "F") else 3
+            size = max(img.size)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot read image {probe}: {exc}") from None
     base = [transforms.Grayscale(1) if channels == 1 else transforms.Lambda(lambda im: im.convert("RGB")),
             transforms.Resize((size, size))]
     aug = [transforms.RandomCrop(size, padding=size // 8), transforms.RandomHorizontalFlip()] if augment else []

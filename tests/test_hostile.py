@@ -227,6 +227,9 @@ def test_corrupt_jpeg_in_an_image_folder_is_one_line(tmp_path):
                        "--no-progress"), "cannot read image")
     assert "5.jpg" in line
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["imgs"]
+    (root / "a" / "0.jpg").write_bytes(b"GIF89a garbage")  # the first image, read to learn the size
+    refused(run("train", "--data", root, "--epochs", "1", "-o", out, "--no-progress"), "cannot read image", "0.jpg")
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("where,needle", [
