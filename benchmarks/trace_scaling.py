@@ -4,8 +4,8 @@
 
 Writes a synthetic trace of each length (1 s samples, a slow discharge, noisy load and budget), then runs the
 whole CLI (`lcs simulate --trace T --profile P --out DIR`: parsing, replay with the greedy policy, timeline.csv,
-summary.json, the decimated plot) in a child process, timed by the wall clock; peak RSS is that child's
-ru_maxrss (os.wait4). Also records the machine's load average, since other processes share the CPUs.
+summary.json, the decimated plot) in a child process, timed by the wall clock and by its CPU time (user + system,
+the fairer number on a shared machine); peak RSS is that child's ru_maxrss (os.wait4). Also records the machine's load average, since other processes share the CPUs.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def write_trace(path: Path, rows: int, seed: int = 0) -> None:
         fh.write("".join(chunk))
 
 
-def run_once(trace: Path, profile: Path, out: Path) -> tuple[float, float]:
+def run_once(trace: Path, profile: Path, out: Path) -> tuple[float, float, float]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "lcs", "simulate", "--trace", str(trace), "--profile", str(profile),
            "--out", str(out), "--json"]
@@ -55,7 +55,7 @@ def run_once(trace: Path, profile: Path, out: Path) -> tuple[float, float]:
     child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode != 0:
         raise SystemExit(f"lcs simulate failed ({child.returncode}): {child.stderr.read().decode()[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024.0  # KiB -> MiB on Linux
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0  # KiB -> MiB on Linux
 
 
 def main() -> None:
@@ -72,9 +72,10 @@ def main() -> None:
             trace = tmp / f"trace{rows}.csv"
             write_trace(trace, rows)
             load_before = os.getloadavg()[0]
-            seconds, rss = run_once(trace, profile, tmp / f"out{rows}")
+            seconds, cpu, rss = run_once(trace, profile, tmp / f"out{rows}")
             row = {"rows": rows, "csv_mb": round(trace.stat().st_size / 2**20, 1), "seconds": round(seconds, 2),
-                   "us_per_row": round(1e6 * seconds / rows, 2), "peak_rss_mb": round(rss, 1),
+                   "cpu_s": round(cpu, 2), "us_per_row": round(1e6 * seconds / rows, 2),
+                   "cpu_us_per_row": round(1e6 * cpu / rows, 2), "peak_rss_mb": round(rss, 1),
                    "timeline_mb": round((tmp / f"out{rows}" / "timeline.csv").stat().st_size / 2**20, 1),
                    "loadavg_1min_before": round(load_before, 2), "loadavg_1min_after": round(os.getloadavg()[0], 2)}
             results.append(row)

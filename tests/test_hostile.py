@@ -397,7 +397,7 @@ def test_sign_with_a_bad_key_is_refused_before_building(tiny_ckpt, tmp_path, key
 
 @pytest.mark.slow
 @pytest.mark.tvm
-def test_signed_build_deploys_and_a_swapped_firmware_is_refused(tiny_ckpt, tmp_path, keys):
+def test_signed_build_runs_and_a_swapped_member_is_refused(tiny_ckpt, tmp_path, keys):
     """lcs build --sign writes ARTIFACT.sig; the runtime and deploy accept it under --verify-key; an artifact whose
     members were swapped and whose sha256 entries were recomputed (what the hashes alone let through) is refused
     before anything in it runs."""
@@ -519,3 +519,39 @@ def test_trace_quoted_cells_take_the_csv_path(tmp_path):
     path.write_text('t_s,battery_pct,cpu_load,note\n0,90,0.1,"a\nb"\n1,80,0.2,x\n')
     with pytest.raises(TraceError, match="quoted cells must not span lines"):
         load_trace(path)
+
+
+@pytest.mark.slow
+@pytest.mark.tvm
+def test_deploy_verify_key_refuses_firmware_swapped_for_a_script(hostsim_artifact, tmp_path, keys):
+    """The issue's attack: the firmware member replaced by a shell script, every sha256 entry recomputed. The hashes
+    accept it; `--verify-key` refuses it and the script never runs. The genuine, signed artifact deploys."""
+    import json
+    import shutil
+    import tarfile
+
+    from lcs import artifact as A
+    from lcs import signing
+
+    (mine, mine_pub), _ = keys
+    lcsa, _ = hostsim_artifact
+    good = tmp_path / "good.lcsa"
+    shutil.copyfile(lcsa, good)
+    signing.sign_artifact(good, mine)
+    r = run("deploy", good, "--sim", "host-sim", "--verify-key", mine_pub, "--json", "--no-progress")
+    assert r.exit_code == 0, r.output
+    marker = tmp_path / "ran"
+    with tarfile.open(good) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    manifest = json.loads(members.pop(A.MANIFEST))
+    candidates = [(lv.get("members") or {}).get("firmware") for lv in manifest["levels"]]
+    firmware = next(m for m in candidates + [manifest["firmware"]["binary"]] if m in members)  # what --sim starts
+    members[firmware] = f"#!/bin/sh\ntouch {marker}\n".encode()
+    evil = tmp_path / "evil.lcsa"
+    A.write_artifact(evil, {k: v for k, v in manifest.items() if k != "members"}, members)
+    shutil.copyfile(signing.signature_path(good), signing.signature_path(evil))  # the old signature, copied along
+    A.open_artifact(evil)  # the sha256 entries alone accept it
+    refused(run("deploy", evil, "--sim", "host-sim", "--verify-key", mine_pub), "changed after it was signed")
+    signing.sign_artifact(evil, keys[1][0])  # re-signed by someone else
+    refused(run("deploy", evil, "--sim", "host-sim", "--verify-key", mine_pub), "is not signed by the --verify-key")
+    assert not marker.exists()
