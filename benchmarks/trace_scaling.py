@@ -1,11 +1,13 @@
 """Trace scaling: `lcs simulate` on traces of 10^4 .. 10^7 rows, wall seconds and peak RSS (not a timed test).
 
-    python benchmarks/trace_scaling.py [--rows 10000,100000,1000000,10000000] [--out benchmarks/results/trace_scaling.json]
+    python benchmarks/trace_scaling.py [--rows 10000,100000,1000000,10000000]
+                                       [--out benchmarks/results/trace_scaling.json]
 
 Writes a synthetic trace of each length (1 s samples, a slow discharge, noisy load and budget), then runs the
 whole CLI (`lcs simulate --trace T --profile P --out DIR`: parsing, replay with the greedy policy, timeline.csv,
 summary.json, the decimated plot) in a child process, timed by the wall clock and by its CPU time (user + system,
-the fairer number on a shared machine); peak RSS is that child's ru_maxrss (os.wait4). Also records the machine's load average, since other processes share the CPUs.
+the fairer number on a shared machine); peak RSS is that child's ru_maxrss (os.wait4). Also records the
+machine's load average, since other processes share the CPUs.
 """
 
 from __future__ import annotations

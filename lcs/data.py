@@ -248,7 +248,8 @@ def _read_image(path: str):
         with open(path, "rb") as fh:
             img = Image.open(fh)
             return img.convert("RGB")  # what torchvision's default loader returns
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError is an OSError
+    # PIL's UnidentifiedImageError and "Truncated File Read" are OSErrors
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot read image {path}: {exc}") from None
 
 

@@ -10,14 +10,16 @@ Every request carries a sequence number; a reply must echo it, and replies to ea
 that gets no (valid) reply within its timeout is resent, the same frame with the same sequence number, with a growing
 pause (back-off), after flushing whatever half-frame the device may be waiting on.
 
-The link adapts by default (`retries=None`): the first request waits its whole conservative timeout
-(`DEFAULT_TIMEOUTS`); once replies have been timed (a command not timed yet starts from the slowest reply seen), an attempt waits a few times the slowest recent reply of that
-command (`ATTEMPT_FACTOR`, `ATTEMPT_MARGIN_S`), 1.5x longer after each attempt that failed (at most 4x), and attempts go on until
-three times the command's timeout has passed in total (`ADAPTIVE_BUDGET`: the worst case of the old three attempts). A lost reply on a fast board then costs tens of milliseconds, not the
-20 s a slow board's level switch may need; a reply later than the attempt is still taken (it carries the same seq).
-An upload starts with small chunks, doubles them after a run of first-time answers and halves them on a resend, and
-resumes from the last chunk the device acknowledged (asked with a zero-length chunk) instead of starting over. An
-explicit `retries=N` gives the old fixed count of resends (tests that pin the behaviour). Garbage
+The link adapts by default (`retries=None`). The first request waits its whole conservative timeout
+(`DEFAULT_TIMEOUTS`). Once replies have been timed, an attempt waits a few times the slowest recent reply of its
+command (`ATTEMPT_FACTOR`, `ATTEMPT_MARGIN_S`; a command not timed yet starts from the slowest reply seen), 1.5x
+longer after each attempt that failed (at most 4x), and attempts go on until three times the command's timeout has
+passed in total (`ADAPTIVE_BUDGET`: the worst case of the old three attempts). A lost reply on a fast board then costs
+tens of milliseconds, not the 20 s a slow board's level switch may need; a reply later than its attempt is still taken
+(it carries the same seq). An upload starts with small chunks, doubles them after a run of first-time answers and
+halves them on a resend, and resumes from the last chunk the device acknowledged (asked with a zero-length chunk)
+instead of starting over. An explicit `retries=N` keeps the fixed scheme: N resends, each waiting the full timeout
+(tests that pin the behaviour). Garbage
 between frames is skipped (the decoder hunts for the next sync). Retrying is safe: the device (protocol 2) answers a
 repeated frame with the reply it kept from the first attempt, so a chunk, commit or level switch whose reply was lost is
 not applied twice. (A protocol-1 device runs a repeat again: harmless for every command but UPLOAD_CHUNK and
@@ -218,8 +220,7 @@ class Device:
         while True:
             self.last_attempts = attempt + 1
             self.retried += attempt > 0
-            wait = ceiling if self.retries is not None and not self.reply_s else \
-                self.attempt_timeout(command, ceiling, attempt)
+            wait = ceiling if self.retries is not None else self.attempt_timeout(command, ceiling, attempt)
             sent = time.monotonic()
             self.send_raw(frame_bytes)
             deadline = sent + wait

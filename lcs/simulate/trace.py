@@ -172,7 +172,8 @@ class TraceStream:
                     if not full or len(row) < width:
                         raise ValueError
                     t, b, c, p = float(row[i_t]), float(row[i_b]), float(row[i_c]), float(row[i_p])
-                    if not (0.0 <= t <= MAX_T_S and 0.0 <= b <= 100.0 and 0.0 <= c <= 1.0 and 0.0 <= p <= MAX_BUDGET_MW):
+                    if not (0.0 <= t <= MAX_T_S and 0.0 <= b <= 100.0 and 0.0 <= c <= 1.0
+                            and 0.0 <= p <= MAX_BUDGET_MW):
                         raise ValueError
                 except ValueError:
                     t, b, c, p = (default if i is None else
@@ -219,7 +220,8 @@ class TraceStream:
             count += 1
             current = following
         if current is None or gap is None:
-            raise TraceError(f"{self.name}: a trace needs at least two data rows (found {count + (current is not None)})")
+            found = count + (current is not None)
+            raise TraceError(f"{self.name}: a trace needs at least two data rows (found {found})")
         yield (current[0], current[1], gap, current[2], current[3], current[4], 0.0)
 
 
