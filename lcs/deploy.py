@@ -148,7 +148,15 @@ def _connected(artifact_path, device: str | None, sim: str | None) -> Iterator[s
 
 
 def _deploy_on(dev, art: Artifact, board: str, connection: str, progress: bool, console) -> DeployReport:
-    info = dev.hello()
+    from lcs.device import DeviceTimeout
+
+    try:
+        info = dev.hello()
+    except DeviceTimeout as exc:
+        if connection.startswith("sim:"):
+            raise
+        raise DeployError(f"no lcs firmware answered on {connection} ({exc}); a board that runs other firmware "
+                          f"needs this artifact's written first: lcs flash {art.path}") from None
     _check_shape(info, art, board)
     weights = art.read(art.manifest["firmware"]["weights"])
     firmware = art.manifest["firmware"]
@@ -157,12 +165,14 @@ def _deploy_on(dev, art: Artifact, board: str, connection: str, progress: bool, 
                           ram_bytes=firmware.get("ram_bytes"))
     if len(weights) != info.weight_bytes:
         raise DeployError(f"the device holds a {info.weight_bytes}-byte weight set; the artifact's is "
-                          f"{len(weights)} bytes: it runs another model (flash the firmware from this artifact)")
+                          f"{len(weights)} bytes: it runs another model (write this artifact's firmware first: "
+                          f"lcs flash {art.path})")
     _upload(dev, weights, report, progress, console)
     held = dev.hello()
     if held.weights_crc != P.crc32(weights):
         raise DeployError(f"the device runs weights with CRC {held.weights_crc:08x}, the artifact's have "
-                          f"{P.crc32(weights):08x}")
+                          f"{P.crc32(weights):08x}" + (f" (write its firmware first: lcs flash {art.path})"
+                                                       if not report.uploaded_bytes else ""))
     report.weights_crc, report.model_hash = f"{held.weights_crc:08x}", held.model_hash
     report.levels = self_test(dev, art)
     report.retries = dev.retried
@@ -178,7 +188,8 @@ def _check_shape(info: P.Hello, art: Artifact, board: str) -> None:
     have = (info.levels, info.input_len, info.output_len)
     if have != want:
         raise DeployError(f"the device runs a model with {have[0]} levels, {have[1]} inputs, {have[2]} outputs; "
-                          f"{art.path} has {want[0]}, {want[1]}, {want[2]} (flash the firmware from this artifact)")
+                          f"{art.path} has {want[0]}, {want[1]}, {want[2]} (write its firmware first: "
+                          f"lcs flash {art.path})")
 
 
 def _upload(dev, weights: bytes, report: DeployReport, progress: bool, console) -> None:

@@ -62,7 +62,9 @@ def free_port() -> int:
 def qemu_command(elf: str | Path, qemu: dict, port: int) -> list[str]:
     return ["qemu-system-arm", "-M", qemu["machine"], "-cpu", qemu["cpu"], "-display", "none", "-monitor", "none",
             "-icount", f"shift={qemu.get('icount_shift', 3)}", "-semihosting-config", "enable=on,target=native",
-            "-serial", f"tcp:127.0.0.1:{port},server=on,wait=on,nodelay=on", "-kernel", str(elf)]
+            "-serial", f"tcp:127.0.0.1:{port},server=on,wait=on,nodelay=on",
+            # an Intel .hex image (what `lcs flash` writes) goes in at its own addresses through the generic loader
+            *(["-device", f"loader,file={elf}"] if str(elf).endswith(".hex") else ["-kernel", str(elf)])]
 
 
 def start_qemu(elf: str | Path, qemu: dict, timeout: float = 10.0) -> Running:
