@@ -351,14 +351,21 @@ def deploy_cmd(artifact_path, device_url, sim_board, rpc, tracker, key, trace_io
 @click.option("--no-self-test", is_flag=True, help="only write the firmware")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the self-test report as JSON")
+@click.option("--verify-key", type=click.Path(path_type=Path), default=None, metavar="PUB",
+              help="ed25519 public key (PEM): refuse the artifact unless ARTIFACT.sig is its valid signature")
 @fail_cleanly
-def flash_cmd(artifact_path, probe, port, tool, dry_run, no_self_test, progress, as_json):
+def flash_cmd(artifact_path, probe, port, tool, dry_run, no_self_test, progress, as_json, verify_key):
     """Write an artifact's firmware to a board (pyOCD / OpenOCD), then self-test every level like `lcs deploy`."""
     from rich.console import Console
 
     from lcs import flash
     from lcs.artifact import open_artifact
     from lcs.deploy import check_passed, print_report
+
+    if verify_key is not None:
+        from lcs.signing import verify_artifact
+
+        verify_artifact(artifact_path, verify_key)  # before its firmware reaches a board
 
     if dry_run:
         art = open_artifact(artifact_path)

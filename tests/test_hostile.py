@@ -378,6 +378,7 @@ def test_verify_key_refuses_unsigned_wrongly_signed_and_tampered(tmp_path, keys)
         if case == "tampered":
             art.write_bytes(art.read_bytes() + b"#")
         refused(run("deploy", art, "--sim", "host-sim", "--verify-key", mine_pub), needle)
+        refused(run("flash", art, "--dry-run", "--verify-key", mine_pub), needle)
         code, err = _runtime(art, "--verify-key", mine_pub)
         assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and needle in err, (case, err)
     art.write_bytes(b"pretend artifact")
