@@ -23,16 +23,32 @@ def fail_cleanly(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from lcs import interrupts
+
         try:
-            return fn(*args, **kwargs)
+            with interrupts.signals_interrupt():  # SIGTERM cleans up like SIGINT
+                return fn(*args, **kwargs)
         except LcsError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except Exception:
+            if interrupts.received() is None:
+                raise
+            # a library turned the interrupt into its own error (TVM: RuntimeError): it is still the interrupt
+            click.echo(f"interrupted ({signal_name(interrupts.received())})", err=True)
+            sys.exit(128 + interrupts.received())
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
+            signum = interrupts.received() or 2
+            click.echo(f"interrupted ({signal_name(signum)})", err=True)
+            sys.exit(128 + signum)
 
     return wrapper
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
 
 
 class LcsGroup(click.Group):
@@ -245,16 +261,28 @@ def simulate_cmd(trace_path, artifact_path, profile_path, accuracy_path, board, 
               help="artifact to write (.lcsa)")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON")
+@click.option("--sign", "sign_key", type=click.Path(path_type=Path), default=None, metavar="KEY",
+              help="ed25519 private key (PEM): also write OUTPUT.sig (see lcs/signing.py)")
 @fail_cleanly
 def build_cmd(checkpoint_path, target, levels, strategy, tune, threads, rpc, tracker, key, eval_results, output,
-              progress, as_json):
+              progress, as_json, sign_key):
     """Compile a checkpoint for a board into one verified artifact."""
+    from lcs.atomic import check_writable
     from tvm_build.build import build
     from tvm_build.report import print_build
+
+    check_writable(output, "-o")  # before compiling, not after
+    signer = None
+    if sign_key is not None:
+        from lcs import signing
+
+        signer = signing.load_private_key(sign_key)  # a bad key fails now, not after the build
 
     summary = build(checkpoint_path, target, output, levels=levels, strategy=strategy, tune=tune, threads=threads,
                     rpc=rpc, tracker=tracker, key=key, eval_results=eval_results, progress=progress and not as_json,
                     log=lambda msg: click.echo(msg, err=True))
+    if signer is not None:
+        summary["signature"] = str(signing.sign_artifact(output, signer))
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
     else:
@@ -297,12 +325,19 @@ def info_cmd(artifact_path, target, as_json):
 @click.option("--trace-io", is_flag=True, help="hex-dump every frame with a timestamp (stderr)")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+@click.option("--verify-key", type=click.Path(path_type=Path), default=None, metavar="PUB",
+              help="ed25519 public key (PEM): refuse the artifact unless ARTIFACT.sig is its valid signature")
 @fail_cleanly
-def deploy_cmd(artifact_path, device_url, sim_board, rpc, tracker, key, trace_io, progress, as_json):
+def deploy_cmd(artifact_path, device_url, sim_board, rpc, tracker, key, trace_io, progress, as_json, verify_key):
     """Upload an artifact's model to a board, have it confirm what it holds, self-test and profile every level."""
     from rich.console import Console
 
     from lcs.deploy import check_passed, deploy, print_report
+
+    if verify_key is not None:
+        from lcs.signing import verify_artifact
+
+        verify_artifact(artifact_path, verify_key)  # before anything from it runs
 
     err = Console(stderr=True)
     report = deploy(artifact_path, device=device_url, sim=sim_board, rpc=rpc, tracker=tracker, key=key,
@@ -331,14 +366,21 @@ def deploy_cmd(artifact_path, device_url, sim_board, rpc, tracker, key, trace_io
 @click.option("--no-self-test", is_flag=True, help="only write the firmware")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the self-test report as JSON")
+@click.option("--verify-key", type=click.Path(path_type=Path), default=None, metavar="PUB",
+              help="ed25519 public key (PEM): refuse the artifact unless ARTIFACT.sig is its valid signature")
 @fail_cleanly
-def flash_cmd(artifact_path, probe, port, tool, dry_run, no_self_test, progress, as_json):
+def flash_cmd(artifact_path, probe, port, tool, dry_run, no_self_test, progress, as_json, verify_key):
     """Write an artifact's firmware to a board (pyOCD / OpenOCD), then self-test every level like `lcs deploy`."""
     from rich.console import Console
 
     from lcs import flash
     from lcs.artifact import open_artifact
     from lcs.deploy import check_passed, print_report
+
+    if verify_key is not None:
+        from lcs.signing import verify_artifact
+
+        verify_artifact(artifact_path, verify_key)  # before its firmware reaches a board
 
     if dry_run:
         art = open_artifact(artifact_path)

@@ -27,7 +27,7 @@ from lcs import atomic
 from lcs.simulate import optimum as opt
 from lcs.simulate.model import CostModel
 from lcs.simulate.policies import POLICIES, make_policy
-from lcs.simulate.runner import Replay, StepRecord, replay
+from lcs.simulate.runner import StepRecord, Summary, iter_replay, replay
 from lcs.simulate.trace import Trace
 
 COMPARE_JSON, COMPARE_PNG = "compare.json", "compare.png"
@@ -78,8 +78,12 @@ class Comparison:
     duration_s: float
 
 
-def compare(trace: Trace, model: CostModel, chosen: Replay, chosen_name: str, *, capacity_mwh: float) -> Comparison:
-    """Every row of the comparison; the chosen run is `chosen` (already replayed)."""
+def compare(trace: Trace, model: CostModel, policy: str, policy_options: dict | None, *,
+            capacity_mwh: float) -> Comparison:
+    """Every row of the comparison, each replayed model-only. The chosen policy's row is a fresh instance of it:
+    decisions, energy and misses come from the cost model even when a device ran it, so the rows agree."""
+    chosen = replay(trace, model, make_policy(policy, policy_options), capacity_mwh=capacity_mwh)
+    chosen_name = chosen.policy
     period = model.workload.period_ms
     duration = sum(trace.durations())
     best = opt.solve(trace, model, capacity_mwh)
@@ -188,16 +192,19 @@ def write(out_dir: str | Path, data: dict) -> dict[str, Path]:
     return {name: out / name for name in rendered}
 
 
-def saving_vs_densest(trace: Trace, model: CostModel, chosen: Replay, *, capacity_mwh: float) -> dict:
-    """What the run saved against a device that always runs its densest level (the same trace and battery)."""
-    densest = replay(trace, model, make_policy("fixed"), capacity_mwh=capacity_mwh).records
-    ours = chosen.records
-    energy = sum(r.energy_mj for r in ours) / 3600.0, sum(r.energy_mj for r in densest) / 3600.0
-    left = ours[-1].battery_end_pct, densest[-1].battery_end_pct
-    served = sum(r.answers for r in ours), sum(r.answers for r in densest)
-    level = next((r.label for r in densest if r.state == "run"), None)
+def saving_vs_densest(steps, model: CostModel, policy_summary: dict, *, capacity_mwh: float) -> dict:
+    """What the run saved against a device that always runs its densest level on the same trace and battery.
+    `steps`: the trace's steps (streamed); `policy_summary`: the run's own headline numbers."""
+    densest = Summary()
+    level = None
+    for record in iter_replay(steps, model, make_policy("fixed"), capacity_mwh=capacity_mwh):
+        densest.add(record)
+        level = level or (record.label if record.state == "run" else None)
+    other = densest.result()
+    energy = policy_summary["energy_mwh"], other["energy_mwh"]
+    left = policy_summary["battery_left_pct"], other["battery_left_pct"]
+    served = policy_summary["answers"], other["answers"]
     return {"densest_level": level,
             "energy_mwh": {"policy": energy[0], "densest": energy[1], "saved": energy[1] - energy[0]},
             "battery_left_pct": {"policy": left[0], "densest": left[1], "gained": left[0] - left[1]},
-            "answers": {"policy": served[0], "densest": served[1], "more": served[0] - served[1]},
-            "delivered": {"policy": delivered(ours), "densest": delivered(densest)}}
+            "answers": {"policy": served[0], "densest": served[1], "more": served[0] - served[1]}}

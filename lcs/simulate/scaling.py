@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import dataclass, field
 
 from lcs.errors import ConfigError
 from lcs.simulate.model import MIN_CPU_SHARE, BoardPower, CostModel
@@ -43,12 +44,12 @@ def _positive(text: str, option: str, what: str) -> float:
     return value
 
 
-def budget_factor(spec: str, trace: Trace, model: CostModel) -> tuple[float, str]:
+def budget_factor(spec: str, top_budget, model: CostModel) -> tuple[float, str]:
+    """`top_budget()`: the trace's highest finite budget (asked only for `levels`: it reads the trace)."""
     option = "--budget-scale"
     spec = spec.strip()
     if spec == "levels":
-        finite = [b for b in trace.power_budget_mw if math.isfinite(b)]
-        top = max(finite, default=0.0)
+        top = top_budget()
         if top <= 0:
             raise ConfigError(f"{option} levels: the trace has no positive finite power_budget_mw to scale")
         costliest = max(o.power_mw for o in model.options(0.0))
@@ -86,17 +87,49 @@ def load_model(board: BoardPower) -> str:
             f"{1 / MIN_CPU_SHARE:g}x slower")
 
 
-def rescale(trace: Trace, model: CostModel, budget: str | None, load: str | None) -> tuple[Trace, dict]:
-    """The trace in the board's units, and what was done (for the summary)."""
-    applied: dict = {"load_model": load_model(model.board)}
+@dataclass
+class Scaling:
+    """The factors to apply to a trace's steps, and what the summary says about them."""
+
+    budget: float = 1.0
+    load: float = 1.0
+    applied: dict = field(default_factory=dict)
+
+    def steps(self, steps):
+        """`Trace.steps()` / `TraceStream.steps()` tuples with budget and load rescaled (streams as it goes)."""
+        if self.budget == 1.0 and self.load == 1.0:
+            yield from steps
+            return
+        for line, t_s, dt, battery, load, budget, change in steps:
+            yield line, t_s, dt, battery, min(1.0, load * self.load), budget * self.budget, change
+
+    def trace(self, trace: Trace) -> Trace:
+        """A whole in-memory trace, rescaled."""
+        return dataclasses.replace(trace, power_budget_mw=tuple(b * self.budget for b in trace.power_budget_mw),
+                                   cpu_load=tuple(min(1.0, x * self.load) for x in trace.cpu_load))
+
+
+def make_scaling(trace, model: CostModel, budget: str | None, load: str | None) -> Scaling:
+    """Checks the options and works out the factors; `trace` is a `Trace` or a `TraceStream` (read at most once
+    more, as a stream, when `levels` needs the highest budget or a load scale needs its capped rows counted)."""
+    scaling = Scaling(applied={"load_model": load_model(model.board)})
+
+    def top_budget() -> float:
+        return max((step[5] for step in trace.steps() if math.isfinite(step[5])), default=0.0)
+
     if budget is not None:
-        factor, how = budget_factor(budget, trace, model)
-        trace = dataclasses.replace(trace, power_budget_mw=tuple(b * factor for b in trace.power_budget_mw))
-        applied["budget"] = {"spec": budget, "factor": factor, "how": how}
+        factor, how = budget_factor(budget, top_budget, model)
+        scaling.budget = factor
+        scaling.applied["budget"] = {"spec": budget, "factor": factor, "how": how}
     if load is not None:
         factor, how = load_factor(load, model.board)
-        scaled = [x * factor for x in trace.cpu_load]
-        capped = sum(x > 1.0 for x in scaled)
-        trace = dataclasses.replace(trace, cpu_load=tuple(min(1.0, x) for x in scaled))
-        applied["load"] = {"spec": load, "factor": factor, "how": how, "capped_rows": capped}
-    return trace, applied
+        scaling.load = factor
+        capped = sum(step[4] * factor > 1.0 for step in trace.steps())
+        scaling.applied["load"] = {"spec": load, "factor": factor, "how": how, "capped_rows": capped}
+    return scaling
+
+
+def rescale(trace: Trace, model: CostModel, budget: str | None, load: str | None) -> tuple[Trace, dict]:
+    """A whole trace in the board's units, and what was done (for the summary)."""
+    scaling = make_scaling(trace, model, budget, load)
+    return scaling.trace(trace), scaling.applied
