@@ -56,6 +56,10 @@ def train(config: RunConfig, data=None, output: str | Path | None = None, *, thr
 
     from lcs import train as training
 
+    if output is not None:
+        from lcs.atomic import check_writable
+
+        check_writable(output, "-o")  # before the training, not after it
     if threads:
         torch.set_num_threads(threads)
     if not progress:
@@ -97,11 +101,20 @@ def timing_line(summary: dict) -> str:
 
 
 def level_alphas(text: str | None, cmap) -> list[float]:
-    if not text:
+    """`--levels` as alphas; None means the family's grid. An empty list or a level named twice is refused."""
+    if text is None:
         return list(cmap.eval_alphas)
-    alphas = [parse_level(part, cmap) for part in text.split(",") if part.strip()]
-    if not alphas:
-        raise ConfigError("--levels is empty")
+    parts = [part.strip() for part in text.split(",")]
+    if not any(parts):
+        raise ConfigError("--levels is empty (leave the option out for the family's grid)")
+    if not all(parts):
+        raise ConfigError(f"--levels {text!r} has an empty entry")
+    alphas = [parse_level(part, cmap) for part in parts]
+    seen: dict[float, str] = {}
+    for part, alpha in zip(parts, alphas):
+        if alpha in seen:
+            raise ConfigError(f"--levels names one level twice: {seen[alpha]} and {part} are both alpha {alpha:g}")
+        seen[alpha] = part
     return alphas
 
 
@@ -115,6 +128,8 @@ def evaluate(checkpoint_path: str | Path, *, data_source: str | None = None, lev
     from lcs.evaluate import baseline_levels, evaluate_levels, label_of, plot, rows_to_csv, rows_to_json
 
     where = resolve_device(device)
+    if out_dir is not None:
+        atomic.check_writable(Path(out_dir) / "results.json", "--out")
     main = checkpoint.load(checkpoint_path)
     data_cfg = DataConfig(source=data_source, seed=main.config.data.seed) if data_source else main.config.data
     data = load_data(data_cfg)
