@@ -170,6 +170,7 @@ def test_streamed_timeline_matches_the_csv_writer_and_plot_is_decimated(tmp_path
 def test_trace_memory_does_not_grow_with_length(tmp_path, profile, monkeypatch):
     """tracemalloc peak of a streamed replay of 5,000 rows is about that of 500 (it was ~1 KB per row), with
     the plot's sample capped below both lengths as it is below any long trace's."""
+    import gc
     import tracemalloc
 
     from lcs.simulate import output, simulate
@@ -182,6 +183,7 @@ def test_trace_memory_does_not_grow_with_length(tmp_path, profile, monkeypatch):
         trace.write_text("t_s,battery_pct,cpu_load,power_budget_mw\n" +
                          "".join(f"{t},{90 - t / n:.4f},0.1,{[1, 40][t % 2]}\n" for t in range(n)))
         simulate(trace, profile=profile, out_dir=tmp_path / f"warm{n}")  # imports and caches outside the measure
+        gc.collect()  # no collection of earlier tests' garbage inside the measure (it moved the peak by ~0.5 MB)
         tracemalloc.start()
         simulate(trace, profile=profile, out_dir=tmp_path / f"out{n}")
         peaks.append(tracemalloc.get_traced_memory()[1])
