@@ -200,7 +200,7 @@ def main() -> None:
         return
 
     from lcs import checkpoint
-    from lcs.commands import level_alphas
+    from lcs.subspace.levels import level_alphas
     from tvm_build.build import build
     from tvm_build.compile import cache_dir
 

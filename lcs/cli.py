@@ -234,8 +234,8 @@ def simulate_cmd(trace_path, artifact_path, profile_path, accuracy_path, board, 
 def build_cmd(checkpoint_path, target, levels, strategy, tune, threads, rpc, tracker, key, eval_results, output,
               progress, as_json):
     """Compile a checkpoint for a board into one verified artifact."""
-    from tvm_build.build import build
-    from tvm_build.report import print_build
+    from tvm_build.build import build  # the one edge from lcs/ into the compiler: the CLI is where both meet
+    from lcs.report import print_build
 
     summary = build(checkpoint_path, target, output, levels=levels, strategy=strategy, tune=tune, threads=threads,
                     rpc=rpc, tracker=tracker, key=key, eval_results=eval_results, progress=progress and not as_json,
@@ -259,7 +259,7 @@ def info_cmd(artifact_path, target, as_json):
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:
-        from tvm_build.report import print_info
+        from lcs.report import print_info
 
         print_info(info)
 

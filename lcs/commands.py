@@ -7,7 +7,7 @@ from typing import Sequence
 
 from lcs.config import DataConfig, RunConfig, SubspaceConfig, TrainConfig
 from lcs.errors import ConfigError
-from lcs.subspace.levels import make_map, parse_level
+from lcs.subspace.levels import level_alphas, make_map, parse_level
 
 
 def train_config(*, data_source: str = "mnist5k", model_name: str = "small-cnn", family: str = "unstructured",
@@ -80,15 +80,6 @@ def train(config: RunConfig, data=None, output: str | Path | None = None, *, thr
         "history": result.history,
         "config": config.to_dict(),
     }
-
-
-def level_alphas(text: str | None, cmap) -> list[float]:
-    if not text:
-        return list(cmap.eval_alphas)
-    alphas = [parse_level(part, cmap) for part in text.split(",") if part.strip()]
-    if not alphas:
-        raise ConfigError("--levels is empty")
-    return alphas
 
 
 def evaluate(checkpoint_path: str | Path, *, data_source: str | None = None, levels: str | None = None,

@@ -141,7 +141,7 @@ def _connected(artifact_path, device: str | None, sim: str | None) -> Iterator[s
     if sim is None:
         yield device
         return
-    from lcs.simulate.hardware import started_firmware  # starting boards: one home, shared with simulate
+    from lcs.transport.launch import started_firmware
 
     with started_firmware(artifact_path, sim) as url:
         yield url

@@ -64,7 +64,7 @@ def test_deploy_on_sim_uploads_confirms_and_self_tests(hostsim_artifact):
 
 
 def test_deploy_table_closing_line_and_trace_io(hostsim_artifact):
-    from tvm_build.mcu.launch import start_host_sim
+    from lcs.transport.launch import start_host_sim
 
     lcsa, binary = hostsim_artifact
     with start_host_sim(binary) as running:
@@ -88,7 +88,7 @@ def test_artifact_for_another_board(hostsim_artifact):
 def test_device_that_reports_another_board(hostsim_artifact, tmp_path):
     """--device: the board name comes from the device's HELLO and must match the artifact's target."""
     from lcs import artifact as A
-    from tvm_build.mcu.launch import start_host_sim
+    from lcs.transport.launch import start_host_sim
 
     lcsa, binary = hostsim_artifact
     art = A.open_artifact(lcsa)
@@ -107,7 +107,7 @@ def test_port_that_does_not_exist(hostsim_artifact, tmp_path):
 def test_port_that_is_busy(hostsim_artifact):
     import serial
 
-    from tvm_build.mcu.launch import start_host_sim
+    from lcs.transport.launch import start_host_sim
 
     lcsa, binary = hostsim_artifact
     with start_host_sim(binary) as running:

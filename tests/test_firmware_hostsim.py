@@ -46,7 +46,7 @@ def built(tmp_path_factory):
 
 @pytest.fixture
 def device(built):
-    from tvm_build.mcu.launch import start_host_sim
+    from lcs.transport.launch import start_host_sim
 
     _, result = built
     with start_host_sim(result.binary) as running, Device.open(running.url, timeouts={P.HELLO: 1.0}) as dev:
@@ -273,7 +273,7 @@ class LoseReplies:
 def test_client_retries_after_lost_replies_apply_nothing_twice(built):
     """Lost replies to a level switch, an inference, a chunk and the commit: the client resends the same frames,
     the device answers from its kept reply, and nothing runs twice (no refused chunk, no restarted upload)."""
-    from tvm_build.mcu.launch import start_host_sim
+    from lcs.transport.launch import start_host_sim
 
     _, result = built
     commands = (P.SET_LEVEL, P.INFER, P.UPLOAD_CHUNK, P.UPLOAD_COMMIT)
@@ -329,7 +329,7 @@ def test_over_budget_fails_early_with_numbers(built, tmp_path):
 def test_missing_toolchain_and_qemu_say_what_to_install(built, tmp_path, monkeypatch):
     from tvm_build.mcu.build import build_firmware
     from tvm_build.mcu.firmware import ToolchainMissing
-    from tvm_build.mcu.launch import start_qemu
+    from lcs.transport.launch import start_qemu
 
     ckpt, _ = built
     board = targets.load("mps2-an500")
@@ -345,7 +345,7 @@ def test_missing_toolchain_and_qemu_say_what_to_install(built, tmp_path, monkeyp
 def test_in_kernel_switching_matches_torch_too(built, tmp_path):
     """The low-RAM variant (weight transforms fused into the kernels) computes the same levels."""
     from tvm_build.mcu.build import build_firmware
-    from tvm_build.mcu.launch import start_host_sim
+    from lcs.transport.launch import start_host_sim
 
     ckpt, on_switch = built
     result = build_firmware(ckpt, "host-sim", None, tmp_path, samples=2, measure=False, write_artifact=False,
@@ -359,7 +359,7 @@ def test_in_kernel_switching_matches_torch_too(built, tmp_path):
 def test_structured_width_levels_run_with_their_own_kernels(tmp_path):
     """Structured width: one kernel set and call list per width, one shared weight bank; narrower is cheaper."""
     from tvm_build.mcu.build import build_firmware
-    from tvm_build.mcu.launch import start_host_sim
+    from lcs.transport.launch import start_host_sim
 
     ckpt = tiny_checkpoint("structured")
     result = build_firmware(ckpt, "host-sim", [0.0, 0.5, 1.0], tmp_path, samples=2, measure=False,

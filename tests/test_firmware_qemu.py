@@ -24,7 +24,7 @@ def checkpoint():
 def test_board_runs_every_level_exactly(board, checkpoint, tmp_path):
     import targets
     from tvm_build.mcu.build import build_firmware
-    from tvm_build.mcu.launch import start_qemu
+    from lcs.transport.launch import start_qemu
 
     result = build_firmware(checkpoint, board, None, tmp_path, samples=2, measure=False, write_artifact=False)
     with start_qemu(result.binary, targets.load(board).extra["qemu"]) as running, Device.open(running.url) as dev:
@@ -100,7 +100,7 @@ def test_small_cnn_fits_cortex_m7_budget_and_matches_torch(tmp_path):
     from lcs.models import build_model
     from lcs.subspace.model import SubspaceModel
     from tvm_build.mcu.build import build_firmware
-    from tvm_build.mcu.launch import start_qemu
+    from lcs.transport.launch import start_qemu
     import torch
 
     torch.manual_seed(0)
@@ -121,7 +121,7 @@ def test_small_cnn_fits_cortex_m7_budget_and_matches_torch(tmp_path):
         on_m7 = check_levels(dev, result)
         with pytest.raises(P.DeviceError, match="no spare weight bank"):
             dev.upload_weights(result.bank)
-    from tvm_build.mcu.launch import start_host_sim
+    from lcs.transport.launch import start_host_sim
     x86 = build_firmware(Checkpoint(RunConfig(model=mc, subspace=sc), model), "host-sim", [1 / 6, 1.0],
                          tmp_path / "x86", samples=1, measure=False, write_artifact=False, switching="in-kernel")
     with start_host_sim(x86.binary) as running, Device.open(running.url) as dev:
@@ -133,7 +133,7 @@ def test_structured_width_on_cortex_m4(tmp_path):
     """Width levels (one kernel set each) on a real Cortex-M build: equal to torch, narrower costs fewer cycles."""
     import targets
     from tvm_build.mcu.build import build_firmware
-    from tvm_build.mcu.launch import start_qemu
+    from lcs.transport.launch import start_qemu
 
     board = targets.load("mps2-an386")
     result = build_firmware(tiny_checkpoint("structured"), board, [0.0, 1.0], tmp_path, samples=2, measure=True,

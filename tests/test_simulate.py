@@ -522,7 +522,7 @@ def test_hardware_in_the_loop_on_host_sim(host_sim_build, tmp_path, how):
     if how == "sim":
         result = CliRunner().invoke(cli, args + ["--sim", "host-sim"])
     else:
-        from tvm_build.mcu.launch import start_host_sim
+        from lcs.transport.launch import start_host_sim
 
         with start_host_sim(binary) as running:
             result = CliRunner().invoke(cli, args + ["--device", running.url])

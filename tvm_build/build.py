@@ -88,14 +88,17 @@ def build(checkpoint_path: str | Path, target: str, output: str | Path, *, level
         from lcs.transport.rpc import Endpoint
 
         Endpoint(rpc, tracker, key)
+    if board.kind not in ("linux", "mcu", "sim"):
+        raise ConfigError(f"target {board.name} is a {board.kind} board; lcs build makes artifacts for linux, mcu "
+                          f"and sim boards")
     if board.kind in ("mcu", "sim"):
         if threads is not None:
             raise ConfigError(f"--threads is for CPU boards; {board.name} runs the model on its one core")
-        return _build_mcu(checkpoint_path, board, output, levels=levels, strategy=strategy, tune=tune,
-                          eval_results=eval_results, log=log)
-    if board.kind != "linux":
-        raise ConfigError(f"target {board.name} is a {board.kind} board; lcs build makes artifacts for linux, mcu "
-                          f"and sim boards")
+        if strategy != "per-level" or tune:
+            raise ConfigError(f"target {board.name} is a {board.kind} board: its firmware has one strategy (all "
+                              f"levels, switched on the device) and no MetaSchedule tuning; drop --strategy/--tune")
+        ckpt, alphas = _checkpoint_and_levels(checkpoint_path, levels)
+        return _build_mcu(ckpt, board, output, alphas, accuracy_table(ckpt.metrics, eval_results), log)
     from tvm_build import compile as tc
 
     try:
@@ -111,11 +114,7 @@ def build(checkpoint_path: str | Path, target: str, output: str | Path, *, level
         raise ConfigError("remote tuning goes through TVM's tracker (MetaSchedule's RPCRunner): use --tracker "
                           "host:port --key K; --rpc host:port is enough for verification and timing")
 
-    from lcs import checkpoint
-    from lcs.commands import level_alphas
-
-    ckpt = checkpoint.load(checkpoint_path)
-    alphas = level_alphas(levels, ckpt.model.cmap)
+    ckpt, alphas = _checkpoint_and_levels(checkpoint_path, levels)
     if strategy != "per-level" and ckpt.config.subspace.family == "structured":
         raise ConfigError(f"strategy {strategy} needs every level to have the same weight shapes; structured width "
                           f"changes them: use --strategy per-level")
@@ -125,7 +124,16 @@ def build(checkpoint_path: str | Path, target: str, output: str | Path, *, level
                             log)
 
 
-def _build_mcu(checkpoint_path, board, output: Path, *, levels, strategy, tune, eval_results, log) -> dict:
+def _checkpoint_and_levels(checkpoint_path, levels: str | None):
+    """The checkpoint and the alphas `--levels` names (parsed here, once)."""
+    from lcs import checkpoint
+    from lcs.subspace.levels import level_alphas
+
+    ckpt = checkpoint.load(checkpoint_path)
+    return ckpt, level_alphas(levels, ckpt.model.cmap)
+
+
+def _build_mcu(ckpt, board, output: Path, alphas: list[float], accuracy: list[dict], log) -> dict:
     """Microcontroller and host-sim boards: firmware built by tvm_build.mcu (TVM C kernels + lcs's static executor)."""
     import tempfile
 
@@ -135,18 +143,10 @@ def _build_mcu(checkpoint_path, board, output: Path, *, levels, strategy, tune, 
         from tvm_build.mcu.build import build_firmware
     except ImportError as exc:
         raise ConfigError(f"microcontroller builds (target {board.name}) are not available in this lcs ({exc})") from None
-    if strategy != "per-level" or tune:
-        raise ConfigError(f"target {board.name} is a {board.kind} board: its firmware has one strategy (all levels, "
-                          f"switched on the device) and no MetaSchedule tuning; drop --strategy/--tune")
-    from lcs import checkpoint
-    from lcs.commands import level_alphas
-
     started = time.perf_counter()
-    ckpt = checkpoint.load(checkpoint_path)
-    alphas = level_alphas(levels, ckpt.model.cmap)
     with tempfile.TemporaryDirectory(prefix="lcs-mcu-") as scratch:
         log(f"building firmware for {board.name} ({len(alphas)} levels)")
-        result = build_firmware(ckpt, board, alphas, scratch, accuracy=accuracy_table(ckpt.metrics, eval_results))
+        result = build_firmware(ckpt, board, alphas, scratch, accuracy=accuracy)
         built = art.open_artifact(result.artifact, expect_target=board.name)  # refuse anything half-made
         with atomic_path(output) as tmp:
             shutil.copyfile(result.artifact, tmp)

@@ -114,7 +114,7 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
     with contextlib.ExitStack() as running:
         url, name = device, device
         if sim is not None:
-            from lcs.simulate.hardware import started_firmware
+            from lcs.transport.launch import started_firmware
 
             url = running.enter_context(started_firmware(artifact, sim))
             name = f"{sim}:{url}"

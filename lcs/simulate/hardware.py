@@ -20,10 +20,7 @@ The client is anything with the `lcs.device.Device` methods used here: `hello()`
 
 from __future__ import annotations
 
-import contextlib
-import tempfile
-from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from lcs.errors import LcsError
 from lcs.simulate.model import Option
@@ -87,26 +84,3 @@ class DeviceExecutor:
         return {"device_inferences": self.count, "device_switches": len(self.switch_ms),
                 "device_switch_ms_mean": sum(self.switch_ms) / len(self.switch_ms) if self.switch_ms else None,
                 "reference_disagreements": self.disagreements if self.reference else None}
-
-
-@contextlib.contextmanager
-def started_firmware(artifact_path, board_name: str) -> Iterator[str]:
-    """Start the firmware an artifact carries for `board_name` (host-sim on a pty, QEMU boards on TCP);
-    yields the URL to open with `lcs.device.Device`, and stops the firmware afterwards."""
-    import targets
-    from lcs.artifact import open_artifact
-
-    art = open_artifact(artifact_path, expect_target=board_name)
-    candidates = [(lv.get("members") or {}).get("firmware") for lv in art.levels]
-    candidates.append((art.manifest.get("firmware") or {}).get("binary"))
-    member = next((m for m in candidates if isinstance(m, str) and m in art.members()), None)
-    if member is None:
-        raise HardwareError(f"{artifact_path} carries no firmware to start (--sim needs an MCU or host-sim build)")
-    from tvm_build.mcu.build import start  # launching boards lives with the firmware build
-
-    with tempfile.TemporaryDirectory(prefix="lcs-sim-") as tmp:
-        binary = Path(tmp) / Path(member).name
-        binary.write_bytes(art.read(member))
-        binary.chmod(0o755)
-        with start(binary, targets.load(board_name)) as running:
-            yield running.url

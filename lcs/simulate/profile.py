@@ -27,6 +27,7 @@ from pathlib import Path
 
 from lcs.errors import ConfigError
 from lcs.results import read_accuracy
+from lcs.subspace.levels import same_alpha
 
 
 class ProfileError(ConfigError):
@@ -134,7 +135,7 @@ def with_accuracy(data: dict, accuracy_path: str | Path) -> dict:
     levels = []
     for i, level in enumerate(data.get("levels") or []):
         if isinstance(level, dict) and isinstance(level.get("alpha"), (int, float)):
-            match = [row["accuracy"] for row in known if abs(row["alpha"] - level["alpha"]) < 1e-6]
+            match = [row["accuracy"] for row in known if same_alpha(row["alpha"], level["alpha"])]
             if not match and level.get("accuracy") is not None:
                 levels.append(level)
                 continue

@@ -207,17 +207,10 @@ def _lowered(model, x, weights_in_kernel: bool = False, width_alpha: float | Non
     return _LOWERED[key][1:]
 
 
-def start(binary: Path, board):
-    from tvm_build.mcu.launch import start_host_sim, start_qemu
-
-    if board.kind == "mcu":
-        return start_qemu(binary, board.extra["qemu"])
-    return start_host_sim(binary)
-
-
 def measure_cycles(result: FirmwareBuild, board) -> list[dict]:
     """Switch to every level and run one inference there; record both counts (exact under QEMU -icount)."""
     from lcs.device import Device
+    from lcs.transport.launch import start
 
     cycles = []
     with start(result.binary, board) as running, Device.open(running.url) as dev:
