@@ -8,7 +8,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from lcs.errors import ConfigError
-from lcs.subspace.levels import CompressionMap, make_map, map_from_dict, map_to_dict
+from lcs.subspace.levels import CompressionMap, make_map, map_from_dict
 
 CONFIG_VERSION = 1
 NORMS = ("group", "instance", "layer", "batch")
@@ -159,10 +159,6 @@ def _build(cls, data: dict):
     return cls(**data)
 
 
-def compression_map_dict(cfg: SubspaceConfig) -> dict:
-    return map_to_dict(cfg.compression_map())
-
-
 __all__ = [
     "RunConfig",
     "ModelConfig",
@@ -170,5 +166,4 @@ __all__ = [
     "SubspaceConfig",
     "TrainConfig",
     "map_from_dict",
-    "compression_map_dict",
 ]

@@ -156,15 +156,16 @@ def test_held_files_skip_only_the_confirmed_copy(tmp_path):
 
 def test_a_file_the_board_holds_differently_is_refused(tmp_path):
     from lcs import artifact as A
-    from lcs.deploy import DeployError, _confirm_held
+    from lcs.transport.board import BoardError, confirm_held
 
-    manifest = A.new_manifest(target={"name": "host"}, levels=[])
+    manifest = A.new_manifest(kind="cpu", target={"name": "host"}, levels=[], input={"shape": [1], "dtype": "float32"},
+                              output={"shape": [1], "dtype": "float32"})
     art = A.open_artifact(A.write_artifact(tmp_path / "x.lcsa", manifest, {"lib/m.so": b"good bytes"}))
     session = FakeSession(tampered={"lib_m.so": b"good bytez"})
     session.upload(bytearray(b"good bytes"), "lib_m.so")
-    with pytest.raises(DeployError, match="holds lib_m.so with sha256 .* the upload was corrupted"):
-        _confirm_held(session, art, {"lib/m.so": "lib_m.so"}, "rpc:test")
-    assert _confirm_held(FakeSession(), art, {}, "rpc:test") == {}
+    with pytest.raises(BoardError, match="holds lib_m.so with sha256 .* the upload was corrupted"):
+        confirm_held(session, art, {"lib/m.so": "lib_m.so"}, "rpc:test")
+    assert confirm_held(FakeSession(), art, {}, "rpc:test") == {}
 
 
 @pytest.mark.tvm  # the probe uses tvm.rpc's handshake constants

@@ -384,8 +384,12 @@ def write_firmware_artifact(path: Path, target: str = "host-sim") -> Path:
     levels = [{"index": i, "alpha": a, "label": f"{100 * (1 - a):.1f}% sparse", "accuracy": None, "latency_ms": None,
                "cycles": c, "members": {"firmware": "firmware/fw.bin"}}
               for i, (a, c) in enumerate([(0.05, 400_000), (0.25, 700_000), (1.0, 1_500_000)])]
-    manifest = artifact.new_manifest(target={"name": target}, strategy="firmware", levels=levels, modules={})
-    return artifact.write_artifact(path, manifest, {"firmware/fw.bin": b"\x7fELF not really"})
+    manifest = artifact.new_manifest(kind="firmware", target={"name": target}, strategy="firmware", levels=levels,
+                                     modules={}, input={"shape": [1, 4], "dtype": "float32"},
+                                     output={"shape": [1, 2], "dtype": "float32"},
+                                     firmware={"binary": "firmware/fw.bin", "weights": "firmware/weights.bin"})
+    return artifact.write_artifact(path, manifest, {"firmware/fw.bin": b"\x7fELF not really",
+                                                    "firmware/weights.bin": b"\0" * 8})
 
 
 def eval_results(path: Path) -> Path:

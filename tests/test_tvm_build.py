@@ -179,7 +179,11 @@ def test_channels_last_calls_no_transpose_kernel(ckpts):
     arrays = param_arrays(net)
     weights = lifted.weights({name: arrays[name] for name in export_order(ep)})
     executable = tc.compile_module(lifted.main, tc.host_target())
-    got = tc.run_vm(executable, x.numpy(), list(weights.values()))
+    from tvm.runtime.vm import VirtualMachine
+
+    dev = tvm.cpu()
+    got = VirtualMachine(executable, dev)["main"](
+        tvm.runtime.tensor(x.numpy(), dev), *[tvm.runtime.tensor(a, dev) for a in weights.values()]).numpy()
     with torch.no_grad():
         np.testing.assert_allclose(got, net(x).numpy(), atol=1e-5)
 

@@ -151,7 +151,7 @@ def _build_mcu(ckpt, board, output: Path, alphas: list[float], accuracy: list[di
         with atomic_path(output) as tmp:
             shutil.copyfile(result.artifact, tmp)
             tmp.chmod(0o644)
-    manifest = dict(built.manifest)
+    manifest = dict(built.manifest.raw)
     manifest["build_seconds"] = round(time.perf_counter() - started, 1)
     manifest["output"] = str(output)
     manifest["size"] = output.stat().st_size
@@ -227,7 +227,7 @@ def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key,
         level = ckpt.model.cmap.level(alpha)
         bar.step(f"level {index}: export ({level.label()})")
         with torch.no_grad():
-            reference[f"level{index}"] = np.stack([net(torch.from_numpy(x)).numpy() for x in xs])
+            reference[art.reference_key(index)] = np.stack([net(torch.from_numpy(x)).numpy() for x in xs])
         export_net = getattr(net, "export_net", net)  # alpha-input exports one net taking (x, alpha)
         arrays = graph.param_arrays(export_net)
         # identical network structure (e.g. every sparsity level): export once, reuse the Relax module
@@ -255,13 +255,13 @@ def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key,
                 raise LcsError(f"strategy {strategy}: level {index} exports a different graph than level 0")
         compiled = by_structure.get(structure)
         if compiled is None:
-            compiled = CompiledModule(f"lib/module{len(modules)}.so", mod, specs,
+            compiled = CompiledModule(art.library_member(len(modules)), mod, specs,
                                       getattr(net, "extra_inputs", []),
                                       "NHWC" if lifted is not None else "NCHW")
             modules.append(compiled)
             by_structure[structure] = compiled
         # alpha-input levels share the two endpoints; the level is only its alpha
-        weights_name = "weights/endpoints.npz" if strategy == "alpha-input" else f"weights/level{index}.npz"
+        weights_name = art.ENDPOINTS_MEMBER if strategy == "alpha-input" else art.level_weights_member(index)
         extra_values = {e["name"]: e["value"] for e in getattr(net, "extra_inputs", [])}
         members[weights_name] = art.npz_bytes(arrays) if arrays else art.npz_bytes({})
         level_rows.append({
@@ -298,18 +298,18 @@ def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key,
                 bar.step(f"{m.name}: compiled")
 
         compile_modules(range(len(modules)))
-        members["reference.npz"] = art.npz_bytes(reference)
+        members[art.REFERENCE_MEMBER] = art.npz_bytes(reference)
 
         manifest = art.new_manifest(
-            tvm_version=tvm.__version__, target=board.to_dict(), tvm_target=_jsonable(tc.target_dict(board)),
+            kind="cpu", tvm_version=tvm.__version__, target=board.to_dict(), tvm_target=_jsonable(tc.target_dict(board)),
             strategy=strategy, config=config.to_dict(), compression_map=_map_dict(ckpt.model.cmap),
             input={"name": "x", "shape": list(xs.shape[1:]), "dtype": "float32"},
-            output={"shape": list(reference["level0"].shape[1:]), "dtype": "float32"},
+            output={"shape": list(reference[art.reference_key(0)].shape[1:]), "dtype": "float32"},
             modules={m.name: {"entry": "main", "layout": m.layout, "params": [p.to_dict() for p in m.params],
                               "extra_inputs": [{k: v for k, v in e.items() if k != "value"} for e in m.extra_inputs],
                               **executors[m.name]}
                      for m in modules},
-            levels=level_rows, reference="reference.npz",
+            levels=level_rows, reference=art.REFERENCE_MEMBER,
             tuning=tuning_info or None)
 
         session = None

@@ -499,28 +499,5 @@ def export_library(executable, board, path: Path, sources: list[Path] = ()) -> P
     return path
 
 
-def run_vm(executable, x: np.ndarray, params: list[np.ndarray], device=None) -> np.ndarray:
-    import tvm
-    from tvm.runtime.vm import VirtualMachine
-
-    dev = device or tvm.cpu()
-    vm = VirtualMachine(executable, dev)
-    args = [tvm.runtime.tensor(a, dev) for a in params]
-    return vm["main"](tvm.runtime.tensor(x, dev), *args).numpy()
-
-
-def time_vm(executable, x: np.ndarray, params: list[np.ndarray], device=None, number: int = 10,
-            repeat: int = 5) -> float:
-    """Median milliseconds of one call."""
-    import tvm
-    from tvm.runtime.vm import VirtualMachine
-
-    dev = device or tvm.cpu()
-    vm = VirtualMachine(executable, dev)
-    args = [tvm.runtime.tensor(x, dev)] + [tvm.runtime.tensor(a, dev) for a in params]
-    timer = vm.time_evaluator("main", dev, number=number, repeat=repeat)
-    return float(np.median(timer(*args).results) * 1e3)
-
-
 def scratch_dir():
     return tempfile.TemporaryDirectory(prefix="lcs-build-")

@@ -5,7 +5,7 @@ on a sample input. The device's own timing and its predicted class go into the t
 `device_latency_ms` and `output`, beside the cost model's expectation.
 
 Timing units (`tick_rate`, the one place that decides): a client that declares `tick_hz` reports
-ticks of that rate (the TVM RPC client, `lcs.transport.rpc.RuntimeDevice`: nanoseconds measured on
+ticks of that rate (the TVM RPC board, `lcs.transport.board.RpcBoard`: nanoseconds measured on
 the board by TVM's time_evaluator); otherwise its numbers are CPU cycles of the board, turned into
 time with the board's `clock_hz` (serial firmware; on `host-sim` a "cycle" is a nanosecond, its
 clock_hz is 1e9).

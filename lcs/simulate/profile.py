@@ -52,12 +52,6 @@ class Profile:
     target: str | None  # board the profile was measured on, if it says
     source: str  # where it came from, for messages and the summary
 
-    def by_index(self, index: int) -> LevelSpec:
-        for level in self.levels:
-            if level.index == index:
-                return level
-        raise KeyError(index)
-
 
 def _finite(value, where: str, field: str, *, lo: float = -math.inf, hi: float = math.inf) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -161,6 +155,9 @@ def load_profile_artifact(path: str | Path, board: str | None = None, accuracy: 
     from lcs import artifact
 
     manifest = artifact.open_artifact(path, expect_target=board).manifest
+    data = {"target": manifest.target_name,
+            "levels": [{"index": lv.index, "alpha": lv.alpha, "label": lv.label, "accuracy": lv.accuracy,
+                        "latency_ms": lv.latency_ms, "cycles": lv.cycles} for lv in manifest.levels]}
     if accuracy is not None:
-        manifest = with_accuracy(manifest, accuracy)
-    return profile_from_dict(manifest, str(path))
+        data = with_accuracy(data, accuracy)
+    return profile_from_dict(data, str(path))

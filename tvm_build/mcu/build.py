@@ -227,8 +227,8 @@ def _write_artifact(result: FirmwareBuild, board, config, cmap, out_dir: Path, s
     from lcs import artifact
     from lcs.subspace.levels import map_to_dict
 
-    member = f"firmware/{result.binary.name}"
-    ref = {"input": result.inputs, **{f"level{i}": e for i, e in enumerate(result.expected)}}
+    member = artifact.firmware_member(result.binary.name)
+    ref = {"input": result.inputs, **{artifact.reference_key(i): e for i, e in enumerate(result.expected)}}
     levels = []
     for i, lv in enumerate(result.levels):
         c = result.cycles[i] if i < len(result.cycles) else {}
@@ -236,11 +236,11 @@ def _write_artifact(result: FirmwareBuild, board, config, cmap, out_dir: Path, s
                        "bits": lv.bits, "accuracy": accuracy_at(accuracy, lv.alpha), "latency_ms": None, "cycles": c.get("infer_cycles"),
                        "switch_cycles": c.get("switch_cycles"), "members": {"firmware": member}})
     manifest = artifact.new_manifest(
-        target=board.to_dict(), strategy="firmware", config=config.to_dict(), compression_map=map_to_dict(cmap),
+        kind="firmware", target=board.to_dict(), strategy="firmware", config=config.to_dict(), compression_map=map_to_dict(cmap),
         input={"name": "x", "shape": list(shape), "dtype": "float32"},
-        output={"shape": [1, out_len], "dtype": "float32"}, modules={}, levels=levels, reference="reference.npz",
-        firmware={"binary": member, "weights": "firmware/weights.bin", **result.summary()})
+        output={"shape": [1, out_len], "dtype": "float32"}, modules={}, levels=levels, reference=artifact.REFERENCE_MEMBER,
+        firmware={**result.summary(), "binary": member, "weights": artifact.FIRMWARE_WEIGHTS_MEMBER})
     path = out_dir / f"{board.name}.lcsa"
-    artifact.write_artifact(path, manifest, {member: result.binary, "firmware/weights.bin": result.bank,
-                                             "reference.npz": artifact.npz_bytes(ref)})
+    artifact.write_artifact(path, manifest, {member: result.binary, artifact.FIRMWARE_WEIGHTS_MEMBER: result.bank,
+                                             artifact.REFERENCE_MEMBER: artifact.npz_bytes(ref)})
     return path
