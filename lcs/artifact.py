@@ -376,7 +376,7 @@ def new_manifest(*, kind: str, **fields) -> dict:
             "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), **fields}
 
 
-def write_artifact(path: str | Path, manifest: dict, members: Mapping[str, bytes | Path]) -> Path:
+def write_artifact(path: str | Path, manifest: "dict | Manifest", members: Mapping[str, bytes | Path]) -> Path:
     """Write `manifest` plus `members` (name -> bytes or a file path) atomically; fills manifest["members"]. The
     manifest must parse as a `Manifest`: a builder cannot write what readers would refuse."""
     path = Path(path)
@@ -386,7 +386,7 @@ def write_artifact(path: str | Path, manifest: dict, members: Mapping[str, bytes
         if name == MANIFEST:
             raise ArtifactError(f"{MANIFEST} is written by write_artifact itself")
         blobs[name] = Path(value).read_bytes() if isinstance(value, Path) else bytes(value)
-    manifest = dict(manifest)
+    manifest = dict(manifest.raw if isinstance(manifest, Manifest) else manifest)
     manifest.setdefault("format", FORMAT)
     manifest.setdefault("format_version", FORMAT_VERSION)
     manifest["members"] = {name: {"sha256": sha256(b), "size": len(b)} for name, b in sorted(blobs.items())}

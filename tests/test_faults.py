@@ -18,7 +18,6 @@ from lcs import protocol as P
 from lcs.artifact import open_artifact
 from lcs.device import Device, DeviceTimeout, UploadError
 from lcs.transport.faults import FaultyPort
-from tests.test_deploy import hostsim_artifact  # noqa: F401  (the session fixture: a trained, built host-sim model)
 
 pytestmark = [pytest.mark.slow, pytest.mark.tvm]
 

@@ -8,7 +8,6 @@ import pytest
 
 from lcs import protocol as P
 from lcs.device import Device
-from tests.test_firmware_hostsim import check_levels, tiny_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.tvm, pytest.mark.qemu]
 
@@ -16,12 +15,12 @@ BOARDS = ["mps2-an385", "mps2-an386", "mps2-an500", "mps3-an547"]
 
 
 @pytest.fixture(scope="module")
-def checkpoint():
+def checkpoint(tiny_checkpoint):
     return tiny_checkpoint("unstructured")
 
 
 @pytest.mark.parametrize("board", BOARDS)
-def test_board_runs_every_level_exactly(board, checkpoint, tmp_path):
+def test_board_runs_every_level_exactly(check_levels, board, checkpoint, tmp_path):
     import targets
     from tvm_build.mcu.build import build_firmware
     from lcs.transport.launch import start_qemu
@@ -90,7 +89,7 @@ def test_recorded_cycles_repeat_exactly_across_runs(checkpoint, tmp_path):
     assert all(c["switch_cycles"] > 0 and c["infer_cycles"] > 0 for c in again)
 
 
-def test_small_cnn_fits_cortex_m7_budget_and_matches_torch(tmp_path):
+def test_small_cnn_fits_cortex_m7_budget_and_matches_torch(check_levels, tmp_path):
     """The MCU-sized CNN (width 16, 28x28, ~33k parameters) in <= 256 KB flash and <= 64 KB RAM on mps2-an500:
     the build picks in-kernel weight transforms and no upload bank, and the firmware still switches levels.
     Its outputs are bit-identical to the same firmware compiled for x86 (host-sim)."""
@@ -129,7 +128,7 @@ def test_small_cnn_fits_cortex_m7_budget_and_matches_torch(tmp_path):
         assert check_levels(dev, x86) == on_m7  # float lists: bit-exact equality
 
 
-def test_structured_width_on_cortex_m4(tmp_path):
+def test_structured_width_on_cortex_m4(check_levels, tiny_checkpoint, tmp_path):
     """Width levels (one kernel set each) on a real Cortex-M build: equal to torch, narrower costs fewer cycles."""
     import targets
     from tvm_build.mcu.build import build_firmware

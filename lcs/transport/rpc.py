@@ -212,9 +212,10 @@ def _one_line(exc: BaseException) -> str:
 def cpu_artifact(path, key: str | None = None):
     """Open (sha256-verified) a CPU build for an RPC board; firmware, or a tracker key naming another board, is
     refused."""
-    from lcs.artifact import ArtifactError, open_artifact
+    from lcs.artifact import Artifact, ArtifactError, open_artifact
 
-    art = open_artifact(path)
+    art = path if isinstance(path, Artifact) else open_artifact(path)
+    path = art.path
     if art.kind != "cpu" or not art.manifest.modules:
         raise ArtifactError(f"{path} is firmware for {art.target_name!r}, not a CPU build; TVM RPC runs "
                             f"`lcs build --target host|rasp4|...` artifacts (firmware goes over --device or --sim)")
