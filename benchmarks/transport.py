@@ -86,7 +86,7 @@ def round_trips(dev: Device, n: int, x: list[float]) -> dict:
 def measure(lcsa: Path, args) -> dict:
     art = open_artifact(lcsa)
     board = args.sim or art.target_name
-    weights = art.read(art.manifest["firmware"]["weights"])
+    weights = art.read(art.manifest.firmware.weights)
     x = art.reference()["input"][0].reshape(-1).tolist()
     with started_firmware(lcsa, board) as url, Device.open(url) as dev:
         info = dev.hello()

@@ -35,6 +35,31 @@ def fail_cleanly(fn):
     return wrapper
 
 
+def board_options(what: str):
+    """--device / --sim / --rpc / --tracker / --key, declared once (lcs.transport.board.open_board takes exactly one;
+    lcs deploy needs one, lcs simulate at most one). `what` starts every help line."""
+    options = [
+        click.option("--device", "device_url", default=None, metavar="URL",
+                     help=what + "a board running lcs firmware (the artifact's): any pyserial port or URL (/dev/ttyACM0, "
+                                 "socket://h:p, a pty)"),
+        click.option("--sim", "sim_board", default=None, metavar="BOARD",
+                     help=what + "a simulated board: the artifact's firmware started on host-sim (a pty) or QEMU"),
+        click.option("--rpc", default=None, metavar="HOST:PORT",
+                     help=what + "a Linux board's TVM RPC server (python -m tvm.exec.rpc_server): the artifact's CPU "
+                                 "build runs there"),
+        click.option("--tracker", default=None, metavar="HOST:PORT",
+                     help=what + "a free board of --key from a TVM RPC tracker"),
+        click.option("--key", default=None, help="device key of the board at the tracker"),
+    ]
+
+    def apply(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return apply
+
+
 class LcsGroup(click.Group):
     """click's group, with usage errors (bad choice, missing option) shown as one line like every other error."""
 
@@ -175,16 +200,7 @@ def _policy_options(pairs: tuple[str, ...]) -> dict[str, str]:
               help="battery capacity (the default is 1000 mAh at 3.7 V)")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="folder for timeline.csv, summary.json, timeline.png [default: sim-<trace name>]")
-@click.option("--device", "device_url", default=None, metavar="URL",
-              help="hardware in the loop: a pyserial port or URL of lcs firmware (/dev/ttyACM0, socket://h:p, a pty); "
-                   "each running step really sets the level and runs one inference there")
-@click.option("--sim", "sim_board", default=None, metavar="BOARD",
-              help="hardware in the loop on a simulated board: start the artifact's firmware (host-sim on a pty, "
-                   "QEMU boards) and use it like --device")
-@click.option("--rpc", default=None, metavar="HOST:PORT",
-              help="hardware in the loop on a Linux board's TVM RPC server: the --artifact (a CPU build) runs there")
-@click.option("--tracker", default=None, metavar="HOST:PORT", help="like --rpc, a free board of --key from a tracker")
-@click.option("--key", default=None, help="device key of the board at the tracker")
+@board_options("hardware in the loop: each running step really sets the level and runs one inference on ")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON instead of a table")
 @fail_cleanly
 def simulate_cmd(trace_path, artifact_path, profile_path, accuracy_path, board, policy, policy_option, deadline_ms,
@@ -271,14 +287,7 @@ def info_cmd(artifact_path, target, as_json):
 
 @cli.command("deploy")
 @click.argument("artifact_path", metavar="ARTIFACT", type=click.Path(path_type=Path))
-@click.option("--device", "device_url", default=None, metavar="URL",
-              help="pyserial port or URL of a board running the artifact's firmware (/dev/ttyACM0, socket://h:p)")
-@click.option("--sim", "sim_board", default=None, metavar="BOARD",
-              help="start the artifact's firmware on a simulated board (host-sim on a pty, QEMU boards)")
-@click.option("--rpc", default=None, metavar="HOST:PORT",
-              help="TVM RPC server of a Linux board (python -m tvm.exec.rpc_server): deploy a CPU build there")
-@click.option("--tracker", default=None, metavar="HOST:PORT", help="a TVM RPC tracker: deploy to a free board of --key")
-@click.option("--key", default=None, help="device key of the board at the tracker")
+@board_options("")
 @click.option("--trace-io", is_flag=True, help="hex-dump every frame with a timestamp (stderr)")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")

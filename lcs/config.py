@@ -159,6 +159,17 @@ def _build(cls, data: dict):
     return cls(**data)
 
 
+def load_board(name: str):
+    """A board from targets/ (`targets.Board`, the board's typed config), or a one-line ConfigError naming the valid
+    ones: the one board lookup of build, firmware build and simulate."""
+    import targets
+
+    try:
+        return targets.load(name)
+    except targets.UnknownTarget as exc:
+        raise ConfigError(str(exc)) from None
+
+
 __all__ = [
     "RunConfig",
     "ModelConfig",

@@ -13,11 +13,7 @@ import torch
 
 import targets
 from lcs import protocol as P
-from lcs.checkpoint import Checkpoint
-from lcs.config import ModelConfig, RunConfig, SubspaceConfig
 from lcs.device import Device
-from lcs.models import build_model
-from lcs.subspace.model import SubspaceModel
 
 pytestmark = [pytest.mark.slow, pytest.mark.tvm]
 

@@ -20,7 +20,7 @@ def checkpoint(tiny_checkpoint):
 
 
 @pytest.mark.parametrize("board", BOARDS)
-def test_board_runs_every_level_exactly(check_levels, board, checkpoint, tmp_path):
+def test_board_runs_every_level_exactly(tiny_checkpoint, check_levels, board, checkpoint, tmp_path):
     import targets
     from tvm_build.mcu.build import build_firmware
     from lcs.transport.launch import start_qemu
@@ -45,10 +45,10 @@ def test_board_runs_every_level_exactly(check_levels, board, checkpoint, tmp_pat
         out, _ = dev.infer(x)
         np.testing.assert_allclose(out, result.expected[1][0], atol=1e-6, rtol=0)
         if board == "mps2-an385":
-            check_upload_and_reset(dev, checkpoint, result)
+            check_upload_and_reset(dev, checkpoint, tiny_checkpoint("unstructured", seed=1), result)
 
 
-def check_upload_and_reset(dev, checkpoint, result):
+def check_upload_and_reset(dev, checkpoint, other, result):
     """A new weight set goes through the UART in chunks and is committed; RESET brings back the flashed image."""
     import time
 
@@ -58,7 +58,6 @@ def check_upload_and_reset(dev, checkpoint, result):
     from tvm_build.mcu.build import _lowered
     from tvm_build.mcu.device_net import device_net
 
-    other = tiny_checkpoint("unstructured", seed=1)
     _, _, plan = _lowered(checkpoint.model, torch.zeros(1, 1, 8, 8), result.switching == "in-kernel")
     blob = fw.bank_bytes(device_net(other.model), plan)
     level = len(result.levels) - 1

@@ -156,19 +156,21 @@ def test_channels_last_calls_no_transpose_kernel(ckpts):
 
     from lcs import checkpoint
     from tvm_build import compile as tc
+    from tvm_build import export
     from tvm_build.graph import export_order, level_network, param_arrays
+    from tvm_build.target import host_target
 
     x = torch.randn(1, 1, 8, 8)
     net = level_network(checkpoint.load(ckpts["structured"]).model, 0.5, x)
-    mod, ep = tc.to_relax(net, (x,))
+    mod, ep = export.to_relax(net, (x,))
     converted = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)["main"].script()
     assert "R.permute_dims(lv" in converted  # the activation transpose ConvertLayout inserts before the flatten
-    lifted = tc.ChannelsLast(mod, export_order(ep))
+    lifted = export.ChannelsLast(mod, export_order(ep))
     text = lifted.main["main"].script()
     assert "R.permute_dims(" not in text and text.count("R.reshape(") >= 1, text
     arrays = param_arrays(net)
     weights = lifted.weights({name: arrays[name] for name in export_order(ep)})
-    executable = tc.compile_module(lifted.main, tc.host_target())
+    executable = tc.compile_module(lifted.main, host_target())
     from tvm.runtime.vm import VirtualMachine
 
     dev = tvm.cpu()
@@ -245,9 +247,9 @@ def test_graphs_the_static_executor_cannot_plan_run_on_the_vm(ckpts, tmp_path, m
 
 
 def test_verification_failure_writes_nothing(ckpts, tmp_path, monkeypatch):
-    from tvm_build import build
+    from tvm_build import verify
 
-    monkeypatch.setattr(build, "ATOL", -1.0)  # any difference at all now fails
+    monkeypatch.setattr(verify, "ATOL", -1.0)  # any difference at all now fails
     code, text = run_cli("build", ckpts["unstructured"], "--target", "host", "--levels", "1.0", "--no-progress",
                          "-o", tmp_path / "x.lcsa")
     assert code == 2 and "differ from torch" in text and "level 0 (alpha 1)" in text
@@ -277,9 +279,9 @@ def test_not_an_lcs_checkpoint(tmp_path):
 
 
 def test_missing_cross_compiler_names_package(ckpts, tmp_path, monkeypatch):
-    from tvm_build import compile as tc
+    from tvm_build import target as tt
 
-    monkeypatch.setattr(tc.shutil, "which", lambda name: None)
+    monkeypatch.setattr(tt.shutil, "which", lambda name: None)
     code, text = run_cli("build", ckpts["unstructured"], "--target", "rasp4", "--no-progress", "-o", tmp_path / "x")
     assert code == 2 and "gcc-aarch64-linux-gnu" in text and "aarch64-linux-gnu-gcc" in text
 
@@ -371,7 +373,7 @@ class FakeTimedRuntime:
 
 
 def test_each_level_gets_the_fewest_threads_near_its_fastest():
-    from tvm_build.build import _modules_to_retune, _thread_counts
+    from tvm_build.verify import modules_to_retune as _modules_to_retune, thread_counts as _thread_counts
 
     table = {1: [0.060, 0.0070, 0.0298], 2: [0.048, 0.0120, 0.0295], 4: [0.040, 0.0200, 0.0291]}
     chosen, by_threads = _thread_counts(FakeTimedRuntime(table, pool=4), 3, None)
@@ -424,7 +426,7 @@ def test_mcu_boards_dispatch_to_firmware_build(ckpts, tmp_path):
 
 
 def test_layout_only_tasks_are_the_ones_not_tuned():
-    from tvm_build.compile import _layout_only
+    from tvm_build.tune import _layout_only
 
     assert _layout_only("transpose") and _layout_only("reshape1") and _layout_only("fused_transpose1_reshape")
     assert not any(_layout_only(n) for n in ("conv2d3", "fused_group_norm_relu", "fused_matmul_add", "mean",

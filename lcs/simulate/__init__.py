@@ -61,11 +61,9 @@ def resolve_board(name: str | None, levels: Profile) -> BoardPower:
     if name is not None and levels.target is not None and name != levels.target:
         raise ProfileError(f"{levels.source} was measured on {levels.target}, not on --board {name}; "
                            f"its latencies would not hold there")
-    try:
-        board = targets.load(name or levels.target)
-    except targets.UnknownTarget as exc:
-        raise ConfigError(str(exc)) from None
-    return BoardPower.from_board(board)
+    from lcs.config import load_board
+
+    return BoardPower.from_board(load_board(name or levels.target))
 
 
 def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, profile: str | Path | None = None,

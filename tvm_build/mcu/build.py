@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lcs.config import load_board
 from lcs.errors import ConfigError, LcsError
 from lcs.evaluate import accuracy_at, accuracy_table
 from lcs.subspace.levels import Level
@@ -57,7 +58,7 @@ class FirmwareBuild:
 def _load_board(board):
     import targets
 
-    board = targets.load(board) if isinstance(board, str) else board
+    board = load_board(board) if isinstance(board, str) else board
     if "firmware" not in board.extra:
         raise ConfigError(f"target {board.name} has no firmware section; MCU builds need one of: "
                           f"{', '.join(n for n in targets.names() if 'firmware' in targets.load(n).extra)}")
@@ -189,6 +190,8 @@ def build_firmware(checkpoint, board, levels: list[float] | None, out_dir, *, sa
     return result
 
 
+# memo of lowered models, keyed by id(model): each entry holds the model itself, so its id cannot be reused while the
+# entry lives; bounded (cleared past 32) and per process: tests and benchmarks build one model for several boards
 _LOWERED: dict = {}
 
 

@@ -8,7 +8,6 @@ firmware in firmware_host/src and the board hooks in firmware_host/boards/<dir>/
 from __future__ import annotations
 
 import hashlib
-import shutil
 import struct
 import subprocess
 from dataclasses import dataclass
