@@ -24,6 +24,10 @@ timed on the board by TVM's time_evaluator, the switch time (host-side: levels a
 library and weight sizes. TVM's RPC server keeps uploads for the session only: the deploy proves the artifact runs
 there; `lcs simulate --rpc` and your own `Runtime(..., session=...)` use the board the same way.
 
+Both kinds of board are opened by `lcs.transport.board.open_board` and go through the same steps: `Board.upload`,
+then one `self_test` (every level on every reference input; RPC latencies are the median of one time_evaluator call
+per input, measured on the board; serial ones the device's cycle counter).
+
 Torch-free.
 """
 
