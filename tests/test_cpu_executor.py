@@ -16,6 +16,7 @@ from torch import nn
 
 import targets
 import tvm  # noqa: F401  (TVM is part of the test install: a missing one must fail, not skip)
+from lcs.artifact import TensorSpec
 from lcs.runtime import _StaticLibrary, aligned_copy
 from tvm_build import compile as tc
 from tvm_build.export import to_relax
@@ -85,8 +86,7 @@ def _built(small, tmp_path):
 def test_static_library_runs_like_torch_through_ctypes(small, tmp_path):
     lib, path, weights, x, expected = _built(small, tmp_path)
     assert not hasattr(ctypes.CDLL(str(path)), "__tvm_ffi___vmtir__main")  # no VM program in the library
-    static = _StaticLibrary(path, {"shape": [1, 1, 8, 8], "dtype": "float32"},
-                            {"shape": [1, 10], "dtype": "float32"})
+    static = _StaticLibrary(path, TensorSpec((1, 1, 8, 8), "float32"), TensorSpec((1, 10), "float32"))
     with pytest.raises(Exception, match="no weights bound"):
         static.run()
     kept = [aligned_copy(w) for w in weights]

@@ -14,8 +14,8 @@ Sample inputs come from the artifact's reference set (cycled through, and the pr
 against the reference output of the same level); without an artifact, all-zero inputs of the
 device's input size (timing only).
 
-The client is anything with the `lcs.device.Device` methods used here: `hello()`, `set_level(index=)`,
-`infer(values) -> (outputs, ticks)`, and optionally `tick_hz`.
+The client is a board (`lcs.transport.board.Board`, opened by `open_board` as `lcs deploy` opens it): `hello()`,
+`set_level(index=)`, `infer(values) -> (outputs, ticks)` and `tick_hz` (None: cycles of the board's clock).
 """
 
 from __future__ import annotations
