@@ -21,6 +21,7 @@ from lcs.config import load_board
 from lcs.errors import ConfigError, LcsError
 from lcs.evaluate import accuracy_at, accuracy_table
 from lcs.subspace.levels import Level
+from lcs.transport.launch import start  # launching a built firmware (QEMU / host-sim): measure_cycles runs it
 from tvm_build.compile import tvm_include_dirs
 from tvm_build.mcu import firmware as fw
 from tvm_build.mcu.device_net import device_net
@@ -213,7 +214,6 @@ def _lowered(model, x, weights_in_kernel: bool = False, width_alpha: float | Non
 def measure_cycles(result: FirmwareBuild, board) -> list[dict]:
     """Switch to every level and run one inference there; record both counts (exact under QEMU -icount)."""
     from lcs.device import Device
-    from lcs.transport.launch import start
 
     cycles = []
     with start(result.binary, board) as running, Device.open(running.url) as dev:
