@@ -263,6 +263,12 @@ class Firmware:
     weights: str
     flash_bytes: int | None = None
     ram_bytes: int | None = None
+    images: dict = field(default_factory=dict)  # MCU builds: {"bin": member, "hex": member, "base": "0x..."}
+
+    @property
+    def hex_image(self) -> str | None:
+        """The Intel .hex image `lcs flash` writes."""
+        return self.images.get("hex")
 
 
 @dataclass(frozen=True)
@@ -306,6 +312,7 @@ class Manifest:
             names.add(self.reference)
         if self.firmware is not None:
             names.update((self.firmware.binary, self.firmware.weights))
+            names.update(m for role, m in self.firmware.images.items() if role in ("bin", "hex"))
         return names
 
     @classmethod
@@ -351,8 +358,12 @@ class Manifest:
         if fw is not None:
             if not isinstance(fw.get("binary"), str) or not isinstance(fw.get("weights"), str):
                 raise _bad(where, "firmware needs binary and weights member names", fw)
+            images = _obj(fw.get("images", {}), where, "firmware.images") or {}
+            for role, member in images.items():
+                if not isinstance(member, str):
+                    raise _bad(where, f"firmware.images[{role!r}] must be a string", member)
             firmware = Firmware(fw["binary"], fw["weights"], _int(fw.get("flash_bytes"), where, "flash_bytes"),
-                                _int(fw.get("ram_bytes"), where, "ram_bytes"))
+                                _int(fw.get("ram_bytes"), where, "ram_bytes"), dict(images))
         if kind == "firmware" and firmware is None:
             raise ArtifactError(f"{where}: a firmware artifact without its firmware section")
         runtime = _obj(data.get("runtime"), where, "runtime") or {}

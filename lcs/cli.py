@@ -90,7 +90,7 @@ def cli() -> None:
 @click.option("--data", "data_source", default="mnist5k", show_default=True,
               help="digits | mnist5k | cifar10:PATH | folder:PATH (or a directory)")
 @click.option("--model", "model_name", default="small-cnn", show_default=True,
-              help="small-cnn | cpreresnet20 | resnet18 | mobilenet-v2")
+              help="small-cnn | cpreresnet20 | resnet8 | ds-cnn | mobilenet-v1-0.25 | resnet18 | mobilenet-v2")
 @click.option("--family", type=FAMILY_CHOICE, default="unstructured", show_default=True, help="compression family")
 @click.option("--shape", type=click.Choice(["line", "point"]), default="line", show_default=True,
               help="line = LCS+L (two endpoints), point = LCS+P (one weight set)")
@@ -309,6 +309,49 @@ def deploy_cmd(artifact_path, device_url, sim_board, rpc, tracker, key, trace_io
 
 
 # -- end deploy -----------------------------------------------------------------------------------
+
+
+# -- flash (issue 18) -----------------------------------------------------------------------------
+
+@cli.command("flash")
+@click.argument("artifact_path", metavar="ARTIFACT", type=click.Path(path_type=Path))
+@click.option("--probe", default=None, metavar="UID",
+              help="debug probe unique ID (pyocd list) [default: the one attached]")
+@click.option("--port", default=None, metavar="URL",
+              help="the board's serial port for the self-test [default: the probe's virtual COM port]")
+@click.option("--tool", type=click.Choice(["pyocd", "openocd"]), default="pyocd", show_default=True,
+              help="OpenOCD where the board file names its config")
+@click.option("--dry-run", is_flag=True, help="print exactly what would run, touch nothing")
+@click.option("--no-self-test", is_flag=True, help="only write the firmware")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print the self-test report as JSON")
+@fail_cleanly
+def flash_cmd(artifact_path, probe, port, tool, dry_run, no_self_test, progress, as_json):
+    """Write an artifact's firmware to a board (pyOCD / OpenOCD), then self-test every level like `lcs deploy`."""
+    from rich.console import Console
+
+    from lcs import flash
+    from lcs.artifact import open_artifact
+    from lcs.deploy import check_passed, print_report
+
+    if dry_run:
+        art = open_artifact(artifact_path)
+        for line in flash.describe_dry_run(art, flash.flash_plan(art, probe=probe, tool=tool), port):
+            click.echo(line)
+        return
+    result = flash.flash(artifact_path, probe=probe, port=port, tool=tool, self_test=not no_self_test,
+                         progress=progress and not as_json, console=Console(stderr=True))
+    click.echo(f"flashed {result.plan.image_member} to {result.plan.board} with {result.plan.tool}"
+               f"{f' (probe {result.probe})' if result.probe else ''}", err=as_json)
+    if result.report is not None:
+        if as_json:
+            click.echo(json.dumps(result.report.to_dict(), indent=2))
+        else:
+            print_report(result.report, Console())
+        check_passed(result.report)
+
+
+# -- end flash ------------------------------------------------------------------------------------
 
 
 def main() -> None:

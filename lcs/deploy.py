@@ -128,6 +128,7 @@ def deploy(artifact_path: str | Path, *, device: str | None = None, sim: str | N
     options = {"exclusive": True, "connect_timeout": CONNECT_TIMEOUT_S, **(device_options or {})}
     with open_board(art, where, trace_io=trace_io, serial_options=options, rpc_options=rpc_options) as board:
         if isinstance(board, SerialBoard):
+            _answers(board, where)
             board.check_model(sim or art.target_name)
         info = board.hello()
         report = DeployReport(str(art.path), sim or art.target_name, board.connection,
@@ -143,6 +144,19 @@ def deploy(artifact_path: str | Path, *, device: str | None = None, sim: str | N
         report.levels = self_test(board, art)
         report.retries = board.retries
     return report
+
+
+def _answers(board, where) -> None:
+    """A real port where no lcs firmware answers most likely runs other firmware: say how to write this one."""
+    from lcs.device import DeviceTimeout
+
+    try:
+        board.hello()
+    except DeviceTimeout as exc:
+        if where.sim is not None:
+            raise
+        raise DeployError(f"no lcs firmware answered on {board.connection} ({exc}); a board that runs other firmware "
+                          f"needs this artifact's written first: lcs flash {board.artifact.path}") from None
 
 
 def _upload(board, progress: bool, console):

@@ -48,4 +48,5 @@ def test_torchvision_models_become_subspaces(name, family):
 def test_unknown_model_lists_the_choices():
     with pytest.raises(ConfigError, match="small-cnn"):
         build_model(ModelConfig(name="alexnet"))
-    assert set(MODEL_NAMES) == {"small-cnn", "cpreresnet20", "resnet18", "mobilenet-v2"}
+    assert set(MODEL_NAMES) == {"small-cnn", "cpreresnet20", "resnet8", "ds-cnn", "mobilenet-v1-0.25", "resnet18",
+                                "mobilenet-v2"}

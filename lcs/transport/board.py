@@ -181,7 +181,8 @@ class SerialBoard:
         info = self.dev.hello()
         if len(weights) != info.weight_bytes:
             raise BoardError(f"the device holds a {info.weight_bytes}-byte weight set; the artifact's is "
-                             f"{len(weights)} bytes: it runs another model (flash the firmware from this artifact)")
+                             f"{len(weights)} bytes: it runs another model (write this artifact's firmware first: "
+                             f"lcs flash {art.path})")
         done = Uploaded()
         start = time.perf_counter()
         try:
@@ -194,7 +195,8 @@ class SerialBoard:
         held = self.dev.hello()
         if held.weights_crc != P.crc32(weights):
             raise BoardError(f"the device runs weights with CRC {held.weights_crc:08x}, the artifact's have "
-                             f"{P.crc32(weights):08x}")
+                             f"{P.crc32(weights):08x}" + (f" (write its firmware first: lcs flash {art.path})"
+                                                          if not done.bytes else ""))
         return done
 
     def check_model(self, board: str) -> None:
@@ -206,7 +208,8 @@ class SerialBoard:
         have = (info.levels, info.input_len, info.output_len)
         if have != want:
             raise BoardError(f"the device runs a model with {have[0]} levels, {have[1]} inputs, {have[2]} outputs; "
-                             f"{art.path} has {want[0]}, {want[1]}, {want[2]} (flash the firmware from this artifact)")
+                             f"{art.path} has {want[0]}, {want[1]}, {want[2]} (write its firmware first: "
+                             f"lcs flash {art.path})")
 
 
 # -- a Linux board over TVM RPC -----------------------------------------------------------------------------

@@ -78,7 +78,9 @@ def free_port() -> int:
 def qemu_command(elf: str | Path, qemu: dict, port: int) -> list[str]:
     return ["qemu-system-arm", "-M", qemu["machine"], "-cpu", qemu["cpu"], "-display", "none", "-monitor", "none",
             "-icount", f"shift={qemu.get('icount_shift', 3)}", "-semihosting-config", "enable=on,target=native",
-            "-serial", f"tcp:127.0.0.1:{port},server=on,wait=on,nodelay=on", "-kernel", str(elf)]
+            "-serial", f"tcp:127.0.0.1:{port},server=on,wait=on,nodelay=on",
+            # an Intel .hex image (what `lcs flash` writes) goes in at its own addresses through the generic loader
+            *(["-device", f"loader,file={elf}"] if str(elf).endswith(".hex") else ["-kernel", str(elf)])]
 
 
 def start_qemu(elf: str | Path, qemu: dict, timeout: float = 10.0) -> Running:
@@ -111,6 +113,9 @@ def start_qemu(elf: str | Path, qemu: dict, timeout: float = 10.0) -> Running:
 def start(binary: str | Path, board) -> Running:
     """Run a firmware binary for `board` (a targets.Board): QEMU for MCU boards, a pty for host-sim."""
     if board.kind == "mcu":
+        if "qemu" not in board.extra:
+            raise LcsError(f"{board.name} is built for, not emulated, here (no QEMU machine in targets/{board.name}"
+                           f".json): write it to the board with `lcs flash`, then `lcs deploy --device PORT`")
         return start_qemu(binary, board.extra["qemu"])
     return start_host_sim(binary)
 

@@ -76,7 +76,9 @@ def _load_model(checkpoint):
 
 def _linker_script(board, path: Path) -> Path:
     mem = board.extra["firmware"]["memory"]
-    template = (fw.FIRMWARE_DIR / "boards" / board.extra["firmware"]["board_dir"] / "link.ld.in").read_text()
+    boards = fw.FIRMWARE_DIR / "boards"
+    own = boards / board.extra["firmware"]["board_dir"] / "link.ld.in"
+    template = (own if own.is_file() else boards / "cortexm" / "link.ld.in").read_text()  # vendor chips share one
     path.write_text(template.format(flash_origin=mem["flash_origin"], flash_length=mem["flash_length"],
                                     ram_origin=mem["ram_origin"], ram_length=mem["ram_length"]))
     return path
@@ -95,7 +97,11 @@ def compile_firmware(board, src_dir: Path, out: Path, *, max_payload: int, works
     if "memory" in spec:
         cmd += [f"-T{_linker_script(board, src_dir / 'link.ld')}"]
     cmd += ["-o", str(out), *fw.firmware_sources(src_dir, board_dir), *spec.get("ldflags", [])]
-    fw.run(cmd, f"compiling the firmware for {board.name}")
+    try:
+        fw.run(cmd, f"compiling the firmware for {board.name}")
+    except fw.BudgetExceeded as exc:  # the linker script holds the chip's real sizes and refused the image
+        raise fw.BudgetExceeded(f"the model does not fit {board.name} ({board.flash_bytes:,} B flash, "
+                                f"{board.ram_bytes:,} B RAM): the linker found {exc}") from None
     return out
 
 
@@ -113,6 +119,8 @@ def build_firmware(checkpoint, board, levels: list[float] | None, out_dir, *, sa
     from lcs.subspace.export import materialize
 
     board = _load_board(board)
+    if upload_bank is None and board.extra["firmware"].get("upload_bank") is False:
+        upload_bank = False  # flash-only weight store (vendor chips): weights come with `lcs flash`
     ckpt = _load_model(checkpoint)
     model, config = ckpt.model.eval(), ckpt.config
     accuracy = accuracy_table(ckpt.metrics, None) if accuracy is None else accuracy
@@ -162,10 +170,10 @@ def build_firmware(checkpoint, board, levels: list[float] | None, out_dir, *, sa
         workspace = max(entry[1].workspace_bytes for entry in per_level)
         out_len = int(np.prod(p.tensors[p.output].shape))
         max_payload = max(256, in_len * 4, out_len * 4 + 8, 1032)
-        compile_firmware(board, src, binary, max_payload=max_payload, workspace=max(16, workspace),
-                         tx_bytes=max(256, out_len * 4 + 16), defines=() if with_bank else ("LCS_NO_UPLOAD_BANK",))
-        sizes = fw.elf_sizes(binary, stack_bytes=int(spec.get("stack_bytes", 0)))
         try:
+            compile_firmware(board, src, binary, max_payload=max_payload, workspace=max(16, workspace),
+                             tx_bytes=max(256, out_len * 4 + 16), defines=() if with_bank else ("LCS_NO_UPLOAD_BANK",))
+            sizes = fw.elf_sizes(binary, stack_bytes=int(spec.get("stack_bytes", 0)))
             fw.check_budget(sizes, board)
             break
         except fw.BudgetExceeded:
@@ -183,7 +191,7 @@ def build_firmware(checkpoint, board, levels: list[float] | None, out_dir, *, sa
     result = FirmwareBuild(board.name, binary, level_objs, sizes, bank, inputs.numpy(), expected,
                            max(q.arena_bytes for q in plans), max(q.state_bytes for q in plans), workspace,
                            len({c.kernel for q in plans for c in q.calls}), mode, with_bank)
-    if measure:
+    if measure and (board.kind != "mcu" or "qemu" in board.extra):  # build-only boards: no emulator here
         result.cycles = measure_cycles(result, board)
     (out_dir / "build.json").write_text(json.dumps(result.summary(), indent=1))
     if write_artifact:
@@ -238,12 +246,21 @@ def _write_artifact(result: FirmwareBuild, board, config, cmap, out_dir: Path, s
         levels.append({"index": i, "alpha": lv.alpha, "label": lv.label(), "keep": lv.keep, "width": lv.width,
                        "bits": lv.bits, "accuracy": accuracy_at(accuracy, lv.alpha), "latency_ms": None, "cycles": c.get("infer_cycles"),
                        "switch_cycles": c.get("switch_cycles"), "members": {"firmware": member}})
+    members = {member: result.binary, artifact.FIRMWARE_WEIGHTS_MEMBER: result.bank}
+    images = {}
+    if board.kind == "mcu":  # what `lcs flash` writes: the ELF's loadable bytes as .bin and Intel .hex
+        from tvm_build.mcu.images import write_images
+
+        img = write_images(result.binary)
+        images = {"bin": artifact.firmware_member(img.bin.name), "hex": artifact.firmware_member(img.hex.name),
+                  "base": f"0x{img.base:08x}"}
+        members.update({images["bin"]: img.bin, images["hex"]: img.hex})
     manifest = artifact.new_manifest(
         kind="firmware", target=board.to_dict(), strategy="firmware", config=config.to_dict(), compression_map=map_to_dict(cmap),
         input={"name": "x", "shape": list(shape), "dtype": "float32"},
         output={"shape": [1, out_len], "dtype": "float32"}, modules={}, levels=levels, reference=artifact.REFERENCE_MEMBER,
-        firmware={**result.summary(), "binary": member, "weights": artifact.FIRMWARE_WEIGHTS_MEMBER})
+        firmware={**result.summary(), "binary": member, "weights": artifact.FIRMWARE_WEIGHTS_MEMBER,
+                  **({"images": images} if images else {})})
     path = out_dir / f"{board.name}.lcsa"
-    artifact.write_artifact(path, manifest, {member: result.binary, artifact.FIRMWARE_WEIGHTS_MEMBER: result.bank,
-                                             artifact.REFERENCE_MEMBER: artifact.npz_bytes(ref)})
+    artifact.write_artifact(path, manifest, {**members, artifact.REFERENCE_MEMBER: artifact.npz_bytes(ref)})
     return path

@@ -8,6 +8,7 @@ firmware in firmware_host/src and the board hooks in firmware_host/boards/<dir>/
 from __future__ import annotations
 
 import hashlib
+import re
 import struct
 import subprocess
 from dataclasses import dataclass
@@ -110,6 +111,9 @@ def model_hash(*parts: bytes) -> bytes:
 
 def run(cmd: list[str], what: str) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True)
+    overflow = re.findall(r"region `(\w+)' overflowed by (\d+) bytes", proc.stderr or "")
+    if proc.returncode != 0 and overflow:  # a linker script with the chip's real sizes refused the image
+        raise BudgetExceeded("; ".join(f"{region} {int(n):,} B over" for region, n in overflow))
     if proc.returncode != 0:
         lines = [l for l in (proc.stderr or proc.stdout).splitlines() if "error" in l.lower()] or (proc.stderr or proc.stdout).splitlines()
         raise LcsError(f"{what} failed: {' | '.join(lines[:3])[:400]}")

@@ -1,0 +1,1 @@
+#include "../cortexm/startup.inc"

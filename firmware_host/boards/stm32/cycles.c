@@ -1,0 +1,1 @@
+#include "../cortexm/cycles.inc"

@@ -1,0 +1,500 @@
+/* int8 kernels; the arithmetic is lcs/int8/graph.py's (see kernels_int8.h).
+
+   Dense conv: for each output row the kh input rows it reads are widened to int16 in a small scratch, column
+   by column (zero padding included, so the inner loop has no bounds checks); each 2 output pixels x 2 output
+   channels block then accumulates over kw * col contiguous values (col = kh * in_c rounded up to a multiple of
+   4). With DSP the widened values are stored lane-swizzled: 4 values c..c+3 as the words (c, c+2), (c+1, c+3),
+   which is what `sxtb16` and `sxtb16 ror #8` make of a weight word, so the weights stay int8 in flash and one
+   `smlad` does 2 MACs. The accumulators of a row go to an int32 row buffer; a per-row epilogue requantizes them
+   channel by channel (residual add and ReLU fused). Sparse convs (per-channel nonzero lists) and depthwise convs
+   share the widening and the epilogue. */
+#include "kernels_int8.h"
+
+#include <string.h>
+
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+#include <arm_acle.h>
+#define Q8_DSP 1
+#else
+#define Q8_DSP 0
+#endif
+
+static inline uint32_t ld32(const void *p) {
+    uint32_t v;
+    __builtin_memcpy(&v, p, 4); /* one ldr (also under -ffreestanding) */
+    return v;
+}
+
+#if Q8_DSP
+/* sxtb16 of the word rotated by 8: lanes 1 and 3 (gcc does not fold the rotation into the instruction) */
+static inline uint32_t sxtb16_hi(uint32_t v) {
+    uint32_t r;
+    __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
+    return r;
+}
+#endif
+
+static inline int32_t high_mul(int32_t x, int32_t m) {
+#if Q8_DSP
+    int32_t r;
+    __asm__("smmulr %0, %1, %2" : "=r"(r) : "r"(x), "r"(m));
+    return r;
+#else
+    return (int32_t)(((int64_t)x * m + 0x80000000LL) >> 32);
+#endif
+}
+
+static inline int32_t rq_apply(int32_t x, q8_rq_t r) {
+    int32_t t = high_mul((int32_t)((uint32_t)x << r.l), r.m);
+    return (t + (int32_t)((1u << r.n) >> 1)) >> r.n;
+}
+
+int32_t q8_requant(int32_t x, const q8_rq_t *rq) { return rq_apply(x, *rq); }
+
+static inline int8_t clamp8(int32_t v, int relu) {
+#if Q8_DSP
+    return (int8_t)(relu ? __usat(v, 7) : __ssat(v, 8));
+#else
+    if (v > 127) v = 127;
+    if (v < (relu ? 0 : -128)) v = relu ? 0 : -128;
+    return (int8_t)v;
+#endif
+}
+
+static int32_t padded_w(const q8_conv_t *p) { return (p->out_w - 1) * p->stride + p->kw; }
+
+int32_t q8_conv_scratch(const q8_conv_t *p) {
+    if (p->depthwise) return p->out_w * p->out_c * 4;
+    return padded_w(p) * p->col * 2 + p->out_w * p->out_c * 4;
+}
+
+static inline void put4(int16_t *dst, uint32_t v) {
+#if Q8_DSP
+    uint32_t w[2] = {__sxtb16(v), sxtb16_hi(v)};
+    __builtin_memcpy(dst, w, 8);
+#else
+    for (int32_t k = 0; k < 4; k++) dst[k] = (int8_t)(v >> (8 * k));
+#endif
+}
+
+/* The input under output row oy, widened to int16 column by column: column x holds its kh rows of in_c
+   values (then zeros up to col), so the window of an output pixel (kw columns) is kw * col contiguous values,
+   in the order of the weights ([o][kw][col], transposed at build time). Padding is written as zeros. */
+static void widen_rows(const q8_conv_t *p, const int8_t *in, int32_t oy, int16_t *dst) {
+    const int32_t wp = padded_w(p), ic = p->in_c, col = p->col, y0 = oy * p->stride - p->pad_t;
+    for (int32_t x = 0; x < wp; x++, dst += col) {
+        const int32_t ix = x - p->pad_l;
+        if (ix < 0 || ix >= p->in_w) {
+            memset(dst, 0, (size_t)col * 2);
+            continue;
+        }
+        if ((ic & 3) == 0) { /* whole groups of 4 per row */
+            for (int32_t r = 0; r < p->kh; r++) {
+                const int32_t iy = y0 + r;
+                int16_t *d = dst + r * ic;
+                if (iy < 0 || iy >= p->in_h) {
+                    memset(d, 0, (size_t)ic * 2);
+                    continue;
+                }
+                const int8_t *src = in + (iy * p->in_w + ix) * ic;
+                for (int32_t c = 0; c < ic; c += 4) put4(d + c, ld32(src + c));
+            }
+            continue;
+        }
+        /* few channels (an RGB or MFCC stem): gather the column value by value */
+        uint32_t v = 0;
+        int32_t k = 0, g = 0;
+        for (int32_t r = 0; r < p->kh; r++) {
+            const int32_t iy = y0 + r;
+            const int8_t *src = in + (iy * p->in_w + ix) * ic;
+            for (int32_t c = 0; c < ic; c++) {
+                if (iy >= 0 && iy < p->in_h) v |= (uint32_t)(uint8_t)src[c] << (8 * k);
+                if (++k == 4) {
+                    put4(dst + g, v);
+                    g += 4;
+                    v = 0;
+                    k = 0;
+                }
+            }
+        }
+        for (; g < col; g += 4, v = 0) put4(dst + g, v);
+    }
+}
+
+/* Epilogue parameters held in locals: int8 stores may alias anything reached through p. */
+typedef struct {
+    const int8_t *skip;
+    q8_rq_t add;
+    int relu;
+} epi_t;
+
+/* Requantize one output row of accumulators (HWC, n_x pixels of n_c channels), channel by channel so each
+   channel's parameters stay in registers; residual add and ReLU fused. */
+static void epilogue_row(epi_t e, const q8_rq_t *rq, const int32_t *acc, int8_t *out, int32_t n_x, int32_t n_c,
+                         int32_t base) {
+    const int32_t end = n_x * n_c;
+    for (int32_t c = 0; c < n_c; c++) {
+        const q8_rq_t r = rq[c];
+        if (e.skip) {
+            const int8_t *skip = e.skip + base;
+            const q8_rq_t a = e.add;
+            if (e.relu)
+                for (int32_t i = c; i < end; i += n_c) out[i] = clamp8(rq_apply(acc[i], r) + rq_apply(skip[i], a), 1);
+            else
+                for (int32_t i = c; i < end; i += n_c) out[i] = clamp8(rq_apply(acc[i], r) + rq_apply(skip[i], a), 0);
+        } else if (e.relu) {
+            for (int32_t i = c; i < end; i += n_c) out[i] = clamp8(rq_apply(acc[i], r), 1);
+        } else {
+            for (int32_t i = c; i < end; i += n_c) out[i] = clamp8(rq_apply(acc[i], r), 0);
+        }
+    }
+}
+
+/* Sparse conv: per output channel, only its nonzero weights, for 4 output pixels at a time (each nonzero: one
+   entry load, its offset, 4 activation loads, 4 multiply-adds; with DSP `smlabb` reads the weight straight from
+   the entry's low half). The entries' offsets point into the widened window as laid out for this core (lane
+   swizzled with DSP): the generated code holds both tables. */
+static void conv_sparse(const q8_conv_t *p, const int8_t *in, int8_t *out, int16_t *scratch) {
+    const epi_t e = {p->skip, p->rq_add, p->relu};
+    const int32_t col = p->col, step = p->stride * col * 2, oc_n = p->out_c, ow_n = p->out_w;
+    int32_t *const accrow = (int32_t *)(void *)(scratch + padded_w(p) * col);
+    for (int32_t oy = 0; oy < p->out_h; oy++) {
+        widen_rows(p, in, oy, scratch);
+        for (int32_t o = 0; o < oc_n; o++) {
+            const uint32_t *const first = p->nz + p->nz_start[o], *const last = p->nz + p->nz_start[o + 1];
+            const int32_t b = p->bias[o];
+            int32_t ox = 0;
+#if Q8_DSP
+            if (ow_n >= 4 && first != last) {
+                /* Whole quads of the row in one assembly loop; the quad's bookkeeping values on the stack. */
+                struct {
+                    int32_t b, cnt, dx, ocn4;
+                    int32_t *accp;
+                    const uint32_t *first;
+                } c = {b, ow_n / 4, 4 * step, 4 * oc_n, accrow + o, first};
+                const uint8_t *x0 = (const uint8_t *)scratch, *x1 = x0 + step, *x2 = x1 + step, *x3 = x2 + step;
+                const uint32_t *q = first;
+                int32_t a0, a1, a2, a3;
+                uint32_t v, off, t;
+                __asm__ volatile(
+                    "2:\n\t"
+                    "ldr %[a0], %[b]\n\t"
+                    "mov %[a1], %[a0]\n\t"
+                    "mov %[a2], %[a0]\n\t"
+                    "mov %[a3], %[a0]\n\t"
+                    "1:\n\t"
+                    "ldr %[v], [%[q]], #4\n\t"
+                    "lsr %[off], %[v], #16\n\t"
+                    "ldrsh %[t], [%[x0], %[off]]\n\t"
+                    "smlabb %[a0], %[t], %[v], %[a0]\n\t"
+                    "ldrsh %[t], [%[x1], %[off]]\n\t"
+                    "smlabb %[a1], %[t], %[v], %[a1]\n\t"
+                    "ldrsh %[t], [%[x2], %[off]]\n\t"
+                    "smlabb %[a2], %[t], %[v], %[a2]\n\t"
+                    "ldrsh %[t], [%[x3], %[off]]\n\t"
+                    "smlabb %[a3], %[t], %[v], %[a3]\n\t"
+                    "cmp %[q], %[last]\n\t"
+                    "bne 1b\n\t"
+                    "ldr %[v], %[accp]\n\t"
+                    "ldr %[off], %[ocn4]\n\t"
+                    "str %[a0], [%[v]]\n\t"
+                    "add %[v], %[v], %[off]\n\t"
+                    "str %[a1], [%[v]]\n\t"
+                    "add %[v], %[v], %[off]\n\t"
+                    "str %[a2], [%[v]]\n\t"
+                    "add %[v], %[v], %[off]\n\t"
+                    "str %[a3], [%[v]]\n\t"
+                    "add %[v], %[v], %[off]\n\t"
+                    "str %[v], %[accp]\n\t"
+                    "ldr %[q], %[first]\n\t"
+                    "ldr %[v], %[dx]\n\t"
+                    "add %[x0], %[x0], %[v]\n\t"
+                    "add %[x1], %[x1], %[v]\n\t"
+                    "add %[x2], %[x2], %[v]\n\t"
+                    "add %[x3], %[x3], %[v]\n\t"
+                    "ldr %[v], %[cnt]\n\t"
+                    "subs %[v], %[v], #1\n\t"
+                    "str %[v], %[cnt]\n\t"
+                    "bne 2b\n\t"
+                    : [a0] "=&r"(a0), [a1] "=&r"(a1), [a2] "=&r"(a2), [a3] "=&r"(a3), [q] "+&r"(q), [v] "=&r"(v),
+                      [off] "=&r"(off), [t] "=&r"(t), [x0] "+&r"(x0), [x1] "+&r"(x1), [x2] "+&r"(x2), [x3] "+&r"(x3),
+                      [cnt] "+m"(c.cnt), [accp] "+m"(c.accp)
+                    : [last] "r"(last), [b] "m"(c.b), [dx] "m"(c.dx), [ocn4] "m"(c.ocn4), [first] "m"(c.first)
+                    : "cc", "memory");
+                ox = ow_n & ~3;
+            }
+#endif
+            for (; ox < ow_n; ox += 4) {
+                const int32_t n = ow_n - ox < 4 ? ow_n - ox : 4; /* tail: missing pixels repeat pixel 0 */
+                const uint8_t *x0 = (const uint8_t *)(scratch) + ox * step;
+                const uint8_t *x1 = x0 + (n > 1 ? step : 0), *x2 = x0 + (n > 2 ? 2 * step : 0);
+                const uint8_t *x3 = x0 + (n > 3 ? 3 * step : 0);
+                int32_t a0 = b, a1 = b, a2 = b, a3 = b;
+#if Q8_DSP
+                if (first != last) { /* 12 instructions per nonzero and 4 pixels; gcc's version took 14 */
+                    const uint32_t *q = first;
+                    uint32_t v, off, t;
+                    __asm__ volatile(
+                        "1:\n\t"
+                        "ldr %[v], [%[q]], #4\n\t"
+                        "lsr %[off], %[v], #16\n\t"
+                        "ldrsh %[t], [%[x0], %[off]]\n\t"
+                        "smlabb %[a0], %[t], %[v], %[a0]\n\t"
+                        "ldrsh %[t], [%[x1], %[off]]\n\t"
+                        "smlabb %[a1], %[t], %[v], %[a1]\n\t"
+                        "ldrsh %[t], [%[x2], %[off]]\n\t"
+                        "smlabb %[a2], %[t], %[v], %[a2]\n\t"
+                        "ldrsh %[t], [%[x3], %[off]]\n\t"
+                        "smlabb %[a3], %[t], %[v], %[a3]\n\t"
+                        "cmp %[q], %[last]\n\t"
+                        "bne 1b\n\t"
+                        : [a0] "+&r"(a0), [a1] "+&r"(a1), [a2] "+&r"(a2), [a3] "+&r"(a3), [q] "+&r"(q), [v] "=&r"(v),
+                          [off] "=&r"(off), [t] "=&r"(t)
+                        : [x0] "r"(x0), [x1] "r"(x1), [x2] "r"(x2), [x3] "r"(x3), [last] "r"(last)
+                        : "cc", "memory");
+                }
+#else
+                for (const uint32_t *q = first; q != last; q++) {
+                    const uint32_t v = *q, off = v >> 16;
+                    const int32_t w = (int16_t)v;
+                    int16_t v0, v1, v2, v3;
+                    __builtin_memcpy(&v0, x0 + off, 2);
+                    __builtin_memcpy(&v1, x1 + off, 2);
+                    __builtin_memcpy(&v2, x2 + off, 2);
+                    __builtin_memcpy(&v3, x3 + off, 2);
+                    a0 += v0 * w;
+                    a1 += v1 * w;
+                    a2 += v2 * w;
+                    a3 += v3 * w;
+                }
+#endif
+                int32_t *acc = accrow + ox * oc_n + o;
+                acc[0] = a0;
+                if (n > 1) acc[oc_n] = a1;
+                if (n > 2) acc[2 * oc_n] = a2;
+                if (n > 3) acc[3 * oc_n] = a3;
+            }
+        }
+        const int32_t obase = oy * ow_n * oc_n;
+        epilogue_row(e, p->rq, accrow, out + obase, ow_n, oc_n, obase);
+    }
+}
+
+#if Q8_DSP
+/* Every in-out operand of the assembly loops is early-clobber ("+&r"): otherwise gcc may give an input of equal
+   value (k1 == end when the second weight row starts where the first ends) the same register. */
+/* One step of the dense inner loop (see q8_conv). */
+#define Q8_STEP \
+    "ldr %[wa], [%[k0]], #4\n\t" \
+    "ldr %[wb], [%[k1]], #4\n\t" \
+    "sxtb16 %[ta], %[wa]\n\t" \
+    "sxtb16 %[wa], %[wa], ror #8\n\t" \
+    "sxtb16 %[tb], %[wb]\n\t" \
+    "sxtb16 %[wb], %[wb], ror #8\n\t" \
+    "ldr %[v], [%[x0], #4]\n\t" \
+    "smlad %[a00], %[v], %[wa], %[a00]\n\t" \
+    "smlad %[a01], %[v], %[wb], %[a01]\n\t" \
+    "ldr %[v], [%[x0]], #8\n\t" \
+    "smlad %[a00], %[v], %[ta], %[a00]\n\t" \
+    "smlad %[a01], %[v], %[tb], %[a01]\n\t" \
+    "ldr %[v], [%[x1], #4]\n\t" \
+    "smlad %[a10], %[v], %[wa], %[a10]\n\t" \
+    "smlad %[a11], %[v], %[wb], %[a11]\n\t" \
+    "ldr %[v], [%[x1]], #8\n\t" \
+    "smlad %[a10], %[v], %[ta], %[a10]\n\t" \
+    "smlad %[a11], %[v], %[tb], %[a11]\n\t"
+#endif
+
+void q8_conv(const q8_conv_t *p, const int8_t *in, int8_t *out, int16_t *scratch) {
+    if (p->depthwise) {
+        q8_dwconv(p, in, out, (int32_t *)(void *)scratch);
+        return;
+    }
+    if (p->nz) {
+        conv_sparse(p, in, out, scratch);
+        return;
+    }
+    const epi_t e = {p->skip, p->rq_add, p->relu};
+    const int32_t col = p->col, K = p->kw * col, step = p->stride * col;
+    const int32_t oc_n = p->out_c, ow_n = p->out_w;
+    int32_t *const accrow = (int32_t *)(void *)(scratch + padded_w(p) * col);
+    for (int32_t oy = 0; oy < p->out_h; oy++) {
+        widen_rows(p, in, oy, scratch);
+        const int32_t obase = oy * ow_n * oc_n;
+        for (int32_t o = 0; o < oc_n; o += 2) {
+            const int32_t o1 = o + 1 < oc_n ? o + 1 : o; /* odd tail: compute channel o twice, store once */
+            const int32_t b0 = p->bias[o], b1 = p->bias[o1];
+            const int8_t *w0 = p->w + o * K;
+            const int32_t dw = (o1 - o) * K;
+            int32_t ox = 0;
+#if Q8_DSP
+            if (ow_n >= 2 && o1 != o) {
+                /* Whole pixel pairs of the row in one loop: the pair's bookkeeping (bias, storing 4 accumulators,
+                   rewinding the weights, next pixels) in assembly too, its values kept on the stack, since the
+                   multiply loop holds all 14 registers. */
+                struct {
+                    int32_t b0, b1, cnt, dx, kb, ocn4;
+                    int32_t *accp;
+                } c = {b0, b1, ow_n / 2, 4 * step - 2 * K, K, 4 * oc_n, accrow + o}; /* dx, kb: bytes */
+                const int16_t *x0 = scratch, *x1 = scratch + step;
+                const int8_t *k0 = w0, *k1 = w0 + dw, *const end = w0 + K;
+                int32_t a00, a01, a10, a11;
+                uint32_t wa, wb, ta, tb, v;
+#define Q8_ROW(PEEL) \
+                __asm__ volatile( \
+                    "2:\n\t" \
+                    "ldr %[a00], %[b0]\n\t" \
+                    "ldr %[a01], %[b1]\n\t" \
+                    "mov %[a10], %[a00]\n\t" \
+                    "mov %[a11], %[a01]\n\t" \
+                    PEEL \
+                    "1:\n\t" Q8_STEP Q8_STEP \
+                    "cmp %[k0], %[end]\n\t" \
+                    "bne 1b\n\t" \
+                    "3:\n\t" \
+                    "ldr %[ta], %[accp]\n\t" \
+                    "ldr %[tb], %[ocn4]\n\t" \
+                    "str %[a00], [%[ta]]\n\t" \
+                    "str %[a01], [%[ta], #4]\n\t" \
+                    "add %[ta], %[ta], %[tb]\n\t" \
+                    "str %[a10], [%[ta]]\n\t" \
+                    "str %[a11], [%[ta], #4]\n\t" \
+                    "add %[ta], %[ta], %[tb]\n\t" \
+                    "str %[ta], %[accp]\n\t" \
+                    "ldr %[ta], %[kb]\n\t" \
+                    "sub %[k0], %[k0], %[ta]\n\t" \
+                    "sub %[k1], %[k1], %[ta]\n\t" \
+                    "ldr %[ta], %[dx]\n\t" \
+                    "add %[x0], %[x0], %[ta]\n\t" \
+                    "add %[x1], %[x1], %[ta]\n\t" \
+                    "ldr %[ta], %[cnt]\n\t" \
+                    "subs %[ta], %[ta], #1\n\t" \
+                    "str %[ta], %[cnt]\n\t" \
+                    "bne 2b\n\t" \
+                    : [a00] "=&r"(a00), [a01] "=&r"(a01), [a10] "=&r"(a10), [a11] "=&r"(a11), [k0] "+&r"(k0), \
+                      [k1] "+&r"(k1), [x0] "+&r"(x0), [x1] "+&r"(x1), [wa] "=&r"(wa), [wb] "=&r"(wb), [ta] "=&r"(ta), \
+                      [tb] "=&r"(tb), [v] "=&r"(v), [cnt] "+m"(c.cnt), [accp] "+m"(c.accp) \
+                    : [end] "r"(end), [b0] "m"(c.b0), [b1] "m"(c.b1), [dx] "m"(c.dx), [kb] "m"(c.kb), \
+                      [ocn4] "m"(c.ocn4) \
+                    : "cc", "memory")
+                /* an odd number of steps: one step first, then pairs (none if that was the only step) */
+                if (K & 4)
+                    Q8_ROW(Q8_STEP "cmp %[k0], %[end]\n\tbeq 3f\n\t");
+                else
+                    Q8_ROW("");
+#undef Q8_ROW
+                ox = ow_n & ~1;
+            }
+#endif
+            for (; ox < ow_n; ox += 2) {
+                const int32_t d = ox + 1 < ow_n ? step : 0;
+                int32_t a00 = b0, a01 = b1, a10 = b0, a11 = b1;
+                const int16_t *x0 = scratch + ox * step, *x1 = x0 + d;
+                const int8_t *k0 = w0, *k1 = w0 + dw, *const end = w0 + K;
+#if Q8_DSP
+                /* 4 channels x 2 pixels x 2 output channels per step: 2 weight words, 4 sxtb16, 4 activation
+                   words, 8 smlad. In assembly because gcc spills this loop's 14 live values; two steps per
+                   loop iteration (an odd step first). */
+                uint32_t wa, wb, ta, tb, v;
+#define Q8_OPERANDS                                                                                           \
+    : [a00] "+&r"(a00), [a01] "+&r"(a01), [a10] "+&r"(a10), [a11] "+&r"(a11), [k0] "+&r"(k0), [k1] "+&r"(k1),        \
+      [x0] "+&r"(x0), [x1] "+&r"(x1), [wa] "=&r"(wa), [wb] "=&r"(wb), [ta] "=&r"(ta), [tb] "=&r"(tb), [v] "=&r"(v) \
+    : [end] "r"(end)                                                                                          \
+    : "cc", "memory"
+                if (K & 4) __asm__ volatile(Q8_STEP Q8_OPERANDS);
+                if (k0 != end) __asm__ volatile("1:\n\t" Q8_STEP Q8_STEP "cmp %[k0], %[end]\n\tbne 1b\n\t" Q8_OPERANDS);
+#undef Q8_OPERANDS
+#else
+                do {
+                    int32_t ka = *k0++, kb = *k1++, v0 = *x0++, v1 = *x1++;
+                    a00 += v0 * ka;
+                    a01 += v0 * kb;
+                    a10 += v1 * ka;
+                    a11 += v1 * kb;
+                } while (k0 != end);
+#endif
+                int32_t *acc = accrow + ox * oc_n + o;
+                acc[0] = a00;
+                if (o1 != o) acc[1] = a01;
+                if (d) {
+                    acc[oc_n] = a10;
+                    if (o1 != o) acc[oc_n + 1] = a11;
+                }
+            }
+        }
+        epilogue_row(e, p->rq, accrow, out + obase, ow_n, oc_n, obase);
+    }
+}
+
+/* Depthwise: per output pixel only the taps inside the input (no padding copies), 4 channels per step; with DSP
+   one weight word and one activation word give 4 MACs through smlabb/smlatt. One output row of accumulators,
+   then the shared epilogue. */
+void q8_dwconv(const q8_conv_t *p, const int8_t *in, int8_t *out, int32_t *accrow) {
+    const epi_t e = {p->skip, p->rq_add, p->relu};
+    const int32_t C = p->out_c, W = p->in_w, kw = p->kw;
+    for (int32_t oy = 0; oy < p->out_h; oy++) {
+        const int32_t y0 = oy * p->stride - p->pad_t;
+        const int32_t r0 = y0 < 0 ? -y0 : 0, r1 = p->in_h - y0 < p->kh ? p->in_h - y0 : p->kh;
+        for (int32_t ox = 0; ox < p->out_w; ox++) {
+            const int32_t x0 = ox * p->stride - p->pad_l;
+            const int32_t t0 = x0 < 0 ? -x0 : 0, t1 = W - x0 < kw ? W - x0 : kw;
+            int32_t *acc = accrow + ox * C;
+            int32_t c = 0;
+#if Q8_DSP
+            for (; c + 4 <= C; c += 4) {
+                int32_t s0 = p->bias[c], s1 = p->bias[c + 1], s2 = p->bias[c + 2], s3 = p->bias[c + 3];
+                for (int32_t r = r0; r < r1; r++) {
+                    const int8_t *x = in + ((y0 + r) * W + x0 + t0) * C + c;
+                    const int8_t *k = p->w + (r * kw + t0) * C + c;
+                    for (int32_t t = t0; t < t1; t++, x += C, k += C) {
+                        uint32_t v = ld32(x), w = ld32(k);
+                        uint32_t ve = __sxtb16(v), vo = sxtb16_hi(v), we = __sxtb16(w), wo = sxtb16_hi(w);
+                        s0 = __smlabb(ve, we, s0);
+                        s2 = __smlatt(ve, we, s2);
+                        s1 = __smlabb(vo, wo, s1);
+                        s3 = __smlatt(vo, wo, s3);
+                    }
+                }
+                acc[c] = s0;
+                acc[c + 1] = s1;
+                acc[c + 2] = s2;
+                acc[c + 3] = s3;
+            }
+#endif
+            for (; c < C; c++) {
+                int32_t s0 = p->bias[c];
+                for (int32_t r = r0; r < r1; r++)
+                    for (int32_t t = t0; t < t1; t++)
+                        s0 += in[((y0 + r) * W + x0 + t) * C + c] * p->w[(r * kw + t) * C + c];
+                acc[c] = s0;
+            }
+        }
+        const int32_t obase = oy * p->out_w * C;
+        epilogue_row(e, p->rq, accrow, out + obase, p->out_w, C, obase);
+    }
+}
+
+void q8_avgpool(const int8_t *in, int32_t hw, int32_t c, const q8_rq_t *rq, int8_t *out) {
+    for (int32_t k = 0; k < c; k++) {
+        int32_t s = 0;
+        for (int32_t i = 0; i < hw; i++) s += in[i * c + k];
+        out[k] = clamp8(q8_requant(s, rq), 0);
+    }
+}
+
+void q8_dense(const int8_t *in, int32_t n_in, int32_t n_out, const int8_t *w, const int32_t *bias,
+              const q8_rq_t *rq, int8_t *out) {
+    for (int32_t o = 0; o < n_out; o++) {
+        const int8_t *k = w + o * n_in;
+        int32_t acc = bias[o], i = 0;
+#if Q8_DSP
+        for (; i + 4 <= n_in; i += 4) {
+            uint32_t a = ld32(in + i), b = ld32(k + i);
+            acc = __smlad(__sxtb16(a), __sxtb16(b), acc);
+            acc = __smlad(sxtb16_hi(a), sxtb16_hi(b), acc);
+        }
+#endif
+        for (; i < n_in; i++) acc += in[i] * k[i];
+        out[o] = clamp8(q8_requant(acc, &rq[o]), 0);
+    }
+}

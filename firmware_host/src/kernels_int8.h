@@ -1,0 +1,45 @@
+/* int8 inference kernels (HWC activations, OHWI weights, per-output-channel requantization).
+   The arithmetic is defined by lcs/int8/graph.py (the numpy reference); outputs are bit-identical to it.
+   With __ARM_FEATURE_DSP (Cortex-M4/M7/M33/M55) the inner loops use ACLE SIMD (smlad, sxtb16, ssat/usat);
+   otherwise portable C (Cortex-M0/M3, host). */
+#ifndef KERNELS_INT8_H
+#define KERNELS_INT8_H
+#include <stdint.h>
+
+typedef struct {
+    int32_t m;     /* multiplier in [2^30, 2^31) */
+    uint8_t l, n;  /* left shift before, rounding right shift after the high multiply */
+    uint8_t pad[2];
+} q8_rq_t;
+
+typedef struct {
+    int16_t in_h, in_w, in_c;   /* input tensor (HWC) */
+    int16_t col;                /* dense conv: values per window column, kh * in_c rounded up to a multiple of 4
+                                   (the extra values are zero weights against zero activations) */
+    int16_t out_h, out_w, out_c;
+    int16_t kh, kw, stride;
+    int16_t pad_t, pad_l;       /* bottom/right padding follows from the output size */
+    uint8_t relu, depthwise;
+    const int8_t *w;            /* dense: [out_c][kw][col] (col = kh x in_c, padded); depthwise: [kh][kw][c] */
+    const int32_t *bias;        /* [out_c] */
+    const q8_rq_t *rq;          /* [out_c] */
+    const int8_t *skip;         /* residual of the output's shape added before the ReLU, or 0 */
+    q8_rq_t rq_add;
+    /* Sparse weights (dense convs only; 0: dense kernel). Output channel o's nonzeros are
+       nz[nz_start[o] .. nz_start[o + 1]), each (byte offset in the window << 16) | (uint16_t)weight, where the
+       window is the kw x col values of w (its byte offset = 2 x the value's index: widened int16). */
+    const uint32_t *nz;
+    const uint32_t *nz_start;
+} q8_conv_t;
+
+/* Scratch: q8_conv needs q8_conv_scratch(p) bytes, 4-byte aligned (depthwise convs too: it calls q8_dwconv). */
+int32_t q8_conv_scratch(const q8_conv_t *p);
+void q8_conv(const q8_conv_t *p, const int8_t *in, int8_t *out, int16_t *scratch);
+void q8_dwconv(const q8_conv_t *p, const int8_t *in, int8_t *out, int32_t *accrow); /* out_w * out_c int32 */
+/* global average pool over h*w positions of c channels */
+void q8_avgpool(const int8_t *in, int32_t hw, int32_t c, const q8_rq_t *rq, int8_t *out);
+void q8_dense(const int8_t *in, int32_t n_in, int32_t n_out, const int8_t *w, const int32_t *bias,
+              const q8_rq_t *rq, int8_t *out);
+int32_t q8_requant(int32_t x, const q8_rq_t *rq);
+
+#endif

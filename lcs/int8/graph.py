@@ -1,0 +1,264 @@
+"""The integer reference: exactly the arithmetic the int8 C kernels (firmware_host/src/kernels_int8.c) do,
+in numpy, with no torch.
+
+A network is a `Graph`: tensors in HWC layout and a list of ops (`Conv`, `Pool`, `Dense`) in run order. The
+same graph runs in float (`run_float`, for calibration and for checking a conversion) and, once `quantize`d,
+in integers (`run_int`).
+
+Number format (one rule for every tensor): int8, symmetric, zero point 0, one scale per tensor. A tensor
+after a ReLU uses only [0, 127] (ReLU and the clamp are one `usat #7` on the device). Weights are int8 with
+one scale per output channel (symmetric, [-127, 127]); biases int32 on the accumulator's scale
+(input scale x weight scale). Accumulation in int32.
+
+Requantization of an int32 `x` by a real factor r > 0, stored as (M, l, n) with M in [2^30, 2^31):
+
+    t = ((x << l) * M + 2^31) >> 32          (64-bit product, arithmetic shift: ARM `smmulr`)
+    y = (t + 2^(n-1)) >> n   if n > 0, else t
+    r = M * 2^(l - 32 - n)
+
+A conv's output is clamp(rq(acc[c], M[c], l[c], n[c]) [+ rq(skip, Ms, ls, ns)], lo, 127), lo = 0 with a
+ReLU and -128 without: the residual add and ReLU are fused into the conv that precedes them. The global
+average pool is rq(sum over H x W, M, l, n) clamped to [-128, 127]; the dense layer is a 1x1 conv.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from lcs.errors import LcsError
+
+Q_MAX = 127
+
+
+@dataclass(frozen=True)
+class Requant:
+    """A real factor as integer multiplier M and shifts (see the module docstring)."""
+
+    m: int
+    l: int  # noqa: E741 (the left shift)
+    n: int
+
+    @classmethod
+    def of(cls, r: float) -> "Requant":
+        if not (r > 0 and math.isfinite(r)):
+            raise LcsError(f"requantization factor {r!r} is not a positive number")
+        mant, exp = math.frexp(r)  # r = mant * 2^exp, mant in [0.5, 1)
+        m = int(round(mant * (1 << 31)))
+        if m == 1 << 31:
+            m, exp = 1 << 30, exp + 1
+        shift = exp + 1  # r = m * 2^(shift - 32)
+        if shift > 0:
+            return cls(m, min(shift, 31), 0)
+        if -shift > 31:  # factor below 2^-63: every output rounds to 0
+            return cls(m, 0, 31)
+        return cls(m, 0, -shift)
+
+    @property
+    def value(self) -> float:
+        return self.m * 2.0 ** (self.l - 32 - self.n)
+
+
+def requant(x: np.ndarray, m, l, n) -> np.ndarray:  # noqa: E741
+    """rq(x) on int arrays; m, l, n broadcast against x (per-channel vectors on the last axis)."""
+    x = np.asarray(x, dtype=np.int64)
+    shifted = x << np.asarray(l, dtype=np.int64)
+    if np.any(shifted != (shifted.astype(np.int32))):
+        raise LcsError("requantization input overflows int32 after its left shift")
+    t = (shifted * np.asarray(m, dtype=np.int64) + (1 << 31)) >> 32
+    n = np.asarray(n, dtype=np.int64)
+    rounding = np.where(n > 0, np.left_shift(1, np.maximum(n - 1, 0)), 0)
+    return (t + rounding) >> n
+
+
+def _rq_arrays(rqs: list[Requant]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return (np.array([r.m for r in rqs], np.int64), np.array([r.l for r in rqs], np.int64),
+            np.array([r.n for r in rqs], np.int64))
+
+
+@dataclass
+class Tensor:
+    name: str
+    shape: tuple[int, ...]  # HWC (or (C,) after the pool)
+    scale: float = 0.0  # set by quantize
+
+
+@dataclass
+class Conv:
+    """2-D convolution, HWC in and out, weights OHWI (depthwise: O = C, I = 1)."""
+
+    inp: str
+    out: str
+    weight: np.ndarray  # float [O, KH, KW, I]; int8 after quantize
+    bias: np.ndarray  # float [O]; int32 after quantize
+    stride: int = 1
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, bottom, left, right (zero = the zero point)
+    depthwise: bool = False
+    relu: bool = False
+    add: str | None = None  # a tensor of the output's shape added before the ReLU
+    wscale: np.ndarray | None = None  # per output channel
+    rq: list[Requant] = field(default_factory=list)
+    rq_add: Requant | None = None
+
+    @property
+    def kernel(self) -> tuple[int, int]:
+        return self.weight.shape[1], self.weight.shape[2]
+
+
+@dataclass
+class Pool:
+    """Global average pool: HWC -> C."""
+
+    inp: str
+    out: str
+    rq: Requant | None = None
+
+
+@dataclass
+class Dense:
+    inp: str
+    out: str
+    weight: np.ndarray  # [O, I]
+    bias: np.ndarray
+    wscale: np.ndarray | None = None
+    rq: list[Requant] = field(default_factory=list)
+
+
+Op = Conv | Pool | Dense
+
+
+@dataclass
+class Graph:
+    tensors: dict[str, Tensor]
+    ops: list[Op]
+    input: str
+    output: str
+    quantized: bool = False
+
+    def macs(self) -> int:
+        total = 0
+        for op in self.ops:
+            if isinstance(op, Conv):
+                oh, ow, oc = self.tensors[op.out].shape
+                total += oh * ow * oc * int(np.prod(op.weight.shape[1:]))
+            elif isinstance(op, Dense):
+                total += op.weight.size
+        return total
+
+    def params(self) -> int:
+        return sum(op.weight.size + op.bias.size for op in self.ops if not isinstance(op, Pool))
+
+    def quantize_input(self, x: np.ndarray) -> np.ndarray:
+        """Float NHWC images -> int8 on the input's grid (round half to even)."""
+        return np.clip(np.rint(x / self.tensors[self.input].scale), -128, 127).astype(np.int8)
+
+
+def conv_out_hw(h: int, w: int, op: Conv) -> tuple[int, int]:
+    kh, kw = op.kernel
+    t, b, le, r = op.pads
+    return (h + t + b - kh) // op.stride + 1, (w + le + r - kw) // op.stride + 1
+
+
+def _patches(x: np.ndarray, op: Conv) -> np.ndarray:
+    """NHWC -> N, OH, OW, KH, KW, C windows (zero padded)."""
+    t, b, le, r = op.pads
+    x = np.pad(x, ((0, 0), (t, b), (le, r), (0, 0)))
+    kh, kw = op.kernel
+    win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(1, 2))  # N, OH', OW', C, KH, KW
+    win = win[:, :: op.stride, :: op.stride]
+    return np.moveaxis(win, 3, 5)
+
+
+def _conv_acc(x: np.ndarray, op: Conv, dtype) -> np.ndarray:
+    p = _patches(x.astype(dtype), op)
+    w = op.weight.astype(dtype)
+    if op.depthwise:
+        return np.einsum("nhwijc,cij->nhwc", p, w[..., 0], optimize=True)
+    n, oh, ow = p.shape[:3]
+    return (p.reshape(n * oh * ow, -1) @ w.reshape(w.shape[0], -1).T).reshape(n, oh, ow, -1)
+
+
+def run_float(graph: Graph, x: np.ndarray, *, keep: bool = False) -> np.ndarray | dict[str, np.ndarray]:
+    """Float forward of NHWC `x`; with keep=True every tensor by name (calibration)."""
+    vals = {graph.input: np.asarray(x, np.float64)}
+    for op in graph.ops:
+        h = vals[op.inp]
+        if isinstance(op, Conv):
+            y = _conv_acc(h, op, np.float64) + op.bias
+            if op.add is not None:
+                y = y + vals[op.add]
+        elif isinstance(op, Pool):
+            y = h.mean(axis=(1, 2))
+        else:
+            y = h @ op.weight.T.astype(np.float64) + op.bias
+        if getattr(op, "relu", False):
+            y = np.maximum(y, 0)
+        vals[op.out] = y
+    return vals if keep else vals[graph.output]
+
+
+def run_int(graph: Graph, xq: np.ndarray, *, keep: bool = False) -> np.ndarray | dict[str, np.ndarray]:
+    """Integer forward of int8 NHWC `xq`: bit-exact with the C kernels."""
+    if not graph.quantized:
+        raise LcsError("the graph is not quantized")
+    vals = {graph.input: np.asarray(xq, np.int64)}
+    for op in graph.ops:
+        h = vals[op.inp]
+        if isinstance(op, Conv):
+            acc = _conv_acc(h, op, np.int64) + op.bias.astype(np.int64)
+            y = requant(acc, *_rq_arrays(op.rq))
+            if op.add is not None:
+                y = y + requant(vals[op.add], op.rq_add.m, op.rq_add.l, op.rq_add.n)
+            y = np.clip(y, 0 if op.relu else -128, Q_MAX)
+        elif isinstance(op, Pool):
+            y = np.clip(requant(h.sum(axis=(1, 2)), op.rq.m, op.rq.l, op.rq.n), -128, Q_MAX)
+        else:
+            acc = h @ op.weight.T.astype(np.int64) + op.bias.astype(np.int64)
+            y = np.clip(requant(acc, *_rq_arrays(op.rq)), -128, Q_MAX)
+        vals[op.out] = y
+    if keep:
+        return {k: v.astype(np.int8) for k, v in vals.items()}
+    return vals[graph.output].astype(np.int8)
+
+
+def _weights_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-output-channel symmetric int8 (axis 0)."""
+    flat = np.abs(w.reshape(w.shape[0], -1)).max(axis=1)
+    scale = np.where(flat > 0, flat / Q_MAX, 1.0)
+    q = np.clip(np.rint(w / scale.reshape((-1,) + (1,) * (w.ndim - 1))), -Q_MAX, Q_MAX).astype(np.int8)
+    return q, scale
+
+
+def _acc_bound(wq: np.ndarray, bq: np.ndarray) -> int:
+    return int(np.abs(wq.reshape(wq.shape[0], -1).astype(np.int64)).sum(axis=1).max() * 128 + np.abs(bq).max())
+
+
+def quantize(graph: Graph, calibration: np.ndarray) -> Graph:
+    """A quantized copy of a float graph; activation scales from the max |value| of each tensor over the
+    float forward of `calibration` (NHWC float)."""
+    vals = run_float(graph, calibration, keep=True)
+    tensors = {}
+    for name, t in graph.tensors.items():
+        peak = float(np.abs(vals[name]).max()) if vals[name].size else 0.0
+        tensors[name] = replace(t, scale=(peak / Q_MAX) if peak > 0 else 1.0)
+    ops: list[Op] = []
+    for op in graph.ops:
+        s_in, s_out = tensors[op.inp].scale, tensors[op.out].scale
+        if isinstance(op, Pool):
+            hw = int(np.prod(tensors[op.inp].shape[:2]))
+            ops.append(replace(op, rq=Requant.of(s_in / (hw * s_out))))
+            continue
+        wq, ws = _weights_int8(op.weight)
+        bq = np.rint(op.bias / (s_in * ws)).astype(np.int64)
+        if np.abs(bq).max(initial=0) >= 1 << 30:
+            raise LcsError(f"bias of {op.out} does not fit int32 at scale {s_in:g}")
+        rqs = [Requant.of(s_in * w / s_out) for w in ws]
+        if any(r.l for r in rqs) and _acc_bound(wq, bq) >> (31 - max(r.l for r in rqs)):
+            raise LcsError(f"{op.out}: output scale {s_out:g} too fine for a 32-bit requantization")
+        extra = {}
+        if isinstance(op, Conv) and op.add is not None:
+            extra["rq_add"] = Requant.of(tensors[op.add].scale / s_out)
+        ops.append(replace(op, weight=wq, bias=bq.astype(np.int32), wscale=ws, rq=rqs, **extra))
+    return Graph(tensors, ops, graph.input, graph.output, quantized=True)

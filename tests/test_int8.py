@@ -1,0 +1,299 @@
+"""MLPerf Tiny models, the numpy integer reference (lcs.int8) and the int8 C kernels against it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lcs.config import ModelConfig
+from lcs.errors import LcsError
+from lcs.int8 import emit_c
+from lcs.int8 import firmware as fw
+from lcs.int8.from_torch import from_torch
+from lcs.int8.graph import Conv, Graph, Requant, Tensor, quantize, requant, run_float, run_int
+from lcs.models import build_model
+
+# (model, torch input shape, classes, folded params, MACs). ResNet-8's are MLPerf Tiny's published 77,706 params
+# (BN folded) and 12,501,632 MACs; DS-CNN-S 2.66 M MACs (24,908 params as Keras counts them with BN = 22,604
+# folded + 9 x 256 BN values); MobileNetV1-0.25 at 96x96: 7.49 M MACs, 210,850 params folded.
+MLPERF = [
+    ("resnet8", (3, 32, 32), 10, 77_706, 12_501_632),
+    ("ds-cnn", (1, 49, 10), 12, 22_604, 2_656_768),
+    ("mobilenet-v1-0.25", (3, 96, 96), 2, 210_850, 7_489_664),
+]
+
+
+def _net(name, shape, classes, norm="batch", seed=0):
+    torch.manual_seed(seed)
+    net = build_model(ModelConfig(name=name, in_channels=shape[0], image_size=shape[1], num_classes=classes, norm=norm))
+    for m in net.modules():  # a trained-looking norm, so folding is really exercised
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return net.eval()
+
+
+def _nhwc(x: torch.Tensor) -> np.ndarray:
+    return x.permute(0, 2, 3, 1).numpy().astype(np.float64)
+
+
+@pytest.mark.parametrize("name,shape,classes,params,macs", MLPERF)
+def test_mlperf_tiny_models_have_the_published_size_and_fold_exactly(name, shape, classes, params, macs):
+    net = _net(name, shape, classes)
+    graph = from_torch(net, shape)
+    assert graph.params() == params and graph.macs() == macs
+    x = torch.randn(2, *shape)
+    with torch.no_grad():
+        ref = net(x).numpy()
+    np.testing.assert_allclose(run_float(graph, _nhwc(x)), ref, atol=1e-4, rtol=1e-4)
+    # the project's default batch-independent norm trains too (no int8 path: see the next test)
+    gn = build_model(ModelConfig(name=name, in_channels=shape[0], image_size=shape[1], num_classes=classes))
+    assert gn(x).shape == (2, classes)
+
+
+@pytest.mark.slow  # trains one epoch per model
+@pytest.mark.parametrize("name,size,mode", [("resnet8", 32, "RGB"), ("ds-cnn", 12, "L"),
+                                            ("mobilenet-v1-0.25", 32, "RGB")])
+def test_mlperf_tiny_models_train_on_an_image_folder(tmp_path, name, size, mode):
+    from PIL import Image
+
+    from lcs import checkpoint, commands
+
+    rng = np.random.default_rng(0)
+    for k, cls in enumerate(("a", "b")):
+        (tmp_path / "img" / cls).mkdir(parents=True)
+        for i in range(6):
+            shape = (size, size, 3) if mode == "RGB" else (size, size)
+            pixels = (rng.random(shape) * 120 + 120 * k).astype(np.uint8)
+            Image.fromarray(pixels, mode).save(tmp_path / "img" / cls / f"{i}.png")
+    config, data = commands.train_config(data_source=f"folder:{tmp_path / 'img'}", model_name=name, shape="point",
+                                         epochs=1, batch_size=4)
+    commands.train(config, data, tmp_path / "m.safetensors", progress=False)
+    ck = checkpoint.load(tmp_path / "m.safetensors")
+    assert ck.config.model.name == name
+    assert ck.model(torch.zeros(1, 3 if mode == "RGB" else 1, size, size)).shape == (1, 2)
+
+
+def test_group_norm_has_no_integer_kernel():
+    net = build_model(ModelConfig(name="resnet8", in_channels=3, image_size=32)).eval()
+    with pytest.raises(LcsError, match="norm batch"):
+        from_torch(net, (3, 32, 32))
+
+
+def test_requantization_hand_cases():
+    assert (Requant.of(0.5).m, Requant.of(0.5).l, Requant.of(0.5).n) == (1 << 30, 1, 0)
+    half = Requant.of(0.5)
+    # round half up: 1.5 -> 2, -1.5 -> -1
+    assert requant(np.array([3, -3, 4]), half.m, half.l, half.n).tolist() == [2, -1, 2]
+    q = Requant.of(0.25)
+    assert requant(np.array([10]), q.m, q.l, q.n).tolist() == [3]  # 2.5 -> 3
+    q = Requant.of(1 / 64)  # n = 4: high multiply to 25, then (25 + 8) >> 4
+    assert (q.l, q.n) == (0, 4) and requant(np.array([100]), q.m, q.l, q.n).tolist() == [2]
+    for r in (1e-4, 0.0123, 0.37, 0.99, 1.7, 40.0):
+        rq = Requant.of(r)
+        assert 1 << 30 <= rq.m < 1 << 31 and rq.value == pytest.approx(r, rel=1e-9)
+        x = np.arange(-2000, 2000)
+        # two roundings: the high multiply's (half a unit of 2^-n) and the shift's
+        err = np.abs(requant(x, rq.m, rq.l, rq.n) - x * r).max()
+        assert err <= 0.5 + (2.0 ** -(rq.n + 1) if rq.n else 0) + 1e-6, (r, err)
+
+
+def _naive_conv(x, w, b, stride, pads, depthwise):
+    t, bo, le, r = pads
+    xp = np.pad(x, ((t, bo), (le, r), (0, 0)))
+    o_n, kh, kw, _ = w.shape
+    oh, ow = (xp.shape[0] - kh) // stride + 1, (xp.shape[1] - kw) // stride + 1
+    acc = np.zeros((oh, ow, o_n), np.int64)
+    for i in range(oh):
+        for j in range(ow):
+            patch = xp[i * stride:i * stride + kh, j * stride:j * stride + kw].astype(np.int64)
+            for o in range(o_n):
+                acc[i, j, o] = (patch[..., o] * w[o, ..., 0]).sum() if depthwise else (patch * w[o]).sum()
+    return acc + b
+
+
+@pytest.mark.parametrize("depthwise,stride,pads,relu", [(False, 1, (1, 1, 1, 1), True), (False, 2, (4, 5, 1, 1), False),
+                                                        (True, 2, (1, 1, 1, 1), True), (True, 1, (1, 1, 1, 1), False)])
+def test_integer_conv_is_the_documented_arithmetic(depthwise, stride, pads, relu):
+    """run_int against plain Python integers: accumulate, high multiply with rounding, rounding shift, residual,
+    clamp. Stride-1 cases add the input itself as the residual (an identity 1x1 depthwise conv copies it)."""
+    rng = np.random.default_rng(1)
+    c = 4
+    x = rng.integers(-128, 128, (7, 6, c))
+    w = rng.integers(-127, 128, (c, 3, 3, 1 if depthwise else c)).astype(np.int8)
+    b = rng.integers(-3000, 3000, c).astype(np.int32)
+    rqs = [Requant.of(r) for r in rng.uniform(0.001, 0.02, c)]
+    residual = stride == 1
+    one = Requant.of(1.0)
+    assert (one.l, one.n) == (2, 0)  # rq(x) = ((4x) * 2^30 + 2^31) >> 32 = x
+    copy = Conv("x", "s", np.ones((c, 1, 1, 1), np.int8), np.zeros(c, np.int32), 1, (0, 0, 0, 0), True, rq=[one] * c)
+    add = Requant.of(0.7)
+    conv = Conv("x", "y", w, b, stride, pads, depthwise, relu=relu, add="s" if residual else None, rq=rqs,
+                rq_add=add if residual else None)
+    acc = _naive_conv(x, w, b, stride, pads, depthwise)
+    tensors = {n: Tensor(n, x.shape, 1.0) for n in ("x", "s")} | {"y": Tensor("y", acc.shape, 1.0)}
+    got = run_int(Graph(tensors, [copy, conv], "x", "y", quantized=True), x[None])[0]
+    expect = np.zeros_like(acc)
+    for o in range(c):
+        for i, j in np.ndindex(acc.shape[:2]):
+            t = (int(acc[i, j, o]) * rqs[o].m + (1 << 31)) >> 32
+            y = (t + ((1 << rqs[o].n) >> 1)) >> rqs[o].n
+            if residual:
+                y += ((int(x[i, j, o]) << add.l) * add.m + (1 << 31)) >> 32 >> 0
+            expect[i, j, o] = min(127, max(0 if relu else -128, y))
+    assert np.array_equal(got, expect)
+
+
+@pytest.mark.slow
+def test_int8_reference_agrees_with_fp32_torch(digits):
+    """A trained small CNN (batch norm, folded): int8 accuracy within 2 points of fp32 on the digits test split."""
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(in_channels=1, image_size=8, norm="batch"))
+    xs = torch.stack([digits.train[i][0] for i in range(len(digits.train))])
+    ys = torch.tensor([int(digits.train[i][1]) for i in range(len(digits.train))])
+    opt = torch.optim.Adam(net.parameters(), 3e-3)
+    for _ in range(4):
+        for k in range(0, len(xs), 64):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(xs[k:k + 64]), ys[k:k + 64]).backward()
+            opt.step()
+    net.eval()
+    xt = torch.stack([digits.test[i][0] for i in range(len(digits.test))])
+    yt = np.array([int(digits.test[i][1]) for i in range(len(digits.test))])
+    with torch.no_grad():
+        acc_fp = (net(xt).argmax(1).numpy() == yt).mean()
+    graph = quantize(from_torch(net, (1, 8, 8)), _nhwc(xs[:256]))
+    logits = run_int(graph, graph.quantize_input(_nhwc(xt)))
+    acc_int = (logits.argmax(1) == yt).mean()
+    assert acc_fp > 0.8
+    assert abs(acc_int - acc_fp) <= 0.02, (acc_int, acc_fp)
+
+
+def _quantized(name, shape, classes, seed=0):
+    net = _net(name, shape, classes, seed=seed)
+    x = np.random.default_rng(seed).standard_normal((8,) + (shape[1], shape[2], shape[0]))
+    graph = quantize(from_torch(net, shape), x)
+    xq = graph.quantize_input(x[:1])
+    return graph, xq, run_int(graph, xq, keep=True)
+
+
+def _check_bit_exact(graph, ref, run):
+    assert [name for name, _, _ in run.layers] == [f"{op.out}:" + name.split(":")[1] for op, (name, _, _) in
+                                                   zip(graph.ops, run.layers)]
+    for op, (name, _, h) in zip(graph.ops, run.layers):
+        assert h == fw.fnv1a(ref[op.out].astype(np.int8).tobytes()), f"layer {name} differs from the reference"
+    assert run.output == ref[graph.output].astype(np.int8).tobytes()
+
+
+@pytest.mark.parametrize("name,shape,classes", [(m[0], m[1], m[2]) for m in MLPERF])
+def test_c_kernels_on_the_host_equal_the_reference(tmp_path, name, shape, classes):
+    graph, xq, ref = _quantized(name, shape, classes)
+    src = tmp_path / "net.c"
+    src.write_text(emit_c.emit(graph, xq[0]))
+    run = fw.run_host(fw.build(src, tmp_path / "net", None))
+    _check_bit_exact(graph, ref, run)
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("board", ["mps2-an386", "mps2-an385", "mps2-an500"])
+@pytest.mark.parametrize("name,shape,classes", [(m[0], m[1], m[2]) for m in MLPERF[:2]])
+def test_c_kernels_under_qemu_equal_the_reference(tmp_path, board, name, shape, classes):
+    graph, xq, ref = _quantized(name, shape, classes, seed=3)
+    src = tmp_path / "net.c"
+    src.write_text(emit_c.emit(graph, xq[0]))
+    run = fw.run_qemu(fw.build(src, tmp_path / "net.elf", board), board)
+    _check_bit_exact(graph, ref, run)
+    assert run.total_ticks > 0
+
+
+def _pruned(graph, sparsity):
+    from dataclasses import replace
+
+    ops = []
+    for i, op in enumerate(graph.ops):
+        if isinstance(op, Conv) and not op.depthwise and i > 0:
+            w = op.weight.copy()
+            w.reshape(-1)[np.argsort(np.abs(w.astype(int)).ravel(), kind="stable")[:int(sparsity * w.size)]] = 0
+            op = replace(op, weight=w)
+        ops.append(op)
+    return replace(graph, ops=ops)
+
+
+def test_sparse_entries_address_the_widened_window():
+    w = np.zeros((2, 1, 8), np.int8)
+    w[0, 0, [1, 2, 6]] = [5, -3, 7]
+    w[1, 0, 4] = -128 + 1
+    plain, starts = emit_c.sparse_entries(w, swizzled=False)
+    dsp, _ = emit_c.sparse_entries(w, swizzled=True)
+    assert starts.tolist() == [0, 3, 4]
+    decoded = [(int(e) >> 16, (int(e) & 0xFFFF) - ((int(e) & 0x8000) << 1)) for e in plain]
+    assert decoded == [(2, 5), (4, -3), (12, 7), (8, -127)]
+    # DSP layout of a group c..c+3: c, c+2, c+1, c+3 (int16 each)
+    assert [int(e) >> 16 for e in dsp] == [4, 2, 10, 8]
+
+
+@pytest.mark.parametrize("board", [None, pytest.param("mps2-an386", marks=pytest.mark.qemu),
+                                   pytest.param("mps2-an385", marks=pytest.mark.qemu),
+                                   pytest.param("mps2-an500", marks=pytest.mark.qemu)])
+def test_sparse_kernel_equals_the_reference(tmp_path, board):
+    graph, xq, _ = _quantized("resnet8", (3, 32, 32), 10, seed=5)
+    level = _pruned(graph, 0.8)
+    ref = run_int(level, xq, keep=True)
+    src = tmp_path / "net.c"
+    src.write_text(emit_c.emit(level, xq[0], sparse_from=0.5))
+    assert src.read_text().count("sparse-conv") == 8  # every conv but the stem
+    exe = fw.build(src, tmp_path / "net", board)
+    run = fw.run_host(exe) if board is None else fw.run_qemu(exe, board)
+    _check_bit_exact(level, ref, run)
+
+
+def test_arena_plan_keeps_live_tensors_apart():
+    graph, _, _ = _quantized("resnet8", (3, 32, 32), 10)
+    offsets, size = emit_c.plan_arena(graph)
+    live = {}
+    for i, op in enumerate(graph.ops):
+        live.setdefault(op.inp, [i, i])[1] = i
+        live.setdefault(op.out, [i, i])
+        if getattr(op, "add", None):
+            live[op.add][1] = i
+    live[graph.input][0] = -1
+    names = list(live)
+    for a in names:
+        for b in names:
+            if a < b and not (live[a][1] < live[b][0] or live[b][1] < live[a][0]):
+                sa, sb = (int(np.prod(graph.tensors[n].shape)) for n in (a, b))
+                assert offsets[a] + sa <= offsets[b] or offsets[b] + sb <= offsets[a], (a, b)
+    assert size <= 48 * 1024  # ResNet-8's activations fit the arena CMSIS-NN needs
+    store, n_weights = emit_c.store_bytes(graph)
+    assert n_weights == 77_706 - 346 and store / n_weights <= 1.1  # int8 + per-channel bias and requantization
+
+
+@pytest.mark.slow
+def test_a_trained_unstructured_level_becomes_a_sparse_int8_graph(tmp_path, digits):
+    from lcs import checkpoint, commands
+    from lcs.int8.level import int8_accuracy, int8_level
+
+    config, data = commands.train_config(data_source="digits", family="unstructured", shape="point", norm="batch",
+                                         epochs=3)
+    with pytest.warns(UserWarning):
+        commands.train(config, data, tmp_path / "u.safetensors", progress=False)
+    with pytest.warns(UserWarning):  # BatchNorm (the int8 path folds it) warns on every load
+        ck = checkpoint.load(tmp_path / "u.safetensors")
+    calib = torch.stack([digits.train[i][0] for i in range(256)])
+    xt = torch.stack([digits.test[i][0] for i in range(len(digits.test))])
+    yt = np.array([int(digits.test[i][1]) for i in range(len(digits.test))])
+    for alpha in (1.0, 0.5, 0.1):  # 0.1: a short BatchNorm run is poor there (shared statistics); agreement still
+        graph = int8_level(ck.model, alpha, calib)
+        convs = [op for op in graph.ops if isinstance(op, Conv)][1:]  # the stem stays dense
+        zeros = sum(int((op.weight == 0).sum()) for op in convs) / sum(op.weight.size for op in convs)
+        assert zeros >= (0.85 if alpha == 0.1 else 0.0)
+        ck.model.set_alpha(alpha)
+        ck.model.eval()
+        with torch.no_grad():
+            acc_fp = float((ck.model(xt).argmax(1).numpy() == yt).mean())
+        acc_int = int8_accuracy(graph, xt, yt)
+        assert abs(acc_int - acc_fp) <= 0.03, (alpha, acc_int, acc_fp)
+        assert acc_fp > (0.5 if alpha >= 0.5 else 0.0)
