@@ -137,6 +137,7 @@ def test_images_hold_exactly_the_elf_loadable_bytes_and_qemu_boots_the_hex(board
     from intelhex import IntelHex
 
     from lcs.deploy import self_test
+    from lcs.transport.board import SerialBoard
     from lcs.device import Device
     from lcs.transport.launch import start_qemu
 
@@ -161,7 +162,7 @@ def test_images_hold_exactly_the_elf_loadable_bytes_and_qemu_boots_the_hex(board
     # QEMU's generic loader puts the .hex at its addresses; the chip boots from its vector table and passes
     with start_qemu(hex_path, targets.load(board).extra["qemu"]) as running, Device.open(running.url) as dev:
         assert dev.hello().board == board
-        assert all(check.passed for check in self_test(dev, art))
+        assert all(check.passed for check in self_test(SerialBoard(dev, art, running.url), art))
 
 
 @pytest.mark.slow
