@@ -1,12 +1,17 @@
 """Checkpoints: safetensors with the full RunConfig embedded in the header metadata.
 
 Loading is strict: the file must be an lcs checkpoint of a supported format, its config must
-build a model, and its tensors must match that model exactly (names, shapes, dtypes).
+build a model, and its tensors must match that model exactly (names, shapes, dtypes) and the sha256 digest
+of their names, dtypes, shapes and bytes written into the metadata on save (`tensors_sha256`), so flipped
+bytes are refused instead of built and evaluated. A checkpoint written before the digest existed loads with
+a one-line warning on stderr: its tensors are only checked for shape and dtype.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +27,17 @@ from lcs.subspace.model import SubspaceModel
 
 FORMAT = "lcs-checkpoint"
 FORMAT_VERSION = 1
+DIGEST_KEY = "tensors_sha256"
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor in name order: name, dtype, shape, then its bytes."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 @dataclass
@@ -46,6 +62,7 @@ def save(path: str | Path, config: RunConfig, model: SubspaceModel, metrics: dic
         "lcs_version": __version__,
         "config": config.to_json(),
         "metrics": json.dumps(metrics or {}),
+        DIGEST_KEY: tensors_digest(state),
     }
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=meta)
@@ -87,6 +104,12 @@ def load(path: str | Path) -> Checkpoint:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is corrupt: {exc}") from None
+    digest = meta.get(DIGEST_KEY)
+    if digest is None:
+        print(f"warning: {path} has no tensor digest (written by an older lcs); its tensors are not checked "
+              f"for corruption", file=sys.stderr)
+    elif tensors_digest(tensors) != digest:
+        raise CheckpointError(f"{path} is corrupt: its tensors do not match the digest written with them")
     model = build(config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))

@@ -23,14 +23,24 @@ def fail_cleanly(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from lcs import interrupts
+
         try:
-            return fn(*args, **kwargs)
+            with interrupts.signals_interrupt():  # SIGTERM cleans up like SIGINT
+                return fn(*args, **kwargs)
         except LcsError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except Exception:
+            if interrupts.received() is None:
+                raise
+            # a library turned the interrupt into its own error (TVM: RuntimeError): it is still the interrupt
+            click.echo(f"interrupted ({signal_name(interrupts.received())})", err=True)
+            sys.exit(128 + interrupts.received())
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
+            signum = interrupts.received() or 2
+            click.echo(f"interrupted ({signal_name(signum)})", err=True)
+            sys.exit(128 + signum)
 
     return wrapper
 
@@ -58,6 +68,12 @@ def board_options(what: str):
         return fn
 
     return apply
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
 
 
 class LcsGroup(click.Group):
@@ -190,7 +206,7 @@ def _policy_options(pairs: tuple[str, ...]) -> dict[str, str]:
               help="lcs eval results (results.json): accuracy per level, matched by alpha (wins over the manifest's)")
 @click.option("--board", default=None, help="board in targets/ [default: the one the levels were measured on]")
 @click.option("--policy", default="greedy", show_default=True,
-              help="greedy | battery | hysteresis, or module:Class for your own")
+              help="greedy | battery | hysteresis | plan | fixed, or module:Class for your own")
 @click.option("--policy-option", "policy_option", multiple=True, metavar="NAME=VALUE",
               help="set a policy parameter, e.g. hold=5 or thresholds=60,30,10 (repeatable)")
 @click.option("--deadline-ms", type=float, default=None, help="latency deadline per answer [default: the period]")
@@ -201,10 +217,19 @@ def _policy_options(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="folder for timeline.csv, summary.json, timeline.png [default: sim-<trace name>]")
 @board_options("hardware in the loop: each running step really sets the level and runs one inference on ")
+@click.option("--budget-scale", default=None, metavar="FACTOR|from=P|levels",
+              help="rescale the trace's power budget to this board: a factor, from=P (the recording device's dynamic "
+                   "power range in mW) or levels (highest budget = costliest level); see lcs/simulate/scaling.py")
+@click.option("--load-scale", default=None, metavar="FACTOR|from=CORESxHZ",
+              help="rescale the trace's CPU load: a factor, or from=CORESxHZ (the recording device's cores and clock)")
+@click.option("--compare", "compare", is_flag=True,
+              help="also run every built-in policy, every fixed level and the offline optimum on the same trace: "
+                   "table, compare.json, compare.png (see lcs/simulate/compare.py)")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON instead of a table")
 @fail_cleanly
 def simulate_cmd(trace_path, artifact_path, profile_path, accuracy_path, board, policy, policy_option, deadline_ms,
-                 period_ms, capacity_mwh, out_dir, device_url, sim_board, rpc, tracker, key, as_json):
+                 period_ms, capacity_mwh, out_dir, device_url, sim_board, rpc, tracker, key, budget_scale, load_scale,
+                 compare, as_json):
     """Replay a power/load trace: which level a policy picks per step, and what that costs."""
     from lcs import simulate
     from lcs.simulate.output import print_summary, summary_json
@@ -213,11 +238,17 @@ def simulate_cmd(trace_path, artifact_path, profile_path, accuracy_path, board, 
         trace_path, artifact=artifact_path, profile=profile_path, board=board, policy=policy,
         policy_options=_policy_options(policy_option), deadline_ms=deadline_ms, period_ms=period_ms,
         capacity_mwh=capacity_mwh, out_dir=out_dir if out_dir is not None else Path(f"sim-{trace_path.stem}"),
-        device=device_url, sim=sim_board, rpc=rpc, tracker=tracker, key=key, accuracy=accuracy_path)
+        device=device_url, sim=sim_board, rpc=rpc, tracker=tracker, key=key, accuracy=accuracy_path,
+        budget_scale=budget_scale, load_scale=load_scale, compare=compare)
     if as_json:
-        click.echo(summary_json(result.summary), nl=False)
+        click.echo(summary_json({**result.summary, "compare": result.comparison} if compare else result.summary),
+                   nl=False)
     else:
         print_summary(result.summary)
+        if result.comparison is not None:
+            from lcs.simulate.compare import print_comparison
+
+            print_comparison(result.comparison)
         click.echo("wrote " + ", ".join(str(p) for p in result.files.values()))
 
 
@@ -246,16 +277,28 @@ def simulate_cmd(trace_path, artifact_path, profile_path, accuracy_path, board, 
               help="artifact to write (.lcsa)")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON")
+@click.option("--sign", "sign_key", type=click.Path(path_type=Path), default=None, metavar="KEY",
+              help="ed25519 private key (PEM): also write OUTPUT.sig (see lcs/signing.py)")
 @fail_cleanly
 def build_cmd(checkpoint_path, target, levels, strategy, tune, threads, rpc, tracker, key, eval_results, output,
-              progress, as_json):
+              progress, as_json, sign_key):
     """Compile a checkpoint for a board into one verified artifact."""
-    from tvm_build.build import build  # the one edge from lcs/ into the compiler: the CLI is where both meet
+    from lcs.atomic import check_writable
     from lcs.report import print_build
+    from tvm_build.build import build  # the one edge from lcs/ into the compiler: the CLI is where both meet
+
+    check_writable(output, "-o")  # before compiling, not after
+    signer = None
+    if sign_key is not None:
+        from lcs import signing
+
+        signer = signing.load_private_key(sign_key)  # a bad key fails now, not after the build
 
     summary = build(checkpoint_path, target, output, levels=levels, strategy=strategy, tune=tune, threads=threads,
                     rpc=rpc, tracker=tracker, key=key, eval_results=eval_results, progress=progress and not as_json,
                     log=lambda msg: click.echo(msg, err=True))
+    if signer is not None:
+        summary["signature"] = str(signing.sign_artifact(output, signer))
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
     else:
@@ -291,12 +334,19 @@ def info_cmd(artifact_path, target, as_json):
 @click.option("--trace-io", is_flag=True, help="hex-dump every frame with a timestamp (stderr)")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+@click.option("--verify-key", type=click.Path(path_type=Path), default=None, metavar="PUB",
+              help="ed25519 public key (PEM): refuse the artifact unless ARTIFACT.sig is its valid signature")
 @fail_cleanly
-def deploy_cmd(artifact_path, device_url, sim_board, rpc, tracker, key, trace_io, progress, as_json):
+def deploy_cmd(artifact_path, device_url, sim_board, rpc, tracker, key, trace_io, progress, as_json, verify_key):
     """Upload an artifact's model to a board, have it confirm what it holds, self-test and profile every level."""
     from rich.console import Console
 
     from lcs.deploy import check_passed, deploy, print_report
+
+    if verify_key is not None:
+        from lcs.signing import verify_artifact
+
+        verify_artifact(artifact_path, verify_key)  # before anything from it runs
 
     err = Console(stderr=True)
     report = deploy(artifact_path, device=device_url, sim=sim_board, rpc=rpc, tracker=tracker, key=key,
@@ -325,14 +375,21 @@ def deploy_cmd(artifact_path, device_url, sim_board, rpc, tracker, key, trace_io
 @click.option("--no-self-test", is_flag=True, help="only write the firmware")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the self-test report as JSON")
+@click.option("--verify-key", type=click.Path(path_type=Path), default=None, metavar="PUB",
+              help="ed25519 public key (PEM): refuse the artifact unless ARTIFACT.sig is its valid signature")
 @fail_cleanly
-def flash_cmd(artifact_path, probe, port, tool, dry_run, no_self_test, progress, as_json):
+def flash_cmd(artifact_path, probe, port, tool, dry_run, no_self_test, progress, as_json, verify_key):
     """Write an artifact's firmware to a board (pyOCD / OpenOCD), then self-test every level like `lcs deploy`."""
     from rich.console import Console
 
     from lcs import flash
     from lcs.artifact import open_artifact
     from lcs.deploy import check_passed, print_report
+
+    if verify_key is not None:
+        from lcs.signing import verify_artifact
+
+        verify_artifact(artifact_path, verify_key)  # before its firmware reaches a board
 
     if dry_run:
         art = open_artifact(artifact_path)

@@ -55,6 +55,10 @@ def train(config: RunConfig, data=None, output: str | Path | None = None, *, thr
 
     from lcs import train as training
 
+    if output is not None:
+        from lcs.atomic import check_writable
+
+        check_writable(output, "-o")  # before the training, not after it
     if threads:
         torch.set_num_threads(threads)
     if not progress:
@@ -89,6 +93,8 @@ def evaluate(checkpoint_path: str | Path, *, data_source: str | None = None, lev
     from lcs.data import check_fits, load_data
     from lcs.evaluate import baseline_levels, evaluate_levels, label_of, plot, rows_to_csv, rows_to_json
 
+    if out_dir is not None:
+        atomic.check_writable(Path(out_dir) / "results.json", "--out")
     main = checkpoint.load(checkpoint_path)
     data_cfg = DataConfig(source=data_source, seed=main.config.data.seed) if data_source else main.config.data
     data = load_data(data_cfg)

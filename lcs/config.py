@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import asdict, dataclass, field
 
 from lcs.errors import ConfigError
@@ -101,6 +102,16 @@ class TrainConfig:
             raise ConfigError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("epochs and batch size must be at least 1")
+        # a NaN or infinite hyperparameter trains a NaN network without a word: refuse it by name
+        for name, low, strict in (("lr", 0.0, True), ("momentum", 0.0, False), ("weight_decay", 0.0, False),
+                                  ("warmup_epochs", 0.0, False), ("beta", 0.0, False),
+                                  ("line_centre_lr", 0.0, False), ("line_spread_lr", 0.0, False),
+                                  ("label_smoothing", 0.0, False), ("fixed_alpha", 0.0, False)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{name.replace('_', '-')} must be a finite number, got {value!r}")
+            if value < low or (strict and value == low):
+                raise ConfigError(f"{name.replace('_', '-')} must be {'>' if strict else '>='} {low:g}, got {value!r}")
         if not (0.0 <= self.fixed_alpha <= 1.0):
             raise ConfigError(f"alpha {self.fixed_alpha:g} is outside [0, 1]")
         if self.alpha_spacing not in ("log", "linear"):

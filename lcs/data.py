@@ -128,32 +128,72 @@ def _mnist5k(seed: int) -> DataSplit:
 
 # -- sets from a local folder ---------------------------------------------------------------------
 
+CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR10_TEST = ("test_batch",)
+
+
+class CifarBatches(Dataset):
+    """CIFAR-10 batch files (torchvision's `cifar-10-batches-py` layout) read through `lcs.safe_pickle`: only
+    arrays, lists and bytes load, so a crafted batch cannot run code (torchvision's reader unpickles anything)."""
+
+    def __init__(self, folder: Path, names: tuple[str, ...], transform):
+        images, labels = [], []
+        for name in names:
+            path = folder / name
+            if not path.is_file():
+                raise DataError(f"CIFAR-10 batch {path} is missing")
+            data, batch_labels = _cifar_batch(path)
+            images.append(data)
+            labels.extend(batch_labels)
+        self.data = np.concatenate(images).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # HWC for PIL
+        self.targets = labels
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.data[i])), self.targets[i]
+
+
+def _cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
+    from lcs import safe_pickle
+
+    try:
+        batch = safe_pickle.load_file(path)
+    except safe_pickle.UnsafePickleError as exc:
+        raise DataError(f"CIFAR-10 batch {path} is not plain data: {exc}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            MemoryError, OSError) as exc:
+        raise DataError(f"CIFAR-10 batch {path} is not a readable batch file ({type(exc).__name__}: {exc})") from None
+    if not isinstance(batch, dict):
+        raise DataError(f"CIFAR-10 batch {path} does not hold a dict")
+    batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
+    data, labels = batch.get("data"), batch.get("labels")
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):
+        raise DataError(f"CIFAR-10 batch {path}: 'data' is not an N x 3072 uint8 array")
+    if not isinstance(labels, (list, np.ndarray)) or len(labels) != len(data):
+        raise DataError(f"CIFAR-10 batch {path}: 'labels' is not a list of {len(data)} labels")
+    labels = [int(y) for y in labels]
+    if labels and not all(0 <= y < 10 for y in labels):
+        raise DataError(f"CIFAR-10 batch {path}: a label is outside 0..9")
+    return data, labels
+
+
 def _cifar10(root: Path, augment: bool) -> DataSplit:
-    from torchvision import datasets, transforms
+    from torchvision import transforms
 
     if root.name == "cifar-10-batches-py":
         root = root.parent
     if not (root / "cifar-10-batches-py").is_dir():
         raise DataError(f"{root} does not hold CIFAR-10 in torchvision's layout (expected {root}/cifar-10-batches-py)")
-    class LocalCIFAR10(datasets.CIFAR10):
-        # torchvision's reader, checking that the batch files exist instead of hashing 170 MB on every start.
-        def _check_integrity(self) -> bool:
-            return all((root / self.base_folder / name).is_file() for name, _ in self.train_list + self.test_list)
-
-        def _load_meta(self) -> None:
-            with open(root / self.base_folder / self.meta["filename"], "rb") as fh:
-                self.classes = pickle.load(fh, encoding="latin1")[self.meta["key"]]
-            self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
-
     norm = transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD)
     train_tf = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] if augment else []
-    try:
-        train = LocalCIFAR10(str(root), train=True, download=False,
-                                 transform=transforms.Compose([*train_tf, transforms.ToTensor(), norm]))
-        test = LocalCIFAR10(str(root), train=False, download=False,
-                                transform=transforms.Compose([transforms.ToTensor(), norm]))
-    except (RuntimeError, OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as exc:
-        raise DataError(f"cannot read CIFAR-10 from {root}: {exc}") from None
+    folder = root / "cifar-10-batches-py"
+    train = CifarBatches(folder, CIFAR10_TRAIN, transforms.Compose([*train_tf, transforms.ToTensor(), norm]))
+    test = CifarBatches(folder, CIFAR10_TEST, transforms.Compose([transforms.ToTensor(), norm]))
     return DataSplit(train, test, DataInfo("cifar10", 10, 3, 32, len(train), len(test)))
 
 
@@ -166,9 +206,12 @@ def _image_folder(root: Path, seed: int, augment: bool) -> DataSplit:
     test_dir = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
     train_dir = root / "train" if test_dir is not None and (root / "train").is_dir() else root
     probe = _first_image(train_dir)
-    with Image.open(probe) as img:
-        channels = 1 if img.mode in ("L", "1", "I", "I;16", "F") else 3
-        size = max(img.size)
+    try:
+        with Image.open(probe) as img:
+            channels = 1 if img.mode in ("L", "1", "I", "I;16", "F") else 3
+            size = max(img.size)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot read image {probe}: {exc}") from None
     base = [transforms.Grayscale(1) if channels == 1 else transforms.Lambda(lambda im: im.convert("RGB")),
             transforms.Resize((size, size))]
     aug = [transforms.RandomCrop(size, padding=size // 8), transforms.RandomHorizontalFlip()] if augment else []
@@ -176,7 +219,7 @@ def _image_folder(root: Path, seed: int, augment: bool) -> DataSplit:
 
     def folder(path: Path, tf) -> datasets.ImageFolder:
         try:
-            return datasets.ImageFolder(str(path), transform=transforms.Compose(tf))
+            return datasets.ImageFolder(str(path), transform=transforms.Compose(tf), loader=_read_image)
         except (FileNotFoundError, OSError) as exc:
             raise DataError(f"cannot read image folder {path}: {exc}") from None
 
@@ -194,6 +237,20 @@ def _image_folder(root: Path, seed: int, augment: bool) -> DataSplit:
         train, test = Subset(full_train, train_idx.tolist()), Subset(full_test, test_idx.tolist())
         classes = len(full_train.classes)
     return DataSplit(train, test, DataInfo(f"folder:{root}", classes, channels, size, len(train), len(test)))
+
+
+def _read_image(path: str):
+    """ImageFolder's loader, with a corrupt or truncated file (found when a batch first needs it, possibly deep
+    into training) reported as one line naming the file instead of PIL's traceback."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as fh:
+            img = Image.open(fh)
+            return img.convert("RGB")  # what torchvision's default loader returns
+    # PIL's UnidentifiedImageError and "Truncated File Read" are OSErrors
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from None
 
 
 def _first_image(root: Path) -> Path:

@@ -370,8 +370,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("artifact")
     parser.add_argument("--target", default=None, help="refuse artifacts built for another board")
     parser.add_argument("--check", action="store_true", help="compare every level with the reference outputs")
+    parser.add_argument("--verify-key", default=None, metavar="PUB",
+                        help="ed25519 public key (PEM): refuse the artifact unless ARTIFACT.sig is its valid signature")
     args = parser.parse_args(argv)
     try:
+        if args.verify_key is not None:
+            from lcs.signing import verify_artifact  # cryptography only when asked for
+
+            verify_artifact(args.artifact, args.verify_key)
         rt = Runtime(args.artifact, expect_target=args.target)
         if args.check:
             diffs = rt.check()

@@ -61,15 +61,16 @@ def noisy_trace(tmp_path, n=300, seed=0, budget=(22.0, 6.0), load=0.1) -> Path:
 
 def test_trace_parses_comments_extras_and_defaults(tmp_path):
     path = tmp_path / "t.csv"
-    path.write_text("# a comment\n\nt_s , cpu_load,weather\n0,0.5,sunny\n# mid comment\n10,0.25,\n15,0,rain\n")
+    path.write_text("# a comment\n\nt_s , cpu_load,battery_pct,weather\n0,0.5,90,sunny\n# mid comment\n"
+                    "10,0.25,80,\n15,0,70,rain\n")
     trace = load_trace(path)
     assert trace.t_s == (0.0, 10.0, 15.0)
     assert trace.cpu_load == (0.5, 0.25, 0.0)
-    assert trace.battery_pct == (100.0, 100.0, 100.0)  # documented default
-    assert all(math.isinf(b) for b in trace.power_budget_mw)  # unlimited
+    assert trace.battery_pct == (90.0, 80.0, 70.0)
+    assert all(math.isinf(b) for b in trace.power_budget_mw)  # the one optional column: unlimited
     assert trace.lines == (4, 6, 7)
     assert trace.durations() == [10.0, 5.0, 5.0]  # the last row repeats the gap before it
-    assert trace.columns == ("t_s", "cpu_load")
+    assert trace.columns == ("t_s", "battery_pct", "cpu_load")
 
 
 def test_trace_errors_are_lcs_errors_for_api_callers(tmp_path):
@@ -87,7 +88,7 @@ BAD_TRACES = [
     ("stuck", HEADER + "\n0,90,0.1,10\n0,90,0.1,10\n", ":3: column t_s does not advance"),
     ("load as percent", HEADER + "\n0,90,45,10\n1,90,0.1,10\n", ":2: column cpu_load = 45 is outside [0, 1]"),
     ("battery over", HEADER + "\n0,120,0.1,10\n1,90,0.1,10\n", ":2: column battery_pct = 120 is outside [0, 100]"),
-    ("negative budget", HEADER + "\n0,90,0.1,10\n1,90,0.1,-3\n", ":3: column power_budget_mw = -3 is outside >= 0"),
+    ("negative budget", HEADER + "\n0,90,0.1,10\n1,90,0.1,-3\n", ":3: column power_budget_mw = -3 is outside [0, 1e+12]"),
     ("inf", HEADER + "\n0,90,0.1,inf\n1,90,0.1,10\n", ":2: column power_budget_mw is infinite"),
     ("text", HEADER + "\n0,90,0.1,10\n1,ninety,0.1,10\n", ":3: column battery_pct: 'ninety' is not a number"),
     ("one row", HEADER + "\n0,90,0.1,10\n", "at least two data rows"),

@@ -14,6 +14,11 @@
   firmware over serial (`--device`, `--sim`) or a CPU build on a Linux board over TVM RPC (`--rpc`, `--tracker
   --key`), opened by `lcs.transport.board.open_board` as `lcs deploy` opens them.
 - `output.py`: timeline.csv, summary.json, timeline.png and the printed table.
+- `planner.py`: the receding-horizon policy `plan`.
+- `optimum.py`: the offline optimum (the best schedule knowing the whole trace) and its bound.
+- `compare.py`: `--compare` (every policy, every fixed level and the optimum side by side) and the saving
+  against always running the densest level.
+- `scaling.py`: traces in the board's own units (`--budget-scale`, `--load-scale`) and the load model stated per board.
 
 This package imports neither torch nor TVM (TVM only when a run uses --rpc/--tracker).
 """
@@ -28,8 +33,8 @@ from typing import Mapping
 from lcs.errors import ConfigError
 from lcs.simulate.model import DEFAULT_CAPACITY_MWH, DEFAULT_PERIOD_MS, BoardPower, CostModel, Workload
 from lcs.simulate.profile import Profile, ProfileError, load_profile_artifact, load_profile_json
-from lcs.simulate.runner import Executor, Replay, replay, summarize
-from lcs.simulate.trace import Trace, load_trace
+from lcs.simulate.runner import Executor, Replay, Summary, iter_replay
+from lcs.simulate.trace import load_trace, open_trace
 
 __all__ = ["SimulationResult", "simulate", "load_levels", "resolve_board", "load_trace", "DEFAULT_CAPACITY_MWH",
            "DEFAULT_PERIOD_MS"]
@@ -41,6 +46,7 @@ class SimulationResult:
     summary: dict
     profile: Profile
     files: dict[str, Path]
+    comparison: dict | None = None  # with compare=True: `lcs.simulate.compare`'s table as JSON
 
 
 def load_levels(*, artifact: str | Path | None = None, profile: str | Path | None = None,
@@ -72,16 +78,19 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
              capacity_mwh: float = DEFAULT_CAPACITY_MWH, out_dir: str | Path | None = None,
              device: str | None = None, sim: str | None = None, rpc: str | None = None,
              tracker: str | None = None, key: str | None = None, executor: Executor | None = None,
-             accuracy: str | Path | None = None) -> SimulationResult:
+             accuracy: str | Path | None = None, budget_scale: str | None = None, load_scale: str | None = None,
+             compare: bool = False) -> SimulationResult:
     """Replay `trace_path` with `policy`; write timeline.csv, summary.json and timeline.png to `out_dir`.
 
-    Everything is validated (trace, levels, board, policy) before any file is written. One request
-    arrives every `period_ms` (default 100 ms); its deadline defaults to the period.
+    Levels, board, policy and the trace's header are validated before anything runs; the trace's rows are
+    streamed and validated as they are replayed (constant memory), the timeline written as it goes and renamed
+    into place only when the whole run succeeds. One request arrives every `period_ms` (default 100 ms); its
+    deadline defaults to the period. `SimulationResult.replay.records` holds the records only without `out_dir`.
     """
-    from lcs.simulate.output import write_outputs
+    from lcs.simulate.output import StreamingOutputs
     from lcs.simulate.policies import make_policy
 
-    trace: Trace = load_trace(trace_path)
+    trace = open_trace(trace_path)
     levels = load_levels(artifact=artifact, profile=profile, board=board, accuracy=accuracy)
     board_power = resolve_board(board, levels)
     period = period_ms if period_ms is not None else DEFAULT_PERIOD_MS
@@ -90,6 +99,10 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
     if not (isinstance(capacity_mwh, (int, float)) and capacity_mwh > 0 and capacity_mwh != float("inf")):
         raise ConfigError(f"--capacity-mwh must be a positive number, got {capacity_mwh!r}")
     model = CostModel(levels, board_power, workload)
+    from lcs.simulate import compare as cmp
+    from lcs.simulate.scaling import make_scaling
+
+    scaling = make_scaling(trace, model, budget_scale, load_scale)
 
     from lcs.transport.board import Where, open_board
 
@@ -111,29 +124,53 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise ConfigError(f"--out {out_dir} exists and is not a folder")
 
+    title = f"{Path(trace.path).name}: policy {chosen.name} on {board_power.name}"
+    tally = Summary()
+    kept: list = []
+    files: dict[str, Path] = {}
     with contextlib.ExitStack() as running:
+        outputs = None
+        if out_dir is not None:  # first: an --out that cannot be written fails before any board starts
+            hardware = where is not None or getattr(executor, "source", "model") != "model"
+            outputs = running.enter_context(StreamingOutputs(out_dir, with_device=hardware))
         if where is not None:
             # no RPC session time limit: the replay lasts as long as the trace (it still ends with this process)
             board = running.enter_context(open_board(artifact, where, rpc_options={"session_timeout": 0}))
             executor = device_executor(board, board.connection, board_power, levels, artifact)
-        result = replay(trace, model, chosen, capacity_mwh=capacity_mwh, executor=executor)
-    summary = {
-        "trace": str(trace.path), "levels_from": levels.source, "board": board_power.name,
-        "policy": chosen.name, "source": result.source, "deadline_ms": workload.deadline_ms,
-        "period_ms": workload.period_ms, "capacity_mwh": capacity_mwh,
-        # what each level costs unloaded at this period: the scale a trace's power_budget_mw must match
-        "level_power_mw": {o.level.label: o.power_mw for o in model.options(0.0)},
-        **summarize(result),
-    }
-    if hasattr(executor, "report"):
-        summary.update(executor.report())
-    files: dict[str, Path] = {}
-    if out_dir is not None:
-        title = f"{Path(trace.path).name}: policy {chosen.name} on {board_power.name}"
-        files = write_outputs(out_dir, result.records, summary, levels.levels, title,
-                              with_device=result.source != "model")
-        summary["files"] = {name: str(path) for name, path in files.items()}
-    return SimulationResult(replay=result, summary=summary, profile=levels, files=files)
+        source = executor.source if executor is not None else "model"
+        for record in iter_replay(scaling.steps(trace.steps()), model, chosen, capacity_mwh=capacity_mwh,
+                                  executor=executor):
+            tally.add(record)
+            if outputs is not None:
+                outputs.add(record)
+            else:
+                kept.append(record)
+        result = Replay(records=kept, policy=chosen.name, source=source)
+        summary = {
+            "trace": str(trace.path), "levels_from": levels.source, "board": board_power.name,
+            "policy": chosen.name, "source": result.source, "deadline_ms": workload.deadline_ms,
+            "period_ms": workload.period_ms, "capacity_mwh": capacity_mwh,
+            # what each level costs unloaded at this period: the scale a trace's power_budget_mw must match
+            "level_power_mw": {o.level.label: o.power_mw for o in model.options(0.0)},
+            **tally.result(), "scaling": scaling.applied,
+        }
+        summary["vs_densest"] = cmp.saving_vs_densest(scaling.steps(trace.steps()), model, summary,
+                                                      capacity_mwh=capacity_mwh)
+        if hasattr(executor, "report"):
+            summary.update(executor.report())
+        comparison = None
+        if compare:  # before the outputs are renamed into place: a failure leaves none of them
+            table = cmp.compare(scaling.trace(load_trace(trace.path)), model, policy, policy_options,
+                                capacity_mwh=capacity_mwh)
+            comparison = cmp.to_json(table, {k: summary[k] for k in ("trace", "levels_from", "board", "policy",
+                                                                       "deadline_ms", "period_ms", "capacity_mwh",
+                                                                       "scaling")})
+        if outputs is not None:
+            files = outputs.finish(summary, levels.levels, title)
+            if comparison is not None:
+                files.update(cmp.write(out_dir, comparison))
+            summary["files"] = {name: str(path) for name, path in files.items()}
+    return SimulationResult(replay=result, summary=summary, profile=levels, files=files, comparison=comparison)
 
 
 def device_executor(client, url: str, board: BoardPower, levels: Profile, artifact: str | Path | None):

@@ -1,7 +1,9 @@
 """What a simulation leaves behind: timeline.csv, summary.json, timeline.png, and a printed table.
 
-Everything is rendered in memory first and then written file by file through `lcs.atomic`, so a
-failure leaves no half-written file behind.
+The timeline is written row by row as the replay runs (a trace of any length needs constant memory) to a
+temporary file that is renamed into place only when the run succeeds; the plot is drawn from at most
+`PLOT_POINTS`-odd evenly spaced rows (plus the last). A failure leaves no half-written file behind, and a
+folder `--out` created for the run is removed again.
 
 timeline.csv, one row per trace row (blank cells: not applicable, e.g. no level while idle):
   step, t_s, dt_s; trace_battery_pct (the trace's own value), battery_pct (simulated, at the start
@@ -15,8 +17,9 @@ timeline.csv, one row per trace row (blank cells: not applicable, e.g. no level 
 summary.json: the run's settings, `level_power_mw` (each level's unloaded cost at the period),
 mean_expected_accuracy (over answers), answers, energy_mj/energy_mwh, mean_power_mw,
 deadline_misses, over_budget_steps, switches, run/idle/empty steps, battery start/left/min,
-time_per_level_s; with a device also its latency and how many predictions differed from the
-artifact's reference outputs.
+time_per_level_s; `scaling` (any --budget-scale/--load-scale applied, and the load model on this board);
+`vs_densest` (energy, battery left and answers against always running the densest level); with a device
+also its latency and how many predictions differed from the artifact's reference outputs.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import csv
 import io
 import json
 import math
+import os
+import tempfile
 from dataclasses import fields
 from pathlib import Path
 
@@ -45,14 +50,142 @@ def _cell(value) -> str:
     return str(value)
 
 
+def timeline_columns(with_device: bool) -> list[str]:
+    return [f.name for f in fields(StepRecord) if with_device or f.name not in MODEL_ONLY_COLUMNS]
+
+
 def timeline_csv(records: list[StepRecord], with_device: bool) -> str:
-    columns = [f.name for f in fields(StepRecord) if with_device or f.name not in MODEL_ONLY_COLUMNS]
+    columns = timeline_columns(with_device)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)
     for r in records:
         writer.writerow([_cell(getattr(r, c)) for c in columns])
     return buf.getvalue()
+
+
+PLOT_POINTS = 4000
+# the model-only timeline's columns (timeline_columns(False)) as printf templates; test_hostile checks them
+# against the csv writer's output
+_RUN = "%d,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%s,%d,%.6g,%s,%.6g,%.6g,%d,%d,%.6g,%.6g,%.6g,%.6g,%.6g,%d\n"
+_IDLE = "%d,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%s,,,,,,%d,%d,%.6g,%.6g,%.6g,%.6g,%.6g,%d\n"
+
+
+def _quoted_row(cells: list[str]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(cells)
+    return buf.getvalue()
+
+
+class Decimator:
+    """Keeps every `stride`-th record, doubling the stride whenever 2 x `points` are held, plus the last one:
+    an evenly spaced sample of at most ~2 x `points` records, whatever the length."""
+
+    def __init__(self, points: int | None = None) -> None:
+        self.points, self.stride, self.kept, self.last = points or PLOT_POINTS, 1, [], None
+
+    def add(self, record: StepRecord) -> None:
+        self.last = record
+        if record.step % self.stride == 0:
+            self.kept.append(record)
+            if len(self.kept) >= 2 * self.points:
+                self.kept = self.kept[::2]
+                self.stride *= 2
+
+    def sample(self) -> list[StepRecord]:
+        if self.last is not None and (not self.kept or self.kept[-1] is not self.last):
+            return self.kept + [self.last]
+        return list(self.kept)
+
+
+class StreamingOutputs:
+    """timeline.csv written as the replay goes, summary.json and a decimated timeline.png at the end.
+
+    Use as a context manager: `add(record)` per step, `finish(...)` after the last; leaving the block without
+    `finish` (an error, an interrupt) removes the temporary timeline and a folder created for the run."""
+
+    def __init__(self, out_dir: str | Path, with_device: bool) -> None:
+        out = Path(out_dir)
+        if out.exists() and not out.is_dir():
+            from lcs.errors import ConfigError
+
+            raise ConfigError(f"--out {out} exists and is not a folder")
+        self.out, self.with_device = out, with_device
+        self.columns = timeline_columns(with_device)
+        self.decimator = Decimator()
+        self._labels: dict[str, str] = {}
+        self.files: dict[str, Path] = {}
+        self._created: list[Path] = []
+        self._tmp: Path | None = None
+        self._fh = None
+
+    def __enter__(self) -> "StreamingOutputs":
+        missing = []
+        for parent in (self.out, *self.out.parents):
+            if parent.exists():
+                break
+            missing.append(parent)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._created = missing
+            fd, tmp = tempfile.mkstemp(prefix=f".{TIMELINE_CSV}.", suffix=".tmp", dir=self.out)
+        except OSError as exc:
+            self._cleanup()
+            from lcs.errors import ConfigError
+
+            raise ConfigError(f"cannot write to --out {self.out}: {exc.strerror}") from None
+        self._tmp = Path(tmp)
+        self._fh = os.fdopen(fd, "w", newline="", buffering=1 << 20)
+        self._writer = csv.writer(self._fh, lineterminator="\n")
+        self._writer.writerow(self.columns)
+        return self
+
+    def add(self, record: StepRecord) -> None:
+        self._fh.write(self._row(record))
+        self.decimator.add(record)
+
+    def _row(self, r: StepRecord) -> str:
+        """One timeline line, the same text `_cell` gives, formatted by one C-level `%` per row (the hot loop of
+        a long trace): `%.6g` matches `{:.6g}` and writes inf as `inf`, `%d` writes a bool as 0/1."""
+        if self.with_device:
+            return _quoted_row([_cell(getattr(r, c)) for c in self.columns])
+        if r.level is None:  # idle or empty: no level, alpha, label, accuracy or latency
+            return _IDLE % (r.step, r.t_s, r.dt_s, r.trace_battery_pct, r.battery_pct, r.cpu_load, r.power_budget_mw,
+                            r.deadline_ms, r.state, r.deadline_miss, r.over_budget, r.power_mw, r.energy_mj,
+                            r.answers, r.served_fraction, r.battery_end_pct, r.switched)
+        label = self._labels.get(r.label)
+        if label is None:
+            label = self._labels[r.label] = _quoted_row([r.label])[:-1]
+        return _RUN % (r.step, r.t_s, r.dt_s, r.trace_battery_pct, r.battery_pct, r.cpu_load, r.power_budget_mw,
+                       r.deadline_ms, r.state, r.level, r.alpha, label, r.accuracy, r.latency_ms, r.deadline_miss,
+                       r.over_budget, r.power_mw, r.energy_mj, r.answers, r.served_fraction, r.battery_end_pct,
+                       r.switched)
+
+    def finish(self, summary: dict, levels, title: str) -> dict[str, Path]:
+        self._fh.close()
+        png = plot_png(self.decimator.sample(), summary, levels, title)
+        atomic.write_bytes(self.out / SUMMARY_JSON, summary_json(summary).encode())
+        atomic.write_bytes(self.out / PLOT_PNG, png)
+        atomic.set_mode(self._tmp)
+        os.replace(self._tmp, self.out / TIMELINE_CSV)
+        self._tmp = None
+        self.files = {name: self.out / name for name in (TIMELINE_CSV, SUMMARY_JSON, PLOT_PNG)}
+        return self.files
+
+    def _cleanup(self) -> None:
+        if self._fh is not None and not self._fh.closed:
+            self._fh.close()
+        if self._tmp is not None and self._tmp.exists():
+            self._tmp.unlink()
+        for folder in self._created:  # innermost first; only if the run put nothing else there
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+    def __exit__(self, *exc) -> None:
+        if not self.files:
+            self._cleanup()
 
 
 def _json_safe(value):
@@ -133,9 +266,9 @@ def plot_png(records: list[StepRecord], summary: dict, levels, title: str) -> by
         ax_lat.scatter([xs[i] for i in measured], [records[i].device_latency_ms for i in measured], s=10,
                        marker="x", color="tab:green", zorder=3, label="device (measured, unloaded)")
     misses = [i for i, r in enumerate(records) if r.deadline_miss]
-    if misses:
+    if misses:  # the count is the whole run's; a long run's plot shows a sample of the rows
         ax_lat.scatter([xs[i] for i in misses], [records[i].latency_ms for i in misses], s=12, color="tab:red",
-                       zorder=3, label=f"missed ({len(misses)})")
+                       zorder=3, label=f"missed ({summary.get('deadline_misses', len(misses))})")
     shown = [v for r in records for v in (r.latency_ms, r.device_latency_ms) if v is not None] + [records[0].deadline_ms]
     if max(shown) / min(shown) > 20:  # a deadline far above the latencies would flatten them on a linear axis
         ax_lat.set_yscale("log")
@@ -213,6 +346,20 @@ def print_summary(summary: dict) -> None:
                                        f"{summary['device_latency_ms_max']:.4g} ms max ({summary['source']})"))
         if disagree is not None:
             rows.append(("device vs reference", f"{disagree} of {summary['device_inferences']} predictions differ"))
+    saving = summary.get("vs_densest")
+    if saving and saving.get("densest_level"):
+        e, b, a = saving["energy_mwh"], saving["battery_left_pct"], saving["answers"]
+        rows.append((f"vs always {saving['densest_level']}",
+                     f"energy {e['saved']:+.4g} mWh saved ({e['policy']:.4g} vs {e['densest']:.4g}), battery left "
+                     f"{b['gained']:+.1f} points ({b['policy']:.1f}% vs {b['densest']:.1f}%), inferences served "
+                     f"{a['more']:+.6g} ({a['policy']:.6g} vs {a['densest']:.6g})"))
+    if (summary.get("scaling") or {}).get("load_model"):
+        rows.append(("load model", summary["scaling"]["load_model"]))
+    for key, label in (("budget", "budget scaled"), ("load", "load scaled")):
+        applied = (summary.get("scaling") or {}).get(key)
+        if applied:
+            capped = f", {applied['capped_rows']} rows capped at 1" if applied.get("capped_rows") else ""
+            rows.append((label, f"x{applied['factor']:.4g} ({applied['how']}{capped})"))
     for name, value in rows:
         table.add_row(name, value)
     Console().print(table)

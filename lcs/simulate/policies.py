@@ -29,6 +29,10 @@ Built in:
 - `battery`: greedy under a cost ceiling set by battery thresholds (default 50, 20, 5 %): above
   the first, any level; between thresholds, only the cheaper levels (by energy per answer), the
   ceiling stepping down evenly to the cheapest alone; below the last, idle, to save what is left.
+- `fixed`: always the level `level` (an index; default -1: the costliest, i.e. the densest), whatever
+  the budget or the deadline: the device without a controller.
+- `plan`: receding-horizon planning (`lcs.simulate.planner`): forecasts the battery trend, budget
+  and load from the recent past and spends energy where it buys the most accuracy over the horizon.
 - `hysteresis`: greedy that steps down at once when the running level breaks the budget or the
   deadline, but steps up only after a better level has fitted with `margin` (default 10 %) budget
   headroom for `hold` (default 3) steps in a row: fewer switches on a noisy trace.
@@ -62,6 +66,7 @@ class Observation:
     deadline_ms: float
     current: Option | None  # level running before this step (None: idle or not started)
     options: tuple[Option, ...]  # every level of the profile, costed for this step, by index
+    capacity_mwh: float | None = None  # battery capacity, to turn energy into battery percent
 
     def within_budget(self, option: Option, budget_mw: float | None = None) -> bool:
         budget = self.power_budget_mw if budget_mw is None else budget_mw
@@ -188,6 +193,32 @@ class Hysteresis(Policy):
         return better
 
 
+def densest(options: Sequence[Option]) -> Option:
+    """The costliest level (energy per answer), ties to the higher alpha: the one a device runs uncontrolled."""
+    return max(options, key=lambda o: (o.energy_per_inference_mj, o.level.alpha))
+
+
+@register
+@dataclass
+class Fixed(Policy):
+    name: ClassVar[str] = "fixed"
+    level: int = -1  # level index; -1: the densest
+
+    def __post_init__(self) -> None:
+        self.level = int(self.level)
+        if self.level < -1:
+            raise ConfigError(f"fixed level must be a level index or -1 (the densest), got {self.level}")
+
+    def choose(self, obs: Observation) -> Option | None:
+        if self.level == -1:
+            return densest(obs.options)
+        try:
+            return obs.option_for(self.level)
+        except KeyError:
+            raise ConfigError(f"fixed level {self.level}: the profile has levels "
+                              f"{', '.join(str(o.level.index) for o in obs.options)}") from None
+
+
 def _convert(value: str, default, field_name: str, policy: str):
     try:
         if isinstance(default, bool):
@@ -244,3 +275,6 @@ def make_policy(name: str, options: Mapping[str, str] | None = None) -> Policy:
             kwargs[key] = _convert(value, default, key, cls.name)
         return cls(**kwargs)
     return cls()
+
+
+from lcs.simulate import planner as _planner  # noqa: E402,F401  (registers `plan`)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Iterable, Iterator, Protocol
 
 from lcs.errors import LcsError
 from lcs.simulate.model import CostModel, Option, battery_step
@@ -53,10 +53,13 @@ class ModelExecutor:
         pass
 
     def infer(self, option: Option) -> Execution:
-        return Execution()
+        return _NOTHING
 
 
-@dataclass
+_NOTHING = Execution()  # frozen: one shared instance, not one per step of a long trace
+
+
+@dataclass(slots=True)  # slots: one is made per trace row
 class StepRecord:
     """One row of the timeline."""
 
@@ -96,36 +99,48 @@ class Replay:
 
 def replay(trace: Trace, model: CostModel, policy: Policy, *, capacity_mwh: float,
            executor: Executor | None = None) -> Replay:
-    """Run the whole trace through `policy`; returns one record per trace row."""
+    """Run a whole (in-memory) trace through `policy`; returns one record per trace row."""
+    executor = executor or ModelExecutor()
+    records = list(iter_replay(trace.steps(), model, policy, capacity_mwh=capacity_mwh, executor=executor))
+    return Replay(records=records, policy=policy.name, source=executor.source)
+
+
+def iter_replay(steps: Iterable[tuple], model: CostModel, policy: Policy, *, capacity_mwh: float,
+                executor: Executor | None = None) -> Iterator[StepRecord]:
+    """The replay as a stream: one record per step of `steps` (`Trace.steps()` or `TraceStream.steps()`), made
+    when the consumer asks for it, so a trace of any length runs in constant memory."""
     if not (math.isfinite(capacity_mwh) and capacity_mwh > 0):
         raise LcsError(f"battery capacity must be a positive number of mWh, got {capacity_mwh!r}")
     executor = executor or ModelExecutor()
     deadline = model.workload.deadline_ms
-    durations = trace.durations()
-    n = len(trace)
-    battery = trace.battery_pct[0]
+    battery = None
     running: Option | None = None  # last level set on the device; idle steps keep it loaded
     previous: int | None = None  # position in the options of the previous step's level (None: idle)
-    records: list[StepRecord] = []
-    for k in range(n):
-        dt = durations[k]
-        options = model.options(trace.cpu_load[k])
-        record = StepRecord(step=k, t_s=trace.t_s[k], dt_s=dt, trace_battery_pct=trace.battery_pct[k],
-                            battery_pct=battery, cpu_load=trace.cpu_load[k],
-                            power_budget_mw=trace.power_budget_mw[k], deadline_ms=deadline, state="empty")
+    for k, (_, t_s, dt, trace_battery, cpu_load, budget, environment) in enumerate(steps):
+        if battery is None:
+            battery = trace_battery
+        options = model.options(cpu_load)
+        record = StepRecord(step=k, t_s=t_s, dt_s=dt, trace_battery_pct=trace_battery, battery_pct=battery,
+                            cpu_load=cpu_load, power_budget_mw=budget, deadline_ms=deadline, state="empty")
         choice, position = None, None
         if battery > 0:
             current = None if previous is None else options[previous]
-            obs = Observation(step=k, t_s=trace.t_s[k], dt_s=dt, battery_pct=battery, cpu_load=trace.cpu_load[k],
-                              power_budget_mw=trace.power_budget_mw[k], deadline_ms=deadline, current=current,
-                              options=options)
+            obs = Observation(step=k, t_s=t_s, dt_s=dt, battery_pct=battery, cpu_load=cpu_load,
+                              power_budget_mw=budget, deadline_ms=deadline, current=current, options=options,
+                              capacity_mwh=capacity_mwh)
             choice = policy.choose(obs)
-            position = next((i for i, o in enumerate(options) if o is choice), None)
+            position = None
+            if choice is not None:
+                try:  # tuple.index tries identity first; the check below refuses a look-alike
+                    position = options.index(choice)
+                except ValueError:
+                    pass
+                if position is not None and options[position] is not choice:
+                    position = None
             if choice is not None and position is None:
                 raise PolicyError(f"policy {policy.name} returned {choice!r} at step {k}; "
                                   f"it must return one of obs.options or None")
             record.state = "idle" if choice is None else "run"
-        environment = trace.battery_pct[k + 1] - trace.battery_pct[k] if k + 1 < n else 0.0
         energy = choice.power_mw * dt if choice is not None else 0.0
         battery_end, served = battery_step(battery, environment, energy, capacity_mwh)
         if choice is not None and served > 0:
@@ -151,45 +166,73 @@ def replay(trace: Trace, model: CostModel, policy: Policy, *, capacity_mwh: floa
             previous = None
         record.battery_end_pct = battery_end
         battery = battery_end
-        records.append(record)
-    return Replay(records=records, policy=policy.name, source=executor.source)
+        yield record
+
+
+class Summary:
+    """The headline numbers, accumulated record by record (constant memory)."""
+
+    def __init__(self) -> None:
+        self.steps = self.run_steps = self.idle_steps = self.empty_steps = 0
+        self.deadline_misses = self.over_budget_steps = self.switches = 0
+        self.answers = self.weighted_accuracy = self.energy = self.duration = 0.0
+        self.battery_start = self.battery_left = None
+        self.battery_min = math.inf
+        self.level_time: dict[str, float] = {}
+        self.device_count, self.device_sum, self.device_max = 0, 0.0, -math.inf
+
+    def add(self, r: StepRecord) -> None:
+        if self.battery_start is None:
+            self.battery_start = r.battery_pct
+        self.steps += 1
+        self.energy += r.energy_mj
+        self.duration += r.dt_s
+        self.switches += r.switched
+        self.battery_left = r.battery_end_pct
+        self.battery_min = min(self.battery_min, r.battery_pct, r.battery_end_pct)
+        if r.state == "run":
+            self.run_steps += 1
+            self.answers += r.answers
+            self.weighted_accuracy += r.accuracy * r.answers
+            self.deadline_misses += r.deadline_miss
+            self.over_budget_steps += r.over_budget
+            self.level_time[r.label] = self.level_time.get(r.label, 0.0) + r.dt_s * r.served_fraction
+            if r.device_latency_ms is not None:
+                self.device_count += 1
+                self.device_sum += r.device_latency_ms
+                self.device_max = max(self.device_max, r.device_latency_ms)
+        elif r.state == "idle":
+            self.idle_steps += 1
+        else:
+            self.empty_steps += 1
+
+    def result(self) -> dict:
+        return {
+            "steps": self.steps,
+            "duration_s": self.duration,
+            "mean_expected_accuracy": (self.weighted_accuracy / self.answers) if self.answers else None,
+            "answers": self.answers,
+            "energy_mj": self.energy,
+            "energy_mwh": self.energy / 3600.0,
+            "mean_power_mw": self.energy / self.duration if self.duration else 0.0,
+            "deadline_misses": self.deadline_misses,
+            "over_budget_steps": self.over_budget_steps,
+            "switches": self.switches,
+            "run_steps": self.run_steps,
+            "idle_steps": self.idle_steps,
+            "empty_steps": self.empty_steps,
+            "battery_start_pct": self.battery_start,
+            "battery_left_pct": self.battery_left,
+            "battery_min_pct": self.battery_min,
+            "time_per_level_s": self.level_time,
+            **({"device_latency_ms_mean": self.device_sum / self.device_count,
+                "device_latency_ms_max": self.device_max} if self.device_count else {}),
+        }
 
 
 def summarize(result: Replay) -> dict:
     """The headline numbers of a replay (JSON-ready)."""
-    records = result.records
-    ran = [r for r in records if r.state == "run"]
-    answers = sum(r.answers for r in ran)
-    energy = sum(r.energy_mj for r in records)
-    duration = sum(r.dt_s for r in records)
-    level_time: dict[str, float] = {}
-    for r in ran:
-        level_time[r.label] = level_time.get(r.label, 0.0) + r.dt_s * r.served_fraction
-    return {
-        "steps": len(records),
-        "duration_s": duration,
-        "mean_expected_accuracy": (sum(r.accuracy * r.answers for r in ran) / answers) if answers else None,
-        "answers": answers,
-        "energy_mj": energy,
-        "energy_mwh": energy / 3600.0,
-        "mean_power_mw": energy / duration if duration else 0.0,
-        "deadline_misses": sum(r.deadline_miss for r in ran),
-        "over_budget_steps": sum(r.over_budget for r in ran),
-        "switches": sum(r.switched for r in records),
-        "run_steps": len(ran),
-        "idle_steps": sum(r.state == "idle" for r in records),
-        "empty_steps": sum(r.state == "empty" for r in records),
-        "battery_start_pct": records[0].battery_pct,
-        "battery_left_pct": records[-1].battery_end_pct,
-        "battery_min_pct": min(min(r.battery_pct, r.battery_end_pct) for r in records),
-        "time_per_level_s": level_time,
-        **_device_latency(ran),
-    }
-
-
-def _device_latency(ran: list[StepRecord]) -> dict:
-    measured = sorted(r.device_latency_ms for r in ran if r.device_latency_ms is not None)
-    if not measured:
-        return {}
-    return {"device_latency_ms_mean": sum(measured) / len(measured),
-            "device_latency_ms_max": measured[-1]}
+    summary = Summary()
+    for record in result.records:
+        summary.add(record)
+    return summary.result()

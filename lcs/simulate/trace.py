@@ -4,10 +4,15 @@ Columns (header row required; names are case-sensitive; extra columns are ignore
 
 | column            | unit     | range     | required | default when the column is absent               |
 |-------------------|----------|-----------|----------|-------------------------------------------------|
-| `t_s`             | seconds  | >= 0      | yes      | -                                               |
-| `battery_pct`     | percent  | 0 .. 100  | no       | 100 in every row (nothing else drains the battery) |
-| `cpu_load`        | fraction | 0 .. 1    | no       | 0 (the board is otherwise idle)                  |
-| `power_budget_mw` | mW       | >= 0      | no       | unlimited                                        |
+| `t_s`             | seconds  | 0 .. 1e12 | yes      | -                                               |
+| `battery_pct`     | percent  | 0 .. 100  | yes      | -                                               |
+| `cpu_load`        | fraction | 0 .. 1    | yes      | -                                               |
+| `power_budget_mw` | mW       | 0 .. 1e12 | no       | unlimited                                        |
+
+A missing required column is an error naming every one that is missing: a trace that says nothing about
+the battery or the load would otherwise be replayed as a full battery on an idle board without a word. Only
+the budget may be left out, meaning no budget. The upper bounds (31,700 years, 1 GW) keep times and budgets
+finite through sums and plots.
 
 - `t_s` must strictly increase. Row k describes the interval [t_k, t_k+1); the last row lasts as
   long as the one before it, so a trace needs at least two rows.
@@ -17,6 +22,8 @@ Columns (header row required; names are case-sensitive; extra columns are ignore
 - `cpu_load` is the share of the whole board's CPU capacity taken by competing work (0.5 on a
   two-core board = one core busy), not a percentage.
 - `power_budget_mw` is the power the inference workload may draw on top of the board's idle power.
+- Traces are streamed (`open_trace(...).steps()`): rows are read and validated as the replay asks for
+  them, so memory does not grow with the trace's length; `load_trace` reads a whole (small) trace.
 - Lines starting with `#` are comments (the example traces document themselves this way); blank
   lines are skipped. Every cell of a known column must hold a finite number: a blank, `nan` or
   `inf` cell is an error naming the file, line and column.
@@ -31,13 +38,14 @@ from pathlib import Path
 
 from lcs.errors import DataError
 
-REQUIRED_COLUMNS = ("t_s",)
+REQUIRED_COLUMNS = ("t_s", "battery_pct", "cpu_load")
+MAX_T_S = MAX_BUDGET_MW = 1e12
 # column -> (lowest, highest, default when absent)
 COLUMNS: dict[str, tuple[float, float, float]] = {
-    "t_s": (0.0, math.inf, math.nan),
-    "battery_pct": (0.0, 100.0, 100.0),
-    "cpu_load": (0.0, 1.0, 0.0),
-    "power_budget_mw": (0.0, math.inf, math.inf),
+    "t_s": (0.0, MAX_T_S, math.nan),
+    "battery_pct": (0.0, 100.0, math.nan),
+    "cpu_load": (0.0, 1.0, math.nan),
+    "power_budget_mw": (0.0, MAX_BUDGET_MW, math.inf),
 }
 RANGE_HINTS = {"cpu_load": " (a fraction of the board's CPU, not a percentage)"}
 
@@ -66,6 +74,14 @@ class Trace:
         gaps = [b - a for a, b in zip(self.t_s, self.t_s[1:])]
         return gaps + gaps[-1:]
 
+    def steps(self):
+        """The same tuples as `TraceStream.steps`."""
+        n, durations, battery = len(self), self.durations(), self.battery_pct
+        for k in range(n):
+            change = battery[k + 1] - battery[k] if k + 1 < n else 0.0
+            yield (self.lines[k], self.t_s[k], durations[k], battery[k], self.cpu_load[k], self.power_budget_mw[k],
+                   change)
+
 
 def _number(text: str, where: str, column: str) -> float:
     cell = text.strip()
@@ -86,74 +102,168 @@ def _number(text: str, where: str, column: str) -> float:
     return value
 
 
-def _data_lines(text: str):
-    """(line number, line) for every line that is neither blank nor a comment."""
-    for number, line in enumerate(text.splitlines(), start=1):
-        stripped = line.strip()
-        if stripped and not stripped.startswith("#"):
-            yield number, line
+class TraceStream:
+    """A trace whose header has been checked; `rows()` / `steps()` read and validate the data as they go."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.name = str(path)
+        with self._open() as fh:
+            header = None
+            for number, row in self._records(fh):
+                header_line, header = number, [cell.strip() for cell in row]
+                break
+        if header is None:
+            raise TraceError(f"{self.name}: empty trace (expected a header row with {', '.join(COLUMNS)})")
+        seen: set[str] = set()
+        for column in header:
+            if column in COLUMNS and column in seen:
+                raise TraceError(f"{self.name}:{header_line}: column {column} appears twice in the header")
+            seen.add(column)
+        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        if missing:
+            raise TraceError(f"{self.name}:{header_line}: missing required column{'s' if len(missing) > 1 else ''} "
+                             f"{', '.join(missing)} (header has: {', '.join(header) or 'nothing'})")
+        self.header_line = header_line
+        self.width = len(header)
+        self.columns = tuple(c for c in COLUMNS if c in header)
+        self.index = {c: header.index(c) for c in self.columns}
+
+    def _open(self):
+        try:
+            return open(self.path, encoding="utf-8-sig", newline="")
+        except FileNotFoundError:
+            raise TraceError(f"{self.name}: no such trace file") from None
+        except IsADirectoryError:
+            raise TraceError(f"{self.name}: is a directory, not a trace file") from None
+        except OSError as exc:
+            raise TraceError(f"{self.name}: cannot read ({exc.strerror})") from None
+
+    def _records(self, fh):
+        """(line number, cells) of every line that is neither blank nor a comment, read lazily."""
+        lines = iter(fh)
+        numbered = _numbered(self.name, lines)
+        reader = csv.reader(line for _, line in numbered)
+        try:
+            for row in reader:
+                # a quoted cell spanning lines would shift every line number
+                if reader.line_num != numbered.count:
+                    raise TraceError(f"{self.name}: quoted cells must not span lines")
+                yield numbered.number, row
+        except csv.Error as exc:
+            raise TraceError(f"{self.name}: not a valid CSV file ({exc})") from None
+
+    def rows(self):
+        """Validated rows: (line, t_s, battery_pct, cpu_load, power_budget_mw), one at a time."""
+        name, width = self.name, self.width
+        getters = [(c, self.index.get(c), COLUMNS[c][2]) for c in COLUMNS]
+        i_t, i_b, i_c, i_p = (self.index.get(c) for c in COLUMNS)
+        full = i_p is not None  # all four columns: the fast path below applies
+        before = None
+        with self._open() as fh:
+            lines = self._lines(fh)
+            next(lines)  # the header
+            for number, line in lines:
+                # a plain line splits on commas; one with quotes goes through the csv module
+                row = line.split(",") if '"' not in line else self._quoted(line, number)
+                if len(row) > width:
+                    raise TraceError(f"{name}:{number}: {len(row)} cells but the header names {width} columns")
+                try:  # fast path: four numbers in range; anything odd goes through _number for the exact message
+                    if not full or len(row) < width:
+                        raise ValueError
+                    t, b, c, p = float(row[i_t]), float(row[i_b]), float(row[i_c]), float(row[i_p])
+                    if not (0.0 <= t <= MAX_T_S and 0.0 <= b <= 100.0 and 0.0 <= c <= 1.0
+                            and 0.0 <= p <= MAX_BUDGET_MW):
+                        raise ValueError
+                except ValueError:
+                    t, b, c, p = (default if i is None else
+                                  _number(row[i] if i < len(row) else "", f"{name}:{number}", column)
+                                  for column, i, default in getters)
+                if before is not None and t <= before:
+                    if t < before:
+                        raise TraceError(f"{name}:{number}: column t_s goes backwards ({t:g} after {before:g})")
+                    raise TraceError(f"{name}:{number}: column t_s does not advance ({t:g} twice)")
+                before = t
+                yield number, t, b, c, p
+
+    def _lines(self, fh):
+        """(line number, line) of every line that is neither blank nor a comment."""
+        number = 0
+        try:
+            for line in fh:
+                number += 1
+                stripped = line.strip()
+                if stripped and stripped[0] != "#":
+                    yield number, line
+        except UnicodeDecodeError:
+            raise TraceError(f"{self.name}: not a UTF-8 text file") from None
+
+    def _quoted(self, line: str, number: int) -> list[str]:
+        try:
+            row = next(csv.reader([line]))
+        except csv.Error as exc:
+            raise TraceError(f"{self.name}:{number}: not a valid CSV line ({exc})") from None
+        if row and "\n" in row[-1]:  # an unterminated quote ran into the line's end
+            raise TraceError(f"{self.name}: quoted cells must not span lines")
+        return row
+
+    def steps(self):
+        """Rows with what the replay needs from the next one: (line, t_s, dt_s, battery_pct, cpu_load,
+        power_budget_mw, battery change to the next row). Raises at the end if there were fewer than two rows."""
+        rows = self.rows()
+        current = next(rows, None)
+        gap = None
+        count = 0
+        for following in rows:
+            gap = following[1] - current[1]
+            yield (current[0], current[1], gap, current[2], current[3], current[4], following[2] - current[2])
+            count += 1
+            current = following
+        if current is None or gap is None:
+            found = count + (current is not None)
+            raise TraceError(f"{self.name}: a trace needs at least two data rows (found {found})")
+        yield (current[0], current[1], gap, current[2], current[3], current[4], 0.0)
+
+
+class _numbered:
+    """Iterator over (line number, line) of data lines; remembers the last number and how many it gave."""
+
+    def __init__(self, name: str, lines) -> None:
+        self.name, self.lines, self.number, self.count = name, lines, 0, 0
+        self._line_no = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        while True:
+            try:
+                line = next(self.lines)
+            except UnicodeDecodeError:
+                raise TraceError(f"{self.name}: not a UTF-8 text file") from None
+            self._line_no += 1
+            stripped = line.strip()
+            if stripped and not stripped.startswith("#"):
+                self.number, self.count = self._line_no, self.count + 1
+                return self.number, line
+
+
+def open_trace(path: str | Path) -> TraceStream:
+    """Check a trace's header (file readable, required columns present); read its rows lazily."""
+    return TraceStream(Path(path))
 
 
 def load_trace(path: str | Path) -> Trace:
-    """Read and validate a trace CSV; raises `TraceError` naming file, line and column on bad input."""
-    path = Path(path)
-    name = str(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise TraceError(f"{name}: no such trace file") from None
-    except IsADirectoryError:
-        raise TraceError(f"{name}: is a directory, not a trace file") from None
-    except UnicodeDecodeError:
-        raise TraceError(f"{name}: not a UTF-8 text file") from None
-    except OSError as exc:
-        raise TraceError(f"{name}: cannot read ({exc.strerror})") from None
-
-    numbered = list(_data_lines(text))
-    if not numbered:
-        raise TraceError(f"{name}: empty trace (expected a header row with {', '.join(COLUMNS)})")
-    try:
-        rows = list(csv.reader(line for _, line in numbered))
-    except csv.Error as exc:
-        raise TraceError(f"{name}: not a valid CSV file ({exc})") from None
-    if len(rows) != len(numbered):  # a quoted cell spanning lines would shift every line number
-        raise TraceError(f"{name}: quoted cells must not span lines")
-
-    header_line, header = numbered[0][0], [cell.strip() for cell in rows[0]]
-    seen: set[str] = set()
-    for column in header:
-        if column in COLUMNS and column in seen:
-            raise TraceError(f"{name}:{header_line}: column {column} appears twice in the header")
-        seen.add(column)
-    for column in REQUIRED_COLUMNS:
-        if column not in header:
-            raise TraceError(f"{name}:{header_line}: missing required column {column} "
-                             f"(header has: {', '.join(header) or 'nothing'})")
-    present = tuple(c for c in COLUMNS if c in header)
-    index = {c: header.index(c) for c in present}
-
+    """Read and validate a whole trace CSV; raises `TraceError` naming file, line and column on bad input."""
+    stream = open_trace(path)
     values: dict[str, list[float]] = {c: [] for c in COLUMNS}
     lines: list[int] = []
-    for (number, _), row in zip(numbered[1:], rows[1:]):
-        where = f"{name}:{number}"
-        if len(row) > len(header):
-            raise TraceError(f"{where}: {len(row)} cells but the header names {len(header)} columns")
-        for column in COLUMNS:
-            if column in index:
-                cell = row[index[column]] if index[column] < len(row) else ""
-                value = _number(cell, where, column)
-            else:
-                value = COLUMNS[column][2]
-            values[column].append(value)
-        if lines:
-            before, now = values["t_s"][-2], values["t_s"][-1]
-            if now < before:
-                raise TraceError(f"{where}: column t_s goes backwards ({now:g} after {before:g})")
-            if now == before:
-                raise TraceError(f"{where}: column t_s does not advance ({now:g} twice)")
+    for number, *row in stream.rows():
         lines.append(number)
+        for column, value in zip(COLUMNS, row):
+            values[column].append(value)
     if len(lines) < 2:
-        raise TraceError(f"{name}: a trace needs at least two data rows (found {len(lines)})")
-    return Trace(path=path, t_s=tuple(values["t_s"]), battery_pct=tuple(values["battery_pct"]),
+        raise TraceError(f"{stream.name}: a trace needs at least two data rows (found {len(lines)})")
+    return Trace(path=stream.path, t_s=tuple(values["t_s"]), battery_pct=tuple(values["battery_pct"]),
                  cpu_load=tuple(values["cpu_load"]), power_budget_mw=tuple(values["power_budget_mw"]),
-                 lines=tuple(lines), columns=present)
+                 lines=tuple(lines), columns=stream.columns)

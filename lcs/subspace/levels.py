@@ -204,12 +204,21 @@ def map_from_dict(data: dict) -> CompressionMap:
 
 
 def level_alphas(text: str | None, cmap: CompressionMap) -> list[float]:
-    """`--levels` (comma-separated levels as `parse_level` reads them) -> alphas; none given: the family's grid."""
-    if not text:
+    """`--levels` (comma-separated levels as `parse_level` reads them) -> alphas; None means the family's grid. An
+    empty list or a level named twice is refused."""
+    if text is None:
         return list(cmap.eval_alphas)
-    alphas = [parse_level(part, cmap) for part in text.split(",") if part.strip()]
-    if not alphas:
-        raise ConfigError("--levels is empty")
+    parts = [part.strip() for part in text.split(",")]
+    if not any(parts):
+        raise ConfigError("--levels is empty (leave the option out for the family's grid)")
+    if not all(parts):
+        raise ConfigError(f"--levels {text!r} has an empty entry")
+    alphas = [parse_level(part, cmap) for part in parts]
+    seen: dict[float, str] = {}
+    for part, alpha in zip(parts, alphas):
+        if alpha in seen:
+            raise ConfigError(f"--levels names one level twice: {seen[alpha]} and {part} are both alpha {alpha:g}")
+        seen[alpha] = part
     return alphas
 
 
