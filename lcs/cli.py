@@ -257,6 +257,17 @@ def simulate_cmd(trace_path, artifact_path, profile_path, accuracy_path, board, 
 
 # -- build / info (issue 4) -----------------------------------------------------------------------
 
+def _compiler():
+    """The build function the compiler package registers under the `lcs.compilers` entry point (pyproject.toml)."""
+    from importlib.metadata import entry_points
+
+    found = entry_points(group="lcs.compilers", name="tvm")
+    if not found:
+        raise LcsError("lcs build needs the compiler (tvm_build), which this install does not have: "
+                       "install lcs with its `tvm` extra")
+    return next(iter(found)).load()
+
+
 @cli.command("build")
 @click.argument("checkpoint_path", metavar="CKPT", type=click.Path(path_type=Path))
 @click.option("--target", "target", required=True, help="board name (see targets/), e.g. host, rasp4")
@@ -285,7 +296,7 @@ def build_cmd(checkpoint_path, target, levels, strategy, tune, threads, rpc, tra
     """Compile a checkpoint for a board into one verified artifact."""
     from lcs.atomic import check_writable
     from lcs.report import print_build
-    from tvm_build.build import build  # the one edge from lcs/ into the compiler: the CLI is where both meet
+    build = _compiler()
 
     check_writable(output, "-o")  # before compiling, not after
     signer = None
