@@ -126,7 +126,7 @@ def worker_tvm(spec: dict) -> dict:
         out[kind] = per_level
         out[f"{kind}_executors"] = rt.executors
         if kind == "tuned" or spec["tuned"] is None:  # switch costs of what ships (tuned if there is one)
-            full = int(np.argmax([lv["alpha"] for lv in rt.levels]))
+            full = int(np.argmax([lv.alpha for lv in rt.levels]))
             n = len(rt.levels)
             # the switch alone (what a device does between inferences)
             out["switch_ms"] = median_ms(lambda: rt.set_level((rt.level + 1) % n), 2000)
@@ -200,9 +200,9 @@ def main() -> None:
         return
 
     from lcs import checkpoint
-    from lcs.commands import level_alphas
+    from lcs.subspace.levels import level_alphas
     from tvm_build.build import build
-    from tvm_build.compile import cache_dir
+    from tvm_build.tune import cache_dir
 
     cache = cache_dir() / "bench"
     cache.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,8 @@ from lcs.device import Device  # noqa: E402
 from lcs.models import build_model  # noqa: E402
 from lcs.subspace.model import SubspaceModel  # noqa: E402
 from tvm_build.mcu import firmware as fw  # noqa: E402
-from tvm_build.mcu.build import _lowered, build_firmware, compile_firmware, start  # noqa: E402
+from lcs.transport.launch import start  # noqa: E402
+from tvm_build.mcu.build import _lowered, build_firmware, compile_firmware  # noqa: E402
 from tvm_build.mcu.executor import ctrl_symbol  # noqa: E402
 
 BOARDS = ["mps2-an385", "mps2-an386", "mps2-an500", "mps3-an547"]

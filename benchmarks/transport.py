@@ -3,7 +3,7 @@
     PYTHONPATH=. $PY benchmarks/transport.py [--artifact host-sim.lcsa ...] [--sim BOARD] [--repeats 5]
                                              [--out benchmarks/results/transport.json]
 
-The link is the firmware an artifact carries, started by `lcs.simulate.hardware.started_firmware` (host-sim on a
+The link is the firmware an artifact carries, started by `lcs.transport.launch.started_firmware` (host-sim on a
 pseudo-terminal; a QEMU board's artifact works the same way). Without `--artifact`, a tiny model is trained on the
 bundled digits (1 epoch) and built for host-sim first (about 10 s).
 
@@ -40,7 +40,7 @@ from lcs import atomic  # noqa: E402
 from lcs import protocol as P  # noqa: E402
 from lcs.artifact import open_artifact  # noqa: E402
 from lcs.device import Device  # noqa: E402
-from lcs.simulate.hardware import started_firmware  # noqa: E402
+from lcs.transport.launch import started_firmware  # noqa: E402
 
 
 def build_artifact(tmp: Path) -> Path:
@@ -86,7 +86,7 @@ def round_trips(dev: Device, n: int, x: list[float]) -> dict:
 def measure(lcsa: Path, args) -> dict:
     art = open_artifact(lcsa)
     board = args.sim or art.target_name
-    weights = art.read(art.manifest["firmware"]["weights"])
+    weights = art.read(art.manifest.firmware.weights)
     x = art.reference()["input"][0].reshape(-1).tolist()
     with started_firmware(lcsa, board) as url, Device.open(url) as dev:
         info = dev.hello()

@@ -6,7 +6,8 @@ write it only through this module. numpy + stdlib only (no torch, no tvm), so it
 An artifact is an uncompressed POSIX tar of regular files. `manifest.json` is its first member:
 
     {
-      "format": "lcs-artifact",            "format_version": 1,
+      "format": "lcs-artifact",            "format_version": 2,     # 2 added "kind"; version 1 is still read
+      "kind": "cpu" | "firmware",          # compiled libraries for lcs.runtime, or firmware for a serial board
       "lcs_version": "0.1.0",              "tvm_version": "0.27.0.post1" | null,
       "created": "2026-11-22T20:00:00Z",
       "target": {...},                      # the board dict (targets/<name>.json, Board.to_dict())
@@ -16,7 +17,7 @@ An artifact is an uncompressed POSIX tar of regular files. `manifest.json` is it
       "input":  {"name": "x", "shape": [1, 1, 8, 8], "dtype": "float32"},
       "output": {"shape": [1, 10], "dtype": "float32"},
       "modules": {                          # compiled libraries and the order of their run-time inputs
-        "lib/level0.so": {"entry": "main", "layout": "NHWC" | "NCHW",   # of the convolutions' activations
+        "lib/module0.so": {"entry": "main", "layout": "NHWC" | "NCHW",   # of the convolutions' activations
                           "params": [{"name": "features.0.0.weight", "shape": [3, 3, 1, 8], "dtype": "float32",
                                       "from_torch": "permute_dims(2,3,1,0)"}, ...],  # stored as the kernels read it
                           "extra_inputs": [],      # e.g. [{"name": "alpha", "shape": [1], "dtype": "float64"}]
@@ -29,13 +30,19 @@ An artifact is an uncompressed POSIX tar of regular files. `manifest.json` is it
         "latency_ms": 0.12 | null,          # measured at build time on the board (host, or over RPC)
         "threads": 2 | null,                 # CPU threads this level runs on (the fewest within 3 % of its fastest)
         "cycles": null,                      # MCU builds
-        "members": {"library": "lib/level0.so", "weights": "weights/level0.npz"}   # what this level uses
+        "members": {"library": "lib/module0.so", "weights": "weights/level0.npz"}   # what this level uses
+                                            #   (firmware builds: {"firmware": "firmware/<binary>"})
       }, ...],
       "reference": "reference.npz",         # "input" (sample inputs) and "level<i>" (expected outputs)
       "runtime": {"threads": 2, ...},       # CPU builds timed on the board: the most threads lcs.runtime uses
-      "members": {"lib/level0.so": {"sha256": "...", "size": 1234}, ...}   # every member but the manifest
+      "firmware": {"binary": "firmware/...", "weights": "firmware/weights.bin", "flash_bytes": ..., ...},  # MCU
+      "members": {"lib/module0.so": {"sha256": "...", "size": 1234}, ...}   # every member but the manifest
       ...                                   # producers may add keys (e.g. "firmware", "tuning"); readers ignore them
     }
+
+Readers use the typed view (`Manifest`, `Level`, `Module`, parsed and checked by `Manifest.from_dict`: a hand-edited
+manifest with a wrong type is one ArtifactError line); member names come from the helpers below (`library_member`,
+`level_weights_member`, ...), so no other file spells a member path or reads a manifest key.
 
 Weights files are `.npz` (numpy, no pickle) keyed by the module's parameter names. Quantized levels may store a
 layer as int8 codes plus float32 scale/zero arrays; the module's `params` list says which.
@@ -54,7 +61,7 @@ import json
 import os
 import posixpath
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -65,7 +72,9 @@ from lcs.atomic import atomic_path
 from lcs.errors import LcsError
 
 FORMAT = "lcs-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+KINDS = ("cpu", "firmware")
 MANIFEST = "manifest.json"
 SUFFIX = ".lcsa"
 
@@ -95,14 +104,292 @@ def _check_member_name(name: str) -> None:
         raise ArtifactError(f"unsafe member path {name!r}")
 
 
-def new_manifest(**fields) -> dict:
+# -- member names: the one place that spells them ------------------------------------------------------------
+
+REFERENCE_MEMBER = "reference.npz"
+ENDPOINTS_MEMBER = "weights/endpoints.npz"  # alpha-input: every level shares the two endpoints
+FIRMWARE_WEIGHTS_MEMBER = "firmware/weights.bin"
+
+
+def library_member(i: int) -> str:
+    return f"lib/module{i}.so"
+
+
+def level_weights_member(i: int) -> str:
+    return f"weights/level{i}.npz"
+
+
+def firmware_member(binary_name: str) -> str:
+    return f"firmware/{binary_name}"
+
+
+def reference_key(level_index: int) -> str:
+    """The key of a level's expected outputs in the reference set (beside "input")."""
+    return f"level{level_index}"
+
+
+# -- the typed manifest --------------------------------------------------------------------------------------
+
+def _bad(where: str, what: str, value) -> ArtifactError:
+    return ArtifactError(f"{where}: {what}, got {value!r}"[:300])
+
+
+def _number(value, where: str, field_name: str, *, optional: bool = True):
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _bad(where, f"{field_name} must be a number", value)
+    return value
+
+
+def _int(value, where: str, field_name: str, *, optional: bool = True):
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(where, f"{field_name} must be a whole number", value)
+    return value
+
+
+def _obj(value, where: str, field_name: str, *, optional: bool = True) -> dict | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, dict):
+        raise _bad(where, f"{field_name} must be an object", value)
+    return value
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    shape: tuple[int, ...]
+    dtype: str
+    name: str | None = None
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @classmethod
+    def from_dict(cls, data, where: str) -> "TensorSpec":
+        data = _obj(data, where, "a tensor spec", optional=False)
+        shape = data.get("shape")
+        if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) for n in shape):
+            raise _bad(where, "shape must be a list of whole numbers", shape)
+        if not isinstance(data.get("dtype"), str):
+            raise _bad(where, "dtype must be a string", data.get("dtype"))
+        return cls(tuple(shape), data["dtype"], data.get("name"))
+
+
+@dataclass(frozen=True)
+class Module:
+    """A compiled library: how to call it, and its run-time inputs in order."""
+
+    name: str  # its member name
+    entry: str
+    layout: str
+    params: tuple[dict, ...]  # {"name", "shape", "dtype", "from_torch"?}
+    extra_inputs: tuple[dict, ...]  # {"name", "shape", "dtype"}; each level gives the value under the same name
+    executor: str | None  # "static" | "vm"
+    why_not_static: str | None = None
+
+    @classmethod
+    def from_dict(cls, name: str, data, where: str) -> "Module":
+        data = _obj(data, where, f"module {name!r}", optional=False)
+        params, extra = data.get("params", []), data.get("extra_inputs", [])
+        for what, items in (("params", params), ("extra_inputs", extra)):
+            if not isinstance(items, list) or not all(isinstance(p, dict) and isinstance(p.get("name"), str)
+                                                      and isinstance(p.get("shape"), list) for p in items):
+                raise _bad(where, f"module {name!r}: {what} must be a list of {{name, shape, dtype}}", items)
+        return cls(name, str(data.get("entry", "main")), str(data.get("layout", "NCHW")), tuple(params),
+                   tuple(extra), data.get("executor"), data.get("why_not_static"))
+
+
+@dataclass(frozen=True)
+class Level:
+    """One level of the artifact: its place in the subspace, what was measured, and the members it uses."""
+
+    index: int
+    alpha: float
+    label: str = ""
+    keep: float | None = None
+    width: float | None = None
+    bits: int | None = None
+    accuracy: float | None = None
+    latency_ms: float | None = None
+    threads: int | None = None
+    cycles: int | None = None
+    switch_cycles: int | None = None
+    max_abs_diff: float | None = None
+    members: dict = field(default_factory=dict)  # role ("library", "weights", "firmware") -> member name
+    inputs: dict = field(default_factory=dict)  # values of the module's extra inputs (e.g. alpha), by name
+
+    @property
+    def library(self) -> str | None:
+        return self.members.get("library")
+
+    @property
+    def weights(self) -> str | None:
+        return self.members.get("weights")
+
+    @property
+    def firmware(self) -> str | None:
+        return self.members.get("firmware")
+
+    @classmethod
+    def from_dict(cls, data, where: str, extra_names: set[str]) -> "Level":
+        data = _obj(data, where, "a level", optional=False)
+        if "index" not in data:
+            raise ArtifactError(f"{where}: a level without an index")
+        index = _int(data["index"], where, "index", optional=False)
+        if index < 0:
+            raise _bad(where, "index must be >= 0", index)
+        alpha = _number(data.get("alpha"), where, "alpha", optional=False)
+        members = _obj(data.get("members", {}), where, "members") or {}
+        for role, member in members.items():
+            if not isinstance(member, str):
+                raise _bad(where, f"member {role!r} must be a member name (a string)", member)
+        label = data.get("label")
+        return cls(index, float(alpha), "" if label is None else str(label),
+                   _number(data.get("keep"), where, "keep"), _number(data.get("width"), where, "width"),
+                   _int(data.get("bits"), where, "bits"), _number(data.get("accuracy"), where, "accuracy"),
+                   _number(data.get("latency_ms"), where, "latency_ms"), _int(data.get("threads"), where, "threads"),
+                   _int(data.get("cycles"), where, "cycles"), _int(data.get("switch_cycles"), where, "switch_cycles"),
+                   _number(data.get("max_abs_diff"), where, "max_abs_diff"), dict(members),
+                   {name: data[name] for name in extra_names if name in data})
+
+
+@dataclass(frozen=True)
+class Firmware:
+    binary: str
+    weights: str
+    flash_bytes: int | None = None
+    ram_bytes: int | None = None
+    images: dict = field(default_factory=dict)  # MCU builds: {"bin": member, "hex": member, "base": "0x..."}
+
+    @property
+    def hex_image(self) -> str | None:
+        """The Intel .hex image `lcs flash` writes."""
+        return self.images.get("hex")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """`manifest.json`, typed. `raw` keeps the JSON as written (for `lcs info --json` and producers' extra keys)."""
+
+    kind: str  # "cpu" | "firmware"
+    format_version: int
+    target: dict  # the board dict (targets/<name>.json)
+    strategy: str | None
+    input: TensorSpec
+    output: TensorSpec
+    modules: dict  # member name -> Module
+    levels: tuple  # of Level, in index order as written
+    reference: str | None
+    members: dict  # member name -> {"sha256", "size"}
+    firmware: Firmware | None
+    threads: int | None  # runtime.threads: the most threads lcs.runtime uses (CPU builds timed on the board)
+    atol: float | None  # verification.atol: the tolerance the build verified every level against
+    raw: dict
+
+    @property
+    def target_name(self) -> str | None:
+        return self.target.get("name")
+
+    @property
+    def family(self) -> str | None:
+        return (self.raw.get("compression_map") or {}).get("family")
+
+    def member_size(self, member: str | None) -> int | None:
+        return int(self.members[member]["size"]) if member in self.members else None
+
+    def member_sha256(self, member: str) -> str:
+        return self.members[member]["sha256"]
+
+    def referenced(self) -> set[str]:
+        names = set(self.modules)
+        for level in self.levels:
+            names.update(level.members.values())
+        if self.reference:
+            names.add(self.reference)
+        if self.firmware is not None:
+            names.update((self.firmware.binary, self.firmware.weights))
+            names.update(m for role, m in self.firmware.images.items() if role in ("bin", "hex"))
+        return names
+
+    @classmethod
+    def from_dict(cls, data, where: str = MANIFEST, *, listed: bool = True) -> "Manifest":
+        """Check types and shape (one ArtifactError line for anything off); `listed`: the members table must be
+        there (false only while a builder is still writing)."""
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ArtifactError(f"{where} is not an lcs artifact")
+        version = data.get("format_version")
+        if version not in READABLE_VERSIONS:
+            raise ArtifactError(f"{where}: artifact format version {version} is not supported "
+                                f"(this lcs reads {', '.join(map(str, READABLE_VERSIONS))})")
+        kind = data.get("kind")
+        if version == 1 and kind is None:  # version 1 had no kind: its firmware builds were strategy "firmware"
+            kind = "firmware" if data.get("strategy") == "firmware" else "cpu"
+        if kind not in KINDS:
+            raise _bad(where, f"kind must be one of {', '.join(KINDS)}", kind)
+        target = data.get("target")
+        target = {"name": target} if isinstance(target, str) else _obj(target, where, "target") or {}
+        raw_levels = data.get("levels")
+        if not isinstance(raw_levels, list):
+            raise _bad(where, "levels must be a list of level objects", raw_levels)
+        raw_modules = _obj(data.get("modules", {}), where, "modules") or {}
+        modules = {name: Module.from_dict(name, m, where) for name, m in raw_modules.items()}
+        extra_names = {e["name"] for m in modules.values() for e in m.extra_inputs}
+        levels = tuple(Level.from_dict(lv, f"{where}: levels[{i}]", extra_names) for i, lv in enumerate(raw_levels))
+        indices = [lv.index for lv in levels]
+        if len(set(indices)) != len(indices):
+            raise _bad(where, "level indices must not repeat", indices)
+        for lv in levels:
+            if lv.library is not None and lv.library not in modules:
+                raise ArtifactError(f"{where}: level {lv.index} uses library {lv.library!r}, which is not a module")
+        members = data.get("members")
+        if members is None and not listed:
+            members = {}
+        members = _obj(members, where, "members", optional=False)
+        for name, meta in members.items():
+            if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str) or \
+                    isinstance(meta.get("size"), bool) or not isinstance(meta.get("size"), int):
+                raise _bad(where, f"members[{name!r}] must be {{\"sha256\": ..., \"size\": ...}}", meta)
+        fw = _obj(data.get("firmware"), where, "firmware")
+        firmware = None
+        if fw is not None:
+            if not isinstance(fw.get("binary"), str) or not isinstance(fw.get("weights"), str):
+                raise _bad(where, "firmware needs binary and weights member names", fw)
+            images = _obj(fw.get("images", {}), where, "firmware.images") or {}
+            for role, member in images.items():
+                if not isinstance(member, str):
+                    raise _bad(where, f"firmware.images[{role!r}] must be a string", member)
+            firmware = Firmware(fw["binary"], fw["weights"], _int(fw.get("flash_bytes"), where, "flash_bytes"),
+                                _int(fw.get("ram_bytes"), where, "ram_bytes"), dict(images))
+        if kind == "firmware" and firmware is None:
+            raise ArtifactError(f"{where}: a firmware artifact without its firmware section")
+        runtime = _obj(data.get("runtime"), where, "runtime") or {}
+        verification = _obj(data.get("verification"), where, "verification") or {}
+        reference = data.get("reference")
+        if reference is not None and not isinstance(reference, str):
+            raise _bad(where, "reference must be a member name", reference)
+        strategy = data.get("strategy")
+        return cls(kind, version, target, None if strategy is None else str(strategy),
+                   TensorSpec.from_dict(data.get("input"), f"{where}: input"),
+                   TensorSpec.from_dict(data.get("output"), f"{where}: output"), modules, levels, reference, members,
+                   firmware, _int(runtime.get("threads"), where, "runtime.threads"),
+                   _number(verification.get("atol"), where, "verification.atol"), data)
+
+
+def new_manifest(*, kind: str, **fields) -> dict:
     """A manifest with the format header filled in; callers add target, levels, etc."""
-    return {"format": FORMAT, "format_version": FORMAT_VERSION, "lcs_version": __version__,
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}")
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind, "lcs_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), **fields}
 
 
-def write_artifact(path: str | Path, manifest: dict, members: Mapping[str, bytes | Path]) -> Path:
-    """Write `manifest` plus `members` (name -> bytes or a file path) atomically; fills manifest["members"]."""
+def write_artifact(path: str | Path, manifest: "dict | Manifest", members: Mapping[str, bytes | Path]) -> Path:
+    """Write `manifest` plus `members` (name -> bytes or a file path) atomically; fills manifest["members"]. The
+    manifest must parse as a `Manifest`: a builder cannot write what readers would refuse."""
     path = Path(path)
     blobs: dict[str, bytes] = {}
     for name, value in members.items():
@@ -110,12 +397,11 @@ def write_artifact(path: str | Path, manifest: dict, members: Mapping[str, bytes
         if name == MANIFEST:
             raise ArtifactError(f"{MANIFEST} is written by write_artifact itself")
         blobs[name] = Path(value).read_bytes() if isinstance(value, Path) else bytes(value)
-    manifest = dict(manifest)
+    manifest = dict(manifest.raw if isinstance(manifest, Manifest) else manifest)
     manifest.setdefault("format", FORMAT)
     manifest.setdefault("format_version", FORMAT_VERSION)
     manifest["members"] = {name: {"sha256": sha256(b), "size": len(b)} for name, b in sorted(blobs.items())}
-    referenced = _referenced_members(manifest)
-    missing = sorted(referenced - set(blobs))
+    missing = sorted(Manifest.from_dict(manifest, f"{path} ({MANIFEST})").referenced() - set(blobs))
     if missing:
         raise ArtifactError(f"manifest refers to members that are not written: {', '.join(missing)}")
     head = json.dumps(manifest, indent=2, sort_keys=True).encode()
@@ -129,31 +415,25 @@ def write_artifact(path: str | Path, manifest: dict, members: Mapping[str, bytes
     return path
 
 
-def _referenced_members(manifest: dict) -> set[str]:
-    names = set(manifest.get("modules") or {})
-    for level in manifest.get("levels") or []:
-        names.update(v for v in (level.get("members") or {}).values() if isinstance(v, str))
-    if manifest.get("reference"):
-        names.add(manifest["reference"])
-    return names
-
-
 @dataclass
 class Artifact:
     """A verified artifact held in memory (artifacts are a few MB at most)."""
 
     path: Path
-    manifest: dict
+    manifest: Manifest
     _blobs: dict[str, bytes]
 
     @property
-    def levels(self) -> list[dict]:
-        return self.manifest["levels"]
+    def levels(self) -> tuple[Level, ...]:
+        return self.manifest.levels
+
+    @property
+    def kind(self) -> str:
+        return self.manifest.kind
 
     @property
     def target_name(self) -> str | None:
-        target = self.manifest.get("target") or {}
-        return target.get("name") if isinstance(target, dict) else str(target)
+        return self.manifest.target_name
 
     def members(self) -> list[str]:
         return sorted(self._blobs)
@@ -167,15 +447,35 @@ class Artifact:
         return load_npz(self.read(member))
 
     def reference(self) -> dict[str, np.ndarray]:
-        """Sample inputs ("input") and the expected output of each level ("level<i>")."""
-        return self.read_npz(self.manifest["reference"])
+        """Sample inputs ("input") and the expected output of each level (`reference_key(index)`)."""
+        if self.manifest.reference is None:
+            raise ArtifactError(f"{self.path} carries no reference inputs and outputs")
+        return self.read_npz(self.manifest.reference)
+
+    def expected(self, reference: dict, level: Level) -> np.ndarray:
+        """The stored outputs of `level` from a reference set."""
+        out = reference.get(reference_key(level.index))
+        if out is None:
+            raise ArtifactError(f"{self.path}: no reference outputs for level {level.index}")
+        return out
+
+    def require_kind(self, kind: str, why: str) -> "Artifact":
+        if self.kind != kind:
+            raise ArtifactError(f"{self.path} is a {self.kind} build for {self.target_name!r}, not "
+                                f"{'firmware' if kind == 'firmware' else 'a CPU build'}; {why}")
+        return self
+
+    def firmware_binary(self) -> str:
+        """The member holding the firmware program (QEMU ELF or host-sim executable)."""
+        self.require_kind("firmware", "--sim starts the firmware of an MCU or host-sim build")
+        return self.manifest.firmware.binary
 
     def extract(self, directory: str | Path) -> Path:
         """Write every verified member under `directory` (manifest included); returns the directory."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         root = directory.resolve()
-        for name, data in [(MANIFEST, json.dumps(self.manifest, indent=2).encode()), *self._blobs.items()]:
+        for name, data in [(MANIFEST, json.dumps(self.manifest.raw, indent=2).encode()), *self._blobs.items()]:
             out = (root / name).resolve()
             if root not in out.parents:  # belt and braces: names were checked on reading
                 raise ArtifactError(f"unsafe member path {name!r}")
@@ -220,17 +520,13 @@ def open_artifact(path: str | Path, expect_target: str | dict | None = None) -> 
     if head is None:
         raise ArtifactError(f"{path} is not an lcs artifact (no {MANIFEST})")
     try:
-        manifest = json.loads(head)
+        raw = json.loads(head)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ArtifactError(f"{path}: {MANIFEST} is not valid JSON") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise ArtifactError(f"{path} is not an lcs artifact")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"{path}: artifact format version {manifest.get('format_version')} is not supported "
-                            f"(this lcs reads {FORMAT_VERSION})")
-    listed = manifest.get("members")
-    if not isinstance(listed, dict) or not isinstance(manifest.get("levels"), list):
-        raise ArtifactError(f"{path}: manifest lacks members or levels")
+    manifest = Manifest.from_dict(raw, str(path))
+    listed = manifest.members
     unlisted = sorted(set(blobs) - set(listed))
     if unlisted:
         raise ArtifactError(f"{path}: members not listed in the manifest: {', '.join(unlisted)}")
@@ -238,9 +534,9 @@ def open_artifact(path: str | Path, expect_target: str | dict | None = None) -> 
         if name not in blobs:
             raise ArtifactError(f"{path} is truncated or incomplete: member {name!r} is missing")
         data = blobs[name]
-        if len(data) != meta.get("size") or sha256(data) != meta.get("sha256"):
+        if len(data) != meta["size"] or sha256(data) != meta["sha256"]:
             raise ArtifactError(f"{path}: sha256 of member {name!r} does not match the manifest (corrupt file)")
-    missing = sorted(_referenced_members(manifest) - set(blobs))
+    missing = sorted(manifest.referenced() - set(blobs))
     if missing:
         raise ArtifactError(f"{path}: manifest refers to missing members: {', '.join(missing)}")
     artifact = Artifact(path, manifest, blobs)
@@ -255,24 +551,23 @@ def open_artifact(path: str | Path, expect_target: str | dict | None = None) -> 
 def summary_rows(artifact: Artifact) -> list[dict]:
     """One row per level for `lcs info` (table or JSON)."""
     rows = []
+    m = artifact.manifest
     for level in artifact.levels:
-        members = level.get("members") or {}
-        sizes = {role: artifact.manifest["members"][m]["size"] for role, m in members.items() if isinstance(m, str)}
-        rows.append({"index": level["index"], "alpha": level["alpha"], "label": level.get("label"),
-                     "accuracy": level.get("accuracy"), "latency_ms": level.get("latency_ms"),
-                     "threads": level.get("threads"), "cycles": level.get("cycles"), "bytes": sum(sizes.values()),
-                     "member_bytes": sizes, "members": members})
+        sizes = {role: m.member_size(member) for role, member in level.members.items()}
+        rows.append({"index": level.index, "alpha": level.alpha, "label": level.label or None,
+                     "accuracy": level.accuracy, "latency_ms": level.latency_ms, "threads": level.threads,
+                     "cycles": level.cycles, "bytes": sum(sizes.values()), "member_bytes": sizes,
+                     "members": dict(level.members)})
     return rows
 
 
 def describe(path: str | Path, expect_target: str | None = None) -> dict:
     """What `lcs info` shows: the manifest's header, per-level rows with their sizes, and the members."""
     a = open_artifact(path, expect_target)
-    m = a.manifest
-    return {"path": str(path), "format": m["format"], "format_version": m["format_version"],
-            "lcs_version": m.get("lcs_version"), "tvm_version": m.get("tvm_version"), "created": m.get("created"),
-            "target": a.target_name, "strategy": m.get("strategy"),
-            "family": (m.get("compression_map") or {}).get("family"), "input": m.get("input"),
-            "output": m.get("output"), "modules": m.get("modules"), "verification": m.get("verification"),
-            "tuning": m.get("tuning"), "runtime": m.get("runtime"), "levels": summary_rows(a), "members": m["members"],
-            "size": Path(path).stat().st_size}
+    m, raw = a.manifest, a.manifest.raw
+    return {"path": str(path), "format": FORMAT, "format_version": m.format_version, "kind": m.kind,
+            "lcs_version": raw.get("lcs_version"), "tvm_version": raw.get("tvm_version"),
+            "created": raw.get("created"), "target": a.target_name, "strategy": m.strategy, "family": m.family,
+            "input": raw.get("input"), "output": raw.get("output"), "modules": raw.get("modules"),
+            "verification": raw.get("verification"), "tuning": raw.get("tuning"), "runtime": raw.get("runtime"),
+            "levels": summary_rows(a), "members": m.members, "size": Path(path).stat().st_size}

@@ -45,6 +45,31 @@ def fail_cleanly(fn):
     return wrapper
 
 
+def board_options(what: str):
+    """--device / --sim / --rpc / --tracker / --key, declared once (lcs.transport.board.open_board takes exactly one;
+    lcs deploy needs one, lcs simulate at most one). `what` starts every help line."""
+    options = [
+        click.option("--device", "device_url", default=None, metavar="URL",
+                     help=what + "a board running lcs firmware (the artifact's): any pyserial port or URL (/dev/ttyACM0, "
+                                 "socket://h:p, a pty)"),
+        click.option("--sim", "sim_board", default=None, metavar="BOARD",
+                     help=what + "a simulated board: the artifact's firmware started on host-sim (a pty) or QEMU"),
+        click.option("--rpc", default=None, metavar="HOST:PORT",
+                     help=what + "a Linux board's TVM RPC server (python -m tvm.exec.rpc_server): the artifact's CPU "
+                                 "build runs there"),
+        click.option("--tracker", default=None, metavar="HOST:PORT",
+                     help=what + "a free board of --key from a TVM RPC tracker"),
+        click.option("--key", default=None, help="device key of the board at the tracker"),
+    ]
+
+    def apply(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return apply
+
+
 def signal_name(signum: int) -> str:
     import signal
 
@@ -203,16 +228,7 @@ def _policy_options(pairs: tuple[str, ...]) -> dict[str, str]:
               help="battery capacity (the default is 1000 mAh at 3.7 V)")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="folder for timeline.csv, summary.json, timeline.png [default: sim-<trace name>]")
-@click.option("--device", "device_url", default=None, metavar="URL",
-              help="hardware in the loop: a pyserial port or URL of lcs firmware (/dev/ttyACM0, socket://h:p, a pty); "
-                   "each running step really sets the level and runs one inference there")
-@click.option("--sim", "sim_board", default=None, metavar="BOARD",
-              help="hardware in the loop on a simulated board: start the artifact's firmware (host-sim on a pty, "
-                   "QEMU boards) and use it like --device")
-@click.option("--rpc", default=None, metavar="HOST:PORT",
-              help="hardware in the loop on a Linux board's TVM RPC server: the --artifact (a CPU build) runs there")
-@click.option("--tracker", default=None, metavar="HOST:PORT", help="like --rpc, a free board of --key from a tracker")
-@click.option("--key", default=None, help="device key of the board at the tracker")
+@board_options("hardware in the loop: each running step really sets the level and runs one inference on ")
 @click.option("--budget-scale", default=None, metavar="FACTOR|from=P|levels",
               help="rescale the trace's power budget to this board: a factor, from=P (the recording device's dynamic "
                    "power range in mW) or levels (highest budget = costliest level); see lcs/simulate/scaling.py")
@@ -253,6 +269,17 @@ def simulate_cmd(trace_path, artifact_path, profile_path, accuracy_path, board, 
 
 # -- build / info (issue 4) -----------------------------------------------------------------------
 
+def _compiler():
+    """The build function the compiler package registers under the `lcs.compilers` entry point (pyproject.toml)."""
+    from importlib.metadata import entry_points
+
+    found = entry_points(group="lcs.compilers", name="tvm")
+    if not found:
+        raise LcsError("lcs build needs the compiler (tvm_build), which this install does not have: "
+                       "install lcs with its `tvm` extra")
+    return next(iter(found)).load()
+
+
 @cli.command("build")
 @click.argument("checkpoint_path", metavar="CKPT", type=click.Path(path_type=Path))
 @click.option("--target", "target", required=True, help="board name (see targets/), e.g. host, rasp4")
@@ -280,8 +307,8 @@ def build_cmd(checkpoint_path, target, levels, strategy, tune, threads, rpc, tra
               progress, as_json, sign_key):
     """Compile a checkpoint for a board into one verified artifact."""
     from lcs.atomic import check_writable
-    from tvm_build.build import build
-    from tvm_build.report import print_build
+    from lcs.report import print_build
+    build = _compiler()
 
     check_writable(output, "-o")  # before compiling, not after
     signer = None
@@ -314,7 +341,7 @@ def info_cmd(artifact_path, target, as_json):
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:
-        from tvm_build.report import print_info
+        from lcs.report import print_info
 
         print_info(info)
 
@@ -326,14 +353,7 @@ def info_cmd(artifact_path, target, as_json):
 
 @cli.command("deploy")
 @click.argument("artifact_path", metavar="ARTIFACT", type=click.Path(path_type=Path))
-@click.option("--device", "device_url", default=None, metavar="URL",
-              help="pyserial port or URL of a board running the artifact's firmware (/dev/ttyACM0, socket://h:p)")
-@click.option("--sim", "sim_board", default=None, metavar="BOARD",
-              help="start the artifact's firmware on a simulated board (host-sim on a pty, QEMU boards)")
-@click.option("--rpc", default=None, metavar="HOST:PORT",
-              help="TVM RPC server of a Linux board (python -m tvm.exec.rpc_server): deploy a CPU build there")
-@click.option("--tracker", default=None, metavar="HOST:PORT", help="a TVM RPC tracker: deploy to a free board of --key")
-@click.option("--key", default=None, help="device key of the board at the tracker")
+@board_options("")
 @click.option("--trace-io", is_flag=True, help="hex-dump every frame with a timestamp (stderr)")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")

@@ -7,7 +7,7 @@ from typing import Sequence
 
 from lcs.config import DataConfig, RunConfig, SubspaceConfig, TrainConfig
 from lcs.errors import ConfigError
-from lcs.subspace.levels import make_map, parse_level
+from lcs.subspace.levels import level_alphas, make_map, parse_level
 
 
 def train_config(*, data_source: str = "mnist5k", model_name: str = "small-cnn", family: str = "unstructured",
@@ -98,24 +98,6 @@ def timing_line(summary: dict) -> str:
         line += (f", a plain step of the same network and batch {summary['plain_step_ms']:.2f} ms "
                  f"(LCS step {summary['step_ratio']:.2f}x)")
     return line
-
-
-def level_alphas(text: str | None, cmap) -> list[float]:
-    """`--levels` as alphas; None means the family's grid. An empty list or a level named twice is refused."""
-    if text is None:
-        return list(cmap.eval_alphas)
-    parts = [part.strip() for part in text.split(",")]
-    if not any(parts):
-        raise ConfigError("--levels is empty (leave the option out for the family's grid)")
-    if not all(parts):
-        raise ConfigError(f"--levels {text!r} has an empty entry")
-    alphas = [parse_level(part, cmap) for part in parts]
-    seen: dict[float, str] = {}
-    for part, alpha in zip(parts, alphas):
-        if alpha in seen:
-            raise ConfigError(f"--levels names one level twice: {seen[alpha]} and {part} are both alpha {alpha:g}")
-        seen[alpha] = part
-    return alphas
 
 
 def evaluate(checkpoint_path: str | Path, *, data_source: str | None = None, levels: str | None = None,

@@ -9,7 +9,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from lcs.errors import ConfigError
-from lcs.subspace.levels import CompressionMap, make_map, map_from_dict, map_to_dict
+from lcs.subspace.levels import CompressionMap, make_map, map_from_dict
 
 CONFIG_VERSION = 1
 NORMS = ("group", "instance", "layer", "batch")
@@ -170,8 +170,15 @@ def _build(cls, data: dict):
     return cls(**data)
 
 
-def compression_map_dict(cfg: SubspaceConfig) -> dict:
-    return map_to_dict(cfg.compression_map())
+def load_board(name: str):
+    """A board from targets/ (`targets.Board`, the board's typed config), or a one-line ConfigError naming the valid
+    ones: the one board lookup of build, firmware build and simulate."""
+    import targets
+
+    try:
+        return targets.load(name)
+    except targets.UnknownTarget as exc:
+        raise ConfigError(str(exc)) from None
 
 
 __all__ = [
@@ -181,5 +188,4 @@ __all__ = [
     "SubspaceConfig",
     "TrainConfig",
     "map_from_dict",
-    "compression_map_dict",
 ]

@@ -24,28 +24,26 @@ timed on the board by TVM's time_evaluator, the switch time (host-side: levels a
 library and weight sizes. TVM's RPC server keeps uploads for the session only: the deploy proves the artifact runs
 there; `lcs simulate --rpc` and your own `Runtime(..., session=...)` use the board the same way.
 
+Both kinds of board are opened by `lcs.transport.board.open_board` and go through the same steps: `Board.upload`,
+then one `self_test` (every level on every reference input; RPC latencies are the median of one time_evaluator call
+per input, measured on the board; serial ones the device's cycle counter).
+
 Torch-free.
 """
 
 from __future__ import annotations
 
-import contextlib
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from lcs import protocol as P
-from lcs.artifact import Artifact, ArtifactError, open_artifact
+from lcs.artifact import Artifact, Level, open_artifact
 from lcs.errors import LcsError
+from lcs.transport.board import BoardError, SerialBoard, Where, open_board
 
 CONNECT_TIMEOUT_S = 2.0
-
-
-class DeployError(LcsError):
-    """The device does not hold or run what the artifact says."""
+DeployError = BoardError  # the device does not hold or run what the artifact says
 
 
 @dataclass
@@ -104,234 +102,100 @@ class DeployReport:
                 "levels": [{**lv.__dict__, "passed": lv.passed} for lv in self.levels]}
 
 
-def level_tolerance(level: dict) -> float:
-    """fp32 levels agree with torch to float rounding; quantized levels may land one activation step away where
-    a value sits on a grid boundary (see tests/test_firmware_hostsim.py)."""
-    return 1e-4 if level.get("bits") is None else 2e-3
+def level_tolerance(art: Artifact, level: Level) -> float:
+    """CPU builds: the tolerance the build verified every level against. Firmware: fp32 levels agree with torch to
+    float rounding; quantized levels may land one activation step away where a value sits on a grid boundary (see
+    tests/test_firmware_hostsim.py)."""
+    if art.kind == "cpu":
+        return art.manifest.atol or 1e-4
+    return 1e-4 if level.bits is None else 2e-3
 
 
 def deploy(artifact_path: str | Path, *, device: str | None = None, sim: str | None = None, rpc: str | None = None,
            tracker: str | None = None, key: str | None = None, trace_io: bool = False, progress: bool = True,
            console=None, device_options: dict | None = None, rpc_options: dict | None = None) -> DeployReport:
     """Deploy and self-test; raises DeployError if the device's answers do not match the artifact."""
-    if sum(x is not None for x in (device, sim, rpc or tracker)) != 1 or (key is not None and tracker is None):
-        raise LcsError("give exactly one of --device URL, --sim BOARD, --rpc HOST:PORT, --tracker HOST:PORT --key K")
-    if rpc is not None or tracker is not None:
-        if trace_io:
-            raise LcsError("--trace-io dumps serial frames; TVM RPC has no lcs frames to show")
-        return deploy_rpc(artifact_path, rpc=rpc, tracker=tracker, key=key, progress=progress, console=console,
-                          **(rpc_options or {}))
-    art = open_artifact(artifact_path, expect_target=sim)
-    firmware = art.manifest.get("firmware")
-    if not isinstance(firmware, dict) or firmware.get("weights") not in art.members():
-        raise ArtifactError(f"{artifact_path} is a {art.manifest.get('strategy')!r} build for "
-                            f"{art.target_name!r}, not firmware; serial deploy needs an MCU or host-sim build")
-    board = sim or art.target_name
-    with _connected(artifact_path, device, sim) as url:
-        from lcs.device import Device, hexdump_tracer
+    where = Where.from_options(device=device, sim=sim, rpc=rpc, tracker=tracker, key=key)
+    if where.remote and trace_io:
+        raise LcsError("--trace-io dumps serial frames; TVM RPC has no lcs frames to show")
+    if where.remote:
+        from lcs.transport.rpc import cpu_artifact
 
-        trace = hexdump_tracer() if trace_io else None
-        options = {"connect_timeout": CONNECT_TIMEOUT_S, "exclusive": True, **(device_options or {})}
-        with Device.open(url, trace=trace, **options) as dev:
-            return _deploy_on(dev, art, board, f"sim:{sim}" if sim else url, progress, console)
-
-
-@contextlib.contextmanager
-def _connected(artifact_path, device: str | None, sim: str | None) -> Iterator[str]:
-    if sim is None:
-        yield device
-        return
-    from lcs.simulate.hardware import started_firmware  # starting boards: one home, shared with simulate
-
-    with started_firmware(artifact_path, sim) as url:
-        yield url
+        art = cpu_artifact(artifact_path, key)
+    else:
+        art = open_artifact(artifact_path, expect_target=sim).require_kind(
+            "firmware", "serial deploy needs an MCU or host-sim build")
+    options = {"exclusive": True, "connect_timeout": CONNECT_TIMEOUT_S, **(device_options or {})}
+    with open_board(art, where, trace_io=trace_io, serial_options=options, rpc_options=rpc_options) as board:
+        if isinstance(board, SerialBoard):
+            _answers(board, where)
+            board.check_model(sim or art.target_name)
+        info = board.hello()
+        report = DeployReport(str(art.path), sim or art.target_name, board.connection,
+                              getattr(info, "firmware_version", ""), getattr(info, "model_hash", ""), "",
+                              **({"flash_bytes": art.manifest.firmware.flash_bytes,
+                                  "ram_bytes": art.manifest.firmware.ram_bytes} if art.kind == "firmware" else {}))
+        done = _upload(board, progress, console)
+        report.uploaded_bytes, report.upload_s, report.upload_note, report.held = \
+            done.bytes, done.seconds, done.note, done.held
+        if art.kind == "firmware":
+            held = board.hello()
+            report.weights_crc, report.model_hash = f"{held.weights_crc:08x}", held.model_hash
+        report.levels = self_test(board, art)
+        report.retries = board.retries
+    return report
 
 
-def _deploy_on(dev, art: Artifact, board: str, connection: str, progress: bool, console) -> DeployReport:
+def _answers(board, where) -> None:
+    """A real port where no lcs firmware answers most likely runs other firmware: say how to write this one."""
     from lcs.device import DeviceTimeout
 
     try:
-        info = dev.hello()
+        board.hello()
     except DeviceTimeout as exc:
-        if connection.startswith("sim:"):
+        if where.sim is not None:
             raise
-        raise DeployError(f"no lcs firmware answered on {connection} ({exc}); a board that runs other firmware "
-                          f"needs this artifact's written first: lcs flash {art.path}") from None
-    _check_shape(info, art, board)
-    weights = art.read(art.manifest["firmware"]["weights"])
-    firmware = art.manifest["firmware"]
-    report = DeployReport(str(art.path), board, connection, info.firmware_version, info.model_hash,
-                          f"{info.weights_crc:08x}", flash_bytes=firmware.get("flash_bytes"),
-                          ram_bytes=firmware.get("ram_bytes"))
-    if len(weights) != info.weight_bytes:
-        raise DeployError(f"the device holds a {info.weight_bytes}-byte weight set; the artifact's is "
-                          f"{len(weights)} bytes: it runs another model (write this artifact's firmware first: "
-                          f"lcs flash {art.path})")
-    _upload(dev, weights, report, progress, console)
-    held = dev.hello()
-    if held.weights_crc != P.crc32(weights):
-        raise DeployError(f"the device runs weights with CRC {held.weights_crc:08x}, the artifact's have "
-                          f"{P.crc32(weights):08x}" + (f" (write its firmware first: lcs flash {art.path})"
-                                                       if not report.uploaded_bytes else ""))
-    report.weights_crc, report.model_hash = f"{held.weights_crc:08x}", held.model_hash
-    report.levels = self_test(dev, art)
-    report.retries = dev.retried
-    return report
+        raise DeployError(f"no lcs firmware answered on {board.connection} ({exc}); a board that runs other firmware "
+                          f"needs this artifact's written first: lcs flash {board.artifact.path}") from None
 
 
-def _check_shape(info: P.Hello, art: Artifact, board: str) -> None:
-    if info.board and info.board != board:
-        raise DeployError(f"the device is a {info.board!r} board; {art.path} was built for {board!r}")
-    in_len = int(np.prod(art.manifest["input"]["shape"]))
-    out_len = int(np.prod(art.manifest["output"]["shape"]))
-    want = (len(art.levels), in_len, out_len)
-    have = (info.levels, info.input_len, info.output_len)
-    if have != want:
-        raise DeployError(f"the device runs a model with {have[0]} levels, {have[1]} inputs, {have[2]} outputs; "
-                          f"{art.path} has {want[0]}, {want[1]}, {want[2]} (write its firmware first: "
-                          f"lcs flash {art.path})")
-
-
-def _upload(dev, weights: bytes, report: DeployReport, progress: bool, console) -> None:
+def _upload(board, progress: bool, console):
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-    start = time.perf_counter()
-    with Progress(TextColumn("uploading weights"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+    with Progress(TextColumn("uploading"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   console=console, disable=not progress, transient=True) as bar:
-        task = bar.add_task("upload", total=len(weights))
-        try:
-            dev.upload_weights(weights, progress=lambda done: bar.update(task, completed=done))
-        except P.DeviceError as exc:
-            if exc.status != P.NO_SPACE:
-                raise
-            report.upload_note = "no spare weight bank in this build: the weights came with the firmware image"
-            return
-    report.upload_s = time.perf_counter() - start
-    report.uploaded_bytes = len(weights)
+        task = bar.add_task("upload", total=None)
+        return board.upload(lambda done, total: bar.update(task, completed=done, total=total))
 
 
-def self_test(dev, art: Artifact) -> list[LevelCheck]:
-    """Every level on every reference input, against the outputs the build stored."""
+def self_test(board, art: Artifact) -> list[LevelCheck]:
+    """Every level on every reference input, against the outputs the build stored: the one self-test, for serial
+    firmware and RPC boards alike. Times come in the board's ticks: cycles of the board's clock (firmware) or
+    nanoseconds (RPC: inference timed on the board by TVM's time_evaluator, the switch a host-side choice)."""
     reference = art.reference()
     inputs = reference["input"].reshape(len(reference["input"]), -1).astype(np.float32)
-    clock_hz = float((art.manifest.get("target") or {}).get("clock_hz") or 0.0)
-    to_ms = (lambda cycles: cycles / clock_hz * 1000.0) if clock_hz > 0 else (lambda cycles: float("nan"))
+    cycles = board.tick_hz is None
+    rate = board.tick_hz or float(art.manifest.target.get("clock_hz") or 0.0)
+    to_ms = (lambda ticks: ticks / rate * 1000.0) if rate > 0 else (lambda ticks: float("nan"))
     checks = []
     for level in art.levels:
-        index = int(level["index"])
-        active, switch_cycles = dev.set_level(index=index)
-        if active != index:
-            raise DeployError(f"the device reports level {active} after set-level {index}")
-        expected = reference.get(f"level{index}")
-        if expected is None:
-            raise ArtifactError(f"{art.path}: no reference outputs for level {index}")
-        expected = expected.reshape(len(inputs), -1)
-        worst, agree, cycles = 0.0, True, []
+        active, switch = board.set_level(index=level.index)
+        if active != level.index:
+            raise DeployError(f"the device reports level {active} after set-level {level.index}")
+        expected = art.expected(reference, level).reshape(len(inputs), -1)
+        worst, agree, ticks = 0.0, True, []
         for x, want in zip(inputs, expected):
-            out, c = dev.infer(x.tolist())
+            out, t = board.infer(x.tolist())
             out = np.asarray(out, dtype=np.float32)
             worst = max(worst, float(np.abs(out - want).max()))
             agree &= int(out.argmax()) == int(want.argmax())
-            cycles.append(c)
-        infer_cycles = int(np.median(cycles))
-        checks.append(LevelCheck(index, float(level["alpha"]), str(level.get("label", "")), len(inputs), worst,
-                                 level_tolerance(level), agree, infer_cycles, int(switch_cycles),
-                                 to_ms(infer_cycles), to_ms(switch_cycles)))
-    return checks
-
-
-# -- Linux boards over TVM RPC -------------------------------------------------------------------------------
-
-PROFILE_NUMBER, PROFILE_REPEAT = 5, 3  # time_evaluator: median of 3 means of 5 calls, on the board
-
-
-def deploy_rpc(artifact_path: str | Path, *, rpc: str | None = None, tracker: str | None = None,
-               key: str | None = None, progress: bool = True, console=None, **connect_options) -> DeployReport:
-    """`lcs deploy --rpc` / `--tracker --key`: a CPU build on a Linux board running TVM's RPC server."""
-    from lcs.transport import rpc as R
-
-    where = R.Endpoint(rpc, tracker, key)  # malformed options fail before the artifact is read
-    art = R.cpu_artifact(artifact_path, key)
-    files = _rpc_files(art)
-    with R.connected(where, **connect_options) as link:
-        report = DeployReport(str(art.path), art.target_name, link.describe(), firmware_version="", model_hash="",
-                              weights_crc="", retries=link.attempts - 1)
-        _upload_files(link.session, art, files, report, progress, console)
-        report.held = _confirm_held(link.session, art, files, link.describe())
-        runtime = R.resident_runtime(art, link, report.held)
-        try:
-            report.levels = self_test_runtime(runtime, art)
-        finally:
-            del runtime  # remote modules and tensors go before the session does
-    return report
-
-
-def _rpc_files(art: Artifact) -> dict[str, str]:
-    """Artifact member -> file name in the session folder on the board: every library and weight set. Libraries get
-    the name `lcs.runtime.Runtime` gives them, so the runtime loads the very copy the board confirmed."""
-    members = list(art.manifest["modules"])
-    members += sorted({lv["members"]["weights"] for lv in art.levels if lv.get("members", {}).get("weights")})
-    return {m: m.replace("/", "_") for m in members}
-
-
-def _upload_files(session, art: Artifact, files: dict[str, str], report: DeployReport, progress: bool,
-                  console) -> None:
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
-    blobs = {m: art.read(m) for m in files}
-    total = sum(len(b) for b in blobs.values())
-    start = time.perf_counter()
-    with Progress(TextColumn("uploading {task.fields[member]:<24}"), BarColumn(), DownloadColumn(),
-                  TransferSpeedColumn(), console=console, disable=not progress, transient=True) as bar:
-        task = bar.add_task("upload", total=total, member="")
-        for member, blob in blobs.items():  # TVM's upload sends one file per call
-            bar.update(task, member=member)
-            session.upload(bytearray(blob), files[member])
-            bar.advance(task, len(blob))
-    report.upload_s = time.perf_counter() - start
-    report.uploaded_bytes = total
-
-
-def _confirm_held(session, art: Artifact, files: dict[str, str], where: str) -> dict[str, str]:
-    """The board sends back every file it holds; each must hash to the manifest's sha256."""
-    from lcs.artifact import sha256
-
-    held = {}
-    for member, name in files.items():
-        digest = sha256(bytes(session.download(name)))
-        want = art.manifest["members"][member]["sha256"]
-        if digest != want:
-            raise DeployError(f"the board at {where} holds {name} with sha256 {digest[:16]}..., the artifact's "
-                              f"{member} has {want[:16]}...: the upload was corrupted")
-        held[name] = digest
-    return held
-
-
-def self_test_runtime(runtime, art: Artifact) -> list[LevelCheck]:
-    """Every level of a resident Runtime on every reference input, against the stored outputs, with the tolerance
-    the build verified against; latency timed on the device by TVM's time_evaluator."""
-    reference = art.reference()
-    atol = float((art.manifest.get("verification") or {}).get("atol") or 1e-4)
-    sizes = {name: int(info["size"]) for name, info in art.manifest["members"].items()}
-    checks = []
-    for position, level in enumerate(art.levels):
-        index = int(level["index"])
-        expected = reference.get(f"level{index}")
-        if expected is None:
-            raise ArtifactError(f"{art.path}: no reference outputs for level {index}")
-        start = time.perf_counter()
-        runtime.set_level(position)
-        switch_ms = (time.perf_counter() - start) * 1e3
-        got = np.stack([runtime.run(x) for x in reference["input"]])
-        got, want = got.reshape(len(got), -1), expected.reshape(len(expected), -1)
-        worst = float(np.abs(got - want).max())
-        agree = bool(np.array_equal(got.argmax(axis=1), want.argmax(axis=1)))
-        latency_ms = runtime.time(position, number=PROFILE_NUMBER, repeat=PROFILE_REPEAT)
-        members = level.get("members") or {}
-        checks.append(LevelCheck(index, float(level["alpha"]), str(level.get("label", "")), len(got), worst, atol,
-                                 agree, None, None, latency_ms, switch_ms,
-                                 library_bytes=sizes.get(members.get("library")),
-                                 weights_bytes=sizes.get(members.get("weights"))))
+            ticks.append(t)
+        infer = int(np.median(ticks))
+        checks.append(LevelCheck(level.index, level.alpha, level.label, len(inputs), worst,
+                                 level_tolerance(art, level), agree, infer if cycles else None,
+                                 int(switch) if cycles else None, to_ms(infer), to_ms(switch),
+                                 library_bytes=art.manifest.member_size(level.library),
+                                 weights_bytes=art.manifest.member_size(level.weights)))
     return checks
 
 

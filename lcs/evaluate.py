@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from lcs import accel, atomic
 from lcs.checkpoint import Checkpoint
 from lcs.results import read_accuracy
+from lcs.subspace.levels import same_alpha
 from lcs.subspace.model import SubspaceModel
 
 
@@ -89,7 +90,7 @@ def accuracy_table(metrics: dict, eval_results: str | Path | None) -> list[dict]
 
 
 def accuracy_at(table: list[dict], alpha: float) -> float | None:
-    return next((float(r["accuracy"]) for r in table if abs(float(r["alpha"]) - alpha) < 1e-9), None)
+    return next((float(r["accuracy"]) for r in table if same_alpha(r["alpha"], alpha)), None)
 
 
 # -- output ---------------------------------------------------------------------------------------

@@ -75,18 +75,17 @@ def flash_plan(art: Artifact, *, probe: str | None = None, tool: str = "pyocd") 
     flashing data, in one line each."""
     if tool not in TOOLS:
         raise FlashError(f"unknown flash tool {tool!r}; choose {' or '.join(TOOLS)}")
-    target = art.manifest.get("target") or {}
+    target = art.manifest.target
     board = art.target_name
-    images = (art.manifest.get("firmware") or {}).get("images") or {}
-    member = images.get("hex")
+    member = art.manifest.firmware.hex_image if art.manifest.firmware is not None else None
     if not member or member not in art.members():
-        raise FlashError(f"{art.path} carries no flashable image: it is a {art.manifest.get('strategy')!r} build for "
+        raise FlashError(f"{art.path} carries no flashable image: it is a {art.manifest.strategy!r} build for "
                          f"{board!r} (firmware builds for microcontroller boards carry .bin and .hex images)")
     spec = target.get("flash")
     if not isinstance(spec, dict):
         how = f"start it with `lcs deploy {art.path} --sim {board}`" if target.get("qemu") else "it has no probe"
         raise FlashError(f"board {board!r} has no flash section in targets/{board}.json (no pyOCD target): {how}")
-    digest = art.manifest["members"][member]["sha256"]
+    digest = art.manifest.member_sha256(member)
     image = cache_dir() / digest[:16] / Path(member).name
     if tool == "pyocd":
         name = spec.get("pyocd_target")
@@ -175,7 +174,7 @@ def flash(artifact_path: str | Path, *, probe: str | None = None, port: str | No
             ids = ", ".join(p.unique_id for p in probes)
             raise FlashError(f"{len(probes)} debug probes are attached ({ids}): choose one with --probe")
         found = probes[0].unique_id
-        spec = art.manifest["target"]["flash"]
+        spec = art.manifest.target["flash"]
         _check_pyocd_target(spec["pyocd_target"], bool(spec.get("pyocd_pack")))
         if probe is None:  # pin the command to the probe that was checked
             plan = flash_plan(art, probe=found, tool=tool)
@@ -203,6 +202,6 @@ def flash(artifact_path: str | Path, *, probe: str | None = None, port: str | No
 def describe_dry_run(art: Artifact, plan: FlashPlan, port: str | None) -> list[str]:
     """`lcs flash --dry-run`: the commands, then the self-test that would follow."""
     where = port or "<the probe's serial port>"
-    return [f"# extract {plan.image_member} ({art.manifest['members'][plan.image_member]['size']:,} B) to "
+    return [f"# extract {plan.image_member} ({art.manifest.member_size(plan.image_member):,} B) to "
             f"{plan.image_path}", *plan.lines(),
             f"# then the self-test of: lcs deploy {shlex.quote(str(art.path))} --device {where}"]

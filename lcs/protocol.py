@@ -1,6 +1,6 @@
 """The serial wire protocol between a host and the lcs firmware (firmware_host/), host side.
 
-Mirrors firmware_host/src/protocol.c byte for byte; the spec is firmware_host/PROTOCOL.md.
+Mirrors the frame handling in firmware_host/src/main.c byte for byte; the spec is firmware_host/PROTOCOL.md.
 Torch-free and tvm-free: the device tools import this.
 
 Frame (both directions, little endian):

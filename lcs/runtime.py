@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lcs.artifact import Artifact, ArtifactError, open_artifact
+from lcs.artifact import Artifact, ArtifactError, Level, TensorSpec, open_artifact
 from lcs.errors import LcsError
 
 # (file, message) pairs TVM logs that mean nothing to a user: one line per constant whenever a VM executable is
@@ -119,7 +119,7 @@ class _StaticLibrary:
 
     @staticmethod
     def _view(address: int, spec: dict) -> np.ndarray:
-        dtype, shape = np.dtype(spec["dtype"]), tuple(spec["shape"])
+        dtype, shape = np.dtype(spec.dtype), spec.shape
         buffer = (ctypes.c_char * (int(np.prod(shape)) * dtype.itemsize)).from_address(address)
         return np.frombuffer(buffer, dtype=dtype).reshape(shape)
 
@@ -159,18 +159,18 @@ class Runtime:
     def __init__(self, artifact: Artifact | str | Path, *, expect_target: str | None = None, session=None) -> None:
         self.artifact = artifact if isinstance(artifact, Artifact) else open_artifact(artifact, expect_target)
         manifest = self.artifact.manifest
-        if manifest.get("strategy") == "firmware":
+        if self.artifact.kind == "firmware":
             raise RunError(f"{self.artifact.path} is microcontroller firmware; deploy it with `lcs deploy`")
         tvm, VirtualMachine = _import_tvm()
         self._tvm = tvm
         self._session = session
         self.device = session.cpu() if session is not None else tvm.cpu()
-        self.input_spec = manifest["input"]
-        self.output_spec = manifest["output"]
-        self._input_shape = tuple(self.input_spec["shape"])
+        self.input_spec: TensorSpec = manifest.input
+        self.output_spec: TensorSpec = manifest.output
+        self._input_shape = self.input_spec.shape
         self._libs: dict[str, object] = {}
         self._scratch = tempfile.TemporaryDirectory(prefix="lcs-runtime-")
-        for name in manifest["modules"]:
+        for name in manifest.modules:
             path = Path(self._scratch.name) / name.replace("/", "_")
             path.write_bytes(self.artifact.read(name))
             with filtered_tvm_logs():
@@ -189,41 +189,43 @@ class Runtime:
         self._vms: dict[str, object] = {}
         self._static: dict[str, _StaticLibrary] = {}
         self._bound: dict[str, int] = {}  # static module -> the level whose weights it holds
-        self._levels = [self._load_level(level, VirtualMachine) for level in manifest["levels"]]
+        self._levels = [self._load_level(level, VirtualMachine) for level in manifest.levels]
         # threads: the build measured each level at 1, 2, 4, ... threads and recorded the fewest within 3 % of its
         # fastest (tiny levels lose more to the pool's hand-offs than they gain). A switch resizes TVM's pool when
         # the next level wants another count (~2.6 us here, one round trip over RPC).
         self.pool_threads = self._pool_size()  # what the process gave TVM (TVM_NUM_THREADS)
-        best = (manifest.get("runtime") or {}).get("threads")
-        self._cap = min(int(best), self.pool_threads) if best else self.pool_threads  # never more than it was given
-        self._level_threads = [level.get("threads") for level in manifest["levels"]]
+        best = manifest.threads
+        self._cap = min(best, self.pool_threads) if best else self.pool_threads  # never more than it was given
+        self._level_threads = [level.threads for level in manifest.levels]
         self._threads_now = self.pool_threads
         for static in self._static.values():
             static.threads(self._threads_now)
         self.level = -1
         self.set_level(0)
 
-    def _load_level(self, level: dict, VirtualMachine) -> _Level:
+    def _load_level(self, level: Level, VirtualMachine) -> _Level:
         tvm = self._tvm
-        manifest = self.artifact.manifest
-        members = level["members"]
-        module = members["library"]
-        spec = manifest["modules"][module]
-        weights = self.artifact.read_npz(members["weights"]) if members.get("weights") else {}
+        module = level.library
+        if module is None:
+            raise ArtifactError(f"{self.artifact.path}: level {level.index} names no library")
+        spec = self.artifact.manifest.modules[module]
+        weights = self.artifact.read_npz(level.weights) if level.weights else {}
         arrays = []  # main(x, *extra_inputs, *params)
-        for extra in spec.get("extra_inputs", []):  # e.g. alpha for the alpha-input strategy
-            arrays.append(np.asarray(level[extra["name"]], dtype=extra["dtype"]).reshape(extra["shape"]))
-        for p in spec.get("params", []):
+        for extra in spec.extra_inputs:  # e.g. alpha for the alpha-input strategy
+            if extra["name"] not in level.inputs:
+                raise ArtifactError(f"{self.artifact.path}: level {level.index} gives no value for {extra['name']}")
+            arrays.append(np.asarray(level.inputs[extra["name"]], dtype=extra["dtype"]).reshape(extra["shape"]))
+        for p in spec.params:
             if p["name"] not in weights:
-                raise ArtifactError(f"{self.artifact.path}: level {level['index']} lacks weight {p['name']}")
+                raise ArtifactError(f"{self.artifact.path}: level {level.index} lacks weight {p['name']}")
             array = np.require(weights[p["name"]], requirements="C")
             if list(array.shape) != list(p["shape"]) or str(array.dtype) != p["dtype"]:
-                raise ArtifactError(f"{self.artifact.path}: weight {p['name']} of level {level['index']} is "
+                raise ArtifactError(f"{self.artifact.path}: weight {p['name']} of level {level.index} is "
                                     f"{array.shape} {array.dtype}, the module wants {p['shape']} {p['dtype']}")
             arrays.append(array)
         lib, path = self._libs[module]
-        index = level["index"]
-        if spec.get("executor") == "static":
+        index = level.index
+        if spec.executor == "static":
             if self._session is None:  # ctypes straight into the library: no packed call, no tensor conversion
                 if module not in self._static:
                     self._static[module] = _StaticLibrary(path, self.input_spec, self.output_spec)
@@ -234,11 +236,11 @@ class Runtime:
                 def bind(static=static, pointers=pointers, kept=kept):  # `kept` lives as long as the binding
                     static.bind(pointers)
 
-                y = tvm.runtime.tensor(np.zeros(self.output_spec["shape"], self.output_spec["dtype"]), self.device)
+                y = tvm.runtime.tensor(np.zeros(self.output_spec.shape, self.output_spec.dtype), self.device)
                 return _Level(module, static.run, static.input, bind, (lib, "lcs_forward", [y]))
             args = [tvm.runtime.tensor(a, self.device) for a in arrays]
             set_weights, forward = lib["lcs_set_weights"], lib["lcs_forward"]
-            y = tvm.runtime.tensor(np.zeros(self.output_spec["shape"], self.output_spec["dtype"]), self.device)
+            y = tvm.runtime.tensor(np.zeros(self.output_spec.shape, self.output_spec.dtype), self.device)
 
             def remote_call(forward=forward, x=self._input, y=y):  # no reference to self: the session must close
                 forward(x, y)                                         # when the Runtime goes, not at the next GC
@@ -290,7 +292,7 @@ class Runtime:
                 static.threads(count)
 
     @property
-    def levels(self) -> list[dict]:
+    def levels(self) -> tuple[Level, ...]:
         return self.artifact.levels
 
     def set_level(self, index: int) -> None:
@@ -306,13 +308,13 @@ class Runtime:
 
     def level_for_alpha(self, alpha: float) -> int:
         """The index of the artifact level whose alpha is closest to `alpha`."""
-        return min(range(len(self.levels)), key=lambda i: abs(self.levels[i]["alpha"] - alpha))
+        return min(range(len(self.levels)), key=lambda i: abs(self.levels[i].alpha - alpha))
 
     def _input_buffer(self):
         """One input tensor for every VM call. Locally it is a zero-copy view of a 64-byte aligned numpy array (what
         DLPack import demands), so a call costs a numpy copy instead of a fresh TVM tensor (~15 us, more than the
         whole width-0.25 network); over RPC it is a tensor on the board that each call copies into."""
-        shape, dtype = tuple(self.input_spec["shape"]), np.dtype(self.input_spec["dtype"])
+        shape, dtype = self.input_spec.shape, np.dtype(self.input_spec.dtype)
         if self._session is not None:
             return None, self._tvm.runtime.tensor(np.zeros(shape, dtype), self.device)
         host = aligned_copy(np.zeros(shape, dtype))
@@ -324,11 +326,11 @@ class Runtime:
             self.set_level(level)
         x = np.asarray(x)
         if x.shape != self._input_shape:
-            raise RunError(f"input shape {list(x.shape)} does not match the artifact's {self.input_spec['shape']}")
+            raise RunError(f"input shape {list(x.shape)} does not match the artifact's {list(self.input_spec.shape)}")
         current = self._levels[self.level]
         host = current.input_host
         if host is None:
-            self._input.copyfrom(np.ascontiguousarray(x, dtype=self.input_spec["dtype"]))
+            self._input.copyfrom(np.ascontiguousarray(x, dtype=self.input_spec.dtype))
         elif x.dtype == host.dtype:
             host[...] = x  # half the time of np.copyto, which checks casting rules
         else:
@@ -341,7 +343,7 @@ class Runtime:
         `number` calls (each mean at least `min_repeat_ms` long), the first `warmup` of them dropped."""
         self.set_level(level)
         module, name, args = self._levels[level].timed
-        x = self._tvm.runtime.tensor(np.zeros(self.input_spec["shape"], self.input_spec["dtype"]), self.device)
+        x = self._tvm.runtime.tensor(np.zeros(self.input_spec.shape, self.input_spec.dtype), self.device)
         timer = module.time_evaluator(name, self.device, number=number, repeat=repeat + warmup,
                                       min_repeat_ms=min_repeat_ms)
         return float(np.median(timer(x, *args).results[warmup:]) * 1e3)
@@ -351,13 +353,13 @@ class Runtime:
         """Per level: "static" (lcs's C executor, tvm_build/cpu_executor.py) or "vm" (the Relax VM)."""
         return ["static" if lv.bind is not None else "vm" for lv in self._levels]
 
-    def check(self, atol: float = 1e-4) -> list[float]:
+    def check(self) -> list[float]:
         """Max abs difference per level between this device's outputs and the reference outputs in the artifact."""
         ref = self.artifact.reference()
         diffs = []
-        for i in range(len(self._levels)):
+        for i, level in enumerate(self.levels):
             got = np.stack([self.run(x, level=i) for x in ref["input"]])
-            diffs.append(float(np.max(np.abs(got - ref[f"level{i}"]))))
+            diffs.append(float(np.max(np.abs(got - self.artifact.expected(ref, level)))))
         return diffs
 
 
@@ -380,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             diffs = rt.check()
             for level, diff in zip(rt.levels, diffs):
-                print(f"level {level['index']} alpha {level['alpha']:.4f} {level['label']}: max abs diff {diff:.3g}")
+                print(f"level {level.index} alpha {level.alpha:.4f} {level.label}: max abs diff {diff:.3g}")
             if max(diffs) > 1e-4:
                 print(f"error: outputs differ from the reference by up to {max(diffs):.3g}", file=sys.stderr)
                 return 1

@@ -181,3 +181,21 @@ def test_synthetic_data_is_deterministic_and_shaped_like_cifar():
     assert len(a.train) == 200 and len(a.test) == 40
     assert torch.equal(a.train.tensors[0], b.train.tensors[0])
     assert not torch.equal(a.train.tensors[0], load_data(DataConfig("synthetic:200", seed=2)).train.tensors[0])
+
+
+def test_fused_line_blend_is_the_per_layer_blend_bit_for_bit(digits):
+    """SubspaceModel.forward blends every line parameter in one multi-tensor op; the outputs and gradients
+    must be those of the per-layer blend (compress.blend), exactly."""
+    cfg = RunConfig(model=model_config_for(digits.info), data=DataConfig("digits"), subspace=SubspaceConfig())
+    x = torch.stack([digits.test[i][0] for i in range(16)])
+    y = torch.tensor([digits.test[i][1] for i in range(16)])
+    results = []
+    for fused in (True, False):
+        model = checkpoint.build(cfg)
+        model.fused_blend = fused
+        model.set_alpha(0.3)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    assert torch.equal(results[0][0], results[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))

@@ -18,7 +18,7 @@ from lcs import artifact as art
 
 def _manifest() -> dict:
     return art.new_manifest(
-        target={"name": "host", "kind": "linux"}, strategy="per-level", tvm_version=None,
+        kind="cpu", target={"name": "host", "kind": "linux"}, strategy="per-level", tvm_version=None,
         input={"name": "x", "shape": [1, 4], "dtype": "float32"}, output={"shape": [1, 2], "dtype": "float32"},
         modules={"lib/level0.so": {"entry": "main", "params": [], "extra_inputs": []}},
         levels=[{"index": 0, "alpha": 1.0, "label": "dense", "keep": 1.0, "width": 1.0, "bits": None,
@@ -41,12 +41,13 @@ def good(tmp_path):
 
 def test_round_trip(good, tmp_path):
     a = art.open_artifact(good, expect_target="host")
-    assert a.manifest["format"] == "lcs-artifact" and a.manifest["format_version"] == 1
-    assert a.levels[0]["members"]["library"] == "lib/level0.so"
+    assert a.manifest.raw["format"] == "lcs-artifact" and a.manifest.format_version == art.FORMAT_VERSION
+    assert a.kind == "cpu" and a.levels[0].library == "lib/level0.so" and a.levels[0].label == "dense"
+    assert a.manifest.input.shape == (1, 4) and a.manifest.modules["lib/level0.so"].entry == "main"
     assert a.read("lib/level0.so") == b"\x7fELF fake library"
     assert a.read_npz("weights/level0.npz")["w"].dtype == np.int8
     assert a.reference()["input"].shape == (2, 1, 4)
-    m = a.manifest["members"]["lib/level0.so"]
+    m = a.manifest.members["lib/level0.so"]
     assert m["size"] == 17 and len(m["sha256"]) == 64
     out = a.extract(tmp_path / "x")
     assert (out / "lib" / "level0.so").read_bytes() == b"\x7fELF fake library"
@@ -144,3 +145,68 @@ def test_no_torch_or_tvm_import():
            "assert not bad, bad"
     root = str(Path(__file__).resolve().parents[1])
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env={**os.environ, "PYTHONPATH": root})
+
+
+def _with_manifest(tmp_path, good, edit) -> Path:
+    """`good` with its manifest.json edited by hand (members and their hashes untouched)."""
+    with tarfile.open(good) as tar:
+        files = {m.name: tar.extractfile(m).read() for m in tar}
+    manifest = json.loads(files["manifest.json"])
+    edit(manifest)
+    files["manifest.json"] = json.dumps(manifest).encode()
+    out = tmp_path / "edited.lcsa"
+    with tarfile.open(out, "w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out
+
+
+def _set(path, value):
+    def edit(manifest):
+        *keys, last = path
+        node = manifest
+        for k in keys:
+            node = node[k]
+        if value is KeyError:
+            del node[last]
+        else:
+            node[last] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit,message", [
+    (_set(["levels"], "0,1"), "levels must be a list of level objects, got '0,1'"),
+    (_set(["members", "lib/level0.so"], "abc123"), "members['lib/level0.so'] must be"),
+    (_set(["levels", 0, "index"], KeyError), "levels[0]: a level without an index"),
+    (_set(["levels", 0, "alpha"], "1.0"), "levels[0]: alpha must be a number, got '1.0'"),
+])
+def test_hand_edited_manifest_is_one_line_error(good, tmp_path, edit, message):
+    from click.testing import CliRunner
+
+    from lcs.cli import cli
+
+    edited = _with_manifest(tmp_path, good, edit)
+    with pytest.raises(art.ArtifactError) as caught:
+        art.open_artifact(edited)
+    assert message in str(caught.value)
+    result = CliRunner().invoke(cli, ["info", str(edited)])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_version_1_manifest_without_kind_is_read(good, tmp_path):
+    def edit(manifest):
+        manifest["format_version"] = 1
+        del manifest["kind"]
+        manifest["strategy"] = "firmware"
+    with pytest.raises(art.ArtifactError, match="firmware artifact without its firmware section"):
+        art.open_artifact(_with_manifest(tmp_path, good, edit))
+    def edit_cpu(manifest):
+        manifest["format_version"] = 1
+        del manifest["kind"]
+    old = art.open_artifact(_with_manifest(tmp_path, good, edit_cpu))
+    assert old.kind == "cpu"

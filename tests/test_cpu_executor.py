@@ -16,8 +16,11 @@ from torch import nn
 
 import targets
 import tvm  # noqa: F401  (TVM is part of the test install: a missing one must fail, not skip)
+from lcs.artifact import TensorSpec
 from lcs.runtime import _StaticLibrary, aligned_copy
 from tvm_build import compile as tc
+from tvm_build.export import to_relax
+from tvm_build.target import host_target, make_target
 from tvm_build import cpu_executor
 from tvm_build.graph import export_order, param_arrays
 
@@ -40,12 +43,12 @@ def small():
     torch.manual_seed(0)
     net = Small().eval()
     x = torch.rand(1, 1, 8, 8)
-    mod, ep = tc.to_relax(net, (x,))
+    mod, ep = to_relax(net, (x,))
     arrays = param_arrays(net)
     weights = [arrays[name] for name in export_order(ep)]
     with torch.no_grad():
         expected = net(x).numpy()
-    return tc.fuse_kernels(mod, tc.host_target()), weights, x.numpy(), expected
+    return tc.fuse_kernels(mod, host_target()), weights, x.numpy(), expected
 
 
 def test_plan_aliases_reshapes_runs_weight_work_once_and_reuses_the_arena(small):
@@ -74,7 +77,7 @@ def test_plan_aliases_reshapes_runs_weight_work_once_and_reuses_the_arena(small)
 def _built(small, tmp_path):
     mod, weights, x, expected = small
     path = tmp_path / "small.so"
-    info = tc.build_library(mod, tc.host_target(), targets.load("host"), path)
+    info = tc.build_library(mod, host_target(), targets.load("host"), path)
     assert info["executor"] == "static", info
     lib = tvm.runtime.load_module(str(path))  # TVM fills in the kernels' runtime hooks
     return lib, path, weights, x, expected
@@ -83,8 +86,7 @@ def _built(small, tmp_path):
 def test_static_library_runs_like_torch_through_ctypes(small, tmp_path):
     lib, path, weights, x, expected = _built(small, tmp_path)
     assert not hasattr(ctypes.CDLL(str(path)), "__tvm_ffi___vmtir__main")  # no VM program in the library
-    static = _StaticLibrary(path, {"shape": [1, 1, 8, 8], "dtype": "float32"},
-                            {"shape": [1, 10], "dtype": "float32"})
+    static = _StaticLibrary(path, TensorSpec((1, 1, 8, 8), "float32"), TensorSpec((1, 10), "float32"))
     with pytest.raises(Exception, match="no weights bound"):
         static.run()
     kept = [aligned_copy(w) for w in weights]
@@ -132,7 +134,7 @@ def test_cross_compiled_executor_links_for_the_pis(small, tmp_path):
         if shutil.which(board.cross_compiler) is None:
             pytest.fail(f"{board.cross_compiler} missing: scripts/setup.sh installs {board.debian_package}")
         path = tmp_path / f"{name}.so"
-        info = tc.build_library(mod, tc.make_target(board), board, path)
+        info = tc.build_library(mod, make_target(board), board, path)
         assert info["executor"] == "static"
         header = path.read_bytes()[:20]
         machine = int.from_bytes(header[18:20], "little")

@@ -19,16 +19,6 @@ def run(*args):
     return CliRunner().invoke(cli, ["deploy", *map(str, args)])
 
 
-def one_line_error(result, *needles):
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
-
-
 def test_deploy_on_sim_uploads_confirms_and_self_tests(hostsim_artifact):
     from lcs import protocol as P
     from lcs.artifact import open_artifact
@@ -51,7 +41,7 @@ def test_deploy_on_sim_uploads_confirms_and_self_tests(hostsim_artifact):
 
 
 def test_deploy_table_closing_line_and_trace_io(hostsim_artifact):
-    from tvm_build.mcu.launch import start_host_sim
+    from lcs.transport.launch import start_host_sim
 
     lcsa, binary = hostsim_artifact
     with start_host_sim(binary) as running:
@@ -67,34 +57,34 @@ def test_deploy_table_closing_line_and_trace_io(hostsim_artifact):
     assert all(f.split("B  ", 1)[1].startswith("a5 5a") for f in received)
 
 
-def test_artifact_for_another_board(hostsim_artifact):
+def test_artifact_for_another_board(one_line_error, hostsim_artifact):
     lcsa, _ = hostsim_artifact
     one_line_error(run(lcsa, "--sim", "mps2-an500"), "built for target 'host-sim', not 'mps2-an500'")
 
 
-def test_device_that_reports_another_board(hostsim_artifact, tmp_path):
+def test_device_that_reports_another_board(one_line_error, hostsim_artifact, tmp_path):
     """--device: the board name comes from the device's HELLO and must match the artifact's target."""
     from lcs import artifact as A
-    from tvm_build.mcu.launch import start_host_sim
+    from lcs.transport.launch import start_host_sim
 
     lcsa, binary = hostsim_artifact
     art = A.open_artifact(lcsa)
-    manifest = {**art.manifest, "target": {**art.manifest["target"], "name": "mps2-an386"}}
+    manifest = {**art.manifest.raw, "target": {**art.manifest.raw["target"], "name": "mps2-an386"}}
     other = A.write_artifact(tmp_path / "other.lcsa", manifest, {m: art.read(m) for m in art.members()})
     with start_host_sim(binary) as running:
         one_line_error(run(other, "--device", running.url), "device is a 'host-sim' board",
                        "built for 'mps2-an386'")
 
 
-def test_port_that_does_not_exist(hostsim_artifact, tmp_path):
+def test_port_that_does_not_exist(one_line_error, hostsim_artifact, tmp_path):
     lcsa, _ = hostsim_artifact
     one_line_error(run(lcsa, "--device", tmp_path / "ttyNOPE"), "ttyNOPE: no such port")
 
 
-def test_port_that_is_busy(hostsim_artifact):
+def test_port_that_is_busy(one_line_error, hostsim_artifact):
     import serial
 
-    from tvm_build.mcu.launch import start_host_sim
+    from lcs.transport.launch import start_host_sim
 
     lcsa, binary = hostsim_artifact
     with start_host_sim(binary) as running:
@@ -105,7 +95,7 @@ def test_port_that_is_busy(hostsim_artifact):
             holder.close()
 
 
-def test_device_that_never_answers(hostsim_artifact):
+def test_device_that_never_answers(one_line_error, hostsim_artifact):
     lcsa, _ = hostsim_artifact
     master, slave = os.openpty()  # a port nobody serves
     tty.setraw(slave)
@@ -116,7 +106,7 @@ def test_device_that_never_answers(hostsim_artifact):
         os.close(slave)
 
 
-def test_corrupt_artifact_and_rpc_and_missing_connection(hostsim_artifact, tmp_path):
+def test_corrupt_artifact_and_rpc_and_missing_connection(one_line_error, hostsim_artifact, tmp_path):
     lcsa, _ = hostsim_artifact
     broken = tmp_path / "broken.lcsa"
     data = bytearray(lcsa.read_bytes())
@@ -128,12 +118,12 @@ def test_corrupt_artifact_and_rpc_and_missing_connection(hostsim_artifact, tmp_p
 
 
 @pytest.mark.qemu
-def test_deploy_on_a_qemu_board(hostsim_artifact, tmp_path):
-    """The same model built for an emulated Cortex-M7 board: QEMU started by --sim, upload over its UART."""
+def test_deploy_on_a_qemu_board(train_tiny, tmp_path):
+    """The same model as hostsim_artifact built for an emulated Cortex-M7 board: QEMU started by --sim, upload over
+    its UART."""
     from tvm_build.mcu.build import build_firmware
 
-    lcsa, _ = hostsim_artifact
-    checkpoint = lcsa.parent.parent / "ck.safetensors"
+    checkpoint = train_tiny("unstructured", "point", 8)
     build = build_firmware(checkpoint, "mps2-an500", [0.05, 1.0], tmp_path / "an500")
     result = run(build.artifact, "--sim", "mps2-an500", "--json")
     assert result.exit_code == 0, result.output

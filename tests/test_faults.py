@@ -31,7 +31,7 @@ UPLOAD_CHUNK = 64  # at 1 % byte faults a 1 KiB frame almost never arrives whole
 
 @pytest.fixture
 def running(hostsim_artifact):
-    from tvm_build.mcu.launch import start_host_sim
+    from lcs.transport.launch import start_host_sim
 
     _, binary = hostsim_artifact
     with start_host_sim(binary) as proc:

@@ -13,30 +13,13 @@ import torch
 
 import targets
 from lcs import protocol as P
-from lcs.checkpoint import Checkpoint
-from lcs.config import ModelConfig, RunConfig, SubspaceConfig
 from lcs.device import Device
-from lcs.models import build_model
-from lcs.subspace.model import SubspaceModel
 
 pytestmark = [pytest.mark.slow, pytest.mark.tvm]
 
 
-def tiny_checkpoint(family: str, seed: int = 0) -> Checkpoint:
-    """A width-4 small CNN on 8x8 input, LCS+L, with activation ranges as training would leave them."""
-    torch.manual_seed(seed)
-    mc = ModelConfig(width=4, image_size=8)
-    sc = SubspaceConfig(family=family)
-    model = SubspaceModel(build_model(mc), sc).eval()
-    for layer in model.weight_layers():
-        layer.act_range.lo.fill_(-1.0)
-        layer.act_range.hi.fill_(2.0)
-        layer.act_range.seen.fill_(True)
-    return Checkpoint(RunConfig(model=mc, subspace=sc), model)
-
-
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def built(tiny_checkpoint, tmp_path_factory):
     from tvm_build.mcu.build import build_firmware
 
     ckpt = tiny_checkpoint("quantization")
@@ -46,7 +29,7 @@ def built(tmp_path_factory):
 
 @pytest.fixture
 def device(built):
-    from tvm_build.mcu.launch import start_host_sim
+    from lcs.transport.launch import start_host_sim
 
     _, result = built
     with start_host_sim(result.binary) as running, Device.open(running.url, timeouts={P.HELLO: 1.0}) as dev:
@@ -54,18 +37,10 @@ def device(built):
         yield dev
 
 
-def level_tolerance(level) -> float:
-    """fp32 levels: 1e-6 (the device blends, masks and quantizes the weights bit-identically to torch; only the
-    kernels' summation order differs, measured <= 2.1e-7). Quantized levels quantize activations too: TVM's group
-    norm rounds differently from torch's in the last bit, and a value that close to a grid boundary lands on the
-    neighbouring grid point (one activation step, ~1e-4 at the output). Bit-exactness is checked between boards."""
-    return 1e-6 if level.bits is None else 1e-3
-
-
-def test_device_graph_blends_bit_identically_to_torch():
+def test_device_graph_blends_bit_identically_to_torch(tiny_checkpoint):
     """One blending formula, (1 - alpha) w0 + alpha w1 with alpha in float32, in the subspace layers and in the
     device graph (whose ctrl alpha is float32, as in the firmware's levels.c): equal weights, bit for bit."""
-    from tvm_build.mcu.device_net import _blend
+    from lcs.subspace.compress import blend as _blend
 
     model = tiny_checkpoint("quantization").model
     layers = model.weight_layers()
@@ -82,20 +57,7 @@ def test_device_graph_blends_bit_identically_to_torch():
     assert all(torch.equal(layer.blended("weight"), getattr(layer, "weight1", layer.weight)) for layer in layers)
 
 
-def check_levels(dev, result) -> list[list[list[float]]]:
-    outputs = []
-    for i, level in enumerate(result.levels):
-        index, _ = dev.set_level(index=i)
-        assert index == i
-        outputs.append([])
-        for k in range(len(result.inputs)):
-            out, _ = dev.infer(result.inputs[k].reshape(-1).tolist())
-            np.testing.assert_allclose(out, result.expected[i][k], atol=level_tolerance(level), rtol=0)
-            outputs[-1].append(out)
-    return outputs
-
-
-def test_every_level_matches_torch(device, built):
+def test_every_level_matches_torch(check_levels, device, built):
     _, result = built
     info = device.info
     assert (info.levels, info.family, info.input_len, info.output_len) == (6, "quantization", 64, 10)
@@ -145,17 +107,15 @@ def test_bad_frames_get_error_replies_and_device_keeps_running(device, built):
     np.testing.assert_allclose(out, result.expected[device.info.level][0], atol=1e-5, rtol=0)
 
 
-def test_shared_vectors_against_the_c_side(device):
-    from tests.test_protocol import VECTORS, _expected
-
-    frame_type, seq, payload, pattern = VECTORS[0]  # HELLO
-    device.send_raw(_expected(frame_type, seq, payload, pattern))
+def test_shared_vectors_against_the_c_side(device, protocol_vectors):
+    frame_type, seq, payload, frame = protocol_vectors[0]  # HELLO
+    device.send_raw(frame)
     reply = device.read_frame(2.0)
     assert (reply.type, reply.seq, reply.status) == (P.HELLO | P.REPLY, seq, P.OK)
     assert P.parse_hello(reply.payload).protocol_version == P.PROTOCOL_VERSION  # main.c and protocol.py agree
 
 
-def test_upload_commits_only_a_complete_checked_set(device, built):
+def test_upload_commits_only_a_complete_checked_set(tiny_checkpoint, device, built):
     from tvm_build.mcu import firmware as fw
     from tvm_build.mcu.build import _lowered
     from lcs.subspace.export import materialize
@@ -273,7 +233,7 @@ class LoseReplies:
 def test_client_retries_after_lost_replies_apply_nothing_twice(built):
     """Lost replies to a level switch, an inference, a chunk and the commit: the client resends the same frames,
     the device answers from its kept reply, and nothing runs twice (no refused chunk, no restarted upload)."""
-    from tvm_build.mcu.launch import start_host_sim
+    from lcs.transport.launch import start_host_sim
 
     _, result = built
     commands = (P.SET_LEVEL, P.INFER, P.UPLOAD_CHUNK, P.UPLOAD_COMMIT)
@@ -308,12 +268,14 @@ def test_build_records_cycles_and_writes_artifact(built):
     from lcs.artifact import open_artifact
 
     _, result = built
-    assert len(result.cycles) == len(result.levels)
     assert all(c["infer_cycles"] > 0 and c["switch_cycles"] > 0 for c in result.cycles)
     art = open_artifact(result.artifact)
-    levels = art.manifest["levels"]
-    assert [lv["cycles"] for lv in levels] == [c["infer_cycles"] for c in result.cycles]
-    assert art.manifest["strategy"] == "firmware"
+    # every level's measured counts reach the manifest, in level order
+    assert [(lv.cycles, lv.switch_cycles) for lv in art.levels] == \
+        [(c["infer_cycles"], c["switch_cycles"]) for c in result.cycles]
+    # the firmware section names the members that hold the program and the weight bank
+    assert art.kind == "firmware" and art.read(art.manifest.firmware.binary) == result.binary.read_bytes()
+    assert art.read(art.manifest.firmware.weights) == result.bank
 
 
 def test_over_budget_fails_early_with_numbers(built, tmp_path):
@@ -329,7 +291,7 @@ def test_over_budget_fails_early_with_numbers(built, tmp_path):
 def test_missing_toolchain_and_qemu_say_what_to_install(built, tmp_path, monkeypatch):
     from tvm_build.mcu.build import build_firmware
     from tvm_build.mcu.firmware import ToolchainMissing
-    from tvm_build.mcu.launch import start_qemu
+    from lcs.transport.launch import start_qemu
 
     ckpt, _ = built
     board = targets.load("mps2-an500")
@@ -342,10 +304,10 @@ def test_missing_toolchain_and_qemu_say_what_to_install(built, tmp_path, monkeyp
         start_qemu(tmp_path / "x.elf", targets.load("mps2-an500").extra["qemu"])
 
 
-def test_in_kernel_switching_matches_torch_too(built, tmp_path):
+def test_in_kernel_switching_matches_torch_too(check_levels, built, tmp_path):
     """The low-RAM variant (weight transforms fused into the kernels) computes the same levels."""
     from tvm_build.mcu.build import build_firmware
-    from tvm_build.mcu.launch import start_host_sim
+    from lcs.transport.launch import start_host_sim
 
     ckpt, on_switch = built
     result = build_firmware(ckpt, "host-sim", None, tmp_path, samples=2, measure=False, write_artifact=False,
@@ -356,10 +318,10 @@ def test_in_kernel_switching_matches_torch_too(built, tmp_path):
         check_levels(dev, result)
 
 
-def test_structured_width_levels_run_with_their_own_kernels(tmp_path):
+def test_structured_width_levels_run_with_their_own_kernels(check_levels, tiny_checkpoint, tmp_path):
     """Structured width: one kernel set and call list per width, one shared weight bank; narrower is cheaper."""
     from tvm_build.mcu.build import build_firmware
-    from tvm_build.mcu.launch import start_host_sim
+    from lcs.transport.launch import start_host_sim
 
     ckpt = tiny_checkpoint("structured")
     result = build_firmware(ckpt, "host-sim", [0.0, 0.5, 1.0], tmp_path, samples=2, measure=False,

@@ -8,7 +8,6 @@ import pytest
 
 from lcs import protocol as P
 from lcs.device import Device
-from tests.test_firmware_hostsim import check_levels, tiny_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.tvm, pytest.mark.qemu]
 
@@ -16,15 +15,15 @@ BOARDS = ["mps2-an385", "mps2-an386", "mps2-an500", "mps3-an547"]
 
 
 @pytest.fixture(scope="module")
-def checkpoint():
+def checkpoint(tiny_checkpoint):
     return tiny_checkpoint("unstructured")
 
 
 @pytest.mark.parametrize("board", BOARDS)
-def test_board_runs_every_level_exactly(board, checkpoint, tmp_path):
+def test_board_runs_every_level_exactly(tiny_checkpoint, check_levels, board, checkpoint, tmp_path):
     import targets
     from tvm_build.mcu.build import build_firmware
-    from tvm_build.mcu.launch import start_qemu
+    from lcs.transport.launch import start_qemu
 
     result = build_firmware(checkpoint, board, None, tmp_path, samples=2, measure=False, write_artifact=False)
     with start_qemu(result.binary, targets.load(board).extra["qemu"]) as running, Device.open(running.url) as dev:
@@ -46,10 +45,10 @@ def test_board_runs_every_level_exactly(board, checkpoint, tmp_path):
         out, _ = dev.infer(x)
         np.testing.assert_allclose(out, result.expected[1][0], atol=1e-6, rtol=0)
         if board == "mps2-an385":
-            check_upload_and_reset(dev, checkpoint, result)
+            check_upload_and_reset(dev, checkpoint, tiny_checkpoint("unstructured", seed=1), result)
 
 
-def check_upload_and_reset(dev, checkpoint, result):
+def check_upload_and_reset(dev, checkpoint, other, result):
     """A new weight set goes through the UART in chunks and is committed; RESET brings back the flashed image."""
     import time
 
@@ -59,7 +58,6 @@ def check_upload_and_reset(dev, checkpoint, result):
     from tvm_build.mcu.build import _lowered
     from tvm_build.mcu.device_net import device_net
 
-    other = tiny_checkpoint("unstructured", seed=1)
     _, _, plan = _lowered(checkpoint.model, torch.zeros(1, 1, 8, 8), result.switching == "in-kernel")
     blob = fw.bank_bytes(device_net(other.model), plan)
     level = len(result.levels) - 1
@@ -90,7 +88,7 @@ def test_recorded_cycles_repeat_exactly_across_runs(checkpoint, tmp_path):
     assert all(c["switch_cycles"] > 0 and c["infer_cycles"] > 0 for c in again)
 
 
-def test_small_cnn_fits_cortex_m7_budget_and_matches_torch(tmp_path):
+def test_small_cnn_fits_cortex_m7_budget_and_matches_torch(check_levels, tmp_path):
     """The MCU-sized CNN (width 16, 28x28, ~33k parameters) in <= 256 KB flash and <= 64 KB RAM on mps2-an500:
     the build picks in-kernel weight transforms and no upload bank, and the firmware still switches levels.
     Its outputs are bit-identical to the same firmware compiled for x86 (host-sim)."""
@@ -100,7 +98,7 @@ def test_small_cnn_fits_cortex_m7_budget_and_matches_torch(tmp_path):
     from lcs.models import build_model
     from lcs.subspace.model import SubspaceModel
     from tvm_build.mcu.build import build_firmware
-    from tvm_build.mcu.launch import start_qemu
+    from lcs.transport.launch import start_qemu
     import torch
 
     torch.manual_seed(0)
@@ -121,7 +119,7 @@ def test_small_cnn_fits_cortex_m7_budget_and_matches_torch(tmp_path):
         on_m7 = check_levels(dev, result)
         with pytest.raises(P.DeviceError, match="no spare weight bank"):
             dev.upload_weights(result.bank)
-    from tvm_build.mcu.launch import start_host_sim
+    from lcs.transport.launch import start_host_sim
     x86 = build_firmware(Checkpoint(RunConfig(model=mc, subspace=sc), model), "host-sim", [1 / 6, 1.0],
                          tmp_path / "x86", samples=1, measure=False, write_artifact=False, switching="in-kernel")
     with start_host_sim(x86.binary) as running, Device.open(running.url) as dev:
@@ -129,11 +127,11 @@ def test_small_cnn_fits_cortex_m7_budget_and_matches_torch(tmp_path):
         assert check_levels(dev, x86) == on_m7  # float lists: bit-exact equality
 
 
-def test_structured_width_on_cortex_m4(tmp_path):
+def test_structured_width_on_cortex_m4(check_levels, tiny_checkpoint, tmp_path):
     """Width levels (one kernel set each) on a real Cortex-M build: equal to torch, narrower costs fewer cycles."""
     import targets
     from tvm_build.mcu.build import build_firmware
-    from tvm_build.mcu.launch import start_qemu
+    from lcs.transport.launch import start_qemu
 
     board = targets.load("mps2-an386")
     result = build_firmware(tiny_checkpoint("structured"), board, [0.0, 1.0], tmp_path, samples=2, measure=True,

@@ -15,7 +15,7 @@ from lcs import protocol as P
 from lcs.artifact import open_artifact
 from lcs.deploy import deploy
 from lcs.device import Device
-from lcs.simulate.hardware import started_firmware
+from lcs.transport.launch import started_firmware
 from lcs.transport.faults import FaultyPort
 
 pytestmark = [pytest.mark.slow, pytest.mark.tvm]
@@ -34,7 +34,7 @@ def faulty(proxies: list, seed: int):
 def test_deploy_defaults_survive_one_percent_byte_faults(hostsim_artifact):
     lcsa, _ = hostsim_artifact
     art = open_artifact(lcsa)
-    good = art.read(art.manifest["firmware"]["weights"])
+    good = art.read(art.manifest.firmware.weights)
     other = (np.frombuffer(good, dtype=np.float32) * np.float32(0.5)).astype(np.float32).tobytes()
     with started_firmware(lcsa, "host-sim") as url:
         with Device.open(url) as dev:  # a clean link first: the device runs other weights, so the upload matters
@@ -54,9 +54,9 @@ def test_deploy_defaults_survive_one_percent_byte_faults(hostsim_artifact):
             assert info.weights_crc == P.crc32(good)
             x = art.reference()["input"][0].reshape(-1).tolist()
             for level in art.levels:
-                dev.set_level(index=int(level["index"]))
+                dev.set_level(index=level.index)
                 out, _ = dev.infer(x)
-                np.testing.assert_allclose(out, art.reference()[f"level{level['index']}"][0], atol=1e-4, rtol=0)
+                np.testing.assert_allclose(out, art.expected(art.reference(), level)[0], atol=1e-4, rtol=0)
 
         proxies.clear()
         rng = random.Random(5)
@@ -111,7 +111,7 @@ def test_upload_resumes_from_the_last_acknowledged_chunk(hostsim_artifact):
     where it is and goes on from there; the upload is not started over."""
     lcsa, _ = hostsim_artifact
     art = open_artifact(lcsa)
-    good = art.read(art.manifest["firmware"]["weights"])
+    good = art.read(art.manifest.firmware.weights)
     other = (np.frombuffer(good, dtype=np.float32) * np.float32(0.5)).astype(np.float32).tobytes()
     links: list[Blackout] = []
     begins = []

@@ -32,16 +32,8 @@ def arm64_root() -> Path:
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
-    from lcs import commands
-    from tvm_build.build import build
-
-    d = tmp_path_factory.mktemp("pi")
-    config, data = commands.train_config(data_source="digits", family="structured", width=4, epochs=1, batch_size=256)
-    commands.train(config, data, d / "s.safetensors", progress=False)
-    build(d / "s.safetensors", "rasp4", d / "rasp4.lcsa", levels="0.0,1.0", progress=False)
-    build(d / "s.safetensors", "host", d / "host.lcsa", levels="0.0,1.0", progress=False)
-    return d / "rasp4.lcsa", d / "host.lcsa"
+def artifacts(tiny_build):
+    return tiny_build("rasp4", "structured", "0.0,1.0"), tiny_build("host", "structured", "0.0,1.0")
 
 
 def test_rasp4_artifact_runs_under_qemu(arm64_root, artifacts):

@@ -19,7 +19,6 @@ from click.testing import CliRunner
 from lcs.cli import cli
 from lcs.errors import ConfigError
 from lcs.transport import rpc as R
-from tests.test_deploy import one_line_error  # the deploy CLI's one-line-error check, shared
 
 HEADER = "t_s,battery_pct,cpu_load,power_budget_mw"
 
@@ -61,12 +60,12 @@ def test_parse_address_accepts_names_and_ipv6():
     (["--rpc", "127.0.0.1:9090", "--sim", "host-sim"], "give exactly one of"),
     (["--key", "host", "--sim", "host-sim"], "give exactly one of"),
 ])
-def test_deploy_bad_rpc_options_fail_before_anything_else(tmp_path, args, message):
+def test_deploy_bad_rpc_options_fail_before_anything_else(one_line_error, tmp_path, args, message):
     # the artifact does not even exist: options are checked first
     one_line_error(run("deploy", tmp_path / "none.lcsa", *args), message)
 
 
-def test_simulate_rpc_needs_an_artifact_and_one_source(tmp_path):
+def test_simulate_rpc_needs_an_artifact_and_one_source(one_line_error, tmp_path):
     trace = tmp_path / "t.csv"
     trace.write_text(f"{HEADER}\n0,90,0.1,10\n1,90,0.1,10\n")
     profile = tmp_path / "p.json"
@@ -103,7 +102,9 @@ def test_device_executor_turns_rpc_nanoseconds_into_ms():
         tick_hz = 1e9
 
         def hello(self):
-            return R.RuntimeHello("host", 2, 3, 2)
+            from lcs.transport.board import RuntimeHello
+
+            return RuntimeHello("host", 2, 3, 2)
 
         def set_level(self, *, index):
             return index, 2_000
@@ -156,15 +157,16 @@ def test_held_files_skip_only_the_confirmed_copy(tmp_path):
 
 def test_a_file_the_board_holds_differently_is_refused(tmp_path):
     from lcs import artifact as A
-    from lcs.deploy import DeployError, _confirm_held
+    from lcs.transport.board import BoardError, confirm_held
 
-    manifest = A.new_manifest(target={"name": "host"}, levels=[])
+    manifest = A.new_manifest(kind="cpu", target={"name": "host"}, levels=[], input={"shape": [1], "dtype": "float32"},
+                              output={"shape": [1], "dtype": "float32"})
     art = A.open_artifact(A.write_artifact(tmp_path / "x.lcsa", manifest, {"lib/m.so": b"good bytes"}))
     session = FakeSession(tampered={"lib_m.so": b"good bytez"})
     session.upload(bytearray(b"good bytes"), "lib_m.so")
-    with pytest.raises(DeployError, match="holds lib_m.so with sha256 .* the upload was corrupted"):
-        _confirm_held(session, art, {"lib/m.so": "lib_m.so"}, "rpc:test")
-    assert _confirm_held(FakeSession(), art, {}, "rpc:test") == {}
+    with pytest.raises(BoardError, match="holds lib_m.so with sha256 .* the upload was corrupted"):
+        confirm_held(session, art, {"lib/m.so": "lib_m.so"}, "rpc:test")
+    assert confirm_held(FakeSession(), art, {}, "rpc:test") == {}
 
 
 @pytest.mark.tvm  # the probe uses tvm.rpc's handshake constants
@@ -213,17 +215,9 @@ def test_a_service_that_is_not_tvm_rpc(fast_connect):
 # -- real TVM: a tiny host build, a local RPC server, a tracker with a keyed server ---------------------------
 
 @pytest.fixture(scope="module")
-def host_lcsa(tmp_path_factory):
+def host_lcsa(tiny_build):
     """A tiny unstructured subspace on digits (width 4, one epoch), built for the host with two levels."""
-    from lcs import commands
-    from tvm_build.build import build
-
-    tmp = tmp_path_factory.mktemp("rpc")
-    config, data = commands.train_config(data_source="digits", family="unstructured", width=4, epochs=1,
-                                         batch_size=256)
-    commands.train(config, data, tmp / "u.safetensors", threads=1, progress=False)
-    build(tmp / "u.safetensors", "host", tmp / "u.lcsa", levels="keep=0.1,1.0", progress=False)
-    return tmp / "u.lcsa"
+    return tiny_build("host", "unstructured", "keep=0.1,1.0")
 
 
 @pytest.fixture(scope="module")
@@ -280,7 +274,7 @@ def test_deploy_over_rpc_confirms_self_tests_and_profiles(host_lcsa, rpc_server)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     art = open_artifact(host_lcsa)
-    members = art.manifest["members"]
+    members = art.manifest.raw["members"]
     shipped = ["lib/module0.so", "weights/level0.npz", "weights/level1.npz"]
     # what the board sent back hashes to the manifest's sha256 of every library and weight set
     assert report["held"] == {m.replace("/", "_"): members[m]["sha256"] for m in shipped}
@@ -288,10 +282,12 @@ def test_deploy_over_rpc_confirms_self_tests_and_profiles(host_lcsa, rpc_server)
     assert report["passed"] and report["connection"] == f"rpc:{rpc_server}" and report["board"] == "host"
     for lv, level in zip(report["levels"], art.levels):
         assert lv["passed"] and lv["samples"] == len(art.reference()["input"])
-        assert lv["max_abs_error"] <= lv["tolerance"] == art.manifest["verification"]["atol"]
-        assert lv["latency_ms"] > 0 and lv["infer_cycles"] is None and lv["switch_ms"] >= 0
-        assert lv["library_bytes"] == members[level["members"]["library"]]["size"]
-        assert lv["weights_bytes"] == members[level["members"]["weights"]]["size"]
+        assert lv["max_abs_error"] <= lv["tolerance"] == art.manifest.raw["verification"]["atol"]
+        # the shared self-test reads RPC ticks as nanoseconds (tick_hz), never as board cycles; the switch is timed
+        assert lv["latency_ms"] > 0 and lv["switch_ms"] > 0
+        assert lv["infer_cycles"] is None and lv["switch_cycles"] is None
+        assert lv["library_bytes"] == members[level.library]["size"]
+        assert lv["weights_bytes"] == members[level.weights]["size"]
 
 
 @pytest.mark.tvm
@@ -304,7 +300,7 @@ def test_deploy_through_the_tracker(host_lcsa, tracker):
 
 
 @pytest.mark.tvm
-def test_unknown_key_at_the_tracker_lists_the_known_ones(host_lcsa, tracker):
+def test_unknown_key_at_the_tracker_lists_the_known_ones(one_line_error, host_lcsa, tracker):
     started = time.perf_counter()
     one_line_error(run("deploy", host_lcsa, "--tracker", tracker, "--key", "pi-zero"),
                    f"the tracker at {tracker} knows no board with key 'pi-zero' (keys: host)")
@@ -327,24 +323,25 @@ def test_unknown_key_in_a_real_process(host_lcsa, tracker):
 
 
 @pytest.mark.tvm
-def test_a_key_naming_another_board_is_refused_before_connecting(host_lcsa):
+def test_a_key_naming_another_board_is_refused_before_connecting(one_line_error, host_lcsa):
     # port 1: nothing listens there, so the refusal must come from the artifact check
     one_line_error(run("deploy", host_lcsa, "--tracker", "127.0.0.1:1", "--key", "rasp4"),
                    "tracker key 'rasp4' is a rasp4 board", "is for 'host'")
 
 
 @pytest.mark.tvm
-def test_firmware_is_not_for_rpc(host_lcsa, tmp_path):
+def test_firmware_is_not_for_rpc(one_line_error, host_lcsa, tmp_path):
     from lcs import artifact as A
 
     art = A.open_artifact(host_lcsa)
-    manifest = {**art.manifest, "strategy": "firmware"}
+    firmware = {"binary": art.levels[0].library, "weights": art.levels[0].weights}  # what a firmware build declares
+    manifest = {**art.manifest.raw, "kind": "firmware", "strategy": "firmware", "firmware": firmware}
     fw = A.write_artifact(tmp_path / "fw.lcsa", manifest, {m: art.read(m) for m in art.members()})
     one_line_error(run("deploy", fw, "--rpc", "127.0.0.1:1"), "is firmware for 'host', not a CPU build")
 
 
 @pytest.mark.tvm
-def test_unreachable_board_with_a_real_artifact(host_lcsa, fast_connect, tmp_path):
+def test_unreachable_board_with_a_real_artifact(one_line_error, host_lcsa, fast_connect, tmp_path):
     one_line_error(run("deploy", host_lcsa, "--rpc", f"127.0.0.1:{free_port()}"),
                    "cannot reach the board over RPC", "after 3 attempts", "Connection refused")
     trace = tmp_path / "t.csv"
@@ -357,7 +354,7 @@ def test_unreachable_board_with_a_real_artifact(host_lcsa, fast_connect, tmp_pat
 
 @pytest.mark.tvm
 @pytest.mark.slow
-def test_a_wrong_answer_on_the_board_fails_the_self_test(host_lcsa, rpc_server, tmp_path):
+def test_a_wrong_answer_on_the_board_fails_the_self_test(one_line_error, host_lcsa, rpc_server, tmp_path):
     """Reference outputs of level 1 shifted by 1e-3 (above the build's 1e-4): the board's real outputs no longer match."""
     from lcs import artifact as A
 
@@ -374,7 +371,7 @@ def test_a_wrong_answer_on_the_board_fails_the_self_test(host_lcsa, rpc_server, 
 
 @pytest.mark.tvm
 @pytest.mark.slow
-def test_library_for_another_architecture(host_lcsa, rpc_server, tmp_path):
+def test_library_for_another_architecture(one_line_error, host_lcsa, rpc_server, tmp_path):
     """The artifact's library swapped for a real aarch64 shared object: the x86 board cannot load it."""
     from lcs import artifact as A
 
@@ -401,13 +398,13 @@ def test_simulate_hardware_in_the_loop_over_rpc(host_lcsa, rpc_server, tmp_path)
     probe = tmp_path / "probe.csv"
     probe.write_text(f"{HEADER}\n0,90,0.0,1000\n1,90,0.0,1000\n")
     power = simulate.simulate(probe, artifact=host_lcsa).summary["level_power_mw"]  # model only: what each costs
-    cheap, dear = sorted(levels, key=lambda lv: power[lv["label"]])
-    assert power[cheap["label"]] < power[dear["label"]], power
+    cheap, dear = sorted(levels, key=lambda lv: power[lv.label])
+    assert power[cheap.label] < power[dear.label], power
     # synthetic accuracies rising with cost: the policy runs the dearer level whenever the budget allows it
     results = tmp_path / "results.json"
-    results.write_text(json.dumps([{"model": "lcs", "alpha": lv["alpha"], "accuracy": 0.7 + 0.1 * rank}
+    results.write_text(json.dumps([{"model": "lcs", "alpha": lv.alpha, "accuracy": 0.7 + 0.1 * rank}
                                    for rank, lv in enumerate((cheap, dear))]))
-    hi, lo = power[dear["label"]] * 1.01, (power[cheap["label"]] + power[dear["label"]]) / 2
+    hi, lo = power[dear.label] * 1.01, (power[cheap.label] + power[dear.label]) / 2
     budgets = [hi, hi, lo, lo, hi, 0.0]
     trace = tmp_path / "t.csv"
     trace.write_text(HEADER + "\n" + "".join(f"{i},90,0.0,{b}\n" for i, b in enumerate(budgets)))
@@ -422,7 +419,7 @@ def test_simulate_hardware_in_the_loop_over_rpc(host_lcsa, rpc_server, tmp_path)
     assert summary["switches"] == 2 and summary["device_switches"] == 3  # the first set-level loads
     with open(out / "timeline.csv") as f:
         rows = list(csv.DictReader(f))
-    d, c = str(dear["index"]), str(cheap["index"])
+    d, c = str(dear.index), str(cheap.index)
     assert [r["level"] for r in rows] == [d, d, c, c, d, ""] and rows[-1]["state"] == "idle"
     for r in rows:
         if r["state"] == "run":
@@ -435,14 +432,15 @@ def test_simulate_hardware_in_the_loop_over_rpc(host_lcsa, rpc_server, tmp_path)
 
 @pytest.mark.tvm
 @pytest.mark.slow
-def test_runtime_device_reports_the_device_time(host_lcsa, rpc_server):
-    """RuntimeDevice's infer: the outputs of the level and a time measured on the board, in ticks of 1 ns."""
+def test_rpc_board_reports_the_device_time(host_lcsa, rpc_server):
+    """RpcBoard's infer: the outputs of the level and a time measured on the board, in ticks of 1 ns."""
     from lcs.artifact import open_artifact
+    from lcs.transport.board import Where, open_board
 
     art = open_artifact(host_lcsa)
     ref = art.reference()
-    with R.connected(R.Endpoint(rpc=rpc_server)) as link:
-        client = R.RuntimeDevice(R.resident_runtime(art, link), "host")
+    with open_board(host_lcsa, Where.from_options(rpc=rpc_server)) as client:
+        assert client.tick_hz == 1e9
         hello = client.hello()
         assert (hello.levels, hello.input_len, hello.output_len) == (2, ref["input"][0].size, ref["level0"][0].size)
         for index in (1, 0):
@@ -450,11 +448,10 @@ def test_runtime_device_reports_the_device_time(host_lcsa, rpc_server):
             outputs, ns = client.infer(ref["input"][0].reshape(-1).tolist())
             np.testing.assert_allclose(outputs, ref[f"level{index}"][0].reshape(-1), atol=1e-4, rtol=0)
             assert 0 < ns < 1e8
-        del client
 
 
 @pytest.mark.tvm
-def test_a_server_busy_with_another_session(host_lcsa, rpc_server, fast_connect):
+def test_a_server_busy_with_another_session(one_line_error, host_lcsa, rpc_server, fast_connect):
     """TVM's RPC server serves one session at a time: a second client gets a clear one-line answer, and the server is
     usable again once the first session ends."""
     import gc
@@ -467,5 +464,6 @@ def test_a_server_busy_with_another_session(host_lcsa, rpc_server, fast_connect)
         holder.session = None
         gc.collect()
     link = R.connect(R.Endpoint(rpc=rpc_server), connect_timeout=5.0, attempts=5)
-    assert link.session.cpu() is not None
+    link.session.upload(bytearray(b"usable again"), "probe.txt")  # the server serves this session: a round trip
+    assert bytes(link.session.download("probe.txt")) == b"usable again"
     link.session = None

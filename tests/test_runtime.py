@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -40,16 +41,10 @@ def test_filter_drops_only_tvm_noise(capfd):
 
 
 @pytest.fixture(scope="module")
-def host_artifact(tmp_path_factory):
+def host_artifact(tiny_build):
     import tvm  # noqa: F401  (part of the test install: fail, do not skip)
-    from lcs import commands
-    from tvm_build.build import build
 
-    d = tmp_path_factory.mktemp("rt")
-    config, data = commands.train_config(data_source="digits", family="structured", width=4, epochs=1, batch_size=256)
-    commands.train(config, data, d / "s.safetensors", progress=False)
-    build(d / "s.safetensors", "host", d / "s.lcsa", levels="0.0,0.5,1.0", progress=False)
-    return d / "s.lcsa"
+    return tiny_build("host", "structured", "0.0,0.5,1.0")
 
 
 @pytest.mark.tvm
@@ -65,9 +60,13 @@ def test_runtime_only_without_torch(host_artifact):
         diffs = rt.check()
         assert max(diffs) <= 1e-4, diffs
         ref = rt.artifact.reference()
-        vms = list(rt._vms.values())
+        loaded = dict((name, lib) for name, (lib, _) in rt._libs.items())
+        executors = list(rt._static.values()) + list(rt._vms.values())
+        assert len(loaded) == 3 and len(executors) == 3  # three widths: three modules, each loaded once
         outs = [rt.run(ref["input"][0], level=i) for i in (2, 0, 1, 2)]
-        assert all(a is b for a, b in zip(vms, rt._vms.values()))  # switching reloaded nothing
+        # switching reloaded nothing: the same library and executor objects serve every level
+        assert all(loaded[name] is lib for name, (lib, _) in rt._libs.items())
+        assert all(a is b for a, b in zip(executors, list(rt._static.values()) + list(rt._vms.values())))
         assert np.array_equal(outs[0], outs[3]) and not np.allclose(outs[0], outs[1])
         assert "tvm.relax" not in sys.modules and not any(m == "torch" or m.startswith("torch.") for m in sys.modules
                                                           if sys.modules[m] is not None)
@@ -92,7 +91,12 @@ def test_runtime_errors(host_artifact):
     with pytest.raises(RunError, match="levels 0..2"):
         rt.set_level(3)
     assert rt.level_for_alpha(0.45) == 1
-    assert rt.time(0) > 0
+    rt.set_level(2)
+    start = time.perf_counter()
+    ms = rt.time(0, number=20, repeat=1)
+    wall_ms = (time.perf_counter() - start) * 1e3
+    # time() runs the level it is asked for and reports milliseconds per call: 20 calls fit in the wall time
+    assert rt.level == 0 and 0 < ms <= wall_ms / 20
 
 
 @pytest.mark.tvm
@@ -100,12 +104,12 @@ def test_build_records_each_levels_thread_count(host_artifact):
     from lcs import artifact as art
 
     a = art.open_artifact(host_artifact)
-    measured = a.manifest["runtime"]
+    measured = a.manifest.raw["runtime"]
     by_threads = measured["latency_ms_by_threads"]
     assert min(int(k) for k in by_threads) == 1
     for i, level in enumerate(a.levels):  # a level's latency is the one at its own thread count
-        threads = level["threads"]
-        assert level["latency_ms"] == by_threads[str(threads or 1)][i] > 0
+        threads = level.threads
+        assert level.latency_ms == by_threads[str(threads or 1)][i] > 0
         if threads:  # the fewest threads within 3 % of the level's fastest
             fastest = min(v[i] for v in by_threads.values())
             assert by_threads[str(threads)][i] <= 1.03 * fastest
@@ -137,9 +141,9 @@ def test_levels_switch_the_thread_count_they_were_built_for(host_artifact, tmp_p
 
     a = art.open_artifact(host_artifact)
     members = {name: a.read(name) for name in a.members()}
-    levels = [{**lv, "threads": t} for lv, t in zip(a.manifest["levels"], (1, 2, None))]
+    levels = [{**lv, "threads": t} for lv, t in zip(a.manifest.raw["levels"], (1, 2, None))]
     path = tmp_path / "threads.lcsa"
-    art.write_artifact(path, {**a.manifest, "levels": levels, "runtime": {"threads": 2}}, members)
+    art.write_artifact(path, {**a.manifest.raw, "levels": levels, "runtime": {"threads": 2}}, members)
     # a process of its own: TVM's pool is one per process and sized once
     proc = _run_python(f"""
         import numpy as np
@@ -148,7 +152,7 @@ def test_levels_switch_the_thread_count_they_were_built_for(host_artifact, tmp_p
         assert rt.pool_threads == 3
         seen = [rt.threads()]
         for level in (1, 2, 0, 1):
-            rt.run(np.zeros(rt.input_spec["shape"], np.float32), level=level)
+            rt.run(np.zeros(rt.input_spec.shape, np.float32), level=level)
             seen.append(rt.threads())
         rt.set_threads(1)  # a cap: no level uses more
         seen.append(rt.threads())

@@ -385,8 +385,12 @@ def write_firmware_artifact(path: Path, target: str = "host-sim") -> Path:
     levels = [{"index": i, "alpha": a, "label": f"{100 * (1 - a):.1f}% sparse", "accuracy": None, "latency_ms": None,
                "cycles": c, "members": {"firmware": "firmware/fw.bin"}}
               for i, (a, c) in enumerate([(0.05, 400_000), (0.25, 700_000), (1.0, 1_500_000)])]
-    manifest = artifact.new_manifest(target={"name": target}, strategy="firmware", levels=levels, modules={})
-    return artifact.write_artifact(path, manifest, {"firmware/fw.bin": b"\x7fELF not really"})
+    manifest = artifact.new_manifest(kind="firmware", target={"name": target}, strategy="firmware", levels=levels,
+                                     modules={}, input={"shape": [1, 4], "dtype": "float32"},
+                                     output={"shape": [1, 2], "dtype": "float32"},
+                                     firmware={"binary": "firmware/fw.bin", "weights": "firmware/weights.bin"})
+    return artifact.write_artifact(path, manifest, {"firmware/fw.bin": b"\x7fELF not really",
+                                                    "firmware/weights.bin": b"\0" * 8})
 
 
 def eval_results(path: Path) -> Path:
@@ -481,40 +485,27 @@ def test_device_executor_switches_only_on_change_and_records_device_timing(tmp_p
 
 # -- hardware in the loop with the real firmware on host-sim ---------------------------------------
 
-@pytest.fixture(scope="module")
-def host_sim_build(tmp_path_factory):
-    """A tiny unstructured subspace trained on digits, built as host-sim firmware with three levels."""
-    from lcs import commands
-    from tvm_build.mcu.build import build_firmware
-
-    tmp = tmp_path_factory.mktemp("hil")
-    config, data = commands.train_config(data_source="digits", epochs=1, width=8)
-    commands.train(config, data, tmp / "ck.safetensors", threads=1, progress=False)
-    build = build_firmware(tmp / "ck.safetensors", "host-sim", [0.05, 0.25, 1.0], tmp / "fw")
-    return build.artifact, build.binary
-
-
 @pytest.mark.slow
 @pytest.mark.tvm
 @pytest.mark.parametrize("how", ["sim", "device"])
-def test_hardware_in_the_loop_on_host_sim(host_sim_build, tmp_path, how):
+def test_hardware_in_the_loop_on_host_sim(hostsim_artifact, tmp_path, how):
     from lcs.artifact import open_artifact
 
-    lcsa, binary = host_sim_build
+    lcsa, binary = hostsim_artifact
     levels = open_artifact(lcsa).levels
     # host-sim cycles are wall-clock ns, so which level is cheapest varies from build to build. The accuracies
     # given here are synthetic and rise with cost: the test checks the loop's mechanics, not the model.
-    by_cost = sorted(levels, key=lambda lv: lv["cycles"])
-    assert by_cost[0]["cycles"] < by_cost[1]["cycles"], levels
+    by_cost = sorted(levels, key=lambda lv: lv.cycles)
+    assert by_cost[0].cycles < by_cost[1].cycles, levels
     results = tmp_path / "results.json"
-    results.write_text(json.dumps([{"model": "lcs", "alpha": lv["alpha"], "accuracy": 0.7 + 0.1 * rank}
+    results.write_text(json.dumps([{"model": "lcs", "alpha": lv.alpha, "accuracy": 0.7 + 0.1 * rank}
                                    for rank, lv in enumerate(by_cost)]))
     board = BoardPower.from_board(__import__("targets").load("host-sim"))
-    power = {lv["index"]: board.core_mw * lv["cycles"] / 1e6 / 100.0 for lv in levels}  # ms / 100 ms period
-    best, cheap = by_cost[-1]["index"], by_cost[0]["index"]
+    power = {lv.index: board.core_mw * lv.cycles / 1e6 / 100.0 for lv in levels}  # ms / 100 ms period
+    best, cheap = by_cost[-1].index, by_cost[0].index
     # Levels of one family can cost nearly the same (dense kernels): put the low budget halfway between the two
     # cheapest, so exactly one level fits it whatever the measured spread.
-    hi, lo = power[best] * 1.01, (power[cheap] + power[by_cost[1]["index"]]) / 2
+    hi, lo = power[best] * 1.01, (power[cheap] + power[by_cost[1].index]) / 2
     budgets = [hi, hi, lo, lo, hi, 0.0, hi, lo, hi, hi]
     trace = write_trace(tmp_path / "t.csv", [(i, 90, 0.0, b) for i, b in enumerate(budgets)])
     out = tmp_path / "out"
@@ -523,7 +514,7 @@ def test_hardware_in_the_loop_on_host_sim(host_sim_build, tmp_path, how):
     if how == "sim":
         result = CliRunner().invoke(cli, args + ["--sim", "host-sim"])
     else:
-        from tvm_build.mcu.launch import start_host_sim
+        from lcs.transport.launch import start_host_sim
 
         with start_host_sim(binary) as running:
             result = CliRunner().invoke(cli, args + ["--device", running.url])

@@ -21,19 +21,9 @@ pytestmark = pytest.mark.tvm
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def train_tiny(path: Path, family: str, shape: str = "line") -> Path:
-    from lcs import commands
-
-    config, data = commands.train_config(data_source="digits", family=family, shape=shape, width=4, epochs=1,
-                                         batch_size=256)
-    commands.train(config, data, path, progress=False)
-    return path
-
-
 @pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ckpt")
-    return {f: train_tiny(d / f"{f}.safetensors", f, "point" if f == "quantization" else "line")
+def ckpts(train_tiny):
+    return {f: train_tiny(f, "point" if f == "quantization" else "line")
             for f in ("unstructured", "structured", "quantization")}
 
 
@@ -59,19 +49,19 @@ def test_structured_per_level_matches_subspace(ckpts, tmp_path):
                          "--no-progress", "-o", out)
     assert code == 0, text
     a = art.open_artifact(out, expect_target="host")
-    m = a.manifest
+    m = a.manifest.raw
     assert m["strategy"] == "per-level" and m["tvm_version"].startswith("0.27")
     assert len(m["modules"]) == 2  # widths change shapes: one module each
-    assert [lv["width"] for lv in a.levels] == [0.25, 1.0]
-    assert all(lv["latency_ms"] > 0 and lv["max_abs_diff"] <= 1e-4 for lv in a.levels)
+    assert [lv.width for lv in a.levels] == [0.25, 1.0]
+    assert all(lv.latency_ms > 0 and lv.max_abs_diff <= 1e-4 for lv in a.levels)
     # training stores an evaluation at the family's grid in the checkpoint; the manifest carries it
     from lcs import checkpoint
 
     metrics = {round(r["alpha"], 9): r["accuracy"] for r in checkpoint.load(ckpts["structured"]).metrics["eval"]}
-    assert [lv["accuracy"] for lv in a.levels] == [metrics[0.0], metrics[1.0]]
+    assert [lv.accuracy for lv in a.levels] == [metrics[0.0], metrics[1.0]]
     assert m["config"]["subspace"]["family"] == "structured" and m["compression_map"]["family"] == "structured"
     # the width-0.25 module really is narrower
-    p0, p1 = (m["modules"][lv["members"]["library"]]["params"][0]["shape"] for lv in a.levels)
+    p0, p1 = (m["modules"][lv.library]["params"][0]["shape"] for lv in a.levels)
     assert p0[0] < p1[0]
     rt = Runtime(a)
     assert [mod["executor"] for mod in m["modules"].values()] == ["static", "static"]
@@ -90,9 +80,9 @@ def test_quantized_weights_as_input_store_int8(ckpts, tmp_path):
                          "--levels", "bits=3,bits=8", "--no-progress", "-o", out)
     assert code == 0, text
     a = art.open_artifact(out)
-    assert len(a.manifest["modules"]) == 1
-    assert {lv["members"]["library"] for lv in a.levels} == {"lib/module0.so"}
-    w3, w8 = (a.read_npz(lv["members"]["weights"]) for lv in a.levels)
+    assert len(a.manifest.raw["modules"]) == 1
+    assert {lv.library for lv in a.levels} == {"lib/module0.so"}
+    w3, w8 = (a.read_npz(lv.weights) for lv in a.levels)
     codes = [k for k in w3 if k.endswith(".codes")]
     assert codes and all(w3[k].dtype == np.int8 for k in codes)
     assert np.abs(w3[codes[0]]).max() <= 4 < np.abs(w8[codes[0]]).max()  # 3-bit grid vs 8-bit grid
@@ -129,7 +119,7 @@ def test_accuracy_from_lcs_eval_results(ckpts, tmp_path):
                          "--accuracy", tmp_path / "ev" / "results.json", "--no-progress", "-o", out)
     assert code == 0, text
     rows = json.loads((tmp_path / "ev" / "results.json").read_text())
-    assert [lv["accuracy"] for lv in art.open_artifact(out).levels] == [r["accuracy"] for r in rows[:2]]
+    assert [lv.accuracy for lv in art.open_artifact(out).levels] == [r["accuracy"] for r in rows[:2]]
     code, text = run_cli("build", ckpts["unstructured"], "--target", "host", "--accuracy", out, "--no-progress",
                          "-o", tmp_path / "x.lcsa")
     assert code == 2 and "not a results.json" in text
@@ -137,8 +127,8 @@ def test_accuracy_from_lcs_eval_results(ckpts, tmp_path):
 
 def test_unstructured_levels_share_one_module(host_unstructured):
     a = art.open_artifact(host_unstructured)
-    assert len(a.manifest["modules"]) == 1 and len(a.levels) == 3
-    w = [a.read_npz(lv["members"]["weights"]) for lv in a.levels]
+    assert len(a.manifest.raw["modules"]) == 1 and len(a.levels) == 3
+    w = [a.read_npz(lv.weights) for lv in a.levels]
     zeros = [float(np.mean(x["features.1.0.weight"] == 0)) for x in w]
     assert zeros[0] > 0.85 and zeros[2] < 0.05
 
@@ -149,12 +139,12 @@ def test_per_level_weights_stored_channels_last(ckpts, host_unstructured):
     from tvm_build.graph import level_network
 
     a = art.open_artifact(host_unstructured)
-    (module,) = a.manifest["modules"].values()
+    (module,) = a.manifest.raw["modules"].values()
     assert module["layout"] == "NHWC"
     spec = next(p for p in module["params"] if p["name"] == "features.1.0.weight")
     assert spec["from_torch"] == "permute_dims(2,3,1,0)"
-    net = level_network(checkpoint.load(ckpts["unstructured"]).model, a.levels[1]["alpha"], torch.zeros(1, 1, 8, 8))
-    stored = a.read_npz(a.levels[1]["members"]["weights"])["features.1.0.weight"]
+    net = level_network(checkpoint.load(ckpts["unstructured"]).model, a.levels[1].alpha, torch.zeros(1, 1, 8, 8))
+    stored = a.read_npz(a.levels[1].members["weights"])["features.1.0.weight"]
     assert list(stored.shape) == spec["shape"]
     np.testing.assert_array_equal(stored, net.features[1][0].weight.numpy().transpose(2, 3, 1, 0))
 
@@ -166,20 +156,26 @@ def test_channels_last_calls_no_transpose_kernel(ckpts):
 
     from lcs import checkpoint
     from tvm_build import compile as tc
+    from tvm_build import export
     from tvm_build.graph import export_order, level_network, param_arrays
+    from tvm_build.target import host_target
 
     x = torch.randn(1, 1, 8, 8)
     net = level_network(checkpoint.load(ckpts["structured"]).model, 0.5, x)
-    mod, ep = tc.to_relax(net, (x,))
+    mod, ep = export.to_relax(net, (x,))
     converted = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)["main"].script()
     assert "R.permute_dims(lv" in converted  # the activation transpose ConvertLayout inserts before the flatten
-    lifted = tc.ChannelsLast(mod, export_order(ep))
+    lifted = export.ChannelsLast(mod, export_order(ep))
     text = lifted.main["main"].script()
     assert "R.permute_dims(" not in text and text.count("R.reshape(") >= 1, text
     arrays = param_arrays(net)
     weights = lifted.weights({name: arrays[name] for name in export_order(ep)})
-    executable = tc.compile_module(lifted.main, tc.host_target())
-    got = tc.run_vm(executable, x.numpy(), list(weights.values()))
+    executable = tc.compile_module(lifted.main, host_target())
+    from tvm.runtime.vm import VirtualMachine
+
+    dev = tvm.cpu()
+    got = VirtualMachine(executable, dev)["main"](
+        tvm.runtime.tensor(x.numpy(), dev), *[tvm.runtime.tensor(a, dev) for a in weights.values()]).numpy()
     with torch.no_grad():
         np.testing.assert_allclose(got, net(x).numpy(), atol=1e-5)
 
@@ -203,9 +199,9 @@ def test_alpha_input_blends_in_the_graph(ckpts, tmp_path):
                          "--levels", "keep=0.1,0.6", "--no-progress", "-o", out)
     assert code == 0, text
     a = art.open_artifact(out)
-    (module,) = a.manifest["modules"].values()
+    (module,) = a.manifest.raw["modules"].values()
     assert module["extra_inputs"] == [{"name": "alpha", "shape": [1], "dtype": "float64"}]
-    assert {lv["members"]["weights"] for lv in a.levels} == {"weights/endpoints.npz"}  # endpoints stored once
+    assert {lv.weights for lv in a.levels} == {"weights/endpoints.npz"}  # endpoints stored once
     assert any(name.endswith("weight1") for name in a.read_npz("weights/endpoints.npz"))
     rt = Runtime(a)
     assert rt.executors == ["static", "static"]  # the blend runs once per switch, in the executor's lcs_bind
@@ -242,7 +238,7 @@ def test_graphs_the_static_executor_cannot_plan_run_on_the_vm(ckpts, tmp_path, m
                          "--no-progress", "-o", out)
     assert code == 0, text
     a = art.open_artifact(out)
-    (module,) = a.manifest["modules"].values()
+    (module,) = a.manifest.raw["modules"].values()
     assert module["executor"] == "vm" and "call_dps_packed" in module["why_not_static"]
     assert "module0.so on the Relax VM (the static executor only runs" in run_cli("info", out)[1]
     rt = Runtime(a)
@@ -251,9 +247,9 @@ def test_graphs_the_static_executor_cannot_plan_run_on_the_vm(ckpts, tmp_path, m
 
 
 def test_verification_failure_writes_nothing(ckpts, tmp_path, monkeypatch):
-    from tvm_build import build
+    from tvm_build import verify
 
-    monkeypatch.setattr(build, "ATOL", -1.0)  # any difference at all now fails
+    monkeypatch.setattr(verify, "ATOL", -1.0)  # any difference at all now fails
     code, text = run_cli("build", ckpts["unstructured"], "--target", "host", "--levels", "1.0", "--no-progress",
                          "-o", tmp_path / "x.lcsa")
     assert code == 2 and "differ from torch" in text and "level 0 (alpha 1)" in text
@@ -283,9 +279,9 @@ def test_not_an_lcs_checkpoint(tmp_path):
 
 
 def test_missing_cross_compiler_names_package(ckpts, tmp_path, monkeypatch):
-    from tvm_build import compile as tc
+    from tvm_build import target as tt
 
-    monkeypatch.setattr(tc.shutil, "which", lambda name: None)
+    monkeypatch.setattr(tt.shutil, "which", lambda name: None)
     code, text = run_cli("build", ckpts["unstructured"], "--target", "rasp4", "--no-progress", "-o", tmp_path / "x")
     assert code == 2 and "gcc-aarch64-linux-gnu" in text and "aarch64-linux-gnu-gcc" in text
 
@@ -310,10 +306,10 @@ def test_cross_builds_for_the_pis(ckpts, tmp_path):
                              "-o", out)
         assert code == 0, text
         a = art.open_artifact(out, expect_target=target)
-        lib = a.read(a.levels[0]["members"]["library"])
+        lib = a.read(a.levels[0].members["library"])
         assert lib[:4] == b"\x7fELF" and lib[18:20] == machine  # e_machine: AArch64 / ARM
-        assert a.levels[0]["latency_ms"] is None  # not timed: the board was not reachable
-        assert "host" in a.manifest["verification"]["on"]
+        assert a.levels[0].latency_ms is None  # not timed: the board was not reachable
+        assert "host" in a.manifest.raw["verification"]["on"]
 
 
 def test_cli_build_subprocess_filters_tvm_noise(ckpts, tmp_path):
@@ -352,7 +348,7 @@ def test_threads_plan_the_kernels_and_cap_the_runtime(ckpts, tmp_path):
     assert code == 0 and "runs on at most 1 thread(s): as built with --threads" in text, text
     assert any("level" in line and "threads" in line for line in text.splitlines()), text  # the per-level column
     a = art.open_artifact(tmp_path / "one.lcsa")
-    assert a.manifest["runtime"]["threads"] == 1
+    assert a.manifest.raw["runtime"]["threads"] == 1
     import tvm
 
     given = tvm.get_global_func("runtime.NumThreads")()
@@ -377,7 +373,7 @@ class FakeTimedRuntime:
 
 
 def test_each_level_gets_the_fewest_threads_near_its_fastest():
-    from tvm_build.build import _modules_to_retune, _thread_counts
+    from tvm_build.verify import modules_to_retune as _modules_to_retune, thread_counts as _thread_counts
 
     table = {1: [0.060, 0.0070, 0.0298], 2: [0.048, 0.0120, 0.0295], 4: [0.040, 0.0200, 0.0291]}
     chosen, by_threads = _thread_counts(FakeTimedRuntime(table, pool=4), 3, None)
@@ -409,7 +405,7 @@ def test_verify_and_time_over_rpc(ckpts, tmp_path):
                              "--rpc", f"127.0.0.1:{server.port}", "--no-progress", "-o", out)
         assert code == 0, text
         a = art.open_artifact(out)
-        assert a.manifest["verification"]["on"] == "host over RPC" and a.levels[0]["latency_ms"] > 0
+        assert a.manifest.raw["verification"]["on"] == "host over RPC" and a.levels[0].latency_ms > 0
     finally:
         server.terminate()
     code, text = run_cli("build", ckpts["structured"], "--target", "host", "--levels", "1.0", "--rpc", "127.0.0.1:1",
@@ -426,11 +422,11 @@ def test_mcu_boards_dispatch_to_firmware_build(ckpts, tmp_path):
                          "--no-progress", "-o", out)
     assert code == 0, text
     a = art.open_artifact(out, expect_target="host-sim")
-    assert a.manifest["strategy"] == "firmware" and [lv["bits"] for lv in a.levels] == [4, 8]
+    assert a.manifest.raw["strategy"] == "firmware" and [lv.bits for lv in a.levels] == [4, 8]
 
 
 def test_layout_only_tasks_are_the_ones_not_tuned():
-    from tvm_build.compile import _layout_only
+    from tvm_build.tune import _layout_only
 
     assert _layout_only("transpose") and _layout_only("reshape1") and _layout_only("fused_transpose1_reshape")
     assert not any(_layout_only(n) for n in ("conv2d3", "fused_group_norm_relu", "fused_matmul_add", "mean",

@@ -32,16 +32,6 @@ def invoke(*args):
     return CliRunner().invoke(cli, [*map(str, args)])
 
 
-def one_line_error(result, *needles):
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
-
-
 def _size(text: str) -> int:
     return int(text[:-1]) * {"K": 1024, "M": 1024 * 1024}[text[-1]] if text[-1] in "KM" else int(text, 0)
 
@@ -80,14 +70,9 @@ def test_pack_targets_name_the_pack_to_install_and_builtin_targets_pass():
 # -- the firmware in QEMU -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def checkpoint_path(tmp_path_factory):
+def checkpoint_path(train_tiny):
     """A small CNN at width 8 on the 8x8 digits, trained for one epoch (LCS+P, unstructured)."""
-    from lcs import commands
-
-    tmp = tmp_path_factory.mktemp("vendor")
-    config, data = commands.train_config(data_source="digits", epochs=1, width=8, shape="point")
-    commands.train(config, data, tmp / "ck.safetensors", threads=1, progress=False)
-    return tmp / "ck.safetensors"
+    return train_tiny("unstructured", "point", 8)
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +112,7 @@ def test_build_then_deploy_sim_passes_every_level(board, artifacts):
         assert report["uploaded_bytes"] == 0 and "no spare weight bank" in report["upload_note"]
     manifest = open_artifact(lcsa).manifest
     if board == "microbit":  # the whole model, fp32, in the nRF51's 16 KB (stack reserve included)
-        assert manifest["firmware"]["ram_bytes"] <= 16 * 1024 and manifest["firmware"]["switching"] == "in-kernel"
+        assert manifest.firmware.ram_bytes <= 16 * 1024 and manifest.raw["firmware"]["switching"] == "in-kernel"
 
 
 def _elf_loadable(elf: bytes) -> dict[int, int]:
@@ -152,11 +137,12 @@ def test_images_hold_exactly_the_elf_loadable_bytes_and_qemu_boots_the_hex(board
     from intelhex import IntelHex
 
     from lcs.deploy import self_test
+    from lcs.transport.board import SerialBoard
     from lcs.device import Device
-    from tvm_build.mcu.launch import start_qemu
+    from lcs.transport.launch import start_qemu
 
     art = open_artifact(artifacts(board))
-    fw = art.manifest["firmware"]
+    fw = art.manifest.raw["firmware"]
     images = fw["images"]
     want = _elf_loadable(art.read(fw["binary"]))
     assert len(want) > 10_000
@@ -176,7 +162,7 @@ def test_images_hold_exactly_the_elf_loadable_bytes_and_qemu_boots_the_hex(board
     # QEMU's generic loader puts the .hex at its addresses; the chip boots from its vector table and passes
     with start_qemu(hex_path, targets.load(board).extra["qemu"]) as running, Device.open(running.url) as dev:
         assert dev.hello().board == board
-        assert all(check.passed for check in self_test(dev, art))
+        assert all(check.passed for check in self_test(SerialBoard(dev, art, running.url), art))
 
 
 @pytest.mark.slow
@@ -188,7 +174,7 @@ def test_level_switches_under_faults_on_netduinoplus2(artifacts):
     last level equal the build's reference."""
     from lcs.device import Device, DeviceTimeout
     from lcs.transport.faults import FaultyPort
-    from tvm_build.mcu.launch import start_qemu
+    from lcs.transport.launch import start_qemu
 
     art = open_artifact(artifacts("netduinoplus2"))
     timeouts = {c: 0.3 for c in P.COMMAND_NAMES}
@@ -225,7 +211,7 @@ def _elf(art) -> Path:
     import tempfile
 
     path = Path(tempfile.mkdtemp(prefix="lcs-test-")) / "firmware.elf"
-    path.write_bytes(art.read(art.manifest["firmware"]["binary"]))
+    path.write_bytes(art.read(art.manifest.firmware.binary))
     return path
 
 
@@ -276,8 +262,8 @@ def test_flash_dry_run_prints_the_pyocd_and_openocd_commands(kit, kit_artifacts,
     lcsa = kit_artifacts[kit]
     art = open_artifact(lcsa)
     spec = targets.load(kit).extra["flash"]
-    member = art.manifest["firmware"]["images"]["hex"]
-    image = tmp_path / "cache" / "flash" / art.manifest["members"][member]["sha256"][:16] / "firmware.hex"
+    member = art.manifest.firmware.hex_image
+    image = tmp_path / "cache" / "flash" / art.manifest.member_sha256(member)[:16] / "firmware.hex"
     result = invoke("flash", lcsa, "--dry-run")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
@@ -294,7 +280,7 @@ def test_flash_dry_run_prints_the_pyocd_and_openocd_commands(kit, kit_artifacts,
 
 @pytest.mark.slow
 @pytest.mark.tvm
-def test_flash_fails_in_one_line_without_a_probe_or_an_image(kit_artifacts, artifacts, tmp_path, monkeypatch):
+def test_flash_fails_in_one_line_without_a_probe_or_an_image(one_line_error, kit_artifacts, artifacts, tmp_path, monkeypatch):
     from pyocd.core.helpers import ConnectHelper
 
     monkeypatch.setenv("LCS_CACHE_DIR", str(tmp_path / "cache"))
@@ -313,7 +299,7 @@ def test_flash_fails_in_one_line_without_a_probe_or_an_image(kit_artifacts, arti
 
 @pytest.mark.slow
 @pytest.mark.tvm
-def test_deploy_device_running_other_firmware_points_at_lcs_flash(kit_artifacts):
+def test_deploy_device_running_other_firmware_points_at_lcs_flash(one_line_error, kit_artifacts):
     """A board that prints its own banner and never speaks the protocol (say, the vendor's demo firmware)."""
     master, slave = os.openpty()
     tty.setraw(master)
@@ -346,14 +332,14 @@ def test_deploy_device_running_other_firmware_points_at_lcs_flash(kit_artifacts)
 @pytest.mark.slow
 @pytest.mark.tvm
 @pytest.mark.qemu
-def test_flash_runs_the_printed_command_then_self_tests_on_the_port(artifacts, tmp_path, monkeypatch):
+def test_flash_runs_the_printed_command_then_self_tests_on_the_port(one_line_error, artifacts, tmp_path, monkeypatch):
     """Everything but the USB: a stand-in `pyocd` executable on PATH records what it is asked to run, a probe is
     reported attached, and the micro:bit "on the other end of the port" is QEMU booting the artifact's .hex, the bytes
     handed to pyocd (checked). The command run is the one --dry-run printed; the self-test passes on every level."""
     import types
 
     from lcs import flash
-    from tvm_build.mcu.launch import start_qemu
+    from lcs.transport.launch import start_qemu
 
     monkeypatch.setenv("LCS_CACHE_DIR", str(tmp_path / "cache"))
     bin_dir = tmp_path / "bin"
@@ -372,7 +358,7 @@ def test_flash_runs_the_printed_command_then_self_tests_on_the_port(artifacts, t
         result = invoke("flash", lcsa, "--port", running.url, "--json", "--no-progress")
     assert result.exit_code == 0, result.output
     assert shlex.join([str(fake), *calls.read_text().splitlines()]) == printed
-    assert plan.image_path.read_bytes() == art.read(art.manifest["firmware"]["images"]["hex"])
+    assert plan.image_path.read_bytes() == art.read(art.manifest.firmware.hex_image)
     report = json.loads(result.stdout)
     assert report["passed"] and [lv["passed"] for lv in report["levels"]] == [True, True, True]
     assert "flashed firmware/firmware.hex to microbit with pyocd (probe 9900MICROBIT)" in result.stderr
@@ -383,5 +369,5 @@ def test_flash_runs_the_printed_command_then_self_tests_on_the_port(artifacts, t
 
 def _hex_copy(art, tmp_path) -> Path:
     path = tmp_path / "board.hex"
-    path.write_bytes(art.read(art.manifest["firmware"]["images"]["hex"]))
+    path.write_bytes(art.read(art.manifest.firmware.hex_image))
     return path

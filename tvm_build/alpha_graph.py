@@ -2,7 +2,7 @@
 
 What it supports: the **unstructured** family, line (LCS+L) or point (LCS+P) subspaces, any norm. In the graph:
   w(alpha) = (1 - alpha) * w0 + alpha * w1          (conv, linear and norm affine; float32, as the subspace does)
-  mask     = |w| >= the kept_count-th largest |w|    kept_count = numel - floor((1 - alpha) * numel + 1e-9), in float64
+  mask     = |w| >= the kept_count-th largest |w|    kept_count = numel - dropped_count(numel, alpha), in float64
 so the device stores the two endpoints once and can run any alpha in the trained range, not only the built levels.
 A magnitude tie at the threshold would keep both tied weights (torch's TopK keeps one); the build compares every
 level with the materialized torch network and refuses if that ever changes an output.
@@ -19,17 +19,14 @@ from torch import nn
 
 from lcs.errors import ConfigError
 from lcs.subspace.layers import SubspaceConv2d, SubspaceLinear, SubspaceNorm
-from lcs.subspace.levels import UnstructuredMap
-
-
-def _blend(p0: torch.Tensor, p1: torch.Tensor | None, a32: torch.Tensor) -> torch.Tensor:
-    return p0 if p1 is None else (1.0 - a32) * p0 + a32 * p1
+from lcs.subspace.compress import blend
+from lcs.subspace.levels import UnstructuredMap, dropped_count
 
 
 def _topk_in_graph(w: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     flat = w.abs().flatten()
     n = flat.numel()
-    kept = n - torch.floor((1.0 - alpha) * n + 1e-9)  # alpha is float64: same arithmetic as kept_count
+    kept = n - dropped_count(n, alpha, torch.floor)  # alpha is float64: the arithmetic of UnstructuredMap.kept_count
     values = torch.sort(flat, descending=True).values
     threshold = torch.gather(values, 0, torch.clamp(kept - 1, min=0).to(torch.int64))
     return w * ((w.abs() >= threshold) & (kept > 0)).to(w.dtype)
@@ -46,7 +43,7 @@ class _Endpoints(nn.Module):
 
     def get(self, name: str, a32):
         p0 = getattr(self, name, None)
-        return None if p0 is None else _blend(p0, getattr(self, name + "1", None), a32)
+        return None if p0 is None else blend(p0, getattr(self, name + "1", None), a32)
 
     def weight_and_bias(self):
         """Blended at alpha (float32, as the subspace blends), TopK-masked with alpha in float64 when compressible."""

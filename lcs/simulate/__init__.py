@@ -12,7 +12,7 @@
 - `runner.py`: the replay loop and the executor seam (model-only, or a device's own answers).
 - `hardware.py`: hardware in the loop (`DeviceExecutor`) over any client with hello / set_level / infer: lcs
   firmware over serial (`--device`, `--sim`) or a CPU build on a Linux board over TVM RPC (`--rpc`, `--tracker
-  --key`: `lcs.transport.rpc.RuntimeDevice`).
+  --key`), opened by `lcs.transport.board.open_board` as `lcs deploy` opens them.
 - `output.py`: timeline.csv, summary.json, timeline.png and the printed table.
 - `planner.py`: the receding-horizon policy `plan`.
 - `optimum.py`: the offline optimum (the best schedule knowing the whole trace) and its bound.
@@ -67,11 +67,9 @@ def resolve_board(name: str | None, levels: Profile) -> BoardPower:
     if name is not None and levels.target is not None and name != levels.target:
         raise ProfileError(f"{levels.source} was measured on {levels.target}, not on --board {name}; "
                            f"its latencies would not hold there")
-    try:
-        board = targets.load(name or levels.target)
-    except targets.UnknownTarget as exc:
-        raise ConfigError(str(exc)) from None
-    return BoardPower.from_board(board)
+    from lcs.config import load_board
+
+    return BoardPower.from_board(load_board(name or levels.target))
 
 
 def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, profile: str | Path | None = None,
@@ -106,19 +104,21 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
 
     scaling = make_scaling(trace, model, budget_scale, load_scale)
 
-    from lcs.transport import rpc as R
+    from lcs.transport.board import Where, open_board
 
-    remote = R.endpoint(rpc, tracker, key)  # None, or a checked --rpc / --tracker --key
-    if sum(x is not None for x in (device, sim, remote, executor)) > 1:
+    # None, or exactly one checked --device / --sim / --rpc / --tracker --key (an executor object counts as one)
+    where = Where.from_options(device=device, sim=sim, rpc=rpc, tracker=tracker, key=key, optional=True)
+    if where is not None and executor is not None:
         raise ConfigError("give at most one of --device URL, --sim BOARD, --rpc HOST:PORT, "
                           "--tracker HOST:PORT --key K (or an executor)")
-    if sim is not None and artifact is None:
+    if where is not None and where.remote and artifact is None:
+        raise ConfigError(f"{where.option()} runs the CPU build inside an artifact on the board; pass --artifact")
+    if where is not None and where.sim is not None and artifact is None:
         raise ConfigError("--sim starts the firmware inside an artifact; pass --artifact")
-    if remote is not None and artifact is None:
-        raise ConfigError(f"--{'rpc' if rpc is not None else 'tracker'} runs the CPU build inside an artifact on the "
-                          f"board; pass --artifact")
-    if remote is not None:
-        R.check_key_names_board(remote.key, board_power.name, f"the simulation of board {board_power.name!r}")
+    if where is not None and where.remote:
+        from lcs.transport.rpc import check_key_names_board
+
+        check_key_names_board(where.key, board_power.name, f"the simulation of board {board_power.name!r}")
     if sim is not None and sim != board_power.name:
         raise ConfigError(f"--sim {sim} but the levels are for board {board_power.name}")
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
@@ -131,21 +131,12 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
     with contextlib.ExitStack() as running:
         outputs = None
         if out_dir is not None:  # first: an --out that cannot be written fails before any board starts
-            hardware = any(x is not None for x in (device, sim, remote)) or \
-                getattr(executor, "source", "model") != "model"
+            hardware = where is not None or getattr(executor, "source", "model") != "model"
             outputs = running.enter_context(StreamingOutputs(out_dir, with_device=hardware))
-        url, name = device, device
-        if sim is not None:
-            from lcs.simulate.hardware import started_firmware
-
-            url = running.enter_context(started_firmware(artifact, sim))
-            name = f"{sim}:{url}"
-        if url is not None:
-            client = running.enter_context(_open_device(url))
-            executor = device_executor(client, name, board_power, levels, artifact)
-        if remote is not None:
-            client = running.enter_context(_open_rpc_device(artifact, remote, board_power.name))
-            executor = device_executor(client, remote.describe(), board_power, levels, artifact)
+        if where is not None:
+            # no RPC session time limit: the replay lasts as long as the trace (it still ends with this process)
+            board = running.enter_context(open_board(artifact, where, rpc_options={"session_timeout": 0}))
+            executor = device_executor(board, board.connection, board_power, levels, artifact)
         source = executor.source if executor is not None else "model"
         for record in iter_replay(scaling.steps(trace.steps()), model, chosen, capacity_mwh=capacity_mwh,
                                   executor=executor):
@@ -182,32 +173,8 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
     return SimulationResult(replay=result, summary=summary, profile=levels, files=files, comparison=comparison)
 
 
-DEVICE_CONNECT_TIMEOUT_S = 3.0  # a port that is not there after this is not coming
-
-
-def _open_device(url: str):
-    from lcs.device import Device
-
-    return Device.open(url, connect_timeout=DEVICE_CONNECT_TIMEOUT_S)
-
-
-@contextlib.contextmanager
-def _open_rpc_device(artifact: str | Path, remote, board: str):
-    """A Linux board over TVM RPC, with every level of the artifact's CPU build resident there."""
-    from lcs.transport import rpc as R
-
-    art = R.cpu_artifact(artifact, remote.key)
-    # no session time limit: the replay lasts as long as the trace (the session still ends with this process)
-    with R.connected(remote, session_timeout=0) as link:
-        client = R.RuntimeDevice(R.resident_runtime(art, link), board)
-        try:
-            yield client
-        finally:
-            client.close()  # the executor may outlive this block: it must not keep the session open
-
-
 def device_executor(client, url: str, board: BoardPower, levels: Profile, artifact: str | Path | None):
-    """A hardware-in-the-loop executor over an open `lcs.device.Device`; sample inputs and reference
+    """A hardware-in-the-loop executor over an open board (`lcs.transport.board`); sample inputs and reference
     outputs come from the artifact when there is one."""
     from lcs.simulate.hardware import DeviceExecutor
 
@@ -215,9 +182,10 @@ def device_executor(client, url: str, board: BoardPower, levels: Profile, artifa
     if artifact is not None:
         from lcs.artifact import open_artifact
 
-        ref = open_artifact(artifact).reference()
+        art = open_artifact(artifact)
+        ref = art.reference()
         inputs = [x.reshape(-1).tolist() for x in ref["input"]]
-        reference = {lv.index: [y.reshape(-1).tolist() for y in ref[f"level{lv.index}"]]
-                     for lv in levels.levels if f"level{lv.index}" in ref}
+        reference = {lv.index: [y.reshape(-1).tolist() for y in art.expected(ref, lv)] for lv in art.levels
+                     if lv.index in {p.index for p in levels.levels}}
     return DeviceExecutor(client, clock_hz=board.clock_hz, level_indices=[lv.index for lv in levels.levels],
                           source=f"device:{url}", inputs=inputs, reference=reference)

@@ -5,7 +5,7 @@ on a sample input. The device's own timing and its predicted class go into the t
 `device_latency_ms` and `output`, beside the cost model's expectation.
 
 Timing units (`tick_rate`, the one place that decides): a client that declares `tick_hz` reports
-ticks of that rate (the TVM RPC client, `lcs.transport.rpc.RuntimeDevice`: nanoseconds measured on
+ticks of that rate (the TVM RPC board, `lcs.transport.board.RpcBoard`: nanoseconds measured on
 the board by TVM's time_evaluator); otherwise its numbers are CPU cycles of the board, turned into
 time with the board's `clock_hz` (serial firmware; on `host-sim` a "cycle" is a nanosecond, its
 clock_hz is 1e9).
@@ -14,16 +14,13 @@ Sample inputs come from the artifact's reference set (cycled through, and the pr
 against the reference output of the same level); without an artifact, all-zero inputs of the
 device's input size (timing only).
 
-The client is anything with the `lcs.device.Device` methods used here: `hello()`, `set_level(index=)`,
-`infer(values) -> (outputs, ticks)`, and optionally `tick_hz`.
+The client is a board (`lcs.transport.board.Board`, opened by `open_board` as `lcs deploy` opens it): `hello()`,
+`set_level(index=)`, `infer(values) -> (outputs, ticks)` and `tick_hz` (None: cycles of the board's clock).
 """
 
 from __future__ import annotations
 
-import contextlib
-import tempfile
-from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from lcs.errors import LcsError
 from lcs.simulate.model import Option
@@ -87,26 +84,3 @@ class DeviceExecutor:
         return {"device_inferences": self.count, "device_switches": len(self.switch_ms),
                 "device_switch_ms_mean": sum(self.switch_ms) / len(self.switch_ms) if self.switch_ms else None,
                 "reference_disagreements": self.disagreements if self.reference else None}
-
-
-@contextlib.contextmanager
-def started_firmware(artifact_path, board_name: str) -> Iterator[str]:
-    """Start the firmware an artifact carries for `board_name` (host-sim on a pty, QEMU boards on TCP);
-    yields the URL to open with `lcs.device.Device`, and stops the firmware afterwards."""
-    import targets
-    from lcs.artifact import open_artifact
-
-    art = open_artifact(artifact_path, expect_target=board_name)
-    candidates = [(lv.get("members") or {}).get("firmware") for lv in art.levels]
-    candidates.append((art.manifest.get("firmware") or {}).get("binary"))
-    member = next((m for m in candidates if isinstance(m, str) and m in art.members()), None)
-    if member is None:
-        raise HardwareError(f"{artifact_path} carries no firmware to start (--sim needs an MCU or host-sim build)")
-    from tvm_build.mcu.build import start  # launching boards lives with the firmware build
-
-    with tempfile.TemporaryDirectory(prefix="lcs-sim-") as tmp:
-        binary = Path(tmp) / Path(member).name
-        binary.write_bytes(art.read(member))
-        binary.chmod(0o755)
-        with start(binary, targets.load(board_name)) as running:
-            yield running.url

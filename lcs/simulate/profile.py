@@ -27,6 +27,7 @@ from pathlib import Path
 
 from lcs.errors import ConfigError
 from lcs.results import read_accuracy
+from lcs.subspace.levels import same_alpha
 
 
 class ProfileError(ConfigError):
@@ -50,12 +51,6 @@ class Profile:
     levels: tuple[LevelSpec, ...]  # sorted by index
     target: str | None  # board the profile was measured on, if it says
     source: str  # where it came from, for messages and the summary
-
-    def by_index(self, index: int) -> LevelSpec:
-        for level in self.levels:
-            if level.index == index:
-                return level
-        raise KeyError(index)
 
 
 def _finite(value, where: str, field: str, *, lo: float = -math.inf, hi: float = math.inf) -> float:
@@ -134,7 +129,7 @@ def with_accuracy(data: dict, accuracy_path: str | Path) -> dict:
     levels = []
     for i, level in enumerate(data.get("levels") or []):
         if isinstance(level, dict) and isinstance(level.get("alpha"), (int, float)):
-            match = [row["accuracy"] for row in known if abs(row["alpha"] - level["alpha"]) < 1e-6]
+            match = [row["accuracy"] for row in known if same_alpha(row["alpha"], level["alpha"])]
             if not match and level.get("accuracy") is not None:
                 levels.append(level)
                 continue
@@ -160,6 +155,9 @@ def load_profile_artifact(path: str | Path, board: str | None = None, accuracy: 
     from lcs import artifact
 
     manifest = artifact.open_artifact(path, expect_target=board).manifest
+    data = {"target": manifest.target_name,
+            "levels": [{"index": lv.index, "alpha": lv.alpha, "label": lv.label, "accuracy": lv.accuracy,
+                        "latency_ms": lv.latency_ms, "cycles": lv.cycles} for lv in manifest.levels]}
     if accuracy is not None:
-        manifest = with_accuracy(manifest, accuracy)
-    return profile_from_dict(manifest, str(path))
+        data = with_accuracy(data, accuracy)
+    return profile_from_dict(data, str(path))

@@ -15,6 +15,15 @@ import torch
 from lcs.subspace.levels import QuantizationMap, UnstructuredMap
 
 
+def blend(p0, p1, alpha):
+    """The line: w(alpha) = (1 - alpha) w0 + alpha w1 (w0 alone for a point subspace, p1 None). Exact at both ends,
+    and the same arithmetic for torch tensors, numpy arrays and graph inputs: the subspace layers, the alpha-input
+    graph and the MCU device network all call this one."""
+    if p1 is None:
+        return p0
+    return (1.0 - alpha) * p0 + alpha * p1
+
+
 def topk_mask(weight: torch.Tensor, keep: float) -> torch.Tensor:
     """A 0/1 mask keeping the `kept_count` largest magnitudes of `weight` (ties broken by index)."""
     numel = weight.numel()

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lcs.accel import fp32_region
-from lcs.subspace.compress import RangeTracker, fake_quant, topk_mask
+from lcs.subspace.compress import RangeTracker, blend, fake_quant, topk_mask
 from lcs.subspace.levels import StructuredMap
 
 # Endpoint init "copy" (config.SubspaceConfig.endpoint_init): noise added to endpoint 1's weights,
@@ -77,8 +77,7 @@ class SubspaceLayer(nn.Module):
         # alpha as the float32 every device holds (firmware ctrl vectors, alpha-input graphs), so their
         # (1 - alpha) w0 + alpha w1 gives bit-identical weights. Exact at both ends ((1 - 1) * w0 + 1 * w1
         # == w1), and both endpoints stay in the graph (DDP needs every parameter in every step).
-        a = _float32(self.state.alpha)
-        return (1.0 - a) * p0 + a * p1
+        return blend(p0, p1, _float32(self.state.alpha))
 
     def endpoint_pairs(self):
         """(name, p0, p1) for each of this layer's line parameters."""

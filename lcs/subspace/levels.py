@@ -23,6 +23,22 @@ def round_half_up(x: float) -> int:
     return int(math.floor(x + 0.5))
 
 
+ALPHA_TOLERANCE = 1e-6  # two alphas closer than this name the same level (JSON round trips, 1/6 written as 0.1667)
+
+
+def same_alpha(a: float, b: float) -> bool:
+    return abs(float(a) - float(b)) < ALPHA_TOLERANCE
+
+
+KEEP_ROUNDING = 1e-9  # float noise in (1 - keep) * numel must not zero one weight more than intended
+
+
+def dropped_count(numel, keep, floor=math.floor):
+    """Weights zeroed in a tensor of `numel` at keep fraction `keep`: floor((1 - keep) * numel). The one TopK count
+    formula: `floor=torch.floor` with a tensor `keep` gives the same arithmetic inside a graph (alpha-input)."""
+    return floor((1.0 - keep) * numel + KEEP_ROUNDING)
+
+
 def check_alpha(alpha: float, lo: float = 0.0, hi: float = 1.0) -> float:
     alpha = float(alpha)
     if not (lo <= alpha <= hi) or math.isnan(alpha):
@@ -76,7 +92,7 @@ class UnstructuredMap:
     @staticmethod
     def kept_count(numel: int, keep: float) -> int:
         """Weights kept in one tensor: the floor((1 - keep) * numel) smallest magnitudes are zeroed."""
-        return numel - int(math.floor((1.0 - keep) * numel + 1e-9))
+        return numel - int(dropped_count(numel, keep))
 
 
 @dataclass(frozen=True)
@@ -185,6 +201,25 @@ def map_from_dict(data: dict) -> CompressionMap:
         return cls(**data)
     except TypeError as exc:
         raise ConfigError(f"bad {family} map config: {exc}") from None
+
+
+def level_alphas(text: str | None, cmap: CompressionMap) -> list[float]:
+    """`--levels` (comma-separated levels as `parse_level` reads them) -> alphas; None means the family's grid. An
+    empty list or a level named twice is refused."""
+    if text is None:
+        return list(cmap.eval_alphas)
+    parts = [part.strip() for part in text.split(",")]
+    if not any(parts):
+        raise ConfigError("--levels is empty (leave the option out for the family's grid)")
+    if not all(parts):
+        raise ConfigError(f"--levels {text!r} has an empty entry")
+    alphas = [parse_level(part, cmap) for part in parts]
+    seen: dict[float, str] = {}
+    for part, alpha in zip(parts, alphas):
+        if alpha in seen:
+            raise ConfigError(f"--levels names one level twice: {seen[alpha]} and {part} are both alpha {alpha:g}")
+        seen[alpha] = part
+    return alphas
 
 
 def parse_level(text: str, cmap: CompressionMap) -> float:

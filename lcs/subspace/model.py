@@ -148,8 +148,9 @@ class SubspaceModel(nn.Module):
 
 
 class _LineBlend(torch.autograd.Function):
-    """(1 - a) w0 + a w1 for many endpoint pairs, forward and backward as multi-tensor ops. Inputs: a, then
-    all w0, then all w1 (same order). The gradients are those of the per-layer formula: g (1 - a), g a."""
+    """compress.blend ((1 - a) w0 + a w1, the one formula) for many endpoint pairs at once, forward and backward
+    as multi-tensor ops: the same element-wise products and sums, so the same bits (tests/test_accel.py).
+    Inputs: a, then all w0, then all w1 (same order). Gradients: g (1 - a) and g a, as the formula's."""
 
     @staticmethod
     def forward(ctx, a: float, *endpoints: torch.Tensor):

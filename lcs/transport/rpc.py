@@ -1,5 +1,5 @@
 """TVM RPC to Linux boards: the one place that turns `--rpc HOST:PORT` or `--tracker HOST:PORT --key K` into a
-session, and the small device client (`RuntimeDevice`) that runs an artifact's levels over it.
+session; `lcs.transport.board.RpcBoard` runs an artifact's levels over it.
 
     with connected(Endpoint(rpc="192.168.1.20:9090")) as link:  # a board running `python -m tvm.exec.rpc_server`
         rt = Runtime("model.lcsa", session=link.session)
@@ -25,8 +25,6 @@ import struct
 import time
 from dataclasses import dataclass
 from typing import Iterator
-
-import numpy as np
 
 from lcs.errors import ConfigError, LcsError
 
@@ -214,11 +212,11 @@ def _one_line(exc: BaseException) -> str:
 def cpu_artifact(path, key: str | None = None):
     """Open (sha256-verified) a CPU build for an RPC board; firmware, or a tracker key naming another board, is
     refused."""
-    from lcs.artifact import ArtifactError, open_artifact
+    from lcs.artifact import Artifact, ArtifactError, open_artifact
 
-    art = open_artifact(path)
-    manifest = art.manifest
-    if manifest.get("strategy") == "firmware" or "firmware" in manifest or not manifest.get("modules"):
+    art = path if isinstance(path, Artifact) else open_artifact(path)
+    path = art.path
+    if art.kind != "cpu" or not art.manifest.modules:
         raise ArtifactError(f"{path} is firmware for {art.target_name!r}, not a CPU build; TVM RPC runs "
                             f"`lcs build --target host|rasp4|...` artifacts (firmware goes over --device or --sim)")
     check_key_names_board(key, art.target_name, str(path))
@@ -256,56 +254,6 @@ def resident_runtime(art, link: Link, held: dict[str, str] | None = None):
         reason = str(exc)
     # raised outside the except block on purpose: a chained exception would keep the failed Runtime's frames, and with
     # them the session, alive; TVM's RPC server serves one session at a time and would stay busy
-    cpu = (art.manifest.get("target") or {}).get("cpu") or "?"
+    cpu = art.manifest.target.get("cpu") or "?"
     raise RunError(f"the board at {link.describe()} cannot run {art.path} (built for {art.target_name!r}, cpu {cpu}): "
                    f"{reason}")
-
-
-# -- a device client over a resident Runtime ----------------------------------------------------------------
-
-@dataclass(frozen=True)
-class RuntimeHello:
-    """What `lcs.device.Device.hello()` tells about a board, for a Runtime over RPC."""
-
-    board: str
-    levels: int
-    input_len: int
-    output_len: int
-
-
-class RuntimeDevice:
-    """The small client API hardware-in-the-loop uses (`hello`, `set_level(index=)`, `infer(values)`), backed by an
-    `lcs.runtime.Runtime` whose libraries and weights are resident on the RPC board.
-
-    Times are in ticks of `tick_hz` = 1e9 (nanoseconds). `infer` returns the outputs of one call and the time of one
-    more call of the same level measured on the device by TVM's time_evaluator (number=1, repeat=1): the device runs
-    two inferences per step, one for the outputs and one for the clock (the Runtime's public API has no single call
-    giving both). `set_level` only picks another resident (module, weights) pair on the host, so its time is the host's
-    perf_counter around that choice: no device work happens on a switch.
-    """
-
-    tick_hz = 1e9
-
-    def __init__(self, runtime, board: str) -> None:
-        self.runtime, self.board = runtime, board
-        self.shape = list(runtime.input_spec["shape"])
-        self.dtype = runtime.input_spec["dtype"]
-
-    def hello(self) -> RuntimeHello:
-        out_shape = self.runtime.artifact.manifest.get("output", {}).get("shape") or [0]
-        return RuntimeHello(self.board, len(self.runtime.levels), int(np.prod(self.shape)), int(np.prod(out_shape)))
-
-    def set_level(self, *, index: int) -> tuple[int, int]:
-        start = time.perf_counter_ns()
-        self.runtime.set_level(index)
-        return self.runtime.level, time.perf_counter_ns() - start
-
-    def close(self) -> None:
-        """Let go of the resident levels (remote modules and tensors), so the session can end."""
-        self.runtime = None
-
-    def infer(self, values) -> tuple[list[float], int]:
-        x = np.asarray(values, dtype=self.dtype).reshape(self.shape)
-        out = self.runtime.run(x)
-        ms = self.runtime.time(self.runtime.level, number=1, repeat=1)
-        return out.reshape(-1).tolist(), int(round(ms * 1e6))

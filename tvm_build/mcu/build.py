@@ -17,9 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lcs.config import load_board
 from lcs.errors import ConfigError, LcsError
 from lcs.evaluate import accuracy_at, accuracy_table
 from lcs.subspace.levels import Level
+from lcs.transport.launch import start  # launching a built firmware (QEMU / host-sim): measure_cycles runs it
 from tvm_build.compile import tvm_include_dirs
 from tvm_build.mcu import firmware as fw
 from tvm_build.mcu.device_net import device_net
@@ -57,7 +59,7 @@ class FirmwareBuild:
 def _load_board(board):
     import targets
 
-    board = targets.load(board) if isinstance(board, str) else board
+    board = load_board(board) if isinstance(board, str) else board
     if "firmware" not in board.extra:
         raise ConfigError(f"target {board.name} has no firmware section; MCU builds need one of: "
                           f"{', '.join(n for n in targets.names() if 'firmware' in targets.load(n).extra)}")
@@ -197,6 +199,8 @@ def build_firmware(checkpoint, board, levels: list[float] | None, out_dir, *, sa
     return result
 
 
+# memo of lowered models, keyed by id(model): each entry holds the model itself, so its id cannot be reused while the
+# entry lives; bounded (cleared past 32) and per process: tests and benchmarks build one model for several boards
 _LOWERED: dict = {}
 
 
@@ -213,17 +217,6 @@ def _lowered(model, x, weights_in_kernel: bool = False, width_alpha: float | Non
             _LOWERED.clear()
         _LOWERED[key] = (model, dn, lowered, plan(lowered, ctrl_params))
     return _LOWERED[key][1:]
-
-
-def start(binary: Path, board):
-    from tvm_build.mcu.launch import start_host_sim, start_qemu
-
-    if board.kind == "mcu":
-        if "qemu" not in board.extra:
-            raise LcsError(f"{board.name} is built for, not emulated, here (no QEMU machine in targets/{board.name}"
-                           f".json): write it to the board with `lcs flash`, then `lcs deploy --device PORT`")
-        return start_qemu(binary, board.extra["qemu"])
-    return start_host_sim(binary)
 
 
 def measure_cycles(result: FirmwareBuild, board) -> list[dict]:
@@ -245,28 +238,29 @@ def _write_artifact(result: FirmwareBuild, board, config, cmap, out_dir: Path, s
     from lcs import artifact
     from lcs.subspace.levels import map_to_dict
 
-    member = f"firmware/{result.binary.name}"
-    ref = {"input": result.inputs, **{f"level{i}": e for i, e in enumerate(result.expected)}}
+    member = artifact.firmware_member(result.binary.name)
+    ref = {"input": result.inputs, **{artifact.reference_key(i): e for i, e in enumerate(result.expected)}}
     levels = []
     for i, lv in enumerate(result.levels):
         c = result.cycles[i] if i < len(result.cycles) else {}
         levels.append({"index": i, "alpha": lv.alpha, "label": lv.label(), "keep": lv.keep, "width": lv.width,
                        "bits": lv.bits, "accuracy": accuracy_at(accuracy, lv.alpha), "latency_ms": None, "cycles": c.get("infer_cycles"),
                        "switch_cycles": c.get("switch_cycles"), "members": {"firmware": member}})
-    members = {member: result.binary, "firmware/weights.bin": result.bank}
+    members = {member: result.binary, artifact.FIRMWARE_WEIGHTS_MEMBER: result.bank}
     images = {}
     if board.kind == "mcu":  # what `lcs flash` writes: the ELF's loadable bytes as .bin and Intel .hex
         from tvm_build.mcu.images import write_images
 
         img = write_images(result.binary)
-        images = {"bin": f"firmware/{img.bin.name}", "hex": f"firmware/{img.hex.name}", "base": f"0x{img.base:08x}"}
+        images = {"bin": artifact.firmware_member(img.bin.name), "hex": artifact.firmware_member(img.hex.name),
+                  "base": f"0x{img.base:08x}"}
         members.update({images["bin"]: img.bin, images["hex"]: img.hex})
     manifest = artifact.new_manifest(
-        target=board.to_dict(), strategy="firmware", config=config.to_dict(), compression_map=map_to_dict(cmap),
+        kind="firmware", target=board.to_dict(), strategy="firmware", config=config.to_dict(), compression_map=map_to_dict(cmap),
         input={"name": "x", "shape": list(shape), "dtype": "float32"},
-        output={"shape": [1, out_len], "dtype": "float32"}, modules={}, levels=levels, reference="reference.npz",
-        firmware={**result.summary(), "binary": member, "weights": "firmware/weights.bin",  # members, not build paths
+        output={"shape": [1, out_len], "dtype": "float32"}, modules={}, levels=levels, reference=artifact.REFERENCE_MEMBER,
+        firmware={**result.summary(), "binary": member, "weights": artifact.FIRMWARE_WEIGHTS_MEMBER,
                   **({"images": images} if images else {})})
     path = out_dir / f"{board.name}.lcsa"
-    artifact.write_artifact(path, manifest, {**members, "reference.npz": artifact.npz_bytes(ref)})
+    artifact.write_artifact(path, manifest, {**members, artifact.REFERENCE_MEMBER: artifact.npz_bytes(ref)})
     return path

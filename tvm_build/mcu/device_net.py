@@ -28,17 +28,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from lcs.errors import ConfigError
+from lcs.subspace.compress import blend as _blend
 from lcs.subspace.layers import SubspaceConv2d, SubspaceLinear, SubspaceNorm, _WeightLayer
 from lcs.subspace.model import SubspaceModel, _replace
 
 CTRL_FIELDS = ("alpha", "thr", "w_scale", "w_zero", "qmin", "qmax", "w_qon", "a_scale", "a_zero", "a_qon")
 CTRL_LEN = len(CTRL_FIELDS)
-
-
-def _blend(p0: torch.Tensor, p1: torch.Tensor | None, alpha: torch.Tensor) -> torch.Tensor:
-    if p1 is None:
-        return p0
-    return (1.0 - alpha) * p0 + alpha * p1  # the formula of lcs/subspace/layers.py, exact at both ends
 
 
 def _snap(t: torch.Tensor, scale, zero, qmin, qmax) -> torch.Tensor:

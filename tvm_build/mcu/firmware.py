@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shutil
 import struct
 import subprocess
 from dataclasses import dataclass
@@ -18,16 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from lcs.errors import LcsError
+from lcs.transport.launch import ToolchainMissing, require_tool  # noqa: F401  (one home: the launcher needs it too)
 from tvm_build.mcu.device_net import DeviceNet
 from tvm_build.static_plan import Plan
 from tvm_build.mcu.executor import ctrl_symbol as executor_ctrl_symbol
 
 FIRMWARE_DIR = Path(__file__).resolve().parents[2] / "firmware_host"
 FAMILY_CODES = {"dense": 0, "unstructured": 1, "structured": 2, "quantization": 3}
-
-
-class ToolchainMissing(LcsError):
-    """A compiler or emulator the build needs is not installed."""
 
 
 class BudgetExceeded(LcsError):
@@ -112,13 +108,6 @@ def model_hash(*parts: bytes) -> bytes:
 
 
 # -- compiling ----------------------------------------------------------------------------------------------
-
-def require_tool(tool: str, package: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        raise ToolchainMissing(f"{tool} is not installed; install it with: apt-get install {package}")
-    return path
-
 
 def run(cmd: list[str], what: str) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True)

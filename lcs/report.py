@@ -1,4 +1,4 @@
-"""Tables for `lcs build` and `lcs info` (rich); the data comes from tvm_build.build and lcs.artifact."""
+"""Tables for `lcs build` and `lcs info` (rich); the data comes from the build summary and `lcs.artifact.describe`."""
 
 from __future__ import annotations
 

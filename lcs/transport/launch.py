@@ -1,20 +1,36 @@
 """Start a built firmware where the host can talk to it: host-sim on a pseudo-terminal, QEMU on a TCP serial port.
 
-Both return a pyserial URL/path for `lcs.device.Device.open` and a handle to stop the process.
+Both return a pyserial URL/path for `lcs.device.Device.open` and a handle to stop the process. `start(binary, board)`
+picks by the board's kind; `started_firmware(artifact, board)` starts the firmware an artifact carries. Torch-free and
+compiler-free: `lcs deploy --sim` and `lcs simulate --sim` use it, and so does the firmware build (cycle counts).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import time
+import tempfile
 import tty
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from lcs.errors import LcsError
-from tvm_build.mcu.firmware import require_tool
+
+
+class ToolchainMissing(LcsError):
+    """A compiler or emulator lcs runs is not installed."""
+
+
+def require_tool(tool: str, package: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise ToolchainMissing(f"{tool} is not installed; install it with: apt-get install {package}")
+    return path
 
 
 @dataclass
@@ -92,3 +108,30 @@ def start_qemu(elf: str | Path, qemu: dict, timeout: float = 10.0) -> Running:
         if "Address already in use" not in err:
             raise LcsError(f"QEMU did not start {qemu['machine']}: {err.strip()[:300] or 'timeout'}")
     raise LcsError("QEMU could not bind a local TCP port")
+
+
+def start(binary: str | Path, board) -> Running:
+    """Run a firmware binary for `board` (a targets.Board): QEMU for MCU boards, a pty for host-sim."""
+    if board.kind == "mcu":
+        if "qemu" not in board.extra:
+            raise LcsError(f"{board.name} is built for, not emulated, here (no QEMU machine in targets/{board.name}"
+                           f".json): write it to the board with `lcs flash`, then `lcs deploy --device PORT`")
+        return start_qemu(binary, board.extra["qemu"])
+    return start_host_sim(binary)
+
+
+@contextlib.contextmanager
+def started_firmware(artifact_path, board_name: str) -> Iterator[str]:
+    """Start the firmware an artifact carries for `board_name` (host-sim on a pty, QEMU boards on TCP); yields the
+    URL to open with `lcs.device.Device`, and stops the firmware afterwards."""
+    import targets
+    from lcs.artifact import open_artifact
+
+    art = open_artifact(artifact_path, expect_target=board_name)
+    member = art.firmware_binary()
+    with tempfile.TemporaryDirectory(prefix="lcs-sim-") as tmp:
+        binary = Path(tmp) / Path(member).name
+        binary.write_bytes(art.read(member))
+        binary.chmod(0o755)
+        with start(binary, targets.load(board_name)) as running:
+            yield running.url
