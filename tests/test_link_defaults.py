@@ -16,7 +16,7 @@ from lcs.artifact import open_artifact
 from lcs.deploy import deploy
 from lcs.device import Device
 from lcs.transport.launch import started_firmware
-from lcs.transport.faults import FaultyPort
+from lcs.transport.faults import FaultyPort, PortWrapper
 
 pytestmark = [pytest.mark.slow, pytest.mark.tvm]
 
@@ -79,31 +79,16 @@ def test_deploy_defaults_survive_one_percent_byte_faults(hostsim_artifact):
               f"slowest {1000 * slowest:.0f} ms")
 
 
-class Blackout:
+class Blackout(PortWrapper):
     """Passes bytes through, except that replies are lost while `until` is in the future (a link gone quiet)."""
 
     def __init__(self, port) -> None:
-        self.port, self.until = port, 0.0
-
-    def write(self, data: bytes) -> int:
-        return self.port.write(data)
+        super().__init__(port)
+        self.until = 0.0
 
     def read(self, size: int = 1) -> bytes:
         data = self.port.read(size)
         return b"" if time.monotonic() < self.until else data
-
-    @property
-    def in_waiting(self) -> int:
-        return self.port.in_waiting
-
-    def flush(self) -> None:
-        self.port.flush()
-
-    def reset_input_buffer(self) -> None:
-        self.port.reset_input_buffer()
-
-    def close(self) -> None:
-        self.port.close()
 
 
 def test_upload_resumes_from_the_last_acknowledged_chunk(hostsim_artifact):

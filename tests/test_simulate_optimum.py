@@ -13,23 +13,14 @@ from click.testing import CliRunner
 from lcs.cli import cli
 from lcs.simulate import compare as cmp
 from lcs.simulate import optimum as opt
-from lcs.simulate.model import BoardPower, CostModel, Workload
+from lcs.simulate.model import CostModel, Workload
 from lcs.simulate.policies import make_policy
 from lcs.simulate.profile import profile_from_dict
 from lcs.simulate.runner import replay
 from lcs.simulate.scaling import rescale
 from lcs.simulate.trace import load_trace
 
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ROOT / "examples" / "traces"
-HEADER = "t_s,battery_pct,cpu_load,power_budget_mw"
-HOST = BoardPower(name="host", cores=2, clock_hz=2.5e9, idle_mw=5000.0, active_mw=25000.0)
-# 5, 15 and 30 mW at the default 100 ms period on the host
-LEVELS = [
-    {"index": 0, "alpha": 0.0, "label": "small", "accuracy": 0.90, "latency_ms": 0.05},
-    {"index": 1, "alpha": 0.5, "label": "medium", "accuracy": 0.95, "latency_ms": 0.15},
-    {"index": 2, "alpha": 1.0, "label": "large", "accuracy": 0.97, "latency_ms": 0.30},
-]
+from sim_toys import EXAMPLES, HEADER, HOST, LEVELS
 
 
 def model(**workload) -> CostModel:

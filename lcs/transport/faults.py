@@ -25,7 +25,33 @@ class FaultCounts:
         return self.dropped + self.flipped + self.duplicated
 
 
-class FaultyPort:
+class PortWrapper:
+    """Passes the pyserial surface Device uses through to `port`; subclasses change what write/read do."""
+
+    def __init__(self, port) -> None:
+        self.port = port
+
+    def write(self, data: bytes) -> int:
+        return self.port.write(data)
+
+    def read(self, size: int = 1) -> bytes:
+        return self.port.read(size)
+
+    @property
+    def in_waiting(self) -> int:
+        return self.port.in_waiting
+
+    def flush(self) -> None:
+        self.port.flush()
+
+    def reset_input_buffer(self) -> None:
+        self.port.reset_input_buffer()
+
+    def close(self) -> None:
+        self.port.close()
+
+
+class FaultyPort(PortWrapper):
     def __init__(self, port, *, rate: float, seed: int = 0, directions: str = "both") -> None:
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"fault rate {rate} is not a probability")
@@ -56,7 +82,7 @@ class FaultyPort:
                 out += bytes((byte, byte))
         return bytes(out)
 
-    # -- the pyserial surface Device uses ------------------------------------------------------------------
+    # -- what the faults change ----------------------------------------------------------------------------
     def write(self, data: bytes) -> int:
         self.port.write(self._mangle(bytes(data)) if self.to_device else data)
         return len(data)
@@ -64,16 +90,3 @@ class FaultyPort:
     def read(self, size: int = 1) -> bytes:
         data = self.port.read(size)
         return self._mangle(data) if self.to_host else data
-
-    @property
-    def in_waiting(self) -> int:
-        return self.port.in_waiting
-
-    def flush(self) -> None:
-        self.port.flush()
-
-    def reset_input_buffer(self) -> None:
-        self.port.reset_input_buffer()
-
-    def close(self) -> None:
-        self.port.close()
