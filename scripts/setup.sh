@@ -36,7 +36,9 @@ if [ ! -f "$venv/.complete" ]; then
   rm -rf "$venv"
   mv "$tmp" "$venv"
   # venvs hard-code their path in scripts: rebuild the entry points at the final location.
-  sed -i "s#$tmp#$venv#g" "$venv"/bin/* 2>/dev/null || true
+  # Regular files only: sed stops at the first non-file (a __pycache__ that a package's scripts leave in bin/), and
+  # rewriting the python symlinks would turn them into copies.
+  find "$venv/bin" -maxdepth 1 -type f -exec sed -i "s#$tmp#$venv#g" {} +
 fi
 # lcs itself, as a real (non-editable) install, so the `lcs` command is the packaged one.
 "$venv/bin/pip" install -q --no-deps --no-build-isolation --force-reinstall "$root" >&2
