@@ -275,8 +275,8 @@ def _compiler():
 
     found = entry_points(group="lcs.compilers", name="tvm")
     if not found:
-        raise LcsError("lcs build needs the compiler (tvm_build), which this install does not have: "
-                       "install lcs with its `tvm` extra")
+        raise LcsError("lcs build needs the compiler (tvm_build), which is not installed here: install lcs with "
+                       "pip (`pip install '.[tvm]'` in a checkout) so that it registers itself")
     return next(iter(found)).load()
 
 

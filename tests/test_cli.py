@@ -85,3 +85,17 @@ def test_baseline_of_another_family_is_refused(trained, tmp_path):
     assert run("train", "--data", "digits", "--family", "quantization", "--epochs", "1", "-o", other,
                "--no-progress").exit_code == 0
     one_line_error(run("eval", line, "--baseline", other), "compresses by quantization")
+
+
+def test_build_finds_the_compiler_through_its_entry_point(monkeypatch, tmp_path):
+    """lcs/ never imports tvm_build: the installed package registers `lcs.compilers: tvm`; without it, one line."""
+    import importlib.metadata
+
+    from lcs import cli as cli_module
+
+    assert cli_module._compiler().__module__ == "tvm_build.build"
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **kw: [])
+    r = run("build", tmp_path / "x.safetensors", "--target", "host", "-o", tmp_path / "x.lcsa")
+    assert r.exit_code == 2
+    assert r.output.strip().splitlines() == [r.output.strip()] and "needs the compiler (tvm_build)" in r.output
+    assert not (tmp_path / "x.lcsa").exists()
