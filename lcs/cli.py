@@ -351,14 +351,26 @@ def info_cmd(artifact_path, target, as_json):
 
 # -- deploy (issue 6) -----------------------------------------------------------------------------
 
+verify_key_option = click.option(
+    "--verify-key", type=click.Path(path_type=Path), default=None, metavar="PUB",
+    help="ed25519 public key (PEM): refuse the artifact unless ARTIFACT.sig is its valid signature")
+
+
+def verify_signature(artifact_path: Path, verify_key: Path | None) -> None:
+    """With --verify-key, refuse an unsigned or wrongly signed artifact (lcs/signing.py); without it, nothing."""
+    if verify_key is not None:
+        from lcs.signing import verify_artifact
+
+        verify_artifact(artifact_path, verify_key)
+
+
 @cli.command("deploy")
 @click.argument("artifact_path", metavar="ARTIFACT", type=click.Path(path_type=Path))
 @board_options("")
 @click.option("--trace-io", is_flag=True, help="hex-dump every frame with a timestamp (stderr)")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
-@click.option("--verify-key", type=click.Path(path_type=Path), default=None, metavar="PUB",
-              help="ed25519 public key (PEM): refuse the artifact unless ARTIFACT.sig is its valid signature")
+@verify_key_option
 @fail_cleanly
 def deploy_cmd(artifact_path, device_url, sim_board, rpc, tracker, key, trace_io, progress, as_json, verify_key):
     """Upload an artifact's model to a board, have it confirm what it holds, self-test and profile every level."""
@@ -366,10 +378,7 @@ def deploy_cmd(artifact_path, device_url, sim_board, rpc, tracker, key, trace_io
 
     from lcs.deploy import check_passed, deploy, print_report
 
-    if verify_key is not None:
-        from lcs.signing import verify_artifact
-
-        verify_artifact(artifact_path, verify_key)  # before anything from it runs
+    verify_signature(artifact_path, verify_key)  # before anything from it runs
 
     err = Console(stderr=True)
     report = deploy(artifact_path, device=device_url, sim=sim_board, rpc=rpc, tracker=tracker, key=key,
@@ -398,8 +407,7 @@ def deploy_cmd(artifact_path, device_url, sim_board, rpc, tracker, key, trace_io
 @click.option("--no-self-test", is_flag=True, help="only write the firmware")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the self-test report as JSON")
-@click.option("--verify-key", type=click.Path(path_type=Path), default=None, metavar="PUB",
-              help="ed25519 public key (PEM): refuse the artifact unless ARTIFACT.sig is its valid signature")
+@verify_key_option
 @fail_cleanly
 def flash_cmd(artifact_path, probe, port, tool, dry_run, no_self_test, progress, as_json, verify_key):
     """Write an artifact's firmware to a board (pyOCD / OpenOCD), then self-test every level like `lcs deploy`."""
@@ -409,10 +417,7 @@ def flash_cmd(artifact_path, probe, port, tool, dry_run, no_self_test, progress,
     from lcs.artifact import open_artifact
     from lcs.deploy import check_passed, print_report
 
-    if verify_key is not None:
-        from lcs.signing import verify_artifact
-
-        verify_artifact(artifact_path, verify_key)  # before its firmware reaches a board
+    verify_signature(artifact_path, verify_key)  # before its firmware reaches a board
 
     if dry_run:
         art = open_artifact(artifact_path)
