@@ -327,11 +327,18 @@ def test_tuning_smoke_and_database_reuse(ckpts, tmp_path, monkeypatch):
     monkeypatch.setenv("LCS_CACHE_DIR", str(tmp_path / "cache"))
     from tvm_build.build import build
 
-    first = build(ckpts["structured"], "host", tmp_path / "t1.lcsa", levels="0.0", tune=2, progress=False)
+    # through the CLI: with --json, stdout is the JSON and nothing else (MetaSchedule's logger writes to stdout)
+    proc = subprocess.run([sys.executable, "-m", "lcs", "build", str(ckpts["structured"]), "--target", "host",
+                           "--levels", "0.0", "--tune", "2", "--threads", "1", "--json", "-o", str(tmp_path / "t1.lcsa")],
+                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    first = json.loads(proc.stdout)
+    assert "Creating JSONDatabase" not in proc.stderr
     assert first["tuning"][0]["reused"] is False and first["tuning"][0]["modules"] == ["lib/module0.so"]
     db = Path(first["tuning"][0]["database"])
     assert db.is_relative_to(tmp_path / "cache" / "tune") and (db / "database_tuning_record.json").stat().st_size > 0
-    second = build(ckpts["structured"], "host", tmp_path / "t2.lcsa", levels="0.0", tune=2, progress=False)
+    second = build(ckpts["structured"], "host", tmp_path / "t2.lcsa", levels="0.0", tune=2, threads=1,
+                   progress=False)
     assert second["tuning"][0]["reused"] is True and second["tuning"][0]["database"] == str(db)
     assert second["verification"]["max_abs_diff"] <= 1e-4
 
