@@ -210,7 +210,7 @@ class Runtime:
         if module is None:
             raise ArtifactError(f"{self.artifact.path}: level {level.index} names no library")
         spec = self.artifact.manifest.modules[module]
-        weights = self.artifact.read_npz(level.weights) if level.weights else {}
+        weights = self.artifact.level_weights(level)
         arrays = []  # main(x, *extra_inputs, *params)
         for extra in spec.extra_inputs:  # e.g. alpha for the alpha-input strategy
             if extra["name"] not in level.inputs:

@@ -208,12 +208,13 @@ def export_levels(ckpt, alphas, strategy, target, xs: np.ndarray, accuracy: list
             modules.append(compiled)
             by_structure[structure] = compiled
         weights_name = strategy.weights_member(index)
-        members[weights_name] = art.npz_bytes(arrays)
+        members[weights_name], encoding = art.encode_weights(arrays)  # sparse arrays: bitmask + nonzeros
         rows.append({
             "index": index, "alpha": float(alpha), "label": level.label(), "keep": level.keep,
             "width": level.width, "bits": level.bits, "accuracy": accuracy_at(accuracy, alpha),
             "latency_ms": None, "threads": None, "cycles": None, "max_abs_diff": None,
             "members": {"library": compiled.name, "weights": weights_name},
+            **({art.WEIGHTS_ENCODING_KEY: encoding} if encoding else {}),
             **{e["name"]: e["value"] for e in net.extra_inputs}})
         bar.step(f"level {index}: exported")
     return Exported(modules, rows, members, reference)
