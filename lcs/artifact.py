@@ -32,7 +32,9 @@ An artifact is an uncompressed POSIX tar of regular files. `manifest.json` is it
         "cycles": null,                      # MCU builds
         "members": {"library": "lib/module0.so", "weights": "weights/level0.npz"},  # what this level uses
                                             #   (firmware builds: {"firmware": "firmware/<binary>"})
-        "weights_encoding": {"format": "bitmask", "sparse": ["features.1.0.weight", ...]}  # sparse levels only
+        "weights_encoding": {"format": "bitmask", "sparse": ["features.1.0.weight", ...]},  # sparse levels only
+        "sparse_layers": [{"weight": ..., "kernel": "csr" | "dense", "dense_us": ..., "sparse_us": ...}, ...]
+                                            #   unstructured levels on a timed board: the layer kernels chosen
       }, ...],
       "reference": "reference.npz",         # "input" (sample inputs) and "level<i>" (expected outputs)
       "runtime": {"threads": 2, ...},       # CPU builds timed on the board: the most threads lcs.runtime uses
@@ -107,6 +109,9 @@ def load_npz(data: bytes) -> dict[str, np.ndarray]:
 # -- level weights: sparse arrays as a bitmask and their nonzeros --------------------------------------------
 
 WEIGHTS_ENCODING_KEY = "weights_encoding"  # a level's key in the manifest
+# a level's key: the 1x1 convolutions the build timed dense and as CSR kernels on the board, and which one runs
+# ({"weight", "kernel": "csr" | "dense", "density", "shape", "dense_us", "sparse_us"}, tvm_build/sparse.py)
+SPARSE_LAYERS_KEY = "sparse_layers"
 WEIGHTS_ENCODINGS = ("bitmask",)
 MASK_SUFFIX, VALUES_SUFFIX = "|mask", "|values"
 # an array is stored sparse when that takes at most this share of its dense bytes (bitmask: 1/32 of fp32 plus the
