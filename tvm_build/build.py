@@ -158,7 +158,7 @@ def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key,
     import tvm
 
     from tvm_build import compile as tc
-    from tvm_build import graph
+    from tvm_build import graph, schedules
     from tvm_build import target as tt
     from tvm_build import tune as tn
     from tvm_build.export import export_levels
@@ -187,6 +187,7 @@ def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key,
             tuning_info.append(_tuning_row(modules, info, v.planned_threads(target)))
         else:
             shipped = [tc.fuse_kernels(m.relax, target) for m in modules]
+        shipped = [schedules.apply(mod, target) for mod in shipped]  # what tuning left unscheduled
         executors: dict[str, dict] = {}  # module -> how it runs (static executor or Relax VM), for the manifest
 
         def compile_modules(indices) -> None:
@@ -244,7 +245,7 @@ def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key,
                     again, info = tn.tune([modules[i].relax for i in indices], fewer, tune, runner=runner, log=log)
                     tuning_info.append(_tuning_row([modules[i] for i in indices], info, count))
                     for i, mod in zip(indices, again):
-                        shipped[i], module_targets[i] = mod, fewer
+                        shipped[i], module_targets[i] = schedules.apply(mod, fewer), fewer
                     compile_modules(indices)
                     for i in indices:
                         manifest["modules"][modules[i].name].update(executors[modules[i].name])
