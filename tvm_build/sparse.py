@@ -8,7 +8,7 @@ pixels in blocks of B, transposes the block of x into a local [Cin, B] tile once
 channel as B-wide vector FMAs over that channel's nonzeros only: its work follows the nonzeros, not Cin * Cout.
 
 Each candidate layer (1x1, stride 1, groups 1, density at most MAX_DENSITY) is timed both ways on this machine, dense
-(TVM's kernel for the same conv2d, compiled for the target) and sparse, in interleaved rounds, and runs sparse only
+(the kernel the build ships for the same conv2d: schedules.py's default, compiled for the target) and sparse, in interleaved rounds, and runs sparse only
 where that was at least MARGIN faster. The choice and both timings go into the manifest ("sparse_layers" of the
 module); a module with sparse layers takes the three CSR arrays in place of that weight (params "<w>:csr.data",
 "<w>:csr.indices", "<w>:csr.indptr"), so each sparse level has its own module. Boards that cannot be timed from the
@@ -235,8 +235,13 @@ class Chooser:
                 dense_fns[name] = f"dense{i}"
                 dense_args[name] = [tvm.runtime.tensor(rng.standard_normal(s).astype(np.float32), dev)
                                     for s in ((1, c.height, c.width, c.cin), (1, 1, c.cin, c.cout))]
+            from tvm_build.compile import fuse_kernels
+            from tvm_build.schedules import apply as default_schedules
+
+            # the dense kernel as the build ships it: fused, with the default schedule
             with filtered_tvm_logs():
-                vm = relax.VirtualMachine(tvm.compile(bb.get(), target=self.target), dev)
+                dense = default_schedules(fuse_kernels(bb.get(), self.target), self.target)
+                vm = relax.VirtualMachine(tvm.compile(dense, target=self.target), dev)
         kernels, sparse_args = {}, {}
         for i, (name, (c, csr)) in enumerate(layers.items()):
             kernels[name] = f"sparse{i}"
