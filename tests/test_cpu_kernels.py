@@ -1,5 +1,5 @@
-"""Sparse levels on CPUs (issue 16): 1x1 convolutions as CSR kernels (tvm_build/sparse.py), checked against torch and
-planned by the static executor."""
+"""CPU kernels without tuning (issue 16): the default schedules (tvm_build/schedules.py) and the CSR kernels of sparse
+levels (tvm_build/sparse.py), checked against torch and planned by the static executor."""
 
 from __future__ import annotations
 
@@ -80,3 +80,48 @@ def test_dense_weights_and_denser_layers_are_left_alone():
     arrays = lifted.weights({n: param_arrays(net)[n] for n in export_order(ep)})
     new, weights, _, records = sparse.Chooser(host_target(), 1)(lifted.main, arrays, lifted.from_torch)
     assert new is lifted.main and weights is arrays and records == []
+
+
+class MobileBlock(nn.Module):
+    """What the default schedules must cover: a full conv, a depthwise conv, a 1x1 conv, ReLU6 (left in NCHW between
+    two transposes by ConvertLayout), pooling and a linear layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.depthwise = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.project = nn.Conv2d(16, 24, 1)
+        self.head = nn.Linear(24, 10)
+
+    def forward(self, x):
+        x = nn.functional.relu6(self.depthwise(torch.relu(self.stem(x))))
+        return self.head(self.project(x).mean((2, 3)))
+
+
+def test_default_schedules_cover_convolutions_and_match_torch():
+    from tvm import tirx
+    from tvm.runtime.vm import VirtualMachine
+
+    from tvm_build import compile as tc
+    from tvm_build import export, schedules
+    from tvm_build.graph import export_order, param_arrays
+    from tvm_build.target import host_target
+
+    torch.manual_seed(0)
+    net = MobileBlock().eval()
+    x = torch.randn(1, 3, 8, 8)
+    mod, ep = export.to_relax(net, (x,))
+    lifted = export.ChannelsLast(mod, export_order(ep))
+    arrays = lifted.weights({n: param_arrays(net)[n] for n in export_order(ep)})
+    target = host_target()
+    fused = tc.fuse_kernels(lifted.main, target)
+    done = schedules.apply(fused, target)
+    kernels = {gv.name_hint: f for gv, f in done.functions.items() if isinstance(f, tirx.PrimFunc)}
+    scheduled = {n for n, f in kernels.items() if f.attrs is not None and "tirx.is_scheduled" in f.attrs}
+    convs = {n for n in kernels if "conv2d" in n}
+    assert len(convs) >= 3 and convs <= scheduled, (convs, scheduled)  # full, depthwise and 1x1 all scheduled
+    dev = tvm.cpu()
+    got = VirtualMachine(tc.compile_module(done, target), dev)["main"](
+        tvm.runtime.tensor(x.numpy(), dev), *[tvm.runtime.tensor(a, dev) for a in arrays.values()]).numpy()
+    with torch.no_grad():
+        np.testing.assert_allclose(got, net(x).numpy(), atol=1e-5)
