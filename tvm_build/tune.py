@@ -119,6 +119,13 @@ def _layout_only(task_name: str) -> bool:
     return all(part.rstrip("0123456789") in LAYOUT_ONLY for part in parts)
 
 
+def _own_kernel(task) -> bool:
+    """A kernel lcs wrote already scheduled (sparse.py's CSR kernels: loops, no blocks for MetaSchedule to search)."""
+    func = task.dispatched[0]["main"] if hasattr(task.dispatched[0], "functions") else task.dispatched[0]
+    attrs = getattr(func, "attrs", None)
+    return attrs is not None and "tirx.is_scheduled" in attrs
+
+
 def _tasks_worth_tuning(modules, target) -> list[tuple[object, float]]:
     """The distinct compute tasks of all modules with their weights for the task scheduler, without layout copies.
 
@@ -134,7 +141,7 @@ def _tasks_worth_tuning(modules, target) -> list[tuple[object, float]]:
 
     per_module = []
     for mod in modules:
-        tasks = [t for t in extract_tasks(mod, target) if not _layout_only(t.task_name)]
+        tasks = [t for t in extract_tasks(mod, target) if not _layout_only(t.task_name) and not _own_kernel(t)]
         per_module.append((tasks, sum(estimate_tir_flops(t.dispatched[0]) * t.weight for t in tasks) or 1.0))
     largest = max((flops for _, flops in per_module), default=1.0)
     unique: dict[int, list] = {}
