@@ -498,3 +498,47 @@ void q8_dense(const int8_t *in, int32_t n_in, int32_t n_out, const int8_t *w, co
         out[o] = clamp8(q8_requant(acc, &rq[o]), 0);
     }
 }
+
+/* floor(sqrt(u)), u < 2^62: the bit-by-bit method (once per group, so its 31 steps do not matter) */
+static uint32_t isqrt64(uint64_t u) {
+    uint64_t r = 0, bit = 1ull << 62;
+    while (bit > u) bit >>= 2;
+    for (; bit; bit >>= 2) {
+        if (u >= r + bit) {
+            u -= r + bit;
+            r = (r >> 1) + bit;
+        } else {
+            r >>= 1;
+        }
+    }
+    return (uint32_t)r;
+}
+
+void q8_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out) {
+    const int32_t c = p->c, cg = c / p->groups, hw = p->hw, n = hw * cg;
+    for (int32_t g0 = 0; g0 < c; g0 += cg) {
+        int32_t s = 0;
+        uint32_t q = 0; /* n < 2^17: fits */
+        for (int32_t i = 0; i < hw; i++) {
+            const int8_t *x = in + i * c + g0;
+            for (int32_t j = 0; j < cg; j++) {
+                s += x[j];
+                q += (uint32_t)(x[j] * x[j]);
+            }
+        }
+        const uint64_t u = (uint64_t)((int64_t)n * q - (int64_t)s * s) + (uint64_t)p->e;
+        const int32_t k = (62 - (64 - __builtin_clzll(u))) / 2;
+        const uint64_t recip = ((1ull << 61) - 1) / isqrt64(u << (2 * k));
+        for (int32_t j = g0; j < g0 + cg; j++) {
+            const int32_t m = (int32_t)(((int64_t)p->g[j] * (int64_t)recip + (1 << 30)) >> 31);
+            const int32_t sh = 61 - k - p->ge[j], down = sh - 16 > 63 ? 63 : sh - 16;
+            const int64_t b = (int64_t)p->b[j] + (1 << 15);
+            for (int32_t i = 0; i < hw; i++) {
+                int64_t y = ((((int64_t)(n * in[i * c + j] - s) * m) >> down) + b) >> 16;
+                if (y > 127) y = 127;
+                if (y < -128) y = -128;
+                out[i * c + j] = clamp8((int32_t)y, p->relu);
+            }
+        }
+    }
+}

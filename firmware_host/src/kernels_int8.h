@@ -42,4 +42,15 @@ void q8_dense(const int8_t *in, int32_t n_in, int32_t n_out, const int8_t *w, co
               const q8_rq_t *rq, int8_t *out);
 int32_t q8_requant(int32_t x, const q8_rq_t *rq);
 
+/* Integer GroupNorm (lcs/int8/graph.py's module docstring), HWC, groups of c / groups consecutive channels. */
+typedef struct {
+    int32_t hw, c, groups;
+    int32_t relu;
+    int64_t e;           /* eps in units of (s_in / N)^2 */
+    const int32_t *g;    /* [c] gamma / s_out mantissa, |g| in [2^30, 2^31) or 0 */
+    const int8_t *ge;    /* [c] its exponent */
+    const int32_t *b;    /* [c] round(2^16 beta / s_out) */
+} q8_gn_t;
+void q8_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out);
+
 #endif

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lcs.int8.graph import Conv, Dense, Graph, Pool, Requant
+from lcs.int8.graph import Conv, Dense, Graph, GroupNorm, Pool, Requant
 
 
 def _arr(ctype: str, name: str, values, per_line: int = 24) -> str:
@@ -88,6 +88,9 @@ def store_bytes(graph: Graph) -> tuple[int, int]:
         if isinstance(op, Pool):
             total += 8
             continue
+        if isinstance(op, GroupNorm):
+            total += op.g.size * 9 + 28
+            continue
         weights += op.weight.size
         if isinstance(op, Conv) and not op.depthwise:
             kh, _ = op.kernel
@@ -140,6 +143,13 @@ def emit(graph: Graph, test_input: np.ndarray | None = None, sparse_from: float 
             scratch = max(scratch, (0 if op.depthwise else ((ow - 1) * op.stride + kw) * col * 2) + ow * oc * 4)
             body = f"q8_conv(&p{i}, {src}, {dst}, scratch);"
             kind = ("dwconv" if op.depthwise else "sparse-conv" if sparse else "conv") + f"{kh}x{kw}"
+        elif isinstance(op, GroupNorm):
+            h, w, c = t[op.inp].shape
+            out.append(_arr("int32_t", f"g{i}", op.g) + _arr("int8_t", f"ge{i}", op.ge) + _arr("int32_t", f"b{i}", op.b))
+            out.append(f"static const q8_gn_t p{i} = {{{h * w}, {c}, {op.groups}, {int(op.relu)}, {op.e}LL, g{i}, ge{i}, "
+                       f"b{i}}};\n")
+            body = f"q8_groupnorm(&p{i}, {src}, {dst});"
+            kind = "groupnorm"
         elif isinstance(op, Pool):
             h, w, c = t[op.inp].shape
             out.append(_rq_arr(f"rq{i}", [op.rq]))
