@@ -11,7 +11,8 @@ from lcs.errors import LcsError
 from lcs.int8 import emit_c
 from lcs.int8 import firmware as fw
 from lcs.int8.from_torch import from_torch
-from lcs.int8.graph import Conv, Graph, Requant, Tensor, quantize, requant, run_float, run_int
+from lcs.int8.graph import (Conv, Graph, GroupNorm, Requant, Tensor, group_norm_int, quantize, requant, run_float,
+                            run_int)
 from lcs.models import build_model
 
 # (model, torch input shape, classes, folded params, MACs). ResNet-8's are MLPerf Tiny's published 77,706 params
@@ -49,7 +50,7 @@ def test_mlperf_tiny_models_have_the_published_size_and_fold_exactly(name, shape
     with torch.no_grad():
         ref = net(x).numpy()
     np.testing.assert_allclose(run_float(graph, _nhwc(x)), ref, atol=1e-4, rtol=1e-4)
-    # the project's default batch-independent norm trains too (no int8 path: see the next test)
+    # the project's default batch-independent norm trains too
     gn = build_model(ModelConfig(name=name, in_channels=shape[0], image_size=shape[1], num_classes=classes))
     assert gn(x).shape == (2, classes)
 
@@ -77,9 +78,73 @@ def test_mlperf_tiny_models_train_on_an_image_folder(tmp_path, name, size, mode)
     assert ck.model(torch.zeros(1, 3 if mode == "RGB" else 1, size, size)).shape == (1, 2)
 
 
-def test_group_norm_has_no_integer_kernel():
+def _gn_net(seed=0):
+    """The small CNN with its default GroupNorm, affine parameters made non-trivial (negative and zero gammas)."""
+    torch.manual_seed(seed)
+    net = build_model(ModelConfig(in_channels=1, image_size=12, width=8)).eval()
+    for m in net.modules():
+        if isinstance(m, torch.nn.GroupNorm):
+            m.weight.data.uniform_(-1.5, 1.5)
+            m.weight.data[0] = 0.0
+            m.bias.data.uniform_(-0.3, 0.3)
+    return net
+
+
+def test_integer_group_norm_is_float_group_norm_to_half_a_step():
+    """The integer GroupNorm (graph.group_norm_int) against float GroupNorm of the same int8 input: within half an
+    output step plus the input's own rounding; a constant group (variance 0: only E) gives beta."""
+    net = _gn_net()
+    graph = from_torch(net, (1, 12, 12))
+    assert sum(isinstance(op, GroupNorm) and op.relu for op in graph.ops) == 4
+    x = np.random.default_rng(0).standard_normal((6, 12, 12, 1))
+    q = quantize(graph, x)
+    vals = run_int(q, q.quantize_input(x), keep=True)
+    for op in (o for o in q.ops if isinstance(o, GroupNorm)):
+        h = vals[op.inp].astype(np.float64)
+        h[0, ..., : h.shape[-1] // op.groups] = 5  # one constant group
+        got = group_norm_int(h.astype(np.int64), op)
+        s_in, s_out = q.tensors[op.inp].scale, q.tensors[op.out].scale
+        g = (h * s_in).reshape(h.shape[:3] + (op.groups, -1))
+        mu, var = g.mean(axis=(1, 2, 4), keepdims=True), g.var(axis=(1, 2, 4), keepdims=True)
+        ref = ((g - mu) / np.sqrt(var + op.eps)).reshape(h.shape) * op.gamma + op.beta
+        ref = np.clip(np.maximum(ref, 0) / s_out, 0, 127)
+        assert np.abs(got - ref).max() <= 0.5 + 1e-3, op.out
+        cg = h.shape[-1] // op.groups
+        assert np.array_equal(got[0, ..., :cg], np.broadcast_to(np.clip((op.b[:cg] + (1 << 15)) >> 16, 0, 127),
+                                                                 got[0, ..., :cg].shape))
+    # torch agrees at the network's output (within int8 resolution)
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x).permute(0, 3, 1, 2).float()).numpy()
+    assert np.abs(run_float(graph, x) - ref).max() < 1e-4
+
+
+def test_integer_group_norm_in_c_equals_the_reference(tmp_path):
+    net = _gn_net(1)
+    x = np.random.default_rng(1).standard_normal((4, 12, 12, 1))
+    graph = quantize(from_torch(net, (1, 12, 12)), x)
+    xq = graph.quantize_input(x[:1])
+    ref = run_int(graph, xq, keep=True)
+    src = tmp_path / "net.c"
+    src.write_text(emit_c.emit(graph, xq[0]))
+    assert src.read_text().count("q8_groupnorm(") == 4
+    _check_bit_exact(graph, ref, fw.run_host(fw.build(src, tmp_path / "net", None)))
+
+
+@pytest.mark.qemu
+def test_integer_group_norm_under_qemu_m4_equals_the_reference(tmp_path):
+    net = _gn_net(2)
+    x = np.random.default_rng(2).standard_normal((4, 12, 12, 1))
+    graph = quantize(from_torch(net, (1, 12, 12)), x)
+    xq = graph.quantize_input(x[:1])
+    ref = run_int(graph, xq, keep=True)
+    src = tmp_path / "net.c"
+    src.write_text(emit_c.emit(graph, xq[0]))
+    _check_bit_exact(graph, ref, fw.run_qemu(fw.build(src, tmp_path / "net.elf", "mps2-an386"), "mps2-an386"))
+
+
+def test_a_residual_add_after_group_norm_is_refused_in_one_line():
     net = build_model(ModelConfig(name="resnet8", in_channels=3, image_size=32)).eval()
-    with pytest.raises(LcsError, match="norm batch"):
+    with pytest.raises(LcsError, match="does not follow a conv it can fuse into"):
         from_torch(net, (3, 32, 32))
 
 

@@ -664,8 +664,8 @@ void q8_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out) {
             const int64_t b = (int64_t)p->b[j] + (1 << 15);
             for (int32_t i = 0; i < hw; i++) {
                 int64_t y = ((((int64_t)(n * in[i * c + j] - s) * m) >> down) + b) >> 16;
-                if (y > 127) y = 127;
-                if (y < -128) y = -128;
+                if (y > p->hi) y = p->hi;
+                if (y < p->lo) y = p->lo;
                 out[i * c + j] = clamp8((int32_t)y, p->relu);
             }
         }

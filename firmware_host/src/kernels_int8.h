@@ -46,6 +46,7 @@ int32_t q8_requant(int32_t x, const q8_rq_t *rq);
 typedef struct {
     int32_t hw, c, groups;
     int32_t relu;
+    int16_t lo, hi;      /* clamp before the ReLU (a level's activation grid, else -128 and 127) */
     int64_t e;           /* eps in units of (s_in / N)^2 */
     const int32_t *g;    /* [c] gamma / s_out mantissa, |g| in [2^30, 2^31) or 0 */
     const int8_t *ge;    /* [c] its exponent */

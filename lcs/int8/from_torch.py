@@ -108,8 +108,15 @@ def from_torch(net: nn.Module, input_shape: tuple[int, int, int]) -> Graph:
                 bias = _np(mod.bias) if mod.bias is not None else np.zeros(mod.out_features)
                 op = Dense(src, node.name, _np(mod.weight), bias)
                 tensors[node.name] = Tensor(node.name, (mod.out_features,))
-            elif isinstance(mod, (nn.Identity, nn.Dropout, nn.Flatten)) or type(mod).__name__ == "QuantizeInput":
-                # QuantizeInput: a quantization level's b-bit activation grid; int8 activations are the finer grid
+            elif type(mod).__name__ == "QuantizeInput":
+                # a quantization level's b-bit activation grid: the GroupNorm before it writes on that grid where
+                # int8 holds it (graph.quantize); otherwise int8 is the finer grid
+                src = where[node.args[0].name]
+                if isinstance(producer.get(src), GroupNorm):
+                    producer[src].grid = (mod.scale, int(mod.qmin - mod.zero), int(mod.qmax - mod.zero))
+                where[node.name] = src
+                continue
+            elif isinstance(mod, (nn.Identity, nn.Dropout, nn.Flatten)):
                 where[node.name] = where[node.args[0].name]
                 continue
             else:

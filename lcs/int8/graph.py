@@ -29,7 +29,10 @@ gamma, e_c <= 15) and b_c = round(2^16 beta_c / s_out); per (group, channel) m =
 sh = 61 - k - e_c (>= 16), and each value, first to 16 fraction bits, then rounded once with the shift added:
 
     t = ((N x - S) m) >> min(sh - 16, 63)          (64-bit product, arithmetic shift)
-    y = clamp((t + b_c + 2^15) >> 16, lo, 127)
+    y = clamp((t + b_c + 2^15) >> 16, lo, hi)
+
+lo is -128 (0 with the ReLU) and hi 127, unless the level quantizes this activation on a b-bit grid (the
+quantization family) that int8 holds: then the output uses that grid's scale and its codes' range.
 """
 
 from __future__ import annotations
@@ -149,6 +152,9 @@ class GroupNorm:
     beta: np.ndarray  # float [C]
     eps: float = 1e-5
     relu: bool = False
+    grid: tuple[float, int, int] | None = None  # a level's activation grid on the output: (scale, lo, hi) codes
+    lo: int = -128  # clamps: a grid's codes
+    hi: int = Q_MAX
     # set by quantize
     e: int = 0  # E, the eps term in units of (s_in / N)^2
     g: np.ndarray | None = None  # int32 [C]
@@ -298,7 +304,7 @@ def group_norm_int(h: np.ndarray, op: GroupNorm) -> np.ndarray:
     d = n * x - s[:, None, :, None]  # [n_img, HW, G, cg]
     t = (d * m[:, None]) >> np.minimum(sh - 16, 63)[:, None]
     y = (t + np.asarray(op.b, np.int64).reshape(op.groups, cg) + (1 << 15)) >> 16
-    return np.clip(y.reshape(n_img, hh, ww, c), 0 if op.relu else -128, Q_MAX)
+    return np.clip(y.reshape(n_img, hh, ww, c), max(op.lo, 0) if op.relu else op.lo, op.hi)
 
 
 def _quantize_group_norm(op: GroupNorm, shape: tuple[int, ...], s_in: float, s_out: float) -> GroupNorm:
@@ -349,6 +355,9 @@ def quantize(graph: Graph, calibration: np.ndarray) -> Graph:
     for name, t in graph.tensors.items():
         peak = float(np.abs(vals[name]).max()) if vals[name].size else 0.0
         tensors[name] = replace(t, scale=(peak / Q_MAX) if peak > 0 else 1.0)
+    for op in graph.ops:  # a level's own activation grid, where int8 holds it, replaces the calibrated scale
+        if isinstance(op, GroupNorm) and op.grid and -128 <= op.grid[1] and op.grid[2] <= Q_MAX:
+            tensors[op.out] = replace(tensors[op.out], scale=op.grid[0])
     ops: list[Op] = []
     for op in graph.ops:
         s_in, s_out = tensors[op.inp].scale, tensors[op.out].scale
@@ -357,7 +366,10 @@ def quantize(graph: Graph, calibration: np.ndarray) -> Graph:
             ops.append(replace(op, rq=Requant.of(s_in / (hw * s_out))))
             continue
         if isinstance(op, GroupNorm):
-            ops.append(_quantize_group_norm(op, tensors[op.inp].shape, s_in, s_out))
+            op = _quantize_group_norm(op, tensors[op.inp].shape, s_in, s_out)
+            if op.grid and -128 <= op.grid[1] and op.grid[2] <= Q_MAX:
+                op = replace(op, lo=op.grid[1], hi=op.grid[2])
+            ops.append(op)
             continue
         wq, ws = _weights_int8(op.weight)
         bq = np.rint(op.bias / (s_in * ws)).astype(np.int64)
