@@ -306,6 +306,9 @@ def test_sparse_entries_address_the_widened_window():
 def test_sparse_kernel_equals_the_reference(tmp_path, board):
     graph, xq, _ = _quantized("resnet8", (3, 32, 32), 10, seed=5)
     level = _pruned(graph, 0.8)
+    level.ops[1].weight[3] = 0  # an output channel with no nonzeros: bias only
+    counts = {int(np.count_nonzero(w)) % 2 for w in level.ops[2].weight}
+    assert counts == {0, 1}  # the 8-pixel loop's odd first step and its pairs both run
     ref = run_int(level, xq, keep=True)
     src = tmp_path / "net.c"
     src.write_text(emit_c.emit(level, xq[0], sparse_from=0.5))
