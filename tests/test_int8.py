@@ -287,17 +287,15 @@ def _pruned(graph, sparsity):
     return replace(graph, ops=ops)
 
 
-def test_sparse_entries_address_the_widened_window():
+def test_sparse_entries_address_the_int8_window():
     w = np.zeros((2, 1, 8), np.int8)
     w[0, 0, [1, 2, 6]] = [5, -3, 7]
     w[1, 0, 4] = -128 + 1
-    plain, starts = emit_c.sparse_entries(w, swizzled=False)
-    dsp, _ = emit_c.sparse_entries(w, swizzled=True)
+    entries, starts = emit_c.sparse_entries(w)
     assert starts.tolist() == [0, 3, 4]
-    decoded = [(int(e) >> 16, (int(e) & 0xFFFF) - ((int(e) & 0x8000) << 1)) for e in plain]
-    assert decoded == [(2, 5), (4, -3), (12, 7), (8, -127)]
-    # DSP layout of a group c..c+3: c, c+2, c+1, c+3 (int16 each)
-    assert [int(e) >> 16 for e in dsp] == [4, 2, 10, 8]
+    decoded = [(int(e) >> 16, (int(e) & 0xFFFF) - ((int(e) & 0x8000) << 1)) for e in entries]
+    assert decoded == [(1, 5), (2, -3), (6, 7), (4, -127)]  # (index in the window, weight), the same on every core
+    assert np.array_equal(emit_c.sparse_entries(w, swizzled=True)[0], entries)
 
 
 @pytest.mark.parametrize("board", [None, pytest.param("mps2-an386", marks=pytest.mark.qemu),
@@ -316,6 +314,19 @@ def test_sparse_kernel_equals_the_reference(tmp_path, board):
     exe = fw.build(src, tmp_path / "net", board)
     run = fw.run_host(exe) if board is None else fw.run_qemu(exe, board)
     _check_bit_exact(level, ref, run)
+
+
+@pytest.mark.parametrize("board", [None, pytest.param("mps2-an386", marks=pytest.mark.qemu)])
+def test_sparse_kernel_on_rows_of_5_equals_the_reference(tmp_path, board):
+    """DS-CNN's 25x5 maps: rows not a multiple of 8 take the 4-pixel loop (4 pixels, then a tail of 1)."""
+    graph, xq, _ = _quantized("ds-cnn", (1, 49, 10), 12, seed=6)
+    level = _pruned(graph, 0.8)
+    ref = run_int(level, xq, keep=True)
+    src = tmp_path / "net.c"
+    src.write_text(emit_c.emit(level, xq[0], sparse_from=0.5))
+    assert src.read_text().count("sparse-conv") == 4  # the pointwise convs
+    exe = fw.build(src, tmp_path / "net", board)
+    _check_bit_exact(level, ref, fw.run_host(exe) if board is None else fw.run_qemu(exe, board))
 
 
 def test_arena_plan_keeps_live_tensors_apart():

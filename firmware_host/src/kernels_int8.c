@@ -6,8 +6,8 @@
    4). With DSP the widened values are stored lane-swizzled: 4 values c..c+3 as the words (c, c+2), (c+1, c+3),
    which is what `sxtb16` and `sxtb16 ror #8` make of a weight word, so the weights stay int8 in flash and one
    `smlad` does 2 MACs. The accumulators of a row go to an int32 row buffer; a per-row epilogue requantizes them
-   channel by channel (residual add and ReLU fused). Sparse convs (per-channel nonzero lists) and depthwise convs
-   share the widening and the epilogue. */
+   channel by channel (residual add and ReLU fused). Depthwise convs share the epilogue; sparse convs (per-channel
+   nonzero lists) read an int8 copy of the same window (copy_rows) and, on DSP cores, requantize in place. */
 #include "kernels_int8.h"
 
 #include <string.h>
@@ -132,6 +132,32 @@ static void widen_rows(const q8_conv_t *p, const int8_t *in, int32_t oy, int16_t
     }
 }
 
+/* The sparse kernels' view of the same window: int8, unwidened, in the plain order (column x: its kh rows of in_c
+   values, then zeros up to col), so a nonzero's offset is its index in the window and the kernels sign-extend with
+   ldrsb. Row by row, so consecutive in-bounds columns copy from consecutive input bytes. */
+static void copy_rows(const q8_conv_t *p, const int8_t *in, int32_t oy, int8_t *dst) {
+    const int32_t wp = padded_w(p), ic = p->in_c, col = p->col, kh = p->kh, y0 = oy * p->stride - p->pad_t;
+    const int32_t xa = p->pad_l < wp ? p->pad_l : wp, xb = p->pad_l + p->in_w < wp ? p->pad_l + p->in_w : wp;
+    for (int32_t x = 0; x < wp; x++) /* padding columns, and the zeros after kh * ic in every column */
+        if (x < xa || x >= xb) memset(dst + x * col, 0, (size_t)col);
+        else if (col > kh * ic) memset(dst + x * col + kh * ic, 0, (size_t)(col - kh * ic));
+    for (int32_t r = 0; r < kh; r++) {
+        const int32_t iy = y0 + r;
+        int8_t *d = dst + xa * col + r * ic;
+        if (iy < 0 || iy >= p->in_h) {
+            for (int32_t x = xa; x < xb; x++, d += col) memset(d, 0, (size_t)ic);
+            continue;
+        }
+        const int8_t *src = in + (iy * p->in_w + xa - p->pad_l) * ic;
+        if ((ic & 3) == 0) {
+            for (int32_t x = xa; x < xb; x++, d += col, src += ic)
+                for (int32_t c = 0; c < ic; c += 4) *(q8_word_t *)(void *)(d + c) = ld32(src + c);
+        } else {
+            for (int32_t x = xa; x < xb; x++, d += col, src += ic) memcpy(d, src, (size_t)ic);
+        }
+    }
+}
+
 /* Epilogue parameters held in locals: int8 stores may alias anything reached through p. */
 typedef struct {
     const int8_t *skip;
@@ -163,16 +189,16 @@ static void epilogue_row(epi_t e, const q8_rq_t *rq, const int32_t *acc, int8_t 
 
 #if Q8_DSP
 /* The 8-pixel sparse path (DSP cores): per output channel and 8 pixels of a row, each nonzero costs an entry load,
-   one add (the entry's offset, shifted, onto the block's base) and 8 ldrsh + smlabb with the pixel distance as an
+   one add (the entry's offset, shifted, onto the block's base) and 8 ldrsb + smlabb with the pixel distance as an
    immediate: 20 instructions per nonzero and 8 pixels (the 4-pixel loop below takes 12 per 4). The distance
-   stride * col * 2 bytes must be a constant, so the loop is instantiated for the distances the MLPerf Tiny
+   stride * col bytes must be a constant, so the loop is instantiated for the distances the MLPerf Tiny
    models have; other layers take the 4-pixel loop. The 8 accumulators are requantized on the spot (no row
    buffer, no separate epilogue): smmlar folds the rounding constant of the shift into the high multiply. */
-#define Q8_LD(K, A) "ldrsh %[t], [%[b], %[o" #K "]]\n\tsmlabb %[" #A "], %[t], %[v], %[" #A "]\n\t"
+#define Q8_LD(K, A) "ldrsb %[t], [%[b], %[o" #K "]]\n\tsmlabb %[" #A "], %[t], %[v], %[" #A "]\n\t"
 #define Q8_SP8_STEP                                                                                        \
     "ldr %[v], [%[q]], #4\n\t"                                                                                  \
     "add %[b], %[x], %[v], lsr #16\n\t"                                                                         \
-    "ldrsh %[t], [%[b]]\n\tsmlabb %[a0], %[t], %[v], %[a0]\n\t" Q8_LD(1, a1) Q8_LD(2, a2) Q8_LD(3, a3)           \
+    "ldrsb %[t], [%[b]]\n\tsmlabb %[a0], %[t], %[v], %[a0]\n\t" Q8_LD(1, a1) Q8_LD(2, a2) Q8_LD(3, a3)           \
         Q8_LD(4, a4) Q8_LD(5, a5) Q8_LD(6, a6) Q8_LD(7, a7)
 #define Q8_SP8_OPERANDS                                                                                        \
     : [a0] "+&r"(a0), [a1] "+&r"(a1), [a2] "+&r"(a2), [a3] "+&r"(a3), [a4] "+&r"(a4), [a5] "+&r"(a5),             \
@@ -192,9 +218,9 @@ static inline int32_t smmlar(int32_t x, int32_t m, int32_t c) {
 }
 
 static int sparse8_ok(const q8_conv_t *p) {
-    const int32_t s = p->stride * p->col * 2;
-    return (p->out_w & 7) == 0 && (s == 32 || s == 64 || s == 96 || s == 128 || s == 192 || s == 256 || s == 384 ||
-                                   s == 512);
+    const int32_t s = p->stride * p->col;
+    return (p->out_w & 7) == 0 && (s == 16 || s == 32 || s == 48 || s == 64 || s == 96 || s == 128 || s == 192 ||
+                                   s == 256);
 }
 
 /* Requantize the 8 accumulators of one channel into 8 pixels of the output (skip and relu constant when
@@ -219,7 +245,7 @@ static inline __attribute__((always_inline)) void put8(int8_t *dst, const int8_t
 }
 
 /* One output row of the 8-pixel path; S (the pixel distance in bytes) a constant once inlined. */
-static inline __attribute__((always_inline)) void sparse8_row(const q8_conv_t *p, const int16_t *scratch,
+static inline __attribute__((always_inline)) void sparse8_row(const q8_conv_t *p, const int8_t *window,
                                                               int8_t *orow, const int8_t *skrow, const int32_t S) {
     const int32_t oc_n = p->out_c, ow_n = p->out_w, relu = p->relu;
     const q8_rq_t ra = p->rq_add;
@@ -230,10 +256,10 @@ static inline __attribute__((always_inline)) void sparse8_row(const q8_conv_t *p
         for (int32_t ox = 0; ox < ow_n; ox += 8) {
             int32_t a0 = bias, a1 = bias, a2 = bias, a3 = bias, a4 = bias, a5 = bias, a6 = bias, a7 = bias;
             if (first != last) {
-                const uint8_t *const x = (const uint8_t *)scratch + ox * S;
+                const int8_t *const x = window + ox * S;
                 const uint32_t *q = first;
                 uint32_t v, t;
-                const uint8_t *bp;
+                const int8_t *bp;
                 Q8_SP8;
             }
             int8_t *dst = orow + ox * oc_n + o;
@@ -250,20 +276,21 @@ static inline __attribute__((always_inline)) void sparse8_row(const q8_conv_t *p
 }
 
 static void conv_sparse8(const q8_conv_t *p, const int8_t *in, int8_t *out, int16_t *scratch) {
-    const int32_t step = p->stride * p->col * 2, rowb = p->out_w * p->out_c;
+    const int32_t step = p->stride * p->col, rowb = p->out_w * p->out_c;
+    int8_t *const window = (int8_t *)scratch;
     for (int32_t oy = 0; oy < p->out_h; oy++) {
-        widen_rows(p, in, oy, scratch);
+        copy_rows(p, in, oy, window);
         int8_t *orow = out + oy * rowb;
         const int8_t *skrow = p->skip ? p->skip + oy * rowb : 0;
         switch (step) {
-        case 32: sparse8_row(p, scratch, orow, skrow, 32); break;
-        case 64: sparse8_row(p, scratch, orow, skrow, 64); break;
-        case 96: sparse8_row(p, scratch, orow, skrow, 96); break;
-        case 128: sparse8_row(p, scratch, orow, skrow, 128); break;
-        case 192: sparse8_row(p, scratch, orow, skrow, 192); break;
-        case 256: sparse8_row(p, scratch, orow, skrow, 256); break;
-        case 384: sparse8_row(p, scratch, orow, skrow, 384); break;
-        default: sparse8_row(p, scratch, orow, skrow, 512); break;
+        case 16: sparse8_row(p, window, orow, skrow, 16); break;
+        case 32: sparse8_row(p, window, orow, skrow, 32); break;
+        case 48: sparse8_row(p, window, orow, skrow, 48); break;
+        case 64: sparse8_row(p, window, orow, skrow, 64); break;
+        case 96: sparse8_row(p, window, orow, skrow, 96); break;
+        case 128: sparse8_row(p, window, orow, skrow, 128); break;
+        case 192: sparse8_row(p, window, orow, skrow, 192); break;
+        default: sparse8_row(p, window, orow, skrow, 256); break;
         }
     }
 }
@@ -275,14 +302,14 @@ static void conv_sparse8(const q8_conv_t *p, const int8_t *in, int8_t *out, int1
 
 /* Sparse conv: per output channel, only its nonzero weights, for 4 output pixels at a time (each nonzero: one
    entry load, its offset, 4 activation loads, 4 multiply-adds; with DSP `smlabb` reads the weight straight from
-   the entry's low half). The entries' offsets point into the widened window as laid out for this core (lane
-   swizzled with DSP): the generated code holds both tables. */
+   the entry's low half). The entries' offsets index the int8 window of copy_rows (the same on every core). */
 static void conv_sparse(const q8_conv_t *p, const int8_t *in, int8_t *out, int16_t *scratch) {
     const epi_t e = {p->skip, p->rq_add, p->relu};
-    const int32_t col = p->col, step = p->stride * col * 2, oc_n = p->out_c, ow_n = p->out_w;
+    const int32_t col = p->col, step = p->stride * col, oc_n = p->out_c, ow_n = p->out_w;
+    int8_t *const window = (int8_t *)scratch;
     int32_t *const accrow = (int32_t *)(void *)(scratch + padded_w(p) * col);
     for (int32_t oy = 0; oy < p->out_h; oy++) {
-        widen_rows(p, in, oy, scratch);
+        copy_rows(p, in, oy, window);
         for (int32_t o = 0; o < oc_n; o++) {
             const uint32_t *const first = p->nz + p->nz_start[o], *const last = p->nz + p->nz_start[o + 1];
             const int32_t b = p->bias[o];
@@ -295,7 +322,7 @@ static void conv_sparse(const q8_conv_t *p, const int8_t *in, int8_t *out, int16
                     int32_t *accp;
                     const uint32_t *first;
                 } c = {b, ow_n / 4, 4 * step, 4 * oc_n, accrow + o, first};
-                const uint8_t *x0 = (const uint8_t *)scratch, *x1 = x0 + step, *x2 = x1 + step, *x3 = x2 + step;
+                const int8_t *x0 = window, *x1 = x0 + step, *x2 = x1 + step, *x3 = x2 + step;
                 const uint32_t *q = first;
                 int32_t a0, a1, a2, a3;
                 uint32_t v, off, t;
@@ -308,13 +335,13 @@ static void conv_sparse(const q8_conv_t *p, const int8_t *in, int8_t *out, int16
                     "1:\n\t"
                     "ldr %[v], [%[q]], #4\n\t"
                     "lsr %[off], %[v], #16\n\t"
-                    "ldrsh %[t], [%[x0], %[off]]\n\t"
+                    "ldrsb %[t], [%[x0], %[off]]\n\t"
                     "smlabb %[a0], %[t], %[v], %[a0]\n\t"
-                    "ldrsh %[t], [%[x1], %[off]]\n\t"
+                    "ldrsb %[t], [%[x1], %[off]]\n\t"
                     "smlabb %[a1], %[t], %[v], %[a1]\n\t"
-                    "ldrsh %[t], [%[x2], %[off]]\n\t"
+                    "ldrsb %[t], [%[x2], %[off]]\n\t"
                     "smlabb %[a2], %[t], %[v], %[a2]\n\t"
-                    "ldrsh %[t], [%[x3], %[off]]\n\t"
+                    "ldrsb %[t], [%[x3], %[off]]\n\t"
                     "smlabb %[a3], %[t], %[v], %[a3]\n\t"
                     "cmp %[q], %[last]\n\t"
                     "bne 1b\n\t"
@@ -349,9 +376,9 @@ static void conv_sparse(const q8_conv_t *p, const int8_t *in, int8_t *out, int16
 #endif
             for (; ox < ow_n; ox += 4) {
                 const int32_t n = ow_n - ox < 4 ? ow_n - ox : 4; /* tail: missing pixels repeat pixel 0 */
-                const uint8_t *x0 = (const uint8_t *)(scratch) + ox * step;
-                const uint8_t *x1 = x0 + (n > 1 ? step : 0), *x2 = x0 + (n > 2 ? 2 * step : 0);
-                const uint8_t *x3 = x0 + (n > 3 ? 3 * step : 0);
+                const int8_t *x0 = window + ox * step;
+                const int8_t *x1 = x0 + (n > 1 ? step : 0), *x2 = x0 + (n > 2 ? 2 * step : 0);
+                const int8_t *x3 = x0 + (n > 3 ? 3 * step : 0);
                 int32_t a0 = b, a1 = b, a2 = b, a3 = b;
 #if Q8_DSP
                 if (first != last) { /* 12 instructions per nonzero and 4 pixels; gcc's version took 14 */
@@ -361,13 +388,13 @@ static void conv_sparse(const q8_conv_t *p, const int8_t *in, int8_t *out, int16
                         "1:\n\t"
                         "ldr %[v], [%[q]], #4\n\t"
                         "lsr %[off], %[v], #16\n\t"
-                        "ldrsh %[t], [%[x0], %[off]]\n\t"
+                        "ldrsb %[t], [%[x0], %[off]]\n\t"
                         "smlabb %[a0], %[t], %[v], %[a0]\n\t"
-                        "ldrsh %[t], [%[x1], %[off]]\n\t"
+                        "ldrsb %[t], [%[x1], %[off]]\n\t"
                         "smlabb %[a1], %[t], %[v], %[a1]\n\t"
-                        "ldrsh %[t], [%[x2], %[off]]\n\t"
+                        "ldrsb %[t], [%[x2], %[off]]\n\t"
                         "smlabb %[a2], %[t], %[v], %[a2]\n\t"
-                        "ldrsh %[t], [%[x3], %[off]]\n\t"
+                        "ldrsb %[t], [%[x3], %[off]]\n\t"
                         "smlabb %[a3], %[t], %[v], %[a3]\n\t"
                         "cmp %[q], %[last]\n\t"
                         "bne 1b\n\t"
@@ -380,15 +407,10 @@ static void conv_sparse(const q8_conv_t *p, const int8_t *in, int8_t *out, int16
                 for (const uint32_t *q = first; q != last; q++) {
                     const uint32_t v = *q, off = v >> 16;
                     const int32_t w = (int16_t)v;
-                    int16_t v0, v1, v2, v3;
-                    __builtin_memcpy(&v0, x0 + off, 2);
-                    __builtin_memcpy(&v1, x1 + off, 2);
-                    __builtin_memcpy(&v2, x2 + off, 2);
-                    __builtin_memcpy(&v3, x3 + off, 2);
-                    a0 += v0 * w;
-                    a1 += v1 * w;
-                    a2 += v2 * w;
-                    a3 += v3 * w;
+                    a0 += x0[off] * w;
+                    a1 += x1[off] * w;
+                    a2 += x2[off] * w;
+                    a3 += x3[off] * w;
                 }
 #endif
                 int32_t *acc = accrow + ox * oc_n + o;

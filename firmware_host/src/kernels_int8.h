@@ -26,8 +26,8 @@ typedef struct {
     const int8_t *skip;         /* residual of the output's shape added before the ReLU, or 0 */
     q8_rq_t rq_add;
     /* Sparse weights (dense convs only; 0: dense kernel). Output channel o's nonzeros are
-       nz[nz_start[o] .. nz_start[o + 1]), each (byte offset in the window << 16) | (uint16_t)weight, where the
-       window is the kw x col values of w (its byte offset = 2 x the value's index: widened int16). */
+       nz[nz_start[o] .. nz_start[o + 1]), each (index in the window << 16) | (uint16_t)weight, where the window
+       is the kw x col values of w in their order (the same on every core). */
     const uint32_t *nz;
     const uint32_t *nz_start;
 } q8_conv_t;
