@@ -121,9 +121,14 @@ def test_integer_group_norm_is_float_group_norm_to_half_a_step():
 def test_integer_group_norm_in_c_equals_the_reference(tmp_path):
     net = _gn_net(1)
     x = np.random.default_rng(1).standard_normal((4, 12, 12, 1))
-    graph = quantize(from_torch(net, (1, 12, 12)), x)
+    float_graph = from_torch(net, (1, 12, 12))
+    norms = [op for op in float_graph.ops if isinstance(op, GroupNorm)]
+    norms[1].grid = (0.05, 0, 15)  # a 4-bit quantization level's activation grid on one norm's output
+    graph = quantize(float_graph, x)
+    assert graph.tensors[norms[1].out].scale == 0.05
     xq = graph.quantize_input(x[:1])
     ref = run_int(graph, xq, keep=True)
+    assert ref[norms[1].out].max() == 15
     src = tmp_path / "net.c"
     src.write_text(emit_c.emit(graph, xq[0]))
     assert src.read_text().count("q8_groupnorm(") == 4

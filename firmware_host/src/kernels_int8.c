@@ -244,56 +244,56 @@ static inline __attribute__((always_inline)) void put8(int8_t *dst, const int8_t
 #undef Q8_PUT
 }
 
-/* One output row of the 8-pixel path; S (the pixel distance in bytes) a constant once inlined. */
-static inline __attribute__((always_inline)) void sparse8_row(const q8_conv_t *p, const int8_t *window,
-                                                              int8_t *orow, const int8_t *skrow, const int32_t S) {
-    const int32_t oc_n = p->out_c, ow_n = p->out_w, relu = p->relu;
-    const q8_rq_t ra = p->rq_add;
-    for (int32_t o = 0; o < oc_n; o++) {
-        const uint32_t *const first = p->nz + p->nz_start[o], *const last = p->nz + p->nz_start[o + 1];
-        const int32_t bias = p->bias[o];
-        const q8_rq_t r = p->rq[o];
-        for (int32_t ox = 0; ox < ow_n; ox += 8) {
-            int32_t a0 = bias, a1 = bias, a2 = bias, a3 = bias, a4 = bias, a5 = bias, a6 = bias, a7 = bias;
-            if (first != last) {
-                const int8_t *const x = window + ox * S;
-                const uint32_t *q = first;
-                uint32_t v, t;
-                const int8_t *bp;
-                Q8_SP8;
-            }
-            int8_t *dst = orow + ox * oc_n + o;
-            const int8_t *sk = skrow + ox * oc_n + o;
-            if (skrow) {
-                if (relu) put8(dst, sk, oc_n, r, ra, 1, 1, a0, a1, a2, a3, a4, a5, a6, a7);
-                else put8(dst, sk, oc_n, r, ra, 1, 0, a0, a1, a2, a3, a4, a5, a6, a7);
-            } else {
-                if (relu) put8(dst, sk, oc_n, r, ra, 0, 1, a0, a1, a2, a3, a4, a5, a6, a7);
-                else put8(dst, sk, oc_n, r, ra, 0, 0, a0, a1, a2, a3, a4, a5, a6, a7);
-            }
-        }
-    }
-}
+/* The 8-pixel path over whole rows. The pixel distance picks one of the instantiated loops through a dense switch
+   (a jump table: a few instructions per 8 pixels), so the requantization code after it exists once. */
+#define Q8_CASE(I, D)                                                                                          \
+    case I: {                                                                                                  \
+        const int32_t S = D;                                                                                   \
+        Q8_SP8;                                                                                                \
+    } break;
 
-static void conv_sparse8(const q8_conv_t *p, const int8_t *in, int8_t *out, int16_t *scratch) {
-    const int32_t step = p->stride * p->col, rowb = p->out_w * p->out_c;
+/* no jump threading: gcc would copy the requantization variants into every case of the switch (13 KB) */
+__attribute__((noinline, optimize("no-thread-jumps"))) static void conv_sparse8(const q8_conv_t *p, const int8_t *in,
+                                                                                int8_t *out, int16_t *scratch) {
+    const int32_t step = p->stride * p->col, rowb = p->out_w * p->out_c, oc_n = p->out_c, ow_n = p->out_w;
+    const int32_t relu = p->relu, si = step == 16 ? 0 : step == 32 ? 1 : step == 48 ? 2 : step == 64 ? 3 :
+                                                   step == 96 ? 4 : step == 128 ? 5 : step == 192 ? 6 : 7;
+    const q8_rq_t ra = p->rq_add;
     int8_t *const window = (int8_t *)scratch;
     for (int32_t oy = 0; oy < p->out_h; oy++) {
         copy_rows(p, in, oy, window);
         int8_t *orow = out + oy * rowb;
         const int8_t *skrow = p->skip ? p->skip + oy * rowb : 0;
-        switch (step) {
-        case 16: sparse8_row(p, window, orow, skrow, 16); break;
-        case 32: sparse8_row(p, window, orow, skrow, 32); break;
-        case 48: sparse8_row(p, window, orow, skrow, 48); break;
-        case 64: sparse8_row(p, window, orow, skrow, 64); break;
-        case 96: sparse8_row(p, window, orow, skrow, 96); break;
-        case 128: sparse8_row(p, window, orow, skrow, 128); break;
-        case 192: sparse8_row(p, window, orow, skrow, 192); break;
-        default: sparse8_row(p, window, orow, skrow, 256); break;
+        for (int32_t o = 0; o < oc_n; o++) {
+            const uint32_t *const first = p->nz + p->nz_start[o], *const last = p->nz + p->nz_start[o + 1];
+            const int32_t bias = p->bias[o];
+            const q8_rq_t r = p->rq[o];
+            for (int32_t ox = 0; ox < ow_n; ox += 8) {
+                int32_t a0 = bias, a1 = bias, a2 = bias, a3 = bias, a4 = bias, a5 = bias, a6 = bias, a7 = bias;
+                if (first != last) {
+                    const int8_t *const x = window + ox * step;
+                    const uint32_t *q = first;
+                    uint32_t v, t;
+                    const int8_t *bp;
+                    switch (si) {
+                        Q8_CASE(0, 16) Q8_CASE(1, 32) Q8_CASE(2, 48) Q8_CASE(3, 64) Q8_CASE(4, 96) Q8_CASE(5, 128)
+                        Q8_CASE(6, 192) default: { const int32_t S = 256; Q8_SP8; } break;
+                    }
+                }
+                int8_t *dst = orow + ox * oc_n + o;
+                const int8_t *sk = skrow + ox * oc_n + o;
+                if (skrow) {
+                    if (relu) put8(dst, sk, oc_n, r, ra, 1, 1, a0, a1, a2, a3, a4, a5, a6, a7);
+                    else put8(dst, sk, oc_n, r, ra, 1, 0, a0, a1, a2, a3, a4, a5, a6, a7);
+                } else {
+                    if (relu) put8(dst, sk, oc_n, r, ra, 0, 1, a0, a1, a2, a3, a4, a5, a6, a7);
+                    else put8(dst, sk, oc_n, r, ra, 0, 0, a0, a1, a2, a3, a4, a5, a6, a7);
+                }
+            }
         }
     }
 }
+#undef Q8_CASE
 #undef Q8_SP8
 #undef Q8_SP8_STEP
 #undef Q8_SP8_OPERANDS
