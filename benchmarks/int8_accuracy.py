@@ -59,7 +59,8 @@ def evaluate(path: Path) -> dict:
         int8 = int8_accuracy(graph, xt, yt)
         rows.append({"alpha": round(float(alpha), 4), "level": level.label(), "fp32": fp32, "int8": int8,
                      "delta_points": round(100 * (int8 - fp32), 2)})
-        print(f"  {level.label():>14s}  fp32 {100 * fp32:5.1f}  int8 {100 * int8:5.1f}  ({rows[-1]['delta_points']:+.1f})")
+        print(f"  {level.label():>14s}  fp32 {100 * fp32:5.1f}  int8 {100 * int8:5.1f}  "
+              f"({rows[-1]['delta_points']:+.1f})")
     worst = max(abs(r["delta_points"]) for r in rows)
     return {"checkpoint": path.name, "family": ck.config.subspace.family, "shape": ck.config.subspace.shape,
             "norm": ck.config.model.norm, "levels": rows, "max_abs_delta_points": worst, "met": worst <= TOLERANCE}

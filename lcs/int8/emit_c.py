@@ -142,9 +142,10 @@ def emit(graph: Graph, test_input: np.ndarray | None = None, sparse_from: float 
             kind = ("dwconv" if op.depthwise else "sparse-conv" if sparse else "conv") + f"{kh}x{kw}"
         elif isinstance(op, GroupNorm):
             h, w, c = t[op.inp].shape
-            out.append(_arr("int32_t", f"g{i}", op.g) + _arr("int8_t", f"ge{i}", op.ge) + _arr("int32_t", f"b{i}", op.b))
-            out.append(f"static const q8_gn_t p{i} = {{{h * w}, {c}, {op.groups}, {int(op.relu)}, {op.lo}, {op.hi}, {op.e}LL, g{i}, ge{i}, "
-                       f"b{i}}};\n")
+            out.append(_arr("int32_t", f"g{i}", op.g) + _arr("int8_t", f"ge{i}", op.ge)
+                       + _arr("int32_t", f"b{i}", op.b))
+            out.append(f"static const q8_gn_t p{i} = {{{h * w}, {c}, {op.groups}, {int(op.relu)}, {op.lo}, {op.hi}, "
+                       f"{op.e}LL, g{i}, ge{i}, b{i}}};\n")
             body = f"q8_groupnorm(&p{i}, {src}, {dst});"
             kind = "groupnorm"
         elif isinstance(op, Pool):
