@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from lcs import checkpoint  # noqa: E402
 from lcs.atomic import write_text  # noqa: E402
 from lcs.data import load_data  # noqa: E402
+from lcs.errors import LcsError  # noqa: E402
 from lcs.int8.level import int8_accuracy, int8_level  # noqa: E402
 
 CALIBRATION = 256
@@ -72,6 +73,9 @@ def main() -> None:
     ap.add_argument("--families", default="unstructured,quantization,structured")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "int8_accuracy.json"))
     args = ap.parse_args()
+    missing = [p for p in args.checkpoints.split(",") if p and not Path(p).is_file()]
+    if missing:
+        sys.exit(f"error: no checkpoint at {', '.join(missing)}")
     t0 = time.time()
     result = {"data": "mnist5k: 4000 train / 1000 test", "model": "small-cnn, width 16, GroupNorm",
               "calibration": f"first {CALIBRATION} training images, per level, at build time",
@@ -81,7 +85,10 @@ def main() -> None:
                  [_train(f, Path(tmp) / f"{f}-line.safetensors") for f in args.families.split(",")])
         for path in paths:
             print(path.name)
-            result["runs"].append(evaluate(path))
+            try:
+                result["runs"].append(evaluate(path))
+            except LcsError as e:
+                sys.exit(f"error: {path}: {e}")
     result["met"] = all(r["met"] for r in result["runs"])
     result["seconds"] = round(time.time() - t0, 1)
     write_text(args.out, json.dumps(result, indent=2) + "\n")
