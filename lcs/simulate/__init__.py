@@ -79,13 +79,15 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
              device: str | None = None, sim: str | None = None, rpc: str | None = None,
              tracker: str | None = None, key: str | None = None, executor: Executor | None = None,
              accuracy: str | Path | None = None, budget_scale: str | None = None, load_scale: str | None = None,
-             compare: bool = False) -> SimulationResult:
+             compare: bool = False, per_step: bool = False) -> SimulationResult:
     """Replay `trace_path` with `policy`; write timeline.csv, summary.json and timeline.png to `out_dir`.
 
     Levels, board, policy and the trace's header are validated before anything runs; the trace's rows are
     streamed and validated as they are replayed (constant memory), the timeline written as it goes and renamed
     into place only when the whole run succeeds. One request arrives every `period_ms` (default 100 ms); its
     deadline defaults to the period. `SimulationResult.replay.records` holds the records only without `out_dir`.
+    A model-only run of a policy with a batch rule replays the trace in chunks (`lcs.simulate.batch`: the same
+    results, many times faster); `per_step=True` forces the per-step replay (the reference the tests compare to).
     """
     from lcs.simulate.output import StreamingOutputs
     from lcs.simulate.policies import make_policy
@@ -99,6 +101,7 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
     if not (isinstance(capacity_mwh, (int, float)) and capacity_mwh > 0 and capacity_mwh != float("inf")):
         raise ConfigError(f"--capacity-mwh must be a positive number, got {capacity_mwh!r}")
     model = CostModel(levels, board_power, workload)
+    from lcs.simulate import batch
     from lcs.simulate import compare as cmp
     from lcs.simulate.scaling import make_scaling
 
@@ -138,13 +141,23 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
             board = running.enter_context(open_board(artifact, where, rpc_options={"session_timeout": 0}))
             executor = device_executor(board, board.connection, board_power, levels, artifact)
         source = executor.source if executor is not None else "model"
-        for record in iter_replay(scaling.steps(trace.steps()), model, chosen, capacity_mwh=capacity_mwh,
-                                  executor=executor):
-            tally.add(record)
-            if outputs is not None:
-                outputs.add(record)
-            else:
-                kept.append(record)
+        rule = None if per_step or executor is not None else batch.batch_rule(chosen, model)
+        if rule is not None:
+            for chunk in batch.replay_chunks(scaling.chunks(trace.step_chunks()), model, rule,
+                                             capacity_mwh=capacity_mwh):
+                tally.add_chunk(chunk)
+                if outputs is not None:
+                    outputs.add_chunk(chunk)
+                else:
+                    kept.extend(chunk.records())
+        else:
+            for record in iter_replay(scaling.steps(trace.steps()), model, chosen, capacity_mwh=capacity_mwh,
+                                      executor=executor):
+                tally.add(record)
+                if outputs is not None:
+                    outputs.add(record)
+                else:
+                    kept.append(record)
         result = Replay(records=kept, policy=chosen.name, source=source)
         summary = {
             "trace": str(trace.path), "levels_from": levels.source, "board": board_power.name,
@@ -154,8 +167,9 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
             "level_power_mw": {o.level.label: o.power_mw for o in model.options(0.0)},
             **tally.result(), "scaling": scaling.applied,
         }
-        summary["vs_densest"] = cmp.saving_vs_densest(scaling.steps(trace.steps()), model, summary,
-                                                      capacity_mwh=capacity_mwh)
+        summary["vs_densest"] = cmp.saving_vs_densest(
+            scaling.steps(trace.steps()), model, summary, capacity_mwh=capacity_mwh,
+            chunks=None if per_step else scaling.chunks(trace.step_chunks()))
         if hasattr(executor, "report"):
             summary.update(executor.report())
         comparison = None

@@ -192,14 +192,25 @@ def write(out_dir: str | Path, data: dict) -> dict[str, Path]:
     return {name: out / name for name in rendered}
 
 
-def saving_vs_densest(steps, model: CostModel, policy_summary: dict, *, capacity_mwh: float) -> dict:
+def saving_vs_densest(steps, model: CostModel, policy_summary: dict, *, capacity_mwh: float,
+                      chunks=None) -> dict:
     """What the run saved against a device that always runs its densest level on the same trace and battery.
-    `steps`: the trace's steps (streamed); `policy_summary`: the run's own headline numbers."""
+    `steps`: the trace's steps (streamed); `chunks`: the same as `StepChunk`s, when given replayed in chunks
+    (`lcs.simulate.batch`, the same numbers); `policy_summary`: the run's own headline numbers."""
+    from lcs.simulate import batch
+
     densest = Summary()
     level = None
-    for record in iter_replay(steps, model, make_policy("fixed"), capacity_mwh=capacity_mwh):
-        densest.add(record)
-        level = level or (record.label if record.state == "run" else None)
+    fixed = make_policy("fixed")
+    if chunks is not None:
+        for chunk in batch.replay_chunks(chunks, model, fixed.batch(model), capacity_mwh=capacity_mwh):
+            densest.add_chunk(chunk)
+            if level is None and (chunk.state == 0).any():
+                level = chunk.levels[chunk.position[chunk.state == 0][0]].label
+    else:
+        for record in iter_replay(steps, model, fixed, capacity_mwh=capacity_mwh):
+            densest.add(record)
+            level = level or (record.label if record.state == "run" else None)
     other = densest.result()
     energy = policy_summary["energy_mwh"], other["energy_mwh"]
     left = policy_summary["battery_left_pct"], other["battery_left_pct"]
