@@ -190,7 +190,7 @@ class TraceStream:
             before = t
             yield number, t, b, c, p
 
-    def chunks(self, chars: int = CHUNK_CHARS):
+    def chunks(self, chars: int | None = None):
         """The validated rows as numpy arrays (t_s, battery_pct, cpu_load, power_budget_mw), about `chars`
         characters of the file at a time: the same rows, values and errors as `rows()`, for replays that work
         on whole arrays (`lcs.simulate.batch`). A block of plain numeric lines is parsed by numpy's C reader
@@ -200,6 +200,7 @@ class TraceStream:
         import numpy as np
 
         known = [self.index.get(c) for c in COLUMNS]
+        chars = chars or CHUNK_CHARS
         before = None
         with self._open() as fh:
             number = 0
@@ -223,7 +224,7 @@ class TraceStream:
             except UnicodeDecodeError:
                 raise TraceError(f"{self.name}: not a UTF-8 text file") from None
 
-    def step_chunks(self, chars: int = CHUNK_CHARS):
+    def step_chunks(self, chars: int | None = None):
         """`steps()` as arrays: `StepChunk`s whose rows are the tuples `steps()` yields, in order."""
         import numpy as np
 
