@@ -26,6 +26,7 @@ This package imports neither torch nor TVM (TVM only when a run uses --rpc/--tra
 from __future__ import annotations
 
 import contextlib
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -142,10 +143,15 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
             executor = device_executor(board, board.connection, board_power, levels, artifact)
         source = executor.source if executor is not None else "model"
         rule = None if per_step or executor is not None else batch.batch_rule(chosen, model)
+        densest = cmp.Densest()
         if rule is not None:
-            for chunk in batch.replay_chunks(scaling.chunks(trace.step_chunks()), model, rule,
-                                             capacity_mwh=capacity_mwh):
+            # the run and the always-densest replay side by side, from one reading of the trace
+            ours, theirs = itertools.tee(scaling.chunks(trace.step_chunks()))
+            fixed = make_policy("fixed").batch(model)
+            for chunk, dense in zip(batch.replay_chunks(ours, model, rule, capacity_mwh=capacity_mwh),
+                                    batch.replay_chunks(theirs, model, fixed, capacity_mwh=capacity_mwh)):
                 tally.add_chunk(chunk)
+                densest.add_chunk(dense)
                 if outputs is not None:
                     outputs.add_chunk(chunk)
                 else:
@@ -167,9 +173,8 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
             "level_power_mw": {o.level.label: o.power_mw for o in model.options(0.0)},
             **tally.result(), "scaling": scaling.applied,
         }
-        summary["vs_densest"] = cmp.saving_vs_densest(
-            scaling.steps(trace.steps()), model, summary, capacity_mwh=capacity_mwh,
-            chunks=None if per_step else scaling.chunks(trace.step_chunks()))
+        summary["vs_densest"] = densest.saving(summary) if rule is not None else cmp.saving_vs_densest(
+            scaling.steps(trace.steps()), model, summary, capacity_mwh=capacity_mwh)
         if hasattr(executor, "report"):
             summary.update(executor.report())
         comparison = None

@@ -72,8 +72,8 @@ _IDLE = "%d,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%s,,,,,,%d,%d,%.6g,%.6g,%.6g,%.6g
 
 
 def _g6(values, keep=None) -> list[str]:
-    """`"%.6g" % v` for each value of an array, as _RUN writes it; "" where `keep` is False. A value that repeats
-    (a load, a budget, a level's latency) is formatted once."""
+    """`"%.6g," % v` for each value of an array (a cell as _RUN writes it, and its comma); "," where `keep` is False.
+    A value that repeats (a load, a budget, a level's latency) is formatted once."""
     import numpy as np
 
     cells = None
@@ -85,30 +85,38 @@ def _g6(values, keep=None) -> list[str]:
     if cells is None:
         cells = np.array([_G6 % v for v in values.tolist()], dtype=object)
     if keep is not None:
-        cells[~keep] = ""
+        cells[~keep] = ","
     return cells.tolist()
 
 
-_G6 = "%.6g"
+_G6 = "%.6g,"
 
 
 def timeline_text(c) -> str:
     """The model-only timeline lines of a `batch.ChunkReplay`: the text `StreamingOutputs._row` gives for each of its
-    records (columns made as arrays, then one C-level `%` per line)."""
+    records. Each column becomes a list of cells (with their commas; a repeated value formatted once), the lists
+    are interleaved row-major into one list and joined once: no per-row Python code."""
     import numpy as np
 
-    s, run = c.steps, c.state == 0
-    # level, alpha, label, accuracy of each option position, and ",,," (four blank cells) at position -1
-    levels = np.array([f"{lv.index:d},{_G6 % lv.alpha},{_quoted_row([lv.label])[:-1]},{_G6 % lv.accuracy}"
-                       for lv in c.levels] + [",,,"], dtype=object)
+    s, run, n = c.steps, c.state == 0, len(c)
+    deadline = _G6 % c.deadline_ms
+    # deadline_ms and state; level, alpha, label, accuracy of each option position and four blank cells at -1
+    states = np.array([deadline + state + "," for state in ("run", "idle", "empty")], dtype=object)
+    levels = np.array([f"{lv.index:d},{_G6 % lv.alpha}{_quoted_row([lv.label])[:-1]},{_G6 % lv.accuracy}"
+                       for lv in c.levels] + [",,,,"], dtype=object)
+    flags = np.array(["0,", "1,"], dtype=object)
     ends = _g6(np.asarray(c.battery_end_pct))
-    starts = [_G6 % c.battery_pct[0]] + ends[:-1]  # each step starts where the last one ended
-    line = "%d,%.6g,%s,%s,%s,%s,%s," + (_G6 % c.deadline_ms).replace("%", "%%") + ",%s,%s,%s,%d,%d,%s,%s,%s,%s,%s,%d\n"
-    return "".join(map(line.__mod__, zip(
-        range(c.first_step, c.first_step + len(c)), s.t_s.tolist(), _g6(s.dt_s), _g6(s.battery_pct), starts,
-        _g6(s.cpu_load), _g6(s.power_budget_mw), np.array(["run", "idle", "empty"], dtype=object)[c.state].tolist(),
-        levels[c.position].tolist(), _g6(c.latency_ms, run), c.deadline_miss.tolist(), c.over_budget.tolist(),
-        _g6(c.power_mw), _g6(c.energy_mj), _g6(c.answers), _g6(c.served_fraction), ends, c.switched.tolist())))
+    columns = [
+        list(map("%d,".__mod__, range(c.first_step, c.first_step + n))), list(map(_G6.__mod__, s.t_s.tolist())),
+        _g6(s.dt_s), _g6(s.battery_pct), [_G6 % c.battery_pct[0]] + ends[:-1],  # a step starts where the last ended
+        _g6(s.cpu_load), _g6(s.power_budget_mw), states[c.state].tolist(), levels[c.position].tolist(),
+        _g6(c.latency_ms, run), flags[c.deadline_miss.view(np.uint8)].tolist(),
+        flags[c.over_budget.view(np.uint8)].tolist(), _g6(c.power_mw), _g6(c.energy_mj), _g6(c.answers),
+        _g6(c.served_fraction), ends, np.array(["0\n", "1\n"], dtype=object)[c.switched.view(np.uint8)].tolist()]
+    cells = [""] * (n * len(columns))
+    for j, column in enumerate(columns):
+        cells[j::len(columns)] = column
+    return "".join(cells)
 
 
 def _quoted_row(cells: list[str]) -> str:

@@ -47,7 +47,7 @@ COLUMNS: dict[str, tuple[float, float, float]] = {
     "cpu_load": (0.0, 1.0, math.nan),
     "power_budget_mw": (0.0, MAX_BUDGET_MW, math.inf),
 }
-CHUNK_CHARS = 1 << 22  # characters of trace per block in chunks(): ~170k rows of four columns, ~15 MB in flight
+CHUNK_CHARS = 1 << 20  # characters of trace per block in chunks(): ~45k rows of four columns, ~20 MB in flight
 RANGE_HINTS = {"cpu_load": " (a fraction of the board's CPU, not a percentage)"}
 
 
