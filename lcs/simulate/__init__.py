@@ -10,6 +10,8 @@
 - `model.py`: the documented latency/power/energy/battery model.
 - `policies.py`: the policy API (`Policy.choose`, `register`) and the built-in policies.
 - `runner.py`: the replay loop and the executor seam (model-only, or a device's own answers).
+- `batch.py`: the same replay in chunks of rows, for long model-only traces (a policy's batch rule, arrays, one
+  tight battery loop): bit-for-bit the per-step replay's results at a fraction of the cost.
 - `hardware.py`: hardware in the loop (`DeviceExecutor`) over any client with hello / set_level / infer: lcs
   firmware over serial (`--device`, `--sim`) or a CPU build on a Linux board over TVM RPC (`--rpc`, `--tracker
   --key`), opened by `lcs.transport.board.open_board` as `lcs deploy` opens them.

@@ -7,6 +7,10 @@ Returning `None` leaves the device idle for the step. A policy may keep state (o
 
 Parameters are dataclass fields; the CLI sets them with `--policy-option NAME=VALUE`.
 
+A policy may also offer `batch(model)`: the same decisions for a chunk of steps at once (see `BatchRule`), which
+long model-only replays use (`lcs.simulate.batch`); the built-in rules are tested to decide exactly as `choose`.
+Without it (the default) the replay calls `choose` step by step.
+
 Adding a policy (in your own module, then `lcs simulate --policy yourmodule:Frugal`):
 
     >>> from dataclasses import dataclass

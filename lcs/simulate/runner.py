@@ -8,6 +8,9 @@ device answers (not paced to the trace's clock), and returns the device's own ti
 the runner records them beside the model's expectation. An executor may also offer `report()`, a
 dict merged into the summary. Decisions, deadline misses and energy always come from the cost model, so the
 two modes are comparable step for step (the device does not see the trace's simulated CPU load).
+
+This per-step loop is the reference; `lcs.simulate.batch` replays long model-only traces in chunks with the same
+results (`Summary.add_chunk` keeps the books for it).
 """
 
 from __future__ import annotations

@@ -22,8 +22,9 @@ finite through sums and plots.
 - `cpu_load` is the share of the whole board's CPU capacity taken by competing work (0.5 on a
   two-core board = one core busy), not a percentage.
 - `power_budget_mw` is the power the inference workload may draw on top of the board's idle power.
-- Traces are streamed (`open_trace(...).steps()`): rows are read and validated as the replay asks for
-  them, so memory does not grow with the trace's length; `load_trace` reads a whole (small) trace.
+- Traces are streamed (`open_trace(...).steps()`, or `.step_chunks()` as numpy arrays a block at a time): rows
+  are read and validated as the replay asks for them, so memory does not grow with the trace's length;
+  `load_trace` reads a whole (small) trace.
 - Lines starting with `#` are comments (the example traces document themselves this way); blank
   lines are skipped. Every cell of a known column must hold a finite number: a blank, `nan` or
   `inf` cell is an error naming the file, line and column.
