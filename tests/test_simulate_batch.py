@@ -166,3 +166,17 @@ def test_chunked_reader_values_are_float_of_each_cell(tmp_path, small_blocks):
     got = [tuple(map(float, row)) for block in stream.chunks() for row in zip(*block)]
     assert [r[1:] for r in expected] == got
     assert [repr(v) for v in got[0]] == [repr(v) for v in expected[0][1:]]  # -0.0 stays -0.0
+
+
+def test_a_subclass_that_changes_choose_takes_the_per_step_replay(model):
+    from dataclasses import dataclass
+
+    from lcs.simulate.policies import Greedy
+
+    @dataclass
+    class Cheapest(Greedy):  # inherits Greedy.batch, which would decide as greedy does
+        def choose(self, obs):
+            return min(obs.options, key=lambda o: o.power_mw)
+
+    assert batch.batch_rule(Cheapest(), model) is None
+    assert batch.batch_rule(make_policy("greedy"), model) is not None

@@ -72,7 +72,13 @@ class ChunkReplay:
 
 
 def batch_rule(policy: Policy, model: CostModel) -> BatchRule | None:
-    """The policy's batch rule, or None when it has none (the per-step replay then runs)."""
+    """The policy's batch rule, or None when it has none (the per-step replay then runs). A subclass that redefines
+    `choose` but inherits `batch` (say a user's variant of greedy) gets None: the inherited rule decides as the
+    parent's `choose` does, not as the subclass's."""
+    mro = type(policy).__mro__
+    defines = {name: next(c for c in mro if name in c.__dict__) for name in ("batch", "choose")}
+    if not issubclass(defines["batch"], defines["choose"]):
+        return None
     return policy.batch(model)
 
 
