@@ -22,7 +22,7 @@ from lcs.simulate.policies import make_policy
 from lcs.simulate.profile import profile_from_dict
 from lcs.simulate.runner import Summary, iter_replay
 from lcs.simulate.scaling import make_scaling
-from lcs.simulate.trace import TraceError, open_trace
+from lcs.simulate.trace import TraceError, load_trace, open_trace
 
 from sim_toys import HEADER, HOST, LEVELS
 
@@ -112,27 +112,44 @@ def test_chunked_replay_with_scaling_fallback_blocks_and_no_budget_column(tmp_pa
     for name in ("greedy", "hysteresis"):
         (ref_text, ref_summary), (text, summary) = both_ways(path, model, name, budget="levels", load="1.5")
         assert (text, summary) == (ref_text, ref_summary)
+    # the factors from the stream read as arrays, as from the whole trace read row by row
+    assert make_scaling(open_trace(path), model, "levels", "1.5").applied == \
+        make_scaling(load_trace(path), model, "levels", "1.5").applied
     nobudget = write(tmp_path / "n.csv", [",".join(line.split(",")[:3]) for line in rows(1000, seed=2)],
                      header="t_s,battery_pct,cpu_load")
     (ref_text, ref_summary), (text, summary) = both_ways(nobudget, model, "battery")
     assert (text, summary) == (ref_text, ref_summary)
 
 
-def test_simulate_writes_the_same_files_either_way(tmp_path, small_blocks):
-    """The whole run (timeline, summary with vs_densest, the decimated plot) through `simulate`, both ways; `plan`
-    has no batch rule and takes the per-step replay."""
+def test_simulate_writes_the_same_files_either_way(tmp_path, small_blocks, monkeypatch):
+    """The whole run (timeline, summary with vs_densest, the plot's decimated sample, --compare) through `simulate`,
+    both ways. The plots are stood in for by the exact data they would draw (matplotlib would cost seconds)."""
+    from lcs.simulate import compare
+
+    monkeypatch.setattr(output, "plot_png", lambda records, summary, levels, title: repr((records, summary)).encode())
+    monkeypatch.setattr(compare, "plot_png", lambda data: repr(data["rows"]).encode())
     profile = tmp_path / "profile.json"
     profile.write_text(json.dumps({"target": {"name": "host"}, "levels": LEVELS}))
-    path = write(tmp_path / "t.csv", rows(5000, seed=3))
-    for name in ("battery", "plan"):
+    path = write(tmp_path / "t.csv", rows(3000, seed=3))
+    # --compare on a trace whose battery never binds (the offline optimum then needs no dynamic programming)
+    calm = write(tmp_path / "calm.csv", [f"{t},90,{line.split(',')[2]},{line.split(',')[3]}"
+                                         for t, line in enumerate(rows(500, seed=4))])
+    for name, trace, capacity in (("battery", path, CAPACITY_MWH), ("hysteresis", calm, 3700.0)):
         files = {}
         for per_step in (True, False):
             out = tmp_path / f"{name}-{per_step}"
-            simulate(path, profile=profile, policy=name, capacity_mwh=CAPACITY_MWH, out_dir=out, per_step=per_step,
-                     budget_scale="2")
+            simulate(trace, profile=profile, policy=name, capacity_mwh=capacity, out_dir=out, per_step=per_step,
+                     budget_scale="2", compare=trace == calm)
             files[per_step] = {f.name: f.read_bytes() for f in out.iterdir()}
+            if "compare.json" in files[per_step]:  # the optimum's own run time is the one number that differs
+                data = json.loads(files[per_step]["compare.json"])
+                assert data["optimum"].pop("seconds") >= 0
+                files[per_step]["compare.json"] = data
         assert files[True] == files[False], name
-    assert make_policy("plan").batch(CostModel(profile_from_dict({"levels": LEVELS}, "t"), HOST, Workload())) is None
+        assert len(files[True]) == (5 if trace == calm else 3)  # --compare: compare.json and compare.png
+    # plan has no batch rule: it takes the per-step replay
+    assert batch.batch_rule(make_policy("plan"), CostModel(profile_from_dict({"levels": LEVELS}, "t"), HOST,
+                                                           Workload())) is None
     result = simulate(path, profile=profile, capacity_mwh=CAPACITY_MWH)  # no --out: the records, every row
     reference = simulate(path, profile=profile, capacity_mwh=CAPACITY_MWH, per_step=True)
     assert result.replay.records == reference.replay.records and result.summary == reference.summary
