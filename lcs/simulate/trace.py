@@ -34,8 +34,11 @@ from __future__ import annotations
 
 import csv
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from lcs.errors import DataError
 
@@ -200,8 +203,6 @@ class TraceStream:
         (loadtxt: correctly rounded like float()) and checked as arrays; a block with anything else (comments,
         blank lines, quotes, a bad or out-of-range cell, a non-numeric extra column) goes through `rows()`'s
         own line-by-line validation, which gives the exact message."""
-        import numpy as np
-
         known = [self.index.get(c) for c in COLUMNS]
         chars = chars or CHUNK_CHARS
         before = None
@@ -215,7 +216,7 @@ class TraceStream:
                     lines = fh.readlines(chars)
                     if not lines:
                         return
-                    block = _block(np, lines, self.width, known, before)
+                    block = _block(lines, self.width, known, before)
                     if block is None:  # the exact, line-by-line path
                         rows = list(self._validated(((number + i + 1, line) for i, line in enumerate(lines)
                                                      if line.strip() and line.strip()[0] != "#"), before))
@@ -229,8 +230,6 @@ class TraceStream:
 
     def step_chunks(self, chars: int | None = None):
         """`steps()` as arrays: `StepChunk`s whose rows are the tuples `steps()` yields, in order."""
-        import numpy as np
-
         held = None  # rows not yet yielded: each needs the next row's time and battery
         gap, count = None, 0
         for t, b, c, p in self.chunks(chars):
@@ -288,10 +287,8 @@ class TraceStream:
         yield (current[0], current[1], gap, current[2], current[3], current[4], 0.0)
 
 
-def _block(np, lines: list[str], width: int, known: list, before: float | None):
+def _block(lines: list[str], width: int, known: list, before: float | None):
     """A block of lines as validated column arrays, or None when anything in it needs the line-by-line path."""
-    import warnings
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # e.g. "input contained no data"
@@ -320,12 +317,12 @@ def _block(np, lines: list[str], width: int, known: list, before: float | None):
 class StepChunk:
     """Consecutive steps as parallel arrays: what `steps()` yields (without the line numbers), row by row."""
 
-    t_s: "np.ndarray"
-    dt_s: "np.ndarray"
-    battery_pct: "np.ndarray"
-    cpu_load: "np.ndarray"
-    power_budget_mw: "np.ndarray"
-    change: "np.ndarray"  # battery change to the next row
+    t_s: np.ndarray
+    dt_s: np.ndarray
+    battery_pct: np.ndarray
+    cpu_load: np.ndarray
+    power_budget_mw: np.ndarray
+    change: np.ndarray  # battery change to the next row
 
     def __len__(self) -> int:
         return len(self.t_s)
