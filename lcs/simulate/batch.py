@@ -1,7 +1,7 @@
 """The replay in chunks of rows: `runner.iter_replay`'s records, as arrays, for long model-only traces.
 
 `runner.iter_replay` builds an observation, calls the policy and makes a record per step (about 10 µs a row).
-Here a chunk of the trace (`TraceStream.step_chunks`, ~170k rows) is costed at once (`model.option_table`),
+Here a chunk of the trace (`TraceStream.step_chunks`, ~11k rows) is costed at once (`model.option_table`),
 the policy decides through its batch rule (`Policy.batch`: greedy, fixed, battery, hysteresis), and only what
 is sequential runs row by row in one tight loop of local variables: the battery (each step's charge depends
 on the last), and the decision where it depends on the battery or the past. Everything after the loop is
