@@ -178,6 +178,7 @@ def test_trace_memory_does_not_grow_with_length(tmp_path, profile, monkeypatch, 
     from lcs.simulate import output, simulate, trace as trace_module
 
     monkeypatch.setattr(output, "PLOT_POINTS", 100)
+    monkeypatch.setattr(output, "plot_png", lambda *a: b"")  # its input is the capped sample; drawing costs seconds
     monkeypatch.setattr(trace_module, "CHUNK_CHARS", 2048)  # ~100 rows a block
 
     peaks = []
