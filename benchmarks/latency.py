@@ -136,7 +136,7 @@ def _ort_int8(ort, fp32_path: Path, fp32_session, spec: dict, x, ckpt, stem: Pat
         def get_next(self):
             return next(self.items, None)
 
-    path = stem.with_suffix(".int8.onnx")
+    path = stem.parent / f"{stem.name}.int8.onnx"  # not with_suffix: the alpha in the stem has a dot
     try:
         if not path.exists():
             # convolutions and matmuls only: QDQ on the norms' reshapes stops at "shared mode is not supported for
