@@ -26,8 +26,11 @@ from tvm_build.mcu.build import FirmwareBuild, _load_board, _load_model, _write_
 CALIBRATION_SAMPLES = 256
 ACCURACY_SAMPLES = 2000
 # the sparse kernel runs a conv once this fraction of its weights is zero: the crossover measured on ResNet-8
-# (benchmarks/results/mcu_int8.json: 0.607 on the M4 and M7, 0.288 on the M3); a board file may say otherwise
-SPARSE_FROM = {True: 0.61, False: 0.29}
+# (benchmarks/results/mcu_int8.json: 0.607 on the M4 and M7, 0.288 on the M3); on the M0 (no 32-bit multiply-
+# accumulate, short shifts) the small CNN's 50 % level ran 2x slower sparse, its 90 % level 0.76x dense. A board
+# file may say otherwise ("int8_sparse_from" in its firmware section).
+SPARSE_FROM = {"cortex-m0": 0.85, "cortex-m0plus": 0.85, "cortex-m3": 0.29}
+SPARSE_FROM_DSP, SPARSE_FROM_HOST = 0.61, 0.29
 DSP_CPUS = ("cortex-m4", "cortex-m7", "cortex-m33", "cortex-m35p", "cortex-m55", "cortex-m85")
 # the generic sources the int8 firmware leaves out: the fp32 level switcher and the TVM runtime shim
 FP32_ONLY = ("levels.c", "tvm_shim.c")
@@ -63,6 +66,23 @@ def _accuracy(graph, data, limit: int) -> float | None:
     return hits / n
 
 
+def check_convertible(ckpt, alphas: list[float]) -> None:
+    """Refuse, before any work, a model or level the int8 path cannot run (one ConfigError line)."""
+    from lcs.int8.from_torch import from_torch
+    from lcs.subspace.export import materialize
+
+    cmap = ckpt.model.cmap
+    if any(cmap.level(a).bits for a in alphas):
+        raise ConfigError("--int8 builds the unstructured, structured and dense families; quantization levels run "
+                          "in fp32 builds (fake quantization)")
+    mc = ckpt.config.model
+    shape = (mc.in_channels, mc.image_size, mc.image_size)
+    try:
+        from_torch(materialize(ckpt.model.eval(), max(alphas), torch.zeros(1, *shape)), shape)
+    except LcsError as exc:
+        raise ConfigError(f"--int8: {str(exc).removeprefix('int8: ')}") from None
+
+
 def build_int8_firmware(checkpoint, board, levels: list[float] | None, out_dir, *, samples: int = 2,
                         measure: bool = True, write_artifact: bool = True, calibration=None,
                         sparse_from: float | None | str = "board", upload_bank: bool | None = None,
@@ -78,13 +98,13 @@ def build_int8_firmware(checkpoint, board, levels: list[float] | None, out_dir, 
     if not alphas or len(alphas) > 255:
         raise ConfigError(f"an MCU build needs 1..255 levels, got {len(alphas)}")
     level_objs = [cmap.level(a) for a in alphas]
-    if any(lv.bits for lv in level_objs):
-        raise ConfigError("--int8 builds the unstructured, structured and dense families; quantization levels run "
-                          "in fp32 builds (fake quantization)")
+    if graphs is None:
+        check_convertible(ckpt, alphas)
     spec = board.extra["firmware"]
     dsp = has_dsp(board)
     if sparse_from == "board":
-        sparse_from = spec.get("int8_sparse_from", SPARSE_FROM[dsp])
+        sparse_from = spec.get("int8_sparse_from", SPARSE_FROM_DSP if dsp else SPARSE_FROM.get(board.cpu,
+                                                                                               SPARSE_FROM_HOST))
     data = None
     if calibration is None:
         images, calib_info, data = calibration_data(config, CALIBRATION_SAMPLES)
@@ -96,7 +116,7 @@ def build_int8_firmware(checkpoint, board, levels: list[float] | None, out_dir, 
         try:
             graphs = [int8_level(model, a, images) for a in alphas]
         except LcsError as exc:
-            raise ConfigError(f"--int8: {exc}") from None
+            raise ConfigError(f"--int8: {str(exc).removeprefix('int8: ')}") from None
     accuracy = [{"alpha": a, "accuracy": _accuracy(g, data, ACCURACY_SAMPLES)} for a, g in zip(alphas, graphs)]
 
     out_dir = Path(out_dir)
