@@ -67,6 +67,12 @@ def print_build(summary: dict, console: Console | None = None) -> None:
             f"{len(summary.get('modules') or {})} modules, {summary['build_seconds']:.1f} s)")
     if v:
         line += (f"; every level matches torch within {v['atol']:g} (max {v['max_abs_diff']:.3g}, on {v['on']})")
+    elif summary.get("strategy") == "firmware" and (summary.get("firmware") or {}).get("precision") == "int8":
+        i8 = summary["firmware"].get("int8") or {}
+        cal = i8.get("calibration") or {}
+        line += (f"; int8 firmware: every level on integer kernels, calibrated on {cal.get('samples')} {cal.get('source')} "
+                 f"samples, weight store {i8.get('store_bytes', 0):,} B (reference outputs inside: lcs deploy checks "
+                 "them bit for bit)")
     elif summary.get("strategy") == "firmware":
         line += "; firmware from tvm_build.mcu (reference outputs inside for lcs deploy to check)"
     console.print(line)
