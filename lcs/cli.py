@@ -321,7 +321,7 @@ def build_cmd(checkpoint_path, target, levels, strategy, tune, threads, rpc, tra
 
     summary = build(checkpoint_path, target, output, levels=levels, strategy=strategy, tune=tune, threads=threads,
                     rpc=rpc, tracker=tracker, key=key, eval_results=eval_results, progress=progress and not as_json,
-                    log=lambda msg: click.echo(msg, err=True), **({"int8": True} if int8 else {}))
+                    log=lambda msg: click.echo(msg, err=True), int8=int8)
     if signer is not None:
         summary["signature"] = str(signing.sign_artifact(output, signer))
     if as_json:
