@@ -16,7 +16,8 @@ def print_info(info: dict, console: Console | None = None) -> None:
     console.print(f"[bold]{info['path']}[/bold]  {info['size']:,} bytes  format {info['format']} "
                   f"v{info['format_version']}  lcs {info['lcs_version']}  TVM {info['tvm_version'] or '-'}")
     console.print(f"target {info['target']}  strategy {info['strategy']}  family {info['family']}  "
-                  f"input {info['input']['shape']} {info['input']['dtype']}  modules {len(info['modules'] or {})}"
+                  + (f"precision {info['precision']}  " if info.get("precision") else "")
+                  + f"input {info['input']['shape']} {info['input']['dtype']}  modules {len(info['modules'] or {})}"
                   + (f"  verified on {v.get('on')} (max abs diff {v.get('max_abs_diff'):.3g})" if v else ""))
     if info.get("tuning"):
         for t in info["tuning"]:

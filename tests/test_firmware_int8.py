@@ -58,6 +58,7 @@ def test_int8_firmware_on_host_sim_equals_the_integer_reference(bn_checkpoint, t
     fw = _check(art, report)
     assert fw["int8"]["sparse_layers"][0]  # the 90 %-sparse level runs the sparse kernel
     assert fw["int8"]["store_bytes"] == fw["weight_bytes"]
+    assert "precision int8" in _cli("info", art.path).output
 
 
 @pytest.mark.qemu
