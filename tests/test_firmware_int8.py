@@ -80,10 +80,18 @@ def test_device_input_rounds_half_to_even_in_float32():
     assert device_input(g, x).ravel().tolist() == [0, 2, 0, 127]
 
 
-def test_int8_build_refusals(one_line_error, bn_checkpoint, train_tiny, tmp_path):
+def test_int8_build_refuses_a_linux_target(one_line_error, bn_checkpoint, tmp_path):
     one_line_error(_cli("build", bn_checkpoint, "--target", "host", "--int8", "-o", tmp_path / "a.lcsa"),
                    "--int8 builds firmware for mcu and sim boards")
-    group_norm = train_tiny("unstructured", "point", 8)
-    one_line_error(_cli("build", group_norm, "--target", "host-sim", "--int8", "-o", tmp_path / "b.lcsa"),
-                   "--norm batch")
+
+
+@pytest.mark.slow  # trains a width-32 model and links it
+def test_int8_build_refuses_what_does_not_fit_the_microbit(train_tiny, tmp_path):
+    """issue 18: refused with the numbers (two dense int8 levels of ~130 k weights are over 256 KB of flash)."""
+    big = train_tiny("unstructured", "point", 32, norm="batch")
+    result = _cli("build", big, "--target", "microbit", "--int8", "--levels", "0.5,1.0", "-o", tmp_path / "b.lcsa")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    last = result.stderr.strip().splitlines()[-1]  # after the one progress line
+    assert last.startswith("error: the model does not fit microbit (262,144 B flash, 16,384 B RAM)"), last
+    assert "B over" in last
     assert not (tmp_path / "b.lcsa").exists()

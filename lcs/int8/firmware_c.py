@@ -154,6 +154,15 @@ def firmware_model(graphs: list[Graph], levels: list, family: str, default_level
                 body.append(f"  q8_dense(arena + {src}, {n_in}, {n_out}, (const int8_t *)(bank + {w_off}u), "
                             f"(const int32_t *)(const void *)(bank + {b_off}u), "
                             f"(const q8_rq_t *)(const void *)(bank + {rq_off}u), arena + {dst});")
+            elif type(op).__name__ == "GroupNorm":  # the integer GroupNorm (q8_groupnorm), where the kernels have it
+                h, w, c = t[op.inp].shape
+                g_off = store.put(np.asarray(op.g, "<i4").tobytes())
+                ge_off = store.put(np.asarray(op.ge, np.int8).tobytes())
+                b_off = store.put(np.asarray(op.b, "<i4").tobytes())
+                body.append(f"  {{ q8_gn_t p = {{{h * w}, {c}, {op.groups}, {int(op.relu)}, {op.lo}, {op.hi}, {op.e}LL, "
+                            f"(const int32_t *)(const void *)(bank + {g_off}u), (const int8_t *)(bank + {ge_off}u), "
+                            f"(const int32_t *)(const void *)(bank + {b_off}u)}}; q8_groupnorm(&p, arena + {src}, "
+                            f"arena + {dst}); }}")
             else:
                 raise LcsError(f"int8 firmware: no kernel for {type(op).__name__} ({op.out})")
         n_in = int(np.prod(t[g.input].shape))

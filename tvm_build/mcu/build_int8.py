@@ -67,20 +67,21 @@ def _accuracy(graph, data, limit: int) -> float | None:
 
 
 def check_convertible(ckpt, alphas: list[float]) -> None:
-    """Refuse, before any work, a model or level the int8 path cannot run (one ConfigError line)."""
+    """Refuse, before any work, a model the int8 path cannot convert (one ConfigError line): its densest level, and
+    its densest quantized level if it has some (a level's QuantizeInput must convert too)."""
     from lcs.int8.from_torch import from_torch
     from lcs.subspace.export import materialize
 
     cmap = ckpt.model.cmap
-    if any(cmap.level(a).bits for a in alphas):
-        raise ConfigError("--int8 builds the unstructured, structured and dense families; quantization levels run "
-                          "in fp32 builds (fake quantization)")
     mc = ckpt.config.model
     shape = (mc.in_channels, mc.image_size, mc.image_size)
-    try:
-        from_torch(materialize(ckpt.model.eval(), max(alphas), torch.zeros(1, *shape)), shape)
-    except LcsError as exc:
-        raise ConfigError(f"--int8: {str(exc).removeprefix('int8: ')}") from None
+    quantized = [a for a in alphas if cmap.level(a).bits]
+    for alpha in {max(alphas), *([max(quantized)] if quantized else [])}:
+        try:
+            from_torch(materialize(ckpt.model.eval(), alpha, torch.zeros(1, *shape)), shape)
+        except LcsError as exc:
+            what = f"level {cmap.level(alpha).label()}: " if cmap.level(alpha).bits else ""
+            raise ConfigError(f"--int8: {what}{str(exc).removeprefix('int8: ')}") from None
 
 
 def build_int8_firmware(checkpoint, board, levels: list[float] | None, out_dir, *, samples: int = 2,
