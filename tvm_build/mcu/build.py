@@ -43,6 +43,7 @@ class FirmwareBuild:
     workspace_bytes: int
     kernels: int
     switching: str = "on-switch"  # where the weight transform runs: once per switch, or inside every kernel call
+    # ("stored": int8 builds keep every level ready in the weight store; a switch selects one)
     upload_bank: bool = True
     cycles: list[dict] = field(default_factory=list)  # per level: {"infer": n, "switch": n} when measured
     artifact: Path | None = None

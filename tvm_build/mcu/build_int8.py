@@ -157,7 +157,7 @@ def build_int8_firmware(checkpoint, board, levels: list[float] | None, out_dir, 
     inputs = pool[:samples].float()
     expected = [device_forward(g, nhwc(inputs)).astype(np.float32) for g in graphs]
     result = FirmwareBuild(board.name, binary, level_objs, sizes, fm.bank, inputs.numpy(), expected,
-                           fm.arena_bytes, 0, fm.scratch_bytes, 0, "on-switch", with_bank)
+                           fm.arena_bytes, 0, fm.scratch_bytes, 0, "stored", with_bank)
     result.precision = "int8"
     result.int8 = {"calibration": calib_info, "store_bytes": len(fm.bank), "weights": fm.weights,
                    "stored_weights": fm.stored_weights, "bytes_per_stored_weight": round(fm.bytes_per_weight, 4),
