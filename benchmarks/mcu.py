@@ -120,6 +120,8 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/mcu.json")
     parser.add_argument("--int8-boards", default="mps2-an386,mps2-an385,mps2-an500",
                         help="boards for the int8 ResNet-8 section (empty: skip it)")
+    parser.add_argument("--int8-switch-boards", default="mps2-an505,mps3-an547,netduinoplus2,microbit",
+                        help="further boards where the int8 section measures switches (the small CNN on 8x8 input)")
     parser.add_argument("--no-fp32", action="store_true", help="only the int8 section")
     parser.add_argument("--work", default="build/bench-mcu")
     args = parser.parse_args()
@@ -131,6 +133,8 @@ def main() -> None:
     report = {"model": ckpt.config.to_dict()["model"], "family": ckpt.model.cmap.family, "boards": []}
     if args.int8_boards:
         report["int8_resnet8"] = int8_section(args.int8_boards.split(","), Path(args.work) / "int8")
+    if args.int8_switch_boards:
+        report["int8_switch"] = int8_switch(args.int8_switch_boards.split(","), Path(args.work) / "int8-switch")
     for name in ([] if args.no_fp32 else args.boards.split(",")):
         board = targets.load(name)
         out_dir = Path(args.work) / name
@@ -236,6 +240,43 @@ def int8_section(boards: list[str], work: Path) -> dict:
         if cmsis:
             print(f"  dense / CMSIS-NN ({cmsis:,}) = {entry['dense_over_cmsis_nn']}; 90 % sparse / dense = "
                   f"{entry['sparse90_over_dense']}")
+    return out
+
+
+def int8_switch(boards: list[str], work: Path) -> dict:
+    """Switch / inference on boards ResNet-8 does not fit or the section above leaves out: the small CNN (8x8 input,
+    width 8, BatchNorm, LCS+P unstructured, levels 90 % / 50 % / dense), every answer checked bit for bit."""
+    import warnings
+
+    from tvm_build.mcu.build_int8 import build_int8_firmware
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(0)
+        mc = ModelConfig(width=8, image_size=8, norm="batch")
+        sc = SubspaceConfig(family="unstructured", shape="point")
+        ckpt = Checkpoint(RunConfig(model=mc, subspace=sc), SubspaceModel(build_model(mc), sc).eval())
+    x = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = {"model": "small-cnn 8x8 width 8, BatchNorm", "levels": INT8_LEVELS, "boards": {}}
+    for name in boards:
+        board = targets.load(name)
+        build = build_int8_firmware(ckpt, board, INT8_LEVELS, work / name, samples=1, measure=False,
+                                    write_artifact=False,
+                                    calibration=(x, {"source": "uniform random images (seed 0)", "samples": 64}))
+        rows = []
+        with start(build.binary, board) as running, Device.open(running.url) as dev:
+            dev.hello()
+            for i, level in enumerate(build.levels):
+                _, switch = dev.set_level(index=i)
+                got, infer = dev.infer(build.inputs[0].reshape(-1).tolist())
+                rows.append({"level": level.label(), "infer_ticks": infer, "switch_ticks": switch,
+                             "switch_per_infer": round(switch / infer, 6),
+                             "bit_exact": bool(np.array_equal(np.float32(got), build.expected[i][0]))})
+        out["boards"][name] = {"cpu": board.cpu, "flash_bytes": build.sizes.flash, "ram_bytes": build.sizes.ram,
+                               "levels": rows, "max_switch_per_infer": max(r["switch_per_infer"] for r in rows)}
+        print(f"int8 small CNN on {name} ({board.cpu}): switch / inference <= "
+              f"{out['boards'][name]['max_switch_per_infer']:.2e}, bit-exact {all(r['bit_exact'] for r in rows)}, "
+              f"flash {build.sizes.flash:,} B, RAM {build.sizes.ram:,} B")
     return out
 
 
