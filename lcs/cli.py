@@ -295,7 +295,7 @@ def _compiler():
 @click.option("--tracker", default=None, metavar="HOST:PORT", help="a TVM RPC tracker: tune, verify and time on a board")
 @click.option("--key", default=None, help="device key of the board at the tracker")
 @click.option("--int8", is_flag=True, help="MCU and host-sim boards: every level runs integer kernels (int8 weights "
-              "and activations, calibrated on the checkpoint's training data; needs a --norm batch model)")
+              "and activations, calibrated on the checkpoint's training data)")
 @click.option("--accuracy", "eval_results", type=click.Path(path_type=Path), default=None,
               help="results.json from `lcs eval --out DIR`: accuracy per level for the manifest")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,

@@ -74,6 +74,13 @@ def test_int8_firmware_under_qemu_equals_the_integer_reference(bn_checkpoint, ta
         assert lv["switch_cycles"] <= 0.01 * lv["infer_cycles"]
 
 
+def test_group_norm_model_runs_int8_on_host_sim(train_tiny, tmp_path):
+    """The project's default norm: GroupNorm runs as the integer GroupNorm kernel, bit for bit."""
+    art, report = _build_and_deploy(train_tiny("unstructured", "point", 8), "host-sim", tmp_path)
+    assert report["passed"] and all(lv["max_abs_error"] == 0.0 for lv in report["levels"])
+    assert art.manifest.firmware.precision == "int8"
+
+
 def test_device_input_rounds_half_to_even_in_float32():
     g = Graph({"x": Tensor("x", (1, 1, 4), scale=0.5), "y": Tensor("y", (2,), scale=1.0)}, [], "x", "y", True)
     x = np.array([[[[0.25, 0.75, -0.25, 70.0]]]], np.float32)  # 0.5, 1.5, -0.5 (ties) and a clamp

@@ -19,7 +19,7 @@ import numpy as np
 
 from lcs.errors import LcsError
 from lcs.int8.emit_c import _conv_weights, plan_arena, sparse_entries
-from lcs.int8.graph import Conv, Dense, Graph, Pool, Requant, run_int
+from lcs.int8.graph import Conv, Dense, Graph, GroupNorm, Pool, Requant, run_int
 
 NONE = 0xFFFFFFFF
 FAMILY_CODES = {"dense": 0, "unstructured": 1, "structured": 2, "quantization": 3}
@@ -154,7 +154,7 @@ def firmware_model(graphs: list[Graph], levels: list, family: str, default_level
                 body.append(f"  q8_dense(arena + {src}, {n_in}, {n_out}, (const int8_t *)(bank + {w_off}u), "
                             f"(const int32_t *)(const void *)(bank + {b_off}u), "
                             f"(const q8_rq_t *)(const void *)(bank + {rq_off}u), arena + {dst});")
-            elif type(op).__name__ == "GroupNorm":  # the integer GroupNorm (q8_groupnorm), where the kernels have it
+            elif isinstance(op, GroupNorm):
                 h, w, c = t[op.inp].shape
                 g_off = store.put(np.asarray(op.g, "<i4").tobytes())
                 ge_off = store.put(np.asarray(op.ge, np.int8).tobytes())
