@@ -26,11 +26,14 @@ from tvm_build.mcu.build import FirmwareBuild, _load_board, _load_model, _write_
 CALIBRATION_SAMPLES = 256
 ACCURACY_SAMPLES = 2000
 # the sparse kernel runs a conv once this fraction of its weights is zero: the crossover measured on ResNet-8
-# (benchmarks/results/mcu_int8.json: 0.607 on the M4 and M7, 0.288 on the M3); on the M0 (no 32-bit multiply-
+# (benchmarks/results/mcu_int8.json: 0.48 on the M4 and M7, 0.254 on the M3); on the M0 (no 32-bit multiply-
 # accumulate, short shifts) the small CNN's 50 % level ran 2x slower sparse, its 90 % level 0.76x dense. A board
 # file may say otherwise ("int8_sparse_from" in its firmware section).
-SPARSE_FROM = {"cortex-m0": 0.85, "cortex-m0plus": 0.85, "cortex-m3": 0.29}
-SPARSE_FROM_DSP, SPARSE_FROM_HOST = 0.61, 0.29
+SPARSE_FROM = {"cortex-m0": 0.85, "cortex-m0plus": 0.85, "cortex-m3": 0.26}
+SPARSE_FROM_DSP, SPARSE_FROM_HOST = 0.49, 0.26
+# a sparse entry takes 4 bytes, a dense weight 1: below this sparsity the entries take more flash than the weights,
+# so a build over the flash budget tries again with the dense kernel up to here
+SPARSE_SMALLER = 0.75
 DSP_CPUS = ("cortex-m4", "cortex-m7", "cortex-m33", "cortex-m35p", "cortex-m55", "cortex-m85")
 # the generic sources the int8 firmware leaves out: the fp32 level switcher and the TVM runtime shim
 FP32_ONLY = ("levels.c", "tvm_shim.c")
@@ -132,7 +135,9 @@ def build_int8_firmware(checkpoint, board, levels: list[float] | None, out_dir, 
     if board.extra["firmware"].get("upload_bank") is False and upload_bank is None:
         upload_bank = False
     last = None
-    for with_bank in ((True, False) if upload_bank is None else (upload_bank,)):
+    thresholds = [sparse_from] + ([SPARSE_SMALLER] if sparse_from is not None and sparse_from < SPARSE_SMALLER else [])
+    variants = [(t, bank) for t in thresholds for bank in ((True, False) if upload_bank is None else (upload_bank,))]
+    for sparse_from, with_bank in variants:
         fm = firmware_model(graphs, level_objs, cmap.family, default, dsp=dsp, sparse_from=sparse_from,
                             upload_bank=with_bank, input_chw=shape[1:])
         (src / "model_int8.c").write_text(fm.source)
