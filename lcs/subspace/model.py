@@ -34,15 +34,21 @@ class SubspaceModel(nn.Module):
         self.cmap = cfg.compression_map()
         self.net = _convert(net, cfg)
         self.level: Level = self.cmap.level(1.0)
+        # The layer list, walked once: set_alpha runs every training pass, and a module-tree walk per call costs
+        # as much as several small kernels.
+        self._layers: tuple[SubspaceLayer, ...] = tuple(m for m in self.net.modules() if isinstance(m, SubspaceLayer))
         self.line_slots = [(layer, name) for layer in self.layers() for name, _, _ in layer.endpoint_pairs()]
         self.line_pairs = [(p0, p1) for layer in self.layers() for _, p0, p1 in layer.endpoint_pairs()]
         # Blend every line parameter in one multi-tensor op per forward (see forward). Off under DDP (train.py).
         self.fused_blend = True
+        # (centre, spread) while training folds split_line_gradients into the fused blend's backward (train.py);
+        # None: the blend's gradients are the formula's own.
+        self.folded_split: tuple[float, float] | None = None
         self.set_alpha(1.0)
 
     # -- the subspace ---------------------------------------------------------------------------
     def layers(self) -> Iterator[SubspaceLayer]:
-        return (m for m in self.net.modules() if isinstance(m, SubspaceLayer))
+        return iter(self._layers)
 
     def weight_layers(self) -> Iterator[_WeightLayer]:
         return (m for m in self.net.modules() if isinstance(m, _WeightLayer))
@@ -104,8 +110,7 @@ class SubspaceModel(nn.Module):
         torch._foreach_add_(new0, g1, alpha=other)
         torch._foreach_mul_(g1, same)
         torch._foreach_add_(g1, g0, alpha=other)
-        for (p0, _), g in zip(pairs, new0):
-            p0.grad = g
+        torch._foreach_copy_(g0, new0)  # in place: gradients may be views of one flat buffer (train.FlatParameters)
 
     def cos2(self) -> torch.Tensor:
         """cos^2 between the two endpoints, global over the regularised weights (0 for a point)."""
@@ -118,15 +123,18 @@ class SubspaceModel(nn.Module):
         return dot * dot / (n0 * n1 + 1e-12)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.fused_blend and self.line_pairs):
-            return self.net(x)
+        fused = self.fused_blend and self.line_pairs and not any(
+            layer.state.alpha != self.level.alpha for layer, _ in self.line_slots)  # else layers moved one by one
+        if not fused:
+            if self.folded_split is not None and self.line_pairs and torch.is_grad_enabled():
+                raise RuntimeError("folded_split needs the fused blend (one alpha for all layers, no DDP)")
+            return self.net(x)  # each layer blends its own
         a = _float32(self.level.alpha)
-        if any(layer.state.alpha != self.level.alpha for layer, _ in self.line_slots):
-            return self.net(x)  # layers moved one by one: each blends its own
         # (1 - a) w0 + a w1 for all line parameters at once: the per-layer formula (same values, bit for bit),
         # in a handful of GPU kernels instead of three per parameter forward and two backward. Under DDP each
         # layer blends its own instead, so that gradients are ready, and reduced, layer by layer.
-        blended = _LineBlend.apply(a, *[p0 for p0, _ in self.line_pairs], *[p1 for _, p1 in self.line_pairs])
+        blended = _LineBlend.apply(a, self.folded_split, *[p0 for p0, _ in self.line_pairs],
+                                   *[p1 for _, p1 in self.line_pairs])
         for (layer, name), value in zip(self.line_slots, blended):
             layer.blend_cache[name] = value
         try:
@@ -150,18 +158,36 @@ class SubspaceModel(nn.Module):
 class _LineBlend(torch.autograd.Function):
     """compress.blend ((1 - a) w0 + a w1, the one formula) for many endpoint pairs at once, forward and backward
     as multi-tensor ops: the same element-wise products and sums, so the same bits (tests/test_accel.py).
-    Inputs: a, then all w0, then all w1 (same order). Gradients: g (1 - a) and g a, as the formula's."""
+    Inputs: a, the folded split (or None), then all w0, then all w1 (same order). Gradients: g (1 - a) and g a, as
+    the formula's; with `split` = (centre, spread), those gradients already re-weighted as
+    SubspaceModel.split_line_gradients would (the same linear map, applied per pass instead of once per step: two
+    scalar multiplies per parameter instead of four more multi-tensor ops over all of them)."""
 
     @staticmethod
-    def forward(ctx, a: float, *endpoints: torch.Tensor):
+    def forward(ctx, a: float, split: tuple[float, float] | None, *endpoints: torch.Tensor):
         n = len(endpoints) // 2
-        ctx.a = a
-        return tuple(torch._foreach_add(torch._foreach_mul(endpoints[:n], 1.0 - a), torch._foreach_mul(endpoints[n:], a)))
+        ctx.a, ctx.split = a, split
+        f0, f1 = _factors(endpoints[0], 1.0 - a, a)
+        return tuple(torch._foreach_add(torch._foreach_mul(endpoints[:n], f0), torch._foreach_mul(endpoints[n:], f1)))
 
     @staticmethod
     def backward(ctx, *grads: torch.Tensor):
-        a = ctx.a
-        return (None, *torch._foreach_mul(grads, 1.0 - a), *torch._foreach_mul(grads, a))
+        a, split = ctx.a, ctx.split
+        f0, f1 = 1.0 - a, a
+        if split is not None:
+            # g0' = same g0 + other g1, g1' = same g1 + other g0 with g0 = (1 - a) g, g1 = a g
+            same, other = split[0] + split[1], split[0] - split[1]
+            f0, f1 = same * (1.0 - a) + other * a, same * a + other * (1.0 - a)
+        f0, f1 = _factors(grads[0], f0, f1)
+        return (None, None, *torch._foreach_mul(grads, f0), *torch._foreach_mul(grads, f1))
+
+
+def _factors(like: torch.Tensor, f0: float, f1: float):
+    """The blend's two factors as `like`'s dtype. On a CPU as 0-d tensors: a Python scalar is converted to the
+    tensor's dtype once per tensor there (three more kernel calls each). The same float32 values either way."""
+    if like.device.type != "cpu":
+        return f0, f1
+    return torch.tensor(f0, dtype=like.dtype), torch.tensor(f1, dtype=like.dtype)
 
 
 def _convert(net: nn.Module, cfg: SubspaceConfig) -> nn.Module:
