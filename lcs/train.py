@@ -192,7 +192,12 @@ class FlatParameters:
     parameter and gradient storage of its own again (checkpoints save parameters one by one)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        # A line's endpoints first, as two blocks (all w0, then all w1, in line_pairs order): the fused blend then
+        # works on the two blocks as single tensors (SubspaceModel.flat_line).
+        pairs = getattr(model, "line_pairs", [])
+        line = [p0 for p0, _ in pairs] + [p1 for _, p1 in pairs]
+        listed = {id(p) for p in line}
+        self.params = line + [p for p in model.parameters() if p.requires_grad and id(p) not in listed]
         first = self.params[0]
         if any(p.dtype != first.dtype or p.device != first.device for p in self.params):
             raise ConfigError("parameters of mixed dtype or device cannot share one flat buffer")
@@ -206,12 +211,18 @@ class FlatParameters:
             offset += n
         self.param = torch.nn.Parameter(data)
         self.param.grad = grad
+        self.model = model
+        if pairs and all(p.requires_grad for p in line):
+            model.flat_line = (self.param, sum(p0.numel() for p0, _ in pairs))
 
     def release(self) -> None:
+        if getattr(self.model, "flat_line", None) is not None:
+            self.model.flat_line = None
         for p in self.params:
             p.data = p.data.clone()
             p.grad = None
         self.param.grad = None
+
 
 @dataclass
 class TrainResult:

@@ -212,3 +212,16 @@ def test_fake_quant_host_grid_on_cpu_gives_the_tensor_grids_bits():
             for lo, hi in ((None, None), (t.min() * 0.5, t.max() * 0.7)):
                 scale, zero = quant_params(t.min() if lo is None else lo, t.max() if hi is None else hi, bits)
                 assert torch.equal(fake_quant(t, bits, lo, hi), (quantize(t, scale, zero, bits) - zero) * scale)
+
+
+def test_topk_mask_keeps_the_largest_magnitudes_from_either_side():
+    """topk_mask selects the dropped side when fewer are dropped than kept: the same set as keeping the largest."""
+    from lcs.subspace.compress import topk_mask
+
+    w = torch.randn(32, 16, 3, 3, generator=torch.Generator().manual_seed(2))
+    order = w.abs().flatten().argsort(descending=True)
+    for keep in (0.9, 0.6, 0.5, 0.4, 0.1, 0.025):
+        kept = UnstructuredMap.kept_count(w.numel(), keep)
+        expected = torch.zeros(w.numel())
+        expected[order[:kept]] = 1.0
+        assert torch.equal(topk_mask(w, keep), expected.view_as(w))

@@ -28,14 +28,23 @@ def blend(p0, p1, alpha):
 
 
 def topk_mask(weight: torch.Tensor, keep: float) -> torch.Tensor:
-    """A 0/1 mask keeping the `kept_count` largest magnitudes of `weight` (ties broken by index)."""
+    """A 0/1 mask keeping the `kept_count` largest magnitudes of `weight` (equal magnitudes at the boundary: which
+    of them stay is torch.topk's choice)."""
     numel = weight.numel()
     kept = UnstructuredMap.kept_count(numel, keep)
     if kept >= numel:
         return torch.ones_like(weight)
+    magnitude = weight.detach().abs().flatten()
+    dropped = numel - kept
+    if dropped < kept:
+        # Select the smaller side: the dropped smallest. A partial selection costs with the count selected, and
+        # most training draws keep more than half (up to twice as fast per layer at keep 0.9).
+        mask = torch.ones(numel, dtype=weight.dtype, device=weight.device)
+        mask[torch.topk(magnitude, dropped, largest=False, sorted=False).indices] = 0.0
+        return mask.view_as(weight)
     mask = torch.zeros(numel, dtype=weight.dtype, device=weight.device)
     if kept > 0:
-        mask[torch.topk(weight.detach().abs().flatten(), kept, sorted=False).indices] = 1.0
+        mask[torch.topk(magnitude, kept, sorted=False).indices] = 1.0
     return mask.view_as(weight)
 
 

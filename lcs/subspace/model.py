@@ -8,6 +8,7 @@ whole model to a point of the subspace.
 
 from __future__ import annotations
 
+import math
 import random
 import warnings
 from typing import Iterator, Sequence
@@ -44,6 +45,9 @@ class SubspaceModel(nn.Module):
         # (centre, spread) while training folds split_line_gradients into the fused blend's backward (train.py);
         # None: the blend's gradients are the formula's own.
         self.folded_split: tuple[float, float] | None = None
+        # (flat, n) while training keeps every endpoint in one flat parameter, all w0 in flat[:n] and all w1 in
+        # flat[n:2n] in line_pairs order (train.FlatParameters): the fused blend then runs on the two blocks.
+        self.flat_line: tuple[torch.Tensor, int] | None = None
         self.set_alpha(1.0)
 
     # -- the subspace ---------------------------------------------------------------------------
@@ -133,8 +137,12 @@ class SubspaceModel(nn.Module):
         # (1 - a) w0 + a w1 for all line parameters at once: the per-layer formula (same values, bit for bit),
         # in a handful of GPU kernels instead of three per parameter forward and two backward. Under DDP each
         # layer blends its own instead, so that gradients are ready, and reduced, layer by layer.
-        blended = _LineBlend.apply(a, self.folded_split, *[p0 for p0, _ in self.line_pairs],
-                                   *[p1 for _, p1 in self.line_pairs])
+        if self.flat_line is not None:
+            flat, n = self.flat_line
+            blended = _FlatLineBlend.apply(a, self.folded_split, n, [p0.shape for p0, _ in self.line_pairs], flat)
+        else:
+            blended = _LineBlend.apply(a, self.folded_split, *[p0 for p0, _ in self.line_pairs],
+                                       *[p1 for _, p1 in self.line_pairs])
         for (layer, name), value in zip(self.line_slots, blended):
             layer.blend_cache[name] = value
         try:
@@ -172,14 +180,42 @@ class _LineBlend(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads: torch.Tensor):
-        a, split = ctx.a, ctx.split
-        f0, f1 = 1.0 - a, a
-        if split is not None:
-            # g0' = same g0 + other g1, g1' = same g1 + other g0 with g0 = (1 - a) g, g1 = a g
-            same, other = split[0] + split[1], split[0] - split[1]
-            f0, f1 = same * (1.0 - a) + other * a, same * a + other * (1.0 - a)
-        f0, f1 = _factors(grads[0], f0, f1)
+        f0, f1 = _factors(grads[0], *_split_factors(ctx.a, ctx.split))
         return (None, None, *torch._foreach_mul(grads, f0), *torch._foreach_mul(grads, f1))
+
+
+class _FlatLineBlend(torch.autograd.Function):
+    """_LineBlend on one flat parameter holding all w0 in flat[:n] and all w1 in flat[n:2n]: the same element-wise
+    products and sum (the same bits), as three kernels on two blocks instead of three per parameter, and one
+    gradient (for the flat parameter) instead of one per endpoint tensor. Outputs: views of the blended block."""
+
+    @staticmethod
+    def forward(ctx, a: float, split: tuple[float, float] | None, n: int, shapes: list, flat: torch.Tensor):
+        ctx.a, ctx.split, ctx.n, ctx.numel = a, split, n, flat.numel()
+        f0, f1 = _factors(flat, 1.0 - a, a)
+        line = flat[:n] * f0 + flat[n:2 * n] * f1
+        sizes = [math.prod(shape) for shape in shapes]
+        return tuple(part.view(shape) for part, shape in zip(line.split(sizes), shapes))
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor):
+        a, split, n = ctx.a, ctx.split, ctx.n
+        f0, f1 = _split_factors(a, split)
+        g = torch.cat([grad.reshape(-1) for grad in grads])
+        out = g.new_zeros(ctx.numel)  # parameters off the line (none when all are on it) get nothing from here
+        f0, f1 = _factors(g, f0, f1)
+        torch.mul(g, f0, out=out[:n])
+        torch.mul(g, f1, out=out[n:2 * n])
+        return None, None, None, None, out
+
+
+def _split_factors(a: float, split: tuple[float, float] | None) -> tuple[float, float]:
+    """The gradient factors of w0 and w1: (1 - a, a), or with the line's gradient split folded in."""
+    if split is None:
+        return 1.0 - a, a
+    # g0' = same g0 + other g1, g1' = same g1 + other g0 with g0 = (1 - a) g, g1 = a g
+    same, other = split[0] + split[1], split[0] - split[1]
+    return same * (1.0 - a) + other * a, same * a + other * (1.0 - a)
 
 
 def _factors(like: torch.Tensor, f0: float, f1: float):
