@@ -70,18 +70,23 @@ def one_line_error():
 
 @pytest.fixture(scope="session")
 def train_tiny(tmp_path_factory):
-    """(family, shape, width) -> a checkpoint trained one epoch on digits; trained once per session."""
+    """(family, shape, width, norm=) -> a checkpoint trained one epoch on digits; trained once per session
+    (norm="batch": the int8 path's model, BatchNorm folded into the convs)."""
     cache: dict = {}
 
-    def train(family: str = "unstructured", shape: str = "line", width: int = 4) -> Path:
-        key = (family, shape, width)
+    def train(family: str = "unstructured", shape: str = "line", width: int = 4, norm: str | None = None) -> Path:
+        key = (family, shape, width, norm)
         if key not in cache:
+            import warnings
+
             from lcs import commands
 
-            path = tmp_path_factory.mktemp("tiny") / f"{family}-{shape}-{width}.safetensors"
+            path = tmp_path_factory.mktemp("tiny") / f"{family}-{shape}-{width}-{norm}.safetensors"
             config, data = commands.train_config(data_source="digits", family=family, shape=shape, width=width,
-                                                 epochs=1, batch_size=256)
-            commands.train(config, data, path, threads=1, progress=False)
+                                                 epochs=1, batch_size=256, norm=norm)
+            with warnings.catch_warnings():  # BatchNorm's shared statistics warn; the int8 path folds them
+                warnings.simplefilter("ignore")
+                commands.train(config, data, path, threads=1, progress=False)
             cache[key] = path
         return cache[key]
 
