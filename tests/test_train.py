@@ -125,3 +125,10 @@ def test_flat_parameters_take_the_same_sgd_steps_and_release_own_storage():
     flat.release()
     pointers = {p.data_ptr() for p in b.parameters()}
     assert len(pointers) == len(list(b.parameters())) and all(p.grad is None for p in b.parameters())
+
+
+def test_endpoint_and_random_draws_one_end_and_levels_between(digits):
+    steps, model = draws(digits, "endpoint-and-random", 0.9, family="structured", n=200, samples_per_step=2)
+    lo, hi = model.cmap.alpha_range
+    assert all(len(step) == 2 and step[0].alpha in (lo, hi) and lo <= step[1].alpha <= hi for step in steps)
+    assert 60 < sum(step[0].alpha == lo for step in steps) < 140  # either end, about half the time each
