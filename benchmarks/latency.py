@@ -341,7 +341,7 @@ def main() -> None:
     result = {
         "machine": {"cpu": codegen.llvm_get_system_cpu(), "cores": os.cpu_count(), "python": platform.python_version(),
                     "load_average": os.getloadavg()},
-        "checkpoint": ckpt_path.name, "model": ckpt.config.model.__dict__, "family": ckpt.config.subspace.family,
+        "checkpoint": os.path.basename(str(ckpt_path)), "model": ckpt.config.model.__dict__, "family": ckpt.config.subspace.family,
         "levels": labels, "alphas": alphas,
         "untuned_weights_bytes": [built.manifest.member_size(lv.weights) for lv in built.levels],
         "untuned_csr_layers": [sum(r["kernel"] == "csr" for r in s or []) for s in sparse_layers],
