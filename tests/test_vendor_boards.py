@@ -188,7 +188,7 @@ def test_level_switches_under_faults_on_netduinoplus2(artifacts):
             info = dev.hello()
             answered = lost = 0
             want = 0
-            for _ in range(150):
+            for _ in range(60):  # any switch is the point here (test_faults.py counts): 60 lose a few replies
                 want = rng.randrange(info.levels)
                 try:
                     active, _ = dev.set_level(index=want)
