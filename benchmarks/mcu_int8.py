@@ -1,8 +1,9 @@
-"""int8 kernels on QEMU Cortex-M boards: the MLPerf Tiny models (random weights, BN folded, per-channel int8),
-instructions per layer, checked bit-for-bit against the numpy reference (lcs.int8.graph) on every board.
+"""int8 kernels on QEMU Cortex-M boards: the MLPerf Tiny models (random weights, BN folded, per-channel int8) and
+lcs's small CNN (integer GroupNorm), instructions per layer, checked bit-for-bit against the numpy reference
+(lcs.int8.graph) on every board.
 
     PYTHONPATH=. python benchmarks/mcu_int8.py [--boards mps2-an386,mps2-an385,mps2-an500]
-                                              [--models resnet8,ds-cnn,mobilenet-v1-0.25] [--out FILE]
+                                              [--models resnet8,ds-cnn,mobilenet-v1-0.25,small-cnn] [--out FILE]
 
 Counts are SysTick ticks under qemu-system-arm -icount shift=3 times 5 (one tick = 5 instructions): instructions,
 not cycles. CMSIS-NN figures: the same network, CMSIS-NN int8 kernels at -O2, measured the same way
@@ -32,16 +33,23 @@ from lcs.int8.graph import Conv, quantize, run_int  # noqa: E402
 from lcs.models import build_model  # noqa: E402
 
 CMSIS_NN = {"resnet8": {"mps2-an386": 29_856_185, "mps2-an500": 30_018_280, "mps2-an385": 41_844_800}}
-MODELS = {"resnet8": ((3, 32, 32), 10), "ds-cnn": ((1, 49, 10), 12), "mobilenet-v1-0.25": ((3, 96, 96), 2)}
+MODELS = {"resnet8": ((3, 32, 32), 10), "ds-cnn": ((1, 49, 10), 12), "mobilenet-v1-0.25": ((3, 96, 96), 2),
+          "small-cnn": ((1, 28, 28), 10)}
+NORM = {"small-cnn": "group"}  # lcs's own small CNN with its default GroupNorm (the integer GroupNorm kernel)
 BAR_M4 = 26_900_000  # 0.9 x CMSIS-NN on the M4 (issue 15)
 
 
 def model_graph(name: str, seed: int = 0):
-    """The model with random weights and a random but plausible folded BN; quantized on 16 random inputs."""
+    """The model with random weights and a random but plausible folded BN (or GroupNorm affine); quantized on 16
+    random inputs."""
     (c, h, w), classes = MODELS[name]
     torch.manual_seed(seed)
-    net = build_model(ModelConfig(name=name, in_channels=c, image_size=h, num_classes=classes, norm="batch"))
+    net = build_model(ModelConfig(name=name, in_channels=c, image_size=h, num_classes=classes,
+                                  norm=NORM.get(name, "batch")))
     for m in net.modules():
+        if isinstance(m, torch.nn.GroupNorm):
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.2, 0.2)
             m.running_var.uniform_(0.5, 1.5)

@@ -1,11 +1,12 @@
 """Trace scaling: `lcs simulate` on traces of 10^4 .. 10^7 rows, wall seconds and peak RSS (not a timed test).
 
-    python benchmarks/trace_scaling.py [--rows 10000,100000,1000000,10000000]
+    python benchmarks/trace_scaling.py [--rows 10000,100000,1000000,10000000] [--policy greedy]
                                        [--out benchmarks/results/trace_scaling.json]
 
 Writes a synthetic trace of each length (1 s samples, a slow discharge, noisy load and budget), then runs the
-whole CLI (`lcs simulate --trace T --profile P --out DIR`: parsing, replay with the greedy policy, timeline.csv,
-summary.json, the decimated plot) in a child process, timed by the wall clock and by its CPU time (user + system,
+whole CLI (`lcs simulate --trace T --profile P --out DIR`: parsing, the chunked replay (lcs/simulate/batch.py)
+with the greedy policy and the always-densest replay beside it, timeline.csv, summary.json, the decimated plot)
+in a child process, timed by the wall clock and by its CPU time (user + system,
 the fairer number on a shared machine); peak RSS is that child's ru_maxrss (os.wait4). Also records the
 machine's load average, since other processes share the CPUs.
 """
@@ -46,10 +47,10 @@ def write_trace(path: Path, rows: int, seed: int = 0) -> None:
         fh.write("".join(chunk))
 
 
-def run_once(trace: Path, profile: Path, out: Path) -> tuple[float, float, float]:
+def run_once(trace: Path, profile: Path, out: Path, policy: str) -> tuple[float, float, float]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "lcs", "simulate", "--trace", str(trace), "--profile", str(profile),
-           "--out", str(out), "--json"]
+           "--out", str(out), "--policy", policy, "--json"]
     start = time.perf_counter()
     child = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(child.pid, 0)
@@ -63,6 +64,7 @@ def run_once(trace: Path, profile: Path, out: Path) -> tuple[float, float, float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="10000,100000,1000000,10000000")
+    parser.add_argument("--policy", default="greedy")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "trace_scaling.json")
     args = parser.parse_args()
     results = []
@@ -74,7 +76,7 @@ def main() -> None:
             trace = tmp / f"trace{rows}.csv"
             write_trace(trace, rows)
             load_before = os.getloadavg()[0]
-            seconds, cpu, rss = run_once(trace, profile, tmp / f"out{rows}")
+            seconds, cpu, rss = run_once(trace, profile, tmp / f"out{rows}", args.policy)
             row = {"rows": rows, "csv_mb": round(trace.stat().st_size / 2**20, 1), "seconds": round(seconds, 2),
                    "cpu_s": round(cpu, 2), "us_per_row": round(1e6 * seconds / rows, 2),
                    "cpu_us_per_row": round(1e6 * cpu / rows, 2), "peak_rss_mb": round(rss, 1),
@@ -86,7 +88,7 @@ def main() -> None:
             for f in (tmp / f"out{rows}").iterdir():
                 f.unlink()
     report = {"benchmark": "trace_scaling", "machine": platform.platform(), "cpus": os.cpu_count(),
-              "python": platform.python_version(), "results": results}
+              "python": platform.python_version(), "policy": args.policy, "results": results}
     atomic.write_text(args.out, json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
 

@@ -167,25 +167,30 @@ def test_streamed_timeline_matches_the_csv_writer_and_plot_is_decimated(tmp_path
     assert PLOT_POINTS <= 10_000
 
 
-def test_trace_memory_does_not_grow_with_length(tmp_path, profile, monkeypatch):
+@pytest.mark.parametrize("per_step", [False, True], ids=["chunks", "per-step"])
+def test_trace_memory_does_not_grow_with_length(tmp_path, profile, monkeypatch, per_step):
     """tracemalloc peak of a streamed replay of 5,000 rows is about that of 500 (it was ~1 KB per row), with
-    the plot's sample capped below both lengths as it is below any long trace's."""
+    the plot's sample capped below both lengths as it is below any long trace's, and (the chunked replay) the
+    blocks of trace smaller than both, as they are smaller than any long trace."""
     import gc
     import tracemalloc
 
-    from lcs.simulate import output, simulate
+    from lcs.simulate import output, simulate, trace as trace_module
 
     monkeypatch.setattr(output, "PLOT_POINTS", 100)
+    monkeypatch.setattr(output, "plot_png", lambda *a: b"")  # its input is the capped sample; drawing costs seconds
+    monkeypatch.setattr(trace_module, "CHUNK_CHARS", 2048)  # ~100 rows a block
 
     peaks = []
     for n in (500, 5_000):
         trace = tmp_path / f"t{n}.csv"
         trace.write_text("t_s,battery_pct,cpu_load,power_budget_mw\n" +
                          "".join(f"{t},{90 - t / n:.4f},0.1,{[1, 40][t % 2]}\n" for t in range(n)))
-        simulate(trace, profile=profile, out_dir=tmp_path / f"warm{n}")  # imports and caches outside the measure
+        # imports and caches outside the measure
+        simulate(trace, profile=profile, out_dir=tmp_path / f"warm{n}", per_step=per_step)
         gc.collect()  # no collection of earlier tests' garbage inside the measure (it moved the peak by ~0.5 MB)
         tracemalloc.start()
-        simulate(trace, profile=profile, out_dir=tmp_path / f"out{n}")
+        simulate(trace, profile=profile, out_dir=tmp_path / f"out{n}", per_step=per_step)
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
     assert peaks[1] < peaks[0] + 450_000, peaks  # 4,500 more rows add under 100 B each

@@ -11,7 +11,8 @@ from lcs.errors import LcsError
 from lcs.int8 import emit_c
 from lcs.int8 import firmware as fw
 from lcs.int8.from_torch import from_torch
-from lcs.int8.graph import Conv, Graph, Requant, Tensor, quantize, requant, run_float, run_int
+from lcs.int8.graph import (Conv, Graph, GroupNorm, Requant, Tensor, group_norm_int, quantize, requant, run_float,
+                            run_int)
 from lcs.models import build_model
 
 # (model, torch input shape, classes, folded params, MACs). ResNet-8's are MLPerf Tiny's published 77,706 params
@@ -49,7 +50,7 @@ def test_mlperf_tiny_models_have_the_published_size_and_fold_exactly(name, shape
     with torch.no_grad():
         ref = net(x).numpy()
     np.testing.assert_allclose(run_float(graph, _nhwc(x)), ref, atol=1e-4, rtol=1e-4)
-    # the project's default batch-independent norm trains too (no int8 path: see the next test)
+    # the project's default batch-independent norm trains too
     gn = build_model(ModelConfig(name=name, in_channels=shape[0], image_size=shape[1], num_classes=classes))
     assert gn(x).shape == (2, classes)
 
@@ -77,9 +78,78 @@ def test_mlperf_tiny_models_train_on_an_image_folder(tmp_path, name, size, mode)
     assert ck.model(torch.zeros(1, 3 if mode == "RGB" else 1, size, size)).shape == (1, 2)
 
 
-def test_group_norm_has_no_integer_kernel():
+def _gn_net(seed=0):
+    """The small CNN with its default GroupNorm, affine parameters made non-trivial (negative and zero gammas)."""
+    torch.manual_seed(seed)
+    net = build_model(ModelConfig(in_channels=1, image_size=12, width=8)).eval()
+    for m in net.modules():
+        if isinstance(m, torch.nn.GroupNorm):
+            m.weight.data.uniform_(-1.5, 1.5)
+            m.weight.data[0] = 0.0
+            m.bias.data.uniform_(-0.3, 0.3)
+    return net
+
+
+def test_integer_group_norm_is_float_group_norm_to_half_a_step():
+    """The integer GroupNorm (graph.group_norm_int) against float GroupNorm of the same int8 input: within half an
+    output step plus the input's own rounding; a constant group (variance 0: only E) gives beta."""
+    net = _gn_net()
+    graph = from_torch(net, (1, 12, 12))
+    assert sum(isinstance(op, GroupNorm) and op.relu for op in graph.ops) == 4
+    x = np.random.default_rng(0).standard_normal((6, 12, 12, 1))
+    q = quantize(graph, x)
+    vals = run_int(q, q.quantize_input(x), keep=True)
+    for op in (o for o in q.ops if isinstance(o, GroupNorm)):
+        h = vals[op.inp].astype(np.float64)
+        h[0, ..., : h.shape[-1] // op.groups] = 5  # one constant group
+        got = group_norm_int(h.astype(np.int64), op)
+        s_in, s_out = q.tensors[op.inp].scale, q.tensors[op.out].scale
+        g = (h * s_in).reshape(h.shape[:3] + (op.groups, -1))
+        mu, var = g.mean(axis=(1, 2, 4), keepdims=True), g.var(axis=(1, 2, 4), keepdims=True)
+        ref = ((g - mu) / np.sqrt(var + op.eps)).reshape(h.shape) * op.gamma + op.beta
+        ref = np.clip(np.maximum(ref, 0) / s_out, 0, 127)
+        assert np.abs(got - ref).max() <= 0.5 + 1e-3, op.out
+        cg = h.shape[-1] // op.groups
+        assert np.array_equal(got[0, ..., :cg], np.broadcast_to(np.clip((op.b[:cg] + (1 << 15)) >> 16, 0, 127),
+                                                                 got[0, ..., :cg].shape))
+    # torch agrees at the network's output (within int8 resolution)
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x).permute(0, 3, 1, 2).float()).numpy()
+    assert np.abs(run_float(graph, x) - ref).max() < 1e-4
+
+
+def test_integer_group_norm_in_c_equals_the_reference(tmp_path):
+    net = _gn_net(1)
+    x = np.random.default_rng(1).standard_normal((4, 12, 12, 1))
+    float_graph = from_torch(net, (1, 12, 12))
+    norms = [op for op in float_graph.ops if isinstance(op, GroupNorm)]
+    norms[1].grid = (0.05, 0, 15)  # a 4-bit quantization level's activation grid on one norm's output
+    graph = quantize(float_graph, x)
+    assert graph.tensors[norms[1].out].scale == 0.05
+    xq = graph.quantize_input(x[:1])
+    ref = run_int(graph, xq, keep=True)
+    assert ref[norms[1].out].max() == 15
+    src = tmp_path / "net.c"
+    src.write_text(emit_c.emit(graph, xq[0]))
+    assert src.read_text().count("q8_groupnorm(") == 4
+    _check_bit_exact(graph, ref, fw.run_host(fw.build(src, tmp_path / "net", None)))
+
+
+@pytest.mark.qemu
+def test_integer_group_norm_under_qemu_m4_equals_the_reference(tmp_path):
+    net = _gn_net(2)
+    x = np.random.default_rng(2).standard_normal((4, 12, 12, 1))
+    graph = quantize(from_torch(net, (1, 12, 12)), x)
+    xq = graph.quantize_input(x[:1])
+    ref = run_int(graph, xq, keep=True)
+    src = tmp_path / "net.c"
+    src.write_text(emit_c.emit(graph, xq[0]))
+    _check_bit_exact(graph, ref, fw.run_qemu(fw.build(src, tmp_path / "net.elf", "mps2-an386"), "mps2-an386"))
+
+
+def test_a_residual_add_after_group_norm_is_refused_in_one_line():
     net = build_model(ModelConfig(name="resnet8", in_channels=3, image_size=32)).eval()
-    with pytest.raises(LcsError, match="norm batch"):
+    with pytest.raises(LcsError, match="does not follow a conv it can fuse into"):
         from_torch(net, (3, 32, 32))
 
 
@@ -222,17 +292,15 @@ def _pruned(graph, sparsity):
     return replace(graph, ops=ops)
 
 
-def test_sparse_entries_address_the_widened_window():
+def test_sparse_entries_address_the_int8_window():
     w = np.zeros((2, 1, 8), np.int8)
     w[0, 0, [1, 2, 6]] = [5, -3, 7]
     w[1, 0, 4] = -128 + 1
-    plain, starts = emit_c.sparse_entries(w, swizzled=False)
-    dsp, _ = emit_c.sparse_entries(w, swizzled=True)
+    entries, starts = emit_c.sparse_entries(w)
     assert starts.tolist() == [0, 3, 4]
-    decoded = [(int(e) >> 16, (int(e) & 0xFFFF) - ((int(e) & 0x8000) << 1)) for e in plain]
-    assert decoded == [(2, 5), (4, -3), (12, 7), (8, -127)]
-    # DSP layout of a group c..c+3: c, c+2, c+1, c+3 (int16 each)
-    assert [int(e) >> 16 for e in dsp] == [4, 2, 10, 8]
+    decoded = [(int(e) >> 16, (int(e) & 0xFFFF) - ((int(e) & 0x8000) << 1)) for e in entries]
+    assert decoded == [(1, 5), (2, -3), (6, 7), (4, -127)]  # (index in the window, weight), the same on every core
+    assert np.array_equal(emit_c.sparse_entries(w, swizzled=True)[0], entries)
 
 
 @pytest.mark.parametrize("board", [None, pytest.param("mps2-an386", marks=pytest.mark.qemu),
@@ -241,6 +309,9 @@ def test_sparse_entries_address_the_widened_window():
 def test_sparse_kernel_equals_the_reference(tmp_path, board):
     graph, xq, _ = _quantized("resnet8", (3, 32, 32), 10, seed=5)
     level = _pruned(graph, 0.8)
+    level.ops[1].weight[3] = 0  # an output channel with no nonzeros: bias only
+    counts = {int(np.count_nonzero(w)) % 2 for w in level.ops[2].weight}
+    assert counts == {0, 1}  # the 8-pixel loop's odd first step and its pairs both run
     ref = run_int(level, xq, keep=True)
     src = tmp_path / "net.c"
     src.write_text(emit_c.emit(level, xq[0], sparse_from=0.5))
@@ -248,6 +319,19 @@ def test_sparse_kernel_equals_the_reference(tmp_path, board):
     exe = fw.build(src, tmp_path / "net", board)
     run = fw.run_host(exe) if board is None else fw.run_qemu(exe, board)
     _check_bit_exact(level, ref, run)
+
+
+@pytest.mark.parametrize("board", [None, pytest.param("mps2-an386", marks=pytest.mark.qemu)])
+def test_sparse_kernel_on_rows_of_5_equals_the_reference(tmp_path, board):
+    """DS-CNN's 25x5 maps: rows not a multiple of 8 take the 4-pixel loop (4 pixels, then a tail of 1)."""
+    graph, xq, _ = _quantized("ds-cnn", (1, 49, 10), 12, seed=6)
+    level = _pruned(graph, 0.8)
+    ref = run_int(level, xq, keep=True)
+    src = tmp_path / "net.c"
+    src.write_text(emit_c.emit(level, xq[0], sparse_from=0.5))
+    assert src.read_text().count("sparse-conv") == 4  # the pointwise convs
+    exe = fw.build(src, tmp_path / "net", board)
+    _check_bit_exact(level, ref, fw.run_host(exe) if board is None else fw.run_qemu(exe, board))
 
 
 def test_arena_plan_keeps_live_tensors_apart():

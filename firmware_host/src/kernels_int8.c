@@ -6,8 +6,8 @@
    4). With DSP the widened values are stored lane-swizzled: 4 values c..c+3 as the words (c, c+2), (c+1, c+3),
    which is what `sxtb16` and `sxtb16 ror #8` make of a weight word, so the weights stay int8 in flash and one
    `smlad` does 2 MACs. The accumulators of a row go to an int32 row buffer; a per-row epilogue requantizes them
-   channel by channel (residual add and ReLU fused). Sparse convs (per-channel nonzero lists) and depthwise convs
-   share the widening and the epilogue. */
+   channel by channel (residual add and ReLU fused). Depthwise convs share the epilogue; sparse convs (per-channel
+   nonzero lists) read an int8 copy of the same window (copy_rows) and, on DSP cores, requantize in place. */
 #include "kernels_int8.h"
 
 #include <string.h>
@@ -68,13 +68,24 @@ int32_t q8_conv_scratch(const q8_conv_t *p) {
     return padded_w(p) * p->col * 2 + p->out_w * p->out_c * 4;
 }
 
-static inline void put4(int16_t *dst, uint32_t v) {
+typedef uint32_t __attribute__((may_alias)) q8_word_t;
+
+static inline void put4(int16_t *dst, uint32_t v) { /* dst is 8-byte aligned: groups of 4 values */
 #if Q8_DSP
-    uint32_t w[2] = {__sxtb16(v), sxtb16_hi(v)};
-    __builtin_memcpy(dst, w, 8);
+    q8_word_t *d = (q8_word_t *)(void *)dst;
+    d[0] = __sxtb16(v);
+    d[1] = sxtb16_hi(v);
 #else
     for (int32_t k = 0; k < 4; k++) dst[k] = (int8_t)(v >> (8 * k));
 #endif
+}
+
+static inline void zero16(int16_t *dst, int32_t n) { /* n: a multiple of 4 values, dst 8-byte aligned */
+    q8_word_t *d = (q8_word_t *)(void *)dst;
+    for (int32_t i = 0; i < n / 2; i += 2) {
+        d[i] = 0;
+        d[i + 1] = 0;
+    }
 }
 
 /* The input under output row oy, widened to int16 column by column: column x holds its kh rows of in_c
@@ -85,7 +96,7 @@ static void widen_rows(const q8_conv_t *p, const int8_t *in, int32_t oy, int16_t
     for (int32_t x = 0; x < wp; x++, dst += col) {
         const int32_t ix = x - p->pad_l;
         if (ix < 0 || ix >= p->in_w) {
-            memset(dst, 0, (size_t)col * 2);
+            zero16(dst, col);
             continue;
         }
         if ((ic & 3) == 0) { /* whole groups of 4 per row */
@@ -93,7 +104,7 @@ static void widen_rows(const q8_conv_t *p, const int8_t *in, int32_t oy, int16_t
                 const int32_t iy = y0 + r;
                 int16_t *d = dst + r * ic;
                 if (iy < 0 || iy >= p->in_h) {
-                    memset(d, 0, (size_t)ic * 2);
+                    zero16(d, ic);
                     continue;
                 }
                 const int8_t *src = in + (iy * p->in_w + ix) * ic;
@@ -118,6 +129,32 @@ static void widen_rows(const q8_conv_t *p, const int8_t *in, int32_t oy, int16_t
             }
         }
         for (; g < col; g += 4, v = 0) put4(dst + g, v);
+    }
+}
+
+/* The sparse kernels' view of the same window: int8, unwidened, in the plain order (column x: its kh rows of in_c
+   values, then zeros up to col), so a nonzero's offset is its index in the window and the kernels sign-extend with
+   ldrsb. Row by row, so consecutive in-bounds columns copy from consecutive input bytes. */
+static void copy_rows(const q8_conv_t *p, const int8_t *in, int32_t oy, int8_t *dst) {
+    const int32_t wp = padded_w(p), ic = p->in_c, col = p->col, kh = p->kh, y0 = oy * p->stride - p->pad_t;
+    const int32_t xa = p->pad_l < wp ? p->pad_l : wp, xb = p->pad_l + p->in_w < wp ? p->pad_l + p->in_w : wp;
+    for (int32_t x = 0; x < wp; x++) /* padding columns, and the zeros after kh * ic in every column */
+        if (x < xa || x >= xb) memset(dst + x * col, 0, (size_t)col);
+        else if (col > kh * ic) memset(dst + x * col + kh * ic, 0, (size_t)(col - kh * ic));
+    for (int32_t r = 0; r < kh; r++) {
+        const int32_t iy = y0 + r;
+        int8_t *d = dst + xa * col + r * ic;
+        if (iy < 0 || iy >= p->in_h) {
+            for (int32_t x = xa; x < xb; x++, d += col) memset(d, 0, (size_t)ic);
+            continue;
+        }
+        const int8_t *src = in + (iy * p->in_w + xa - p->pad_l) * ic;
+        if ((ic & 3) == 0) {
+            for (int32_t x = xa; x < xb; x++, d += col, src += ic)
+                for (int32_t c = 0; c < ic; c += 4) *(q8_word_t *)(void *)(d + c) = ld32(src + c);
+        } else {
+            for (int32_t x = xa; x < xb; x++, d += col, src += ic) memcpy(d, src, (size_t)ic);
+        }
     }
 }
 
@@ -150,16 +187,129 @@ static void epilogue_row(epi_t e, const q8_rq_t *rq, const int32_t *acc, int8_t 
     }
 }
 
+#if Q8_DSP
+/* The 8-pixel sparse path (DSP cores): per output channel and 8 pixels of a row, each nonzero costs an entry load,
+   one add (the entry's offset, shifted, onto the block's base) and 8 ldrsb + smlabb with the pixel distance as an
+   immediate: 20 instructions per nonzero and 8 pixels (the 4-pixel loop below takes 12 per 4). The distance
+   stride * col bytes must be a constant, so the loop is instantiated for the distances the MLPerf Tiny
+   models have; other layers take the 4-pixel loop. The 8 accumulators are requantized on the spot (no row
+   buffer, no separate epilogue): smmlar folds the rounding constant of the shift into the high multiply. */
+#define Q8_LD(K, A) "ldrsb %[t], [%[b], %[o" #K "]]\n\tsmlabb %[" #A "], %[t], %[v], %[" #A "]\n\t"
+#define Q8_SP8_STEP                                                                                        \
+    "ldr %[v], [%[q]], #4\n\t"                                                                                  \
+    "add %[b], %[x], %[v], lsr #16\n\t"                                                                         \
+    "ldrsb %[t], [%[b]]\n\tsmlabb %[a0], %[t], %[v], %[a0]\n\t" Q8_LD(1, a1) Q8_LD(2, a2) Q8_LD(3, a3)           \
+        Q8_LD(4, a4) Q8_LD(5, a5) Q8_LD(6, a6) Q8_LD(7, a7)
+#define Q8_SP8_OPERANDS                                                                                        \
+    : [a0] "+&r"(a0), [a1] "+&r"(a1), [a2] "+&r"(a2), [a3] "+&r"(a3), [a4] "+&r"(a4), [a5] "+&r"(a5),             \
+      [a6] "+&r"(a6), [a7] "+&r"(a7), [q] "+&r"(q), [v] "=&r"(v), [b] "=&r"(bp), [t] "=&r"(t)                     \
+    : [x] "r"(x), [last] "r"(last), [o1] "i"(S), [o2] "i"(2 * S), [o3] "i"(3 * S), [o4] "i"(4 * S),              \
+      [o5] "i"(5 * S), [o6] "i"(6 * S), [o7] "i"(7 * S)                                                         \
+    : "cc", "memory"
+/* an odd count: one step first; then two steps per loop iteration */
+#define Q8_SP8                                                                                                 \
+    if ((last - first) & 1) __asm__ volatile(Q8_SP8_STEP Q8_SP8_OPERANDS);                                      \
+    if (q != last) __asm__ volatile("1:\n\t" Q8_SP8_STEP Q8_SP8_STEP "cmp %[q], %[last]\n\tbne 1b\n\t" Q8_SP8_OPERANDS)
+
+static inline int32_t smmlar(int32_t x, int32_t m, int32_t c) {
+    int32_t r;
+    __asm__("smmlar %0, %1, %2, %3" : "=r"(r) : "r"(x), "r"(m), "r"(c));
+    return r;
+}
+
+static int sparse8_ok(const q8_conv_t *p) {
+    const int32_t s = p->stride * p->col;
+    return (p->out_w & 7) == 0 && (s == 16 || s == 32 || s == 48 || s == 64 || s == 96 || s == 128 || s == 192 ||
+                                   s == 256);
+}
+
+/* Requantize the 8 accumulators of one channel into 8 pixels of the output (skip and relu constant when
+   inlined, so each variant is straight-line code). */
+static inline __attribute__((always_inline)) void put8(int8_t *dst, const int8_t *sk, int32_t oc_n, q8_rq_t r,
+                                                       q8_rq_t ra, int has_skip, int relu, int32_t a0, int32_t a1,
+                                                       int32_t a2, int32_t a3, int32_t a4, int32_t a5, int32_t a6,
+                                                       int32_t a7) {
+    const int32_t c = (1 << r.n) >> 1, ca = (1 << ra.n) >> 1;
+#define Q8_PUT(A, K)                                                                                    \
+    {                                                                                                   \
+        int32_t y = smmlar((int32_t)((uint32_t)(A) << r.l), r.m, c) >> r.n;                             \
+        if (has_skip) {                                                                                 \
+            y += smmlar((int32_t)((uint32_t)*sk << ra.l), ra.m, ca) >> ra.n;                            \
+            sk += oc_n;                                                                                 \
+        }                                                                                               \
+        *dst = clamp8(y, relu);                                                                         \
+        dst += oc_n;                                                                                    \
+    }
+    Q8_PUT(a0, 0) Q8_PUT(a1, 1) Q8_PUT(a2, 2) Q8_PUT(a3, 3) Q8_PUT(a4, 4) Q8_PUT(a5, 5) Q8_PUT(a6, 6) Q8_PUT(a7, 7)
+#undef Q8_PUT
+}
+
+/* The 8-pixel path over whole rows. The pixel distance picks one of the instantiated loops through a dense switch
+   (a jump table: a few instructions per 8 pixels), so the requantization code after it exists once. */
+#define Q8_CASE(I, D)                                                                                          \
+    case I: {                                                                                                  \
+        const int32_t S = D;                                                                                   \
+        Q8_SP8;                                                                                                \
+    } break;
+
+/* no jump threading: gcc would copy the requantization variants into every case of the switch (13 KB) */
+__attribute__((noinline, optimize("no-thread-jumps"))) static void conv_sparse8(const q8_conv_t *p, const int8_t *in,
+                                                                                int8_t *out, int16_t *scratch) {
+    const int32_t step = p->stride * p->col, rowb = p->out_w * p->out_c, oc_n = p->out_c, ow_n = p->out_w;
+    const int32_t relu = p->relu, si = step == 16 ? 0 : step == 32 ? 1 : step == 48 ? 2 : step == 64 ? 3 :
+                                                   step == 96 ? 4 : step == 128 ? 5 : step == 192 ? 6 : 7;
+    const q8_rq_t ra = p->rq_add;
+    int8_t *const window = (int8_t *)scratch;
+    for (int32_t oy = 0; oy < p->out_h; oy++) {
+        copy_rows(p, in, oy, window);
+        int8_t *orow = out + oy * rowb;
+        const int8_t *skrow = p->skip ? p->skip + oy * rowb : 0;
+        for (int32_t o = 0; o < oc_n; o++) {
+            const uint32_t *const first = p->nz + p->nz_start[o], *const last = p->nz + p->nz_start[o + 1];
+            const int32_t bias = p->bias[o];
+            const q8_rq_t r = p->rq[o];
+            for (int32_t ox = 0; ox < ow_n; ox += 8) {
+                int32_t a0 = bias, a1 = bias, a2 = bias, a3 = bias, a4 = bias, a5 = bias, a6 = bias, a7 = bias;
+                if (first != last) {
+                    const int8_t *const x = window + ox * step;
+                    const uint32_t *q = first;
+                    uint32_t v, t;
+                    const int8_t *bp;
+                    switch (si) {
+                        Q8_CASE(0, 16) Q8_CASE(1, 32) Q8_CASE(2, 48) Q8_CASE(3, 64) Q8_CASE(4, 96) Q8_CASE(5, 128)
+                        Q8_CASE(6, 192) default: { const int32_t S = 256; Q8_SP8; } break;
+                    }
+                }
+                int8_t *dst = orow + ox * oc_n + o;
+                const int8_t *sk = skrow + ox * oc_n + o;
+                if (skrow) {
+                    if (relu) put8(dst, sk, oc_n, r, ra, 1, 1, a0, a1, a2, a3, a4, a5, a6, a7);
+                    else put8(dst, sk, oc_n, r, ra, 1, 0, a0, a1, a2, a3, a4, a5, a6, a7);
+                } else {
+                    if (relu) put8(dst, sk, oc_n, r, ra, 0, 1, a0, a1, a2, a3, a4, a5, a6, a7);
+                    else put8(dst, sk, oc_n, r, ra, 0, 0, a0, a1, a2, a3, a4, a5, a6, a7);
+                }
+            }
+        }
+    }
+}
+#undef Q8_CASE
+#undef Q8_SP8
+#undef Q8_SP8_STEP
+#undef Q8_SP8_OPERANDS
+#undef Q8_LD
+#endif
+
 /* Sparse conv: per output channel, only its nonzero weights, for 4 output pixels at a time (each nonzero: one
    entry load, its offset, 4 activation loads, 4 multiply-adds; with DSP `smlabb` reads the weight straight from
-   the entry's low half). The entries' offsets point into the widened window as laid out for this core (lane
-   swizzled with DSP): the generated code holds both tables. */
+   the entry's low half). The entries' offsets index the int8 window of copy_rows (the same on every core). */
 static void conv_sparse(const q8_conv_t *p, const int8_t *in, int8_t *out, int16_t *scratch) {
     const epi_t e = {p->skip, p->rq_add, p->relu};
-    const int32_t col = p->col, step = p->stride * col * 2, oc_n = p->out_c, ow_n = p->out_w;
+    const int32_t col = p->col, step = p->stride * col, oc_n = p->out_c, ow_n = p->out_w;
+    int8_t *const window = (int8_t *)scratch;
     int32_t *const accrow = (int32_t *)(void *)(scratch + padded_w(p) * col);
     for (int32_t oy = 0; oy < p->out_h; oy++) {
-        widen_rows(p, in, oy, scratch);
+        copy_rows(p, in, oy, window);
         for (int32_t o = 0; o < oc_n; o++) {
             const uint32_t *const first = p->nz + p->nz_start[o], *const last = p->nz + p->nz_start[o + 1];
             const int32_t b = p->bias[o];
@@ -172,7 +322,7 @@ static void conv_sparse(const q8_conv_t *p, const int8_t *in, int8_t *out, int16
                     int32_t *accp;
                     const uint32_t *first;
                 } c = {b, ow_n / 4, 4 * step, 4 * oc_n, accrow + o, first};
-                const uint8_t *x0 = (const uint8_t *)scratch, *x1 = x0 + step, *x2 = x1 + step, *x3 = x2 + step;
+                const int8_t *x0 = window, *x1 = x0 + step, *x2 = x1 + step, *x3 = x2 + step;
                 const uint32_t *q = first;
                 int32_t a0, a1, a2, a3;
                 uint32_t v, off, t;
@@ -185,13 +335,13 @@ static void conv_sparse(const q8_conv_t *p, const int8_t *in, int8_t *out, int16
                     "1:\n\t"
                     "ldr %[v], [%[q]], #4\n\t"
                     "lsr %[off], %[v], #16\n\t"
-                    "ldrsh %[t], [%[x0], %[off]]\n\t"
+                    "ldrsb %[t], [%[x0], %[off]]\n\t"
                     "smlabb %[a0], %[t], %[v], %[a0]\n\t"
-                    "ldrsh %[t], [%[x1], %[off]]\n\t"
+                    "ldrsb %[t], [%[x1], %[off]]\n\t"
                     "smlabb %[a1], %[t], %[v], %[a1]\n\t"
-                    "ldrsh %[t], [%[x2], %[off]]\n\t"
+                    "ldrsb %[t], [%[x2], %[off]]\n\t"
                     "smlabb %[a2], %[t], %[v], %[a2]\n\t"
-                    "ldrsh %[t], [%[x3], %[off]]\n\t"
+                    "ldrsb %[t], [%[x3], %[off]]\n\t"
                     "smlabb %[a3], %[t], %[v], %[a3]\n\t"
                     "cmp %[q], %[last]\n\t"
                     "bne 1b\n\t"
@@ -226,9 +376,9 @@ static void conv_sparse(const q8_conv_t *p, const int8_t *in, int8_t *out, int16
 #endif
             for (; ox < ow_n; ox += 4) {
                 const int32_t n = ow_n - ox < 4 ? ow_n - ox : 4; /* tail: missing pixels repeat pixel 0 */
-                const uint8_t *x0 = (const uint8_t *)(scratch) + ox * step;
-                const uint8_t *x1 = x0 + (n > 1 ? step : 0), *x2 = x0 + (n > 2 ? 2 * step : 0);
-                const uint8_t *x3 = x0 + (n > 3 ? 3 * step : 0);
+                const int8_t *x0 = window + ox * step;
+                const int8_t *x1 = x0 + (n > 1 ? step : 0), *x2 = x0 + (n > 2 ? 2 * step : 0);
+                const int8_t *x3 = x0 + (n > 3 ? 3 * step : 0);
                 int32_t a0 = b, a1 = b, a2 = b, a3 = b;
 #if Q8_DSP
                 if (first != last) { /* 12 instructions per nonzero and 4 pixels; gcc's version took 14 */
@@ -238,13 +388,13 @@ static void conv_sparse(const q8_conv_t *p, const int8_t *in, int8_t *out, int16
                         "1:\n\t"
                         "ldr %[v], [%[q]], #4\n\t"
                         "lsr %[off], %[v], #16\n\t"
-                        "ldrsh %[t], [%[x0], %[off]]\n\t"
+                        "ldrsb %[t], [%[x0], %[off]]\n\t"
                         "smlabb %[a0], %[t], %[v], %[a0]\n\t"
-                        "ldrsh %[t], [%[x1], %[off]]\n\t"
+                        "ldrsb %[t], [%[x1], %[off]]\n\t"
                         "smlabb %[a1], %[t], %[v], %[a1]\n\t"
-                        "ldrsh %[t], [%[x2], %[off]]\n\t"
+                        "ldrsb %[t], [%[x2], %[off]]\n\t"
                         "smlabb %[a2], %[t], %[v], %[a2]\n\t"
-                        "ldrsh %[t], [%[x3], %[off]]\n\t"
+                        "ldrsb %[t], [%[x3], %[off]]\n\t"
                         "smlabb %[a3], %[t], %[v], %[a3]\n\t"
                         "cmp %[q], %[last]\n\t"
                         "bne 1b\n\t"
@@ -257,15 +407,10 @@ static void conv_sparse(const q8_conv_t *p, const int8_t *in, int8_t *out, int16
                 for (const uint32_t *q = first; q != last; q++) {
                     const uint32_t v = *q, off = v >> 16;
                     const int32_t w = (int16_t)v;
-                    int16_t v0, v1, v2, v3;
-                    __builtin_memcpy(&v0, x0 + off, 2);
-                    __builtin_memcpy(&v1, x1 + off, 2);
-                    __builtin_memcpy(&v2, x2 + off, 2);
-                    __builtin_memcpy(&v3, x3 + off, 2);
-                    a0 += v0 * w;
-                    a1 += v1 * w;
-                    a2 += v2 * w;
-                    a3 += v3 * w;
+                    a0 += x0[off] * w;
+                    a1 += x1[off] * w;
+                    a2 += x2[off] * w;
+                    a3 += x3[off] * w;
                 }
 #endif
                 int32_t *acc = accrow + ox * oc_n + o;
@@ -311,6 +456,12 @@ void q8_conv(const q8_conv_t *p, const int8_t *in, int8_t *out, int16_t *scratch
         return;
     }
     if (p->nz) {
+#if Q8_DSP
+        if (sparse8_ok(p)) {
+            conv_sparse8(p, in, out, scratch);
+            return;
+        }
+#endif
         conv_sparse(p, in, out, scratch);
         return;
     }
@@ -496,5 +647,49 @@ void q8_dense(const int8_t *in, int32_t n_in, int32_t n_out, const int8_t *w, co
 #endif
         for (; i < n_in; i++) acc += in[i] * k[i];
         out[o] = clamp8(q8_requant(acc, &rq[o]), 0);
+    }
+}
+
+/* floor(sqrt(u)), u < 2^62: the bit-by-bit method (once per group, so its 31 steps do not matter) */
+static uint32_t isqrt64(uint64_t u) {
+    uint64_t r = 0, bit = 1ull << 62;
+    while (bit > u) bit >>= 2;
+    for (; bit; bit >>= 2) {
+        if (u >= r + bit) {
+            u -= r + bit;
+            r = (r >> 1) + bit;
+        } else {
+            r >>= 1;
+        }
+    }
+    return (uint32_t)r;
+}
+
+void q8_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out) {
+    const int32_t c = p->c, cg = c / p->groups, hw = p->hw, n = hw * cg;
+    for (int32_t g0 = 0; g0 < c; g0 += cg) {
+        int32_t s = 0;
+        uint32_t q = 0; /* n < 2^17: fits */
+        for (int32_t i = 0; i < hw; i++) {
+            const int8_t *x = in + i * c + g0;
+            for (int32_t j = 0; j < cg; j++) {
+                s += x[j];
+                q += (uint32_t)(x[j] * x[j]);
+            }
+        }
+        const uint64_t u = (uint64_t)((int64_t)n * q - (int64_t)s * s) + (uint64_t)p->e;
+        const int32_t k = (62 - (64 - __builtin_clzll(u))) / 2;
+        const uint64_t recip = ((1ull << 61) - 1) / isqrt64(u << (2 * k));
+        for (int32_t j = g0; j < g0 + cg; j++) {
+            const int32_t m = (int32_t)(((int64_t)p->g[j] * (int64_t)recip + (1 << 30)) >> 31);
+            const int32_t sh = 61 - k - p->ge[j], down = sh - 16 > 63 ? 63 : sh - 16;
+            const int64_t b = (int64_t)p->b[j] + (1 << 15);
+            for (int32_t i = 0; i < hw; i++) {
+                int64_t y = ((((int64_t)(n * in[i * c + j] - s) * m) >> down) + b) >> 16;
+                if (y > p->hi) y = p->hi;
+                if (y < p->lo) y = p->lo;
+                out[i * c + j] = clamp8((int32_t)y, p->relu);
+            }
+        }
     }
 }

@@ -26,8 +26,8 @@ typedef struct {
     const int8_t *skip;         /* residual of the output's shape added before the ReLU, or 0 */
     q8_rq_t rq_add;
     /* Sparse weights (dense convs only; 0: dense kernel). Output channel o's nonzeros are
-       nz[nz_start[o] .. nz_start[o + 1]), each (byte offset in the window << 16) | (uint16_t)weight, where the
-       window is the kw x col values of w (its byte offset = 2 x the value's index: widened int16). */
+       nz[nz_start[o] .. nz_start[o + 1]), each (index in the window << 16) | (uint16_t)weight, where the window
+       is the kw x col values of w in their order (the same on every core). */
     const uint32_t *nz;
     const uint32_t *nz_start;
 } q8_conv_t;
@@ -41,5 +41,17 @@ void q8_avgpool(const int8_t *in, int32_t hw, int32_t c, const q8_rq_t *rq, int8
 void q8_dense(const int8_t *in, int32_t n_in, int32_t n_out, const int8_t *w, const int32_t *bias,
               const q8_rq_t *rq, int8_t *out);
 int32_t q8_requant(int32_t x, const q8_rq_t *rq);
+
+/* Integer GroupNorm (lcs/int8/graph.py's module docstring), HWC, groups of c / groups consecutive channels. */
+typedef struct {
+    int32_t hw, c, groups;
+    int32_t relu;
+    int16_t lo, hi;      /* clamp before the ReLU (a level's activation grid, else -128 and 127) */
+    int64_t e;           /* eps in units of (s_in / N)^2 */
+    const int32_t *g;    /* [c] gamma / s_out mantissa, |g| in [2^30, 2^31) or 0 */
+    const int8_t *ge;    /* [c] its exponent */
+    const int32_t *b;    /* [c] round(2^16 beta / s_out) */
+} q8_gn_t;
+void q8_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out);
 
 #endif

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lcs.int8.graph import Conv, Dense, Graph, Pool, Requant
+from lcs.int8.graph import Conv, Dense, Graph, GroupNorm, Pool, Requant
 
 
 def _arr(ctype: str, name: str, values, per_line: int = 24) -> str:
@@ -65,18 +65,18 @@ def _conv_weights(op: Conv, col: int) -> np.ndarray:
     return np.concatenate([w, np.zeros((o, kw, col - kh * ic), w.dtype)], axis=2)
 
 
-def sparse_entries(window: np.ndarray, swizzled: bool) -> tuple[np.ndarray, np.ndarray]:
+def sparse_entries(window: np.ndarray, swizzled: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """[o][kw][col] int8 weights -> (entries, starts) of the sparse kernel: per output channel its nonzeros as
-    (byte offset of the widened int16 value << 16) | uint16(weight). With DSP the kernel widens each group of
-    4 values c..c+3 as (c, c+2, c+1, c+3) (swizzled=True)."""
+    (index in the window << 16) | uint16(weight). The kernels read an int8 copy of the window in this plain order
+    on every core, so `swizzled` (once the DSP build's int16 lane order) no longer changes anything."""
+    del swizzled
     flat = window.reshape(window.shape[0], -1).astype(np.int64)
     entries, starts = [], [0]
     for row in flat:
         idx = np.flatnonzero(row)
-        pos = (idx & ~3) + np.array([0, 2, 1, 3])[idx & 3] if swizzled else idx
-        entries.append(((pos * 2) << 16) | (row[idx] & 0xFFFF))
+        entries.append((idx << 16) | (row[idx] & 0xFFFF))
         starts.append(starts[-1] + len(idx))
-    if flat.shape[1] * 2 >= 1 << 16:
+    if flat.shape[1] >= 1 << 16:
         raise ValueError("window too large for 16-bit sparse offsets")
     return np.concatenate(entries).astype(np.uint32) if entries else np.zeros(0, np.uint32), np.array(starts, np.uint32)
 
@@ -87,6 +87,9 @@ def store_bytes(graph: Graph) -> tuple[int, int]:
     for op in graph.ops:
         if isinstance(op, Pool):
             total += 8
+            continue
+        if isinstance(op, GroupNorm):
+            total += op.g.size * 9 + 28
             continue
         weights += op.weight.size
         if isinstance(op, Conv) and not op.depthwise:
@@ -119,11 +122,8 @@ def emit(graph: Graph, test_input: np.ndarray | None = None, sparse_from: float 
             sparse = not op.depthwise and ((sparse_from is not None and np.count_nonzero(op.weight)
                                             <= (1 - sparse_from) * op.weight.size) or i in (sparse_ops or ()))
             if sparse:  # the dense array is not needed: the kernel reads only the entries
-                dsp, starts = sparse_entries(window, True)
-                plain, _ = sparse_entries(window, False)
-                out.append("#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP\n" + _arr("uint32_t", f"nz{i}", dsp)
-                           + "#else\n" + _arr("uint32_t", f"nz{i}", plain) + "#endif\n"
-                           + _arr("uint32_t", f"nzs{i}", starts))
+                entries, starts = sparse_entries(window)
+                out.append(_arr("uint32_t", f"nz{i}", entries) + _arr("uint32_t", f"nzs{i}", starts))
                 out.append(f"#define w{i} ((const int8_t *)0)\n")
             else:
                 out.append(_arr("int8_t", f"w{i}", window))
@@ -140,6 +140,14 @@ def emit(graph: Graph, test_input: np.ndarray | None = None, sparse_from: float 
             scratch = max(scratch, (0 if op.depthwise else ((ow - 1) * op.stride + kw) * col * 2) + ow * oc * 4)
             body = f"q8_conv(&p{i}, {src}, {dst}, scratch);"
             kind = ("dwconv" if op.depthwise else "sparse-conv" if sparse else "conv") + f"{kh}x{kw}"
+        elif isinstance(op, GroupNorm):
+            h, w, c = t[op.inp].shape
+            out.append(_arr("int32_t", f"g{i}", op.g) + _arr("int8_t", f"ge{i}", op.ge)
+                       + _arr("int32_t", f"b{i}", op.b))
+            out.append(f"static const q8_gn_t p{i} = {{{h * w}, {c}, {op.groups}, {int(op.relu)}, {op.lo}, {op.hi}, "
+                       f"{op.e}LL, g{i}, ge{i}, b{i}}};\n")
+            body = f"q8_groupnorm(&p{i}, {src}, {dst});"
+            kind = "groupnorm"
         elif isinstance(op, Pool):
             h, w, c = t[op.inp].shape
             out.append(_rq_arr(f"rq{i}", [op.rq]))

@@ -2,8 +2,9 @@
 BatchNorm folded into the conv before it, ZeroPad2d into the next conv's padding, ReLU and residual adds
 fused into the conv that produces them. Traced with torch.fx; anything else is refused with the node's name.
 
-GroupNorm/InstanceNorm/LayerNorm normalise with statistics of the sample itself, so they cannot be folded
-into int8 weights: a model for the int8 path is trained with `--norm batch` (folded here)."""
+GroupNorm (and so instance/layer norm, which the models build as GroupNorm) normalises with statistics of the
+sample itself: it cannot fold into the weights and runs as its own integer op (`graph.GroupNorm`), with the
+ReLU after it fused."""
 
 from __future__ import annotations
 
@@ -15,17 +16,22 @@ import torch.fx
 from torch import nn
 
 from lcs.errors import LcsError
-from lcs.int8.graph import Conv, Dense, Graph, Pool, Tensor, conv_out_hw
+from lcs.int8.graph import Conv, Dense, Graph, GroupNorm, Pool, Tensor, conv_out_hw
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().to(torch.float64).cpu().numpy()
 
 
+class _Tracer(torch.fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, name: str) -> bool:  # a level's QuantizeInput stays one node
+        return type(m).__name__ == "QuantizeInput" or super().is_leaf_module(m, name)
+
+
 def from_torch(net: nn.Module, input_shape: tuple[int, int, int]) -> Graph:
     """`input_shape` is (C, H, W) as torch sees it; the graph is HWC."""
     net = net.eval()
-    gm = torch.fx.symbolic_trace(net)
+    gm = torch.fx.GraphModule(net, _Tracer().trace(net))
     mods = dict(gm.named_modules())
     c, h, w = input_shape
     tensors: dict[str, Tensor] = {"input": Tensor("input", (h, w, c))}
@@ -36,10 +42,10 @@ def from_torch(net: nn.Module, input_shape: tuple[int, int, int]) -> Graph:
     users = {n.name: len(n.users) for n in gm.graph.nodes}
     out_name = None
 
-    def fused_target(node) -> Conv:
+    def fused_target(node, kinds=(Conv,)) -> Conv:
         src = where[node.args[0].name]
         op = producer.get(src)
-        if not isinstance(op, Conv) or users[node.args[0].name] != 1:
+        if not isinstance(op, kinds) or users[node.args[0].name] != 1:
             raise LcsError(f"int8: {node.name} follows {src}, which is not a conv it can fold into")
         return op
 
@@ -79,8 +85,16 @@ def from_torch(net: nn.Module, input_shape: tuple[int, int, int]) -> Graph:
                 op.bias = (op.bias - _np(mod.running_mean)) * k + b
                 where[node.name] = op.out
                 continue
+            elif isinstance(mod, nn.GroupNorm):
+                if not mod.affine:
+                    raise LcsError(f"int8: GroupNorm {node.target} without affine parameters")
+                src = where[node.args[0].name]
+                if tensors[src].shape[-1] != mod.num_channels or len(tensors[src].shape) != 3:
+                    raise LcsError(f"int8: GroupNorm {node.target} does not match its input's channels")
+                op = GroupNorm(src, node.name, mod.num_groups, _np(mod.weight), _np(mod.bias), float(mod.eps))
+                tensors[node.name] = Tensor(node.name, tensors[src].shape)
             elif isinstance(mod, nn.ReLU):
-                fused_target(node).relu = True
+                fused_target(node, (Conv, GroupNorm)).relu = True
                 where[node.name] = where[node.args[0].name]
                 continue
             elif isinstance(mod, nn.AdaptiveAvgPool2d):
@@ -94,12 +108,19 @@ def from_torch(net: nn.Module, input_shape: tuple[int, int, int]) -> Graph:
                 bias = _np(mod.bias) if mod.bias is not None else np.zeros(mod.out_features)
                 op = Dense(src, node.name, _np(mod.weight), bias)
                 tensors[node.name] = Tensor(node.name, (mod.out_features,))
+            elif type(mod).__name__ == "QuantizeInput":
+                # a quantization level's b-bit activation grid: the GroupNorm before it writes on that grid where
+                # int8 holds it (graph.quantize); otherwise int8 is the finer grid
+                src = where[node.args[0].name]
+                if isinstance(producer.get(src), GroupNorm):
+                    producer[src].grid = (mod.scale, int(mod.qmin - mod.zero), int(mod.qmax - mod.zero))
+                where[node.name] = src
+                continue
             elif isinstance(mod, (nn.Identity, nn.Dropout, nn.Flatten)):
                 where[node.name] = where[node.args[0].name]
                 continue
             else:
-                raise LcsError(f"int8: layer {node.target} ({type(mod).__name__}) has no integer kernel; "
-                               "train with --norm batch for the int8 path")
+                raise LcsError(f"int8: layer {node.target} ({type(mod).__name__}) has no integer kernel")
             ops.append(op)
             producer[op.out] = op
             where[node.name] = op.out
@@ -118,7 +139,7 @@ def from_torch(net: nn.Module, input_shape: tuple[int, int, int]) -> Graph:
                 op.add = first
                 where[node.name] = second
             elif fn in (torch.relu, torch.nn.functional.relu, "relu"):
-                fused_target(node).relu = True
+                fused_target(node, (Conv, GroupNorm)).relu = True
                 where[node.name] = where[node.args[0].name]
             elif fn in (torch.flatten, "flatten", "view", "reshape"):
                 where[node.name] = where[node.args[0].name]

@@ -19,6 +19,20 @@ Requantization of an int32 `x` by a real factor r > 0, stored as (M, l, n) with 
 A conv's output is clamp(rq(acc[c], M[c], l[c], n[c]) [+ rq(skip, Ms, ls, ns)], lo, 127), lo = 0 with a
 ReLU and -128 without: the residual add and ReLU are fused into the conv that precedes them. The global
 average pool is rq(sum over H x W, M, l, n) clamped to [-128, 127]; the dense layer is a 1x1 conv.
+
+GroupNorm (int8 in, int8 out, ReLU fused) uses the statistics of the sample itself, in integers. Per group of
+N = H x W x C/G < 2^17 values x: S = sum x, Q = sum x^2 (int32), V = N Q - S^2 (= N^2 var, int64), U = V + E with
+E = max(1, round(eps N^2 / s_in^2)) fixed at build time. Normalised to U4 = U << 2k, k = (62 - bitlen(U)) // 2
+(U4 in [2^60, 2^62)), r = isqrt(U4) (floor, in [2^30, 2^31)) and R = (2^61 - 1) // r: 1/sqrt(U) = R 2^(k - 61)
+to 2^-30. Per channel c the build stores gamma_c / s_out = g_c 2^(e_c - 31) (|g_c| in [2^30, 2^31) or 0, sign of
+gamma, e_c <= 15) and b_c = round(2^16 beta_c / s_out); per (group, channel) m = (g_c R + 2^30) >> 31 and
+sh = 61 - k - e_c (>= 16), and each value, first to 16 fraction bits, then rounded once with the shift added:
+
+    t = ((N x - S) m) >> min(sh - 16, 63)          (64-bit product, arithmetic shift)
+    y = clamp((t + b_c + 2^15) >> 16, lo, hi)
+
+lo is -128 (0 with the ReLU) and hi 127, unless the level quantizes this activation on a b-bit grid (the
+quantization family) that int8 holds: then the output uses that grid's scale and its codes' range.
 """
 
 from __future__ import annotations
@@ -126,7 +140,29 @@ class Dense:
     rq: list[Requant] = field(default_factory=list)
 
 
-Op = Conv | Pool | Dense
+@dataclass
+class GroupNorm:
+    """Per-sample GroupNorm over HWC groups of C/G consecutive channels, affine, ReLU fused (see the module
+    docstring for the integer arithmetic)."""
+
+    inp: str
+    out: str
+    groups: int
+    gamma: np.ndarray  # float [C]
+    beta: np.ndarray  # float [C]
+    eps: float = 1e-5
+    relu: bool = False
+    grid: tuple[float, int, int] | None = None  # a level's activation grid on the output: (scale, lo, hi) codes
+    lo: int = -128  # clamps: a grid's codes
+    hi: int = Q_MAX
+    # set by quantize
+    e: int = 0  # E, the eps term in units of (s_in / N)^2
+    g: np.ndarray | None = None  # int32 [C]
+    ge: np.ndarray | None = None  # int [C], e_c
+    b: np.ndarray | None = None  # int32 [C], beta / s_out with 16 fraction bits
+
+
+Op = Conv | Pool | Dense | GroupNorm
 
 
 @dataclass
@@ -148,7 +184,7 @@ class Graph:
         return total
 
     def params(self) -> int:
-        return sum(op.weight.size + op.bias.size for op in self.ops if not isinstance(op, Pool))
+        return sum(op.weight.size + op.bias.size for op in self.ops if isinstance(op, (Conv, Dense)))
 
     def quantize_input(self, x: np.ndarray) -> np.ndarray:
         """Float NHWC images -> int8 on the input's grid (round half to even)."""
@@ -191,6 +227,11 @@ def run_float(graph: Graph, x: np.ndarray, *, keep: bool = False) -> np.ndarray 
                 y = y + vals[op.add]
         elif isinstance(op, Pool):
             y = h.mean(axis=(1, 2))
+        elif isinstance(op, GroupNorm):
+            g = h.reshape(h.shape[:3] + (op.groups, -1))
+            mu = g.mean(axis=(1, 2, 4), keepdims=True)
+            var = g.var(axis=(1, 2, 4), keepdims=True)
+            y = ((g - mu) / np.sqrt(var + op.eps)).reshape(h.shape) * op.gamma + op.beta
         else:
             y = h @ op.weight.T.astype(np.float64) + op.bias
         if getattr(op, "relu", False):
@@ -214,6 +255,8 @@ def run_int(graph: Graph, xq: np.ndarray, *, keep: bool = False) -> np.ndarray |
             y = np.clip(y, 0 if op.relu else -128, Q_MAX)
         elif isinstance(op, Pool):
             y = np.clip(requant(h.sum(axis=(1, 2)), op.rq.m, op.rq.l, op.rq.n), -128, Q_MAX)
+        elif isinstance(op, GroupNorm):
+            y = group_norm_int(h, op)
         else:
             acc = h @ op.weight.T.astype(np.int64) + op.bias.astype(np.int64)
             y = np.clip(requant(acc, *_rq_arrays(op.rq)), -128, Q_MAX)
@@ -221,6 +264,75 @@ def run_int(graph: Graph, xq: np.ndarray, *, keep: bool = False) -> np.ndarray |
     if keep:
         return {k: v.astype(np.int8) for k, v in vals.items()}
     return vals[graph.output].astype(np.int8)
+
+
+def isqrt64(u: np.ndarray) -> np.ndarray:
+    """floor(sqrt(u)) of int64 values in [0, 2^62), exactly (float estimate, then integer correction)."""
+    u = np.asarray(u, np.int64)
+    r = np.sqrt(u.astype(np.float64)).astype(np.int64)
+    for _ in range(3):
+        r = np.where(r * r > u, r - 1, r)
+        r = np.where((r + 1) * (r + 1) <= u, r + 1, r)
+    return r
+
+
+def _bitlen(u: np.ndarray) -> np.ndarray:
+    out = np.zeros(u.shape, np.int64)
+    v = u.copy()
+    for s in (32, 16, 8, 4, 2, 1):
+        big = v >= (1 << s)
+        out += np.where(big, s, 0)
+        v = np.where(big, v >> s, v)
+    return out + (v > 0)
+
+
+def group_norm_int(h: np.ndarray, op: GroupNorm) -> np.ndarray:
+    """The integer GroupNorm of int8 NHWC `h` (module docstring), ReLU fused; int64 values in [lo, 127]."""
+    n_img, hh, ww, c = h.shape
+    cg = c // op.groups
+    n = hh * ww * cg
+    x = np.asarray(h, np.int64).reshape(n_img, hh * ww, op.groups, cg)
+    s = x.sum(axis=(1, 3))  # [n_img, G]
+    q = (x * x).sum(axis=(1, 3))
+    u = n * q - s * s + op.e
+    k = (62 - _bitlen(u)) // 2
+    r = isqrt64(u << (2 * k))
+    recip = ((1 << 61) - 1) // r
+    g = np.asarray(op.g, np.int64).reshape(op.groups, cg)
+    m = (g[None] * recip[..., None] + (1 << 30)) >> 31  # [n_img, G, cg]
+    sh = 61 - k[..., None] - np.asarray(op.ge, np.int64).reshape(op.groups, cg)[None]
+    d = n * x - s[:, None, :, None]  # [n_img, HW, G, cg]
+    t = (d * m[:, None]) >> np.minimum(sh - 16, 63)[:, None]
+    y = (t + np.asarray(op.b, np.int64).reshape(op.groups, cg) + (1 << 15)) >> 16
+    return np.clip(y.reshape(n_img, hh, ww, c), max(op.lo, 0) if op.relu else op.lo, op.hi)
+
+
+def _quantize_group_norm(op: GroupNorm, shape: tuple[int, ...], s_in: float, s_out: float) -> GroupNorm:
+    hh, ww, c = shape
+    n = hh * ww * (c // op.groups)
+    if n >= 1 << 17:  # keeps Q = sum x^2 within int32
+        raise LcsError(f"{op.out}: a group of {n} values is too large for the integer GroupNorm")
+    g, ge = [], []
+    for v in np.asarray(op.gamma, np.float64) / s_out:
+        if v == 0:
+            g.append(0)
+            ge.append(0)
+            continue
+        mant, exp = math.frexp(abs(v))  # |v| = mant 2^exp, mant in [0.5, 1)
+        m = int(round(mant * (1 << 31)))
+        if m == 1 << 31:
+            m, exp = 1 << 30, exp + 1
+        if exp > 15:
+            raise LcsError(f"{op.out}: GroupNorm scale gamma / s_out = {v:g} too large for the integer kernel")
+        g.append(m if v > 0 else -m)
+        ge.append(exp)
+    e = max(1, int(round(op.eps * n * n / (s_in * s_in))))
+    if e >= 1 << 40:
+        raise LcsError(f"{op.out}: GroupNorm eps is too large against its input scale {s_in:g}")
+    b = np.rint(np.asarray(op.beta, np.float64) / s_out * (1 << 16))
+    if np.abs(b).max(initial=0) >= 1 << 31:
+        raise LcsError(f"{op.out}: GroupNorm shift beta / s_out does not fit")
+    return replace(op, e=e, g=np.array(g, np.int64), ge=np.array(ge, np.int64), b=b.astype(np.int64))
 
 
 def _weights_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -243,12 +355,21 @@ def quantize(graph: Graph, calibration: np.ndarray) -> Graph:
     for name, t in graph.tensors.items():
         peak = float(np.abs(vals[name]).max()) if vals[name].size else 0.0
         tensors[name] = replace(t, scale=(peak / Q_MAX) if peak > 0 else 1.0)
+    for op in graph.ops:  # a level's own activation grid, where int8 holds it, replaces the calibrated scale
+        if isinstance(op, GroupNorm) and op.grid and -128 <= op.grid[1] and op.grid[2] <= Q_MAX:
+            tensors[op.out] = replace(tensors[op.out], scale=op.grid[0])
     ops: list[Op] = []
     for op in graph.ops:
         s_in, s_out = tensors[op.inp].scale, tensors[op.out].scale
         if isinstance(op, Pool):
             hw = int(np.prod(tensors[op.inp].shape[:2]))
             ops.append(replace(op, rq=Requant.of(s_in / (hw * s_out))))
+            continue
+        if isinstance(op, GroupNorm):
+            op = _quantize_group_norm(op, tensors[op.inp].shape, s_in, s_out)
+            if op.grid and -128 <= op.grid[1] and op.grid[2] <= Q_MAX:
+                op = replace(op, lo=op.grid[1], hi=op.grid[2])
+            ops.append(op)
             continue
         wq, ws = _weights_int8(op.weight)
         bq = np.rint(op.bias / (s_in * ws)).astype(np.int64)

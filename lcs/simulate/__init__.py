@@ -10,6 +10,8 @@
 - `model.py`: the documented latency/power/energy/battery model.
 - `policies.py`: the policy API (`Policy.choose`, `register`) and the built-in policies.
 - `runner.py`: the replay loop and the executor seam (model-only, or a device's own answers).
+- `batch.py`: the same replay in chunks of rows, for long model-only traces (a policy's batch rule, arrays, one
+  tight battery loop): bit-for-bit the per-step replay's results at a fraction of the cost.
 - `hardware.py`: hardware in the loop (`DeviceExecutor`) over any client with hello / set_level / infer: lcs
   firmware over serial (`--device`, `--sim`) or a CPU build on a Linux board over TVM RPC (`--rpc`, `--tracker
   --key`), opened by `lcs.transport.board.open_board` as `lcs deploy` opens them.
@@ -26,6 +28,7 @@ This package imports neither torch nor TVM (TVM only when a run uses --rpc/--tra
 from __future__ import annotations
 
 import contextlib
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -79,13 +82,15 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
              device: str | None = None, sim: str | None = None, rpc: str | None = None,
              tracker: str | None = None, key: str | None = None, executor: Executor | None = None,
              accuracy: str | Path | None = None, budget_scale: str | None = None, load_scale: str | None = None,
-             compare: bool = False) -> SimulationResult:
+             compare: bool = False, per_step: bool = False) -> SimulationResult:
     """Replay `trace_path` with `policy`; write timeline.csv, summary.json and timeline.png to `out_dir`.
 
     Levels, board, policy and the trace's header are validated before anything runs; the trace's rows are
     streamed and validated as they are replayed (constant memory), the timeline written as it goes and renamed
     into place only when the whole run succeeds. One request arrives every `period_ms` (default 100 ms); its
     deadline defaults to the period. `SimulationResult.replay.records` holds the records only without `out_dir`.
+    A model-only run of a policy with a batch rule replays the trace in chunks (`lcs.simulate.batch`: the same
+    results, many times faster); `per_step=True` forces the per-step replay (the reference the tests compare to).
     """
     from lcs.simulate.output import StreamingOutputs
     from lcs.simulate.policies import make_policy
@@ -99,6 +104,7 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
     if not (isinstance(capacity_mwh, (int, float)) and capacity_mwh > 0 and capacity_mwh != float("inf")):
         raise ConfigError(f"--capacity-mwh must be a positive number, got {capacity_mwh!r}")
     model = CostModel(levels, board_power, workload)
+    from lcs.simulate import batch
     from lcs.simulate import compare as cmp
     from lcs.simulate.scaling import make_scaling
 
@@ -138,13 +144,28 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
             board = running.enter_context(open_board(artifact, where, rpc_options={"session_timeout": 0}))
             executor = device_executor(board, board.connection, board_power, levels, artifact)
         source = executor.source if executor is not None else "model"
-        for record in iter_replay(scaling.steps(trace.steps()), model, chosen, capacity_mwh=capacity_mwh,
-                                  executor=executor):
-            tally.add(record)
-            if outputs is not None:
-                outputs.add(record)
-            else:
-                kept.append(record)
+        rule = None if per_step or executor is not None else batch.batch_rule(chosen, model)
+        densest = cmp.Densest()
+        if rule is not None:
+            # the run and the always-densest replay side by side, from one reading of the trace
+            ours, theirs = itertools.tee(scaling.chunks(trace.step_chunks()))
+            fixed = make_policy("fixed").batch(model)
+            for chunk, dense in zip(batch.replay_chunks(ours, model, rule, capacity_mwh=capacity_mwh),
+                                    batch.replay_chunks(theirs, model, fixed, capacity_mwh=capacity_mwh)):
+                tally.add_chunk(chunk)
+                densest.add_chunk(dense)
+                if outputs is not None:
+                    outputs.add_chunk(chunk)
+                else:
+                    kept.extend(chunk.records())
+        else:
+            for record in iter_replay(scaling.steps(trace.steps()), model, chosen, capacity_mwh=capacity_mwh,
+                                      executor=executor):
+                tally.add(record)
+                if outputs is not None:
+                    outputs.add(record)
+                else:
+                    kept.append(record)
         result = Replay(records=kept, policy=chosen.name, source=source)
         summary = {
             "trace": str(trace.path), "levels_from": levels.source, "board": board_power.name,
@@ -154,8 +175,8 @@ def simulate(trace_path: str | Path, *, artifact: str | Path | None = None, prof
             "level_power_mw": {o.level.label: o.power_mw for o in model.options(0.0)},
             **tally.result(), "scaling": scaling.applied,
         }
-        summary["vs_densest"] = cmp.saving_vs_densest(scaling.steps(trace.steps()), model, summary,
-                                                      capacity_mwh=capacity_mwh)
+        summary["vs_densest"] = densest.saving(summary) if rule is not None else cmp.saving_vs_densest(
+            scaling.steps(trace.steps()), model, summary, capacity_mwh=capacity_mwh)
         if hasattr(executor, "report"):
             summary.update(executor.report())
         comparison = None

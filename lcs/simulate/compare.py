@@ -192,19 +192,38 @@ def write(out_dir: str | Path, data: dict) -> dict[str, Path]:
     return {name: out / name for name in rendered}
 
 
+class Densest:
+    """The replay of a device that always runs its densest level, beside a run on the same trace and battery, fed
+    as it goes: `add` a step record (`runner.iter_replay`) or `add_chunk` a `batch.ChunkReplay`."""
+
+    def __init__(self) -> None:
+        self.summary, self.level = Summary(), None
+
+    def add(self, record: StepRecord) -> None:
+        self.summary.add(record)
+        self.level = self.level or (record.label if record.state == "run" else None)
+
+    def add_chunk(self, chunk) -> None:
+        self.summary.add_chunk(chunk)
+        ran = chunk.position[chunk.state == 0]
+        self.level = self.level or (chunk.levels[ran[0]].label if len(ran) else None)
+
+    def saving(self, policy_summary: dict) -> dict:
+        """What the run (`policy_summary`: its headline numbers) saved against this one."""
+        other = self.summary.result()
+        energy = policy_summary["energy_mwh"], other["energy_mwh"]
+        left = policy_summary["battery_left_pct"], other["battery_left_pct"]
+        served = policy_summary["answers"], other["answers"]
+        return {"densest_level": self.level,
+                "energy_mwh": {"policy": energy[0], "densest": energy[1], "saved": energy[1] - energy[0]},
+                "battery_left_pct": {"policy": left[0], "densest": left[1], "gained": left[0] - left[1]},
+                "answers": {"policy": served[0], "densest": served[1], "more": served[0] - served[1]}}
+
+
 def saving_vs_densest(steps, model: CostModel, policy_summary: dict, *, capacity_mwh: float) -> dict:
     """What the run saved against a device that always runs its densest level on the same trace and battery.
     `steps`: the trace's steps (streamed); `policy_summary`: the run's own headline numbers."""
-    densest = Summary()
-    level = None
+    densest = Densest()
     for record in iter_replay(steps, model, make_policy("fixed"), capacity_mwh=capacity_mwh):
         densest.add(record)
-        level = level or (record.label if record.state == "run" else None)
-    other = densest.result()
-    energy = policy_summary["energy_mwh"], other["energy_mwh"]
-    left = policy_summary["battery_left_pct"], other["battery_left_pct"]
-    served = policy_summary["answers"], other["answers"]
-    return {"densest_level": level,
-            "energy_mwh": {"policy": energy[0], "densest": energy[1], "saved": energy[1] - energy[0]},
-            "battery_left_pct": {"policy": left[0], "densest": left[1], "gained": left[0] - left[1]},
-            "answers": {"policy": served[0], "densest": served[1], "more": served[0] - served[1]}}
+    return densest.saving(policy_summary)

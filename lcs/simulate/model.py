@@ -37,6 +37,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from lcs.errors import ConfigError
 from lcs.simulate.profile import LevelSpec, Profile, ProfileError
 
@@ -137,6 +139,27 @@ class CostModel:
         if len(self._cache) < 4096:
             self._cache[cpu_load] = result
         return result
+
+
+@dataclass(frozen=True)
+class OptionTable:
+    """`CostModel.options` for many steps at once: arrays K steps x L levels (profile order), the same numbers."""
+
+    latency_ms: np.ndarray
+    power_mw: np.ndarray
+    rate_hz: np.ndarray
+    meets_deadline: np.ndarray  # bool
+
+
+def option_table(model: CostModel, cpu_load) -> OptionTable:
+    """Every level costed at every load of `cpu_load` (an array), with the operations `options` does per step, in
+    the same order, so each number is the same float."""
+    load = np.asarray(cpu_load, dtype=float)
+    share = np.minimum(1.0, np.maximum(MIN_CPU_SHARE, model.board.cores * (1.0 - load)))
+    latency = np.asarray(model.base_latency_ms, dtype=float)[None, :] / share[:, None]
+    rate = 1000.0 / np.maximum(model.workload.period_ms, latency)
+    return OptionTable(latency_ms=latency, power_mw=np.asarray(model.energy_mj, dtype=float)[None, :] * rate,
+                       rate_hz=rate, meets_deadline=latency <= model.workload.deadline_ms)
 
 
 def battery_step(battery_pct: float, environment_delta_pct: float, energy_mj: float,

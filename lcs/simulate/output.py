@@ -71,6 +71,54 @@ _RUN = "%d,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%s,%d,%.6g,%s,%.6g,%.6g,%d,%d,%.6g
 _IDLE = "%d,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%s,,,,,,%d,%d,%.6g,%.6g,%.6g,%.6g,%.6g,%d\n"
 
 
+def _g6(values, keep=None) -> list[str]:
+    """`"%.6g," % v` for each value of an array (a cell as _RUN writes it, and its comma); "," where `keep` is False.
+    A value that repeats (a load, a budget, a level's latency) is formatted once."""
+    import numpy as np
+
+    cells = None
+    if len(values) >= 256:
+        unique, inverse = np.unique(values, return_inverse=True)
+        zeros = np.signbit(values[values == 0])
+        if 4 * len(unique) <= len(values) and (zeros.all() or not zeros.any()):  # 0.0 and -0.0 would merge
+            cells = np.array([_G6 % v for v in unique.tolist()], dtype=object)[inverse]
+    if cells is None:
+        cells = np.array([_G6 % v for v in values.tolist()], dtype=object)
+    if keep is not None:
+        cells[~keep] = ","
+    return cells.tolist()
+
+
+_G6 = "%.6g,"
+
+
+def timeline_text(c) -> str:
+    """The model-only timeline lines of a `batch.ChunkReplay`: the text `StreamingOutputs._row` gives for each of its
+    records. Each column becomes a list of cells (with their commas; a repeated value formatted once), the lists
+    are interleaved row-major into one list and joined once: no per-row Python code."""
+    import numpy as np
+
+    s, run, n = c.steps, c.state == 0, len(c)
+    deadline = _G6 % c.deadline_ms
+    # deadline_ms and state; level, alpha, label, accuracy of each option position and four blank cells at -1
+    states = np.array([deadline + state + "," for state in ("run", "idle", "empty")], dtype=object)
+    levels = np.array([f"{lv.index:d},{_G6 % lv.alpha}{_quoted_row([lv.label])[:-1]},{_G6 % lv.accuracy}"
+                       for lv in c.levels] + [",,,,"], dtype=object)
+    flags = np.array(["0,", "1,"], dtype=object)
+    ends = _g6(np.asarray(c.battery_end_pct))
+    columns = [
+        list(map("%d,".__mod__, range(c.first_step, c.first_step + n))), list(map(_G6.__mod__, s.t_s.tolist())),
+        _g6(s.dt_s), _g6(s.battery_pct), [_G6 % c.battery_pct[0]] + ends[:-1],  # a step starts where the last ended
+        _g6(s.cpu_load), _g6(s.power_budget_mw), states[c.state].tolist(), levels[c.position].tolist(),
+        _g6(c.latency_ms, run), flags[c.deadline_miss.view(np.uint8)].tolist(),
+        flags[c.over_budget.view(np.uint8)].tolist(), _g6(c.power_mw), _g6(c.energy_mj), _g6(c.answers),
+        _g6(c.served_fraction), ends, np.array(["0\n", "1\n"], dtype=object)[c.switched.view(np.uint8)].tolist()]
+    cells = [""] * (n * len(columns))
+    for j, column in enumerate(columns):
+        cells[j::len(columns)] = column
+    return "".join(cells)
+
+
 def _quoted_row(cells: list[str]) -> str:
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerow(cells)
@@ -143,6 +191,20 @@ class StreamingOutputs:
     def add(self, record: StepRecord) -> None:
         self._fh.write(self._row(record))
         self.decimator.add(record)
+
+    def add_chunk(self, chunk) -> None:
+        """`add` for every record of a `batch.ChunkReplay` (model-only): the same lines, made a chunk at a time; the
+        plot's sample gets records only for the rows the decimator keeps (and the last)."""
+        self._fh.write(timeline_text(chunk))
+        first, record = chunk.first_step, None
+        i = -first % self.decimator.stride
+        while i < len(chunk):  # only the rows whose step is a multiple of the (growing) stride
+            record = chunk.record(i)
+            self.decimator.add(record)
+            stride = self.decimator.stride
+            i = ((first + i) // stride + 1) * stride - first
+        if len(chunk) and (record is None or record.step != first + len(chunk) - 1):
+            self.decimator.last = chunk.record(len(chunk) - 1)  # the plot's last point, as `add` keeps it
 
     def _row(self, r: StepRecord) -> str:
         """One timeline line, the same text `_cell` gives, formatted by one C-level `%` per row (the hot loop of

@@ -7,6 +7,10 @@ Returning `None` leaves the device idle for the step. A policy may keep state (o
 
 Parameters are dataclass fields; the CLI sets them with `--policy-option NAME=VALUE`.
 
+A policy may also offer `batch(model)`: the same decisions for a chunk of steps at once (see `BatchRule`), which
+long model-only replays use (`lcs.simulate.batch`); the built-in rules are tested to decide exactly as `choose`.
+Without it (the default) the replay calls `choose` step by step.
+
 Adding a policy (in your own module, then `lcs simulate --policy yourmodule:Frugal`):
 
     >>> from dataclasses import dataclass
@@ -45,10 +49,12 @@ import dataclasses
 import importlib
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Mapping, Sequence
+from typing import Callable, ClassVar, Mapping, Sequence
+
+import numpy as np
 
 from lcs.errors import ConfigError
-from lcs.simulate.model import Option
+from lcs.simulate.model import CostModel, Option, OptionTable
 
 BUDGET_TOLERANCE = 1e-9  # relative; keeps float noise from turning "exactly at budget" into a breach
 
@@ -90,6 +96,58 @@ class Policy(abc.ABC):
     @abc.abstractmethod
     def choose(self, obs: Observation) -> Option | None:
         """The option to run this step (one of `obs.options`), or None to stay idle."""
+
+    def batch(self, model: CostModel) -> BatchRule | None:
+        """Optional: the same decisions as `choose` for many steps at once, for long model-only replays
+        (`lcs.simulate.batch`). None (the default): the replay calls `choose` step by step."""
+        return None
+
+
+@dataclass(frozen=True)
+class BatchSteps:
+    """A chunk of consecutive steps as a batch rule sees them: every level costed at every step (K x L arrays,
+    options in profile order, as `Observation.options`), the budgets and step lengths."""
+
+    options: OptionTable
+    power_budget_mw: np.ndarray
+    dt_s: np.ndarray
+
+
+# A batch rule maps a chunk to an int array of option positions (-1: idle) when the choice depends on the step
+# alone, or to a function (k, battery_pct, previous position or -1) -> position, called in step order exactly
+# where `choose` would be (battery above 0), when it depends on the battery or on the past.
+BatchRule = Callable[[BatchSteps], "np.ndarray | Callable[[int, float, int], int]"]
+
+
+def greedy_positions(steps: BatchSteps, accuracy: np.ndarray, order: Sequence[int] | None = None,
+                     budget_mw: np.ndarray | None = None) -> np.ndarray:
+    """`greedy_choice` at every step of a chunk, as option positions (-1: none): candidates `order` (positions;
+    default all, in profile order, which breaks ties as the per-step rule does), budget default the step's."""
+    table = steps.options
+    limit = (steps.power_budget_mw if budget_mw is None else budget_mw) * (1 + BUDGET_TOLERANCE)
+    affordable = table.power_mw <= limit[:, None]
+    on_time = affordable & table.meets_deadline
+    order = range(table.power_mw.shape[1]) if order is None else order
+    k = len(limit)
+    # best_accuracy: the first maximum of (accuracy, -power) over the on-time candidates, in candidate order
+    best, best_acc, best_cost = np.full(k, -1), np.zeros(k), np.zeros(k)
+    # else the first minimum of (latency, -accuracy) over the affordable ones
+    quick, quick_lat = np.full(k, -1), np.zeros(k)
+    quick_acc = np.zeros(k)
+    for i in order:
+        cost, acc = -table.power_mw[:, i], accuracy[i]
+        better = on_time[:, i] & ((best < 0) | (acc > best_acc) | ((acc == best_acc) & (cost > best_cost)))
+        best, best_acc, best_cost = np.where(better, i, best), np.where(better, acc, best_acc), \
+            np.where(better, cost, best_cost)
+        latency = table.latency_ms[:, i]
+        faster = affordable[:, i] & ((quick < 0) | (latency < quick_lat) | ((latency == quick_lat) & (-acc < -quick_acc)))
+        quick, quick_lat, quick_acc = np.where(faster, i, quick), np.where(faster, latency, quick_lat), \
+            np.where(faster, acc, quick_acc)
+    return np.where(best >= 0, best, quick)
+
+
+def _accuracy(model: CostModel) -> np.ndarray:
+    return np.array([level.accuracy for level in model.profile.levels], dtype=float)
 
 
 POLICIES: dict[str, type[Policy]] = {}
@@ -133,6 +191,10 @@ class Greedy(Policy):
     def choose(self, obs: Observation) -> Option | None:
         return greedy_choice(obs)
 
+    def batch(self, model: CostModel) -> BatchRule:
+        accuracy = _accuracy(model)
+        return lambda steps: greedy_positions(steps, accuracy)
+
 
 @register
 @dataclass
@@ -157,8 +219,30 @@ class Battery(Policy):
         if band == last:
             return None
         by_cost = sorted(obs.options, key=lambda o: (o.energy_per_inference_mj, -o.level.accuracy))
-        ceiling = len(by_cost) - 1 if last == 1 else round((len(by_cost) - 1) * (1 - band / (last - 1)))
-        return greedy_choice(obs, by_cost[:ceiling + 1])
+        return greedy_choice(obs, by_cost[:self._ceiling(band, len(by_cost)) + 1])
+
+    def _ceiling(self, band: int, levels: int) -> int:
+        last = len(self.thresholds)
+        return levels - 1 if last == 1 else round((levels - 1) * (1 - band / (last - 1)))
+
+    def batch(self, model: CostModel) -> BatchRule:
+        options = model.options(0.0)  # energy per answer does not depend on the load: one order for every step
+        by_cost = sorted(range(len(options)),
+                         key=lambda i: (options[i].energy_per_inference_mj, -options[i].level.accuracy))
+        accuracy, thresholds, last = _accuracy(model), self.thresholds, len(self.thresholds)
+
+        def rule(steps: BatchSteps):
+            tables = [greedy_positions(steps, accuracy, by_cost[:self._ceiling(band, len(by_cost)) + 1]).tolist()
+                      for band in range(last)]
+
+            def step(k: int, battery_pct: float, previous: int) -> int:
+                band = 0
+                for t in thresholds:
+                    if battery_pct < t:
+                        band += 1
+                return -1 if band == last else tables[band][k]
+            return step
+        return rule
 
 
 @register
@@ -192,6 +276,34 @@ class Hysteresis(Policy):
         self._waited = 0
         return better
 
+    def batch(self, model: CostModel) -> BatchRule:
+        accuracy = _accuracy(model)
+        acc = accuracy.tolist()
+
+        def rule(steps: BatchSteps):
+            table, width = steps.options, len(acc)
+            start = greedy_positions(steps, accuracy).tolist()
+            better = greedy_positions(steps, accuracy, budget_mw=steps.power_budget_mw * (1 - self.margin)).tolist()
+            limit = steps.power_budget_mw * (1 + BUDGET_TOLERANCE)
+            fit = ((table.power_mw <= limit[:, None]) & table.meets_deadline).ravel().tolist()
+            on_time = table.meets_deadline.ravel().tolist()
+
+            def step(k: int, battery_pct: float, previous: int) -> int:  # `choose`, on positions
+                if previous < 0 or not fit[k * width + previous]:
+                    self._waited = 0
+                    return start[k]
+                up = better[k]
+                if up < 0 or not on_time[k * width + up] or acc[up] <= acc[previous]:
+                    self._waited = 0
+                    return previous
+                self._waited += 1
+                if self._waited < self.hold:
+                    return previous
+                self._waited = 0
+                return up
+            return step
+        return rule
+
 
 def densest(options: Sequence[Option]) -> Option:
     """The costliest level (energy per answer), ties to the higher alpha: the one a device runs uncontrolled."""
@@ -217,6 +329,15 @@ class Fixed(Policy):
         except KeyError:
             raise ConfigError(f"fixed level {self.level}: the profile has levels "
                               f"{', '.join(str(o.level.index) for o in obs.options)}") from None
+
+    def batch(self, model: CostModel) -> BatchRule | None:
+        options = model.options(0.0)  # the densest by energy per answer, the same at every load
+        positions = [i for i, o in enumerate(options) if o.level.index == self.level]
+        if self.level == -1:
+            positions = [options.index(densest(options))]
+        if not positions:
+            return None  # choose() per step says which levels there are, at the first step it is asked
+        return lambda steps: np.full(len(steps.dt_s), positions[0])
 
 
 def _convert(value: str, default, field_name: str, policy: str):

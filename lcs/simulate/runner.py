@@ -8,6 +8,9 @@ device answers (not paced to the trace's clock), and returns the device's own ti
 the runner records them beside the model's expectation. An executor may also offer `report()`, a
 dict merged into the summary. Decisions, deadline misses and energy always come from the cost model, so the
 two modes are comparable step for step (the device does not see the trace's simulated CPU load).
+
+This per-step loop is the reference; `lcs.simulate.batch` replays long model-only traces in chunks with the same
+results (`Summary.add_chunk` keeps the books for it).
 """
 
 from __future__ import annotations
@@ -206,6 +209,40 @@ class Summary:
         else:
             self.empty_steps += 1
 
+    def add_chunk(self, c) -> None:
+        """`add` for every record of a `batch.ChunkReplay` at once: the same counts, and the same sums added in
+        the same order (a running sum, np.cumsum, adds one value at a time as `add` does)."""
+        import numpy as np
+
+        if not len(c):
+            return
+        if self.battery_start is None:
+            self.battery_start = c.battery_pct[0]
+        self.steps += len(c)
+        self.energy = _running_sum(self.energy, c.energy_mj)
+        self.duration = _running_sum(self.duration, c.steps.dt_s)
+        self.switches += int(c.switched.sum())
+        self.battery_left = c.battery_end_pct[-1]
+        self.battery_min = min(self.battery_min, min(c.battery_pct), min(c.battery_end_pct))
+        run = c.state == 0
+        ran = c.position[run]
+        self.run_steps += len(ran)
+        self.idle_steps += int((c.state == 1).sum())
+        self.empty_steps += int((c.state == 2).sum())
+        answers = c.answers[run]
+        accuracy = np.array([level.accuracy for level in c.levels], dtype=float)
+        self.answers = _running_sum(self.answers, answers)
+        self.weighted_accuracy = _running_sum(self.weighted_accuracy, accuracy[ran] * answers)
+        self.deadline_misses += int(c.deadline_miss[run].sum())
+        self.over_budget_steps += int(c.over_budget[run].sum())
+        # time per label, labels in the order they first ran (the dict's key order is the summary's)
+        labels = [level.label for level in c.levels]
+        label_of = np.array([labels.index(label) for label in labels])[ran]
+        seconds = (c.steps.dt_s * c.served_fraction)[run]
+        for first in sorted(np.unique(label_of, return_index=True)[1].tolist()):
+            label = labels[label_of[first]]
+            self.level_time[label] = _running_sum(self.level_time.get(label, 0.0), seconds[label_of == label_of[first]])
+
     def result(self) -> dict:
         return {
             "steps": self.steps,
@@ -228,6 +265,15 @@ class Summary:
             **({"device_latency_ms_mean": self.device_sum / self.device_count,
                 "device_latency_ms_max": self.device_max} if self.device_count else {}),
         }
+
+
+def _running_sum(start: float, values) -> float:
+    """`start + v0 + v1 + ...` added left to right, as a loop of `+=` does (np.cumsum accumulates in order)."""
+    import numpy as np
+
+    if not len(values):
+        return start
+    return float(np.cumsum(np.concatenate([[start], values]))[-1])
 
 
 def summarize(result: Replay) -> dict:

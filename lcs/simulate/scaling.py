@@ -29,6 +29,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from lcs.errors import ConfigError
 from lcs.simulate.model import MIN_CPU_SHARE, BoardPower, CostModel
 from lcs.simulate.trace import Trace
@@ -103,6 +105,15 @@ class Scaling:
         for line, t_s, dt, battery, load, budget, change in steps:
             yield line, t_s, dt, battery, min(1.0, load * self.load), budget * self.budget, change
 
+    def chunks(self, chunks):
+        """`TraceStream.step_chunks()` rescaled as `steps` rescales each row (the same float operations)."""
+        if self.budget == 1.0 and self.load == 1.0:
+            yield from chunks
+            return
+        for c in chunks:
+            yield dataclasses.replace(c, cpu_load=np.minimum(1.0, c.cpu_load * self.load),
+                                      power_budget_mw=c.power_budget_mw * self.budget)
+
     def trace(self, trace: Trace) -> Trace:
         """A whole in-memory trace, rescaled."""
         return dataclasses.replace(trace, power_budget_mw=tuple(b * self.budget for b in trace.power_budget_mw),
@@ -114,7 +125,13 @@ def make_scaling(trace, model: CostModel, budget: str | None, load: str | None) 
     more, as a stream, when `levels` needs the highest budget or a load scale needs its capped rows counted)."""
     scaling = Scaling(applied={"load_model": load_model(model.board)})
 
+    chunked = hasattr(trace, "step_chunks")  # a stream: read it as arrays (a long trace), else row by row
+
     def top_budget() -> float:
+        if chunked:
+            tops = [float(c.power_budget_mw[np.isfinite(c.power_budget_mw)].max(initial=0.0))
+                    for c in trace.step_chunks()]
+            return max(tops, default=0.0)
         return max((step[5] for step in trace.steps() if math.isfinite(step[5])), default=0.0)
 
     if budget is not None:
@@ -124,7 +141,8 @@ def make_scaling(trace, model: CostModel, budget: str | None, load: str | None) 
     if load is not None:
         factor, how = load_factor(load, model.board)
         scaling.load = factor
-        capped = sum(step[4] * factor > 1.0 for step in trace.steps())
+        capped = (sum(int((c.cpu_load * factor > 1.0).sum()) for c in trace.step_chunks()) if chunked else
+                  sum(step[4] * factor > 1.0 for step in trace.steps()))
         scaling.applied["load"] = {"spec": load, "factor": factor, "how": how, "capped_rows": capped}
     return scaling
 

@@ -22,8 +22,9 @@ finite through sums and plots.
 - `cpu_load` is the share of the whole board's CPU capacity taken by competing work (0.5 on a
   two-core board = one core busy), not a percentage.
 - `power_budget_mw` is the power the inference workload may draw on top of the board's idle power.
-- Traces are streamed (`open_trace(...).steps()`): rows are read and validated as the replay asks for
-  them, so memory does not grow with the trace's length; `load_trace` reads a whole (small) trace.
+- Traces are streamed (`open_trace(...).steps()`, or `.step_chunks()` as numpy arrays a block at a time): rows
+  are read and validated as the replay asks for them, so memory does not grow with the trace's length;
+  `load_trace` reads a whole (small) trace.
 - Lines starting with `#` are comments (the example traces document themselves this way); blank
   lines are skipped. Every cell of a known column must hold a finite number: a blank, `nan` or
   `inf` cell is an error naming the file, line and column.
@@ -33,8 +34,11 @@ from __future__ import annotations
 
 import csv
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from lcs.errors import DataError
 
@@ -47,6 +51,9 @@ COLUMNS: dict[str, tuple[float, float, float]] = {
     "cpu_load": (0.0, 1.0, math.nan),
     "power_budget_mw": (0.0, MAX_BUDGET_MW, math.inf),
 }
+# characters of trace per block in chunks(): ~11k rows of four columns. Larger blocks cost no less CPU but more
+# memory: at 1 MiB the peak RSS of a 10^7-row replay was 255 MB (freed blocks fragment the heap), at 256 KiB ~130 MB.
+CHUNK_CHARS = 1 << 18
 RANGE_HINTS = {"cpu_load": " (a fraction of the board's CPU, not a percentage)"}
 
 
@@ -155,36 +162,91 @@ class TraceStream:
 
     def rows(self):
         """Validated rows: (line, t_s, battery_pct, cpu_load, power_budget_mw), one at a time."""
+        with self._open() as fh:
+            lines = self._lines(fh)
+            next(lines)  # the header
+            yield from self._validated(lines, None)
+
+    def _validated(self, lines, before: float | None):
+        """(line, t, battery, load, budget) of each (number, line) of `lines`; `before`: the t_s of the row before."""
         name, width = self.name, self.width
         getters = [(c, self.index.get(c), COLUMNS[c][2]) for c in COLUMNS]
         i_t, i_b, i_c, i_p = (self.index.get(c) for c in COLUMNS)
         full = i_p is not None  # all four columns: the fast path below applies
+        for number, line in lines:
+            # a plain line splits on commas; one with quotes goes through the csv module
+            row = line.split(",") if '"' not in line else self._quoted(line, number)
+            if len(row) > width:
+                raise TraceError(f"{name}:{number}: {len(row)} cells but the header names {width} columns")
+            try:  # fast path: four numbers in range; anything odd goes through _number for the exact message
+                if not full or len(row) < width:
+                    raise ValueError
+                t, b, c, p = float(row[i_t]), float(row[i_b]), float(row[i_c]), float(row[i_p])
+                if not (0.0 <= t <= MAX_T_S and 0.0 <= b <= 100.0 and 0.0 <= c <= 1.0
+                        and 0.0 <= p <= MAX_BUDGET_MW):
+                    raise ValueError
+            except ValueError:
+                t, b, c, p = (default if i is None else
+                              _number(row[i] if i < len(row) else "", f"{name}:{number}", column)
+                              for column, i, default in getters)
+            if before is not None and t <= before:
+                if t < before:
+                    raise TraceError(f"{name}:{number}: column t_s goes backwards ({t:g} after {before:g})")
+                raise TraceError(f"{name}:{number}: column t_s does not advance ({t:g} twice)")
+            before = t
+            yield number, t, b, c, p
+
+    def chunks(self, chars: int | None = None):
+        """The validated rows as numpy arrays (t_s, battery_pct, cpu_load, power_budget_mw), about `chars`
+        characters of the file at a time: the same rows, values and errors as `rows()`, for replays that work
+        on whole arrays (`lcs.simulate.batch`). A block of plain numeric lines is parsed by numpy's C reader
+        (loadtxt: correctly rounded like float()) and checked as arrays; a block with anything else (comments,
+        blank lines, quotes, a bad or out-of-range cell, a non-numeric extra column) goes through `rows()`'s
+        own line-by-line validation, which gives the exact message."""
+        known = [self.index.get(c) for c in COLUMNS]
+        chars = chars or CHUNK_CHARS
         before = None
         with self._open() as fh:
-            lines = self._lines(fh)
-            next(lines)  # the header
-            for number, line in lines:
-                # a plain line splits on commas; one with quotes goes through the csv module
-                row = line.split(",") if '"' not in line else self._quoted(line, number)
-                if len(row) > width:
-                    raise TraceError(f"{name}:{number}: {len(row)} cells but the header names {width} columns")
-                try:  # fast path: four numbers in range; anything odd goes through _number for the exact message
-                    if not full or len(row) < width:
-                        raise ValueError
-                    t, b, c, p = float(row[i_t]), float(row[i_b]), float(row[i_c]), float(row[i_p])
-                    if not (0.0 <= t <= MAX_T_S and 0.0 <= b <= 100.0 and 0.0 <= c <= 1.0
-                            and 0.0 <= p <= MAX_BUDGET_MW):
-                        raise ValueError
-                except ValueError:
-                    t, b, c, p = (default if i is None else
-                                  _number(row[i] if i < len(row) else "", f"{name}:{number}", column)
-                                  for column, i, default in getters)
-                if before is not None and t <= before:
-                    if t < before:
-                        raise TraceError(f"{name}:{number}: column t_s goes backwards ({t:g} after {before:g})")
-                    raise TraceError(f"{name}:{number}: column t_s does not advance ({t:g} twice)")
-                before = t
-                yield number, t, b, c, p
+            number = 0
+            try:
+                for _ in range(self.header_line):  # up to and including the header
+                    fh.readline()
+                number = self.header_line
+                while True:
+                    lines = fh.readlines(chars)
+                    if not lines:
+                        return
+                    block = _block(lines, self.width, known, before)
+                    if block is None:  # the exact, line-by-line path
+                        rows = list(self._validated(((number + i + 1, line) for i, line in enumerate(lines)
+                                                     if line.strip() and line.strip()[0] != "#"), before))
+                        block = tuple(np.array([r[j] for r in rows], dtype=float) for j in range(1, 5))
+                    number += len(lines)
+                    if len(block[0]):
+                        before = float(block[0][-1])
+                        yield block
+            except UnicodeDecodeError:
+                raise TraceError(f"{self.name}: not a UTF-8 text file") from None
+
+    def step_chunks(self, chars: int | None = None):
+        """`steps()` as arrays: `StepChunk`s whose rows are the tuples `steps()` yields, in order."""
+        held = None  # rows not yet yielded: each needs the next row's time and battery
+        gap, count = None, 0
+        for t, b, c, p in self.chunks(chars):
+            count += len(t)
+            if held is not None:
+                t, b, c, p = (np.concatenate([h, x]) for h, x in zip(held, (t, b, c, p)))
+            if len(t) < 2:
+                held = (t, b, c, p)
+                continue
+            dt, change = np.diff(t), np.diff(b)
+            gap = float(dt[-1])
+            yield StepChunk(t[:-1], dt, b[:-1], c[:-1], p[:-1], change)
+            held = (t[-1:], b[-1:], c[-1:], p[-1:])
+        if gap is None:
+            raise TraceError(f"{self.name}: a trace needs at least two data rows (found {count})")
+        t, b, c, p = held
+        yield StepChunk(t, np.array([gap]), b, c, p, np.zeros(1))
 
     def _lines(self, fh):
         """(line number, line) of every line that is neither blank nor a comment."""
@@ -223,6 +285,47 @@ class TraceStream:
             found = count + (current is not None)
             raise TraceError(f"{self.name}: a trace needs at least two data rows (found {found})")
         yield (current[0], current[1], gap, current[2], current[3], current[4], 0.0)
+
+
+def _block(lines: list[str], width: int, known: list, before: float | None):
+    """A block of lines as validated column arrays, or None when anything in it needs the line-by-line path."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # e.g. "input contained no data"
+            table = np.loadtxt(lines, delimiter=",", comments=None, dtype=float, ndmin=2)
+    except (ValueError, UserWarning):
+        return None
+    if table.shape != (len(lines), width):  # every line a row of exactly the header's cells
+        return None
+    columns = []
+    for column, i in zip(COLUMNS, known):
+        lo, hi, default = COLUMNS[column]
+        if i is None:
+            columns.append(np.full(len(lines), default))
+            continue
+        values = np.ascontiguousarray(table[:, i])
+        if not ((values >= lo) & (values <= hi)).all():  # NaN fails both
+            return None
+        columns.append(values)
+    t = columns[0]
+    if (before is not None and t[0] <= before) or not (t[1:] > t[:-1]).all():
+        return None
+    return tuple(columns)
+
+
+@dataclass(frozen=True)
+class StepChunk:
+    """Consecutive steps as parallel arrays: what `steps()` yields (without the line numbers), row by row."""
+
+    t_s: np.ndarray
+    dt_s: np.ndarray
+    battery_pct: np.ndarray
+    cpu_load: np.ndarray
+    power_budget_mw: np.ndarray
+    change: np.ndarray  # battery change to the next row
+
+    def __len__(self) -> int:
+        return len(self.t_s)
 
 
 class _numbered:
