@@ -1,7 +1,14 @@
 """MCU benchmark: per QEMU board and level, cycles per inference and per level switch, flash and RAM, the switch /
 inference ratio (target <= 1.0), and the TVM-generated kernels against a plain C reference of the same layers.
 
-    PYTHONPATH=. python benchmarks/mcu.py [--checkpoint CK] [--boards mps2-an500,...] [--out benchmarks/mcu.json]
+    PYTHONPATH=. python benchmarks/mcu.py [--checkpoint CK] [--boards mps2-an500,...] [--out benchmarks/results/mcu.json]
+                                          [--int8-boards mps2-an386,mps2-an385,mps2-an500] [--no-fp32]
+
+The int8 section (issue 15) builds MLPerf Tiny's ResNet-8 (random weights, a random but plausible folded BatchNorm,
+LCS+P unstructured; calibrated on 16 random images) as `lcs build --int8` firmware with a 90 %-sparse, a 50 %-sparse
+and the dense level, runs every level under QEMU through the wire protocol, checks each answer bit for bit against
+the integer reference, and reports instructions per inference and per switch (SysTick ticks x 5 under -icount
+shift=3) beside CMSIS-NN's figures for the same network, with flash and RAM against the board budgets.
 
 Without --checkpoint the small CNN (width 16, 28x28, LCS+P, unstructured) is used with its initial weights: cycle
 counts do not depend on training. Cycles are SysTick ticks under QEMU -icount shift=3 (8 ns per instruction,
@@ -110,7 +117,12 @@ def main() -> None:
     parser.add_argument("--boards", default=",".join(BOARDS))
     parser.add_argument("--family", default="unstructured", help="family of the default model (no --checkpoint)")
     parser.add_argument("--levels", default="", help="alphas (default: 0.1,0.5,1.0 or the 3/5/8-bit levels)")
-    parser.add_argument("--out", default="benchmarks/mcu.json")
+    parser.add_argument("--out", default="benchmarks/results/mcu.json")
+    parser.add_argument("--int8-boards", default="mps2-an386,mps2-an385,mps2-an500",
+                        help="boards for the int8 ResNet-8 section (empty: skip it)")
+    parser.add_argument("--int8-switch-boards", default="mps2-an505,mps3-an547,netduinoplus2,microbit",
+                        help="further boards where the int8 section measures switches (the small CNN on 8x8 input)")
+    parser.add_argument("--no-fp32", action="store_true", help="only the int8 section")
     parser.add_argument("--work", default="build/bench-mcu")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -119,7 +131,11 @@ def main() -> None:
     default_levels = [cmap.alpha_for(b) for b in (3, 5, 8)] if cmap.family == "quantization" else [0.1, 0.5, 1.0]
     alphas = [float(a) for a in args.levels.split(",")] if args.levels else default_levels
     report = {"model": ckpt.config.to_dict()["model"], "family": ckpt.model.cmap.family, "boards": []}
-    for name in args.boards.split(","):
+    if args.int8_boards:
+        report["int8_resnet8"] = int8_section(args.int8_boards.split(","), Path(args.work) / "int8")
+    if args.int8_switch_boards:
+        report["int8_switch"] = int8_switch(args.int8_switch_boards.split(","), Path(args.work) / "int8-switch")
+    for name in ([] if args.no_fp32 else args.boards.split(",")):
         board = targets.load(name)
         out_dir = Path(args.work) / name
         t0 = time.time()
@@ -140,6 +156,150 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(f"wrote {args.out}")
+
+
+INT8_LEVELS = [0.1, 0.5, 1.0]
+
+
+def resnet8_checkpoint() -> Checkpoint:
+    """ResNet-8 as an LCS+P unstructured subspace with BatchNorm (folded by the int8 path), random weights and a
+    random but plausible norm (benchmarks/mcu_int8.py's model): instruction counts do not depend on training."""
+    torch.manual_seed(0)
+    mc = ModelConfig(name="resnet8", in_channels=3, image_size=32, num_classes=10, norm="batch")
+    sc = SubspaceConfig(family="unstructured", shape="point")
+    model = SubspaceModel(build_model(mc), sc).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return Checkpoint(RunConfig(model=mc, subspace=sc), model)
+
+
+def int8_section(boards: list[str], work: Path) -> dict:
+    import warnings
+
+    from benchmarks.mcu_int8 import BAR_M4, CMSIS_NN
+    from tvm_build.mcu.build_int8 import build_int8_firmware
+
+    with warnings.catch_warnings():  # BatchNorm's shared statistics warn once per model
+        warnings.simplefilter("ignore")
+        ckpt = resnet8_checkpoint()
+    x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    calibration = (x, {"source": "random normal images (seed 0)", "split": None, "samples": 16})
+    out = {"model": "resnet8", "levels": INT8_LEVELS, "units": "instructions (SysTick ticks x 5, -icount shift=3)",
+           "cmsis_nn_instructions": CMSIS_NN["resnet8"], "boards": {}}
+    for name in boards:
+        board = targets.load(name)
+        t0 = time.time()
+        build = build_int8_firmware(ckpt, board, INT8_LEVELS, work / name, samples=1, measure=False,
+                                    write_artifact=False, calibration=calibration)
+        rows = []
+        with start(build.binary, board) as running, Device.open(running.url) as dev:
+            dev.hello()
+            for i, level in enumerate(build.levels):
+                _, switch = dev.set_level(index=i)
+                got, infer = dev.infer(build.inputs[0].reshape(-1).tolist())
+                rows.append({"level": level.label(), "alpha": level.alpha, "instructions": infer * 5,
+                             "switch_instructions": switch * 5, "switch_per_infer": round(switch / infer, 6),
+                             "bit_exact": bool(np.array_equal(np.float32(got), build.expected[i][0])),
+                             "sparse_layers": len(build.int8["sparse_layers"][i])})
+        dense = rows[-1]["instructions"]
+        cmsis = CMSIS_NN["resnet8"].get(name)
+        entry = {"cpu": board.cpu, "flash_bytes": build.sizes.flash, "ram_bytes": build.sizes.ram,
+                 "flash_budget": board.flash_bytes, "ram_budget": board.ram_bytes,
+                 "fits": (board.flash_bytes is None or build.sizes.flash <= board.flash_bytes)
+                 and (board.ram_bytes is None or build.sizes.ram <= board.ram_bytes),
+                 "upload_bank": build.upload_bank, "store_bytes": build.int8["store_bytes"],
+                 "stored_weights": build.int8["stored_weights"], "weights": build.int8["weights"],
+                 "bytes_per_stored_weight": build.int8["bytes_per_stored_weight"],
+                 "sparse_from": build.int8["sparse_from"], "levels": rows, "dense_instructions": dense,
+                 "cmsis_nn_instructions": cmsis, "dense_over_cmsis_nn": round(dense / cmsis, 3) if cmsis else None,
+                 "sparse90_over_dense": round(rows[0]["instructions"] / dense, 3),
+                 "max_switch_per_infer": max(r["switch_per_infer"] for r in rows),
+                 "seconds": round(time.time() - t0, 1)}
+        if name == "mps2-an386":
+            entry["bar_m4"] = {"limit": BAR_M4, "met": dense <= BAR_M4}
+        out["boards"][name] = entry
+        if name == "mps2-an386":
+            out["int8_over_fp32_m4"] = int8_over_fp32(board, work / "small-cnn")
+            fp32 = build_firmware(ckpt, board, [1.0], work / name / "fp32", samples=1, write_artifact=False)
+            b = fp32.cycles[0]["infer_cycles"] * 5
+            out["int8_over_fp32_m4"]["resnet8"] = {
+                "int8_instructions": dense, "fp32_instructions": b, "ratio": round(dense / b, 3),
+                "fp32_switching": fp32.switching, "fp32_ram_bytes": fp32.sizes.ram}
+            print(f"ResNet-8 dense on {name}: int8 {dense:,} / fp32 ({fp32.switching} build) {b:,} instructions = "
+                  f"{dense / b:.3f}")
+        print(f"\nint8 ResNet-8 on {name} ({board.cpu}): flash {entry['flash_bytes']:,} / {board.flash_bytes or 0:,} B, "
+              f"RAM {entry['ram_bytes']:,} / {board.ram_bytes or 0:,} B, store {entry['store_bytes']:,} B "
+              f"({entry['bytes_per_stored_weight']} B per stored weight)")
+        for r in rows:
+            print(f"  {r['level']:>14} {r['instructions']:>12,} instructions, switch {r['switch_instructions']:,} "
+                  f"({r['switch_per_infer']:.2e} of an inference), bit-exact {r['bit_exact']}")
+        if cmsis:
+            print(f"  dense / CMSIS-NN ({cmsis:,}) = {entry['dense_over_cmsis_nn']}; 90 % sparse / dense = "
+                  f"{entry['sparse90_over_dense']}")
+    return out
+
+
+def int8_switch(boards: list[str], work: Path) -> dict:
+    """Switch / inference on boards ResNet-8 does not fit or the section above leaves out: the small CNN (8x8 input,
+    width 8, BatchNorm, LCS+P unstructured, levels 90 % / 50 % / dense), every answer checked bit for bit."""
+    import warnings
+
+    from tvm_build.mcu.build_int8 import build_int8_firmware
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(0)
+        mc = ModelConfig(width=8, image_size=8, norm="batch")
+        sc = SubspaceConfig(family="unstructured", shape="point")
+        ckpt = Checkpoint(RunConfig(model=mc, subspace=sc), SubspaceModel(build_model(mc), sc).eval())
+    x = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = {"model": "small-cnn 8x8 width 8, BatchNorm", "levels": INT8_LEVELS, "boards": {}}
+    for name in boards:
+        board = targets.load(name)
+        build = build_int8_firmware(ckpt, board, INT8_LEVELS, work / name, samples=1, measure=False,
+                                    write_artifact=False,
+                                    calibration=(x, {"source": "uniform random images (seed 0)", "samples": 64}))
+        rows = []
+        with start(build.binary, board) as running, Device.open(running.url) as dev:
+            dev.hello()
+            for i, level in enumerate(build.levels):
+                _, switch = dev.set_level(index=i)
+                got, infer = dev.infer(build.inputs[0].reshape(-1).tolist())
+                rows.append({"level": level.label(), "infer_ticks": infer, "switch_ticks": switch,
+                             "switch_per_infer": round(switch / infer, 6),
+                             "bit_exact": bool(np.array_equal(np.float32(got), build.expected[i][0]))})
+        out["boards"][name] = {"cpu": board.cpu, "flash_bytes": build.sizes.flash, "ram_bytes": build.sizes.ram,
+                               "levels": rows, "max_switch_per_infer": max(r["switch_per_infer"] for r in rows)}
+        print(f"int8 small CNN on {name} ({board.cpu}): switch / inference <= "
+              f"{out['boards'][name]['max_switch_per_infer']:.2e}, bit-exact {all(r['bit_exact'] for r in rows)}, "
+              f"flash {build.sizes.flash:,} B, RAM {build.sizes.ram:,} B")
+    return out
+
+
+def int8_over_fp32(board, work: Path) -> dict:
+    """The int8 build's dense level against the fp32 (TVM) build's, same checkpoint: the small CNN (28x28, width 16,
+    BatchNorm, LCS+P)."""
+    import warnings
+
+    from tvm_build.mcu.build_int8 import build_int8_firmware
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(0)
+        mc, sc = ModelConfig(norm="batch"), SubspaceConfig(family="unstructured", shape="point")
+        ckpt = Checkpoint(RunConfig(model=mc, subspace=sc), SubspaceModel(build_model(mc), sc).eval())
+    x = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    fp32 = build_firmware(ckpt, board, [1.0], work / "fp32", samples=1, write_artifact=False)
+    int8 = build_int8_firmware(ckpt, board, [1.0], work / "int8", samples=1, write_artifact=False,
+                               calibration=(x, {"source": "uniform random images (seed 0)", "samples": 64}))
+    a, b = int8.cycles[0]["infer_cycles"] * 5, fp32.cycles[0]["infer_cycles"] * 5
+    print(f"small CNN dense on {board.name}: int8 {a:,} / fp32 {b:,} instructions = {a / b:.3f}")
+    return {"model": "small-cnn 28x28 width 16, BatchNorm", "board": board.name, "int8_instructions": a,
+            "fp32_instructions": b, "ratio": round(a / b, 3)}
 
 
 def print_entry(e: dict) -> None:

@@ -35,7 +35,9 @@ An artifact is an uncompressed POSIX tar of regular files. `manifest.json` is it
       }, ...],
       "reference": "reference.npz",         # "input" (sample inputs) and "level<i>" (expected outputs)
       "runtime": {"threads": 2, ...},       # CPU builds timed on the board: the most threads lcs.runtime uses
-      "firmware": {"binary": "firmware/...", "weights": "firmware/weights.bin", "flash_bytes": ..., ...},  # MCU
+      "firmware": {"binary": "firmware/...", "weights": "firmware/weights.bin", "flash_bytes": ..., ...,  # MCU
+                   "precision": "fp32" | "int8",   # int8: the levels run integer kernels; the reference outputs
+                   "int8": {"calibration": {"source", "split", "samples"}, "store_bytes", ...}},  # are bit-exact
       "members": {"lib/module0.so": {"sha256": "...", "size": 1234}, ...}   # every member but the manifest
       ...                                   # producers may add keys (e.g. "firmware", "tuning"); readers ignore them
     }
@@ -75,6 +77,7 @@ FORMAT = "lcs-artifact"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 KINDS = ("cpu", "firmware")
+PRECISIONS = ("fp32", "int8")  # firmware.precision
 MANIFEST = "manifest.json"
 SUFFIX = ".lcsa"
 
@@ -264,6 +267,7 @@ class Firmware:
     flash_bytes: int | None = None
     ram_bytes: int | None = None
     images: dict = field(default_factory=dict)  # MCU builds: {"bin": member, "hex": member, "base": "0x..."}
+    precision: str = "fp32"  # "int8": integer kernels, outputs bit-identical to the stored reference
 
     @property
     def hex_image(self) -> str | None:
@@ -362,8 +366,11 @@ class Manifest:
             for role, member in images.items():
                 if not isinstance(member, str):
                     raise _bad(where, f"firmware.images[{role!r}] must be a string", member)
+            precision = fw.get("precision", "fp32")
+            if precision not in PRECISIONS:
+                raise _bad(where, f"firmware.precision must be one of {', '.join(PRECISIONS)}", precision)
             firmware = Firmware(fw["binary"], fw["weights"], _int(fw.get("flash_bytes"), where, "flash_bytes"),
-                                _int(fw.get("ram_bytes"), where, "ram_bytes"), dict(images))
+                                _int(fw.get("ram_bytes"), where, "ram_bytes"), dict(images), precision)
         if kind == "firmware" and firmware is None:
             raise ArtifactError(f"{where}: a firmware artifact without its firmware section")
         runtime = _obj(data.get("runtime"), where, "runtime") or {}
@@ -570,4 +577,5 @@ def describe(path: str | Path, expect_target: str | None = None) -> dict:
             "created": raw.get("created"), "target": a.target_name, "strategy": m.strategy, "family": m.family,
             "input": raw.get("input"), "output": raw.get("output"), "modules": raw.get("modules"),
             "verification": raw.get("verification"), "tuning": raw.get("tuning"), "runtime": raw.get("runtime"),
-            "levels": summary_rows(a), "members": m.members, "size": Path(path).stat().st_size}
+            "levels": summary_rows(a), "members": m.members, "size": Path(path).stat().st_size,
+            "precision": m.firmware.precision if m.firmware is not None else None}

@@ -294,6 +294,8 @@ def _compiler():
 @click.option("--rpc", default=None, metavar="HOST:PORT", help="a TVM RPC server on the board: verify and time there")
 @click.option("--tracker", default=None, metavar="HOST:PORT", help="a TVM RPC tracker: tune, verify and time on a board")
 @click.option("--key", default=None, help="device key of the board at the tracker")
+@click.option("--int8", is_flag=True, help="MCU and host-sim boards: every level runs integer kernels (int8 weights "
+              "and activations, calibrated on the checkpoint's training data)")
 @click.option("--accuracy", "eval_results", type=click.Path(path_type=Path), default=None,
               help="results.json from `lcs eval --out DIR`: accuracy per level for the manifest")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
@@ -303,7 +305,7 @@ def _compiler():
 @click.option("--sign", "sign_key", type=click.Path(path_type=Path), default=None, metavar="KEY",
               help="ed25519 private key (PEM): also write OUTPUT.sig (see lcs/signing.py)")
 @fail_cleanly
-def build_cmd(checkpoint_path, target, levels, strategy, tune, threads, rpc, tracker, key, eval_results, output,
+def build_cmd(checkpoint_path, target, levels, strategy, tune, threads, rpc, tracker, key, int8, eval_results, output,
               progress, as_json, sign_key):
     """Compile a checkpoint for a board into one verified artifact."""
     from lcs.atomic import check_writable
@@ -319,7 +321,7 @@ def build_cmd(checkpoint_path, target, levels, strategy, tune, threads, rpc, tra
 
     summary = build(checkpoint_path, target, output, levels=levels, strategy=strategy, tune=tune, threads=threads,
                     rpc=rpc, tracker=tracker, key=key, eval_results=eval_results, progress=progress and not as_json,
-                    log=lambda msg: click.echo(msg, err=True))
+                    log=lambda msg: click.echo(msg, err=True), int8=int8)
     if signer is not None:
         summary["signature"] = str(signing.sign_artifact(output, signer))
     if as_json:

@@ -57,6 +57,11 @@ ATTEMPT_GROWTH = 1.5  # each failed attempt of a request waits this much longer 
 # ... up to this factor: on a noisy link most attempts fail for lost bytes, not for a slow device, and a slow command
 # needs no longer window anyway (its resend is answered from the device's kept reply once it is done)
 ATTEMPT_GROWTH_MAX = 4.0
+# until a command has been answered once, its attempts also wait for their own bytes to cross the link (2 KB/s, a
+# slow or loaded emulated UART): a 12 KB INFER (a 3x32x32 input) takes ~0.5 s into an idle QEMU UART and seconds
+# into a loaded one; resending before the device has read it makes it read every resend in full, falling further
+# behind. Once answered, the command's measured reply time sets its waits.
+TRANSFER_S_PER_BYTE = 5e-4
 ADAPTIVE_BUDGET = 3  # adaptive attempts go on for this many command timeouts (the old three attempts' worst case)
 UPLOAD_CHUNK_START, UPLOAD_CHUNK_MIN, UPLOAD_CHUNK_MAX = 128, 32, 1024
 UPLOAD_GROW_AFTER = 8  # first-time answers in a row before the chunk doubles
@@ -220,7 +225,8 @@ class Device:
         while True:
             self.last_attempts = attempt + 1
             self.retried += attempt > 0
-            wait = ceiling if self.retries is not None else self.attempt_timeout(command, ceiling, attempt)
+            wait = ceiling if self.retries is not None else self.attempt_timeout(command, ceiling, attempt) + (
+                len(frame_bytes) * TRANSFER_S_PER_BYTE if command not in self.reply_s else 0.0)
             sent = time.monotonic()
             self.send_raw(frame_bytes)
             deadline = sent + wait

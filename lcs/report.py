@@ -16,7 +16,8 @@ def print_info(info: dict, console: Console | None = None) -> None:
     console.print(f"[bold]{info['path']}[/bold]  {info['size']:,} bytes  format {info['format']} "
                   f"v{info['format_version']}  lcs {info['lcs_version']}  TVM {info['tvm_version'] or '-'}")
     console.print(f"target {info['target']}  strategy {info['strategy']}  family {info['family']}  "
-                  f"input {info['input']['shape']} {info['input']['dtype']}  modules {len(info['modules'] or {})}"
+                  + (f"precision {info['precision']}  " if info.get("precision") else "")
+                  + f"input {info['input']['shape']} {info['input']['dtype']}  modules {len(info['modules'] or {})}"
                   + (f"  verified on {v.get('on')} (max abs diff {v.get('max_abs_diff'):.3g})" if v else ""))
     if info.get("tuning"):
         for t in info["tuning"]:
@@ -67,6 +68,12 @@ def print_build(summary: dict, console: Console | None = None) -> None:
             f"{len(summary.get('modules') or {})} modules, {summary['build_seconds']:.1f} s)")
     if v:
         line += (f"; every level matches torch within {v['atol']:g} (max {v['max_abs_diff']:.3g}, on {v['on']})")
+    elif summary.get("strategy") == "firmware" and (summary.get("firmware") or {}).get("precision") == "int8":
+        i8 = summary["firmware"].get("int8") or {}
+        cal = i8.get("calibration") or {}
+        line += (f"; int8 firmware: every level on integer kernels, calibrated on {cal.get('samples')} {cal.get('source')} "
+                 f"samples, weight store {i8.get('store_bytes', 0):,} B (reference outputs inside: lcs deploy checks "
+                 "them bit for bit)")
     elif summary.get("strategy") == "firmware":
         line += "; firmware from tvm_build.mcu (reference outputs inside for lcs deploy to check)"
     console.print(line)

@@ -123,19 +123,24 @@ def shared(tmp_path_factory) -> Callable[[str, Callable[[Path], object]], Path]:
 
 @pytest.fixture(scope="session")
 def train_tiny(shared):
-    """(family, shape, width) -> a checkpoint trained one epoch on digits; trained once per run."""
+    """(family, shape, width, norm=) -> a checkpoint trained one epoch on digits; trained once per run
+    (norm="batch": the int8 path's model, BatchNorm folded into the convs)."""
 
-    def train(family: str = "unstructured", shape: str = "line", width: int = 4) -> Path:
-        name = f"{family}-{shape}-{width}.safetensors"
+    def train(family: str = "unstructured", shape: str = "line", width: int = 4, norm: str | None = None) -> Path:
+        name = f"{family}-{shape}-{width}-{norm}.safetensors"
 
         def make(folder: Path) -> None:
+            import warnings
+
             from lcs import commands
 
             config, data = commands.train_config(data_source="digits", family=family, shape=shape, width=width,
-                                                 epochs=1, batch_size=256)
-            commands.train(config, data, folder / name, threads=1, progress=False)
+                                                 epochs=1, batch_size=256, norm=norm)
+            with warnings.catch_warnings():  # BatchNorm's shared statistics warn; the int8 path folds them
+                warnings.simplefilter("ignore")
+                commands.train(config, data, folder / name, threads=1, progress=False)
 
-        return shared(f"tiny-{family}-{shape}-{width}", make) / name
+        return shared(f"tiny-{family}-{shape}-{width}-{norm}", make) / name
 
     return train
 

@@ -431,3 +431,15 @@ def test_layout_only_tasks_are_the_ones_not_tuned():
     assert _layout_only("transpose") and _layout_only("reshape1") and _layout_only("fused_transpose1_reshape")
     assert not any(_layout_only(n) for n in ("conv2d3", "fused_group_norm_relu", "fused_matmul_add", "mean",
                                              "fused_reshape_add"))
+
+
+def test_workspace_need_counts_requests_whatever_names_the_device():
+    """TVM writes the device id as a literal or as a variable (`dev_id`, ResNet-8's fp32 kernels): both count, or
+    the firmware's workspace is too small and every inference is refused."""
+    from tvm_build.mcu.lower import _workspace_need
+
+    src = ("TVM_DLL int32_t a(void) {\n  p = TVMBackendAllocWorkspace(1, dev_id, (uint64_t)16384ULL, 2, 32);\n"
+           "  q = TVMBackendAllocWorkspace(1, 0, (uint64_t)64ULL, 2, 32);\n}\n"
+           "TVM_DLL int32_t b(void) {\n  r = TVMBackendAllocWorkspace(1, dev_id, (uint64_t)32768ULL, 2, 32);\n}\n")
+    assert _workspace_need(src) == 32768
+    assert _workspace_need(src.split("TVM_DLL int32_t b")[0]) == 16384 + 64

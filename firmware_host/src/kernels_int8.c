@@ -8,6 +8,11 @@
    `smlad` does 2 MACs. The accumulators of a row go to an int32 row buffer; a per-row epilogue requantizes them
    channel by channel (residual add and ReLU fused). Depthwise convs share the epilogue; sparse convs (per-channel
    nonzero lists) read an int8 copy of the same window (copy_rows) and, on DSP cores, requantize in place. */
+#if defined(__arm__) && defined(__ARM_FP)
+/* No float here; with the FPU enabled (the firmware's flags on M4/M7/M33/M55) GCC otherwise finds no registers for
+   the 8-pixel sparse step's 14 operands ("impossible constraints"). */
+#pragma GCC target("general-regs-only")
+#endif
 #include "kernels_int8.h"
 
 #include <string.h>

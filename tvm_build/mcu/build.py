@@ -43,12 +43,16 @@ class FirmwareBuild:
     workspace_bytes: int
     kernels: int
     switching: str = "on-switch"  # where the weight transform runs: once per switch, or inside every kernel call
+    # ("stored": int8 builds keep every level ready in the weight store; a switch selects one)
     upload_bank: bool = True
     cycles: list[dict] = field(default_factory=list)  # per level: {"infer": n, "switch": n} when measured
     artifact: Path | None = None
+    precision: str = "fp32"  # "int8": the levels run firmware_host/src/kernels_int8.c (build_int8.py)
+    int8: dict | None = None  # int8 builds: calibration data, weight store figures, sparse layers
 
     def summary(self) -> dict:
-        return {"board": self.board, "binary": str(self.binary), **self.sizes.to_dict(),
+        return {"board": self.board, "binary": str(self.binary), "precision": self.precision,
+                **({"int8": self.int8} if self.int8 else {}), **self.sizes.to_dict(),
                 "arena_bytes": self.arena_bytes, "state_bytes": self.state_bytes, "weight_bytes": len(self.bank),
                 "workspace_bytes": self.workspace_bytes, "kernels": self.kernels, "switching": self.switching,
                 "upload_bank": self.upload_bank,
@@ -85,7 +89,10 @@ def _linker_script(board, path: Path) -> Path:
 
 
 def compile_firmware(board, src_dir: Path, out: Path, *, max_payload: int, workspace: int, tx_bytes: int = 0,
-                     defines: tuple[str, ...] = (), include: tuple[Path, ...] = ()) -> Path:
+                     defines: tuple[str, ...] = (), include: tuple[Path, ...] = (),
+                     sources: list[str] | None = None) -> Path:
+    """`sources`: the C files to build (default: the generic firmware, the board's hooks and the generated TVM
+    kernels, executor and model tables in `src_dir`)."""
     spec = board.extra["firmware"]
     cc = fw.require_tool(spec["cc"], spec.get("cc_package", spec["cc"]))
     board_dir = fw.FIRMWARE_DIR / "boards" / spec["board_dir"]
@@ -96,7 +103,7 @@ def compile_firmware(board, src_dir: Path, out: Path, *, max_payload: int, works
         cmd.append(f"-DLCS_TX_BYTES={tx_bytes}")
     if "memory" in spec:
         cmd += [f"-T{_linker_script(board, src_dir / 'link.ld')}"]
-    cmd += ["-o", str(out), *fw.firmware_sources(src_dir, board_dir), *spec.get("ldflags", [])]
+    cmd += ["-o", str(out), *(sources or fw.firmware_sources(src_dir, board_dir)), *spec.get("ldflags", [])]
     try:
         fw.run(cmd, f"compiling the firmware for {board.name}")
     except fw.BudgetExceeded as exc:  # the linker script holds the chip's real sizes and refused the image

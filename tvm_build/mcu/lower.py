@@ -112,7 +112,8 @@ def lower(net: torch.nn.Module, example: torch.Tensor, *, weights_in_kernel: boo
     return Lowered(mod, mod["main"], source, params, _workspace_need(source), renamed)
 
 
-_ALLOC = re.compile(r"TVMBackendAllocWorkspace\(\s*\d+,\s*\d+,\s*\(uint64_t\)(\d+)")
+# device type and id may be literals or variables (`dev_id`): only the size must be a constant
+_ALLOC = re.compile(r"TVMBackendAllocWorkspace\(\s*\w+,\s*\w+,\s*\(uint64_t\)(\d+)")
 _FUNC = re.compile(r"^TVM_DLL int32_t (\w+)\(", re.M)
 
 

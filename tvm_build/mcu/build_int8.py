@@ -1,0 +1,176 @@
+"""`build_int8_firmware`: checkpoint + board -> firmware whose levels run the int8 kernels
+(firmware_host/src/kernels_int8.c), with main.c's wire protocol, self-test and level switching.
+
+Steps: each level's plain network folded and calibrated on the checkpoint's own training data
+(lcs.int8.level) -> its accuracy measured with the integer reference -> the levels' C and weight store
+(lcs.int8.firmware_c) -> compile + link with the generic firmware (minus the fp32 executor's levels.c and
+TVM shim) -> flash/RAM against the board budget -> reference outputs from the integer reference (bit-identical
+to the device) -> optionally run it (QEMU / host-sim) for instructions per inference and per switch -> artifact.
+No TVM is involved."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lcs.errors import ConfigError, LcsError
+from lcs.int8.firmware_c import device_forward, firmware_model
+from lcs.int8.level import int8_level, nhwc
+from tvm_build.mcu import firmware as fw
+from tvm_build.mcu.build import FirmwareBuild, _load_board, _load_model, _write_artifact, compile_firmware, \
+    measure_cycles
+
+CALIBRATION_SAMPLES = 256
+ACCURACY_SAMPLES = 2000
+# the sparse kernel runs a conv once this fraction of its weights is zero: the crossover measured on ResNet-8
+# (benchmarks/results/mcu_int8.json: 0.48 on the M4 and M7, 0.254 on the M3); on the M0 (no 32-bit multiply-
+# accumulate, short shifts) the small CNN's 50 % level ran 2x slower sparse, its 90 % level 0.76x dense. A board
+# file may say otherwise ("int8_sparse_from" in its firmware section).
+SPARSE_FROM = {"cortex-m0": 0.85, "cortex-m0plus": 0.85, "cortex-m3": 0.26}
+SPARSE_FROM_DSP, SPARSE_FROM_HOST = 0.49, 0.26
+# a sparse entry takes 4 bytes, a dense weight 1: below this sparsity the entries take more flash than the weights,
+# so a build over the flash budget tries again with the dense kernel up to here
+SPARSE_SMALLER = 0.75
+DSP_CPUS = ("cortex-m4", "cortex-m7", "cortex-m33", "cortex-m35p", "cortex-m55", "cortex-m85")
+# the generic sources the int8 firmware leaves out: the fp32 level switcher and the TVM runtime shim
+FP32_ONLY = ("levels.c", "tvm_shim.c")
+
+
+def has_dsp(board) -> bool:
+    flags = board.extra["firmware"].get("cflags", [])
+    return any(f.startswith("-mcpu=") and f.split("=", 1)[1].split("+")[0] in DSP_CPUS for f in flags)
+
+
+def calibration_data(config, samples: int):
+    """(NCHW training images, description for the manifest) from the checkpoint's own data source."""
+    from lcs.data import load_data
+
+    data = load_data(config.data)
+    n = min(samples, len(data.train))
+    if n == 0:
+        raise ConfigError(f"data source {config.data.source!r} has no training samples to calibrate on")
+    images = torch.stack([data.train[i][0] for i in range(n)])
+    return images, {"source": config.data.source, "split": "train", "samples": n}, data
+
+
+def _accuracy(graph, data, limit: int) -> float | None:
+    if data is None or not len(data.test):
+        return None
+    n = min(limit, len(data.test))
+    hits = 0
+    for k in range(0, n, 256):
+        idx = range(k, min(k + 256, n))
+        x = torch.stack([data.test[i][0] for i in idx])
+        y = np.array([int(data.test[i][1]) for i in idx])
+        hits += int((device_forward(graph, nhwc(x)).argmax(1) == y).sum())
+    return hits / n
+
+
+def check_convertible(ckpt, alphas: list[float]) -> None:
+    """Refuse, before any work, a model the int8 path cannot convert (one ConfigError line): its densest level, and
+    its densest quantized level if it has some (a level's QuantizeInput must convert too)."""
+    from lcs.int8.from_torch import from_torch
+    from lcs.subspace.export import materialize
+
+    cmap = ckpt.model.cmap
+    mc = ckpt.config.model
+    shape = (mc.in_channels, mc.image_size, mc.image_size)
+    quantized = [a for a in alphas if cmap.level(a).bits]
+    for alpha in {max(alphas), *([max(quantized)] if quantized else [])}:
+        try:
+            from_torch(materialize(ckpt.model.eval(), alpha, torch.zeros(1, *shape)), shape)
+        except LcsError as exc:
+            what = f"level {cmap.level(alpha).label()}: " if cmap.level(alpha).bits else ""
+            raise ConfigError(f"--int8: {what}{str(exc).removeprefix('int8: ')}") from None
+
+
+def build_int8_firmware(checkpoint, board, levels: list[float] | None, out_dir, *, samples: int = 2,
+                        measure: bool = True, write_artifact: bool = True, calibration=None,
+                        sparse_from: float | None | str = "board", upload_bank: bool | None = None,
+                        graphs: list | None = None) -> FirmwareBuild:
+    """`calibration`: (NCHW images, description) to calibrate on instead of the checkpoint's training data (the
+    manifest records which); `sparse_from`: "board" (the board's measured crossover), a fraction, or None (dense
+    kernels only); `graphs`: ready quantized graphs per level (benchmarks), skipping conversion."""
+    board = _load_board(board)
+    ckpt = _load_model(checkpoint)
+    model, config = ckpt.model.eval(), ckpt.config
+    cmap = model.cmap
+    alphas = list(levels) if levels else list(cmap.eval_alphas)
+    if not alphas or len(alphas) > 255:
+        raise ConfigError(f"an MCU build needs 1..255 levels, got {len(alphas)}")
+    level_objs = [cmap.level(a) for a in alphas]
+    if graphs is None:
+        check_convertible(ckpt, alphas)
+    spec = board.extra["firmware"]
+    dsp = has_dsp(board)
+    if sparse_from == "board":
+        sparse_from = spec.get("int8_sparse_from", SPARSE_FROM_DSP if dsp else SPARSE_FROM.get(board.cpu,
+                                                                                               SPARSE_FROM_HOST))
+    data = None
+    if calibration is None:
+        images, calib_info, data = calibration_data(config, CALIBRATION_SAMPLES)
+    else:
+        images, calib_info = calibration
+    mc = config.model
+    shape = (1, mc.in_channels, mc.image_size, mc.image_size)
+    if graphs is None:
+        try:
+            graphs = [int8_level(model, a, images) for a in alphas]
+        except LcsError as exc:
+            raise ConfigError(f"--int8: {str(exc).removeprefix('int8: ')}") from None
+    accuracy = [{"alpha": a, "accuracy": _accuracy(g, data, ACCURACY_SAMPLES)} for a, g in zip(alphas, graphs)]
+
+    out_dir = Path(out_dir)
+    src = out_dir / "src"
+    src.mkdir(parents=True, exist_ok=True)
+    binary = out_dir / ("firmware.elf" if board.kind == "mcu" else "firmware-host-sim")
+    default = int(np.argmax(alphas))
+    board_dir = fw.FIRMWARE_DIR / "boards" / spec["board_dir"]
+    generic = [str(p) for p in sorted((fw.FIRMWARE_DIR / "src").glob("*.c")) if p.name not in FP32_ONLY]
+    sources = [*generic, *sorted(str(p) for p in board_dir.glob("*.c")), str(src / "model_int8.c")]
+    in_len = int(np.prod(shape))
+    if board.extra["firmware"].get("upload_bank") is False and upload_bank is None:
+        upload_bank = False
+    last = None
+    thresholds = [sparse_from] + ([SPARSE_SMALLER] if sparse_from is not None and sparse_from < SPARSE_SMALLER else [])
+    variants = [(t, bank) for t in thresholds for bank in ((True, False) if upload_bank is None else (upload_bank,))]
+    for sparse_from, with_bank in variants:
+        fm = firmware_model(graphs, level_objs, cmap.family, default, dsp=dsp, sparse_from=sparse_from,
+                            upload_bank=with_bank, input_chw=shape[1:])
+        (src / "model_int8.c").write_text(fm.source)
+        out_len = int(np.prod(graphs[0].tensors[graphs[0].output].shape))
+        try:
+            compile_firmware(board, src, binary, max_payload=max(256, fm.payload_bytes, out_len * 4 + 8, 1032),
+                             workspace=16, tx_bytes=max(256, out_len * 4 + 16),
+                             defines=() if with_bank else ("LCS_NO_UPLOAD_BANK",), sources=sources)
+            sizes = fw.elf_sizes(binary, stack_bytes=int(spec.get("stack_bytes", 0)))
+            fw.check_budget(sizes, board)
+            last = None
+            break
+        except fw.BudgetExceeded as exc:
+            last = exc
+    if last is not None:
+        raise last
+
+    # reference: the integer reference between the device's float conversions, on test images where there are
+    # some (a self-test's argmax then means something), else the calibration images
+    pool = images if data is None or not len(data.test) else torch.stack(
+        [data.test[i][0] for i in range(min(samples, len(data.test)))])
+    inputs = pool[:samples].float()
+    expected = [device_forward(g, nhwc(inputs)).astype(np.float32) for g in graphs]
+    result = FirmwareBuild(board.name, binary, level_objs, sizes, fm.bank, inputs.numpy(), expected,
+                           fm.arena_bytes, 0, fm.scratch_bytes, 0, "stored", with_bank)
+    result.precision = "int8"
+    result.int8 = {"calibration": calib_info, "store_bytes": len(fm.bank), "weights": fm.weights,
+                   "stored_weights": fm.stored_weights, "bytes_per_stored_weight": round(fm.bytes_per_weight, 4),
+                   "sparse_from": sparse_from, "dsp": dsp, "sparse_layers": fm.sparse_layers,
+                   "accuracy_samples": min(ACCURACY_SAMPLES, len(data.test)) if data is not None else 0}
+    if measure and (board.kind != "mcu" or "qemu" in board.extra):
+        result.cycles = measure_cycles(result, board)
+    (out_dir / "build.json").write_text(json.dumps(result.summary(), indent=1))
+    if write_artifact:
+        result.artifact = _write_artifact(result, board, config, cmap, out_dir, shape, out_len, accuracy)
+    return result
