@@ -2,12 +2,14 @@
 MNIST-5k (fixed 4000/1000 split) with the small CNN (GroupNorm); plus the training-step time of LCS+L
 against a standard step of the same network and batch.
 
-    PYTHONPATH=. python benchmarks/accuracy.py [--epochs N] [--out DIR] [--quick] [--jobs 2] [--threads 1]
+    PYTHONPATH=. python benchmarks/accuracy.py [--epochs N] [--seeds N] [--families F,..] [--out DIR] [--quick]
+                                               [--jobs 2] [--threads 1]
 
 For each family (unstructured, structured, quantization) it trains LCS+L and LCS+P with the default
 recipe (lcs.config) and one fixed-level model per level (method "fixed", same model, data, epochs),
 plus ablation runs of LCS+L for the unstructured family that switch single recipe choices back to the
-reference's. Prints a table per family, writes DIR/accuracy.json (every accuracy, step times and
+reference's. With `--seeds N` every run is trained N times (training seeds 0..N-1, same data split) and
+each accuracy is reported as mean and sample standard deviation over the seeds. Prints a table per family, writes DIR/accuracy.json (every accuracy, step times and
 ratios, targets met or not, the recipe) and DIR/accuracy-<family>.png.
 
 Training runs go to `--jobs` worker processes with `--threads` torch threads each. Step times are
@@ -73,6 +75,7 @@ class Run:
     config: RunConfig
     level: str | None = None  # fixed-level runs: the level trained
     ablation: dict = field(default_factory=dict)
+    seed: int = 0  # training seed (TrainConfig.seed): init, data order and alpha draws
 
 
 # -- what to run -----------------------------------------------------------------------------------
@@ -92,11 +95,23 @@ def base_config(family: str, shape: str, epochs: int) -> RunConfig:
                      train=TrainConfig(epochs=epochs))
 
 
-def plan(epochs: int, quick: bool) -> list[Run]:
+def plan(epochs: int, quick: bool, seeds: int = 1, families: tuple[str, ...] = tuple(LEVELS)) -> list[Run]:
+    """Every run once per training seed 0..seeds-1; ablations only when the unstructured family is planned."""
+    runs = [dataclasses.replace(run, seed=seed, config=run.config.replace(
+                train=dataclasses.replace(run.config.train, seed=seed)))
+            for seed in range(seeds) for run in _plan_one_seed(epochs, quick, families)]
+    # The sandwich runs (4 passes a step) first, so the two processes finish together.
+    runs.sort(key=lambda run: not (run.family == "structured" and run.config.train.method == "lcs"))
+    return runs
+
+
+def _plan_one_seed(epochs: int, quick: bool, families: tuple[str, ...]) -> list[Run]:
     from lcs.subspace.levels import parse_level
 
     runs = []
     for family, levels in (QUICK_LEVELS if quick else LEVELS).items():
+        if family not in families:
+            continue
         for shape, label in (("line", "LCS+L"), ("point", "LCS+P")):
             runs.append(Run(label, family, base_config(family, shape, epochs)))
         for level in levels:
@@ -105,14 +120,12 @@ def plan(epochs: int, quick: bool) -> list[Run]:
             cfg = cfg.replace(train=dataclasses.replace(cfg.train, method="fixed", fixed_alpha=alpha))
             runs.append(Run(f"fixed {level}", family, cfg, level=level))
     for name, change in ABLATIONS.items():
-        if quick and name not in QUICK_ABLATIONS:
+        if (quick and name not in QUICK_ABLATIONS) or "unstructured" not in families:
             continue
         cfg = base_config("unstructured", change.get("shape", "line"), epochs)
         cfg = cfg.replace(train=dataclasses.replace(cfg.train, **change.get("train", {})),
                           subspace=dataclasses.replace(cfg.subspace, **change.get("subspace", {})))
         runs.append(Run(name if name.startswith("LCS+") else f"LCS+L, {name}", "unstructured", cfg, ablation=change))
-    # The sandwich runs (4 passes a step) first, so the two processes finish together.
-    runs.sort(key=lambda run: not (run.family == "structured" and run.config.train.method == "lcs"))
     return runs
 
 
@@ -148,6 +161,7 @@ def train_and_evaluate(run: Run) -> dict:
     return {
         "name": run.name,
         "family": run.family,
+        "seed": run.seed,
         "accuracy": {level: round(100 * row.accuracy, 2) for level, row in zip(levels, rows)},
         "grid": [dataclasses.asdict(r) for r in grid],
         "rows": [dataclasses.asdict(r) for r in rows],
@@ -201,7 +215,7 @@ def time_steps(family: str, batch_size: int, steps: int, rounds: int) -> dict:
     for _ in range(rounds):
         standard.append(standard_step_seconds())
         lcs_line.append(train(cfg, data=subset).step_seconds)
-    passes = 1 if default_sampler(cfg) != "sandwich" else max(2, t.samples_per_step)
+    passes = max(2, t.samples_per_step) if default_sampler(cfg) in ("sandwich", "endpoint-and-random") else 1
     std_ms, lcs_ms = 1e3 * statistics.median(standard), 1e3 * statistics.median(lcs_line)
     ratio = statistics.median(b / a for a, b in zip(standard, lcs_line))
     return {
@@ -221,21 +235,45 @@ def time_steps(family: str, batch_size: int, steps: int, rounds: int) -> dict:
 
 # -- targets and report ---------------------------------------------------------------------------
 
-def family_report(family: str, results: list[dict], timing: dict) -> dict:
-    by_name = {r["name"]: r for r in results if r["family"] == family}
-    line, point = by_name["LCS+L"]["accuracy"], by_name["LCS+P"]["accuracy"]
-    fixed = {r["name"].removeprefix("fixed "): r["accuracy"][r["name"].removeprefix("fixed ")]
-             for r in by_name.values() if r["name"].startswith("fixed ")}
+def over_seeds(results: list[dict]) -> dict[tuple[str, str], dict]:
+    """(family, run name) -> that run over its seeds: mean accuracy per level, the sample standard deviation (0 for
+    one seed), every seed's accuracy, and seed 0's full result (config, grid, losses)."""
+    grouped: dict[tuple[str, str], list[dict]] = {}
+    for r in sorted(results, key=lambda r: r.get("seed", 0)):
+        grouped.setdefault((r["family"], r["name"]), []).append(r)
+    out = {}
+    for key, runs in grouped.items():
+        levels = runs[0]["accuracy"]
+        per_seed = {level: [r["accuracy"][level] for r in runs] for level in levels}
+        out[key] = {**runs[0],
+                    "accuracy": {level: round(statistics.fmean(v), 2) for level, v in per_seed.items()},
+                    "std": {level: round(statistics.stdev(v), 2) if len(v) > 1 else 0.0 for level, v in per_seed.items()},
+                    "per_seed": per_seed, "seeds": [r.get("seed", 0) for r in runs],
+                    "train_seconds": round(sum(r["train_seconds"] for r in runs), 1)}
+    return out
+
+
+def family_report(family: str, results: list[dict], timing: dict | None) -> dict:
+    """Accuracies here are means over the seeds; `*_std` their standard deviation."""
+    runs = over_seeds(results)
+    by_name = {name: r for (fam, name), r in runs.items() if fam == family}
+    line, point = by_name["LCS+L"], by_name["LCS+P"]
+    fixed = {r["name"].removeprefix("fixed "): r for r in by_name.values() if r["name"].startswith("fixed ")}
     levels = [level for level in LEVELS[family] if level in fixed]
-    table = [{"level": level, "lcs_line": line[level], "lcs_point": point[level], "fixed": fixed[level],
-              "line_minus_fixed": round(line[level] - fixed[level], 2),
-              "point_minus_fixed": round(point[level] - fixed[level], 2)} for level in levels]
+    table = [{"level": level, "lcs_line": line["accuracy"][level], "lcs_point": point["accuracy"][level],
+              "fixed": fixed[level]["accuracy"][level],
+              "line_minus_fixed": round(line["accuracy"][level] - fixed[level]["accuracy"][level], 2),
+              "point_minus_fixed": round(point["accuracy"][level] - fixed[level]["accuracy"][level], 2),
+              "lcs_line_std": line["std"][level], "lcs_point_std": point["std"][level],
+              "fixed_std": fixed[level]["std"][level], "seeds": len(line["seeds"])} for level in levels]
+    line = line["accuracy"]
     targets = {
         "line_within_1pt_of_fixed_at_every_level": all(row["line_minus_fixed"] >= -TOLERANCE for row in table),
         "worst_line_minus_fixed": min(row["line_minus_fixed"] for row in table),
         "point_within_1pt_of_fixed_at_every_level": all(row["point_minus_fixed"] >= -TOLERANCE for row in table),
-        "line_step_at_most_1.3x_standard": timing["ratio_per_step"] <= 1.3,
     }
+    if timing is not None:
+        targets["line_step_at_most_1.3x_standard"] = timing["ratio_per_step"] <= 1.3
     if family == "unstructured" and "keep=0.1" in line:
         targets["line_90pct_sparse_minus_dense"] = round(line["keep=0.1"] - line["keep=1.0"], 2)
         targets["line_90pct_sparse_within_1pt_of_dense"] = targets["line_90pct_sparse_minus_dense"] >= -TOLERANCE
@@ -251,8 +289,8 @@ def plot_family(family: str, results: list[dict], out: Path) -> Path:
 
     rows = []
     for r in results:
-        if r["family"] != family:
-            continue
+        if r["family"] != family or r.get("seed", 0) != 0:
+            continue  # one curve per model: seed 0's
         label = "per-level models" if r["name"].startswith("fixed ") else r["name"]
         if r["ablation"] and r["name"] != "LCS+L, reference recipe":
             continue  # the plot shows ours, the point, the reference recipe and the per-level models
@@ -271,9 +309,14 @@ def print_report(report: dict) -> None:
         for col in ("level", "LCS+L", "LCS+P", "fixed", "L - fixed", "P - fixed"):
             table.add_column(col, justify="left" if col == "level" else "right")
         for row in fam["levels"]:
-            table.add_row(row["level"], f"{row['lcs_line']:.1f}", f"{row['lcs_point']:.1f}", f"{row['fixed']:.1f}",
+            def cell(key: str) -> str:  # mean, and the standard deviation over seeds when there are several
+                return f"{row[key]:.1f}" + (f" ± {row[key + '_std']:.1f}" if row.get("seeds", 1) > 1 else "")
+            table.add_row(row["level"], cell("lcs_line"), cell("lcs_point"), cell("fixed"),
                           f"{row['line_minus_fixed']:+.1f}", f"{row['point_minus_fixed']:+.1f}")
         console.print(table)
+        seeds = fam["levels"][0].get("seeds", 1) if fam["levels"] else 1
+        if seeds > 1:
+            console.print(f"  mean ± sample std over {seeds} training seeds")
         st = fam["step_time"]
         console.print(f"  step: standard {st['standard_step_ms']:.2f} ms, LCS+L {st['lcs_line_step_ms']:.2f} ms "
                       f"-> {st['ratio_per_step']:.2f}x per step, {st['ratio_per_pass']:.2f}x per pass "
@@ -314,9 +357,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2 levels per family, one ablation, 2 epochs")
     parser.add_argument("--jobs", type=int, default=2, help="training processes at once")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process (and for step timing)")
+    parser.add_argument("--seeds", type=int, default=1, help="train every run with seeds 0..N-1; report mean ± std")
+    parser.add_argument("--families", default=",".join(LEVELS),
+                        help=f"comma-separated families to train (default all: {','.join(LEVELS)})")
     parser.add_argument("--steps-only", action="store_true",
                         help="only re-measure the step times into an existing DIR/accuracy.json")
     args = parser.parse_args(argv)
+    families = tuple(f.strip() for f in args.families.split(",") if f.strip())
+    unknown = [f for f in families if f not in LEVELS]
+    if unknown or not families:
+        parser.error(f"--families: unknown family {', '.join(unknown) or '(none given)'}; choose from {', '.join(LEVELS)}")
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
     epochs = args.epochs or (2 if args.quick else TrainConfig().epochs)
     out = args.out or (Path(tempfile.gettempdir()) / "lcs-accuracy-quick" if args.quick else RESULTS)
 
@@ -328,33 +380,36 @@ def main(argv: list[str] | None = None) -> int:
         return remeasure_steps(out / "accuracy.json", steps, rounds, args.threads)
     load_before = os.getloadavg()
     started = time.perf_counter()
-    runs = plan(epochs, args.quick)
-    print(f"{len(runs)} training runs, {epochs} epochs each, {args.jobs} processes x {args.threads} thread(s)")
+    runs = plan(epochs, args.quick, args.seeds, families)
+    print(f"{len(runs)} training runs ({args.seeds} seed(s)), {epochs} epochs each, "
+          f"{args.jobs} processes x {args.threads} thread(s)")
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(args.jobs, mp_context=ctx, initializer=_worker_init, initargs=(args.threads,)) as pool:
         results = []
         for result in pool.map(train_and_evaluate, runs):
-            print(f"  {result['family']:13s} {result['name']:42s} {result['train_seconds']:6.1f} s  "
+            print(f"  {result['family']:13s} {result['name']:42s} s{result['seed']} {result['train_seconds']:6.1f} s  "
                   + " ".join(f"{k} {v:.1f}" for k, v in result["accuracy"].items()), flush=True)
             results.append(result)
     train_seconds = time.perf_counter() - started
 
-    timing = {family: time_steps(family, TrainConfig().batch_size, steps, rounds) for family in LEVELS}
+    timing = {family: time_steps(family, TrainConfig().batch_size, steps, rounds) for family in families}
     recipe = {"train": dataclasses.asdict(TrainConfig()), "subspace": dataclasses.asdict(SubspaceConfig()),
               "model": "small-cnn, width 16, GroupNorm (conv -> GN -> ReLU)"}
     report = {
         "benchmark": "accuracy",
         "data": "mnist5k: 4000 train / 1000 test, fixed split (seed 0)",
         "epochs": epochs,
+        "seeds": args.seeds,
         "quick": args.quick,
         "tolerance_points": TOLERANCE,
         "recipe": recipe,
         "reference_recipe_overrides": ABLATIONS["reference recipe"],
-        "families": {family: family_report(family, results, timing[family]) for family in LEVELS},
-        "ablations": {r["name"]: r["accuracy"] for r in results if r["ablation"]},
+        "families": {family: family_report(family, results, timing[family]) for family in families},
+        "ablations": {name: r["accuracy"] for (_, name), r in over_seeds(results).items() if r["ablation"]},
         "ablation_settings": {r["name"]: r["ablation"] for r in results if r["ablation"]},
         "full_grid": {f"{r['family']} {r['name']}": [{k: row[k] for k in ("level", "alpha", "accuracy")}
-                                                     for row in r["grid"]] for r in results if r["grid"]},
+                                                     for row in r["grid"]]
+                      for r in results if r["grid"] and r["seed"] == 0},
         "machine": {
             "cpus": os.cpu_count(),
             "training_processes": args.jobs,
@@ -369,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": {"training": round(train_seconds, 1), "total": round(time.perf_counter() - started, 1)},
     }
     atomic.write_text(out / "accuracy.json", json.dumps(report, indent=2))
-    for family in LEVELS:
+    for family in families:
         plot_family(family, results, out)
     print_report(report)
     print(f"wrote {out / 'accuracy.json'} and accuracy-<family>.png ({report['seconds']['total']:.0f} s)")

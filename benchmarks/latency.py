@@ -1,10 +1,17 @@
 """Batch-1 CPU latency per compression level: torch eager, ONNX Runtime, ExecuTorch-XNNPACK,
 untuned TVM and MetaSchedule-tuned TVM, at 1 and 2 threads; plus the cost of switching level in lcs.runtime.
 
-    PYTHONPATH=. python benchmarks/latency.py [--checkpoint CKPT] [--levels width=1.0,width=0.5,width=0.25]
-                                              [--trials 160] [--rounds 5] [--fresh] [--no-executorch]
+    PYTHONPATH=. python benchmarks/latency.py [--checkpoint CKPT | --model M [--family F]]
+                                              [--levels width=1.0,width=0.5,width=0.25] [--trials 160] [--rounds 5]
+                                              [--fresh] [--no-executorch] [--json]
 
-Prints a table (ratios against ONNX Runtime at the same thread count) and writes benchmarks/results/latency.json.
+Prints a table (ratios against ONNX Runtime at the same thread count), or with --json the result itself, and writes
+benchmarks/results/latency.json (latency-<model>.json with --model). Runtimes: torch eager, ONNX Runtime fp32 and
+int8 (static quantization: QDQ, per-channel int8 weights, uint8 activations calibrated on sample inputs),
+ExecuTorch-XNNPACK, lcs's TVM build untuned and tuned (--trials 0: untuned only).
+--model (small-cnn, resnet8, cpreresnet20, mobilenet-v2, resnet18) trains that model for one epoch on 200
+generated 32x32 images (cached; latency does not depend on accuracy) in --family (default unstructured: levels
+keep=1.0 and keep=0.1, i.e. dense and 90 % sparse; structured: width=1.0,width=0.25).
 Each runtime is timed in its own process: TVM's idle worker threads spin after a call and would slow torch down.
 ExecuTorch (XNNPACK delegate) comes from scripts/setup-executorch.sh, installed once outside the venv.
 TVM artifacts are built through `tvm_build.build` exactly as `lcs build` makes them (per-level modules, NHWC, weights
@@ -59,7 +66,7 @@ def worker_torch(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     ckpt = checkpoint.load(spec["checkpoint"])
     x = torch.from_numpy(sample_inputs(ckpt.config, count=1)[0])
-    out: dict = {"torch": [], "onnxruntime": [], "executorch": [], "notes": []}
+    out: dict = {"torch": [], "onnxruntime": [], "onnxruntime_int8": [], "executorch": [], "notes": []}
     try:
         import onnxruntime as ort
     except ImportError:
@@ -94,6 +101,8 @@ def worker_torch(spec: dict) -> dict:
             xn = x.numpy()
             assert np.abs(sess.run(None, {name: xn})[0] - ref).max() < 1e-4
             out["onnxruntime"].append(median_ms(lambda: sess.run(None, {name: xn}), spec["reps"]))
+            out["onnxruntime_int8"].append(_ort_int8(ort, path, sess, spec, x, ckpt, tmp / f"level_{alpha:.4f}",
+                                                     out["notes"]))
         if EtRuntime is not None:
             try:
                 program = to_edge_transform_and_lower(torch.export.export(net, (x,)),
@@ -107,6 +116,44 @@ def worker_torch(spec: dict) -> dict:
                 out["notes"].append(f"ExecuTorch failed at alpha {alpha}: {type(exc).__name__}: {exc}"[:300])
                 out["executorch"].append(None)
     return out
+
+
+def _ort_int8(ort, fp32_path: Path, fp32_session, spec: dict, x, ckpt, stem: Path, notes: list) -> float | None:
+    """ONNX Runtime's static int8 quantization of the fp32 level (QDQ, int8 per-channel weights, uint8
+    activations calibrated on sample inputs): median ms, with its output drift from fp32 noted."""
+    import numpy as np
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from tvm_build.graph import sample_inputs
+
+    name = fp32_session.get_inputs()[0].name
+    calibration = sample_inputs(ckpt.config, count=16)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{name: c} for c in calibration])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    path = stem.parent / f"{stem.name}.int8.onnx"  # not with_suffix: the alpha in the stem has a dot
+    try:
+        if not path.exists():
+            # convolutions and matmuls only: QDQ on the norms' reshapes stops at "shared mode is not supported for
+            # weight" (the models' GroupNorm), and those ops run in fp32 in ORT's int8 models anyway
+            quantize_static(str(fp32_path), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            op_types_to_quantize=["Conv", "Gemm", "MatMul"])
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = spec["threads"], 1
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # report, do not hide
+        notes.append(f"ORT int8 failed for {fp32_path.name}: {type(exc).__name__}: {exc}"[:300])
+        return None
+    xn = x.numpy()
+    drift = float(np.abs(sess.run(None, {name: xn})[0] - fp32_session.run(None, {name: xn})[0]).max())
+    notes.append(f"ORT int8 {path.name}: max abs output drift from fp32 {drift:.3g}")
+    return median_ms(lambda: sess.run(None, {name: xn}), spec["reps"])
 
 
 def worker_tvm(spec: dict) -> dict:
@@ -167,6 +214,22 @@ def run_worker(kind: str, spec: dict, threads: int) -> dict:
 
 # -- driver --------------------------------------------------------------------------------------------------------
 
+MODELS = ("small-cnn", "resnet8", "cpreresnet20", "mobilenet-v2", "resnet18")
+DEFAULT_LEVELS = {"structured": "width=1.0,width=0.25", "unstructured": "keep=1.0,keep=0.1", "quantization": "bits=8"}
+
+
+def model_checkpoint(cache: Path, model: str, family: str) -> Path:
+    """`model` trained one epoch on 200 generated 32x32 images (cached): latency does not depend on accuracy."""
+    path = cache / f"bench-{model}-{family}-synthetic200.safetensors"
+    if not path.exists():
+        from lcs import commands
+
+        config, data = commands.train_config(data_source="synthetic:200", model_name=model, family=family,
+                                             epochs=1, batch_size=64)
+        commands.train(config, data, path, threads=os.cpu_count(), progress=False)
+    return path
+
+
 def default_checkpoint(cache: Path) -> Path:
     path = cache / "bench-small-cnn-structured.safetensors"
     if not path.exists():
@@ -180,7 +243,13 @@ def default_checkpoint(cache: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path)
-    parser.add_argument("--levels", default="width=1.0,width=0.25")
+    parser.add_argument("--model", choices=MODELS, help="train this model (cached) instead of the default small CNN")
+    parser.add_argument("--family", choices=list(DEFAULT_LEVELS), default="unstructured",
+                        help="with --model: the compression family it is trained in")
+    parser.add_argument("--levels", default=None,
+                        help="default: width=1.0,width=0.25 (small CNN); with --model the family's dense and "
+                             "smallest levels")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     parser.add_argument("--trials", type=int, default=160, help="MetaSchedule trials per level module")
     parser.add_argument("--reps", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=5, help="measurement rounds; each figure is their median")
@@ -206,14 +275,29 @@ def main() -> None:
 
     cache = cache_dir() / "bench"
     cache.mkdir(parents=True, exist_ok=True)
-    ckpt_path = args.checkpoint or default_checkpoint(cache)
+    if args.model and args.checkpoint:
+        raise SystemExit("error: --model trains its own checkpoint; give --model or --checkpoint")
+    if args.model:
+        ckpt_path = model_checkpoint(cache, args.model, args.family)
+        levels = args.levels or DEFAULT_LEVELS[args.family]
+        if args.out == RESULTS:
+            args.out = RESULTS.with_name(f"latency-{args.model}.json")
+        cache = cache / f"{args.model}-{args.family}"  # its artifacts and ONNX files apart from other models'
+        cache.mkdir(parents=True, exist_ok=True)
+    else:
+        ckpt_path = args.checkpoint or default_checkpoint(cache)
+        levels = args.levels or DEFAULT_LEVELS["structured"]
     ckpt = checkpoint.load(ckpt_path)
-    alphas = level_alphas(args.levels, ckpt.model.cmap)
+    alphas = level_alphas(levels, ckpt.model.cmap)
     labels = [ckpt.model.cmap.level(a).label() for a in alphas]
     levels_text = ",".join(f"{a!r}" for a in alphas)
     t = time.perf_counter()
     untuned = build(ckpt_path, "host", cache / "untuned.lcsa", levels=levels_text, progress=False)
     untuned_s = time.perf_counter() - t
+    sparse_layers = [lv.get("sparse_layers") for lv in untuned["levels"]]
+    from lcs.artifact import open_artifact
+
+    built = open_artifact(cache / "untuned.lcsa")
     thread_counts = [int(n) for n in args.threads.split(",")]
     tuned_paths, tuning, tuned_s, level_threads = {}, [], {}, {}
     if args.trials:
@@ -257,7 +341,10 @@ def main() -> None:
     result = {
         "machine": {"cpu": codegen.llvm_get_system_cpu(), "cores": os.cpu_count(), "python": platform.python_version(),
                     "load_average": os.getloadavg()},
-        "checkpoint": str(ckpt_path), "model": ckpt.config.model.__dict__, "levels": labels, "alphas": alphas,
+        "checkpoint": os.path.basename(str(ckpt_path)), "model": ckpt.config.model.__dict__, "family": ckpt.config.subspace.family,
+        "levels": labels, "alphas": alphas,
+        "untuned_weights_bytes": [built.manifest.member_size(lv.weights) for lv in built.levels],
+        "untuned_csr_layers": [sum(r["kernel"] == "csr" for r in s or []) for s in sparse_layers],
         "tuning": {"trials_per_module": args.trials, "modules": tuning,
                    "tuning_seconds_this_run": round(sum(m["seconds"] for m in tuning if not m["reused"]), 1),
                    # each thread count's artifact is tuned on its own (its levels that run on fewer threads are
@@ -276,8 +363,11 @@ def main() -> None:
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2))
     os.replace(tmp, args.out)
-    print_table(result)
-    print(f"wrote {args.out}")
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_table(result)
+        print(f"wrote {args.out}")
 
 
 def median_over_rounds(rounds: list[dict]) -> dict:
@@ -302,10 +392,15 @@ def median_over_rounds(rounds: list[dict]) -> dict:
 
 def check_targets(result: dict) -> dict:
     out = {}
-    full = 0  # the first level is width 1.0 by default
+    full = 0  # the first level is the full one by default (width 1.0, keep 1.0)
     for threads, r in result["threads"].items():
         ort = r["onnxruntime"]
         ships = r["tuned"] or r["untuned"]
+        if ort and ort[full]:
+            out[f"untuned_full_vs_onnxruntime_{threads}t"] = round(r["untuned"][full] / ort[full], 3)
+            if r.get("onnxruntime_int8") and r["onnxruntime_int8"][full]:
+                out[f"onnxruntime_int8_vs_fp32_full_{threads}t"] = round(r["onnxruntime_int8"][full] / ort[full], 3)
+            out[f"torch_full_vs_onnxruntime_{threads}t"] = round(r["torch"][full] / ort[full], 3)
         if ort and r["tuned"]:
             out[f"tuned_full_vs_onnxruntime_{threads}t"] = round(r["tuned"][full] / ort[full], 3)
         if r["executorch"] and r["executorch"][full] and r["tuned"]:
@@ -314,7 +409,12 @@ def check_targets(result: dict) -> dict:
         out[f"switch_vs_inference_{threads}t"] = round(r["switch_ms"] / ships[full], 5)
         out[f"round_robin_vs_steady_{threads}t"] = round(r["alternating_mean_ms"] / r["steady_mean_ms"], 3)
     out["tuning_seconds"] = result["tuning"]["tuning_seconds_first_run"]
-    out["goals"] = {"tuned_full_vs_onnxruntime": "<= 1.0", "smallest_vs_full": "<= 0.15 (width 0.25)",
+    sizes = result.get("untuned_weights_bytes")
+    if sizes:
+        out["smallest_vs_full_weights_bytes"] = round(sizes[-1] / sizes[full], 3)
+    out["goals"] = {"tuned_full_vs_onnxruntime": "<= 1.0", "untuned_full_vs_onnxruntime": "<= 2.0",
+                    "smallest_vs_full": "<= 0.15 (width 0.25); <= 0.5 (90 % sparse)",
+                    "smallest_vs_full_weights_bytes": "<= 0.3 (90 % sparse)",
                     "switch_vs_inference": "<= 0.1", "tuning_seconds": "<= 300"}
     return out
 
@@ -325,7 +425,8 @@ def print_table(result: dict) -> None:
 
     console = Console(width=140)
     table = Table(title="batch-1 latency, median ms (x = ratio to ONNX Runtime at the same thread count)")
-    for col in ("threads", "level", "torch eager", "ONNX Runtime", "ExecuTorch", "TVM untuned", "TVM tuned"):
+    for col in ("threads", "level", "torch eager", "ONNX Runtime", "ORT int8", "ExecuTorch", "TVM untuned",
+                "TVM tuned"):
         table.add_column(col, justify="left" if col == "level" else "right")
     for threads, r in result["threads"].items():
         for i, label in enumerate(result["levels"]):
@@ -337,7 +438,8 @@ def print_table(result: dict) -> None:
                 return f"{v:.3f}" + (f" ({v / ort:.2f}x)" if ort else "")
 
             et = r["executorch"][i] if r["executorch"] else None
-            table.add_row(threads, label, cell(r["torch"][i]), cell(ort), cell(et), cell(r["untuned"][i]),
+            q8 = r["onnxruntime_int8"][i] if r.get("onnxruntime_int8") else None
+            table.add_row(threads, label, cell(r["torch"][i]), cell(ort), cell(q8), cell(et), cell(r["untuned"][i]),
                           cell(r["tuned"][i] if r["tuned"] else None))
     console.print(table)
     for threads, r in result["threads"].items():

@@ -30,8 +30,11 @@ An artifact is an uncompressed POSIX tar of regular files. `manifest.json` is it
         "latency_ms": 0.12 | null,          # measured at build time on the board (host, or over RPC)
         "threads": 2 | null,                 # CPU threads this level runs on (the fewest within 3 % of its fastest)
         "cycles": null,                      # MCU builds
-        "members": {"library": "lib/module0.so", "weights": "weights/level0.npz"}   # what this level uses
+        "members": {"library": "lib/module0.so", "weights": "weights/level0.npz"},  # what this level uses
                                             #   (firmware builds: {"firmware": "firmware/<binary>"})
+        "weights_encoding": {"format": "bitmask", "sparse": ["features.1.0.weight", ...]},  # sparse levels only
+        "sparse_layers": [{"weight": ..., "kernel": "csr" | "dense", "dense_us": ..., "sparse_us": ...}, ...]
+                                            #   unstructured levels on a timed board: the layer kernels chosen
       }, ...],
       "reference": "reference.npz",         # "input" (sample inputs) and "level<i>" (expected outputs)
       "runtime": {"threads": 2, ...},       # CPU builds timed on the board: the most threads lcs.runtime uses
@@ -47,7 +50,11 @@ manifest with a wrong type is one ArtifactError line); member names come from th
 `level_weights_member`, ...), so no other file spells a member path or reads a manifest key.
 
 Weights files are `.npz` (numpy, no pickle) keyed by the module's parameter names. Quantized levels may store a
-layer as int8 codes plus float32 scale/zero arrays; the module's `params` list says which.
+layer as int8 codes plus float32 scale/zero arrays; the module's `params` list says which. A level whose weights are
+mostly zeros (unstructured sparsity) stores those arrays compactly, so its bytes follow the nonzeros: the level's
+"weights_encoding" is {"format": "bitmask", "sparse": [names]}, and each named array is stored as "<name>|mask"
+(uint8, np.packbits of `array.ravel() != 0`, pad bits zero) and "<name>|values" (the nonzeros in C order, the
+param's dtype); `Artifact.level_weights` expands them, checking every length against the module's params.
 
 Reading is safe: every member must be a regular file with a relative, normalised path (no `..`, no absolute paths, no
 links or devices), listed in the manifest with a matching size and sha256; truncated or foreign files are refused.
@@ -63,6 +70,7 @@ import json
 import os
 import posixpath
 import tarfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -99,6 +107,78 @@ def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
 def load_npz(data: bytes) -> dict[str, np.ndarray]:
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         return {k: npz[k] for k in npz.files}
+
+
+# -- level weights: sparse arrays as a bitmask and their nonzeros --------------------------------------------
+
+WEIGHTS_ENCODING_KEY = "weights_encoding"  # a level's key in the manifest
+# a level's key: the 1x1 convolutions the build timed dense and as CSR kernels on the board, and which one runs
+# ({"weight", "kernel": "csr" | "dense", "density", "shape", "dense_us", "sparse_us"}, tvm_build/sparse.py)
+SPARSE_LAYERS_KEY = "sparse_layers"
+WEIGHTS_ENCODINGS = ("bitmask",)
+MASK_SUFFIX, VALUES_SUFFIX = "|mask", "|values"
+# an array is stored sparse when that takes at most this share of its dense bytes (bitmask: 1/32 of fp32 plus the
+# nonzeros, so below ~70 % nonzeros); tiny arrays (biases) stay dense
+SPARSE_MAX_SHARE = 0.75
+SPARSE_MIN_ELEMENTS = 64
+
+
+def encode_weights(arrays: Mapping[str, np.ndarray]) -> tuple[bytes, dict | None]:
+    """A level's weights as .npz bytes, floating-point arrays that are mostly zeros as bitmask + nonzeros. Returns
+    (bytes, the level's weights_encoding for the manifest, None when every array is dense)."""
+    out: dict[str, np.ndarray] = {}
+    sparse = []
+    for name, array in arrays.items():
+        array = np.asarray(array)
+        if array.dtype.kind == "f" and array.size >= SPARSE_MIN_ELEMENTS:
+            flat = np.ascontiguousarray(array).reshape(-1)
+            nonzero = flat != 0
+            packed = (array.size + 7) // 8 + int(nonzero.sum()) * array.itemsize
+            if packed <= SPARSE_MAX_SHARE * array.nbytes:
+                out[name + MASK_SUFFIX] = np.packbits(nonzero)
+                out[name + VALUES_SUFFIX] = flat[nonzero]
+                sparse.append(name)
+                continue
+        out[name] = array
+    return npz_bytes(out), ({"format": "bitmask", "sparse": sparse} if sparse else None)
+
+
+def decode_weights(stored: dict[str, np.ndarray], encoding: dict | None, params, where: str) -> dict[str, np.ndarray]:
+    """The dense arrays of a level's weights file (`encode_weights`); `params` ({name, shape, dtype} dicts) give
+    each sparse array's shape and dtype. Anything inconsistent is one ArtifactError line."""
+    if encoding is None:
+        return stored
+    specs = {p["name"]: p for p in params}
+    out = dict(stored)
+    for name in encoding["sparse"]:
+        if name not in specs:
+            raise ArtifactError(f"{where}: sparse weight {name!r} is not a parameter of the module")
+        spec = specs[name]
+        mask, values = out.pop(name + MASK_SUFFIX, None), out.pop(name + VALUES_SUFFIX, None)
+        if name in out or mask is None or values is None:
+            raise ArtifactError(f"{where}: sparse weight {name!r} needs exactly {name + MASK_SUFFIX!r} and "
+                                f"{name + VALUES_SUFFIX!r}")
+        try:
+            shape = tuple(int(n) for n in spec["shape"])
+            dtype = np.dtype(spec["dtype"])
+        except (TypeError, ValueError):
+            raise ArtifactError(f"{where}: weight {name!r} has no valid shape/dtype in the module") from None
+        size = int(np.prod(shape))
+        if mask.dtype != np.uint8 or mask.shape != ((size + 7) // 8,):
+            raise ArtifactError(f"{where}: mask of {name!r} is {mask.dtype} {list(mask.shape)}, want uint8 "
+                                f"[{(size + 7) // 8}]")
+        bits = np.unpackbits(mask).astype(bool)
+        if bits[size:].any():
+            raise ArtifactError(f"{where}: mask of {name!r} sets bits past its {size} elements")
+        bits = bits[:size]
+        count = int(bits.sum())
+        if values.dtype != dtype or values.shape != (count,):
+            raise ArtifactError(f"{where}: values of {name!r} are {values.dtype} {list(values.shape)}, the mask "
+                                f"wants {dtype} [{count}]")
+        dense = np.zeros(size, dtype)
+        dense[bits] = values
+        out[name] = dense.reshape(shape)
+    return out
 
 
 def _check_member_name(name: str) -> None:
@@ -224,6 +304,7 @@ class Level:
     max_abs_diff: float | None = None
     members: dict = field(default_factory=dict)  # role ("library", "weights", "firmware") -> member name
     inputs: dict = field(default_factory=dict)  # values of the module's extra inputs (e.g. alpha), by name
+    weights_encoding: dict | None = None  # {"format": "bitmask", "sparse": [names]} (see the module docstring)
 
     @property
     def library(self) -> str | None:
@@ -251,13 +332,22 @@ class Level:
             if not isinstance(member, str):
                 raise _bad(where, f"member {role!r} must be a member name (a string)", member)
         label = data.get("label")
+        encoding = _obj(data.get(WEIGHTS_ENCODING_KEY), where, WEIGHTS_ENCODING_KEY)
+        if encoding is not None:
+            if encoding.get("format") not in WEIGHTS_ENCODINGS:
+                raise _bad(where, f"{WEIGHTS_ENCODING_KEY}.format must be one of {', '.join(WEIGHTS_ENCODINGS)} "
+                                  f"(this lcs reads no other)", encoding.get("format"))
+            sparse = encoding.get("sparse")
+            if not isinstance(sparse, list) or not all(isinstance(n, str) for n in sparse) or \
+                    len(set(sparse)) != len(sparse):
+                raise _bad(where, f"{WEIGHTS_ENCODING_KEY}.sparse must be a list of distinct weight names", sparse)
         return cls(index, float(alpha), "" if label is None else str(label),
                    _number(data.get("keep"), where, "keep"), _number(data.get("width"), where, "width"),
                    _int(data.get("bits"), where, "bits"), _number(data.get("accuracy"), where, "accuracy"),
                    _number(data.get("latency_ms"), where, "latency_ms"), _int(data.get("threads"), where, "threads"),
                    _int(data.get("cycles"), where, "cycles"), _int(data.get("switch_cycles"), where, "switch_cycles"),
                    _number(data.get("max_abs_diff"), where, "max_abs_diff"), dict(members),
-                   {name: data[name] for name in extra_names if name in data})
+                   {name: data[name] for name in extra_names if name in data}, encoding)
 
 
 @dataclass(frozen=True)
@@ -452,6 +542,19 @@ class Artifact:
 
     def read_npz(self, member: str) -> dict[str, np.ndarray]:
         return load_npz(self.read(member))
+
+    def level_weights(self, level: Level) -> dict[str, np.ndarray]:
+        """A level's weights, dense, by parameter name (sparse arrays expanded; see `decode_weights`)."""
+        if level.weights is None:
+            return {}
+        module = self.manifest.modules.get(level.library)
+        params = module.params if module is not None else ()
+        try:
+            stored = self.read_npz(level.weights)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:  # zip/npy headers of a member that passed its sha256
+            raise ArtifactError(f"{self.path}: weights of level {level.index} are not a readable .npz ({exc})") \
+                from None
+        return decode_weights(stored, level.weights_encoding, params, f"{self.path}: level {level.index}")
 
     def reference(self) -> dict[str, np.ndarray]:
         """Sample inputs ("input") and the expected output of each level (`reference_key(index)`)."""

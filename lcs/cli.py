@@ -3,6 +3,7 @@ an `LcsError` becomes one line on stderr and a non-zero exit code."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -43,6 +44,31 @@ def fail_cleanly(fn):
             sys.exit(128 + signum)
 
     return wrapper
+
+
+@contextlib.contextmanager
+def stdout_for_json_only(enabled: bool):
+    """While a --json result is made, whatever libraries print to stdout (MetaSchedule's console logger, C++ writing
+    to fd 1) goes to stderr, so stdout carries the JSON and nothing else."""
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    try:
+        real = sys.stdout.fileno() == 1
+    except (AttributeError, OSError, ValueError):  # a test runner's stream: no fd to move
+        real = False
+    saved = os.dup(1) if real else None
+    if saved is not None:
+        os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        if saved is not None:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 def board_options(what: str):
@@ -319,9 +345,10 @@ def build_cmd(checkpoint_path, target, levels, strategy, tune, threads, rpc, tra
 
         signer = signing.load_private_key(sign_key)  # a bad key fails now, not after the build
 
-    summary = build(checkpoint_path, target, output, levels=levels, strategy=strategy, tune=tune, threads=threads,
-                    rpc=rpc, tracker=tracker, key=key, eval_results=eval_results, progress=progress and not as_json,
-                    log=lambda msg: click.echo(msg, err=True), int8=int8)
+    with stdout_for_json_only(as_json):
+        summary = build(checkpoint_path, target, output, levels=levels, strategy=strategy, tune=tune, threads=threads,
+                        rpc=rpc, tracker=tracker, key=key, eval_results=eval_results,
+                        progress=progress and not as_json, log=lambda msg: click.echo(msg, err=True), int8=int8)
     if signer is not None:
         summary["signature"] = str(signing.sign_artifact(output, signer))
     if as_json:

@@ -16,7 +16,7 @@ NORMS = ("group", "instance", "layer", "batch")
 SHAPES = ("line", "point")
 ENDPOINT_INITS = ("copy", "independent")
 METHODS = ("lcs", "fixed", "us")
-SAMPLERS = ("biased-endpoints", "sandwich", "discrete", "uniform", "fixed", "delayed-uniform", "per-layer-bits")
+SAMPLERS = ("biased-endpoints", "sandwich", "endpoint-and-random", "discrete", "uniform", "fixed", "delayed-uniform", "per-layer-bits")
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,10 @@ from lcs.artifact import Artifact, ArtifactError, Level, TensorSpec, open_artifa
 from lcs.errors import LcsError
 
 # (file, message) pairs TVM logs that mean nothing to a user: one line per constant whenever a VM executable is
-# saved or loaded, and one per gather kernel while MetaSchedule builds candidates.
+# saved or loaded, one per gather kernel while MetaSchedule builds candidates, one per tuning database opened.
 NOISE = (("executable.cc", "Scope Saving"), ("executable.cc", "Scope Loaded"),
-         ("transform.h", "Fast mode segfaults when there are out-of-bounds indices"))
+         ("transform.h", "Fast mode segfaults when there are out-of-bounds indices"),
+         ("meta_schedule.cc", "Creating JSONDatabase"))
 
 
 @contextlib.contextmanager
@@ -209,7 +210,7 @@ class Runtime:
         if module is None:
             raise ArtifactError(f"{self.artifact.path}: level {level.index} names no library")
         spec = self.artifact.manifest.modules[module]
-        weights = self.artifact.read_npz(level.weights) if level.weights else {}
+        weights = self.artifact.level_weights(level)
         arrays = []  # main(x, *extra_inputs, *params)
         for extra in spec.extra_inputs:  # e.g. alpha for the alpha-input strategy
             if extra["name"] not in level.inputs:

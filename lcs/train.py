@@ -93,6 +93,9 @@ def draw_alphas(sampler: str, rng: random.Random, progress: float, cfg: RunConfi
     if sampler == "sandwich":
         n = max(2, t.samples_per_step)
         return [Draw(a, quantize_acts=not warming) for a in [lo, hi] + [between() for _ in range(n - 2)]]
+    if sampler == "endpoint-and-random":  # two passes: one end of the line (either, at random) and a level between
+        n = max(2, t.samples_per_step)
+        return [Draw(a, quantize_acts=not warming) for a in [rng.choice((lo, hi))] + [between() for _ in range(n - 1)]]
     if sampler == "discrete":
         return [Draw(rng.choice(cmap.eval_alphas), quantize_acts=not warming)]
     if sampler == "delayed-uniform":  # unstructured LCS+P: dense until the warm-up ends
@@ -182,6 +185,45 @@ def _check_runs(model: SubspaceModel, data: DataSplit, config: RunConfig) -> Non
 
 # -- the loop -------------------------------------------------------------------------------------
 
+class FlatParameters:
+    """Every parameter of `model` made a view of one flat tensor (`param`, for the optimizer) and its gradient a
+    view of one flat gradient (`param.grad`). Backward accumulates into the views in place, so zero the flat
+    gradient (zero_grad(set_to_none=False)), never set a parameter's grad to None. `release` gives each
+    parameter and gradient storage of its own again (checkpoints save parameters one by one)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        # A line's endpoints first, as two blocks (all w0, then all w1, in line_pairs order): the fused blend then
+        # works on the two blocks as single tensors (SubspaceModel.flat_line).
+        pairs = getattr(model, "line_pairs", [])
+        line = [p0 for p0, _ in pairs] + [p1 for _, p1 in pairs]
+        listed = {id(p) for p in line}
+        self.params = line + [p for p in model.parameters() if p.requires_grad and id(p) not in listed]
+        first = self.params[0]
+        if any(p.dtype != first.dtype or p.device != first.device for p in self.params):
+            raise ConfigError("parameters of mixed dtype or device cannot share one flat buffer")
+        data = torch.cat([p.detach().reshape(-1) for p in self.params])
+        grad = torch.zeros_like(data)
+        offset = 0
+        for p in self.params:
+            n = p.numel()
+            p.data = data[offset:offset + n].view_as(p)
+            p.grad = grad[offset:offset + n].view_as(p)
+            offset += n
+        self.param = torch.nn.Parameter(data)
+        self.param.grad = grad
+        self.model = model
+        if pairs and all(p.requires_grad for p in line):
+            model.flat_line = (self.param, sum(p0.numel() for p0, _ in pairs))
+
+    def release(self) -> None:
+        if getattr(self.model, "flat_line", None) is not None:
+            self.model.flat_line = None
+        for p in self.params:
+            p.data = p.data.clone()
+            p.grad = None
+        self.param.grad = None
+
+
 @dataclass
 class TrainResult:
     config: RunConfig
@@ -247,7 +289,12 @@ def train(config: RunConfig, *, data: DataSplit | None = None, out: str | Path |
                         generator=torch.Generator().manual_seed(t.seed), workers=accel.workers)
     steps_per_epoch = len(loader)
     total = t.epochs * steps_per_epoch
-    optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    # One process: every parameter a view of one flat tensor, every gradient a view of one flat gradient, and SGD
+    # on the flat pair: the same element-wise update in a few kernels instead of several per parameter tensor (a
+    # line has twice the plain network's tensors, most of them tiny norm vectors). DDP keeps its own buckets.
+    flat = FlatParameters(model) if world.world == 1 else None
+    optimizer = torch.optim.SGD([flat.param] if flat else model.parameters(), lr=t.lr, momentum=t.momentum,
+                                weight_decay=t.weight_decay)
     warmup_steps = max(1, int(t.warmup_epochs * steps_per_epoch))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup_steps))
     scaler = acc.grad_scaler(accel.precision, device)
@@ -255,6 +302,10 @@ def train(config: RunConfig, *, data: DataSplit | None = None, out: str | Path |
     # progress hook): reading a GPU number every step would make the CPU wait for the GPU.
     report_every = 25 if cuda else 1
 
+    # One process, no regulariser: the line's gradient split rides in the fused blend's backward (no separate pass
+    # over all endpoint gradients). Under DDP the layers blend one by one; the cos^2 term adds gradients of its own.
+    fold_split = line and world.world == 1 and t.beta == 0 and model.fused_blend
+    model.folded_split = (t.line_centre_lr, t.line_spread_lr) if fold_split else None
     result = TrainResult(config, model, device=acc.describe(device), precision=accel.precision, world=world.world,
                          backend=world.backend)
     clock = acc.StepClock(device)
@@ -278,7 +329,7 @@ def train(config: RunConfig, *, data: DataSplit | None = None, out: str | Path |
             draws = draw_alphas(sampler, rng, step / total, config, cmap, model)
             if draws_seen is not None:
                 draws_seen.update(repr(draws).encode())
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=flat is None)  # flat: zero the one gradient, keep the views
             loss_sum = torch.zeros((), device=device)
             for i, d in enumerate(draws):
                 model.set_alpha(d.alpha, effective=d.effective, quantize_acts=d.quantize_acts, track_acts=track_acts)
@@ -302,7 +353,7 @@ def train(config: RunConfig, *, data: DataSplit | None = None, out: str | Path |
                     loss.backward()
             if scaler is not None:
                 scaler.unscale_(optimizer)  # the line's gradient split works on true gradients
-            if line:
+            if line and not fold_split:
                 model.split_line_gradients(t.line_centre_lr, t.line_spread_lr)
             if scaler is not None:
                 scaler.step(optimizer)
@@ -321,6 +372,9 @@ def train(config: RunConfig, *, data: DataSplit | None = None, out: str | Path |
                 on_step(step, total, {"epoch": epoch + 1, "loss": float(mean_loss)})
         result.history.append({"epoch": epoch + 1, "loss": float(epoch_loss) / max(1, batches),
                                "cos2": float(epoch_reg) / max(1, batches), "lr": schedule.get_last_lr()[0]})
+    model.folded_split = None  # the returned model's gradients are the blend formula's own again
+    if flat is not None:
+        flat.release()
     acc.synchronize(device)
     result.images_per_second = images / max(1e-9, time.perf_counter() - steady_since)
     result.step_seconds = clock.mean_seconds()

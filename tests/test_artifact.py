@@ -210,3 +210,64 @@ def test_version_1_manifest_without_kind_is_read(good, tmp_path):
         del manifest["kind"]
     old = art.open_artifact(_with_manifest(tmp_path, good, edit_cpu))
     assert old.kind == "cpu"
+
+
+# -- sparse levels: bitmask + nonzeros ------------------------------------------------------------------------
+
+def _sparse_artifact(tmp_path, tamper=None, encoding=None):
+    """A level whose 16x8 weight is 90 % zeros, stored by encode_weights; `tamper(stored arrays)` edits the file."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((16, 8)).astype(np.float32)
+    w[rng.random(w.shape) < 0.9] = 0
+    bias = np.ones(8, np.float32)
+    data, enc = art.encode_weights({"w": w, "b": bias})
+    if tamper is not None:
+        stored = art.load_npz(data)
+        tamper(stored)
+        data = art.npz_bytes(stored)
+    manifest = _manifest()
+    manifest["modules"]["lib/level0.so"]["params"] = [{"name": "w", "shape": [16, 8], "dtype": "float32"},
+                                                      {"name": "b", "shape": [8], "dtype": "float32"}]
+    manifest["levels"][0]["weights_encoding"] = enc if encoding is None else encoding
+    members = {**_members(), "weights/level0.npz": data}
+    return art.write_artifact(tmp_path / "s.lcsa", manifest, members), w, bias, enc
+
+
+def test_sparse_weights_round_trip_and_take_bytes_by_nonzeros(tmp_path):
+    path, w, bias, enc = _sparse_artifact(tmp_path)
+    assert enc == {"format": "bitmask", "sparse": ["w"]}  # the 8-element bias stays dense
+    a = art.open_artifact(path)
+    got = a.level_weights(a.levels[0])
+    np.testing.assert_array_equal(got["w"], w)
+    np.testing.assert_array_equal(got["b"], bias)
+    stored = a.read_npz(a.levels[0].weights)
+    assert stored["w|mask"].nbytes + stored["w|values"].nbytes < 0.2 * w.nbytes
+    dense, none = art.encode_weights({"w": np.ones((16, 8), np.float32)})
+    assert none is None and list(art.load_npz(dense)) == ["w"]
+
+
+@pytest.mark.parametrize("tamper,encoding,message", [
+    (lambda s: s.update({"w|values": s["w|values"][:-1]}), None, "the mask wants float32 [17]"),
+    (lambda s: s.update({"w|values": s["w|values"].astype(np.float64)}), None, "the mask wants float32"),
+    (lambda s: s.update({"w|mask": s["w|mask"][:-1]}), None, "want uint8 [16]"),
+    (lambda s: s.pop("w|mask"), None, "needs exactly 'w|mask' and 'w|values'"),
+    (None, {"format": "bitmask", "sparse": ["nope"]}, "'nope' is not a parameter"),
+])
+def test_hostile_sparse_weights_are_one_line_refusals(tmp_path, tamper, encoding, message):
+    path, *_ = _sparse_artifact(tmp_path, tamper, encoding)
+    a = art.open_artifact(path)
+    with pytest.raises(art.ArtifactError) as caught:
+        a.level_weights(a.levels[0])
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("encoding,message", [
+    ({"format": "csr", "sparse": ["w"]}, "weights_encoding.format must be one of bitmask"),
+    ({"format": "bitmask", "sparse": "w"}, "weights_encoding.sparse must be a list"),
+])
+def test_unknown_sparse_encoding_is_refused_on_open(tmp_path, encoding, message):
+    path, *_ = _sparse_artifact(tmp_path)
+    edited = _with_manifest(tmp_path, path, _set(["levels", 0, "weights_encoding"], encoding))
+    with pytest.raises(art.ArtifactError) as caught:
+        art.open_artifact(edited)
+    assert message in str(caught.value)

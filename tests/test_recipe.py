@@ -71,3 +71,25 @@ def test_recipe_fields_are_validated():
         SubspaceConfig(endpoint_init="zeros")
     with pytest.raises(ConfigError):
         TrainConfig(alpha_spacing="cubic")
+
+
+def test_split_folded_into_the_blend_backward_matches_the_separate_split():
+    """train.py folds split_line_gradients into the fused blend's backward (one process, beta 0): the same
+    gradients up to float rounding, and the forward (the blended weights) unchanged, bit for bit."""
+    centre, spread = 1.0, 0.25
+    model = line_model()
+    expected = grads_at(model)
+    model.split_line_gradients(centre, spread)
+    expected = [(p0.grad.clone(), p1.grad.clone()) for p0, p1 in model.line_pairs]
+    x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    model.set_alpha(0.4, effective=1.0)
+    out = model(x)
+    model.folded_split = (centre, spread)
+    assert torch.equal(model(x), out)
+    for (g0, g1), (f0, f1) in zip(expected, grads_at(model)):
+        torch.testing.assert_close(f0, g0, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(f1, g1, rtol=1e-5, atol=1e-7)
+    model.set_alpha(0.4)
+    next(model.layers()).state.alpha = 0.5  # a layer moved on its own: no fused blend, so the folded split cannot apply
+    with pytest.raises(RuntimeError, match="fused blend"):
+        model(x)

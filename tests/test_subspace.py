@@ -197,3 +197,31 @@ def test_fake_quant_snaps_to_the_grid_and_passes_gradients_straight_through():
     assert len(torch.unique(out.detach())) <= 16
     (out * torch.arange(t.numel()).view_as(t)).sum().backward()
     assert torch.equal(t.grad, torch.arange(t.numel(), dtype=t.dtype).view_as(t))
+
+
+def test_fake_quant_host_grid_on_cpu_gives_the_tensor_grids_bits():
+    """On a CPU fake_quant computes the grid on host floats and snaps in fewer kernels: same bits as the tensor
+    formula (quant_params / quantize), for weights (own range) and activations (a given range), every width."""
+    from lcs.subspace.compress import fake_quant, quant_params, quantize
+
+    g = torch.Generator().manual_seed(5)
+    cases = [torch.randn(300, generator=g) * 10.0 ** k + shift for k in (-3, 0, 2) for shift in (0.0, 0.7)]
+    cases += [torch.rand(50, generator=g), -torch.rand(50, generator=g), torch.zeros(20), torch.full((9,), 3.0)]
+    for t in cases:
+        for bits in range(2, 9):
+            for lo, hi in ((None, None), (t.min() * 0.5, t.max() * 0.7)):
+                scale, zero = quant_params(t.min() if lo is None else lo, t.max() if hi is None else hi, bits)
+                assert torch.equal(fake_quant(t, bits, lo, hi), (quantize(t, scale, zero, bits) - zero) * scale)
+
+
+def test_topk_mask_keeps_the_largest_magnitudes_from_either_side():
+    """topk_mask selects the dropped side when fewer are dropped than kept: the same set as keeping the largest."""
+    from lcs.subspace.compress import topk_mask
+
+    w = torch.randn(32, 16, 3, 3, generator=torch.Generator().manual_seed(2))
+    order = w.abs().flatten().argsort(descending=True)
+    for keep in (0.9, 0.6, 0.5, 0.4, 0.1, 0.025):
+        kept = UnstructuredMap.kept_count(w.numel(), keep)
+        expected = torch.zeros(w.numel())
+        expected[order[:kept]] = 1.0
+        assert torch.equal(topk_mask(w, keep), expected.view_as(w))

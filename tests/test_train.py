@@ -94,3 +94,41 @@ def test_short_training_is_far_above_chance_at_both_ends(digits, family, tmp_pat
         model.set_alpha(alpha)
         assert accuracy(model, digits.test) > 0.6, (family, alpha)
     assert result.history[-1]["loss"] < result.history[0]["loss"]
+
+
+def test_flat_parameters_take_the_same_sgd_steps_and_release_own_storage():
+    """train.FlatParameters: SGD on one flat tensor moves every parameter as per-tensor SGD does."""
+    import copy
+
+    import torch
+
+    from lcs.config import ModelConfig
+    from lcs.models import build_model
+    from lcs.subspace.model import SubspaceModel
+    from lcs.train import FlatParameters
+
+    torch.manual_seed(0)
+    a = SubspaceModel(build_model(ModelConfig(in_channels=1, image_size=8)), SubspaceConfig(shape="line"))
+    b = copy.deepcopy(a)
+    flat = FlatParameters(b)
+    opt_a = torch.optim.SGD(a.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    opt_b = torch.optim.SGD([flat.param], lr=0.1, momentum=0.9, weight_decay=5e-4)
+    x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    for alpha in (0.2, 0.9, 0.5):
+        for model, opt, to_none in ((a, opt_a, True), (b, opt_b, False)):
+            opt.zero_grad(set_to_none=to_none)
+            model.set_alpha(alpha)
+            model(x).logsumexp(1).mean().backward()
+            opt.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pb, pa, rtol=1e-6, atol=1e-7)
+    flat.release()
+    pointers = {p.data_ptr() for p in b.parameters()}
+    assert len(pointers) == len(list(b.parameters())) and all(p.grad is None for p in b.parameters())
+
+
+def test_endpoint_and_random_draws_one_end_and_levels_between(digits):
+    steps, model = draws(digits, "endpoint-and-random", 0.9, family="structured", n=200, samples_per_step=2)
+    lo, hi = model.cmap.alpha_range
+    assert all(len(step) == 2 and step[0].alpha in (lo, hi) and lo <= step[1].alpha <= hi for step in steps)
+    assert 60 < sum(step[0].alpha == lo for step in steps) < 140  # either end, about half the time each

@@ -128,9 +128,14 @@ def test_accuracy_from_lcs_eval_results(ckpts, tmp_path):
 def test_unstructured_levels_share_one_module(host_unstructured):
     a = art.open_artifact(host_unstructured)
     assert len(a.manifest.raw["modules"]) == 1 and len(a.levels) == 3
-    w = [a.read_npz(lv.weights) for lv in a.levels]
+    w = [a.level_weights(lv) for lv in a.levels]
     zeros = [float(np.mean(x["features.1.0.weight"] == 0)) for x in w]
     assert zeros[0] > 0.85 and zeros[2] < 0.05
+    # sparse levels are stored as bitmask + nonzeros: their bytes follow the nonzeros, the dense level's do not
+    sizes = [a.manifest.member_size(lv.weights) for lv in a.levels]
+    assert "features.1.0.weight" in a.levels[0].weights_encoding["sparse"] and a.levels[2].weights_encoding is None
+    assert sizes[0] < sizes[1] < sizes[2] and sizes[0] < 0.6 * sizes[2], sizes  # npz headers weigh on 4 channels
+    assert a.manifest.raw["levels"][0]["weights_encoding"]["format"] == "bitmask"
 
 
 def test_per_level_weights_stored_channels_last(ckpts, host_unstructured):
@@ -144,7 +149,7 @@ def test_per_level_weights_stored_channels_last(ckpts, host_unstructured):
     spec = next(p for p in module["params"] if p["name"] == "features.1.0.weight")
     assert spec["from_torch"] == "permute_dims(2,3,1,0)"
     net = level_network(checkpoint.load(ckpts["unstructured"]).model, a.levels[1].alpha, torch.zeros(1, 1, 8, 8))
-    stored = a.read_npz(a.levels[1].members["weights"])["features.1.0.weight"]
+    stored = a.level_weights(a.levels[1])["features.1.0.weight"]
     assert list(stored.shape) == spec["shape"]
     np.testing.assert_array_equal(stored, net.features[1][0].weight.numpy().transpose(2, 3, 1, 0))
 
@@ -327,11 +332,18 @@ def test_tuning_smoke_and_database_reuse(ckpts, tmp_path, monkeypatch):
     monkeypatch.setenv("LCS_CACHE_DIR", str(tmp_path / "cache"))
     from tvm_build.build import build
 
-    first = build(ckpts["structured"], "host", tmp_path / "t1.lcsa", levels="0.0", tune=2, progress=False)
+    # through the CLI: with --json, stdout is the JSON and nothing else (MetaSchedule's logger writes to stdout)
+    proc = subprocess.run([sys.executable, "-m", "lcs", "build", str(ckpts["structured"]), "--target", "host",
+                           "--levels", "0.0", "--tune", "2", "--threads", "1", "--json", "-o", str(tmp_path / "t1.lcsa")],
+                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    first = json.loads(proc.stdout)
+    assert "Creating JSONDatabase" not in proc.stderr
     assert first["tuning"][0]["reused"] is False and first["tuning"][0]["modules"] == ["lib/module0.so"]
     db = Path(first["tuning"][0]["database"])
     assert db.is_relative_to(tmp_path / "cache" / "tune") and (db / "database_tuning_record.json").stat().st_size > 0
-    second = build(ckpts["structured"], "host", tmp_path / "t2.lcsa", levels="0.0", tune=2, progress=False)
+    second = build(ckpts["structured"], "host", tmp_path / "t2.lcsa", levels="0.0", tune=2, threads=1,
+                   progress=False)
     assert second["tuning"][0]["reused"] is True and second["tuning"][0]["database"] == str(db)
     assert second["verification"]["max_abs_diff"] <= 1e-4
 

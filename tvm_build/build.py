@@ -169,7 +169,7 @@ def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key,
     import tvm
 
     from tvm_build import compile as tc
-    from tvm_build import graph
+    from tvm_build import graph, schedules
     from tvm_build import target as tt
     from tvm_build import tune as tn
     from tvm_build.export import export_levels
@@ -180,7 +180,12 @@ def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key,
     bar.total(3 * len(alphas) + 2)
     target = tt.make_target(board, threads)
     runner = tn.rpc_runner(tracker, key) if (tune and tracker) else None
-    exported = export_levels(ckpt, alphas, find_strategy(strategy), target, xs, accuracy, bar)
+    chooser = None
+    if strategy == "per-level" and config.subspace.family == "unstructured" and tt.is_host(board):
+        from tvm_build.sparse import Chooser  # sparse kernels where timed faster: only a board timed here
+
+        chooser = Chooser(target, v.planned_threads(target))
+    exported = export_levels(ckpt, alphas, find_strategy(strategy), target, xs, accuracy, bar, sparse=chooser)
     modules, level_rows, members, reference = exported.modules, exported.rows, exported.members, exported.reference
     tuning_info = []
     with tc.scratch_dir() as scratch:
@@ -193,6 +198,7 @@ def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key,
             tuning_info.append(_tuning_row(modules, info, v.planned_threads(target)))
         else:
             shipped = [tc.fuse_kernels(m.relax, target) for m in modules]
+        shipped = [schedules.apply(mod, target) for mod in shipped]  # what tuning left unscheduled
         executors: dict[str, dict] = {}  # module -> how it runs (static executor or Relax VM), for the manifest
 
         def compile_modules(indices) -> None:
@@ -250,7 +256,7 @@ def _build_linux(ckpt, board, output, alphas, strategy, tune, rpc, tracker, key,
                     again, info = tn.tune([modules[i].relax for i in indices], fewer, tune, runner=runner, log=log)
                     tuning_info.append(_tuning_row([modules[i] for i in indices], info, count))
                     for i, mod in zip(indices, again):
-                        shipped[i], module_targets[i] = mod, fewer
+                        shipped[i], module_targets[i] = schedules.apply(mod, fewer), fewer
                     compile_modules(indices)
                     for i in indices:
                         manifest["modules"][modules[i].name].update(executors[modules[i].name])

@@ -156,9 +156,12 @@ class Exported:
     reference: dict[str, np.ndarray]
 
 
-def export_levels(ckpt, alphas, strategy, target, xs: np.ndarray, accuracy: list[dict], bar) -> Exported:
+def export_levels(ckpt, alphas, strategy, target, xs: np.ndarray, accuracy: list[dict], bar,
+                  sparse=None) -> Exported:
     """Every level's network exported to Relax once per distinct structure (e.g. every sparsity level shares one
-    module), its weights in the module's parameter order, and its torch outputs on the sample inputs `xs`."""
+    module), its weights in the module's parameter order, and its torch outputs on the sample inputs `xs`.
+    `sparse` (a sparse.Chooser, per-level modules only): the 1x1 convolutions it measures faster as CSR kernels run
+    so, in a module of that level's own."""
     import torch
 
     from lcs.evaluate import accuracy_at
@@ -193,9 +196,13 @@ def export_levels(ckpt, alphas, strategy, target, xs: np.ndarray, accuracy: list
             raise LcsError(f"level {index}: exported parameters do not match the network's ({len(order)} vs "
                            f"{len(arrays)})")
         arrays = {name: arrays[name] for name in order}
+        from_torch, sparse_layers = None, []
         if lifted is not None:
-            mod, arrays = lifted.main, lifted.weights(arrays)
-        specs = graph.param_specs(arrays, lifted.from_torch if lifted is not None else None)
+            mod, arrays, from_torch = lifted.main, lifted.weights(arrays), lifted.from_torch
+            if sparse is not None:
+                bar.step(f"level {index}: timing sparse kernels", 0)
+                mod, arrays, from_torch, sparse_layers = sparse(mod, arrays, from_torch)
+        specs = graph.param_specs(arrays, from_torch)
         structure = module_key(mod, target)
         if strategy.one_module and modules:
             graph.check_same_specs(modules[0].params, specs, f"strategy {strategy.name}")
@@ -208,12 +215,14 @@ def export_levels(ckpt, alphas, strategy, target, xs: np.ndarray, accuracy: list
             modules.append(compiled)
             by_structure[structure] = compiled
         weights_name = strategy.weights_member(index)
-        members[weights_name] = art.npz_bytes(arrays)
+        members[weights_name], encoding = art.encode_weights(arrays)  # sparse arrays: bitmask + nonzeros
         rows.append({
             "index": index, "alpha": float(alpha), "label": level.label(), "keep": level.keep,
             "width": level.width, "bits": level.bits, "accuracy": accuracy_at(accuracy, alpha),
             "latency_ms": None, "threads": None, "cycles": None, "max_abs_diff": None,
             "members": {"library": compiled.name, "weights": weights_name},
+            **({art.WEIGHTS_ENCODING_KEY: encoding} if encoding else {}),
+            **({art.SPARSE_LAYERS_KEY: sparse_layers} if sparse_layers else {}),
             **{e["name"]: e["value"] for e in net.extra_inputs}})
         bar.step(f"level {index}: exported")
     return Exported(modules, rows, members, reference)

@@ -3,9 +3,11 @@ runners, and a database per (module structures, target) under ${LCS_CACHE_DIR:-~
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,6 +119,13 @@ def _layout_only(task_name: str) -> bool:
     return all(part.rstrip("0123456789") in LAYOUT_ONLY for part in parts)
 
 
+def _own_kernel(task) -> bool:
+    """A kernel lcs wrote already scheduled (sparse.py's CSR kernels: loops, no blocks for MetaSchedule to search)."""
+    func = task.dispatched[0]["main"] if hasattr(task.dispatched[0], "functions") else task.dispatched[0]
+    attrs = getattr(func, "attrs", None)
+    return attrs is not None and "tirx.is_scheduled" in attrs
+
+
 def _tasks_worth_tuning(modules, target) -> list[tuple[object, float]]:
     """The distinct compute tasks of all modules with their weights for the task scheduler, without layout copies.
 
@@ -132,7 +141,7 @@ def _tasks_worth_tuning(modules, target) -> list[tuple[object, float]]:
 
     per_module = []
     for mod in modules:
-        tasks = [t for t in extract_tasks(mod, target) if not _layout_only(t.task_name)]
+        tasks = [t for t in extract_tasks(mod, target) if not _layout_only(t.task_name) and not _own_kernel(t)]
         per_module.append((tasks, sum(estimate_tir_flops(t.dispatched[0]) * t.weight for t in tasks) or 1.0))
     largest = max((flops for _, flops in per_module), default=1.0)
     unique: dict[int, list] = {}
@@ -178,27 +187,33 @@ def tune(mods: list, target, trials: int, *, runner=None, log=None) -> tuple[lis
         # run; TVM's defaults are 512 and 4). With 64 and 1 the same 320 trials took 188 s, kernels as fast.
         search = ms.search_strategy.EvolutionarySearch(population_size=64, genetic_num_iters=1,
                                                        init_min_unmeasured=32)
-        tasks, _ = extracted_tasks_to_tune_contexts([task for task, _ in chosen], str(work), strategy=search)
-        weights = [weight for _, weight in chosen]
         quiet = logging.getLogger("tvm.s_tir.meta_schedule")
         level = quiet.level
-        quiet.setLevel(logging.WARNING)  # the per-task logs stay in work/logs
-        builder, pool = _pooled_builder()
+        # MetaSchedule's console handler writes to sys.stdout (its "Logging directory" line lands in front of
+        # `lcs build --json`'s JSON): it takes the logger's level when the contexts are made, so WARNING goes first,
+        # and anything it still prints goes to stderr; the per-task logs stay in work/logs
+        quiet.setLevel(logging.WARNING)
+        builder, pool = None, None
         try:
-            with filtered_tvm_logs():
+            with contextlib.redirect_stdout(sys.stderr):
+                tasks, _ = extracted_tasks_to_tune_contexts([task for task, _ in chosen], str(work), strategy=search)
+            weights = [weight for _, weight in chosen]
+            builder, pool = _pooled_builder()
+            with filtered_tvm_logs(), contextlib.redirect_stdout(sys.stderr):
                 ms.tune.tune_tasks(
                     tasks=tasks, task_weights=weights, work_dir=str(work), max_trials_global=trials * len(mods),
                     max_trials_per_task=max(TRIALS_PER_ROUND, min(trials, 64)), num_trials_per_iter=TRIALS_PER_ROUND,
                     builder=builder, runner=runner or _local_runner(target))
         finally:
-            pool.shutdown()
+            if pool is not None:
+                pool.shutdown()
             quiet.setLevel(level)
         took = round(time.perf_counter() - start, 1)
         tmp = done_file.with_suffix(".tmp")
         tmp.write_text(json.dumps({"trials": trials, "modules": len(mods), "tasks": count, "seconds": took,
                                    "target": str(target.export())}))
         os.replace(tmp, done_file)
-    with target:
+    with target, filtered_tvm_logs():
         tuned = [relax.transform.MetaScheduleApplyDatabase(str(work))(m) for m in prepared]
     return tuned, Tuning(trials, work, reused, time.perf_counter() - start, count, took)
 

@@ -57,6 +57,13 @@ def plan_arena(graph: Graph) -> tuple[dict[str, int], int]:
     return offsets, max((e for _, e, _, _ in placed), default=0)
 
 
+def conv_window(op: Conv, in_channels: int) -> tuple[int, np.ndarray]:
+    """A conv's weights as the kernels read them, and the window's column count: each kernel column holds kh input
+    rows of `in_channels` values, padded to whole words."""
+    col = (op.kernel[0] * in_channels + 3) // 4 * 4
+    return col, _conv_weights(op, col)
+
+
 def _conv_weights(op: Conv, col: int) -> np.ndarray:
     if op.depthwise:  # [C, KH, KW, 1] -> [KH, KW, C]
         return np.transpose(op.weight[..., 0], (1, 2, 0))
@@ -65,11 +72,10 @@ def _conv_weights(op: Conv, col: int) -> np.ndarray:
     return np.concatenate([w, np.zeros((o, kw, col - kh * ic), w.dtype)], axis=2)
 
 
-def sparse_entries(window: np.ndarray, swizzled: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def sparse_entries(window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """[o][kw][col] int8 weights -> (entries, starts) of the sparse kernel: per output channel its nonzeros as
     (index in the window << 16) | uint16(weight). The kernels read an int8 copy of the window in this plain order
-    on every core, so `swizzled` (once the DSP build's int16 lane order) no longer changes anything."""
-    del swizzled
+    on every core."""
     flat = window.reshape(window.shape[0], -1).astype(np.int64)
     entries, starts = [], [0]
     for row in flat:
@@ -94,7 +100,7 @@ def store_bytes(graph: Graph) -> tuple[int, int]:
         weights += op.weight.size
         if isinstance(op, Conv) and not op.depthwise:
             kh, _ = op.kernel
-            total += _conv_weights(op, (kh * op.weight.shape[3] + 3) // 4 * 4).size
+            total += conv_window(op, op.weight.shape[3])[1].size
         else:
             total += op.weight.size
         total += op.bias.size * (4 + 8)  # int32 bias, q8_rq_t
@@ -117,8 +123,7 @@ def emit(graph: Graph, test_input: np.ndarray | None = None, sparse_from: float 
             ih, iw, ac = t[op.inp].shape
             oh, ow, oc = t[op.out].shape
             kh, kw = op.kernel
-            col = (kh * ac + 3) // 4 * 4
-            window = _conv_weights(op, col)
+            col, window = conv_window(op, ac)
             sparse = not op.depthwise and ((sparse_from is not None and np.count_nonzero(op.weight)
                                             <= (1 - sparse_from) * op.weight.size) or i in (sparse_ops or ()))
             if sparse:  # the dense array is not needed: the kernel reads only the entries

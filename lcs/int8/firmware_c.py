@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lcs.errors import LcsError
-from lcs.int8.emit_c import _conv_weights, plan_arena, sparse_entries
+from lcs.int8.emit_c import conv_window, plan_arena, sparse_entries
 from lcs.int8.graph import Conv, Dense, Graph, GroupNorm, Pool, Requant, run_int
 
 NONE = 0xFFFFFFFF
@@ -87,7 +87,7 @@ def firmware_model(graphs: list[Graph], levels: list, family: str, default_level
                    sparse_from: float | None, upload_bank: bool,
                    input_chw: tuple[int, int, int] | None = None) -> FirmwareModel:
     """`graphs`: one quantized graph per level (same input and output shapes); `levels`: their `Level`s;
-    `dsp`: the target compiles the kernels with the DSP extension (the sparse entries' order depends on it);
+    `dsp`: the target compiles the kernels with the DSP extension (the store is checked against it at compile time);
     `sparse_from`: convs with at least this fraction of zero weights run the sparse kernel (None: never);
     `input_chw`: the wire input is NCHW floats of this shape (the firmware transposes to HWC while quantizing;
     None: the input already is HWC)."""
@@ -118,11 +118,10 @@ def firmware_model(graphs: list[Graph], levels: list, family: str, default_level
                 ih, iw, ac = t[op.inp].shape
                 oh, ow, oc = t[op.out].shape
                 kh, kw = op.kernel
-                col = (kh * ac + 3) // 4 * 4
-                window = _conv_weights(op, col)
+                col, window = conv_window(op, ac)
                 n_weights += op.weight.size
                 if _is_sparse(op, sparse_from):
-                    entries, starts = sparse_entries(window, dsp)
+                    entries, starts = sparse_entries(window)
                     w_off, nz_off, nzs_off = NONE, store.put(entries.astype("<u4").tobytes()), \
                         store.put(starts.astype("<u4").tobytes())
                     store.weights += len(entries)

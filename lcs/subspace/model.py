@@ -8,6 +8,7 @@ whole model to a point of the subspace.
 
 from __future__ import annotations
 
+import math
 import random
 import warnings
 from typing import Iterator, Sequence
@@ -34,15 +35,24 @@ class SubspaceModel(nn.Module):
         self.cmap = cfg.compression_map()
         self.net = _convert(net, cfg)
         self.level: Level = self.cmap.level(1.0)
+        # The layer list, walked once: set_alpha runs every training pass, and a module-tree walk per call costs
+        # as much as several small kernels.
+        self._layers: tuple[SubspaceLayer, ...] = tuple(m for m in self.net.modules() if isinstance(m, SubspaceLayer))
         self.line_slots = [(layer, name) for layer in self.layers() for name, _, _ in layer.endpoint_pairs()]
         self.line_pairs = [(p0, p1) for layer in self.layers() for _, p0, p1 in layer.endpoint_pairs()]
         # Blend every line parameter in one multi-tensor op per forward (see forward). Off under DDP (train.py).
         self.fused_blend = True
+        # (centre, spread) while training folds split_line_gradients into the fused blend's backward (train.py);
+        # None: the blend's gradients are the formula's own.
+        self.folded_split: tuple[float, float] | None = None
+        # (flat, n) while training keeps every endpoint in one flat parameter, all w0 in flat[:n] and all w1 in
+        # flat[n:2n] in line_pairs order (train.FlatParameters): the fused blend then runs on the two blocks.
+        self.flat_line: tuple[torch.Tensor, int] | None = None
         self.set_alpha(1.0)
 
     # -- the subspace ---------------------------------------------------------------------------
     def layers(self) -> Iterator[SubspaceLayer]:
-        return (m for m in self.net.modules() if isinstance(m, SubspaceLayer))
+        return iter(self._layers)
 
     def weight_layers(self) -> Iterator[_WeightLayer]:
         return (m for m in self.net.modules() if isinstance(m, _WeightLayer))
@@ -104,8 +114,7 @@ class SubspaceModel(nn.Module):
         torch._foreach_add_(new0, g1, alpha=other)
         torch._foreach_mul_(g1, same)
         torch._foreach_add_(g1, g0, alpha=other)
-        for (p0, _), g in zip(pairs, new0):
-            p0.grad = g
+        torch._foreach_copy_(g0, new0)  # in place: gradients may be views of one flat buffer (train.FlatParameters)
 
     def cos2(self) -> torch.Tensor:
         """cos^2 between the two endpoints, global over the regularised weights (0 for a point)."""
@@ -118,15 +127,22 @@ class SubspaceModel(nn.Module):
         return dot * dot / (n0 * n1 + 1e-12)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.fused_blend and self.line_pairs):
-            return self.net(x)
+        fused = self.fused_blend and self.line_pairs and not any(
+            layer.state.alpha != self.level.alpha for layer, _ in self.line_slots)  # else layers moved one by one
+        if not fused:
+            if self.folded_split is not None and self.line_pairs and torch.is_grad_enabled():
+                raise RuntimeError("folded_split needs the fused blend (one alpha for all layers, no DDP)")
+            return self.net(x)  # each layer blends its own
         a = _float32(self.level.alpha)
-        if any(layer.state.alpha != self.level.alpha for layer, _ in self.line_slots):
-            return self.net(x)  # layers moved one by one: each blends its own
         # (1 - a) w0 + a w1 for all line parameters at once: the per-layer formula (same values, bit for bit),
         # in a handful of GPU kernels instead of three per parameter forward and two backward. Under DDP each
         # layer blends its own instead, so that gradients are ready, and reduced, layer by layer.
-        blended = _LineBlend.apply(a, *[p0 for p0, _ in self.line_pairs], *[p1 for _, p1 in self.line_pairs])
+        if self.flat_line is not None:
+            flat, n = self.flat_line
+            blended = _FlatLineBlend.apply(a, self.folded_split, n, [p0.shape for p0, _ in self.line_pairs], flat)
+        else:
+            blended = _LineBlend.apply(a, self.folded_split, *[p0 for p0, _ in self.line_pairs],
+                                       *[p1 for _, p1 in self.line_pairs])
         for (layer, name), value in zip(self.line_slots, blended):
             layer.blend_cache[name] = value
         try:
@@ -150,18 +166,64 @@ class SubspaceModel(nn.Module):
 class _LineBlend(torch.autograd.Function):
     """compress.blend ((1 - a) w0 + a w1, the one formula) for many endpoint pairs at once, forward and backward
     as multi-tensor ops: the same element-wise products and sums, so the same bits (tests/test_accel.py).
-    Inputs: a, then all w0, then all w1 (same order). Gradients: g (1 - a) and g a, as the formula's."""
+    Inputs: a, the folded split (or None), then all w0, then all w1 (same order). Gradients: g (1 - a) and g a, as
+    the formula's; with `split` = (centre, spread), those gradients already re-weighted as
+    SubspaceModel.split_line_gradients would (the same linear map, applied per pass instead of once per step: two
+    scalar multiplies per parameter instead of four more multi-tensor ops over all of them)."""
 
     @staticmethod
-    def forward(ctx, a: float, *endpoints: torch.Tensor):
+    def forward(ctx, a: float, split: tuple[float, float] | None, *endpoints: torch.Tensor):
         n = len(endpoints) // 2
-        ctx.a = a
-        return tuple(torch._foreach_add(torch._foreach_mul(endpoints[:n], 1.0 - a), torch._foreach_mul(endpoints[n:], a)))
+        ctx.a, ctx.split = a, split
+        f0, f1 = _factors(endpoints[0], 1.0 - a, a)
+        return tuple(torch._foreach_add(torch._foreach_mul(endpoints[:n], f0), torch._foreach_mul(endpoints[n:], f1)))
 
     @staticmethod
     def backward(ctx, *grads: torch.Tensor):
-        a = ctx.a
-        return (None, *torch._foreach_mul(grads, 1.0 - a), *torch._foreach_mul(grads, a))
+        f0, f1 = _factors(grads[0], *_split_factors(ctx.a, ctx.split))
+        return (None, None, *torch._foreach_mul(grads, f0), *torch._foreach_mul(grads, f1))
+
+
+class _FlatLineBlend(torch.autograd.Function):
+    """_LineBlend on one flat parameter holding all w0 in flat[:n] and all w1 in flat[n:2n]: the same element-wise
+    products and sum (the same bits), as three kernels on two blocks instead of three per parameter, and one
+    gradient (for the flat parameter) instead of one per endpoint tensor. Outputs: views of the blended block."""
+
+    @staticmethod
+    def forward(ctx, a: float, split: tuple[float, float] | None, n: int, shapes: list, flat: torch.Tensor):
+        ctx.a, ctx.split, ctx.n, ctx.numel = a, split, n, flat.numel()
+        f0, f1 = _factors(flat, 1.0 - a, a)
+        line = flat[:n] * f0 + flat[n:2 * n] * f1
+        sizes = [math.prod(shape) for shape in shapes]
+        return tuple(part.view(shape) for part, shape in zip(line.split(sizes), shapes))
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor):
+        a, split, n = ctx.a, ctx.split, ctx.n
+        f0, f1 = _split_factors(a, split)
+        g = torch.cat([grad.reshape(-1) for grad in grads])
+        out = g.new_zeros(ctx.numel)  # parameters off the line (none when all are on it) get nothing from here
+        f0, f1 = _factors(g, f0, f1)
+        torch.mul(g, f0, out=out[:n])
+        torch.mul(g, f1, out=out[n:2 * n])
+        return None, None, None, None, out
+
+
+def _split_factors(a: float, split: tuple[float, float] | None) -> tuple[float, float]:
+    """The gradient factors of w0 and w1: (1 - a, a), or with the line's gradient split folded in."""
+    if split is None:
+        return 1.0 - a, a
+    # g0' = same g0 + other g1, g1' = same g1 + other g0 with g0 = (1 - a) g, g1 = a g
+    same, other = split[0] + split[1], split[0] - split[1]
+    return same * (1.0 - a) + other * a, same * a + other * (1.0 - a)
+
+
+def _factors(like: torch.Tensor, f0: float, f1: float):
+    """The blend's two factors as `like`'s dtype. On a CPU as 0-d tensors: a Python scalar is converted to the
+    tensor's dtype once per tensor there (three more kernel calls each). The same float32 values either way."""
+    if like.device.type != "cpu":
+        return f0, f1
+    return torch.tensor(f0, dtype=like.dtype), torch.tensor(f1, dtype=like.dtype)
 
 
 def _convert(net: nn.Module, cfg: SubspaceConfig) -> nn.Module:

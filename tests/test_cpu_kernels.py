@@ -1,0 +1,127 @@
+"""CPU kernels without tuning (issue 16): the default schedules (tvm_build/schedules.py) and the CSR kernels of sparse
+levels (tvm_build/sparse.py), checked against torch and planned by the static executor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import tvm  # noqa: F401  (TVM is part of the test install: a missing one must fail, not skip)
+
+pytestmark = pytest.mark.tvm
+
+
+class OneByOnes(nn.Module):
+    """A 3x3 conv (never a candidate), then two 1x1 convs (candidates) on 6x6 pixels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.expand = nn.Conv2d(8, 24, 1, bias=False)
+        self.project = nn.Conv2d(24, 8, 1)
+
+    def forward(self, x):
+        return self.project(torch.relu(self.expand(torch.relu(self.stem(x)))))
+
+
+def test_csr_kernels_match_torch_and_plan_statically(monkeypatch, tmp_path):
+    from tvm.runtime.vm import VirtualMachine
+
+    from tvm_build import compile as tc
+    from tvm_build import cpu_executor, export, sparse
+    from tvm_build.graph import export_order, param_arrays
+    from tvm_build.target import host_target
+
+    torch.manual_seed(0)
+    net = OneByOnes().eval()
+    with torch.no_grad():
+        for conv in (net.expand, net.project):  # 90 % zeros, as an unstructured level's
+            conv.weight[torch.rand_like(conv.weight) < 0.9] = 0
+        net.project.weight[3] = 0  # an output channel with no nonzeros at all
+    x = torch.randn(1, 3, 6, 6)
+    mod, ep = export.to_relax(net, (x,))
+    lifted = export.ChannelsLast(mod, export_order(ep))
+    arrays = lifted.weights({n: param_arrays(net)[n] for n in export_order(ep)})
+    assert sorted(c.weight for c in sparse.candidates(lifted.main, list(arrays)).values()) == \
+        ["expand.weight", "project.weight"]
+
+    target = host_target()
+    monkeypatch.setattr(sparse, "MARGIN", 1e9)  # take the CSR kernel whatever the timing: this checks numbers
+    new, weights, how, records = sparse.Chooser(target, 1)(lifted.main, arrays, lifted.from_torch)
+    assert [r["kernel"] for r in records] == ["csr", "csr"] and all(r["dense_us"] > 0 for r in records)
+    assert "expand.weight" not in weights and weights["expand.weight:csr.indices"].dtype == np.int32
+    assert weights["project.weight:csr.indptr"].shape == (9,) and "csr" in how["project.weight:csr.data"]
+    # the stored CSR arrays follow the nonzeros
+    nnz = int(np.count_nonzero(arrays["expand.weight"]))
+    assert weights["expand.weight:csr.data"].size == nnz < 0.2 * arrays["expand.weight"].size
+
+    dev = tvm.cpu()
+    vm = VirtualMachine(tc.compile_module(new, target), dev)
+    got = vm["main"](tvm.runtime.tensor(x.numpy(), dev),
+                     *[tvm.runtime.tensor(a, dev) for a in weights.values()]).numpy()
+    with torch.no_grad():
+        np.testing.assert_allclose(got, net(x).numpy(), atol=1e-5)
+    # the static executor plans it: the CSR kernels are plain call_tir kernels with int32 inputs
+    plan = cpu_executor.plan_module(cpu_executor.kernel_module(tc.fuse_kernels(new, target)))
+    assert sum("sparse_conv1x1" in c.kernel for c in plan.calls) == 2
+
+
+def test_dense_weights_and_denser_layers_are_left_alone():
+    from tvm_build import export, sparse
+    from tvm_build.graph import export_order, param_arrays
+    from tvm_build.target import host_target
+
+    net = OneByOnes().eval()  # random weights: no zeros
+    x = torch.randn(1, 3, 6, 6)
+    mod, ep = export.to_relax(net, (x,))
+    lifted = export.ChannelsLast(mod, export_order(ep))
+    arrays = lifted.weights({n: param_arrays(net)[n] for n in export_order(ep)})
+    new, weights, _, records = sparse.Chooser(host_target(), 1)(lifted.main, arrays, lifted.from_torch)
+    assert new is lifted.main and weights is arrays and records == []
+
+
+class MobileBlock(nn.Module):
+    """What the default schedules must cover: a full conv, a depthwise conv, a 1x1 conv, ReLU6 (left in NCHW between
+    two transposes by ConvertLayout), pooling and a linear layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.depthwise = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.project = nn.Conv2d(16, 24, 1)
+        self.head = nn.Linear(24, 10)
+
+    def forward(self, x):
+        x = nn.functional.relu6(self.depthwise(torch.relu(self.stem(x))))
+        return self.head(self.project(x).mean((2, 3)))
+
+
+def test_default_schedules_cover_convolutions_and_match_torch():
+    from tvm import tirx
+    from tvm.runtime.vm import VirtualMachine
+
+    from tvm_build import compile as tc
+    from tvm_build import export, schedules
+    from tvm_build.graph import export_order, param_arrays
+    from tvm_build.target import host_target
+
+    torch.manual_seed(0)
+    net = MobileBlock().eval()
+    x = torch.randn(1, 3, 8, 8)
+    mod, ep = export.to_relax(net, (x,))
+    lifted = export.ChannelsLast(mod, export_order(ep))
+    arrays = lifted.weights({n: param_arrays(net)[n] for n in export_order(ep)})
+    target = host_target()
+    fused = tc.fuse_kernels(lifted.main, target)
+    done = schedules.apply(fused, target)
+    kernels = {gv.name_hint: f for gv, f in done.functions.items() if isinstance(f, tirx.PrimFunc)}
+    scheduled = {n for n, f in kernels.items() if f.attrs is not None and "tirx.is_scheduled" in f.attrs}
+    convs = {n for n in kernels if "conv2d" in n}
+    assert len(convs) >= 3 and convs <= scheduled, (convs, scheduled)  # full, depthwise and 1x1 all scheduled
+    dev = tvm.cpu()
+    got = VirtualMachine(tc.compile_module(done, target), dev)["main"](
+        tvm.runtime.tensor(x.numpy(), dev), *[tvm.runtime.tensor(a, dev) for a in arrays.values()]).numpy()
+    with torch.no_grad():
+        np.testing.assert_allclose(got, net(x).numpy(), atol=1e-5)

@@ -1,0 +1,276 @@
+"""Sparse kernels for unstructured levels: a 1x1 convolution whose weight is mostly zeros runs as a CSR kernel, where
+the build measured it faster than the dense kernel on the target.
+
+A per-level module runs its convolutions NHWC with HWIO weights (export.ChannelsLast), so a 1x1 convolution is
+out[P, Cout] = x[P, Cin] @ w[Cin, Cout] over the P = H*W pixels. The CSR kernel (our TIR, below) keeps w by output
+channel: `data` (the nonzeros), `indices` (their input channels, int32) and `indptr` (Cout + 1 row starts). It walks
+pixels in blocks of B, transposes the block of x into a local [Cin, B] tile once, and accumulates every output
+channel as B-wide vector FMAs over that channel's nonzeros only: its work follows the nonzeros, not Cin * Cout.
+
+Each candidate layer (1x1, stride 1, groups 1, density at most MAX_DENSITY) is timed both ways on this machine, dense
+(the kernel the build ships for the same conv2d: schedules.py's default, compiled for the target) and sparse, in interleaved rounds, and runs sparse only
+where that was at least MARGIN faster. The choice and both timings go into the manifest ("sparse_layers" of the
+module); a module with sparse layers takes the three CSR arrays in place of that weight (params "<w>:csr.data",
+"<w>:csr.indices", "<w>:csr.indptr"), so each sparse level has its own module. Boards that cannot be timed from the
+build (cross builds) keep dense kernels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lcs.runtime import filtered_tvm_logs
+
+MAX_DENSITY = 0.5  # a layer with more nonzeros than this is never tried sparse
+MARGIN = 0.9  # sparse must take at most this share of the dense kernel's time
+CSR_PARTS = ("data", "indices", "indptr")
+ROUNDS = 3
+
+
+def csr_name(weight: str, part: str) -> str:
+    return f"{weight}:csr.{part}"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    weight: str  # the main parameter (HWIO, 1 x 1 x Cin x Cout)
+    height: int
+    width: int
+    cin: int
+    cout: int
+
+    @property
+    def pixels(self) -> int:
+        return self.height * self.width
+
+
+def _block(pixels: int) -> int:
+    return next(b for b in (16, 8, 4, 2, 1) if pixels % b == 0)
+
+
+def csr_kernel(c: Candidate, nnz: int):
+    """The TIR CSR kernel of one layer: out = conv2d_1x1(x, w) with w as (data, indices, indptr) by output channel."""
+    from tvm.script import tirx as T
+
+    P, Cin, Cout, H, W = c.pixels, c.cin, c.cout, c.height, c.width
+    B = _block(P)
+    blocks = P // B
+    nnz = max(nnz, 1)  # a layer of zeros still passes one (unread) element: no zero-size buffers
+
+    @T.prim_func(private=True)
+    def kernel(x4: T.Buffer((1, H, W, Cin), "float32"), data: T.Buffer((nnz,), "float32"),
+               indices: T.Buffer((nnz,), "int32"), indptr: T.Buffer((Cout + 1,), "int32"),
+               out4: T.Buffer((1, H, W, Cout), "float32")):
+        # our own loops, already scheduled: MetaSchedule and the fuser leave it alone (opaque)
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})
+        x = T.decl_buffer((P * Cin,), "float32", data=x4.data)
+        out = T.decl_buffer((P * Cout,), "float32", data=out4.data)
+        for pb in T.parallel(blocks):
+            tile = T.alloc_buffer((Cin * B,), "float32", scope="local")
+            acc = T.alloc_buffer((B,), "float32", scope="local")
+            for i in range(Cin):
+                for lane in T.vectorized(B):
+                    tile[i * B + lane] = x[(pb * B + lane) * Cin + i]
+            for o in range(Cout):
+                for lane in T.vectorized(B):
+                    acc[lane] = T.float32(0)
+                for j in range(indptr[o], indptr[o + 1]):
+                    for lane in T.vectorized(B):
+                        acc[lane] = acc[lane] + data[j] * tile[indices[j] * B + lane]
+                for lane in range(B):
+                    out[(pb * B + lane) * Cout + o] = acc[lane]
+
+    return kernel
+
+
+def to_csr(w_hwio: np.ndarray) -> dict[str, np.ndarray]:
+    """A 1 x 1 x Cin x Cout weight as CSR rows by output channel."""
+    w = np.ascontiguousarray(w_hwio.reshape(w_hwio.shape[2], w_hwio.shape[3]).T)  # [Cout, Cin]
+    nonzero = w != 0
+    indptr = np.concatenate([[0], np.cumsum(nonzero.sum(axis=1))]).astype(np.int32)
+    data, indices = w[nonzero].astype(np.float32), np.nonzero(nonzero)[1].astype(np.int32)
+    if data.size == 0:  # see csr_kernel: one unread element
+        data, indices = np.zeros(1, np.float32), np.zeros(1, np.int32)
+    return {"data": data, "indices": indices, "indptr": indptr}
+
+
+def _param_names(main, names: list[str]) -> dict:
+    """main's weight parameters (after x) -> the names of the arrays they take, by position (Relax's own var names
+    are the lifted transform's, e.g. lv7)."""
+    params = list(main.params)[1:]
+    if len(params) != len(names):
+        raise ValueError(f"main takes {len(params)} weights, {len(names)} names given")
+    return dict(zip(params, names))
+
+
+def candidates(mod, names: list[str]) -> dict[str, Candidate]:
+    """The 1x1 NHWC/HWIO convolutions of `main` (stride 1, no padding, groups 1) whose weight is a parameter, by
+    the weight's name (`names`: main's weights in order)."""
+    from tvm import relax
+
+    main = mod["main"]
+    params = _param_names(main, names)
+    found: dict[str, Candidate] = {}
+
+    @relax.expr_functor.visitor
+    class Finder(relax.PyExprVisitor):
+        def visit_call_(self, call):
+            if getattr(call.op, "name", None) == "relax.nn.conv2d" and call.args[1] in params:
+                a = call.attrs
+                x_shape = [int(d) for d in call.args[0].ty.shape.values]
+                w_shape = [int(d) for d in call.args[1].ty.shape.values]
+                plain = (str(a.data_layout), str(a.kernel_layout), str(a.out_layout)) == ("NHWC", "HWIO", "NHWC") \
+                    and [int(s) for s in a.strides] == [1, 1] and [int(p) for p in a.padding] == [0, 0, 0, 0] \
+                    and [int(d) for d in a.dilation] == [1, 1] and int(a.groups) == 1 and w_shape[:2] == [1, 1] \
+                    and x_shape[0] == 1 and str(call.args[0].ty.dtype) == "float32" \
+                    and str(call.ty.dtype) == "float32"
+                name = params[call.args[1]]
+                if plain and name not in found:
+                    found[name] = Candidate(name, x_shape[1], x_shape[2], w_shape[2], w_shape[3])
+            super().visit_call_(call)
+
+    Finder().visit_expr(main)
+    return found
+
+
+def rewrite(mod, names: list[str], chosen: dict[str, tuple[Candidate, int]]):
+    """`mod` with the chosen convolutions calling their CSR kernels; `main` takes the CSR arrays in place of each
+    chosen weight, at its place in the parameter order (`names`: main's weights in order)."""
+    import tvm
+    from tvm import relax
+
+    main = mod["main"]
+    by_var = _param_names(main, names)
+    new_vars = {name: [relax.Var(csr_name(name, part), relax.TensorType([n], dtype))
+                       for part, n, dtype in (("data", max(nnz, 1), "float32"), ("indices", max(nnz, 1), "int32"),
+                                              ("indptr", c.cout + 1, "int32"))]
+                for name, (c, nnz) in chosen.items()}
+
+    @relax.expr_functor.mutator
+    class Rewriter(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if getattr(call.op, "name", None) == "relax.nn.conv2d" and call.args[1] in by_var:
+                name = by_var[call.args[1]]
+                if name in chosen:
+                    c, nnz = chosen[name]
+                    gv = self.builder_.add_func(csr_kernel(c, nnz), f"sparse_conv1x1_{c.cin}_{c.cout}_{nnz}")
+                    return relax.call_tir(gv, [call.args[0], *new_vars[name]], call.ty)
+            return call
+
+    rewriter = Rewriter(mod)
+    body = rewriter.visit_expr(main)
+    params = [main.params[0]]
+    for v in list(main.params)[1:]:
+        params += new_vars.get(by_var[v], [v])
+    out = rewriter.builder_.get()
+    out["main"] = relax.Function(params, body.body, main.ret_ty, main.is_pure, main.attrs)
+    return relax.transform.DeadCodeElimination()(tvm.IRModule(out.functions, attrs=mod.attrs))
+
+
+class Chooser:
+    """Per level: which candidate layers run sparse, by timing both kernels on this machine (`measure`), or none."""
+
+    def __init__(self, target, threads: int) -> None:
+        self.target, self.threads = target, threads
+        self._dense_us: dict[tuple, float] = {}  # dense kernels do not depend on the weights: timed once per shape
+
+    def __call__(self, mod, arrays: dict[str, np.ndarray], from_torch: dict[str, str]):
+        """(module, weights, from_torch, sparse_layers records) for one level; unchanged when nothing is faster."""
+        found = candidates(mod, list(arrays))
+        tried = {}
+        for name, c in found.items():
+            w = arrays[name]
+            density = float(np.count_nonzero(w)) / w.size
+            if density <= MAX_DENSITY:
+                tried[name] = (c, to_csr(w), density)
+        if not tried:
+            return mod, arrays, from_torch, []
+        timings = self._measure({n: (c, csr) for n, (c, csr, _) in tried.items()})
+        records, chosen = [], {}
+        for name, (c, csr, density) in tried.items():
+            dense_us, sparse_us = timings[name]
+            use = sparse_us <= MARGIN * dense_us
+            records.append({"weight": name, "kernel": "csr" if use else "dense", "density": round(density, 4),
+                            "shape": [c.height, c.width, c.cin, c.cout], "dense_us": round(dense_us, 2),
+                            "sparse_us": round(sparse_us, 2)})
+            if use:
+                chosen[name] = (c, int(np.count_nonzero(arrays[name])))
+        if not chosen:
+            return mod, arrays, from_torch, records
+        out_arrays: dict[str, np.ndarray] = {}
+        how = dict(from_torch)
+        for name, array in arrays.items():
+            if name not in chosen:
+                out_arrays[name] = array
+                continue
+            csr = tried[name][1]
+            for part in CSR_PARTS:
+                out_arrays[csr_name(name, part)] = csr[part]
+                how[csr_name(name, part)] = f"{from_torch.get(name, '')} csr(by output channel).{part}".strip()
+        return rewrite(mod, list(arrays), chosen), out_arrays, how, records
+
+    def _measure(self, layers: dict[str, tuple[Candidate, dict]]) -> dict[str, tuple[float, float]]:
+        """{weight: (dense us, sparse us)}: both kernels of every layer timed on this machine, interleaved rounds,
+        the median of each."""
+        import tvm
+        from tvm import relax
+
+        dev = tvm.cpu()
+        rng = np.random.default_rng(0)
+        todo = {n: c for n, (c, _) in layers.items() if self._key(c) not in self._dense_us}
+        dense_fns, dense_args = {}, {}
+        if todo:
+            bb = relax.BlockBuilder()
+            for i, (name, c) in enumerate(todo.items()):
+                x = relax.Var("x", relax.TensorType([1, c.height, c.width, c.cin], "float32"))
+                w = relax.Var("w", relax.TensorType([1, 1, c.cin, c.cout], "float32"))
+                with bb.function(f"dense{i}", [x, w]):
+                    with bb.dataflow():
+                        y = bb.emit_output(bb.emit(relax.op.nn.conv2d(x, w, data_layout="NHWC",
+                                                                      kernel_layout="HWIO")))
+                    bb.emit_func_output(y)
+                dense_fns[name] = f"dense{i}"
+                dense_args[name] = [tvm.runtime.tensor(rng.standard_normal(s).astype(np.float32), dev)
+                                    for s in ((1, c.height, c.width, c.cin), (1, 1, c.cin, c.cout))]
+            from tvm_build.compile import fuse_kernels
+            from tvm_build.schedules import apply as default_schedules
+
+            # the dense kernel as the build ships it: fused, with the default schedule
+            with filtered_tvm_logs():
+                dense = default_schedules(fuse_kernels(bb.get(), self.target), self.target)
+                vm = relax.VirtualMachine(tvm.compile(dense, target=self.target), dev)
+        kernels, sparse_args = {}, {}
+        for i, (name, (c, csr)) in enumerate(layers.items()):
+            kernels[name] = f"sparse{i}"
+            sparse_args[name] = [tvm.runtime.tensor(rng.standard_normal((1, c.height, c.width, c.cin))
+                                                    .astype(np.float32), dev),
+                                 *[tvm.runtime.tensor(csr[p], dev) for p in CSR_PARTS],
+                                 tvm.runtime.tensor(np.zeros((1, c.height, c.width, c.cout), np.float32), dev)]
+        funcs = {n: csr_kernel(c, int(csr["data"].size)).with_attr("global_symbol", kernels[n])
+                 for n, (c, csr) in layers.items()}
+        with filtered_tvm_logs():
+            lib = tvm.compile(tvm.IRModule({kernels[n]: f for n, f in funcs.items()}), target=self.target).mod
+        pool = tvm.get_global_func("runtime.config_threadpool")
+        pool(0, self.threads)  # the thread count the level is planned for
+        try:
+            dense_runs: dict[str, list] = {n: [] for n in todo}
+            sparse_runs: dict[str, list] = {n: [] for n in layers}
+            for _ in range(ROUNDS):
+                for name in layers:
+                    if name in todo:
+                        timer = vm.time_evaluator(dense_fns[name], dev, number=1, repeat=1, min_repeat_ms=5)
+                        dense_runs[name].append(timer(*dense_args[name]).mean)
+                    timer = lib.time_evaluator(kernels[name], dev, number=1, repeat=1, min_repeat_ms=5)
+                    sparse_runs[name].append(timer(*sparse_args[name]).mean)
+        finally:
+            pool(0, 0)
+        for name in todo:
+            self._dense_us[self._key(todo[name])] = float(np.median(dense_runs[name])) * 1e6
+        return {n: (self._dense_us[self._key(c)], float(np.median(sparse_runs[n])) * 1e6)
+                for n, (c, _) in layers.items()}
+
+    def _key(self, c: Candidate) -> tuple:
+        return (c.height, c.width, c.cin, c.cout)
