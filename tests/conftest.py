@@ -1,40 +1,71 @@
 """Shared fixtures. Data sets are bundled in packages, so every fixture runs offline.
 
-The trained-and-built models here are session-wide and cached by their arguments: every test file that needs "a tiny
-model built for board X" asks `tiny_build` (or `hostsim_artifact`), so each is trained and compiled once per run."""
+The trained-and-built models here are cached by their arguments in a folder every pytest-xdist worker of the run
+shares (`shared`): every test file that needs "a tiny model built for board X" asks `tiny_build` (or
+`hostsim_artifact`), so each is trained and compiled once per run, by whichever worker asks first."""
 
 from __future__ import annotations
 
 import binascii
+import os
+import shutil
 import struct
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
 import torch
+from filelock import FileLock
 
 from lcs.config import DataConfig
 from lcs.data import load_data
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+# scripts/test.sh runs two workers on a two-core machine: one torch thread each, or the four contend for two cores
+torch.set_num_threads(1 if XDIST_WORKER else min(2, torch.get_num_threads()))
 
-_GPU_DESELECTED: list = []
+_GPU_DESELECTED = {"count": 0}
+
+# The slowest files, started first (seconds in one process on the 2-core machine, loaded, 2026-12-07; the arm64
+# root's download comes first, as it leaves the cores to the other worker). `scripts/test.sh` runs `-n 2 --dist
+# loadfile --no-loadscope-reorder`: whole files go to the two workers in collection order, so the long ones start
+# first and the short ones fill in at the end. Files not listed follow in their usual order.
+SLOWEST_FIRST = ("test_rasp4_qemu.py",  # 68 s, most of it downloading and unpacking the arm64 root (fresh machine)
+                 "test_tvm_build.py",  # 147 s
+                 "test_vendor_boards.py",  # 95 s (+ its share of the tiny width-8 model)
+                 "test_faults.py",  # 67 s
+                 "test_link_defaults.py",  # 50 s, mostly waiting on timeouts: overlaps well
+                 "test_simulate_optimum.py",  # 41 s
+                 "test_firmware_qemu.py", "test_firmware_int8.py", "test_cli.py", "test_rpc_deploy.py", "test_runtime.py", "test_deploy.py",
+                 "test_firmware_hostsim.py", "test_accel.py", "test_hostile.py", "test_train.py", "test_int8.py")
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `gpu` are deselected (not skipped) where torch sees no CUDA device, and counted."""
+    """Slowest files first (a stable sort: tests keep their order within a file). Tests marked `gpu` are deselected
+    (not skipped) where torch sees no CUDA device, and counted."""
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
     if torch.cuda.is_available():
         return
     gpu = [item for item in items if item.get_closest_marker("gpu")]
     if gpu:
-        _GPU_DESELECTED.extend(gpu)
+        _GPU_DESELECTED["count"] = len(gpu)
         items[:] = [item for item in items if not item.get_closest_marker("gpu")]
         config.hook.pytest_deselected(items=gpu)
+        if hasattr(config, "workeroutput"):  # an xdist worker: it tells the controller, which prints the summary
+            config.workeroutput["gpu_deselected"] = len(gpu)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """xdist's controller collects nothing itself; every worker collected (and deselected) the same tests."""
+    _GPU_DESELECTED["count"] = max(_GPU_DESELECTED["count"], getattr(node, "workeroutput", {}).get("gpu_deselected", 0))
 
 
 def pytest_terminal_summary(terminalreporter):
-    if _GPU_DESELECTED:
-        terminalreporter.write_line(f"gpu: {len(_GPU_DESELECTED)} test(s) deselected: no CUDA device here "
+    if _GPU_DESELECTED["count"]:
+        terminalreporter.write_line(f"gpu: {_GPU_DESELECTED['count']} test(s) deselected: no CUDA device here "
                                     "(scripts/gpu-check.sh runs them on a GPU machine)")
 
 
@@ -69,59 +100,83 @@ def one_line_error():
 # -- tiny trained models, built for a board ------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
-def train_tiny(tmp_path_factory):
-    """(family, shape, width, norm=) -> a checkpoint trained one epoch on digits; trained once per session
+def shared(tmp_path_factory) -> Callable[[str, Callable[[Path], object]], Path]:
+    """(name, make) -> a folder of this run that `make(folder)` filled, once for all xdist workers: the first worker
+    to ask makes it (in a temporary folder, renamed when complete) while a file lock holds the others back."""
+    root = tmp_path_factory.getbasetemp()
+    root = (root.parent if XDIST_WORKER else root) / "shared"  # the workers' basetemps are folders of the run's
+    root.mkdir(exist_ok=True)
+
+    def get(name: str, make: Callable[[Path], object]) -> Path:
+        done = root / name
+        with FileLock(root / f"{name}.lock"):
+            if not done.is_dir():
+                part = root / f"{name}.part"
+                shutil.rmtree(part, ignore_errors=True)
+                part.mkdir()
+                make(part)
+                part.rename(done)
+        return done
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def train_tiny(shared):
+    """(family, shape, width, norm=) -> a checkpoint trained one epoch on digits; trained once per run
     (norm="batch": the int8 path's model, BatchNorm folded into the convs)."""
-    cache: dict = {}
 
     def train(family: str = "unstructured", shape: str = "line", width: int = 4, norm: str | None = None) -> Path:
-        key = (family, shape, width, norm)
-        if key not in cache:
+        name = f"{family}-{shape}-{width}-{norm}.safetensors"
+
+        def make(folder: Path) -> None:
             import warnings
 
             from lcs import commands
 
-            path = tmp_path_factory.mktemp("tiny") / f"{family}-{shape}-{width}-{norm}.safetensors"
             config, data = commands.train_config(data_source="digits", family=family, shape=shape, width=width,
                                                  epochs=1, batch_size=256, norm=norm)
             with warnings.catch_warnings():  # BatchNorm's shared statistics warn; the int8 path folds them
                 warnings.simplefilter("ignore")
-                commands.train(config, data, path, threads=1, progress=False)
-            cache[key] = path
-        return cache[key]
+                commands.train(config, data, folder / name, threads=1, progress=False)
+
+        return shared(f"tiny-{family}-{shape}-{width}-{norm}", make) / name
 
     return train
 
 
 @pytest.fixture(scope="session")
-def tiny_build(train_tiny, tmp_path_factory):
-    """(target, family, levels, shape=, width=, strategy=) -> an artifact built by `lcs build`; once per session."""
-    cache: dict = {}
+def tiny_build(train_tiny, shared):
+    """(target, family, levels, shape=, width=, strategy=) -> an artifact built by `lcs build`; once per run."""
 
     def build(target: str, family: str, levels: str, *, shape: str = "line", width: int = 4,
               strategy: str = "per-level") -> Path:
-        key = (target, family, levels, shape, width, strategy)
-        if key not in cache:
+        name = f"{target}-{family}.lcsa"
+
+        def make(folder: Path) -> None:
             from tvm_build.build import build as lcs_build
 
-            out = tmp_path_factory.mktemp("built") / f"{target}-{family}.lcsa"
-            lcs_build(train_tiny(family, shape, width), target, out, levels=levels, strategy=strategy,
+            lcs_build(train_tiny(family, shape, width), target, folder / name, levels=levels, strategy=strategy,
                       progress=False)
-            cache[key] = out
-        return cache[key]
+
+        key = "-".join([target, family, levels, shape, str(width), strategy]).replace("=", "").replace(",", "_")
+        return shared(f"built-{key}", make) / name
 
     return build
 
 
 @pytest.fixture(scope="session")
-def hostsim_artifact(train_tiny, tmp_path_factory):
+def hostsim_artifact(train_tiny, shared):
     """A tiny unstructured LCS+P subspace (width 8) built as host-sim firmware with three levels:
     (artifact, firmware binary)."""
-    from tvm_build.mcu.build import build_firmware
 
-    build = build_firmware(train_tiny("unstructured", "point", 8), "host-sim", [0.05, 0.25, 1.0],
-                           tmp_path_factory.mktemp("hostsim-fw"))
-    return build.artifact, build.binary
+    def make(folder: Path) -> None:
+        from tvm_build.mcu.build import build_firmware
+
+        build_firmware(train_tiny("unstructured", "point", 8), "host-sim", [0.05, 0.25, 1.0], folder)
+
+    folder = shared("hostsim-fw", make)
+    return folder / "host-sim.lcsa", folder / "firmware-host-sim"
 
 
 # -- firmware checks -----------------------------------------------------------------------------------------

@@ -195,9 +195,15 @@ def solve(trace: Trace, model: CostModel, capacity_mwh: float, grid_points: int 
     achieved = _delivered(schedule, need, reward, T)
     if upper > achieved * (1 + BLOCK_BOUND_WHEN):  # the per-step bound is loose: try the block relaxation
         # each block length gives a valid bound and they vary with where blocks fall: keep the smallest
+        block_grid = 8192 if per_step_bound else 16384
+        lengths = set()
         for cells in ((128, 256, 512) if K <= 20000 else (256,)):
+            length = block_steps(need, useful, T, block_grid, cells)
+            if length in lengths:  # on a short trace several cell counts give the same blocks: the same bound again
+                continue
+            lengths.add(length)
             block_bound, priced = block_upper_bound(need, reward, useful, T, cells_per_block=cells,
-                                                    grid_points=8192 if per_step_bound else 16384)
+                                                    grid_points=block_grid)
             upper = min(upper, block_bound)
             value = _delivered(priced, need, reward, T)
             if value > achieved:  # its priced schedule, when better
@@ -236,6 +242,13 @@ def _hull_segments(need: np.ndarray, reward: np.ndarray) -> list[tuple[float, fl
         n0, r0 = best
 
 
+def block_steps(need: np.ndarray, useful: np.ndarray, T: np.ndarray, grid_points: int, cells_per_block: int) -> int:
+    """Steps per block of `block_upper_bound`: about `cells_per_block` grid cells of the costliest energy."""
+    top = np.where(useful, need, 0.0).max(axis=1)
+    h = float(min(T.max(), top.sum())) / grid_points
+    return int(np.clip(round(cells_per_block * h / max(float(top.mean()), 1e-300)), 1, len(need)))
+
+
 def block_upper_bound(need: np.ndarray, reward: np.ndarray, useful: np.ndarray, T: np.ndarray,
                       grid_points: int = 16384, cells_per_block: int = 256) -> tuple[float, list[int | None]]:
     """An upper bound on delivered accuracy that stays tight when each step needs far less than a grid cell.
@@ -256,8 +269,7 @@ def block_upper_bound(need: np.ndarray, reward: np.ndarray, useful: np.ndarray, 
     n = grid_points
     h = d_top / n
     grid = np.arange(n + 1) * h
-    mean_top = max(float(top.mean()), 1e-300)
-    m = int(np.clip(round(cells_per_block * h / mean_top), 1, K))
+    m = block_steps(need, useful, T, grid_points, cells_per_block)
     bounds = list(range(0, K, m)) + [K]
     v = np.zeros(n + 1)
     blocks = []  # per block, from the last: (start, end, hull prices, cumulative energy, chosen cells)
