@@ -125,3 +125,52 @@ def test_default_schedules_cover_convolutions_and_match_torch():
         tvm.runtime.tensor(x.numpy(), dev), *[tvm.runtime.tensor(a, dev) for a in arrays.values()]).numpy()
     with torch.no_grad():
         np.testing.assert_allclose(got, net(x).numpy(), atol=1e-5)
+
+
+class NormBlock(nn.Module):
+    """Conv -> GroupNorm -> ReLU6 twice, as the model zoo's blocks (groups of 4 channels, then instance norm)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 24, 3, padding=1)
+        self.norm = nn.GroupNorm(6, 24)
+        self.depthwise = nn.Conv2d(24, 24, 3, padding=1, groups=24)
+        self.instance = nn.GroupNorm(24, 24, eps=1e-3)
+
+    def forward(self, x):
+        x = nn.functional.relu6(self.norm(self.conv(x)))
+        return nn.functional.relu6(self.instance(self.depthwise(x)))
+
+
+def test_group_norm_kernels_get_their_own_loops_and_match_torch():
+    from tvm import tirx
+    from tvm.runtime.vm import VirtualMachine
+
+    from tvm_build import compile as tc
+    from tvm_build import export, schedules
+    from tvm_build.graph import export_order, param_arrays
+    from tvm_build.target import host_target
+
+    torch.manual_seed(0)
+    net = NormBlock().eval()
+    with torch.no_grad():
+        for norm in (net.norm, net.instance):
+            norm.weight.normal_()
+            norm.bias.normal_()
+    x = torch.randn(1, 3, 6, 6) * 2 + 1  # statistics away from 0/1
+    mod, ep = export.to_relax(net, (x,))
+    lifted = export.ChannelsLast(mod, export_order(ep))
+    arrays = lifted.weights({n: param_arrays(net)[n] for n in export_order(ep)})
+    target = host_target()
+    fused = tc.fuse_kernels(lifted.main, target)
+    norms = [f for gv, f in fused.functions.items() if isinstance(f, tirx.PrimFunc) and "group_norm" in gv.name_hint]
+    assert sorted(schedules._group_norm_params(f) for f in norms) == [(6, 6, 24, 6, 1e-5), (6, 6, 24, 24, 1e-3)]
+    done = schedules.apply(fused, target)
+    kernels = [f for gv, f in done.functions.items() if isinstance(f, tirx.PrimFunc) and "group_norm" in gv.name_hint]
+    # replaced by group_norm_kernel: no blocks left (the legalized kernel's reshapes are gone)
+    assert kernels and all("tirx.is_scheduled" in f.attrs and "sblock" not in f.script() for f in kernels)
+    dev = tvm.cpu()
+    got = VirtualMachine(tc.compile_module(done, target), dev)["main"](
+        tvm.runtime.tensor(x.numpy(), dev), *[tvm.runtime.tensor(a, dev) for a in arrays.values()]).numpy()
+    with torch.no_grad():
+        np.testing.assert_allclose(got, net(x).numpy(), atol=1e-5)
