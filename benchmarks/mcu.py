@@ -177,6 +177,22 @@ def resnet8_checkpoint() -> Checkpoint:
     return Checkpoint(RunConfig(model=mc, subspace=sc), model)
 
 
+def run_int8_levels(build, board) -> list[dict]:
+    """Boot an int8 firmware build under QEMU and, level by level through the wire protocol, switch to it and run its
+    reference input: the switch's and the inference's SysTick ticks, and whether the answer is the integer
+    reference's bit for bit."""
+    rows = []
+    with start(build.binary, board) as running, Device.open(running.url) as dev:
+        dev.hello()
+        for i, level in enumerate(build.levels):
+            _, switch = dev.set_level(index=i)
+            got, infer = dev.infer(build.inputs[0].reshape(-1).tolist())
+            rows.append({"level": level.label(), "alpha": level.alpha, "infer_ticks": infer, "switch_ticks": switch,
+                         "switch_per_infer": round(switch / infer, 6),
+                         "bit_exact": bool(np.array_equal(np.float32(got), build.expected[i][0]))})
+    return rows
+
+
 def int8_section(boards: list[str], work: Path) -> dict:
     import warnings
 
@@ -195,16 +211,10 @@ def int8_section(boards: list[str], work: Path) -> dict:
         t0 = time.time()
         build = build_int8_firmware(ckpt, board, INT8_LEVELS, work / name, samples=1, measure=False,
                                     write_artifact=False, calibration=calibration)
-        rows = []
-        with start(build.binary, board) as running, Device.open(running.url) as dev:
-            dev.hello()
-            for i, level in enumerate(build.levels):
-                _, switch = dev.set_level(index=i)
-                got, infer = dev.infer(build.inputs[0].reshape(-1).tolist())
-                rows.append({"level": level.label(), "alpha": level.alpha, "instructions": infer * 5,
-                             "switch_instructions": switch * 5, "switch_per_infer": round(switch / infer, 6),
-                             "bit_exact": bool(np.array_equal(np.float32(got), build.expected[i][0])),
-                             "sparse_layers": len(build.int8["sparse_layers"][i])})
+        rows = [{"level": r["level"], "alpha": r["alpha"], "instructions": r["infer_ticks"] * 5,
+                 "switch_instructions": r["switch_ticks"] * 5, "switch_per_infer": r["switch_per_infer"],
+                 "bit_exact": r["bit_exact"], "sparse_layers": len(build.int8["sparse_layers"][i])}
+                for i, r in enumerate(run_int8_levels(build, board))]
         dense = rows[-1]["instructions"]
         cmsis = CMSIS_NN["resnet8"].get(name)
         entry = {"cpu": board.cpu, "flash_bytes": build.sizes.flash, "ram_bytes": build.sizes.ram,
@@ -263,15 +273,8 @@ def int8_switch(boards: list[str], work: Path) -> dict:
         build = build_int8_firmware(ckpt, board, INT8_LEVELS, work / name, samples=1, measure=False,
                                     write_artifact=False,
                                     calibration=(x, {"source": "uniform random images (seed 0)", "samples": 64}))
-        rows = []
-        with start(build.binary, board) as running, Device.open(running.url) as dev:
-            dev.hello()
-            for i, level in enumerate(build.levels):
-                _, switch = dev.set_level(index=i)
-                got, infer = dev.infer(build.inputs[0].reshape(-1).tolist())
-                rows.append({"level": level.label(), "infer_ticks": infer, "switch_ticks": switch,
-                             "switch_per_infer": round(switch / infer, 6),
-                             "bit_exact": bool(np.array_equal(np.float32(got), build.expected[i][0]))})
+        rows = [{k: r[k] for k in ("level", "infer_ticks", "switch_ticks", "switch_per_infer", "bit_exact")}
+                for r in run_int8_levels(build, board)]
         out["boards"][name] = {"cpu": board.cpu, "flash_bytes": build.sizes.flash, "ram_bytes": build.sizes.ram,
                                "levels": rows, "max_switch_per_infer": max(r["switch_per_infer"] for r in rows)}
         print(f"int8 small CNN on {name} ({board.cpu}): switch / inference <= "
