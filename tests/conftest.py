@@ -37,8 +37,8 @@ SLOWEST_FIRST = ("test_rasp4_qemu.py",  # 68 s, most of it downloading and unpac
                  "test_faults.py",  # 67 s
                  "test_link_defaults.py",  # 50 s, mostly waiting on timeouts: overlaps well
                  "test_simulate_optimum.py",  # 41 s
-                 "test_firmware_qemu.py", "test_firmware_int8.py", "test_cli.py", "test_rpc_deploy.py", "test_runtime.py", "test_deploy.py",
-                 "test_firmware_hostsim.py", "test_accel.py", "test_hostile.py", "test_train.py", "test_int8.py")
+                 "test_firmware_qemu.py", "test_firmware_int8.py", "test_cli.py", "test_rpc_deploy.py",
+                 "test_runtime.py", "test_deploy.py", "test_firmware_hostsim.py", "test_accel.py", "test_hostile.py", "test_train.py", "test_int8.py")
 
 
 def pytest_collection_modifyitems(config, items):
