@@ -51,7 +51,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lcs.simulate.model import MIN_CPU_SHARE, MJ_PER_MWH, CostModel
+from lcs.simulate.model import MJ_PER_MWH, CostModel, option_table
 from lcs.simulate.policies import BUDGET_TOLERANCE, Observation, Policy
 from lcs.simulate.trace import Trace
 
@@ -72,21 +72,14 @@ class StepCosts:
 
 def step_costs(trace: Trace, model: CostModel, capacity_mwh: float) -> StepCosts:
     """Every level's reward and energy at every step, with the numbers `CostModel.options` gives."""
-    load = np.asarray(trace.cpu_load, dtype=float)
     budget = np.asarray(trace.power_budget_mw, dtype=float)
     dt = np.asarray(trace.durations(), dtype=float)
-    share = np.clip(model.board.cores * (1.0 - load), MIN_CPU_SHARE, 1.0)
-    base = np.asarray(model.base_latency_ms, dtype=float)
-    energy = np.asarray(model.energy_mj, dtype=float)
     accuracy = np.asarray([lv.accuracy for lv in model.profile.levels], dtype=float)
-    latency = base[None, :] / share[:, None]
-    rate = 1000.0 / np.maximum(model.workload.period_ms, latency)
-    power = energy[None, :] * rate
-    on_time = latency <= model.workload.deadline_ms
-    affordable = power <= budget[:, None] * (1 + BUDGET_TOLERANCE)
-    allowed = on_time & affordable
-    reward = np.where(allowed, accuracy[None, :] * rate * dt[:, None], 0.0)
-    need = power * dt[:, None] / MJ_PER_MWH / capacity_mwh * 100.0
+    table = option_table(model, trace.cpu_load)
+    affordable = table.power_mw <= budget[:, None] * (1 + BUDGET_TOLERANCE)
+    allowed = table.meets_deadline & affordable
+    reward = np.where(allowed, accuracy[None, :] * table.rate_hz * dt[:, None], 0.0)
+    need = table.power_mw * dt[:, None] / MJ_PER_MWH / capacity_mwh * 100.0
     battery = np.asarray(trace.battery_pct, dtype=float)
     return StepCosts(dt_s=dt, trace_pct=np.append(battery, battery[-1]), reward=reward, need_pct=need,
                      allowed=allowed)
