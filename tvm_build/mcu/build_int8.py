@@ -131,8 +131,8 @@ def build_int8_firmware(checkpoint, board, levels: list[float] | None, out_dir, 
     board_dir = fw.FIRMWARE_DIR / "boards" / spec["board_dir"]
     generic = [str(p) for p in sorted((fw.FIRMWARE_DIR / "src").glob("*.c")) if p.name not in FP32_ONLY]
     sources = [*generic, *sorted(str(p) for p in board_dir.glob("*.c")), str(src / "model_int8.c")]
-    in_len = int(np.prod(shape))
-    if board.extra["firmware"].get("upload_bank") is False and upload_bank is None:
+    out_len = int(np.prod(graphs[0].tensors[graphs[0].output].shape))
+    if spec.get("upload_bank") is False and upload_bank is None:
         upload_bank = False
     last = None
     thresholds = [sparse_from] + ([SPARSE_SMALLER] if sparse_from is not None and sparse_from < SPARSE_SMALLER else [])
@@ -141,7 +141,6 @@ def build_int8_firmware(checkpoint, board, levels: list[float] | None, out_dir, 
         fm = firmware_model(graphs, level_objs, cmap.family, default, dsp=dsp, sparse_from=sparse_from,
                             upload_bank=with_bank, input_chw=shape[1:])
         (src / "model_int8.c").write_text(fm.source)
-        out_len = int(np.prod(graphs[0].tensors[graphs[0].output].shape))
         try:
             compile_firmware(board, src, binary, max_payload=max(256, fm.payload_bytes, out_len * 4 + 8, 1032),
                              workspace=16, tx_bytes=max(256, out_len * 4 + 16),
