@@ -206,31 +206,34 @@ def _schedule_injective(sch, blocks, lanes: int):
 
 
 _GROUP_NORM_BLOCKS = 6  # input reshape, statistics, weight and bias reshapes, normalise, output reshape
+_EPILOGUE_OPS = ("Max", "Min", "Add", "Sub", "Mul")  # what an elementwise epilogue may compute (ReLU, ReLU6, residual)
 
 
 def _group_norm_params(func):
-    """(H, W, C, groups, eps) of a legalized NHWC GroupNorm kernel (`group_norm`: x, weight, bias -> out, nothing
-    fused into it), else None. Its legalized loops read the input through a 5-D reshape and make four passes over
-    it; group_norm_kernel replaces them with two."""
+    """(H, W, C, groups, eps, epilogue) of a legalized NHWC GroupNorm kernel (`group_norm`: x, weight, bias[,
+    residual] -> out, with at most ReLU/clip/a residual add fused after it), else None. Its legalized loops read the
+    input through a 5-D reshape and make four passes over it; group_norm_kernel replaces them with two. `epilogue`
+    is None, or a function (normalised value, residual value) -> output value rebuilt from the fused blocks."""
     import tvm
     from tvm import tirx
     from tvm.s_tir import Schedule
 
-    if len(func.params) != 4:
+    if len(func.params) not in (4, 5):
         return None
     try:
         sch = Schedule(tvm.IRModule({"main": func}))
         blocks = [sch.get(b) for b in sch.get_child_blocks(sch.get_sblock("root"))]
     except Exception:  # noqa: BLE001 -- not a block kernel
         return None
-    named = {b.name_hint: b for b in blocks}
-    stats = [b for b in blocks if len(b.writes) == 2 and any(int(iv.iter_type) == REDUCE for iv in b.iter_vars)]
-    if len(blocks) != _GROUP_NORM_BLOCKS or "T_group_norm" not in named or len(stats) != 1 \
+    norm, tail = blocks[:_GROUP_NORM_BLOCKS], blocks[_GROUP_NORM_BLOCKS:]
+    named = {b.name_hint: b for b in norm}
+    stats = [b for b in norm if len(b.writes) == 2 and any(int(iv.iter_type) == REDUCE for iv in b.iter_vars)]
+    if len(norm) != _GROUP_NORM_BLOCKS or "T_group_norm" not in named or len(stats) != 1 \
             or not isinstance(named["T_group_norm"].body, tirx.BufferStore):
         return None
     # the kernel's own buffers: input (read by the first reshape), weight/bias (read by the small reshapes), output
     try:
-        buffers = [blocks[0].reads[0].source, named["T_reshape_1"].reads[0].source,
+        buffers = [norm[0].reads[0].source, named["T_reshape_1"].reads[0].source,
                    named["T_reshape_2"].reads[0].source, blocks[-1].writes[0].source]
         shapes = [[int(d) for d in b.shape] for b in buffers]
         groups = int(stats[0].writes[0].source.shape[-1])
@@ -240,6 +243,16 @@ def _group_norm_params(func):
             or shapes[1] != [shapes[0][3]] or shapes[2] != shapes[1] \
             or any(str(b.dtype) != "float32" for b in buffers):
         return None
+    # parameters in the order group_norm_kernel takes them: x, weight, bias, [residual,] out
+    order = list(func.params)  # TVM 0.27: the parameters are the buffers
+    residual = order[3] if len(order) == 5 else None
+    if not all(a.same_as(b) for a, b in zip([buffers[0], buffers[1], buffers[2]], order[:3])) \
+            or not buffers[3].same_as(order[-1]) \
+            or (residual is not None and [int(d) for d in residual.shape] != shapes[0]):
+        return None
+    epilogue = _epilogue(tail, norm[-1].writes[0].source, residual)
+    if tail and epilogue is None or residual is not None and not tail:
+        return None
     eps = [e.args[0].b.value for e in _walk(named["T_group_norm"].body.value)
            if _is_call(e) and getattr(e.op, "name", "") == "tirx.rsqrt"
            and isinstance(e.args[0], tirx.Add) and isinstance(e.args[0].b, tirx.FloatImm)]
@@ -248,7 +261,67 @@ def _group_norm_params(func):
     _, H, W, C = shapes[0]
     if groups < 1 or C % groups:
         return None
-    return H, W, C, groups, float(eps[0])
+    return H, W, C, groups, float(eps[0]), epilogue
+
+
+def _epilogue(tail, normalised, residual):
+    """The elementwise blocks fused after a norm as one function (value, residual value) -> value, or None when one
+    of them is more than pointwise Max/Min/Add/Sub/Mul of the previous block's value, the residual and constants."""
+    from tvm import tirx
+
+    if not tail:
+        return None
+    steps, prev = [], normalised
+    for block in tail:
+        body = block.body
+        ivars = [iv.var for iv in block.iter_vars]
+        if not isinstance(body, tirx.BufferStore) or len(block.writes) != 1 or not _same_vars(body.indices, ivars):
+            return None
+        step = _pointwise(body.value, ivars, prev, residual)
+        if step is None:
+            return None
+        steps.append(step)
+        prev = body.buffer
+    return Epilogue(tuple(steps), residual is not None)
+
+
+class Epilogue:
+    """Elementwise steps fused after a norm, each (value, residual value) -> value; `residual`: the kernel takes a
+    residual input (between bias and out)."""
+
+    def __init__(self, steps: tuple, residual: bool) -> None:
+        self.steps, self.residual = steps, residual
+
+    def apply(self, value, res):
+        for step in self.steps:
+            value = step(value, res)
+        return value
+
+
+def _same_vars(indices, ivars) -> bool:
+    return len(indices) == len(ivars) and all(i.same_as(v) for i, v in zip(indices, ivars))
+
+
+def _pointwise(expr, ivars, prev, residual):
+    from tvm import tirx
+
+    if type(expr).__name__ in ("BufferLoad", "TensorLoad") and _same_vars(expr.indices, ivars):  # 0.27: TensorLoad
+        source = expr.source if hasattr(expr, "source") else expr.buffer
+        if source is not None and source.same_as(prev):
+            return lambda v, r: v
+        if residual is not None and source is not None and source.same_as(residual):
+            return lambda v, r: r
+        return None
+    if isinstance(expr, tirx.FloatImm) and "float32" in str(expr.ty):
+        c = float(expr.value)
+        return lambda v, r: tirx.const(c, "float32")
+    if type(expr).__name__ in _EPILOGUE_OPS:
+        a, b = _pointwise(expr.a, ivars, prev, residual), _pointwise(expr.b, ivars, prev, residual)
+        if a is None or b is None:
+            return None
+        op = type(expr)
+        return lambda v, r: op(a(v, r), b(v, r))
+    return None
 
 
 def _is_call(e) -> bool:
@@ -268,10 +341,11 @@ def _walk(e):
         yield from _walk(e.value)
 
 
-def group_norm_kernel(H: int, W: int, C: int, groups: int, eps: float, lanes: int):
+def group_norm_kernel(H: int, W: int, C: int, groups: int, eps: float, epilogue, lanes: int):
     """NHWC GroupNorm in two passes: per-channel sums and sums of squares over the pixels (channels contiguous, as
     vectors), folded into per-group mean and 1/std, then out = (x - mean) * (weight / std) + bias, vectorized over
-    channels and parallel over pixels. Same statistics as the legalized kernel (E[x^2] - E[x]^2)."""
+    channels and parallel over pixels, with the fused epilogue (ReLU, clip, residual add: an Epilogue) applied before
+    the one store. Same statistics as the legalized kernel (E[x^2] - E[x]^2)."""
     from tvm.script import tirx as T
 
     P = H * W
@@ -281,17 +355,12 @@ def group_norm_kernel(H: int, W: int, C: int, groups: int, eps: float, lanes: in
     # a tiny tensor gains nothing from the thread pool's wake-up (a few us): its pixels stay on one thread
     chunks = min(P, 16) if P * C >= 8192 else 1
     per = (P + chunks - 1) // chunks
+    after = epilogue.apply if epilogue is not None else (lambda v, r: v)
 
-    @T.prim_func(private=True)
-    def kernel(x4: T.Buffer((1, H, W, C), "float32"), weight: T.Buffer((C,), "float32"),
-               bias: T.Buffer((C,), "float32"), out4: T.Buffer((1, H, W, C), "float32")):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})
-        x = T.decl_buffer((P * C,), "float32", data=x4.data)
-        out = T.decl_buffer((P * C,), "float32", data=out4.data)
+    @T.macro
+    def statistics(x, weight, mean, scale):
         s = T.alloc_buffer((C,), "float32")
         q = T.alloc_buffer((C,), "float32")
-        mean = T.alloc_buffer((C,), "float32")
-        scale = T.alloc_buffer((C,), "float32")
         acc = T.alloc_buffer((2,), "float32", scope="local")
         for co in range(C // V):
             for lane in T.vectorized(V):
@@ -312,16 +381,43 @@ def group_norm_kernel(H: int, W: int, C: int, groups: int, eps: float, lanes: in
                 mean[g * cg + k] = acc[0] / T.float32(n)
                 scale[g * cg + k] = weight[g * cg + k] * T.rsqrt(
                     acc[1] / T.float32(n) - acc[0] / T.float32(n) * (acc[0] / T.float32(n)) + T.float32(eps))
+
+    @T.macro
+    def normalise(x, res, bias, mean, scale, out):
         for t in T.parallel(chunks):
             for i in range(per):
                 if t * per + i < P:
                     for co in range(C // V):
                         for lane in T.vectorized(V):
-                            out[(t * per + i) * C + co * V + lane] = (x[(t * per + i) * C + co * V + lane]
-                                                                      - mean[co * V + lane]) \
-                                * scale[co * V + lane] + bias[co * V + lane]
+                            out[(t * per + i) * C + co * V + lane] = after(
+                                (x[(t * per + i) * C + co * V + lane] - mean[co * V + lane]) * scale[co * V + lane]
+                                + bias[co * V + lane], res[(t * per + i) * C + co * V + lane])
 
-    return kernel
+    @T.prim_func(private=True)
+    def kernel(x4: T.Buffer((1, H, W, C), "float32"), weight: T.Buffer((C,), "float32"),
+               bias: T.Buffer((C,), "float32"), out4: T.Buffer((1, H, W, C), "float32")):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})
+        x = T.decl_buffer((P * C,), "float32", data=x4.data)
+        out = T.decl_buffer((P * C,), "float32", data=out4.data)
+        mean = T.alloc_buffer((C,), "float32")
+        scale = T.alloc_buffer((C,), "float32")
+        statistics(x, weight, mean, scale)
+        normalise(x, x, bias, mean, scale, out)  # no residual: `after` ignores its second value
+
+    @T.prim_func(private=True)
+    def with_residual(x4: T.Buffer((1, H, W, C), "float32"), weight: T.Buffer((C,), "float32"),
+                      bias: T.Buffer((C,), "float32"), res4: T.Buffer((1, H, W, C), "float32"),
+                      out4: T.Buffer((1, H, W, C), "float32")):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})
+        x = T.decl_buffer((P * C,), "float32", data=x4.data)
+        res = T.decl_buffer((P * C,), "float32", data=res4.data)
+        out = T.decl_buffer((P * C,), "float32", data=out4.data)
+        mean = T.alloc_buffer((C,), "float32")
+        scale = T.alloc_buffer((C,), "float32")
+        statistics(x, weight, mean, scale)
+        normalise(x, res, bias, mean, scale, out)
+
+    return with_residual if epilogue is not None and epilogue.residual else kernel
 
 
 def _has_root(sch) -> bool:
