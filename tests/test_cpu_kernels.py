@@ -26,7 +26,8 @@ class OneByOnes(nn.Module):
         return self.project(torch.relu(self.expand(torch.relu(self.stem(x)))))
 
 
-def test_csr_kernels_match_torch_and_plan_statically(monkeypatch, tmp_path):
+@pytest.mark.parametrize("paired", [False, True], ids=["one-sum", "two-sums"])
+def test_csr_kernels_match_torch_and_plan_statically(monkeypatch, tmp_path, paired):
     from tvm.runtime.vm import VirtualMachine
 
     from tvm_build import compile as tc
@@ -49,6 +50,8 @@ def test_csr_kernels_match_torch_and_plan_statically(monkeypatch, tmp_path):
 
     target = host_target()
     monkeypatch.setattr(sparse, "MARGIN", 1e9)  # take the CSR kernel whatever the timing: this checks numbers
+    if paired:  # the two-partial-sums loop of long rows (rows of odd and even lengths, and an empty one)
+        monkeypatch.setattr(sparse, "PAIRED_ROW", 0)
     new, weights, how, records = sparse.Chooser(target, 1)(lifted.main, arrays, lifted.from_torch)
     assert [r["kernel"] for r in records] == ["csr", "csr"] and all(r["dense_us"] > 0 for r in records)
     assert "expand.weight" not in weights and weights["expand.weight:csr.indices"].dtype == np.int32
@@ -177,3 +180,68 @@ def test_group_norm_kernels_get_their_own_loops_and_match_torch():
         tvm.runtime.tensor(x.numpy(), dev), *[tvm.runtime.tensor(a, dev) for a in arrays.values()]).numpy()
     with torch.no_grad():
         np.testing.assert_allclose(got, net(x).numpy(), atol=1e-5)
+
+
+class WideBlock(nn.Module):
+    """resnet18's late stage in small: 3x3 convs whose weights outweigh their 4x4 input (channel tiles outside,
+    one 4-pixel row per tile), GroupNorm + residual add + ReLU (a norm kernel with a residual input), and a 10-way
+    classifier (a matvec no vector width divides)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 32, 3, padding=1)
+        self.norm1 = nn.GroupNorm(8, 32)
+        self.conv2 = nn.Conv2d(32, 32, 3, padding=1)
+        self.norm2 = nn.GroupNorm(8, 32)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        y = torch.relu(self.norm1(self.conv1(x)))
+        y = torch.relu(self.norm2(self.conv2(y)) + y)
+        return self.head(y.mean((2, 3)))
+
+
+def test_register_tiles_follow_row_width_and_channel_count():
+    from tvm_build.schedules import _register_tile
+
+    assert _register_tile(4, 512, 8) == (4, 32)  # a 4-wide row: 4 pixels x 4 vectors
+    assert _register_tile(32, 64, 8) == (8, 16)  # 8 pixels x 2 vectors
+    assert _register_tile(7, 96, 8) == (7, 16)  # a 7-wide row in one tile
+    assert _register_tile(1, 10, 8) == (1, 10)  # classifier: the 10 outputs together
+    assert _register_tile(16, 100, 4) == (8, 4)  # NEON: one vector when two do not divide
+
+
+def test_weight_heavy_convs_and_residual_norms_match_torch():
+    from tvm import tirx
+    from tvm.runtime.vm import VirtualMachine
+
+    from tvm_build import compile as tc
+    from tvm_build import export, schedules
+    from tvm_build.graph import export_order, param_arrays
+    from tvm_build.target import host_target
+
+    torch.manual_seed(0)
+    net = WideBlock().eval()
+    with torch.no_grad():
+        for norm in (net.norm1, net.norm2):
+            norm.weight.normal_()
+            norm.bias.normal_()
+    x = torch.randn(1, 3, 4, 4)
+    mod, ep = export.to_relax(net, (x,))
+    lifted = export.ChannelsLast(mod, export_order(ep))
+    arrays = lifted.weights({n: param_arrays(net)[n] for n in export_order(ep)})
+    target = host_target()
+    fused = tc.fuse_kernels(lifted.main, target)
+    norms = [schedules._group_norm_params(f) for gv, f in fused.functions.items()
+             if isinstance(f, tirx.PrimFunc) and "group_norm" in gv.name_hint]
+    assert sorted((p[5] is not None, p[5] is not None and p[5].residual) for p in norms) == \
+        [(True, False), (True, True)]  # ReLU, and add + ReLU with the residual as an input
+    done = schedules.apply(fused, target)
+    kernels = {gv.name_hint: f for gv, f in done.functions.items() if isinstance(f, tirx.PrimFunc)}
+    unscheduled = {n for n, f in kernels.items() if f.attrs is None or "tirx.is_scheduled" not in f.attrs}
+    assert not {n for n in unscheduled if "conv2d" in n or "matmul" in n or "group_norm" in n}, unscheduled
+    dev = tvm.cpu()
+    got = VirtualMachine(tc.compile_module(done, target), dev)["main"](
+        tvm.runtime.tensor(x.numpy(), dev), *[tvm.runtime.tensor(a, dev) for a in arrays.values()]).numpy()
+    with torch.no_grad():
+        np.testing.assert_allclose(got, net(x).numpy(), atol=1e-4)
