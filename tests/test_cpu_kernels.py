@@ -245,3 +245,25 @@ def test_weight_heavy_convs_and_residual_norms_match_torch():
         tvm.runtime.tensor(x.numpy(), dev), *[tvm.runtime.tensor(a, dev) for a in arrays.values()]).numpy()
     with torch.no_grad():
         np.testing.assert_allclose(got, net(x).numpy(), atol=1e-4)
+
+
+def test_channels_first_norm_is_not_taken_for_channels_last():
+    """A GroupNorm over axis 1 of a (1, 8, 8, 8) tensor (the alpha-input graph stays NCHW) has the buffer shapes of a
+    channels-last one: it keeps TVM's loops rather than group_norm_kernel's."""
+    from tvm import relax, tirx
+
+    from tvm_build import compile as tc
+    from tvm_build import schedules
+    from tvm_build.target import host_target
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([1, 8, 8, 8], "float32"))
+    gamma, beta = (relax.Var(n, relax.TensorType([8], "float32")) for n in ("gamma", "beta"))
+    with bb.function("main", [x, gamma, beta]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.group_norm(x, gamma, beta, num_groups=8, channel_axis=1, axes=[2, 3]))
+            out = bb.emit_output(relax.op.nn.relu(y))
+        bb.emit_func_output(out)
+    fused = tc.fuse_kernels(bb.get(), host_target())
+    norms = [f for gv, f in fused.functions.items() if isinstance(f, tirx.PrimFunc) and "group_norm" in gv.name_hint]
+    assert norms and all(schedules._group_norm_params(f) is None for f in norms)

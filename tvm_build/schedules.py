@@ -264,6 +264,16 @@ def _group_norm_params(func):
     _, H, W, C = shapes[0]
     if groups < 1 or C % groups:
         return None
+    # channels last for real: the 5-D view is (1, H, W, groups, C / groups) and the statistics keep the group axis
+    # (a norm over axis 1 of an NCHW tensor whose three extents happen to match has the same buffer shapes)
+    from tvm.tirx.analysis import undefined_vars
+
+    group_var = stats[0].iter_vars[1].var if len(stats[0].iter_vars) > 1 else None
+    uses = [group_var is not None and any(v.same_as(group_var) for v in undefined_vars(r.min))
+            for r in stats[0].reads[0].region]
+    if [int(d) for d in norm[0].writes[0].source.shape] != [1, H, W, groups, C // groups] \
+            or uses != [False, False, False, True, False]:
+        return None
     return H, W, C, groups, float(eps[0]), epilogue
 
 
