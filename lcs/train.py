@@ -230,6 +230,7 @@ class TrainResult:
     model: SubspaceModel  # on the CPU again after training, whatever device trained it
     history: list[dict] = field(default_factory=list)
     step_seconds: float = 0.0  # mean time of one optimizer step (after the first few)
+    step_cpu_seconds: float | None = None  # the same steps' CPU time of the training thread (CPU only)
     eval: list[dict] = field(default_factory=list)  # accuracy per level on the test split (LevelResult rows)
     checkpoint: Path | None = None
     images_per_second: float = 0.0  # training images through all ranks per second, after the 3 warm-up steps
@@ -378,6 +379,7 @@ def train(config: RunConfig, *, data: DataSplit | None = None, out: str | Path |
     acc.synchronize(device)
     result.images_per_second = images / max(1e-9, time.perf_counter() - steady_since)
     result.step_seconds = clock.mean_seconds()
+    result.step_cpu_seconds = clock.mean_cpu_seconds()
     if draws_seen is not None:
         _check_same_draws(draws_seen.hexdigest(), world)
     if compare_steps > 0:
