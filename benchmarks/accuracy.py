@@ -182,10 +182,11 @@ STEP_TARGETS = {"unstructured": 1.1, "quantization": 1.1, "structured": 2.0}
 def time_steps(family: str, batch_size: int, steps: int, rounds: int, sampler: str = "", samples: int = 0) -> dict:
     """Mean time of one training step: a plain network with a plain SGD step, against LCS+L as
     lcs.train runs it (compression fully on: no warm-up, so every step masks or quantizes).
-    Alternates the two `rounds` times, the one going first switching every round. The ratio is the median of the
-    per-round ratios: a round of each, back to back, sees about the same load from other processes on a shared
-    machine. Wall time, and the training thread's CPU time (less sensitive to that load). `sampler` and
-    `samples` override the family's default sampler and samples per step (the sandwich rule's passes)."""
+    Side by side: within each round, every LCS+L step of lcs.train (its own step timer) is followed by one standard
+    step (run from train's progress hook, outside its timer), so both see the same load from other processes on a
+    shared machine. The ratio is the median over `rounds` rounds of the ratio of the two means. Wall time, and the
+    training thread's CPU time (less sensitive to that load). `sampler` and `samples` override the family's
+    default sampler and samples per step (the sandwich rule's passes)."""
     import torch
     import torch.nn.functional as F
     from torch.utils.data import DataLoader, Subset
@@ -204,35 +205,33 @@ def time_steps(family: str, batch_size: int, steps: int, rounds: int, sampler: s
                               generator=torch.Generator().manual_seed(0)))
     t = cfg.train
 
-    def standard_step_seconds() -> tuple[float, float]:
+    def one_round() -> tuple[tuple[float, float], tuple[float, float]]:
         torch.manual_seed(0)
         net = build_model(cfg.model)
         net.train()
         opt = torch.optim.SGD(net.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
         elapsed, cpu = [], []
-        for i, (x, y) in enumerate(batches):
+
+        def standard_step(step: int, total: int, info: dict) -> None:
+            x, y = batches[(step - 1) % len(batches)]
             started, cpu_started = time.perf_counter(), time.thread_time()
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(net(x), y).backward()
             opt.step()
-            if i >= 3:  # same warm-up as lcs.train's own timing
+            if step > 3:  # same warm-up as lcs.train's own timing (its first 3 steps)
                 elapsed.append(time.perf_counter() - started)
                 cpu.append(time.thread_time() - cpu_started)
-        return statistics.fmean(elapsed), statistics.fmean(cpu)
 
-    def lcs_step_seconds() -> tuple[float, float]:
-        result = train(cfg, data=subset)
-        return result.step_seconds, result.step_cpu_seconds
+        result = train(cfg, data=subset, on_step=standard_step)
+        return ((statistics.fmean(elapsed), statistics.fmean(cpu)),
+                (result.step_seconds, result.step_cpu_seconds))
 
     load_before = os.getloadavg()[0]
     standard, lcs_line = [], []
-    for r in range(rounds):
-        if r % 2:
-            lcs_line.append(lcs_step_seconds())
-            standard.append(standard_step_seconds())
-        else:
-            standard.append(standard_step_seconds())
-            lcs_line.append(lcs_step_seconds())
+    for _ in range(rounds):
+        std, line = one_round()
+        standard.append(std)
+        lcs_line.append(line)
     passes = max(2, t.samples_per_step) if default_sampler(cfg) in ("sandwich", "endpoint-and-random") else 1
 
     def summary(k: int, label: str) -> dict:
@@ -250,6 +249,7 @@ def time_steps(family: str, batch_size: int, steps: int, rounds: int, sampler: s
         "batch_size": batch_size,
         "steps_per_round": steps,
         "rounds": rounds,
+        "interleaved": "each LCS+L step followed by one standard step",
         "sampler": default_sampler(cfg),
         "samples_per_step": t.samples_per_step,
         "passes_per_step": passes,
@@ -261,26 +261,6 @@ def time_steps(family: str, batch_size: int, steps: int, rounds: int, sampler: s
         "rounds_ms": wall["rounds_ms"],
         "rounds_cpu_ms": cpu["rounds_cpu_ms"],
     }
-
-
-# -- targets and report ---------------------------------------------------------------------------
-
-def over_seeds(results: list[dict]) -> dict[tuple[str, str], dict]:
-    """(family, run name) -> that run over its seeds: mean accuracy per level, the sample standard deviation (0 for
-    one seed), every seed's accuracy, and seed 0's full result (config, grid, losses)."""
-    grouped: dict[tuple[str, str], list[dict]] = {}
-    for r in sorted(results, key=lambda r: r.get("seed", 0)):
-        grouped.setdefault((r["family"], r["name"]), []).append(r)
-    out = {}
-    for key, runs in grouped.items():
-        levels = runs[0]["accuracy"]
-        per_seed = {level: [r["accuracy"][level] for r in runs] for level in levels}
-        out[key] = {**runs[0],
-                    "accuracy": {level: round(statistics.fmean(v), 2) for level, v in per_seed.items()},
-                    "std": {level: round(statistics.stdev(v), 2) if len(v) > 1 else 0.0 for level, v in per_seed.items()},
-                    "per_seed": per_seed, "seeds": [r.get("seed", 0) for r in runs],
-                    "train_seconds": round(sum(r["train_seconds"] for r in runs), 1)}
-    return out
 
 
 def step_targets(family: str, timing: dict) -> dict:

@@ -94,6 +94,7 @@ def test_short_training_is_far_above_chance_at_both_ends(digits, family, tmp_pat
         model.set_alpha(alpha)
         assert accuracy(model, digits.test) > 0.6, (family, alpha)
     assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert 0 < result.step_cpu_seconds and 0 < result.step_seconds  # CPU: thread time beside wall time
 
 
 def test_flat_parameters_take_the_same_sgd_steps_and_release_own_storage():

@@ -35,12 +35,12 @@ def topk_mask(weight: torch.Tensor, keep: float) -> torch.Tensor:
     kept = UnstructuredMap.kept_count(numel, keep)
     if kept >= numel:
         return torch.ones_like(weight)
-    magnitude = weight.detach().abs().flatten()
     dropped = numel - kept
-    if magnitude.device.type == "cpu" and magnitude.dtype in (torch.float32, torch.float64):
-        mask = _threshold_mask(magnitude, dropped, kept)
+    if weight.device.type == "cpu" and weight.dtype in (torch.float32, torch.float64):
+        mask = _threshold_mask(weight, dropped, kept)
         if mask is not None:
-            return mask.view_as(weight)
+            return mask
+    magnitude = weight.detach().abs().flatten()
     if dropped < kept:
         # Select the smaller side: the dropped smallest. A partial selection costs with the count selected, and
         # most training draws keep more than half (up to twice as fast per layer at keep 0.9).
@@ -53,14 +53,18 @@ def topk_mask(weight: torch.Tensor, keep: float) -> torch.Tensor:
     return mask.view_as(weight)
 
 
-def _threshold_mask(magnitude: torch.Tensor, dropped: int, kept: int) -> torch.Tensor | None:
-    """On a CPU: 1 where `magnitude` lies above its `dropped`-th smallest value, found by numpy's selection (about
-    ten times faster than torch.topk, and the mask is one comparison instead of a scatter). That is the topk set
-    exactly unless magnitudes tie across the boundary (or are NaN): then the count is off and this returns None."""
-    threshold = np.partition(magnitude.numpy(), dropped - 1)[dropped - 1]
-    mask = torch.empty_like(magnitude)
-    torch.gt(magnitude, float(threshold), out=mask)
-    return mask if int(mask.sum()) == kept else None
+def _threshold_mask(weight: torch.Tensor, dropped: int, kept: int) -> torch.Tensor | None:
+    """On a CPU: 1 where |weight| lies above its `dropped`-th smallest value, found by numpy's selection (about ten
+    times faster than torch.topk), the mask one comparison instead of a scatter, all in numpy on the tensor's memory
+    (a numpy call costs a fraction of a torch op's dispatch, and a training step makes a dozen of them per layer).
+    That is the topk set exactly unless magnitudes tie across the boundary (or are NaN): then the count is off and
+    this returns None."""
+    magnitude = np.abs(weight.detach().numpy().reshape(-1))
+    threshold = np.partition(magnitude, dropped - 1)[dropped - 1]
+    mask = torch.empty(weight.shape, dtype=weight.dtype)
+    out = mask.numpy().reshape(-1)
+    np.greater(magnitude, threshold, out=out)
+    return mask if np.count_nonzero(out) == kept else None
 
 
 def quant_params(lo: torch.Tensor, hi: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
