@@ -67,6 +67,10 @@ ABLATIONS = {
 }
 QUICK_ABLATIONS = ("reference recipe",)
 
+# Structured LCS+L with fewer passes per step than the sandwich rule's 4 (issue 17: a step at most 2x a standard
+# one), as (TrainConfig.sampler, TrainConfig.samples_per_step); --sandwich-variants trains and times each.
+SANDWICH_VARIANTS = (("sandwich", 4), ("sandwich", 3), ("endpoint-and-random", 2))
+
 
 @dataclass
 class Run:
@@ -263,6 +267,26 @@ def time_steps(family: str, batch_size: int, steps: int, rounds: int, sampler: s
     }
 
 
+# -- targets and report ---------------------------------------------------------------------------
+
+def over_seeds(results: list[dict]) -> dict[tuple[str, str], dict]:
+    """(family, run name) -> that run over its seeds: mean accuracy per level, the sample standard deviation (0 for
+    one seed), every seed's accuracy, and seed 0's full result (config, grid, losses)."""
+    grouped: dict[tuple[str, str], list[dict]] = {}
+    for r in sorted(results, key=lambda r: r.get("seed", 0)):
+        grouped.setdefault((r["family"], r["name"]), []).append(r)
+    out = {}
+    for key, runs in grouped.items():
+        levels = runs[0]["accuracy"]
+        per_seed = {level: [r["accuracy"][level] for r in runs] for level in levels}
+        out[key] = {**runs[0],
+                    "accuracy": {level: round(statistics.fmean(v), 2) for level, v in per_seed.items()},
+                    "std": {level: round(statistics.stdev(v), 2) if len(v) > 1 else 0.0 for level, v in per_seed.items()},
+                    "per_seed": per_seed, "seeds": [r.get("seed", 0) for r in runs],
+                    "train_seconds": round(sum(r["train_seconds"] for r in runs), 1)}
+    return out
+
+
 def step_targets(family: str, timing: dict) -> dict:
     """Issue 17's step-time target, on wall time and on CPU time (the ratio per step, median over the rounds)."""
     limit = STEP_TARGETS[family]
@@ -372,6 +396,32 @@ def remeasure_steps(path: Path, steps: int, rounds: int, threads: int, families:
     return 0
 
 
+def sandwich_variants(out: Path, epochs: int, seeds: int, jobs: int, threads: int, steps: int, rounds: int) -> int:
+    """Structured LCS+L per SANDWICH_VARIANTS: accuracy at the structured levels (mean and std over the seeds) and
+    the step ratio, written to DIR/sandwich-variants.json."""
+    runs = []
+    for seed in range(seeds):
+        for sampler, n in SANDWICH_VARIANTS:
+            cfg = base_config("structured", "line", epochs)
+            cfg = cfg.replace(train=dataclasses.replace(cfg.train, sampler=sampler, samples_per_step=n, seed=seed))
+            runs.append(Run(f"{sampler}:{n}", "structured", cfg, seed=seed))
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
+        results = list(pool.map(train_and_evaluate, runs))
+    report = {"benchmark": "structured LCS+L, passes per step", "epochs": epochs, "seeds": seeds, "variants": {}}
+    for name, r in ((name, r) for (_, name), r in over_seeds(results).items()):
+        sampler, n = name.rsplit(":", 1)
+        timing = time_steps("structured", TrainConfig().batch_size, steps, rounds, sampler, int(n))
+        report["variants"][name] = {"accuracy": r["accuracy"], "std": r["std"], "per_seed": r["per_seed"],
+                                    "step_time": timing}
+        print(f"  {name:24s} " + " ".join(f"{k} {v:.1f}±{r['std'][k]:.1f}" for k, v in r["accuracy"].items())
+              + f"  step {timing['ratio_per_step']:.2f}x (CPU time {timing['ratio_cpu_per_step']:.2f}x)", flush=True)
+    report["machine"] = {"cpus": os.cpu_count(), "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]}
+    atomic.write_text(out / "sandwich-variants.json", json.dumps(report, indent=2))
+    print(f"wrote {out / 'sandwich-variants.json'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=None, help="epochs of every run (default 20, --quick 2)")
@@ -383,6 +433,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=1, help="train every run with seeds 0..N-1; report mean ± std")
     parser.add_argument("--families", default=",".join(LEVELS),
                         help=f"comma-separated families to train (default all: {','.join(LEVELS)})")
+    parser.add_argument("--sandwich-variants", action="store_true",
+                        help="only train and time structured LCS+L with 4, 3 and 2 passes per step "
+                             "(DIR/sandwich-variants.json)")
     parser.add_argument("--step-rounds", type=int, default=None,
                         help="alternating rounds of step timing (default 9, --quick 1)")
     parser.add_argument("--steps-only", action="store_true",
@@ -405,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.step_rounds < 1:
             parser.error("--step-rounds must be at least 1")
         rounds = args.step_rounds
+    if args.sandwich_variants:
+        return sandwich_variants(out, epochs, args.seeds, args.jobs, args.threads, steps, rounds)
     if args.steps_only:
         return remeasure_steps(out / "accuracy.json", steps, rounds, args.threads, families)
     load_before = os.getloadavg()
