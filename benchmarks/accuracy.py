@@ -3,7 +3,8 @@ MNIST-5k (fixed 4000/1000 split) with the small CNN (GroupNorm); plus the traini
 against a standard step of the same network and batch.
 
     PYTHONPATH=. python benchmarks/accuracy.py [--epochs N] [--seeds N] [--families F,..] [--out DIR] [--quick]
-                                               [--jobs 2] [--threads 1]
+                                               [--jobs 2] [--threads 1] [--step-rounds N]
+                                               [--steps-only | --sandwich-variants]
 
 For each family (unstructured, structured, quantization) it trains LCS+L and LCS+P with the default
 recipe (lcs.config) and one fixed-level model per level (method "fixed", same model, data, epochs),
@@ -13,8 +14,9 @@ each accuracy is reported as mean and sample standard deviation over the seeds. 
 ratios, targets met or not, the recipe) and DIR/accuracy-<family>.png.
 
 Training runs go to `--jobs` worker processes with `--threads` torch threads each. Step times are
-measured afterwards in this process, standard and LCS+L steps alternating, with nothing else of ours
-running.
+measured afterwards in this process, standard and LCS+L steps alternating step by step, with nothing else of ours
+running (wall time and the thread's CPU time). `--steps-only` re-measures only the step times into DIR/accuracy.json;
+`--sandwich-variants` trains and times structured LCS+L with 4, 3 and 2 passes per step (DIR/sandwich-variants.json).
 """
 
 from __future__ import annotations
