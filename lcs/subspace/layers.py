@@ -112,6 +112,9 @@ class _WeightLayer(SubspaceLayer):
         s = self.state
         if not self.compressible:
             return weight
+        early = self.blend_cache.get("compressed_weight")  # SubspaceModel.forward compressed this very tensor
+        if early is not None and early[0] is weight:
+            return early[1]
         if s.keep < 1.0:
             weight = weight * topk_mask(weight, s.keep)
         if s.bits is not None:

@@ -40,6 +40,7 @@ class SubspaceModel(nn.Module):
         # as much as several small kernels.
         self._layers: tuple[SubspaceLayer, ...] = tuple(m for m in self.net.modules() if isinstance(m, SubspaceLayer))
         self.line_slots = [(layer, name) for layer in self.layers() for name, _, _ in layer.endpoint_pairs()]
+        self._compressed_weight_layers = tuple(m for m in self._layers if isinstance(m, _WeightLayer) and m.compressible)
         self.line_pairs = [(p0, p1) for layer in self.layers() for _, p0, p1 in layer.endpoint_pairs()]
         # Blend every line parameter in one multi-tensor op per forward (see forward). Off under DDP (train.py).
         self.fused_blend = True
@@ -148,6 +149,15 @@ class SubspaceModel(nn.Module):
                                        *[p1 for _, p1 in self.line_pairs])
         for (layer, name), value in zip(self.line_slots, blended):
             layer.blend_cache[name] = value
+        # Every layer's weight compression (TopK mask, fake quantization) here, one after the other, instead of
+        # between the convolutions: the same ops on the same tensors, but on a CPU a small op run right after the
+        # convolutions costs several times what it costs after another small op (caches), and a line step makes
+        # a dozen of them per compressed layer. The layer picks its compressed weight up if it uses this tensor.
+        for layer in self._compressed_weight_layers:
+            s = layer.state
+            weight = layer.blend_cache.get("weight")
+            if weight is not None and (s.keep < 1.0 or s.bits is not None):
+                layer.blend_cache["compressed_weight"] = (weight, layer.compressed_weight(weight))
         try:
             return self.net(x)
         finally:
