@@ -58,6 +58,10 @@ def test_int8_firmware_on_host_sim_equals_the_integer_reference(bn_checkpoint, t
     fw = _check(art, report)
     assert fw["int8"]["sparse_layers"][0]  # the 90 %-sparse level runs the sparse kernel
     assert fw["int8"]["store_bytes"] == fw["weight_bytes"]
+    # LCS+P: the codes once (issue 15: <= 1.1 B per weight of the model, scales and per-level data included)
+    store = fw["int8"]["store"]
+    assert store["mode"] == "derived" and store["requested"] == "auto" and store["ram_buffer_bytes"] > 0, store
+    print(fw["int8"]["bytes_per_model_weight"], store)
     assert "precision int8" in _cli("info", art.path).output
 
 
