@@ -72,6 +72,11 @@ def build(checkpoint_path: str | Path, target: str, output: str | Path, *, level
             raise ConfigError(f"target {board.name} is a {board.kind} board: its firmware has one strategy (all "
                               f"levels, switched on the device) and no MetaSchedule tuning; drop --strategy/--tune")
         ckpt, alphas = _checkpoint_and_levels(checkpoint_path, levels)
+        if int8_store == "derived":  # refused before any work
+            from tvm_build.mcu.build_int8 import derivable
+
+            if derivable(ckpt.config):
+                raise ConfigError(f"--int8-store derived: {derivable(ckpt.config)}")
         return _build_mcu(ckpt, board, output, alphas, accuracy_table(ckpt.metrics, eval_results), log, int8,
                           int8_store or "auto")
     from tvm_build import target as tt

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -75,6 +75,8 @@ class FirmwareModel:
     store: str = "ready"  # "ready": every level's numbers stored as the kernels read them; "derived": see below
     model_weights: int = 0  # weights of the model's densest level (an LCS+P model's point)
     ram_buffer_bytes: int = 0  # derived store: RAM the largest level materializes in
+    # derived store, per level: codes a switch scans and keeps, and the MACs its dense and sparse kernels run
+    level_work: list[dict] = field(default_factory=list)
 
     @property
     def bytes_per_stored_entry(self) -> float:
@@ -286,10 +288,11 @@ def derived_firmware_model(graphs: list[Graph], plans: list, dense_index: int, l
             continue
         slots[i] = len(descs) - 1
     # per level: thresholds, the slot table, and what the level's RAM buffer needs
-    level_tab, sparse_layers, buffer_need = [], [], []
+    level_tab, sparse_layers, buffer_need, work = [], [], [], []
     zeros: dict[int, int] = {}
     for g, plan in zip(graphs, plans):
         recs, need, sparse_here = bytearray(), 0, []
+        counts = {"scanned": 0, "kept": 0, "dense_macs": 0, "sparse_macs": 0}
         for i, s_i in sorted(slots.items(), key=lambda kv: kv[1]):
             op, dop = g.ops[i], dense.ops[i]
             kind, oc, win, dw = slot_geo[s_i]
@@ -307,11 +310,18 @@ def derived_firmware_model(graphs: list[Graph], plans: list, dense_index: int, l
                     thr_off = zeros.setdefault(oc, store.put(bytes(oc)))
                 else:
                     thr_off = store.put(np.asarray(thr, np.uint8).tobytes())
+            nonzero = int(np.count_nonzero(op.weight))
+            pixels = int(np.prod(t[op.out].shape[:-1])) if kind == "conv" else 1
             if mode == SPARSE:
-                need += 4 * (oc + 1) + 4 * int(np.count_nonzero(op.weight))
+                need += 4 * (oc + 1) + 4 * nonzero
                 sparse_here.append(op.out)
             elif mode == MASKED:
                 need += (oc * win + 3) // 4 * 4
+            if mode != FROM_FLASH:
+                counts["scanned"] += oc * win
+                counts["kept"] += nonzero
+            counts["sparse_macs" if mode == SPARSE else "dense_macs"] += (nonzero if mode == SPARSE
+                                                                          else op.weight.size) * pixels
             kb = plan.k[op.inp]
             kr = plan.k[op.out] - plan.k[op.inp]
             ka = plan.k[op.out] - plan.k[op.add] if isinstance(op, Conv) and op.add else 0
@@ -319,6 +329,7 @@ def derived_firmware_model(graphs: list[Graph], plans: list, dense_index: int, l
             recs += struct.pack("<bbbBI", kb, kr, ka, mode, thr_off)
         level_tab.append(store.put(bytes(recs)))
         buffer_need.append(need)
+        work.append(counts)
         sparse_layers.append(sparse_here)
     # the run functions: one per level (GroupNorm's numbers are the level's own)
     funcs = []
@@ -443,7 +454,7 @@ def derived_firmware_model(graphs: list[Graph], plans: list, dense_index: int, l
                   in_len, out_len, chw, model_code, switch_code)
     stage = (in_len + 3) // 4 * 4
     return FirmwareModel(src, bank, arena, scratch, max(4 * in_len, stage + arena), model_weights(dense) * n_levels,
-                         store.weights, sparse_layers, "derived", model_weights(dense), buffer_bytes)
+                         store.weights, sparse_layers, "derived", model_weights(dense), buffer_bytes, work)
 
 
 def _f32(v: float) -> str:

@@ -40,6 +40,20 @@ DSP_CPUS = ("cortex-m4", "cortex-m7", "cortex-m33", "cortex-m35p", "cortex-m55",
 # each switch (lcs/int8/derived.py); "ready" stores every level as the kernels read it; "auto" takes derived where
 # the model is LCS+P unstructured and the level buffer fits the board, else ready (the manifest says why)
 STORES = ("auto", "derived", "ready")
+# issue 15: a level switch costs at most this fraction of one inference. Auto takes the derived store only where its
+# estimate (below) stays within it; the estimate's costs in instructions, fitted to ResNet-8 and the small CNN under
+# QEMU -icount (benchmarks/results/mcu.json): per code a switch scans, per code it keeps, per MAC of the dense and of
+# the sparse conv kernel. The MAC costs leave out each output's requantization, so the inference is underestimated and
+# the ratio over: a model whose switch is near the limit gets the ready store.
+SWITCH_LIMIT = 0.13
+SWITCH_COSTS = {"dsp": (2.8, 8.0, 1.4, 2.4), "portable": (7.0, 6.0, 3.0, 3.5)}
+
+
+def switch_estimate(work: dict, dsp: bool) -> float:
+    """A derived level's switch over its inference, from `FirmwareModel.level_work` (an upper estimate)."""
+    scan, kept, dense_mac, sparse_mac = SWITCH_COSTS["dsp" if dsp else "portable"]
+    infer = dense_mac * work["dense_macs"] + sparse_mac * work["sparse_macs"]
+    return (scan * work["scanned"] + kept * work["kept"]) / max(infer, 1.0)
 # the generic sources the int8 firmware leaves out: the fp32 level switcher and the TVM runtime shim
 FP32_ONLY = ("levels.c", "tvm_shim.c")
 
@@ -97,7 +111,7 @@ def derivable(config) -> str | None:
     sc = config.subspace
     if sc.shape != "point" or sc.family != "unstructured":
         return (f"the derived store needs an LCS+P unstructured model (this one is {sc.family}, "
-                f"{'LCS+P' if sc.shape == 'point' else 'LCS+L'}): its levels are stored ready")
+                f"{'LCS+P' if sc.shape == 'point' else 'LCS+L'})")
     return None
 
 
@@ -114,6 +128,8 @@ def build_int8_firmware(checkpoint, board, levels: list[float] | None, out_dir, 
     board = _load_board(board)
     ckpt = _load_model(checkpoint)
     model, config = ckpt.model.eval(), ckpt.config
+    if store == "derived" and derivable(config):  # refused before any work
+        raise ConfigError(f"--int8-store derived: {derivable(config)}")
     cmap = model.cmap
     alphas = list(levels) if levels else list(cmap.eval_alphas)
     if not alphas or len(alphas) > 255:
@@ -158,21 +174,30 @@ def build_int8_firmware(checkpoint, board, levels: list[float] | None, out_dir, 
             try:
                 derived = derive_levels(graphs, default)
             except NotDerivable as exc:
-                why = f"the levels are not one weight set under masks ({exc}): they are stored ready"
+                why = f"the levels are not one weight set under masks ({exc})"
         if why is not None:
             if store == "derived":
                 raise ConfigError(f"--int8-store derived: {why}")
-            store_info["reason"] = why
+            store_info["reason"] = f"{why}: its levels are stored ready"
     last = None
     thresholds = [sparse_from] + ([SPARSE_SMALLER] if sparse_from is not None and sparse_from < SPARSE_SMALLER else [])
     banks = (True, False) if upload_bank is None else (upload_bank,)
     variants = [(kind, t, bank) for kind in (("derived",) if derived else ()) + (("ready",) if store != "derived"
                                                                                  else ())
                 for t in thresholds for bank in banks]
+    ram_only = set()  # derived thresholds whose build was over on RAM alone: the spare bank (flash) cannot help
     for kind, sparse_from, with_bank in variants:
+        if kind == "derived" and sparse_from in ram_only:
+            continue
         if kind == "derived":
             fm = derived_firmware_model(derived[0], derived[1], default, level_objs, cmap.family, default, dsp=dsp,
                                         sparse_from=sparse_from, upload_bank=with_bank, input_chw=shape[1:])
+            estimate = max(switch_estimate(w, dsp) for w in fm.level_work)
+            store_info["switch_per_infer_estimate"] = round(estimate, 4)
+            if store == "auto" and estimate > SWITCH_LIMIT:
+                store_info["reason"] = (f"a switch would materialize a level in about {estimate:.2f} of an inference "
+                                        f"(limit {SWITCH_LIMIT}): its levels are stored ready")
+                continue
         else:
             fm = firmware_model(graphs, level_objs, cmap.family, default, dsp=dsp, sparse_from=sparse_from,
                                 upload_bank=with_bank, input_chw=shape[1:])
@@ -187,6 +212,8 @@ def build_int8_firmware(checkpoint, board, levels: list[float] | None, out_dir, 
             break
         except fw.BudgetExceeded as exc:
             if kind == "derived":  # the last derived attempt (the smallest buffer) says why ready-store builds follow
+                if "flash" not in str(exc):
+                    ram_only.add(sparse_from)
                 store_info["reason"] = (f"the derived store's largest level needs a {fm.ram_buffer_bytes:,} B RAM "
                                         f"buffer (sparse from {sparse_from}) and {exc}; its levels are stored ready")
             last = (kind, exc)
