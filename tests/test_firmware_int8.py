@@ -156,3 +156,42 @@ def test_int8_build_refuses_what_does_not_fit_the_microbit(train_tiny, tmp_path)
     assert last.startswith("error: the model does not fit microbit (262,144 B flash, 16,384 B RAM)"), last
     assert "B over" in last
     assert not (tmp_path / "b.lcsa").exists()
+
+
+def test_int8_derived_store_builds_levels_only_from_a_checked_weight_set(bn_checkpoint, tmp_path):
+    """main.c's upload flow with the derived store: a half-received weight set never reaches a level (a switch rebuilds
+    from the running, checked set); a committed one is what the level is rebuilt from (its level-0 output scale
+    doubled in the upload: the answers double, exactly)."""
+    import struct
+
+    import targets
+    from lcs import protocol as P
+    from lcs.checkpoint import load
+    from lcs.device import Device
+    from lcs.transport.launch import start
+    from tvm_build.mcu.build_int8 import build_int8_firmware
+
+    board = targets.load("host-sim")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ckpt = load(bn_checkpoint)
+    mc = ckpt.config.model
+    calib = (torch.rand(8, mc.in_channels, mc.image_size, mc.image_size), {"source": "random", "samples": 8})
+    b = build_int8_firmware(ckpt, board, [0.1, 1.0], tmp_path, samples=1, measure=False, write_artifact=False,
+                            calibration=calib, store="derived")
+    x = b.inputs[0].reshape(-1).tolist()
+    blob = bytearray(b.bank)
+    struct.pack_into("<f", blob, 4, 2 * struct.unpack_from("<f", blob, 4)[0])  # level 0's header: output scale
+    with start(b.binary, board) as running, Device.open(running.url) as dev:
+        dev.hello()
+        dev.set_level(index=0)
+        assert np.array_equal(np.float32(dev.infer(x)[0]), b.expected[0][0])
+        dev.upload_weights(bytes(blob), chunk=64, stop_after=2)  # link lost half way
+        with pytest.raises(P.DeviceError, match="incomplete"):
+            dev.request(P.UPLOAD_COMMIT)
+        dev.set_level(index=0)
+        assert np.array_equal(np.float32(dev.infer(x)[0]), b.expected[0][0])
+        assert dev.upload_weights(bytes(blob)) == P.crc32(bytes(blob))
+        assert np.array_equal(np.float32(dev.infer(x)[0]), 2 * b.expected[0][0])
+        dev.set_level(index=1)  # the dense level, from the new set's flash
+        assert np.array_equal(np.float32(dev.infer(x)[0]), b.expected[1][0])

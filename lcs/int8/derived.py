@@ -69,10 +69,8 @@ def _weighted(op) -> bool:
 
 
 def channel_view(op) -> np.ndarray:
-    """A weighted op's codes as [output channel, its weights]."""
+    """A weighted op's codes as [output channel, its weights] (OHWI, depthwise [C, KH, KW, 1], dense [O, I])."""
     w = np.asarray(op.weight)
-    if isinstance(op, Conv) and op.depthwise:  # [C, KH, KW, 1]
-        return w.reshape(w.shape[0], -1)
     return w.reshape(w.shape[0], -1)
 
 

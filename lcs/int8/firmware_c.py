@@ -1,5 +1,7 @@
 """The int8 levels of one model as the firmware's model (firmware_host/src/lcs_model.h) for the kernels of
-firmware_host/src/kernels_int8.c: `firmware_model(levels, ...)` returns the C source and the weight store.
+firmware_host/src/kernels_int8.c: `firmware_model(levels, ...)` returns the C source and the ready weight store,
+`derived_firmware_model` the derived one (an LCS+P model's codes once, each level built in RAM at its switch; see
+there and lcs/int8/derived.py). What follows is the ready store.
 
 Every number of every level lives in the weight store (the bank main.c keeps, uploads and checks by CRC):
 per level an 8-byte header (float32 1/input scale, float32 output scale), then per layer its int8 weights
@@ -194,7 +196,8 @@ def firmware_model(graphs: list[Graph], levels: list, family: str, default_level
                          sparse_layers, "ready", max(model_weights(g) for g in graphs))
 
 
-def READY_CODE(descs: list[str]) -> list[str]:  # noqa: N802 (the ready store's conv glue)
+def _ready_code(descs: list[str]) -> list[str]:
+    """The ready store's conv glue: a conv's numbers are read from the store by offset."""
     return ["/* a conv's geometry (pointers 0) and where its numbers sit in the store (0xFFFFFFFF: none) */",
             "typedef struct { q8_conv_t g; uint32_t w, b, rq, rq_add, nz, nzs; } desc_t;",
             f"static const desc_t desc[{max(len(descs), 1)}] = {{", *(descs or ["  {{0}}"]), "};", "",
@@ -216,7 +219,7 @@ def READY_CODE(descs: list[str]) -> list[str]:  # noqa: N802 (the ready store's 
 AT_MACRO = "#define AT(off, type) ((off) == 0xFFFFFFFFu ? 0 : (type)(const void *)(bank + (off)))"
 SCRATCH_CHECK = ("  if (q8_conv_scratch(&p) > (int32_t)sizeof scratch) { lcs_last_error = \"scratch too small\"; "
                  "return -1; }")
-READY_SWITCH = ["/* a level's layers and numbers are all in place: switching is choosing the table */",
+_READY_SWITCH = ["/* a level's layers and numbers are all in place: switching is choosing the table */",
                 "int lcs_set_level(int index, const uint8_t *b) {",
                 "  if (index < 0 || index >= lcs_num_levels) return -1;",
                 "  bank = b;",
@@ -463,8 +466,8 @@ def _f32(v: float) -> str:
 
 def _source(funcs, descs, levels, family, default_level, bank, arena, scratch, dsp, upload_bank, n_in, n_out,
             chw, model_code=None, switch_code=None) -> str:
-    model_code = READY_CODE(descs) if model_code is None else model_code
-    switch_code = READY_SWITCH if switch_code is None else switch_code
+    model_code = _ready_code(descs) if model_code is None else model_code
+    switch_code = _READY_SWITCH if switch_code is None else switch_code
     c, hw = chw[0], chw[1] * chw[2]
     words = np.frombuffer(bank + b"\0" * (-len(bank) % 4), dtype="<u4")
     body = ",\n  ".join(", ".join(f"0x{w:08x}u" for w in words[i:i + 8]) for i in range(0, len(words), 8))
