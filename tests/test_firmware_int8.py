@@ -123,7 +123,7 @@ def test_int8_firmware_under_qemu_equals_the_integer_reference(bn_checkpoint, ta
     if target == "microbit":  # issue 18: an int8 model within the micro:bit's 16 KB RAM / 256 KB flash
         assert fw["ram_bytes"] <= 16 * 1024 and fw["flash_bytes"] <= 256 * 1024
     store = fw["int8"]["store"]  # auto: the tiny model's switch would cost too much of its inference to derive
-    assert store["mode"] == "ready" and "of an inference (limit 0.13)" in store["reason"], store
+    assert store["mode"] == "ready" and "of an inference (limit 0.13" in store["reason"], store
     for lv in report["levels"]:  # switching picks a table: a few instructions, not a fraction of an inference
         assert lv["switch_cycles"] <= 0.01 * lv["infer_cycles"]
 

@@ -755,6 +755,14 @@ static inline uint32_t *sparsify_row(const int8_t *p, const int8_t *end, uint32_
                      : "cc", "memory");
     return e;
 }
+#else
+/* Without DSP, 4 codes per test too: per byte |q| (codes are in [-127, 127]: the low 7 bits, flipped for a negative
+   code, plus its sign), then |q| + 127 - t reaches bit 7 exactly when |q| > t (no byte carries into the next):
+   0x80 in each byte whose code is kept. c4 = (127 - t) * 0x01010101. */
+static inline uint32_t kept_bits(uint32_t v, uint32_t c4) {
+    const uint32_t neg = (v >> 7) & 0x01010101u;
+    return ((((v ^ (neg * 0x7Fu)) & 0x7F7F7F7Fu) + neg) + c4) & 0x80808080u;
+}
 #endif
 
 void q8_mask_codes(const int8_t *w, int32_t oc, int32_t win, int32_t dw_c, const uint8_t *thr, int8_t *dst) {
@@ -774,6 +782,12 @@ void q8_mask_codes(const int8_t *w, int32_t oc, int32_t win, int32_t dw_c, const
             const uint32_t v = ld32(w + j);
             (void)__usub8(t24, __uadd8(v, t4));
             const uint32_t m = __sel(0, v);
+            __builtin_memcpy(dst + j, &m, 4);
+        }
+#else
+        const uint32_t c4 = (127u - t) * 0x01010101u;
+        for (; j + 4 <= win; j += 4) {
+            const uint32_t v = ld32(w + j), m = v & ((kept_bits(v, c4) >> 7) * 0xFFu);
             __builtin_memcpy(dst + j, &m, 4);
         }
 #endif
@@ -796,6 +810,22 @@ int32_t q8_sparsify(const int8_t *w, int32_t oc, int32_t win, const uint8_t *thr
             uint32_t *e = sparsify_row(w, w + (win & ~3), t4, t24, nz + n);
             n = (uint32_t)(e - nz);
             j = win & ~3;
+        }
+#else
+        const uint32_t c4 = (127u - t) * 0x01010101u;
+        if (cap - n >= (uint32_t)win) {
+            uint32_t *e = nz + n;
+            for (; j + 4 <= win; j += 4) {
+                const uint32_t v = ld32(w + j), k = kept_bits(v, c4);
+                if (k) {
+                    const uint32_t at = (uint32_t)j << 16;
+                    if (k & 0x80u) *e++ = at | (uint16_t)(int16_t)(int8_t)v;
+                    if (k & 0x8000u) *e++ = (at + 0x10000u) | (uint16_t)(int16_t)(int8_t)(v >> 8);
+                    if (k & 0x800000u) *e++ = (at + 0x20000u) | (uint16_t)(int16_t)(int8_t)(v >> 16);
+                    if (k & 0x80000000u) *e++ = (at + 0x30000u) | (uint16_t)(int16_t)(int8_t)(v >> 24);
+                }
+            }
+            n = (uint32_t)(e - nz);
         }
 #endif
         for (; j < win; j++) {

@@ -77,7 +77,8 @@ class FirmwareModel:
     store: str = "ready"  # "ready": every level's numbers stored as the kernels read them; "derived": see below
     model_weights: int = 0  # weights of the model's densest level (an LCS+P model's point)
     ram_buffer_bytes: int = 0  # derived store: RAM the largest level materializes in
-    # derived store, per level: codes a switch scans and keeps, and the MACs its dense and sparse kernels run
+    # derived store, per level: codes a switch scans for sparse entries, entries it writes, codes it copies masked;
+    # the MACs its dense and sparse kernels run and the values its layers write
     level_work: list[dict] = field(default_factory=list)
 
     @property
@@ -295,7 +296,8 @@ def derived_firmware_model(graphs: list[Graph], plans: list, dense_index: int, l
     zeros: dict[int, int] = {}
     for g, plan in zip(graphs, plans):
         recs, need, sparse_here = bytearray(), 0, []
-        counts = {"scanned": 0, "kept": 0, "dense_macs": 0, "sparse_macs": 0}
+        counts = {"scanned": 0, "kept": 0, "masked": 0, "dense_macs": 0, "sparse_macs": 0,
+                  "outputs": sum(int(np.prod(t[op.out].shape)) for op in g.ops)}
         for i, s_i in sorted(slots.items(), key=lambda kv: kv[1]):
             op, dop = g.ops[i], dense.ops[i]
             kind, oc, win, dw = slot_geo[s_i]
@@ -320,9 +322,11 @@ def derived_firmware_model(graphs: list[Graph], plans: list, dense_index: int, l
                 sparse_here.append(op.out)
             elif mode == MASKED:
                 need += (oc * win + 3) // 4 * 4
-            if mode != FROM_FLASH:
+            if mode == SPARSE:
                 counts["scanned"] += oc * win
                 counts["kept"] += nonzero
+            elif mode == MASKED:
+                counts["masked"] += oc * win
             counts["sparse_macs" if mode == SPARSE else "dense_macs"] += (nonzero if mode == SPARSE
                                                                           else op.weight.size) * pixels
             kb = plan.k[op.inp]
