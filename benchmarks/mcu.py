@@ -284,7 +284,8 @@ def int8_switch(boards: list[str], work: Path) -> dict:
         rows = [{k: r[k] for k in ("level", "infer_ticks", "switch_ticks", "switch_per_infer", "bit_exact")}
                 for r in run_int8_levels(build, board)]
         out["boards"][name] = {"cpu": board.cpu, "flash_bytes": build.sizes.flash, "ram_bytes": build.sizes.ram,
-                               "levels": rows, "max_switch_per_infer": max(r["switch_per_infer"] for r in rows)}
+                               "store": build.int8["store"], "levels": rows,
+                               "max_switch_per_infer": max(r["switch_per_infer"] for r in rows)}
         print(f"int8 small CNN on {name} ({board.cpu}): switch / inference <= "
               f"{out['boards'][name]['max_switch_per_infer']:.2e}, bit-exact {all(r['bit_exact'] for r in rows)}, "
               f"flash {build.sizes.flash:,} B, RAM {build.sizes.ram:,} B")

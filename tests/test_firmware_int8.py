@@ -69,7 +69,7 @@ def test_int8_firmware_on_host_sim_equals_the_integer_reference(bn_checkpoint, t
 
 
 @pytest.mark.qemu
-@pytest.mark.parametrize("target", ["mps2-an386", "mps2-an385"])  # the DSP and the portable materialization
+@pytest.mark.parametrize("target", ["mps2-an386", "mps2-an385", "microbit"])  # DSP, portable, M0 (no unaligned loads)
 def test_int8_derived_store_under_qemu_equals_the_integer_reference(bn_checkpoint, target, tmp_path):
     art, report = _build_and_deploy(bn_checkpoint, target, tmp_path, "--int8-store", "derived")
     fw = _check(art, report)

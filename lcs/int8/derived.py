@@ -8,8 +8,8 @@ level's quantized graph (its codes with per-output-channel scales, biases, requa
   nonzero codes as the level's own quantized graph has, as closely as the codes allow;
 - per activation tensor an exponent k: the level's scale is the densest level's times 2^-k, the largest k whose
   scale still covers the level's own calibrated range less CLIP (a level whose range is 2 % over the densest
-  level's would otherwise lose a whole bit to a 2 % clip it does not notice). A power of two keeps every requantization multiplier and
-  turns the level's numbers into shifts of the stored ones:
+  level's would otherwise lose a whole bit to a 2 % clip it does not notice). A power of two keeps every
+  requantization multiplier and turns the level's numbers into shifts of the stored ones:
 
       rq_level = (m, shift + k_out - k_in)     where shift = l - n (l = shift if > 0, else n = -shift)
       bias_level = bias << k_in                (k_in >= 0), else (bias + 2^(-k_in - 1)) >> -k_in

@@ -420,7 +420,8 @@ def derived_firmware_model(graphs: list[Graph], plans: list, dense_index: int, l
         "    } else if (r.mode == 2) {",
         "      uint32_t *starts = (uint32_t *)(void *)p, *nz = starts + oc + 1;",
         "      if ((uint32_t)(end - p) < 4u * (uint32_t)(oc + 1)) goto full;",
-        "      int32_t n = q8_sparsify(cur[i].w, oc, win, bank + r.thr, starts, nz, (uint32_t)(end - (uint8_t *)nz) / 4u);",
+        "      int32_t n = q8_sparsify(cur[i].w, oc, win, bank + r.thr, starts, nz,",
+        "                              (uint32_t)(end - (uint8_t *)nz) / 4u);",
         "      if (n < 0) goto full;",
         "      cur[i].w = 0; cur[i].nz = nz; cur[i].nzs = starts;",
         "      p = (uint8_t *)(nz + n);",
@@ -448,7 +449,8 @@ def derived_firmware_model(graphs: list[Graph], plans: list, dense_index: int, l
         "  return -1;",
         "}"]
     switch_code = [
-        "/* only a weight set whose CRC main.c checked reaches here (boot: the built one; an upload: after its commit) */",
+        "/* only a weight set whose CRC main.c checked reaches here (the built one at boot, an upload after its",
+        "   commit) */",
         "int lcs_set_level(int index, const uint8_t *b) {",
         "  if (index < 0 || index >= lcs_num_levels) return -1;",
         "  bank = b;",
