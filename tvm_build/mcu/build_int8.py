@@ -38,7 +38,8 @@ SPARSE_SMALLER = 0.75
 DSP_CPUS = ("cortex-m4", "cortex-m7", "cortex-m33", "cortex-m35p", "cortex-m55", "cortex-m85")
 # the weight store (`--int8-store`): "derived" keeps an LCS+P model's codes once and materializes a level in RAM at
 # each switch (lcs/int8/derived.py); "ready" stores every level as the kernels read it; "auto" takes derived where
-# the model is LCS+P unstructured and the level buffer fits the board, else ready (the manifest says why)
+# the model is LCS+P unstructured, the level buffer fits the board and a switch stays cheap, else ready (the manifest
+# says why)
 STORES = ("auto", "derived", "ready")
 # issue 15: a level switch costs at most this fraction of one inference. Auto takes the derived store only where its
 # estimate (below) times SWITCH_MARGIN stays within it. The estimate counts instructions: a switch's per code scanned
@@ -49,6 +50,8 @@ STORES = ("auto", "derived", "ready")
 SWITCH_LIMIT = 0.13
 SWITCH_MARGIN = 1.5
 SWITCH_COSTS = {"dsp": ((2.7, 8.8, 1.9), (1.2, 2.5, 50.0)), "portable": ((4.6, 11.6, 3.9), (2.7, 3.6, 59.0))}
+# the generic sources the int8 firmware leaves out: the fp32 level switcher and the TVM runtime shim
+FP32_ONLY = ("levels.c", "tvm_shim.c")
 
 
 def switch_estimate(work: dict, dsp: bool) -> float:
@@ -57,8 +60,6 @@ def switch_estimate(work: dict, dsp: bool) -> float:
     switch = scan * work["scanned"] + entry * work["kept"] + masked * work["masked"]
     infer = dense_mac * work["dense_macs"] + sparse_mac * work["sparse_macs"] + value * work["outputs"]
     return switch / max(infer, 1.0)
-# the generic sources the int8 firmware leaves out: the fp32 level switcher and the TVM runtime shim
-FP32_ONLY = ("levels.c", "tvm_shim.c")
 
 
 def has_dsp(board) -> bool:
@@ -218,12 +219,13 @@ def build_int8_firmware(checkpoint, board, levels: list[float] | None, out_dir, 
             if kind == "derived":  # the last derived attempt (the smallest buffer) says why ready-store builds follow
                 if "flash" not in str(exc):
                     ram_only.add(sparse_from)
-                store_info["reason"] = (f"the derived store's largest level needs a {fm.ram_buffer_bytes:,} B RAM "
-                                        f"buffer (sparse from {sparse_from}) and {exc}; its levels are stored ready")
+                why = (f"the derived store's largest level needs a {fm.ram_buffer_bytes:,} B RAM buffer (sparse from "
+                       f"{sparse_from}) and {exc}")
+                store_info["reason"] = f"{why}; its levels are stored ready"
             last = (kind, exc)
     if last is not None:
         if store == "derived":
-            raise fw.BudgetExceeded(f"--int8-store derived: {store_info.get('reason', last[1])}") from None
+            raise fw.BudgetExceeded(f"--int8-store derived: {why}") from None
         raise last[1]
     if fm.store == "derived":
         graphs = derived[0]
