@@ -197,3 +197,25 @@ def test_int8_derived_store_builds_levels_only_from_a_checked_weight_set(bn_chec
         assert np.array_equal(np.float32(dev.infer(x)[0]), 2 * b.expected[0][0])
         dev.set_level(index=1)  # the dense level, from the new set's flash
         assert np.array_equal(np.float32(dev.infer(x)[0]), b.expected[1][0])
+
+        # a checked weight set whose sparse level would not fit the build's RAM buffer (its thresholds zeroed: every
+        # code kept): that switch is refused, no level runs until one succeeds, the dense level still does
+        from lcs.int8.derived import derive_levels
+        from lcs.int8.firmware_c import derived_firmware_model
+        from lcs.int8.level import int8_level
+
+        graphs = [int8_level(ckpt.model.eval(), a, calib[0]) for a in (0.1, 1.0)]
+        fm = derived_firmware_model(*derive_levels(graphs, 1), 1, b.levels, "unstructured", 1, dsp=False,
+                                    sparse_from=b.int8["sparse_from"], upload_bank=True, input_chw=b.inputs.shape[1:])
+        assert fm.bank == b.bank  # the same layout, rebuilt: where level 0's thresholds are
+        full = bytearray(b.bank)
+        for off, n in fm.threshold_blocks[0]:
+            full[off: off + n] = bytes(n)
+        dev.set_level(index=0)
+        dev.upload_weights(bytes(full))  # its commit rebuilds level 0: refused
+        with pytest.raises(P.DeviceError, match="bad argument"):
+            dev.infer(x)
+        with pytest.raises(P.DeviceError, match="bad argument"):
+            dev.set_level(index=0)
+        dev.set_level(index=1)
+        assert np.array_equal(np.float32(dev.infer(x)[0]), b.expected[1][0])

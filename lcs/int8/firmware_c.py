@@ -80,6 +80,7 @@ class FirmwareModel:
     # derived store, per level: codes a switch scans for sparse entries, entries it writes, codes it copies masked;
     # the MACs its dense and sparse kernels run and the values its layers write
     level_work: list[dict] = field(default_factory=list)
+    threshold_blocks: list[list[tuple[int, int]]] = field(default_factory=list)  # derived: per level (offset, bytes)
 
     @property
     def bytes_per_stored_entry(self) -> float:
@@ -292,10 +293,10 @@ def derived_firmware_model(graphs: list[Graph], plans: list, dense_index: int, l
             continue
         slots[i] = len(descs) - 1
     # per level: thresholds, the slot table, and what the level's RAM buffer needs
-    level_tab, sparse_layers, buffer_need, work = [], [], [], []
+    level_tab, sparse_layers, buffer_need, work, thr_blocks = [], [], [], [], []
     zeros: dict[int, int] = {}
     for g, plan in zip(graphs, plans):
-        recs, need, sparse_here = bytearray(), 0, []
+        recs, need, sparse_here, blocks = bytearray(), 0, [], []
         counts = {"scanned": 0, "kept": 0, "masked": 0, "dense_macs": 0, "sparse_macs": 0,
                   "outputs": sum(int(np.prod(t[op.out].shape)) for op in g.ops)}
         for i, s_i in sorted(slots.items(), key=lambda kv: kv[1]):
@@ -315,6 +316,7 @@ def derived_firmware_model(graphs: list[Graph], plans: list, dense_index: int, l
                     thr_off = zeros.setdefault(oc, store.put(bytes(oc)))
                 else:
                     thr_off = store.put(np.asarray(thr, np.uint8).tobytes())
+                blocks.append((thr_off, oc))
             nonzero = int(np.count_nonzero(op.weight))
             pixels = int(np.prod(t[op.out].shape[:-1])) if kind == "conv" else 1
             if mode == SPARSE:
@@ -337,6 +339,7 @@ def derived_firmware_model(graphs: list[Graph], plans: list, dense_index: int, l
         level_tab.append(store.put(bytes(recs)))
         buffer_need.append(need)
         work.append(counts)
+        thr_blocks.append(blocks)
         sparse_layers.append(sparse_here)
     # the run functions: one per level (GroupNorm's numbers are the level's own)
     funcs = []
@@ -463,7 +466,7 @@ def derived_firmware_model(graphs: list[Graph], plans: list, dense_index: int, l
                   in_len, out_len, chw, model_code, switch_code)
     stage = (in_len + 3) // 4 * 4
     return FirmwareModel(src, bank, arena, scratch, max(4 * in_len, stage + arena), model_weights(dense) * n_levels,
-                         store.weights, sparse_layers, "derived", model_weights(dense), buffer_bytes, work)
+                         store.weights, sparse_layers, "derived", model_weights(dense), buffer_bytes, work, thr_blocks)
 
 
 def _f32(v: float) -> str:
