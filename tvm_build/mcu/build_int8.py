@@ -243,7 +243,8 @@ def build_int8_firmware(checkpoint, board, levels: list[float] | None, out_dir, 
     inputs = pool[:samples].float()
     expected = [device_forward(g, nhwc(inputs)).astype(np.float32) for g in graphs]
     result = FirmwareBuild(board.name, binary, level_objs, sizes, fm.bank, inputs.numpy(), expected,
-                           fm.arena_bytes, 0, fm.scratch_bytes, 0, "stored", with_bank)
+                           fm.arena_bytes, fm.ram_buffer_bytes, fm.scratch_bytes, 0,
+                           "on-switch" if fm.store == "derived" else "stored", with_bank)
     result.precision = "int8"
     result.int8 = {"calibration": calib_info, "store": store_info, "store_bytes": len(fm.bank),
                    "model_weights": fm.model_weights,
