@@ -8,7 +8,8 @@ The int8 section (issue 15) builds MLPerf Tiny's ResNet-8 (random weights, a ran
 LCS+P unstructured; calibrated on 16 random images) as `lcs build --int8` firmware with a 90 %-sparse, a 50 %-sparse
 and the dense level, runs every level under QEMU through the wire protocol, checks each answer bit for bit against
 the integer reference, and reports instructions per inference and per switch (SysTick ticks x 5 under -icount
-shift=3) beside CMSIS-NN's figures for the same network, with flash and RAM against the board budgets.
+shift=3; a switch to a sparse level of the derived store includes building it in RAM) beside CMSIS-NN's figures for
+the same network, with flash and RAM against the board budgets and the weight store per weight of the model.
 
 Without --checkpoint the small CNN (width 16, 28x28, LCS+P, unstructured) is used with its initial weights: cycle
 counts do not depend on training. Cycles are SysTick ticks under QEMU -icount shift=3 (8 ns per instruction,
@@ -159,6 +160,7 @@ def main() -> None:
 
 
 INT8_LEVELS = [0.1, 0.5, 1.0]
+STORE_BAR = 1.1  # flash bytes per weight of an LCS+P int8 model (issue 15)
 
 
 def resnet8_checkpoint() -> Checkpoint:
@@ -221,9 +223,12 @@ def int8_section(boards: list[str], work: Path) -> dict:
                  "flash_budget": board.flash_bytes, "ram_budget": board.ram_bytes,
                  "fits": (board.flash_bytes is None or build.sizes.flash <= board.flash_bytes)
                  and (board.ram_bytes is None or build.sizes.ram <= board.ram_bytes),
-                 "upload_bank": build.upload_bank, "store_bytes": build.int8["store_bytes"],
-                 "stored_weights": build.int8["stored_weights"], "weights": build.int8["weights"],
-                 "bytes_per_stored_weight": build.int8["bytes_per_stored_weight"],
+                 "upload_bank": build.upload_bank, "store": build.int8["store"],
+                 "store_bytes": build.int8["store_bytes"], "model_weights": build.int8["model_weights"],
+                 "bytes_per_model_weight": build.int8["bytes_per_model_weight"],
+                 "weights_all_levels": build.int8["weights_all_levels"],
+                 "stored_entries": build.int8["stored_entries"],
+                 "bytes_per_stored_entry": build.int8["bytes_per_stored_entry"],
                  "sparse_from": build.int8["sparse_from"], "levels": rows, "dense_instructions": dense,
                  "cmsis_nn_instructions": cmsis, "dense_over_cmsis_nn": round(dense / cmsis, 3) if cmsis else None,
                  "sparse90_over_dense": round(rows[0]["instructions"] / dense, 3),
@@ -231,6 +236,8 @@ def int8_section(boards: list[str], work: Path) -> dict:
                  "seconds": round(time.time() - t0, 1)}
         if name == "mps2-an386":
             entry["bar_m4"] = {"limit": BAR_M4, "met": dense <= BAR_M4}
+        # issue 15: the LCS+P store <= 1.1 B per weight of the model (codes, scales, biases, tables, per-level data)
+        entry["bar_store"] = {"limit": STORE_BAR, "met": entry["bytes_per_model_weight"] <= STORE_BAR}
         out["boards"][name] = entry
         if name == "mps2-an386":
             out["int8_over_fp32_m4"] = int8_over_fp32(board, work / "small-cnn")
@@ -242,8 +249,9 @@ def int8_section(boards: list[str], work: Path) -> dict:
             print(f"ResNet-8 dense on {name}: int8 {dense:,} / fp32 ({fp32.switching} build) {b:,} instructions = "
                   f"{dense / b:.3f}")
         print(f"\nint8 ResNet-8 on {name} ({board.cpu}): flash {entry['flash_bytes']:,} / {board.flash_bytes or 0:,} B, "
-              f"RAM {entry['ram_bytes']:,} / {board.ram_bytes or 0:,} B, store {entry['store_bytes']:,} B "
-              f"({entry['bytes_per_stored_weight']} B per stored weight)")
+              f"RAM {entry['ram_bytes']:,} / {board.ram_bytes or 0:,} B, {entry['store']['mode']} store "
+              f"{entry['store_bytes']:,} B ({entry['bytes_per_model_weight']} B per weight of the model's "
+              f"{entry['model_weights']:,})" + (f"; {entry['store']['reason']}" if "reason" in entry["store"] else ""))
         for r in rows:
             print(f"  {r['level']:>14} {r['instructions']:>12,} instructions, switch {r['switch_instructions']:,} "
                   f"({r['switch_per_infer']:.2e} of an inference), bit-exact {r['bit_exact']}")
@@ -276,7 +284,8 @@ def int8_switch(boards: list[str], work: Path) -> dict:
         rows = [{k: r[k] for k in ("level", "infer_ticks", "switch_ticks", "switch_per_infer", "bit_exact")}
                 for r in run_int8_levels(build, board)]
         out["boards"][name] = {"cpu": board.cpu, "flash_bytes": build.sizes.flash, "ram_bytes": build.sizes.ram,
-                               "levels": rows, "max_switch_per_infer": max(r["switch_per_infer"] for r in rows)}
+                               "store": build.int8["store"], "levels": rows,
+                               "max_switch_per_infer": max(r["switch_per_infer"] for r in rows)}
         print(f"int8 small CNN on {name} ({board.cpu}): switch / inference <= "
               f"{out['boards'][name]['max_switch_per_infer']:.2e}, bit-exact {all(r['bit_exact'] for r in rows)}, "
               f"flash {build.sizes.flash:,} B, RAM {build.sizes.ram:,} B")

@@ -380,3 +380,20 @@ def test_a_trained_unstructured_level_becomes_a_sparse_int8_graph(tmp_path, digi
         acc_int = int8_accuracy(graph, xt, yt)
         assert abs(acc_int - acc_fp) <= 0.03, (alpha, acc_int, acc_fp)
         assert acc_fp > (0.5 if alpha >= 0.5 else 0.0)
+
+
+def test_derived_levels_shift_the_stored_numbers_and_threshold_the_codes():
+    """lcs/int8/derived.py: a level's requantization is the stored multiplier with its shift moved (the value
+    Requant.of gives for the factor x 2^d), and per channel the threshold keeps the count of codes nearest the
+    level's own."""
+    from lcs.int8.derived import choose_thresholds, shift_bias, shift_rq
+
+    for r in (0.37, 1.9e-3, 0.75, 3.2):
+        for d in (-2, 0, 1, 3):
+            assert shift_rq(Requant.of(r), d) == Requant.of(r * 2.0 ** d)
+    assert shift_bias(np.array([5, -5, 6, -6]), -1).tolist() == [3, -2, 3, -3]  # (b + 1) >> 1: half up
+    assert shift_bias(np.array([5, -5]), 2).tolist() == [20, -20]
+    codes = np.array([[1, -2, 3, -4, 5, -6], [0, 0, 7, 7, -7, 1]], np.int8)
+    # |code| > 4 keeps 5 and -6; in channel 1 no threshold keeps exactly 1: 0 (t = 7) is nearer than 3 (t = 1..6)
+    assert choose_thresholds(codes, np.array([2, 1])).tolist() == [4, 7]
+    assert choose_thresholds(codes, np.array([6, 3])).tolist() == [0, 1]  # ties: the smaller t

@@ -38,12 +38,14 @@ from tvm_build.strategy import STRATEGIES, strategy as find_strategy
 def build(checkpoint_path: str | Path, target: str, output: str | Path, *, levels: str | None = None,
           strategy: str = "per-level", tune: int = 0, rpc: str | None = None, tracker: str | None = None,
           key: str | None = None, eval_results: str | Path | None = None, progress: bool = True,
-          threads: int | None = None, log: Callable[[str], None] | None = None, int8: bool = False) -> dict:
+          threads: int | None = None, log: Callable[[str], None] | None = None, int8: bool = False,
+          int8_store: str | None = None) -> dict:
     """Build and write the artifact; returns a summary (the manifest plus timings).
 
     `threads` (CPU boards): the thread count the model runs on. Kernels are planned and tuned for it and lcs.runtime
     never uses more; without it the kernels are planned for every core and the build records the fastest count it
-    can measure. `int8` (MCU and host-sim boards): the levels run the int8 kernels (tvm_build/mcu/build_int8.py)."""
+    can measure. `int8` (MCU and host-sim boards): the levels run the int8 kernels (tvm_build/mcu/build_int8.py);
+    `int8_store`: their weight store, auto (default), derived or ready (build_int8.STORES)."""
     log = log or (lambda msg: None)
     output = Path(output)
     board = load_board(target)
@@ -61,6 +63,8 @@ def build(checkpoint_path: str | Path, target: str, output: str | Path, *, level
                           f"and sim boards")
     if int8 and board.kind not in ("mcu", "sim"):
         raise ConfigError(f"--int8 builds firmware for mcu and sim boards; {board.name} is a {board.kind} board")
+    if int8_store is not None and not int8:
+        raise ConfigError("--int8-store chooses the weight store of an --int8 build; add --int8")
     if board.kind in ("mcu", "sim"):
         if threads is not None:
             raise ConfigError(f"--threads is for CPU boards; {board.name} runs the model on its one core")
@@ -68,7 +72,13 @@ def build(checkpoint_path: str | Path, target: str, output: str | Path, *, level
             raise ConfigError(f"target {board.name} is a {board.kind} board: its firmware has one strategy (all "
                               f"levels, switched on the device) and no MetaSchedule tuning; drop --strategy/--tune")
         ckpt, alphas = _checkpoint_and_levels(checkpoint_path, levels)
-        return _build_mcu(ckpt, board, output, alphas, accuracy_table(ckpt.metrics, eval_results), log, int8)
+        if int8_store == "derived":  # refused before any work
+            from tvm_build.mcu.build_int8 import derivable
+
+            if derivable(ckpt.config):
+                raise ConfigError(f"--int8-store derived: {derivable(ckpt.config)}")
+        return _build_mcu(ckpt, board, output, alphas, accuracy_table(ckpt.metrics, eval_results), log, int8,
+                          int8_store or "auto")
     from tvm_build import target as tt
 
     try:
@@ -101,7 +111,8 @@ def _checkpoint_and_levels(checkpoint_path, levels: str | None):
     return ckpt, level_alphas(levels, ckpt.model.cmap)
 
 
-def _build_mcu(ckpt, board, output: Path, alphas: list[float], accuracy: list[dict], log, int8: bool = False) -> dict:
+def _build_mcu(ckpt, board, output: Path, alphas: list[float], accuracy: list[dict], log, int8: bool = False,
+               int8_store: str = "auto") -> dict:
     """Microcontroller and host-sim boards: firmware built by tvm_build.mcu (TVM C kernels + lcs's static executor)."""
     import tempfile
 
@@ -121,7 +132,7 @@ def _build_mcu(ckpt, board, output: Path, alphas: list[float], accuracy: list[di
         if int8:  # accuracy: each int8 level measured with the integer reference, not the checkpoint's fp32 figures
             from tvm_build.mcu.build_int8 import build_int8_firmware
 
-            result = build_int8_firmware(ckpt, board, alphas, scratch)
+            result = build_int8_firmware(ckpt, board, alphas, scratch, store=int8_store)
         else:
             result = build_firmware(ckpt, board, alphas, scratch, accuracy=accuracy)
         built = art.open_artifact(result.artifact, expect_target=board.name)  # refuse anything half-made
