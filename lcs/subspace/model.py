@@ -49,9 +49,17 @@ class SubspaceModel(nn.Module):
         self.folded_split: tuple[float, float] | None = None
         # (flat, n) while training keeps every endpoint in one flat parameter, all w0 in flat[:n] and all w1 in
         # flat[n:2n] in line_pairs order (train.FlatParameters): the fused blend then runs on the two blocks.
-        self.flat_line: tuple[torch.Tensor, int] | None = None
-        self._flat_blend: _FlatBlend | None = None  # built on the first forward with flat_line set
+        self.flat_line = None
         self.set_alpha(1.0)
+
+    @property
+    def flat_line(self) -> tuple[torch.Tensor, int] | None:
+        return self._flat_line
+
+    @flat_line.setter
+    def flat_line(self, value: tuple[torch.Tensor, int] | None) -> None:
+        self._flat_line = value
+        self._flat_blend: _FlatBlend | None = None  # built on the next forward; dropped with the flat tensor
 
     # -- the subspace ---------------------------------------------------------------------------
     def layers(self) -> Iterator[SubspaceLayer]:
