@@ -865,7 +865,11 @@ static q8_rq_t rq_over(q8_rq_t r, uint32_t ratio) {
     return q8_rq_shifted(r, s);
 }
 
-static inline uint32_t grid_ratio(uint32_t k, uint32_t p, uint32_t d) { return (k * p * 65536u + d / 2u) / d; }
+/* at least 1 (a zero K from a damaged set must not divide by zero) */
+static inline uint32_t grid_ratio(uint32_t k, uint32_t p, uint32_t d) {
+    const uint32_t r = (k * p * 65536u + d / 2u) / d;
+    return r ? r : 1u;
+}
 
 static inline int8_t regrid_one(int32_t c, int32_t ratio, int32_t q) {
     int32_t v = (c * ratio + 32768) >> 16;

@@ -21,7 +21,8 @@ The quantization family (LCS+P: one weight set on b-bit grids) derives its b-bit
 codes instead of masking them. Per quantized layer the store keeps, once, K_c: channel c's largest |integer| on the
 densest level's own grid (its codes are round(k x 127 / K_c) of those integers k), and per level P = 2^b - 1, the
 clamp Q (the level's grid range) and D = 127 (2^b_dense - 1). On the b-bit grid a stored code c lies at
-c x K_c P / D, so with the fixed-point ratio R_c = round(65536 K_c P / D) (<= 65536, integer division):
+c x K_c P / D, so with the fixed-point ratio R_c = round(65536 K_c P / D) (<= 65536 as 255 P <= D; integer
+division):
 
       code_level = clamp((c R_c + 2^15) >> 16, -Q, Q)
       bias_level = (bias R_c + 2^15) >> 16                    (64-bit product)
@@ -84,8 +85,8 @@ def shift_bias(b: np.ndarray, k: int) -> np.ndarray:
 
 
 def regrid_ratio(k: np.ndarray, p: int, d: int) -> np.ndarray:
-    """R_c = round(65536 K_c P / D) per channel, as the device divides (uint32, half up)."""
-    return (np.asarray(k, np.int64) * p * GRID_ONE + d // 2) // d
+    """R_c = round(65536 K_c P / D) per channel, as the device divides (uint32, half up; at least 1)."""
+    return np.maximum((np.asarray(k, np.int64) * p * GRID_ONE + d // 2) // d, 1)
 
 
 def regrid_codes(codes: np.ndarray, ratio: np.ndarray, q: int) -> np.ndarray:
@@ -150,8 +151,10 @@ def _derive(dense: Graph, plan: LevelPlan) -> Graph:
         if isinstance(op, Pool):
             ops.append(replace(op, rq=shift_rq(op.rq, k[op.out] - k[op.inp])))
         elif isinstance(op, GroupNorm):
-            ops.append(_quantize_group_norm(op, tensors[op.inp].shape, tensors[op.inp].scale,
-                                            tensors[op.out].scale))
+            gn = _quantize_group_norm(op, tensors[op.inp].shape, tensors[op.inp].scale, tensors[op.out].scale)
+            if k[op.out]:  # the densest level's activation grid clamps its own scale's codes, not these
+                gn = replace(gn, lo=-128, hi=127)
+            ops.append(gn)
         else:
             w = np.asarray(op.weight)
             bias, rqs = np.asarray(op.bias, np.int64), list(op.rq)

@@ -237,8 +237,9 @@ def build_int8_firmware(checkpoint, board, levels: list[float] | None, out_dir, 
         graphs = derived[0]
         store_info.pop("reason", None)
         store_info["ram_buffer_bytes"] = fm.ram_buffer_bytes
-        store_info["thresholds_kept"] = [  # per level: nonzero codes its thresholds keep / its own quantization had
-            [sum(k for k, _ in plan.kept.values()), sum(t for _, t in plan.kept.values())] for plan in derived[1]]
+        if cmap.family != "quantization":
+            store_info["thresholds_kept"] = [  # per level: nonzero codes its thresholds keep / its own quantization had
+                [sum(k for k, _ in plan.kept.values()), sum(t for _, t in plan.kept.values())] for plan in derived[1]]
     store_info["mode"] = fm.store
     accuracy = [{"alpha": a, "accuracy": _accuracy(g, data, ACCURACY_SAMPLES)} for a, g in zip(alphas, graphs)]
 
