@@ -871,24 +871,30 @@ static inline uint32_t grid_ratio(uint32_t k, uint32_t p, uint32_t d) {
     return r ? r : 1u;
 }
 
-static inline int8_t regrid_one(int32_t c, int32_t ratio, int32_t q) {
-    int32_t v = (c * ratio + 32768) >> 16;
-    return (int8_t)(v > q ? q : v < -q ? -q : v);
-}
+/* |c| <= 127 and R <= 65536: the level's code stays within [-127, 127] */
+static inline int8_t regrid_one(int32_t c, int32_t ratio) { return (int8_t)((c * ratio + 32768) >> 16); }
 
-void q8_regrid(const int8_t *w, int32_t oc, int32_t win, int32_t dw_c, const uint8_t *k, uint32_t p, int32_t q,
-               uint32_t d, const int32_t *b, const q8_rq_t *rq, int8_t *dw, int32_t *db, q8_rq_t *drq) {
+void q8_regrid(const int8_t *w, int32_t oc, int32_t win, int32_t dw_c, const uint8_t *k, uint32_t p, uint32_t d,
+               const int32_t *b, const q8_rq_t *rq, int8_t *dw, int32_t *db, q8_rq_t *drq) {
     for (int32_t o = 0; o < oc; o++) {
         const uint32_t ratio = grid_ratio(k[o], p, d);
         db[o] = (int32_t)(((int64_t)b[o] * (int64_t)ratio + 32768) >> 16);
         drq[o] = rq_over(rq[o], ratio);
     }
     if (dw_c > 0) {  /* [kh][kw][c]: the channel of code j is j % dw_c */
-        for (int32_t j = 0; j < oc * win; j++) dw[j] = regrid_one(w[j], (int32_t)grid_ratio(k[j % dw_c], p, d), q);
+        for (int32_t j = 0; j < oc * win; j++) dw[j] = regrid_one(w[j], (int32_t)grid_ratio(k[j % dw_c], p, d));
         return;
     }
     for (int32_t o = 0; o < oc; o++, w += win, dw += win) {
         const int32_t ratio = (int32_t)grid_ratio(k[o], p, d);
-        for (int32_t j = 0; j < win; j++) dw[j] = regrid_one(w[j], ratio, q);
+        int32_t j = 0;
+        for (; j + 4 <= win; j += 4) {  /* four loads, then four stores: no aliasing between them to respect */
+            const int32_t c0 = w[j], c1 = w[j + 1], c2 = w[j + 2], c3 = w[j + 3];
+            dw[j] = regrid_one(c0, ratio);
+            dw[j + 1] = regrid_one(c1, ratio);
+            dw[j + 2] = regrid_one(c2, ratio);
+            dw[j + 3] = regrid_one(c3, ratio);
+        }
+        for (; j < win; j++) dw[j] = regrid_one(w[j], ratio);
     }
 }

@@ -19,12 +19,12 @@ level's quantized graph (its codes with per-output-channel scales, biases, requa
 
 The quantization family (LCS+P: one weight set on b-bit grids) derives its b-bit levels from the densest level's
 codes instead of masking them. Per quantized layer the store keeps, once, K_c: channel c's largest |integer| on the
-densest level's own grid (its codes are round(k x 127 / K_c) of those integers k), and per level P = 2^b - 1, the
-clamp Q (the level's grid range) and D = 127 (2^b_dense - 1). On the b-bit grid a stored code c lies at
-c x K_c P / D, so with the fixed-point ratio R_c = round(65536 K_c P / D) (<= 65536 as 255 P <= D; integer
-division):
+densest level's own grid (its codes are round(k x 127 / K_c) of those integers k), and per level P = 2^b - 1 and
+D = 127 (2^b_dense - 1). On the b-bit grid a stored code c lies at c x K_c P / D, so with the fixed-point ratio
+R_c = round(65536 K_c P / D) (<= 65536 as 255 P <= D; integer division):
 
-      code_level = clamp((c R_c + 2^15) >> 16, -Q, Q)
+      code_level = (c R_c + 2^15) >> 16                       (in [-127, 127]; no clamp to the grid's range: the
+                                                              rare code one past it is kept)
       bias_level = (bias R_c + 2^15) >> 16                    (64-bit product)
       rq_level   = rq x 65536 / R_c: M' = round(M 2^16 / R_c) renormalized into [2^30, 2^31) (see `regrid_rq`)
 
@@ -62,9 +62,9 @@ class LevelPlan:
     thresholds: dict[int, np.ndarray]  # op index -> uint8 per output channel, for the ops this level masks
     k: dict[str, int]  # tensor -> exponent: the level's scale is the densest level's x 2^-k
     kept: dict[int, tuple[int, int]]  # op index -> (nonzero codes kept, nonzero codes the level's own graph has)
-    # quantization family: op index -> (P, Q, D) for the layers this level puts on its b-bit grid, and the
+    # quantization family: op index -> (P, D) for the layers this level puts on its b-bit grid, and the
     # densest grid's K_c per channel of those layers (the same in every level)
-    regrid: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    regrid: dict[int, tuple[int, int]] = field(default_factory=dict)
     grid_k: dict[int, np.ndarray] = field(default_factory=dict)
 
 
@@ -89,10 +89,10 @@ def regrid_ratio(k: np.ndarray, p: int, d: int) -> np.ndarray:
     return np.maximum((np.asarray(k, np.int64) * p * GRID_ONE + d // 2) // d, 1)
 
 
-def regrid_codes(codes: np.ndarray, ratio: np.ndarray, q: int) -> np.ndarray:
-    """[channels, n] stored codes -> the level's codes: clamp((c R_c + 2^15) >> 16, -Q, Q)."""
+def regrid_codes(codes: np.ndarray, ratio: np.ndarray) -> np.ndarray:
+    """[channels, n] stored codes -> the level's codes: (c R_c + 2^15) >> 16 (within [-127, 127] as R_c <= 65536)."""
     c = np.asarray(codes, np.int64) * np.asarray(ratio, np.int64)[:, None]
-    return np.clip((c + (1 << 15)) >> 16, -q, q).astype(np.int8)
+    return ((c + (1 << 15)) >> 16).astype(np.int8)
 
 
 def regrid_bias(b: np.ndarray, ratio: np.ndarray) -> np.ndarray:
@@ -159,9 +159,9 @@ def _derive(dense: Graph, plan: LevelPlan) -> Graph:
             w = np.asarray(op.weight)
             bias, rqs = np.asarray(op.bias, np.int64), list(op.rq)
             if i in plan.regrid:
-                p, q, d = plan.regrid[i]
+                p, d = plan.regrid[i]
                 ratio = regrid_ratio(plan.grid_k[i], p, d)
-                w = regrid_codes(channel_view(op), ratio, q).reshape(w.shape)
+                w = regrid_codes(channel_view(op), ratio).reshape(w.shape)
                 bias = regrid_bias(bias, ratio)
                 rqs = [regrid_rq(r, int(ratio[c])) for c, r in enumerate(rqs)]
             if i in plan.thresholds:
@@ -188,7 +188,7 @@ def derive_levels(graphs: list[Graph], dense_index: int, grids: tuple[dict, list
                   ) -> tuple[list[Graph], list[LevelPlan]]:
     """`graphs`: each level's own quantized graph (same network, LCS+P: one weight set under masks);
     `dense_index`: the densest level, whose codes the store keeps; `grids`: the quantization family's
-    (K_c per op index, per level {op index: (P, Q, D)}) from `quant_grids` (then no thresholds)."""
+    (K_c per op index, per level {op index: (P, D)}) from `quant_grids` (then no thresholds)."""
     dense = graphs[dense_index]
     names = [(type(op).__name__, op.inp, op.out) for op in dense.ops]
     out_graphs, plans = [], []
@@ -227,9 +227,9 @@ def derive_levels(graphs: list[Graph], dense_index: int, grids: tuple[dict, list
 
 
 def quant_grids(model, alphas: list[float], graphs: list[Graph], dense_index: int, example
-                ) -> tuple[dict[int, np.ndarray], list[dict[int, tuple[int, int, int]]]]:
+                ) -> tuple[dict[int, np.ndarray], list[dict[int, tuple[int, int]]]]:
     """The quantization family's grid data for `derive_levels`, from the checkpoint's own b-bit grids
-    (`level_weights`): K_c from the densest level's integers, per level (P, Q, D) for every layer it quantizes."""
+    (`level_weights`): K_c from the densest level's integers, per level (P, D) for every layer it quantizes."""
     from lcs.subspace.export import level_weights
 
     dense = graphs[dense_index]
@@ -259,13 +259,12 @@ def quant_grids(model, alphas: list[float], graphs: list[Graph], dense_index: in
     plans = []
     for li, a in enumerate(alphas):
         plan = {}
-        for i, (bits, _, zero) in (grid(a) if li != dense_index else {}).items():
+        for i, (bits, _, _) in (grid(a) if li != dense_index else {}).items():
             if i not in top or bits > top[i][0]:
                 raise NotDerivable(f"{dense.ops[i].out}: a level quantizes it finer than the densest level")
             if bits == top[i][0]:  # the same grid of the same weights: the stored codes
                 continue
-            lo, hi = -(1 << (bits - 1)) - zero, (1 << (bits - 1)) - 1 - zero  # the level's integers (<= 7 bits)
-            plan[i] = ((1 << bits) - 1, max(-lo, hi), 127 * ((1 << top[i][0]) - 1))
+            plan[i] = ((1 << bits) - 1, 127 * ((1 << top[i][0]) - 1))
         plans.append(plan)
     return grid_k, plans
 

@@ -307,9 +307,9 @@ def derived_firmware_model(graphs: list[Graph], plans: list, dense_index: int, l
                 continue
             mode, thr_off = FROM_FLASH, NONE
             if i in plan.regrid:  # the quantization family: codes, biases and tables on the level's grid
-                p_, q_, d_ = plan.regrid[i]
+                p_, d_ = plan.regrid[i]
                 k_off = store.put(np.asarray(plan.grid_k[i], np.uint8).tobytes())
-                thr_off = store.put(struct.pack("<BBHI", p_, q_, d_, k_off))
+                thr_off = store.put(struct.pack("<BxHI", p_, d_, k_off))
                 blocks.append((thr_off, 8))
                 blocks.append((k_off, oc))
                 need += (oc * win + 3) // 4 * 4 + 12 * oc
@@ -430,7 +430,7 @@ def derived_firmware_model(graphs: list[Graph], plans: list, dense_index: int, l
         "    cur[i].w = AT(d->w, const int8_t *);",
         "    cur[i].nz = cur[i].nzs = 0;",
         "    if (r.mode == 3) {  /* the level's grid: codes, biases, tables in buf, then the exponents' shifts */",
-        "      const uint8_t *g = bank + r.thr;  /* P, Q, uint16 D, uint32 offset of K per channel */",
+        "      const uint8_t *g = bank + r.thr;  /* P, -, uint16 D, uint32 offset of K per channel */",
         "      uint32_t wn = ((uint32_t)(oc * win) + 3u) & ~3u;",
         "      const uint32_t dd = *(const uint16_t *)(const void *)(g + 2);",
         "      if (!dd || 255u * g[0] > dd) { lcs_last_error = \"the level's grid is invalid\"; return -1; }",
@@ -438,7 +438,7 @@ def derived_firmware_model(graphs: list[Graph], plans: list, dense_index: int, l
         "      int32_t *b = (int32_t *)(void *)(p + wn);",
         "      q8_rq_t *t = (q8_rq_t *)(void *)(p + wn + 4 * oc);",
         "      q8_regrid(cur[i].w, oc, win, d->g.depthwise ? oc : 0, bank + *(const uint32_t *)(const void *)(g + 4), g[0],",
-        "                g[1], dd, AT(d->b, const int32_t *),",
+        "                dd, AT(d->b, const int32_t *),",
         "                AT(d->rq, const q8_rq_t *), (int8_t *)p, b, t);",
         "      if (r.kb) q8_bias_shifted(b, oc, r.kb, b);",
         "      if (r.kr) for (int32_t o = 0; o < oc; o++) t[o] = q8_rq_shifted(t[o], r.kr);",

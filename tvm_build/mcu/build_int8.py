@@ -52,7 +52,7 @@ SWITCH_MARGIN = 1.5
 SWITCH_COSTS = {"dsp": ((2.7, 8.8, 1.9), (1.2, 2.5, 50.0)), "portable": ((4.6, 11.6, 3.9), (2.7, 3.6, 59.0))}
 # a quantization level's switch per code put on its grid (q8_regrid: a multiply, a rounding shift, a clamp; the
 # same C on every core): measured on ResNet-8 under QEMU -icount (benchmarks/results/mcu.json)
-REGRID_COST = 12.0
+REGRID_COST = 7.5
 # the generic sources the int8 firmware leaves out: the fp32 level switcher and the TVM runtime shim
 FP32_ONLY = ("levels.c", "tvm_shim.c")
 
