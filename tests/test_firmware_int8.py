@@ -77,6 +77,24 @@ def test_int8_derived_store_under_qemu_equals_the_integer_reference(bn_checkpoin
     assert report["levels"][-1]["switch_cycles"] <= 0.01 * report["levels"][-1]["infer_cycles"]  # dense: from flash
 
 
+@pytest.fixture(scope="module")
+def quant_checkpoint(train_tiny):
+    return train_tiny("quantization", "point", 4, norm="batch")
+
+
+@pytest.mark.parametrize("target", ["host-sim", pytest.param("mps2-an386", marks=pytest.mark.qemu)])
+def test_int8_quantization_levels_derived_at_switch_equal_the_integer_reference(quant_checkpoint, target, tmp_path):
+    """LCS+P quantization: the 3- and 5-bit levels regridded from the stored 8-bit codes at each switch, bit for bit."""
+    art, report = _build_and_deploy(quant_checkpoint, target, tmp_path, "--int8-store", "derived")
+    fw = _check(art, report)
+    store = fw["int8"]["store"]
+    assert store["mode"] == "derived" and store["ram_buffer_bytes"] > 0 and "thresholds_kept" not in store, store
+    assert fw["int8"]["bytes_per_model_weight"] < 1.5  # one copy of the codes (the tiny model's scales weigh more)
+    if target != "host-sim":  # the 3- and 5-bit levels are built at the switch; the 8-bit one reads flash
+        assert all(lv["switch_cycles"] > 100 for lv in report["levels"][:2])
+        assert report["levels"][-1]["switch_cycles"] <= 0.01 * report["levels"][-1]["infer_cycles"]
+
+
 def test_int8_store_auto_takes_ready_where_the_level_buffer_does_not_fit(bn_checkpoint, tmp_path, monkeypatch):
     """The RAM check: a board with room for the ready store but not for the derived store's level buffer gets the
     ready store, and the manifest says why with the numbers; asking for derived there is one clear error."""

@@ -853,3 +853,48 @@ void q8_bias_shifted(const int32_t *b, int32_t n, int32_t k, int32_t *dst) {
     else
         for (int32_t i = 0; i < n; i++) dst[i] = (b[i] + (1 << (-k - 1))) >> -k;
 }
+
+/* r x 65536 / R: M' = round(M 2^16 / R) >= M, rounded once to its top 31 bits, the shift moved by what was dropped */
+static q8_rq_t rq_over(q8_rq_t r, uint32_t ratio) {
+    uint64_t x = (((uint64_t)(uint32_t)r.m << 16) + ratio / 2u) / ratio;
+    int32_t s = 0;
+    while ((x >> s) >= (1ull << 31)) s++;
+    if (s) x = (x + (1ull << (s - 1))) >> s;
+    if (x == (1ull << 31)) { x >>= 1; s++; }
+    r.m = (int32_t)x;
+    return q8_rq_shifted(r, s);
+}
+
+/* at least 1 (a zero K from a damaged set must not divide by zero) */
+static inline uint32_t grid_ratio(uint32_t k, uint32_t p, uint32_t d) {
+    const uint32_t r = (k * p * 65536u + d / 2u) / d;
+    return r ? r : 1u;
+}
+
+/* |c| <= 127 and R <= 65536: the level's code stays within [-127, 127] */
+static inline int8_t regrid_one(int32_t c, int32_t ratio) { return (int8_t)((c * ratio + 32768) >> 16); }
+
+void q8_regrid(const int8_t *w, int32_t oc, int32_t win, int32_t dw_c, const uint8_t *k, uint32_t p, uint32_t d,
+               const int32_t *b, const q8_rq_t *rq, int8_t *dw, int32_t *db, q8_rq_t *drq) {
+    for (int32_t o = 0; o < oc; o++) {
+        const uint32_t ratio = grid_ratio(k[o], p, d);
+        db[o] = (int32_t)(((int64_t)b[o] * (int64_t)ratio + 32768) >> 16);
+        drq[o] = rq_over(rq[o], ratio);
+    }
+    if (dw_c > 0) {  /* [kh][kw][c]: the channel of code j is j % dw_c */
+        for (int32_t j = 0; j < oc * win; j++) dw[j] = regrid_one(w[j], (int32_t)grid_ratio(k[j % dw_c], p, d));
+        return;
+    }
+    for (int32_t o = 0; o < oc; o++, w += win, dw += win) {
+        const int32_t ratio = (int32_t)grid_ratio(k[o], p, d);
+        int32_t j = 0;
+        for (; j + 4 <= win; j += 4) {  /* four loads, then four stores: no aliasing between them to respect */
+            const int32_t c0 = w[j], c1 = w[j + 1], c2 = w[j + 2], c3 = w[j + 3];
+            dw[j] = regrid_one(c0, ratio);
+            dw[j + 1] = regrid_one(c1, ratio);
+            dw[j + 2] = regrid_one(c2, ratio);
+            dw[j + 3] = regrid_one(c3, ratio);
+        }
+        for (; j < win; j++) dw[j] = regrid_one(w[j], ratio);
+    }
+}

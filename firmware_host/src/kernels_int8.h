@@ -65,5 +65,11 @@ int32_t q8_sparsify(const int8_t *w, int32_t oc, int32_t win, const uint8_t *thr
 /* r times 2^d (same multiplier), and a bias on an input scale 2^-k times the stored one. */
 q8_rq_t q8_rq_shifted(q8_rq_t r, int32_t d);
 void q8_bias_shifted(const int32_t *b, int32_t n, int32_t k, int32_t *dst);
+/* A quantization level's layer from the stored one (lcs/int8/derived.py): per channel o the ratio
+   R = max(1, (k[o] p 65536 + d / 2) / d) (<= 65536:
+   the caller checks 255 p <= d), codes (c R + 2^15) >> 16, biases (b R + 2^15) >> 16 and
+   requantization rq x 65536 / R. `w` as in q8_mask_codes; dw, db, drq: oc x win codes, oc biases, oc tables. */
+void q8_regrid(const int8_t *w, int32_t oc, int32_t win, int32_t dw_c, const uint8_t *k, uint32_t p, uint32_t d,
+               const int32_t *b, const q8_rq_t *rq, int8_t *dw, int32_t *db, q8_rq_t *drq);
 
 #endif

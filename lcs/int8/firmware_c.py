@@ -230,7 +230,7 @@ _READY_SWITCH = ["/* a level's layers and numbers are all in place: switching is
                 "}", ""]
 
 # derived store: how a level gets a layer's codes (the slot record's mode)
-FROM_FLASH, MASKED, SPARSE = 0, 1, 2
+FROM_FLASH, MASKED, SPARSE, REGRID = 0, 1, 2, 3
 
 
 def _rq_one(r: Requant) -> bytes:
@@ -297,7 +297,7 @@ def derived_firmware_model(graphs: list[Graph], plans: list, dense_index: int, l
     zeros: dict[int, int] = {}
     for g, plan in zip(graphs, plans):
         recs, need, sparse_here, blocks = bytearray(), 0, [], []
-        counts = {"scanned": 0, "kept": 0, "masked": 0, "dense_macs": 0, "sparse_macs": 0,
+        counts = {"scanned": 0, "kept": 0, "masked": 0, "regridded": 0, "dense_macs": 0, "sparse_macs": 0,
                   "outputs": sum(int(np.prod(t[op.out].shape)) for op in g.ops)}
         for i, s_i in sorted(slots.items(), key=lambda kv: kv[1]):
             op, dop = g.ops[i], dense.ops[i]
@@ -306,6 +306,21 @@ def derived_firmware_model(graphs: list[Graph], plans: list, dense_index: int, l
                 recs += struct.pack("<bbbBI", 0, plan.k[op.out] - plan.k[op.inp], 0, FROM_FLASH, NONE)
                 continue
             mode, thr_off = FROM_FLASH, NONE
+            if i in plan.regrid:  # the quantization family: codes, biases and tables on the level's grid
+                p_, d_ = plan.regrid[i]
+                k_off = store.put(np.asarray(plan.grid_k[i], np.uint8).tobytes())
+                thr_off = store.put(struct.pack("<BxHI", p_, d_, k_off))
+                blocks.append((thr_off, 8))
+                blocks.append((k_off, oc))
+                need += (oc * win + 3) // 4 * 4 + 12 * oc
+                counts["regridded"] += oc * win
+                pixels = int(np.prod(t[op.out].shape[:-1])) if kind == "conv" else 1
+                counts["dense_macs"] += op.weight.size * pixels
+                kb = plan.k[op.inp]
+                kr = plan.k[op.out] - plan.k[op.inp]
+                ka = plan.k[op.out] - plan.k[op.add] if isinstance(op, Conv) and op.add else 0
+                recs += struct.pack("<bbbBI", kb, kr, ka, REGRID, thr_off)
+                continue
             if kind == "conv" and _is_sparse(op, sparse_from):
                 mode = SPARSE
             elif i in plan.thresholds:
@@ -414,6 +429,24 @@ def derived_firmware_model(graphs: list[Graph], plans: list, dense_index: int, l
         "    if (d->kind == 2) { cur[i].r1 = q8_rq_shifted(*AT(d->rq, const q8_rq_t *), r.kr); continue; }",
         "    cur[i].w = AT(d->w, const int8_t *);",
         "    cur[i].nz = cur[i].nzs = 0;",
+        "    if (r.mode == 3) {  /* the level's grid: codes, biases, tables in buf, then the exponents' shifts */",
+        "      const uint8_t *g = bank + r.thr;  /* P, -, uint16 D, uint32 offset of K per channel */",
+        "      uint32_t wn = ((uint32_t)(oc * win) + 3u) & ~3u;",
+        "      const uint32_t dd = *(const uint16_t *)(const void *)(g + 2);",
+        "      if (!dd || 255u * g[0] > dd) { lcs_last_error = \"the level's grid is invalid\"; return -1; }",
+        "      if ((uint32_t)(end - p) < wn + 12u * (uint32_t)oc) goto full;",
+        "      int32_t *b = (int32_t *)(void *)(p + wn);",
+        "      q8_rq_t *t = (q8_rq_t *)(void *)(p + wn + 4 * oc);",
+        "      q8_regrid(cur[i].w, oc, win, d->g.depthwise ? oc : 0,",
+        "                bank + *(const uint32_t *)(const void *)(g + 4), g[0], dd, AT(d->b, const int32_t *),",
+        "                AT(d->rq, const q8_rq_t *), (int8_t *)p, b, t);",
+        "      if (r.kb) q8_bias_shifted(b, oc, r.kb, b);",
+        "      if (r.kr) for (int32_t o = 0; o < oc; o++) t[o] = q8_rq_shifted(t[o], r.kr);",
+        "      cur[i].w = (const int8_t *)p; cur[i].b = b; cur[i].rq = t;",
+        "      p += wn + 12u * (uint32_t)oc;",
+        "      if (d->rq_add != 0xFFFFFFFFu) cur[i].r1 = q8_rq_shifted(*AT(d->rq_add, const q8_rq_t *), r.ka);",
+        "      continue;",
+        "    }",
         "    if (r.mode == 1) {",
         "      uint32_t need = ((uint32_t)(oc * win) + 3u) & ~3u;",
         "      if ((uint32_t)(end - p) < need) goto full;",

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from lcs.errors import ConfigError, LcsError
-from lcs.int8.derived import NotDerivable, derive_levels
+from lcs.int8.derived import NotDerivable, derive_levels, quant_grids
 from lcs.int8.firmware_c import derived_firmware_model, device_forward, firmware_model
 from lcs.int8.level import int8_level, nhwc
 from tvm_build.mcu import firmware as fw
@@ -50,6 +50,9 @@ STORES = ("auto", "derived", "ready")
 SWITCH_LIMIT = 0.13
 SWITCH_MARGIN = 1.5
 SWITCH_COSTS = {"dsp": ((2.7, 8.8, 1.9), (1.2, 2.5, 50.0)), "portable": ((4.6, 11.6, 3.9), (2.7, 3.6, 59.0))}
+# a quantization level's switch per code put on its grid (q8_regrid: a multiply, a rounding shift, a clamp; the
+# same C on every core): measured on ResNet-8 under QEMU -icount (benchmarks/results/mcu.json)
+REGRID_COST = 7.5
 # the generic sources the int8 firmware leaves out: the fp32 level switcher and the TVM runtime shim
 FP32_ONLY = ("levels.c", "tvm_shim.c")
 
@@ -57,7 +60,8 @@ FP32_ONLY = ("levels.c", "tvm_shim.c")
 def switch_estimate(work: dict, dsp: bool) -> float:
     """A derived level's switch over its inference, from `FirmwareModel.level_work` (instruction estimates)."""
     (scan, entry, masked), (dense_mac, sparse_mac, value) = SWITCH_COSTS["dsp" if dsp else "portable"]
-    switch = scan * work["scanned"] + entry * work["kept"] + masked * work["masked"]
+    switch = (scan * work["scanned"] + entry * work["kept"] + masked * work["masked"]
+              + REGRID_COST * work.get("regridded", 0))
     infer = dense_mac * work["dense_macs"] + sparse_mac * work["sparse_macs"] + value * work["outputs"]
     return switch / max(infer, 1.0)
 
@@ -113,8 +117,8 @@ def check_convertible(ckpt, alphas: list[float]) -> None:
 def derivable(config) -> str | None:
     """Why the derived store does not apply to this model (None: it does)."""
     sc = config.subspace
-    if sc.shape != "point" or sc.family != "unstructured":
-        return (f"the derived store needs an LCS+P unstructured model (this one is {sc.family}, "
+    if sc.shape != "point" or sc.family not in ("unstructured", "quantization"):
+        return (f"the derived store needs an LCS+P unstructured or quantization model (this one is {sc.family}, "
                 f"{'LCS+P' if sc.shape == 'point' else 'LCS+L'})")
     return None
 
@@ -176,9 +180,11 @@ def build_int8_firmware(checkpoint, board, levels: list[float] | None, out_dir, 
         why = derivable(config)
         if why is None:
             try:
-                derived = derive_levels(graphs, default)
+                grids = (quant_grids(model, alphas, graphs, default, images[:1])
+                         if cmap.family == "quantization" else None)
+                derived = derive_levels(graphs, default, grids)
             except NotDerivable as exc:
-                why = f"the levels are not one weight set under masks ({exc})"
+                why = f"the levels are not one stored weight set ({exc})"
         if why is not None:
             if store == "derived":
                 raise ConfigError(f"--int8-store derived: {why}")
@@ -231,8 +237,9 @@ def build_int8_firmware(checkpoint, board, levels: list[float] | None, out_dir, 
         graphs = derived[0]
         store_info.pop("reason", None)
         store_info["ram_buffer_bytes"] = fm.ram_buffer_bytes
-        store_info["thresholds_kept"] = [  # per level: nonzero codes its thresholds keep / its own quantization had
-            [sum(k for k, _ in plan.kept.values()), sum(t for _, t in plan.kept.values())] for plan in derived[1]]
+        if cmap.family != "quantization":
+            store_info["thresholds_kept"] = [  # per level: nonzero codes its thresholds keep / its own quantization had
+                [sum(k for k, _ in plan.kept.values()), sum(t for _, t in plan.kept.values())] for plan in derived[1]]
     store_info["mode"] = fm.store
     accuracy = [{"alpha": a, "accuracy": _accuracy(g, data, ACCURACY_SAMPLES)} for a, g in zip(alphas, graphs)]
 
