@@ -64,6 +64,17 @@ def _rq_bytes(rqs: list[Requant]) -> bytes:
     return b"".join(struct.pack("<iBBxx", r.m, r.l, r.n) for r in rqs)
 
 
+def _groupnorm_call(op: GroupNorm, shape: tuple[int, int, int], store: _Store, src: int, dst: int) -> str:
+    """The C call of one GroupNorm layer, its parameters put in the store (the same in every store mode)."""
+    h, w, c = shape
+    g_off = store.put(np.asarray(op.g, "<i4").tobytes())
+    ge_off = store.put(np.asarray(op.ge, np.int8).tobytes())
+    b_off = store.put(np.asarray(op.b, "<i4").tobytes())
+    return (f"  {{ q8_gn_t p = {{{h * w}, {c}, {op.groups}, {int(op.relu)}, {op.lo}, {op.hi}, {op.e}LL, "
+            f"(const int32_t *)(const void *)(bank + {g_off}u), (const int8_t *)(bank + {ge_off}u), "
+            f"(const int32_t *)(const void *)(bank + {b_off}u)}}; q8_groupnorm(&p, arena + {src}, arena + {dst}); }}")
+
+
 @dataclass
 class FirmwareModel:
     source: str  # model_int8.c
@@ -168,14 +179,7 @@ def firmware_model(graphs: list[Graph], levels: list, family: str, default_level
                             f"(const int32_t *)(const void *)(bank + {b_off}u), "
                             f"(const q8_rq_t *)(const void *)(bank + {rq_off}u), arena + {dst});")
             elif isinstance(op, GroupNorm):
-                h, w, c = t[op.inp].shape
-                g_off = store.put(np.asarray(op.g, "<i4").tobytes())
-                ge_off = store.put(np.asarray(op.ge, np.int8).tobytes())
-                b_off = store.put(np.asarray(op.b, "<i4").tobytes())
-                body.append(f"  {{ q8_gn_t p = {{{h * w}, {c}, {op.groups}, {int(op.relu)}, {op.lo}, {op.hi}, {op.e}LL, "
-                            f"(const int32_t *)(const void *)(bank + {g_off}u), (const int8_t *)(bank + {ge_off}u), "
-                            f"(const int32_t *)(const void *)(bank + {b_off}u)}}; q8_groupnorm(&p, arena + {src}, "
-                            f"arena + {dst}); }}")
+                body.append(_groupnorm_call(op, t[op.inp].shape, store, src, dst))
             else:
                 raise LcsError(f"int8 firmware: no kernel for {type(op).__name__} ({op.out})")
         n_in = int(np.prod(t[g.input].shape))
@@ -378,14 +382,7 @@ def derived_firmware_model(graphs: list[Graph], plans: list, dense_index: int, l
                 h, w, c = t[op.inp].shape
                 body.append(f"  q8_avgpool(arena + {src}, {h * w}, {c}, &cur[{slots[i]}].r1, arena + {dst});")
             elif isinstance(op, GroupNorm):
-                h, w, c = t[op.inp].shape
-                g_off = store.put(np.asarray(op.g, "<i4").tobytes())
-                ge_off = store.put(np.asarray(op.ge, np.int8).tobytes())
-                b_off = store.put(np.asarray(op.b, "<i4").tobytes())
-                body.append(f"  {{ q8_gn_t p = {{{h * w}, {c}, {op.groups}, {int(op.relu)}, {op.lo}, {op.hi}, {op.e}LL, "
-                            f"(const int32_t *)(const void *)(bank + {g_off}u), (const int8_t *)(bank + {ge_off}u), "
-                            f"(const int32_t *)(const void *)(bank + {b_off}u)}}; q8_groupnorm(&p, arena + {src}, "
-                            f"arena + {dst}); }}")
+                body.append(_groupnorm_call(op, t[op.inp].shape, store, src, dst))
             else:
                 raise LcsError(f"int8 firmware: no kernel for {type(op).__name__} ({op.out})")
         funcs.append((li, offsets[g.input], in_len, offsets[g.output], out_len, body))
