@@ -129,8 +129,8 @@ def test_int8_store_derived_refuses_a_model_that_is_not_lcs_p(one_line_error, tr
     line = train_tiny("unstructured", "line", 4)  # the checkpoint test_tvm_build trains too
     one_line_error(_cli("build", line, "--target", "host-sim", "--int8", "--int8-store", "derived", "--no-progress",
                         "-o", tmp_path / "l.lcsa"), "--int8-store derived: the derived store needs an LCS+P unstructured")
-    one_line_error(_cli("build", line, "--target", "host-sim", "--int8-store", "ready", "-o", tmp_path / "m.lcsa"),
-                   "--int8-store chooses the weight store of an --int8 build; add --int8")
+    one_line_error(_cli("build", line, "--target", "host-sim", "--fp32", "--int8-store", "ready", "-o",
+                        tmp_path / "m.lcsa"), "--int8-store chooses the weight store of an int8 build; drop --fp32")
 
 
 @pytest.mark.qemu
