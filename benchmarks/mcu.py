@@ -8,7 +8,13 @@ The int8 section (issue 15) builds MLPerf Tiny's ResNet-8 (random weights, a ran
 LCS+P unstructured; calibrated on 16 random images) as `lcs build --int8` firmware with a 90 %-sparse, a 50 %-sparse
 and the dense level, runs every level under QEMU through the wire protocol, checks each answer bit for bit against
 the integer reference, and reports instructions per inference and per switch (SysTick ticks x 5 under -icount
-shift=3) beside CMSIS-NN's figures for the same network, with flash and RAM against the board budgets.
+shift=3; a switch to a sparse level of the derived store includes building it in RAM) beside CMSIS-NN's figures for
+the same network, with flash and RAM against the board budgets and the weight store per weight of the model.
+The int8 quantization section (--int8-quant-boards) builds the same ResNet-8 as LCS+P quantization (3-, 5- and 8-bit
+levels, store auto: the b-bit levels regridded from the stored 8-bit codes at each switch) and measures it the same
+way, and trains the small CNN (width 16, BatchNorm, LCS+P quantization) for 6 epochs on MNIST-5k to compare each
+level's host-measured accuracy (integer reference, the test split) derived against ready-stored. --merge updates only
+the sections run in an existing --out file.
 
 Without --checkpoint the small CNN (width 16, 28x28, LCS+P, unstructured) is used with its initial weights: cycle
 counts do not depend on training. Cycles are SysTick ticks under QEMU -icount shift=3 (8 ns per instruction,
@@ -122,7 +128,10 @@ def main() -> None:
                         help="boards for the int8 ResNet-8 section (empty: skip it)")
     parser.add_argument("--int8-switch-boards", default="mps2-an505,mps3-an547,netduinoplus2,microbit",
                         help="further boards where the int8 section measures switches (the small CNN on 8x8 input)")
+    parser.add_argument("--int8-quant-boards", default="mps2-an386",
+                        help="boards for ResNet-8 as LCS+P quantization, and the MNIST-5k accuracy (empty: skip it)")
     parser.add_argument("--no-fp32", action="store_true", help="only the int8 section")
+    parser.add_argument("--merge", action="store_true", help="keep the sections of --out this run leaves out")
     parser.add_argument("--work", default="build/bench-mcu")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -135,6 +144,8 @@ def main() -> None:
         report["int8_resnet8"] = int8_section(args.int8_boards.split(","), Path(args.work) / "int8")
     if args.int8_switch_boards:
         report["int8_switch"] = int8_switch(args.int8_switch_boards.split(","), Path(args.work) / "int8-switch")
+    if args.int8_quant_boards:
+        report["int8_quantization"] = int8_quant_section(args.int8_quant_boards.split(","), Path(args.work) / "int8-q")
     for name in ([] if args.no_fp32 else args.boards.split(",")):
         board = targets.load(name)
         out_dir = Path(args.work) / name
@@ -154,19 +165,25 @@ def main() -> None:
         report["boards"].append(entry)
         print_entry(entry)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    if args.merge and Path(args.out).exists():
+        old = json.loads(Path(args.out).read_text())
+        report = {**old, **{k: v for k, v in report.items() if k in ("int8_resnet8", "int8_switch", "int8_quantization")
+                            or (k == "boards" and v)}}
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(f"wrote {args.out}")
 
 
 INT8_LEVELS = [0.1, 0.5, 1.0]
+STORE_BAR = 1.1  # flash bytes per weight of an LCS+P int8 model (issue 15)
 
 
-def resnet8_checkpoint() -> Checkpoint:
-    """ResNet-8 as an LCS+P unstructured subspace with BatchNorm (folded by the int8 path), random weights and a
-    random but plausible norm (benchmarks/mcu_int8.py's model): instruction counts do not depend on training."""
+def resnet8_checkpoint(family: str = "unstructured") -> Checkpoint:
+    """ResNet-8 as an LCS+P subspace (unstructured unless said) with BatchNorm (folded by the int8 path), random
+    weights and a random but plausible norm (benchmarks/mcu_int8.py's model): instruction counts do not depend on
+    training."""
     torch.manual_seed(0)
     mc = ModelConfig(name="resnet8", in_channels=3, image_size=32, num_classes=10, norm="batch")
-    sc = SubspaceConfig(family="unstructured", shape="point")
+    sc = SubspaceConfig(family=family, shape="point")
     model = SubspaceModel(build_model(mc), sc).eval()
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
@@ -221,9 +238,12 @@ def int8_section(boards: list[str], work: Path) -> dict:
                  "flash_budget": board.flash_bytes, "ram_budget": board.ram_bytes,
                  "fits": (board.flash_bytes is None or build.sizes.flash <= board.flash_bytes)
                  and (board.ram_bytes is None or build.sizes.ram <= board.ram_bytes),
-                 "upload_bank": build.upload_bank, "store_bytes": build.int8["store_bytes"],
-                 "stored_weights": build.int8["stored_weights"], "weights": build.int8["weights"],
-                 "bytes_per_stored_weight": build.int8["bytes_per_stored_weight"],
+                 "upload_bank": build.upload_bank, "store": build.int8["store"],
+                 "store_bytes": build.int8["store_bytes"], "model_weights": build.int8["model_weights"],
+                 "bytes_per_model_weight": build.int8["bytes_per_model_weight"],
+                 "weights_all_levels": build.int8["weights_all_levels"],
+                 "stored_entries": build.int8["stored_entries"],
+                 "bytes_per_stored_entry": build.int8["bytes_per_stored_entry"],
                  "sparse_from": build.int8["sparse_from"], "levels": rows, "dense_instructions": dense,
                  "cmsis_nn_instructions": cmsis, "dense_over_cmsis_nn": round(dense / cmsis, 3) if cmsis else None,
                  "sparse90_over_dense": round(rows[0]["instructions"] / dense, 3),
@@ -231,6 +251,8 @@ def int8_section(boards: list[str], work: Path) -> dict:
                  "seconds": round(time.time() - t0, 1)}
         if name == "mps2-an386":
             entry["bar_m4"] = {"limit": BAR_M4, "met": dense <= BAR_M4}
+        # issue 15: the LCS+P store <= 1.1 B per weight of the model (codes, scales, biases, tables, per-level data)
+        entry["bar_store"] = {"limit": STORE_BAR, "met": entry["bytes_per_model_weight"] <= STORE_BAR}
         out["boards"][name] = entry
         if name == "mps2-an386":
             out["int8_over_fp32_m4"] = int8_over_fp32(board, work / "small-cnn")
@@ -242,8 +264,9 @@ def int8_section(boards: list[str], work: Path) -> dict:
             print(f"ResNet-8 dense on {name}: int8 {dense:,} / fp32 ({fp32.switching} build) {b:,} instructions = "
                   f"{dense / b:.3f}")
         print(f"\nint8 ResNet-8 on {name} ({board.cpu}): flash {entry['flash_bytes']:,} / {board.flash_bytes or 0:,} B, "
-              f"RAM {entry['ram_bytes']:,} / {board.ram_bytes or 0:,} B, store {entry['store_bytes']:,} B "
-              f"({entry['bytes_per_stored_weight']} B per stored weight)")
+              f"RAM {entry['ram_bytes']:,} / {board.ram_bytes or 0:,} B, {entry['store']['mode']} store "
+              f"{entry['store_bytes']:,} B ({entry['bytes_per_model_weight']} B per weight of the model's "
+              f"{entry['model_weights']:,})" + (f"; {entry['store']['reason']}" if "reason" in entry["store"] else ""))
         for r in rows:
             print(f"  {r['level']:>14} {r['instructions']:>12,} instructions, switch {r['switch_instructions']:,} "
                   f"({r['switch_per_infer']:.2e} of an inference), bit-exact {r['bit_exact']}")
@@ -251,6 +274,78 @@ def int8_section(boards: list[str], work: Path) -> dict:
             print(f"  dense / CMSIS-NN ({cmsis:,}) = {entry['dense_over_cmsis_nn']}; 90 % sparse / dense = "
                   f"{entry['sparse90_over_dense']}")
     return out
+
+
+def int8_quant_section(boards: list[str], work: Path) -> dict:
+    """ResNet-8 as LCS+P quantization under QEMU (store auto), and the small CNN's accuracy on MNIST-5k per level,
+    derived store against ready."""
+    import warnings
+
+    from tvm_build.mcu.build_int8 import build_int8_firmware
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ckpt = resnet8_checkpoint("quantization")
+    alphas = [ckpt.model.cmap.alpha_for(b) for b in (3, 5, 8)]
+    x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    calibration = (x, {"source": "random normal images (seed 0)", "split": None, "samples": 16})
+    out = {"model": "resnet8, LCS+P quantization", "levels": alphas, "boards": {},
+           "accuracy_mnist5k": quant_accuracy(work / "mnist5k")}
+    for name in boards:
+        board = targets.load(name)
+        build = build_int8_firmware(ckpt, board, alphas, work / name, samples=1, measure=False, write_artifact=False,
+                                    calibration=calibration)
+        rows = [{"level": r["level"], "instructions": r["infer_ticks"] * 5,
+                 "switch_instructions": r["switch_ticks"] * 5, "switch_per_infer": r["switch_per_infer"], "bit_exact": r["bit_exact"]}
+                for r in run_int8_levels(build, board)]
+        entry = {"cpu": board.cpu, "flash_bytes": build.sizes.flash, "ram_bytes": build.sizes.ram,
+                 "store": build.int8["store"], "store_bytes": build.int8["store_bytes"],
+                 "model_weights": build.int8["model_weights"],
+                 "bytes_per_model_weight": build.int8["bytes_per_model_weight"], "levels": rows,
+                 "max_switch_per_infer": max(r["switch_per_infer"] for r in rows)}
+        entry["bar_store"] = {"limit": STORE_BAR, "met": entry["bytes_per_model_weight"] <= STORE_BAR}
+        out["boards"][name] = entry
+        print(f"\nint8 ResNet-8 LCS+P quantization on {name}: {entry['store']['mode']} store "
+              f"{entry['store_bytes']:,} B "
+              f"({entry['bytes_per_model_weight']} B per weight), flash {entry['flash_bytes']:,} B, RAM "
+              f"{entry['ram_bytes']:,} B")
+        for r in rows:
+            print(f"  {r['level']:>8} {r['instructions']:>12,} instructions, switch {r['switch_instructions']:,} "
+                  f"({r['switch_per_infer']:.3f} of an inference), bit-exact {r['bit_exact']}")
+    return out
+
+
+def quant_accuracy(work: Path) -> dict:
+    """The small CNN (width 16, BatchNorm, LCS+P quantization) trained 6 epochs on MNIST-5k: per level the integer
+    reference's accuracy on the test split, each level's own (ready) graph against the one derived from the 8-bit
+    codes."""
+    import warnings
+
+    from lcs import commands
+    from lcs.int8.derived import derive_levels, quant_grids
+    from lcs.int8.level import int8_level
+    from tvm_build.mcu.build_int8 import ACCURACY_SAMPLES, CALIBRATION_SAMPLES, _accuracy, calibration_data
+
+    work.mkdir(parents=True, exist_ok=True)
+    config, data = commands.train_config(data_source="mnist5k", family="quantization", shape="point", width=16,
+                                         epochs=6, norm="batch")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        commands.train(config, data, work / "q.safetensors", threads=1, progress=False)
+        ckpt = load(work / "q.safetensors")
+    model, cmap = ckpt.model.eval(), ckpt.model.cmap
+    alphas = list(cmap.eval_alphas)
+    images, _, data = calibration_data(ckpt.config, CALIBRATION_SAMPLES)
+    graphs = [int8_level(model, a, images) for a in alphas]
+    dense = int(np.argmax(alphas))
+    derived, _ = derive_levels(graphs, dense, quant_grids(model, alphas, graphs, dense, images[:1]))
+    rows = [{"bits": cmap.level(a).bits, "ready": _accuracy(g, data, ACCURACY_SAMPLES),
+             "derived": _accuracy(d, data, ACCURACY_SAMPLES)} for a, g, d in zip(alphas, graphs, derived)]
+    for r in rows:
+        print(f"small CNN MNIST-5k {r['bits']} bit: ready {r['ready']:.3f}, derived {r['derived']:.3f}")
+    return {"model": "small-cnn width 16, BatchNorm, LCS+P quantization, 6 epochs on mnist5k (seed 0)",
+            "test_samples": min(ACCURACY_SAMPLES, len(data.test)), "levels": rows,
+            "max_drop_points": round(100 * max(r["ready"] - r["derived"] for r in rows), 1)}
 
 
 def int8_switch(boards: list[str], work: Path) -> dict:
@@ -276,7 +371,8 @@ def int8_switch(boards: list[str], work: Path) -> dict:
         rows = [{k: r[k] for k in ("level", "infer_ticks", "switch_ticks", "switch_per_infer", "bit_exact")}
                 for r in run_int8_levels(build, board)]
         out["boards"][name] = {"cpu": board.cpu, "flash_bytes": build.sizes.flash, "ram_bytes": build.sizes.ram,
-                               "levels": rows, "max_switch_per_infer": max(r["switch_per_infer"] for r in rows)}
+                               "store": build.int8["store"], "levels": rows,
+                               "max_switch_per_infer": max(r["switch_per_infer"] for r in rows)}
         print(f"int8 small CNN on {name} ({board.cpu}): switch / inference <= "
               f"{out['boards'][name]['max_switch_per_infer']:.2e}, bit-exact {all(r['bit_exact'] for r in rows)}, "
               f"flash {build.sizes.flash:,} B, RAM {build.sizes.ram:,} B")

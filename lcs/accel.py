@@ -164,17 +164,20 @@ def to_device(batch, device: torch.device):
 # -- timing ---------------------------------------------------------------------------------------
 
 class StepClock:
-    """Time of training steps. On the CPU, wall time of each step. On CUDA, a pair of events on the
-    stream per step, read once at the end: no synchronisation per step, so the GPU keeps its queue; a
-    step's time is then its span on the GPU, including any wait for the CPU to issue its kernels."""
+    """Time of training steps. On the CPU, wall time of each step, and this thread's CPU time (less
+    sensitive to other processes on a shared machine). On CUDA, a pair of events on the stream per step,
+    read once at the end: no synchronisation per step, so the GPU keeps its queue; a step's time is then
+    its span on the GPU, including any wait for the CPU to issue its kernels."""
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
         self.device = device
         self._pairs: list = []
         self._seconds = 0.0
+        self._cpu_seconds = 0.0
         self._count = 0
         self._started: float | object | None = None
+        self._cpu_started = 0.0
 
     def _event(self):
         event = torch.cuda.Event(enable_timing=True)
@@ -182,13 +185,18 @@ class StepClock:
         return event
 
     def start(self) -> None:
-        self._started = self._event() if self.cuda else time.perf_counter()
+        if self.cuda:
+            self._started = self._event()
+        else:
+            self._cpu_started = time.thread_time()
+            self._started = time.perf_counter()
 
     def stop(self) -> None:
         if self.cuda:
             self._pairs.append((self._started, self._event()))
         else:
             self._seconds += time.perf_counter() - self._started
+            self._cpu_seconds += time.thread_time() - self._cpu_started
             self._count += 1
 
     def mean_seconds(self) -> float:
@@ -198,6 +206,10 @@ class StepClock:
             torch.cuda.synchronize(self.device)
             return sum(a.elapsed_time(b) for a, b in self._pairs) / 1000.0 / len(self._pairs)
         return self._seconds / max(1, self._count)
+
+    def mean_cpu_seconds(self) -> float | None:
+        """This thread's CPU time per step (CPU only; None on CUDA, where the GPU's time is what counts)."""
+        return None if self.cuda else self._cpu_seconds / max(1, self._count)
 
 
 def synchronize(device: torch.device) -> None:

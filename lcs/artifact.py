@@ -40,7 +40,8 @@ An artifact is an uncompressed POSIX tar of regular files. `manifest.json` is it
       "runtime": {"threads": 2, ...},       # CPU builds timed on the board: the most threads lcs.runtime uses
       "firmware": {"binary": "firmware/...", "weights": "firmware/weights.bin", "flash_bytes": ..., ...,  # MCU
                    "precision": "fp32" | "int8",   # int8: the levels run integer kernels; the reference outputs
-                   "int8": {"calibration": {"source", "split", "samples"}, "store_bytes", ...}},  # are bit-exact
+                   "int8": {"calibration": {"source", "split", "samples"}, "store": {"mode": "derived" | "ready",
+                            "requested", "reason"?, ...}, "store_bytes", "bytes_per_model_weight", ...}},  # bit-exact
       "members": {"lib/module0.so": {"sha256": "...", "size": 1234}, ...}   # every member but the manifest
       ...                                   # producers may add keys (e.g. "firmware", "tuning"); readers ignore them
     }

@@ -320,8 +320,13 @@ def _compiler():
 @click.option("--rpc", default=None, metavar="HOST:PORT", help="a TVM RPC server on the board: verify and time there")
 @click.option("--tracker", default=None, metavar="HOST:PORT", help="a TVM RPC tracker: tune, verify and time on a board")
 @click.option("--key", default=None, help="device key of the board at the tracker")
-@click.option("--int8", is_flag=True, help="MCU and host-sim boards: every level runs integer kernels (int8 weights "
-              "and activations, calibrated on the checkpoint's training data)")
+@click.option("--int8/--fp32", "int8", default=None,
+              help="MCU and host-sim boards: every level on integer kernels (int8 weights and activations, calibrated "
+                   "on the checkpoint's training data), or on fp32 kernels [default: int8 where the model converts]")
+@click.option("--int8-store", "int8_store", type=click.Choice(["auto", "derived", "ready"]), default=None,
+              help="the --int8 weight store: derived keeps an LCS+P model's int8 codes once and builds a level in RAM "
+                   "at each switch; ready stores every level as the kernels read it; auto: derived where the model "
+                   "is LCS+P unstructured and the level buffer fits the board's RAM [default: auto]")
 @click.option("--accuracy", "eval_results", type=click.Path(path_type=Path), default=None,
               help="results.json from `lcs eval --out DIR`: accuracy per level for the manifest")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
@@ -331,8 +336,8 @@ def _compiler():
 @click.option("--sign", "sign_key", type=click.Path(path_type=Path), default=None, metavar="KEY",
               help="ed25519 private key (PEM): also write OUTPUT.sig (see lcs/signing.py)")
 @fail_cleanly
-def build_cmd(checkpoint_path, target, levels, strategy, tune, threads, rpc, tracker, key, int8, eval_results, output,
-              progress, as_json, sign_key):
+def build_cmd(checkpoint_path, target, levels, strategy, tune, threads, rpc, tracker, key, int8, int8_store,
+              eval_results, output, progress, as_json, sign_key):
     """Compile a checkpoint for a board into one verified artifact."""
     from lcs.atomic import check_writable
     from lcs.report import print_build
@@ -348,7 +353,8 @@ def build_cmd(checkpoint_path, target, levels, strategy, tune, threads, rpc, tra
     with stdout_for_json_only(as_json):
         summary = build(checkpoint_path, target, output, levels=levels, strategy=strategy, tune=tune, threads=threads,
                         rpc=rpc, tracker=tracker, key=key, eval_results=eval_results,
-                        progress=progress and not as_json, log=lambda msg: click.echo(msg, err=True), int8=int8)
+                        progress=progress and not as_json, log=lambda msg: click.echo(msg, err=True), int8=int8,
+                        int8_store=int8_store)
     if signer is not None:
         summary["signature"] = str(signing.sign_artifact(output, signer))
     if as_json:

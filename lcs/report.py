@@ -72,8 +72,9 @@ def print_build(summary: dict, console: Console | None = None) -> None:
         i8 = summary["firmware"].get("int8") or {}
         cal = i8.get("calibration") or {}
         line += (f"; int8 firmware: every level on integer kernels, calibrated on {cal.get('samples')} {cal.get('source')} "
-                 f"samples, weight store {i8.get('store_bytes', 0):,} B (reference outputs inside: lcs deploy checks "
-                 "them bit for bit)")
+                 f"samples, {(i8.get('store') or {}).get('mode', 'ready')} weight store {i8.get('store_bytes', 0):,} B"
+                 + (f" ({i8['bytes_per_model_weight']} B per weight)" if "bytes_per_model_weight" in i8 else "")
+                 + " (reference outputs inside: lcs deploy checks them bit for bit)")
     elif summary.get("strategy") == "firmware":
         line += "; firmware from tvm_build.mcu (reference outputs inside for lcs deploy to check)"
     console.print(line)

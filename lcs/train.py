@@ -192,8 +192,9 @@ class FlatParameters:
     parameter and gradient storage of its own again (checkpoints save parameters one by one)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
-        # A line's endpoints first, as two blocks (all w0, then all w1, in line_pairs order): the fused blend then
-        # works on the two blocks as single tensors (SubspaceModel.flat_line).
+        # A line's endpoints first, as two blocks (all w0, then all w1, in line_pairs order): the model then blends
+        # the two blocks as one (2, n) tensor outside autograd and routes the gradient back after backward
+        # (SubspaceModel.flat_line, model._FlatBlend).
         pairs = getattr(model, "line_pairs", [])
         line = [p0 for p0, _ in pairs] + [p1 for _, p1 in pairs]
         listed = {id(p) for p in line}
@@ -230,6 +231,7 @@ class TrainResult:
     model: SubspaceModel  # on the CPU again after training, whatever device trained it
     history: list[dict] = field(default_factory=list)
     step_seconds: float = 0.0  # mean time of one optimizer step (after the first few)
+    step_cpu_seconds: float | None = None  # the same steps' CPU time of the training thread (CPU only)
     eval: list[dict] = field(default_factory=list)  # accuracy per level on the test split (LevelResult rows)
     checkpoint: Path | None = None
     images_per_second: float = 0.0  # training images through all ranks per second, after the 3 warm-up steps
@@ -302,7 +304,7 @@ def train(config: RunConfig, *, data: DataSplit | None = None, out: str | Path |
     # progress hook): reading a GPU number every step would make the CPU wait for the GPU.
     report_every = 25 if cuda else 1
 
-    # One process, no regulariser: the line's gradient split rides in the fused blend's backward (no separate pass
+    # One process, no regulariser: the line's gradient split rides in the blend's backward (no separate pass
     # over all endpoint gradients). Under DDP the layers blend one by one; the cos^2 term adds gradients of its own.
     fold_split = line and world.world == 1 and t.beta == 0 and model.fused_blend
     model.folded_split = (t.line_centre_lr, t.line_spread_lr) if fold_split else None
@@ -378,6 +380,7 @@ def train(config: RunConfig, *, data: DataSplit | None = None, out: str | Path |
     acc.synchronize(device)
     result.images_per_second = images / max(1e-9, time.perf_counter() - steady_since)
     result.step_seconds = clock.mean_seconds()
+    result.step_cpu_seconds = clock.mean_cpu_seconds()
     if draws_seen is not None:
         _check_same_draws(draws_seen.hexdigest(), world)
     if compare_steps > 0:

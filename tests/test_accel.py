@@ -183,10 +183,13 @@ def test_synthetic_data_is_deterministic_and_shaped_like_cifar():
     assert not torch.equal(a.train.tensors[0], load_data(DataConfig("synthetic:200", seed=2)).train.tensors[0])
 
 
-def test_fused_line_blend_is_the_per_layer_blend_bit_for_bit(digits):
-    """SubspaceModel.forward blends every line parameter in one multi-tensor op; the outputs and gradients
-    must be those of the per-layer blend (compress.blend), exactly."""
-    cfg = RunConfig(model=model_config_for(digits.info), data=DataConfig("digits"), subspace=SubspaceConfig())
+@pytest.mark.parametrize("family", ["unstructured", "quantization"])
+def test_fused_line_blend_is_the_per_layer_blend_bit_for_bit(digits, family):
+    """SubspaceModel.forward blends every line parameter in one multi-tensor op and compresses every layer's
+    weight right after it; the outputs and gradients must be those of the per-layer blend (compress.blend) and
+    of each layer compressing its own weight, exactly."""
+    cfg = RunConfig(model=model_config_for(digits.info), data=DataConfig("digits"),
+                    subspace=SubspaceConfig(family=family))
     x = torch.stack([digits.test[i][0] for i in range(16)])
     y = torch.tensor([digits.test[i][1] for i in range(16)])
     results = []

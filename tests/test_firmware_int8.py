@@ -31,9 +31,10 @@ def bn_checkpoint(train_tiny):
     return train_tiny("unstructured", "point", 4, norm="batch")
 
 
-def _build_and_deploy(ckpt, target, tmp_path):
+def _build_and_deploy(ckpt, target, tmp_path, *extra):
     out = tmp_path / f"{target}.lcsa"
-    built = _cli("build", ckpt, "--target", target, "--int8", "--levels", LEVELS, "-o", out, "--no-progress", "--json")
+    built = _cli("build", ckpt, "--target", target, "--int8", "--levels", LEVELS, "-o", out, "--no-progress", "--json",
+                 *extra)
     assert built.exit_code == 0, built.output
     deployed = _cli("deploy", out, "--sim", target, "--json", "--no-progress")
     assert deployed.exit_code == 0, deployed.output
@@ -54,11 +55,82 @@ def _check(art, report):
 
 
 def test_int8_firmware_on_host_sim_equals_the_integer_reference(bn_checkpoint, tmp_path):
-    art, report = _build_and_deploy(bn_checkpoint, "host-sim", tmp_path)
+    """The derived store (LCS+P: the codes once, each level materialized in RAM at its switch), bit for bit."""
+    art, report = _build_and_deploy(bn_checkpoint, "host-sim", tmp_path, "--int8-store", "derived")
     fw = _check(art, report)
-    assert fw["int8"]["sparse_layers"][0]  # the 90 %-sparse level runs the sparse kernel
+    assert fw["int8"]["sparse_layers"][0]  # the 90 %-sparse level runs the sparse kernel, on entries built in RAM
     assert fw["int8"]["store_bytes"] == fw["weight_bytes"]
+    store = fw["int8"]["store"]
+    assert store["mode"] == "derived" and store["requested"] == "derived" and store["ram_buffer_bytes"] > 0, store
+    # every level's data in one copy of the codes: far below 3 levels x 1 B (the tiny model's per-channel
+    # numbers weigh more than ResNet-8's, where the store is 1.06 B per weight)
+    assert fw["int8"]["bytes_per_model_weight"] < 1.5
     assert "precision int8" in _cli("info", art.path).output
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("target", ["mps2-an386", "mps2-an385", "microbit"])  # DSP, portable, M0 (no unaligned loads)
+def test_int8_derived_store_under_qemu_equals_the_integer_reference(bn_checkpoint, target, tmp_path):
+    art, report = _build_and_deploy(bn_checkpoint, target, tmp_path, "--int8-store", "derived")
+    fw = _check(art, report)
+    assert fw["int8"]["store"]["mode"] == "derived"
+    assert report["levels"][-1]["switch_cycles"] <= 0.01 * report["levels"][-1]["infer_cycles"]  # dense: from flash
+
+
+@pytest.fixture(scope="module")
+def quant_checkpoint(train_tiny):
+    return train_tiny("quantization", "point", 4, norm="batch")
+
+
+@pytest.mark.parametrize("target", ["host-sim", pytest.param("mps2-an386", marks=pytest.mark.qemu)])
+def test_int8_quantization_levels_derived_at_switch_equal_the_integer_reference(quant_checkpoint, target, tmp_path):
+    """LCS+P quantization: the 3- and 5-bit levels regridded from the stored 8-bit codes at each switch, bit for bit."""
+    art, report = _build_and_deploy(quant_checkpoint, target, tmp_path, "--int8-store", "derived")
+    fw = _check(art, report)
+    store = fw["int8"]["store"]
+    assert store["mode"] == "derived" and store["ram_buffer_bytes"] > 0 and "thresholds_kept" not in store, store
+    assert fw["int8"]["bytes_per_model_weight"] < 1.5  # one copy of the codes (the tiny model's scales weigh more)
+    if target != "host-sim":  # the 3- and 5-bit levels are built at the switch; the 8-bit one reads flash
+        assert all(lv["switch_cycles"] > 100 for lv in report["levels"][:2])
+        assert report["levels"][-1]["switch_cycles"] <= 0.01 * report["levels"][-1]["infer_cycles"]
+
+
+def test_int8_store_auto_takes_ready_where_the_level_buffer_does_not_fit(bn_checkpoint, tmp_path, monkeypatch):
+    """The RAM check: a board with room for the ready store but not for the derived store's level buffer gets the
+    ready store, and the manifest says why with the numbers; asking for derived there is one clear error."""
+    import dataclasses
+
+    import targets
+    from lcs.errors import LcsError
+    from tvm_build.mcu import build_int8
+
+    monkeypatch.setattr(build_int8, "SWITCH_LIMIT", 100.0)  # the tiny model's switch estimate is not the point here
+    from lcs.checkpoint import load
+
+    host = targets.load("mps2-an386")  # compiled, not run
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ckpt = load(bn_checkpoint)
+        mc = ckpt.config.model  # random calibration images: no data set to load, no accuracy to measure
+        calib = (torch.rand(8, mc.in_channels, mc.image_size, mc.image_size), {"source": "random", "samples": 8})
+        kw = {"measure": False, "write_artifact": False, "calibration": calib, "sparse_from": 0.75}  # one variant
+        ready = build_int8.build_int8_firmware(ckpt, host, [0.1, 1.0], tmp_path / "r", store="ready", **kw)
+        tight = dataclasses.replace(host, ram_bytes=ready.sizes.ram + 64)
+        auto = build_int8.build_int8_firmware(ckpt, tight, [0.1, 1.0], tmp_path / "a", **kw)
+        store = auto.int8["store"]
+        assert store["mode"] == "ready" and auto.sizes.ram <= tight.ram_bytes
+        assert "derived store's largest level needs a" in store["reason"] and "B RAM buffer" in store["reason"]
+        assert f"> {tight.ram_bytes:,} B" in store["reason"], store["reason"]
+        with pytest.raises(LcsError, match="--int8-store derived: the derived store's largest level needs"):
+            build_int8.build_int8_firmware(ckpt, tight, [0.1, 1.0], tmp_path / "d", store="derived", **kw)
+
+
+def test_int8_store_derived_refuses_a_model_that_is_not_lcs_p(one_line_error, train_tiny, tmp_path):
+    line = train_tiny("unstructured", "line", 4)  # the checkpoint test_tvm_build trains too
+    one_line_error(_cli("build", line, "--target", "host-sim", "--int8", "--int8-store", "derived", "--no-progress",
+                        "-o", tmp_path / "l.lcsa"), "--int8-store derived: the derived store needs an LCS+P unstructured")
+    one_line_error(_cli("build", line, "--target", "host-sim", "--fp32", "--int8-store", "ready", "-o",
+                        tmp_path / "m.lcsa"), "--int8-store chooses the weight store of an int8 build; drop --fp32")
 
 
 @pytest.mark.qemu
@@ -70,6 +142,8 @@ def test_int8_firmware_under_qemu_equals_the_integer_reference(bn_checkpoint, ta
     assert fw["int8"]["dsp"] == (target not in ("mps2-an385", "microbit"))  # M3 and M0: the portable kernels
     if target == "microbit":  # issue 18: an int8 model within the micro:bit's 16 KB RAM / 256 KB flash
         assert fw["ram_bytes"] <= 16 * 1024 and fw["flash_bytes"] <= 256 * 1024
+    store = fw["int8"]["store"]  # auto: the tiny model's switch would cost too much of its inference to derive
+    assert store["mode"] == "ready" and "of an inference (limit 0.13" in store["reason"], store
     for lv in report["levels"]:  # switching picks a table: a few instructions, not a fraction of an inference
         assert lv["switch_cycles"] <= 0.01 * lv["infer_cycles"]
 
@@ -102,3 +176,64 @@ def test_int8_build_refuses_what_does_not_fit_the_microbit(train_tiny, tmp_path)
     assert last.startswith("error: the model does not fit microbit (262,144 B flash, 16,384 B RAM)"), last
     assert "B over" in last
     assert not (tmp_path / "b.lcsa").exists()
+
+
+def test_int8_derived_store_builds_levels_only_from_a_checked_weight_set(bn_checkpoint, tmp_path):
+    """main.c's upload flow with the derived store: a half-received weight set never reaches a level (a switch rebuilds
+    from the running, checked set); a committed one is what the level is rebuilt from (its level-0 output scale
+    doubled in the upload: the answers double, exactly)."""
+    import struct
+
+    import targets
+    from lcs import protocol as P
+    from lcs.checkpoint import load
+    from lcs.device import Device
+    from lcs.transport.launch import start
+    from tvm_build.mcu.build_int8 import build_int8_firmware
+
+    board = targets.load("host-sim")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ckpt = load(bn_checkpoint)
+    mc = ckpt.config.model
+    calib = (torch.rand(8, mc.in_channels, mc.image_size, mc.image_size), {"source": "random", "samples": 8})
+    b = build_int8_firmware(ckpt, board, [0.1, 1.0], tmp_path, samples=1, measure=False, write_artifact=False,
+                            calibration=calib, store="derived")
+    x = b.inputs[0].reshape(-1).tolist()
+    blob = bytearray(b.bank)
+    struct.pack_into("<f", blob, 4, 2 * struct.unpack_from("<f", blob, 4)[0])  # level 0's header: output scale
+    with start(b.binary, board) as running, Device.open(running.url) as dev:
+        dev.hello()
+        dev.set_level(index=0)
+        assert np.array_equal(np.float32(dev.infer(x)[0]), b.expected[0][0])
+        dev.upload_weights(bytes(blob), chunk=64, stop_after=2)  # link lost half way
+        with pytest.raises(P.DeviceError, match="incomplete"):
+            dev.request(P.UPLOAD_COMMIT)
+        dev.set_level(index=0)
+        assert np.array_equal(np.float32(dev.infer(x)[0]), b.expected[0][0])
+        assert dev.upload_weights(bytes(blob)) == P.crc32(bytes(blob))
+        assert np.array_equal(np.float32(dev.infer(x)[0]), 2 * b.expected[0][0])
+        dev.set_level(index=1)  # the dense level, from the new set's flash
+        assert np.array_equal(np.float32(dev.infer(x)[0]), b.expected[1][0])
+
+        # a checked weight set whose sparse level would not fit the build's RAM buffer (its thresholds zeroed: every
+        # code kept): that switch is refused, no level runs until one succeeds, the dense level still does
+        from lcs.int8.derived import derive_levels
+        from lcs.int8.firmware_c import derived_firmware_model
+        from lcs.int8.level import int8_level
+
+        graphs = [int8_level(ckpt.model.eval(), a, calib[0]) for a in (0.1, 1.0)]
+        fm = derived_firmware_model(*derive_levels(graphs, 1), 1, b.levels, "unstructured", 1, dsp=False,
+                                    sparse_from=b.int8["sparse_from"], upload_bank=True, input_chw=b.inputs.shape[1:])
+        assert fm.bank == b.bank  # the same layout, rebuilt: where level 0's thresholds are
+        full = bytearray(b.bank)
+        for off, n in fm.threshold_blocks[0]:
+            full[off: off + n] = bytes(n)
+        dev.set_level(index=0)
+        dev.upload_weights(bytes(full))  # its commit rebuilds level 0: refused
+        with pytest.raises(P.DeviceError, match="bad argument"):
+            dev.infer(x)
+        with pytest.raises(P.DeviceError, match="bad argument"):
+            dev.set_level(index=0)
+        dev.set_level(index=1)
+        assert np.array_equal(np.float32(dev.infer(x)[0]), b.expected[1][0])

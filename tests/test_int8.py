@@ -380,3 +380,50 @@ def test_a_trained_unstructured_level_becomes_a_sparse_int8_graph(tmp_path, digi
         acc_int = int8_accuracy(graph, xt, yt)
         assert abs(acc_int - acc_fp) <= 0.03, (alpha, acc_int, acc_fp)
         assert acc_fp > (0.5 if alpha >= 0.5 else 0.0)
+
+
+def test_derived_levels_shift_the_stored_numbers_and_threshold_the_codes():
+    """lcs/int8/derived.py: a level's requantization is the stored multiplier with its shift moved (the value
+    Requant.of gives for the factor x 2^d), and per channel the threshold keeps the count of codes nearest the
+    level's own."""
+    from lcs.int8.derived import choose_thresholds, shift_bias, shift_rq
+
+    for r in (0.37, 1.9e-3, 0.75, 3.2):
+        for d in (-2, 0, 1, 3):
+            assert shift_rq(Requant.of(r), d) == Requant.of(r * 2.0 ** d)
+    assert shift_bias(np.array([5, -5, 6, -6]), -1).tolist() == [3, -2, 3, -3]  # (b + 1) >> 1: half up
+    assert shift_bias(np.array([5, -5]), 2).tolist() == [20, -20]
+    codes = np.array([[1, -2, 3, -4, 5, -6], [0, 0, 7, 7, -7, 1]], np.int8)
+    # |code| > 4 keeps 5 and -6; in channel 1 no threshold keeps exactly 1: 0 (t = 7) is nearer than 3 (t = 1..6)
+    assert choose_thresholds(codes, np.array([2, 1])).tolist() == [4, 7]
+    assert choose_thresholds(codes, np.array([6, 3])).tolist() == [0, 1]  # ties: the smaller t
+
+
+def test_quantization_levels_regrid_the_stored_codes():
+    """lcs/int8/derived.py, the quantization family: R = round(65536 K P / D), codes (c R + 2^15) >> 16, the
+    requantization times 65536 / R to the multiplier's last bit; and regridding the stored 8-bit codes lands on the
+    trained 4-bit grid's integers (per channel, after the per-channel int8 codes' own rounding) but for a rare one."""
+    from lcs.int8.derived import regrid_bias, regrid_codes, regrid_ratio, regrid_rq
+    from lcs.int8.graph import _weights_int8
+
+    assert regrid_ratio(np.array([255, 1, 0]), 127, 127 * 255).tolist() == [65536, 257, 1]  # 257.003; never 0
+    assert regrid_ratio(np.array([1]), 7, 127 * 255).tolist() == [14]  # 14.17
+    assert regrid_codes(np.array([[1, -1, 3, -3, 127]]), np.array([32768])).tolist() == [[1, 0, 2, -1, 64]]  # half up
+    assert regrid_codes(np.array([[127, -127]]), np.array([65536])).tolist() == [[127, -127]]
+    assert regrid_bias(np.array([3, -3, 1 << 29]), np.array([32768] * 3)).tolist() == [2, -1, 1 << 28]
+    for r in (0.37, 1.9e-3, 3.2):
+        assert regrid_rq(Requant.of(r), 65536) == Requant.of(r)
+        for ratio in (14, 1000, 32768, 65535):
+            got, want = regrid_rq(Requant.of(r), ratio), Requant.of(r * 65536 / ratio)
+            assert got.l - got.n == want.l - want.n and abs(got.m - want.m) <= 1
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 1, (16, 72)) * rng.uniform(0.2, 1, (16, 1))  # one tensor, channels of different spread
+    lo, hi = w.min(), w.max()
+    s8, s4 = (hi - lo) / 255, (hi - lo) / 15
+    k8 = np.clip(np.rint(w / s8) + np.clip(-128 - np.rint(lo / s8), -128, 127), -128, 127) \
+        - np.clip(-128 - np.rint(lo / s8), -128, 127)  # the 8-bit level's integers (zero point removed)
+    z4 = np.clip(-8 - np.rint(lo / s4), -8, 7)
+    k4 = np.clip(np.rint(w / s4) + z4, -8, 7) - z4  # the trained 4-bit level's integers
+    codes, _ = _weights_int8(k8 * s8)  # what the store keeps: per-channel int8 codes of the 8-bit weights
+    got = regrid_codes(codes, regrid_ratio(np.abs(k8).max(axis=1), 15, 127 * 255))
+    assert np.abs(got - k4).max() <= 1 and np.mean(got != k4) < 0.02

@@ -199,6 +199,24 @@ def test_fake_quant_snaps_to_the_grid_and_passes_gradients_straight_through():
     assert torch.equal(t.grad, torch.arange(t.numel(), dtype=t.dtype).view_as(t))
 
 
+def test_topk_mask_threshold_selection_keeps_exactly_the_count_even_with_ties():
+    """On a CPU topk_mask selects by a threshold from numpy's partition; magnitudes tied across the boundary (or a
+    count that comes out wrong for any reason) fall back to torch.topk, so the kept count is always exact."""
+    from lcs.subspace.compress import topk_mask
+
+    g = torch.Generator().manual_seed(3)
+    tied = torch.tensor([1.0, -1.0, 1.0, 1.0, 2.0, -2.0, 3.0, 0.5, 0.0, 0.0])
+    cases = [tied, torch.zeros(7), torch.randn(257, generator=g).double(), torch.randn(4, 3, 3, 3, generator=g)]
+    for w in cases:
+        order = w.abs().flatten()
+        for keep in (0.95, 0.7, 0.5, 0.3, 0.11, 0.025):
+            kept = UnstructuredMap.kept_count(w.numel(), keep)
+            mask = topk_mask(w, keep)
+            assert mask.shape == w.shape and mask.dtype == w.dtype and int(mask.sum()) == kept
+            if 0 < kept < w.numel():  # every kept magnitude at least every dropped one
+                assert order[mask.flatten() > 0].min() >= order[mask.flatten() == 0].max()
+
+
 def test_fake_quant_host_grid_on_cpu_gives_the_tensor_grids_bits():
     """On a CPU fake_quant computes the grid on host floats and snaps in fewer kernels: same bits as the tensor
     formula (quant_params / quantize), for weights (own range) and activations (a given range), every width."""

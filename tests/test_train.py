@@ -94,6 +94,7 @@ def test_short_training_is_far_above_chance_at_both_ends(digits, family, tmp_pat
         model.set_alpha(alpha)
         assert accuracy(model, digits.test) > 0.6, (family, alpha)
     assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert 0 < result.step_cpu_seconds and 0 < result.step_seconds  # CPU: thread time beside wall time
 
 
 def test_flat_parameters_take_the_same_sgd_steps_and_release_own_storage():
@@ -125,6 +126,53 @@ def test_flat_parameters_take_the_same_sgd_steps_and_release_own_storage():
     flat.release()
     pointers = {p.data_ptr() for p in b.parameters()}
     assert len(pointers) == len(list(b.parameters())) and all(p.grad is None for p in b.parameters())
+
+
+@pytest.mark.parametrize("family", ["unstructured", "quantization", "structured"])
+def test_flat_blend_gives_the_fused_blends_outputs_and_gradients_bit_for_bit(family):
+    """With train.FlatParameters the line blends outside autograd into leaf views (model._FlatBlend) and routes
+    their gradients to the endpoints after backward: the same outputs and endpoint gradients, bit for bit, as
+    the autograd blend (_LineBlend), with the folded split and several passes per step (the sandwich rule)."""
+    import copy
+
+    import torch
+
+    from lcs.config import ModelConfig
+    from lcs.models import build_model
+    from lcs.subspace.model import SubspaceModel
+    from lcs.train import FlatParameters
+
+    torch.manual_seed(0)
+    norm = "instance" if family == "structured" else "group"
+    line_params = "norm" if family == "structured" else "all"
+    a = SubspaceModel(build_model(ModelConfig(in_channels=1, image_size=8, norm=norm)),
+                      SubspaceConfig(shape="line", family=family, line_params=line_params))
+    b = copy.deepcopy(a)
+    flat = FlatParameters(b)
+    x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    for step in range(2):
+        outputs = []
+        for model, to_none in ((a, True), (b, False)):
+            model.folded_split = (1.0, 0.25)
+            model.zero_grad(set_to_none=to_none)
+            if model is b:
+                flat.param.grad.zero_()
+            outs = []
+            lo, hi = model.cmap.alpha_range
+            for alpha in (lo, hi, lo + (0.3 + 0.2 * step) * (hi - lo)):  # several passes, gradients adding up
+                model.set_alpha(alpha, track_acts=True)
+                out = model(x)
+                out.logsumexp(1).mean().backward()
+                outs.append(out.detach())
+            outputs.append(outs)
+        assert all(torch.equal(o, p) for o, p in zip(*outputs))
+        for pa, pb in zip(a.parameters(), b.parameters()):
+            assert torch.equal(pa.grad, pb.grad)
+        with torch.no_grad():  # move both the same way, so the second step sees other weights
+            for pa, pb in zip(a.parameters(), b.parameters()):
+                pa.sub_(0.1 * pa.grad)
+                pb.sub_(0.1 * pb.grad)
+    flat.release()
 
 
 def test_endpoint_and_random_draws_one_end_and_levels_between(digits):

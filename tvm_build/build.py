@@ -38,12 +38,16 @@ from tvm_build.strategy import STRATEGIES, strategy as find_strategy
 def build(checkpoint_path: str | Path, target: str, output: str | Path, *, levels: str | None = None,
           strategy: str = "per-level", tune: int = 0, rpc: str | None = None, tracker: str | None = None,
           key: str | None = None, eval_results: str | Path | None = None, progress: bool = True,
-          threads: int | None = None, log: Callable[[str], None] | None = None, int8: bool = False) -> dict:
+          threads: int | None = None, log: Callable[[str], None] | None = None, int8: bool | None = False,
+          int8_store: str | None = None) -> dict:
     """Build and write the artifact; returns a summary (the manifest plus timings).
 
     `threads` (CPU boards): the thread count the model runs on. Kernels are planned and tuned for it and lcs.runtime
     never uses more; without it the kernels are planned for every core and the build records the fastest count it
-    can measure. `int8` (MCU and host-sim boards): the levels run the int8 kernels (tvm_build/mcu/build_int8.py)."""
+    can measure. `int8` (MCU and host-sim boards): the levels run the int8 kernels (tvm_build/mcu/build_int8.py);
+    False: the fp32 kernels; None (the CLI's default): int8 on MCU and sim boards wherever the model converts, fp32
+    elsewhere (the log line and the manifest's firmware.precision say which and why). `int8_store`: the int8 weight
+    store, auto (default), derived or ready (build_int8.STORES)."""
     log = log or (lambda msg: None)
     output = Path(output)
     board = load_board(target)
@@ -59,8 +63,12 @@ def build(checkpoint_path: str | Path, target: str, output: str | Path, *, level
     if board.kind not in ("linux", "mcu", "sim"):
         raise ConfigError(f"target {board.name} is a {board.kind} board; lcs build makes artifacts for linux, mcu "
                           f"and sim boards")
+    if int8 is None and int8_store is not None:  # choosing an int8 store asks for int8
+        int8 = True
     if int8 and board.kind not in ("mcu", "sim"):
         raise ConfigError(f"--int8 builds firmware for mcu and sim boards; {board.name} is a {board.kind} board")
+    if int8_store is not None and int8 is False:
+        raise ConfigError("--int8-store chooses the weight store of an int8 build; drop --fp32")
     if board.kind in ("mcu", "sim"):
         if threads is not None:
             raise ConfigError(f"--threads is for CPU boards; {board.name} runs the model on its one core")
@@ -68,7 +76,13 @@ def build(checkpoint_path: str | Path, target: str, output: str | Path, *, level
             raise ConfigError(f"target {board.name} is a {board.kind} board: its firmware has one strategy (all "
                               f"levels, switched on the device) and no MetaSchedule tuning; drop --strategy/--tune")
         ckpt, alphas = _checkpoint_and_levels(checkpoint_path, levels)
-        return _build_mcu(ckpt, board, output, alphas, accuracy_table(ckpt.metrics, eval_results), log, int8)
+        if int8_store == "derived":  # refused before any work
+            from tvm_build.mcu.build_int8 import derivable
+
+            if derivable(ckpt.config):
+                raise ConfigError(f"--int8-store derived: {derivable(ckpt.config)}")
+        return _build_mcu(ckpt, board, output, alphas, accuracy_table(ckpt.metrics, eval_results), log, int8,
+                          int8_store or "auto")
     from tvm_build import target as tt
 
     try:
@@ -101,7 +115,25 @@ def _checkpoint_and_levels(checkpoint_path, levels: str | None):
     return ckpt, level_alphas(levels, ckpt.model.cmap)
 
 
-def _build_mcu(ckpt, board, output: Path, alphas: list[float], accuracy: list[dict], log, int8: bool = False) -> dict:
+def _mcu_int8(ckpt, alphas: list[float], int8: bool | None, log) -> bool:
+    """Whether the firmware runs the int8 kernels: as asked, or (None) wherever the model converts; a model the int8
+    path refuses gets fp32 kernels with the reason in the log (an explicit --int8 refuses it instead)."""
+    if int8 is False:
+        return False
+    from tvm_build.mcu.build_int8 import check_convertible
+
+    try:
+        check_convertible(ckpt, alphas)
+    except ConfigError as exc:
+        if int8:
+            raise
+        log(f"fp32 firmware: {str(exc).removeprefix('--int8: ')} (the int8 kernels cannot run it)")
+        return False
+    return True
+
+
+def _build_mcu(ckpt, board, output: Path, alphas: list[float], accuracy: list[dict], log, int8: bool | None = False,
+               int8_store: str = "auto") -> dict:
     """Microcontroller and host-sim boards: firmware built by tvm_build.mcu (TVM C kernels + lcs's static executor)."""
     import tempfile
 
@@ -111,17 +143,14 @@ def _build_mcu(ckpt, board, output: Path, alphas: list[float], accuracy: list[di
         from tvm_build.mcu.build import build_firmware
     except ImportError as exc:
         raise ConfigError(f"microcontroller builds (target {board.name}) are not available in this lcs ({exc})") from None
-    if int8:
-        from tvm_build.mcu.build_int8 import check_convertible
-
-        check_convertible(ckpt, alphas)
+    int8 = _mcu_int8(ckpt, alphas, int8, log)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="lcs-mcu-") as scratch:
-        log(f"building {'int8 ' if int8 else ''}firmware for {board.name} ({len(alphas)} levels)")
+        log(f"building {'int8' if int8 else 'fp32'} firmware for {board.name} ({len(alphas)} levels)")
         if int8:  # accuracy: each int8 level measured with the integer reference, not the checkpoint's fp32 figures
             from tvm_build.mcu.build_int8 import build_int8_firmware
 
-            result = build_int8_firmware(ckpt, board, alphas, scratch)
+            result = build_int8_firmware(ckpt, board, alphas, scratch, store=int8_store)
         else:
             result = build_firmware(ckpt, board, alphas, scratch, accuracy=accuracy)
         built = art.open_artifact(result.artifact, expect_target=board.name)  # refuse anything half-made

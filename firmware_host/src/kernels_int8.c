@@ -698,3 +698,203 @@ void q8_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out) {
         }
     }
 }
+
+/* |q| > t without a branch on the sign: q + t lies in [-127, 254] and exceeds 2t, or is negative (wraps), exactly
+   when |q| > t. */
+#define Q8_KEPT(q, t, t2) ((uint32_t)((int32_t)(q) + (int32_t)(t)) > (t2))
+
+#if Q8_DSP
+/* With DSP, 4 codes per test: per byte (q + t) mod 256 (uadd8) exceeds 2t where usub8 leaves GE clear, and
+   sel(0, v) then keeps exactly those codes (a kept code is nonzero). One channel's row of codes [p, end) (a multiple
+   of 4) to entries at e: 8 instructions per word that keeps none, about 5 more per kept code (gcc's C took 14 and
+   15); returns the end of the entries. */
+static inline uint32_t *sparsify_row(const int8_t *p, const int8_t *end, uint32_t t4, uint32_t t24, uint32_t *e) {
+    const int8_t *const base = p + 4; /* (p - base) << 16 after the load: the word's first entry, index 0 */
+    uint32_t v, s, m, at;
+    __asm__ volatile("1:\n\t"
+                     "cmp %[p], %[end]\n\t"
+                     "bhs 9f\n\t"
+                     "ldr %[v], [%[p]], #4\n\t"
+                     "uadd8 %[s], %[v], %[t4]\n\t"
+                     "usub8 %[s], %[t24], %[s]\n\t"
+                     "sel %[m], %[z], %[v]\n\t"
+                     "cmp %[m], #0\n\t"
+                     "beq 1b\n\t"
+                     "sub %[at], %[p], %[base]\n\t"
+                     "lsl %[at], %[at], #16\n\t"
+                     "tst %[m], #0xFF\n\t"
+                     "beq 2f\n\t"
+                     "sxtb %[s], %[m]\n\t"
+                     "pkhbt %[s], %[s], %[at]\n\t"
+                     "str %[s], [%[e]], #4\n\t"
+                     "2:\n\t"
+                     "add %[at], %[at], #0x10000\n\t"
+                     "tst %[m], #0xFF00\n\t"
+                     "beq 3f\n\t"
+                     "sbfx %[s], %[m], #8, #8\n\t"
+                     "pkhbt %[s], %[s], %[at]\n\t"
+                     "str %[s], [%[e]], #4\n\t"
+                     "3:\n\t"
+                     "add %[at], %[at], #0x10000\n\t"
+                     "tst %[m], #0xFF0000\n\t"
+                     "beq 4f\n\t"
+                     "sbfx %[s], %[m], #16, #8\n\t"
+                     "pkhbt %[s], %[s], %[at]\n\t"
+                     "str %[s], [%[e]], #4\n\t"
+                     "4:\n\t"
+                     "lsrs %[m], %[m], #24\n\t"
+                     "beq 1b\n\t"
+                     "add %[at], %[at], #0x10000\n\t"
+                     "sxtb %[s], %[m]\n\t"
+                     "pkhbt %[s], %[s], %[at]\n\t"
+                     "str %[s], [%[e]], #4\n\t"
+                     "b 1b\n\t"
+                     "9:\n\t"
+                     : [p] "+&r"(p), [e] "+&r"(e), [v] "=&r"(v), [s] "=&r"(s), [m] "=&r"(m), [at] "=&r"(at)
+                     : [end] "r"(end), [t4] "r"(t4), [t24] "r"(t24), [z] "r"(0), [base] "r"(base)
+                     : "cc", "memory");
+    return e;
+}
+#else
+/* Without DSP, 4 codes per test too: per byte |q| (codes are in [-127, 127]: the low 7 bits, flipped for a negative
+   code, plus its sign), then |q| + 127 - t reaches bit 7 exactly when |q| > t (no byte carries into the next):
+   0x80 in each byte whose code is kept. c4 = (127 - t) * 0x01010101. */
+static inline uint32_t kept_bits(uint32_t v, uint32_t c4) {
+    const uint32_t neg = (v >> 7) & 0x01010101u;
+    return ((((v ^ (neg * 0x7Fu)) & 0x7F7F7F7Fu) + neg) + c4) & 0x80808080u;
+}
+#endif
+
+void q8_mask_codes(const int8_t *w, int32_t oc, int32_t win, int32_t dw_c, const uint8_t *thr, int8_t *dst) {
+    if (dw_c > 0) {
+        for (int32_t j = 0; j < oc * win; j++) {
+            const uint32_t t = thr[j % dw_c];
+            dst[j] = Q8_KEPT(w[j], t, 2 * t) ? w[j] : 0;
+        }
+        return;
+    }
+    for (int32_t o = 0; o < oc; o++, w += win, dst += win) {
+        const uint32_t t = thr[o], t2 = 2 * t;
+        int32_t j = 0;
+#if Q8_DSP
+        const uint32_t t4 = t * 0x01010101u, t24 = t2 * 0x01010101u;
+        for (; j + 4 <= win; j += 4) {
+            const uint32_t v = ld32(w + j);
+            (void)__usub8(t24, __uadd8(v, t4));
+            const uint32_t m = __sel(0, v);
+            __builtin_memcpy(dst + j, &m, 4);
+        }
+#else
+        const uint32_t c4 = (127u - t) * 0x01010101u;
+        for (; j + 4 <= win; j += 4) {
+            const uint32_t v = ld32(w + j), m = v & ((kept_bits(v, c4) >> 7) * 0xFFu);
+            __builtin_memcpy(dst + j, &m, 4);
+        }
+#endif
+        for (; j < win; j++) dst[j] = Q8_KEPT(w[j], t, t2) ? w[j] : 0;
+    }
+}
+
+int32_t q8_sparsify(const int8_t *w, int32_t oc, int32_t win, const uint8_t *thr, uint32_t *starts, uint32_t *nz,
+                    uint32_t cap) {
+    uint32_t n = 0;
+    for (int32_t o = 0; o < oc; o++, w += win) {
+        const uint32_t t = thr[o], t2 = 2 * t;
+        int32_t j = 0;
+        starts[o] = n;
+#if Q8_DSP
+        /* 4 codes per test (most words of a sparse level keep none); near the buffer's end, one by one. A kept
+           code is nonzero, so sel(0, v) is both the test and the kept codes. */
+        const uint32_t t4 = t * 0x01010101u, t24 = t2 * 0x01010101u;
+        if (cap - n >= (uint32_t)win) {
+            uint32_t *e = sparsify_row(w, w + (win & ~3), t4, t24, nz + n);
+            n = (uint32_t)(e - nz);
+            j = win & ~3;
+        }
+#else
+        const uint32_t c4 = (127u - t) * 0x01010101u;
+        if (cap - n >= (uint32_t)win) {
+            uint32_t *e = nz + n;
+            for (; j + 4 <= win; j += 4) {
+                const uint32_t v = ld32(w + j), k = kept_bits(v, c4);
+                if (k) {
+                    const uint32_t at = (uint32_t)j << 16;
+                    if (k & 0x80u) *e++ = at | (uint16_t)(int16_t)(int8_t)v;
+                    if (k & 0x8000u) *e++ = (at + 0x10000u) | (uint16_t)(int16_t)(int8_t)(v >> 8);
+                    if (k & 0x800000u) *e++ = (at + 0x20000u) | (uint16_t)(int16_t)(int8_t)(v >> 16);
+                    if (k & 0x80000000u) *e++ = (at + 0x30000u) | (uint16_t)(int16_t)(int8_t)(v >> 24);
+                }
+            }
+            n = (uint32_t)(e - nz);
+        }
+#endif
+        for (; j < win; j++) {
+            const int32_t q = w[j];
+            if (Q8_KEPT(q, t, t2)) {
+                if (n == cap) return -1;
+                nz[n++] = (uint32_t)j << 16 | (uint16_t)q;
+            }
+        }
+    }
+    starts[oc] = n;
+    return (int32_t)n;
+}
+
+q8_rq_t q8_rq_shifted(q8_rq_t r, int32_t d) {
+    const int32_t s = (int32_t)r.l - (int32_t)r.n + d;  /* the build keeps s in [-31, 31] */
+    r.l = (uint8_t)(s > 0 ? s : 0);
+    r.n = (uint8_t)(s > 0 ? 0 : -s);
+    return r;
+}
+
+void q8_bias_shifted(const int32_t *b, int32_t n, int32_t k, int32_t *dst) {
+    if (k >= 0)
+        for (int32_t i = 0; i < n; i++) dst[i] = (int32_t)((uint32_t)b[i] << k);
+    else
+        for (int32_t i = 0; i < n; i++) dst[i] = (b[i] + (1 << (-k - 1))) >> -k;
+}
+
+/* r x 65536 / R: M' = round(M 2^16 / R) >= M, rounded once to its top 31 bits, the shift moved by what was dropped */
+static q8_rq_t rq_over(q8_rq_t r, uint32_t ratio) {
+    uint64_t x = (((uint64_t)(uint32_t)r.m << 16) + ratio / 2u) / ratio;
+    int32_t s = 0;
+    while ((x >> s) >= (1ull << 31)) s++;
+    if (s) x = (x + (1ull << (s - 1))) >> s;
+    if (x == (1ull << 31)) { x >>= 1; s++; }
+    r.m = (int32_t)x;
+    return q8_rq_shifted(r, s);
+}
+
+/* at least 1 (a zero K from a damaged set must not divide by zero) */
+static inline uint32_t grid_ratio(uint32_t k, uint32_t p, uint32_t d) {
+    const uint32_t r = (k * p * 65536u + d / 2u) / d;
+    return r ? r : 1u;
+}
+
+/* |c| <= 127 and R <= 65536: the level's code stays within [-127, 127] */
+static inline int8_t regrid_one(int32_t c, int32_t ratio) { return (int8_t)((c * ratio + 32768) >> 16); }
+
+void q8_regrid(const int8_t *w, int32_t oc, int32_t win, int32_t dw_c, const uint8_t *k, uint32_t p, uint32_t d,
+               const int32_t *b, const q8_rq_t *rq, int8_t *dw, int32_t *db, q8_rq_t *drq) {
+    for (int32_t o = 0; o < oc; o++) {
+        const uint32_t ratio = grid_ratio(k[o], p, d);
+        db[o] = (int32_t)(((int64_t)b[o] * (int64_t)ratio + 32768) >> 16);
+        drq[o] = rq_over(rq[o], ratio);
+    }
+    if (dw_c > 0) {  /* [kh][kw][c]: the channel of code j is j % dw_c */
+        for (int32_t j = 0; j < oc * win; j++) dw[j] = regrid_one(w[j], (int32_t)grid_ratio(k[j % dw_c], p, d));
+        return;
+    }
+    for (int32_t o = 0; o < oc; o++, w += win, dw += win) {
+        const int32_t ratio = (int32_t)grid_ratio(k[o], p, d);
+        int32_t j = 0;
+        for (; j + 4 <= win; j += 4) {  /* four loads, then four stores: no aliasing between them to respect */
+            const int32_t c0 = w[j], c1 = w[j + 1], c2 = w[j + 2], c3 = w[j + 3];
+            dw[j] = regrid_one(c0, ratio);
+            dw[j + 1] = regrid_one(c1, ratio);
+            dw[j + 2] = regrid_one(c2, ratio);
+            dw[j + 3] = regrid_one(c3, ratio);
+        }
+        for (; j < win; j++) dw[j] = regrid_one(w[j], ratio);
+    }
+}

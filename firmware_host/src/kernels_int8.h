@@ -54,4 +54,22 @@ typedef struct {
 } q8_gn_t;
 void q8_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out);
 
+/* Level materialization of the derived weight store (lcs/int8/derived.py): a level keeps a code q of output
+   channel o iff |q| > thr[o]. `w` holds oc rows of `win` codes (a conv's window, a dense layer's rows); with
+   dw_c > 0 (depthwise, [kh][kw][c]) the channel of code j is j % dw_c instead. */
+void q8_mask_codes(const int8_t *w, int32_t oc, int32_t win, int32_t dw_c, const uint8_t *thr, int8_t *dst);
+/* The kept codes as the sparse kernel's entries and per-channel starts (q8_conv_t.nz, nz_start); at most `cap`
+   entries: returns their count, or -1 where they do not fit. */
+int32_t q8_sparsify(const int8_t *w, int32_t oc, int32_t win, const uint8_t *thr, uint32_t *starts, uint32_t *nz,
+                    uint32_t cap);
+/* r times 2^d (same multiplier), and a bias on an input scale 2^-k times the stored one. */
+q8_rq_t q8_rq_shifted(q8_rq_t r, int32_t d);
+void q8_bias_shifted(const int32_t *b, int32_t n, int32_t k, int32_t *dst);
+/* A quantization level's layer from the stored one (lcs/int8/derived.py): per channel o the ratio
+   R = max(1, (k[o] p 65536 + d / 2) / d) (<= 65536:
+   the caller checks 255 p <= d), codes (c R + 2^15) >> 16, biases (b R + 2^15) >> 16 and
+   requantization rq x 65536 / R. `w` as in q8_mask_codes; dw, db, drq: oc x win codes, oc biases, oc tables. */
+void q8_regrid(const int8_t *w, int32_t oc, int32_t win, int32_t dw_c, const uint8_t *k, uint32_t p, uint32_t d,
+               const int32_t *b, const q8_rq_t *rq, int8_t *dw, int32_t *db, q8_rq_t *drq);
+
 #endif

@@ -110,7 +110,8 @@ static void error_frame(uint8_t seq, uint8_t status) {
     send_frame(ERROR_FRAME, seq, &status, 1);
 }
 
-static uint32_t switch_to(int index) {
+/* 0 ok; <0: the level could not be made from the active weight set (no level runs until a switch succeeds) */
+static int switch_to(int index, uint32_t *cycles_out) {
     uint64_t t0 = hal_cycles();
     int rc = lcs_set_level(index, active_bank);
     uint32_t cycles = (uint32_t)(hal_cycles() - t0);
@@ -119,7 +120,8 @@ static uint32_t switch_to(int index) {
         stats.switches++;
         stats.last_switch_cycles = cycles;
     }
-    return cycles;
+    if (cycles_out) *cycles_out = cycles;
+    return rc;
 }
 
 static void put_string(uint8_t **p, const char *s) {
@@ -173,7 +175,8 @@ static uint16_t handle(uint8_t type, uint8_t seq, const uint8_t *p, uint16_t len
                 if (fabsf_(alpha - lcs_levels[i].alpha) <= 1e-6f) index = i;
         } else return refuse(BAD_LENGTH);
         if (index < 0 || index >= lcs_num_levels) return refuse(OUT_OF_RANGE);
-        uint32_t cycles = switch_to(index);
+        uint32_t cycles;
+        if (switch_to(index, &cycles) != 0) return refuse(BAD_ARGUMENT);
         *o++ = (uint8_t)index;
         put_u32(o, cycles); o += 4;
         break;
@@ -231,7 +234,7 @@ static uint16_t handle(uint8_t type, uint8_t seq, const uint8_t *p, uint16_t len
         active_bank = upload.bank;
         lcs_model_bind(active_bank);
         stats.uploads++;
-        switch_to(stats.level);  /* recompute the level from the new weights */
+        switch_to(stats.level, 0);  /* recompute the level from the new (checked) weights */
         put_u32(o, upload.crc); o += 4;
         break;
     case RESET:
@@ -251,7 +254,7 @@ int lcs_main(void) {
     hal_init();
     active_bank = lcs_bank_a;
     lcs_model_bind(active_bank);
-    switch_to(lcs_default_level);
+    switch_to(lcs_default_level, 0);
     stats.switches = 0;
     last.valid = 0;
     for (;;) {

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import struct
 
+import numpy as np
 import torch
 
 from lcs.subspace.levels import QuantizationMap, UnstructuredMap
@@ -34,8 +35,12 @@ def topk_mask(weight: torch.Tensor, keep: float) -> torch.Tensor:
     kept = UnstructuredMap.kept_count(numel, keep)
     if kept >= numel:
         return torch.ones_like(weight)
-    magnitude = weight.detach().abs().flatten()
     dropped = numel - kept
+    if weight.device.type == "cpu" and weight.dtype in (torch.float32, torch.float64):
+        mask = _threshold_mask(weight, dropped, kept)
+        if mask is not None:
+            return mask
+    magnitude = weight.detach().abs().flatten()
     if dropped < kept:
         # Select the smaller side: the dropped smallest. A partial selection costs with the count selected, and
         # most training draws keep more than half (up to twice as fast per layer at keep 0.9).
@@ -46,6 +51,20 @@ def topk_mask(weight: torch.Tensor, keep: float) -> torch.Tensor:
     if kept > 0:
         mask[torch.topk(magnitude, kept, sorted=False).indices] = 1.0
     return mask.view_as(weight)
+
+
+def _threshold_mask(weight: torch.Tensor, dropped: int, kept: int) -> torch.Tensor | None:
+    """On a CPU: 1 where |weight| lies above its `dropped`-th smallest value, found by numpy's selection (about ten
+    times faster than torch.topk), the mask one comparison instead of a scatter, all in numpy on the tensor's memory
+    (a numpy call costs a fraction of a torch op's dispatch, and a training step makes a dozen of them per layer).
+    That is the topk set exactly unless magnitudes tie across the boundary (or are NaN): then the count is off and
+    this returns None."""
+    magnitude = np.abs(weight.detach().numpy().reshape(-1))
+    threshold = np.partition(magnitude, dropped - 1)[dropped - 1]
+    mask = torch.empty(weight.shape, dtype=weight.dtype)
+    out = mask.numpy().reshape(-1)
+    np.greater(magnitude, threshold, out=out)
+    return mask if np.count_nonzero(out) == kept else None
 
 
 def quant_params(lo: torch.Tensor, hi: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,8 +103,11 @@ class _SnapToGrid(torch.autograd.Function):
         return grad, None, None, None, None
 
 
+_FLOAT32 = struct.Struct("<f")
+
+
 def _f32(x: float) -> float:
-    return struct.unpack("<f", struct.pack("<f", x))[0]
+    return _FLOAT32.unpack(_FLOAT32.pack(x))[0]
 
 
 def quant_params_float32(lo: float, hi: float, bits: int) -> tuple[float, float] | None:
@@ -105,10 +127,19 @@ def quant_params_float32(lo: float, hi: float, bits: int) -> tuple[float, float]
     return scale, zero
 
 
+def min_max(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """t.min() and t.max() as 0-d tensors (the same values, NaN included, as torch.aminmax). One pass for both ends,
+    except for large tensors on a CPU, where two single reductions are faster (a 200k-element activation: 22 us
+    against 32)."""
+    if t.device.type == "cpu" and t.numel() >= 32768:
+        return torch.amin(t), torch.amax(t)
+    return torch.aminmax(t)
+
+
 def fake_quant(t: torch.Tensor, bits: int, lo: torch.Tensor | None = None, hi: torch.Tensor | None = None) -> torch.Tensor:
     """Quantize and dequantize `t`; the gradient passes straight through (identity)."""
     if lo is None or hi is None:
-        lo, hi = torch.aminmax(t.detach())  # one pass for both ends
+        lo, hi = min_max(t.detach())
     qmin, qmax = QuantizationMap.int_range(bits)
     if t.device.type == "cpu" and t.dtype == torch.float32:
         # On a CPU, reading the range costs nothing, and the grid's dozen 0-d tensor ops (a kernel dispatch each)
@@ -142,7 +173,7 @@ class RangeTracker(torch.nn.Module):
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
-        lo, hi = torch.aminmax(x.float())  # one pass for both ends; float32 like the buffers
+        lo, hi = min_max(x.float())  # float32 like the buffers
         lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
         if not self.is_seen():
             self.lo.copy_(lo)

@@ -34,7 +34,8 @@ def _float32(value: float) -> float:
 def _first(t: torch.Tensor, *sizes: int) -> torch.Tensor:
     """The leading block of `t` (structured width): t[:sizes[0], :sizes[1]]. The tensor itself when that is
     all of it: a full-size slice still costs a copy into a zero tensor in the backward pass."""
-    if all(n >= dim for n, dim in zip(sizes, t.shape)):
+    shape = t.shape
+    if sizes[0] >= shape[0] and (len(sizes) == 1 or sizes[1] >= shape[1]):
         return t
     return t[tuple(slice(0, n) for n in sizes)]
 
@@ -70,8 +71,8 @@ class SubspaceLayer(nn.Module):
         cached = self.blend_cache.get(name)
         if cached is not None:
             return cached
-        p0 = getattr(self, name)
-        p1 = getattr(self, name + "1", None)
+        p0 = self._parameters.get(name)  # not getattr: nn.Module's attribute lookup costs a step's worth of calls
+        p1 = self._parameters.get(name + "1")
         if p0 is None or p1 is None:
             return p0
         # alpha as the float32 every device holds (firmware ctrl vectors, alpha-input graphs), so their
@@ -111,6 +112,9 @@ class _WeightLayer(SubspaceLayer):
         s = self.state
         if not self.compressible:
             return weight
+        early = self.blend_cache.get("compressed_weight")  # SubspaceModel.forward compressed this very tensor
+        if early is not None and early[0] is weight:
+            return early[1]
         if s.keep < 1.0:
             weight = weight * topk_mask(weight, s.keep)
         if s.bits is not None:

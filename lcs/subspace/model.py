@@ -8,6 +8,7 @@ whole model to a point of the subspace.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import warnings
@@ -39,6 +40,7 @@ class SubspaceModel(nn.Module):
         # as much as several small kernels.
         self._layers: tuple[SubspaceLayer, ...] = tuple(m for m in self.net.modules() if isinstance(m, SubspaceLayer))
         self.line_slots = [(layer, name) for layer in self.layers() for name, _, _ in layer.endpoint_pairs()]
+        self._compressed_weight_layers = tuple(m for m in self._layers if isinstance(m, _WeightLayer) and m.compressible)
         self.line_pairs = [(p0, p1) for layer in self.layers() for _, p0, p1 in layer.endpoint_pairs()]
         # Blend every line parameter in one multi-tensor op per forward (see forward). Off under DDP (train.py).
         self.fused_blend = True
@@ -47,8 +49,17 @@ class SubspaceModel(nn.Module):
         self.folded_split: tuple[float, float] | None = None
         # (flat, n) while training keeps every endpoint in one flat parameter, all w0 in flat[:n] and all w1 in
         # flat[n:2n] in line_pairs order (train.FlatParameters): the fused blend then runs on the two blocks.
-        self.flat_line: tuple[torch.Tensor, int] | None = None
+        self.flat_line = None
         self.set_alpha(1.0)
+
+    @property
+    def flat_line(self) -> tuple[torch.Tensor, int] | None:
+        return self._flat_line
+
+    @flat_line.setter
+    def flat_line(self, value: tuple[torch.Tensor, int] | None) -> None:
+        self._flat_line = value
+        self._flat_blend: _FlatBlend | None = None  # built on the next forward; dropped with the flat tensor
 
     # -- the subspace ---------------------------------------------------------------------------
     def layers(self) -> Iterator[SubspaceLayer]:
@@ -138,13 +149,23 @@ class SubspaceModel(nn.Module):
         # in a handful of GPU kernels instead of three per parameter forward and two backward. Under DDP each
         # layer blends its own instead, so that gradients are ready, and reduced, layer by layer.
         if self.flat_line is not None:
-            flat, n = self.flat_line
-            blended = _FlatLineBlend.apply(a, self.folded_split, n, [p0.shape for p0, _ in self.line_pairs], flat)
+            if self._flat_blend is None or not self._flat_blend.serves(self.flat_line):
+                self._flat_blend = _FlatBlend(*self.flat_line, [p0.shape for p0, _ in self.line_pairs])
+            blended = self._flat_blend.forward(a, self.folded_split)
         else:
             blended = _LineBlend.apply(a, self.folded_split, *[p0 for p0, _ in self.line_pairs],
                                        *[p1 for _, p1 in self.line_pairs])
         for (layer, name), value in zip(self.line_slots, blended):
             layer.blend_cache[name] = value
+        # Every layer's weight compression (TopK mask, fake quantization) here, one after the other, instead of
+        # between the convolutions: the same ops on the same tensors, but on a CPU a small op run right after the
+        # convolutions costs several times what it costs after another small op (caches), and a line step makes
+        # a dozen of them per compressed layer. The layer picks its compressed weight up if it uses this tensor.
+        for layer in self._compressed_weight_layers:
+            s = layer.state
+            weight = layer.blend_cache.get("weight")
+            if weight is not None and (s.keep < 1.0 or s.bits is not None):
+                layer.blend_cache["compressed_weight"] = (weight, layer.compressed_weight(weight))
         try:
             return self.net(x)
         finally:
@@ -184,29 +205,63 @@ class _LineBlend(torch.autograd.Function):
         return (None, None, *torch._foreach_mul(grads, f0), *torch._foreach_mul(grads, f1))
 
 
-class _FlatLineBlend(torch.autograd.Function):
-    """_LineBlend on one flat parameter holding all w0 in flat[:n] and all w1 in flat[n:2n]: the same element-wise
-    products and sum (the same bits), as three kernels on two blocks instead of three per parameter, and one
-    gradient (for the flat parameter) instead of one per endpoint tensor. Outputs: views of the blended block."""
+class _FlatBlend:
+    """The line blend on one flat parameter holding all w0 in flat[:n] and all w1 in flat[n:2n] (train.FlatParameters),
+    outside autograd: the blended weights are computed under no_grad into one buffer whose per-parameter views are
+    leaf tensors, so autograd accumulates their gradients into one flat gradient buffer (in place, as for any
+    parameter), and a callback at the end of the backward pass adds (1 - a) g and a g (or the folded split's factors)
+    to the endpoints' gradient. The same element-wise products and sums as compress.blend and _LineBlend (the same
+    bits), without the per-output cost of a many-output autograd Function (views, cat, a zero-filled gradient of
+    the whole flat parameter), and with the two endpoint blocks as the rows of one (2, n) view: one product for
+    both, with a (2, 1) column of factors.
 
-    @staticmethod
-    def forward(ctx, a: float, split: tuple[float, float] | None, n: int, shapes: list, flat: torch.Tensor):
-        ctx.a, ctx.split, ctx.n, ctx.numel = a, split, n, flat.numel()
-        f0, f1 = _factors(flat, 1.0 - a, a)
-        line = flat[:n] * f0 + flat[n:2 * n] * f1
-        sizes = [math.prod(shape) for shape in shapes]
-        return tuple(part.view(shape) for part, shape in zip(line.split(sizes), shapes))
+    One backward per forward: a second forward before the first one's backward rewrites the blended weights,
+    which autograd reports as an in-place modification."""
 
-    @staticmethod
-    def backward(ctx, *grads: torch.Tensor):
-        a, split, n = ctx.a, ctx.split, ctx.n
-        f0, f1 = _split_factors(a, split)
-        g = torch.cat([grad.reshape(-1) for grad in grads])
-        out = g.new_zeros(ctx.numel)  # parameters off the line (none when all are on it) get nothing from here
-        f0, f1 = _factors(g, f0, f1)
-        torch.mul(g, f0, out=out[:n])
-        torch.mul(g, f1, out=out[n:2 * n])
-        return None, None, None, None, out
+    def __init__(self, flat: torch.Tensor, n: int, shapes: list) -> None:
+        self.flat, self.n = flat, n
+        self.value = torch.empty(n, dtype=flat.dtype, device=flat.device)
+        self.grad = torch.zeros_like(self.value)
+        self.products = torch.empty(2, n, dtype=flat.dtype, device=flat.device)  # f0 w0 and f1 w1; then f0 g, f1 g
+        self.leaves = []
+        offset = 0
+        for shape in shapes:
+            size = math.prod(shape)
+            leaf = self.value[offset:offset + size].view(shape).requires_grad_(True)
+            leaf.grad = self.grad[offset:offset + size].view(shape)  # accumulated in place (AccumulateGrad)
+            leaf.register_post_accumulate_grad_hook(self._accumulated)
+            self.leaves.append(leaf)
+            offset += size
+        self.factors = _column(flat, 1.0, 0.0)
+        self.queued = False
+
+    def serves(self, flat_line: tuple[torch.Tensor, int]) -> bool:
+        return flat_line[0] is self.flat and flat_line[1] == self.n
+
+    def forward(self, a: float, split: tuple[float, float] | None) -> list[torch.Tensor]:
+        backward_follows = torch.is_grad_enabled()
+        with torch.no_grad():
+            # (1 - a) w0 + a w1: each product rounded, then their sum, as compress.blend
+            torch.mul(self.flat[:2 * self.n].view(2, self.n), _column(self.flat, 1.0 - a, a), out=self.products)
+            torch.add(self.products[0], self.products[1], out=self.value)
+            if backward_follows:
+                self.grad.zero_()
+        self.factors = _column(self.flat, *_split_factors(a, split))
+        return self.leaves
+
+    def _accumulated(self, _leaf: torch.Tensor) -> None:
+        if not self.queued:  # once per backward, after every leaf has its gradient
+            self.queued = True
+            torch.autograd.Variable._execution_engine.queue_callback(self._to_endpoints)
+
+    def _to_endpoints(self) -> None:
+        self.queued = False
+        n, flat = self.n, self.flat
+        with torch.no_grad():
+            if flat.grad is None:
+                flat.grad = torch.zeros_like(flat)
+            torch.mul(self.grad, self.factors, out=self.products)  # rows: f0 g and f1 g
+            flat.grad[:2 * n].view(2, n).add_(self.products)
 
 
 def _split_factors(a: float, split: tuple[float, float] | None) -> tuple[float, float]:
@@ -216,6 +271,20 @@ def _split_factors(a: float, split: tuple[float, float] | None) -> tuple[float, 
     # g0' = same g0 + other g1, g1' = same g1 + other g0 with g0 = (1 - a) g, g1 = a g
     same, other = split[0] + split[1], split[0] - split[1]
     return same * (1.0 - a) + other * a, same * a + other * (1.0 - a)
+
+
+@functools.lru_cache(maxsize=256)
+def _column_cached(f0: float, f1: float, dtype: torch.dtype) -> torch.Tensor:
+    return torch.tensor([[f0], [f1]], dtype=dtype)
+
+
+def _column(like: torch.Tensor, f0: float, f1: float) -> torch.Tensor:
+    """(f0, f1) as a (2, 1) column of `like`'s dtype, on its device: the factors of a (2, n) block's two rows. On a
+    CPU from a small cache (the quantization family's alphas are six values, and half of the unstructured draws are
+    an end of the line): one tensor fewer to build per pass. Never written to."""
+    if like.device.type != "cpu":
+        return torch.tensor([[f0], [f1]], dtype=like.dtype, device=like.device)
+    return _column_cached(f0, f1, like.dtype)
 
 
 def _factors(like: torch.Tensor, f0: float, f1: float):

@@ -43,7 +43,8 @@ class FirmwareBuild:
     workspace_bytes: int
     kernels: int
     switching: str = "on-switch"  # where the weight transform runs: once per switch, or inside every kernel call
-    # ("stored": int8 builds keep every level ready in the weight store; a switch selects one)
+    # ("stored": int8 builds with the ready store keep every level in the weight store, a switch selects one; with
+    # the derived store a switch builds the level in RAM, "on-switch")
     upload_bank: bool = True
     cycles: list[dict] = field(default_factory=list)  # per level: {"infer": n, "switch": n} when measured
     artifact: Path | None = None

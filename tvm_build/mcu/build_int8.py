@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from lcs.errors import ConfigError, LcsError
-from lcs.int8.firmware_c import device_forward, firmware_model
+from lcs.int8.derived import NotDerivable, derive_levels, quant_grids
+from lcs.int8.firmware_c import derived_firmware_model, device_forward, firmware_model
 from lcs.int8.level import int8_level, nhwc
 from tvm_build.mcu import firmware as fw
 from tvm_build.mcu.build import FirmwareBuild, _load_board, _load_model, _write_artifact, compile_firmware, \
@@ -35,8 +36,34 @@ SPARSE_FROM_DSP, SPARSE_FROM_HOST = 0.49, 0.26
 # so a build over the flash budget tries again with the dense kernel up to here
 SPARSE_SMALLER = 0.75
 DSP_CPUS = ("cortex-m4", "cortex-m7", "cortex-m33", "cortex-m35p", "cortex-m55", "cortex-m85")
+# the weight store (`--int8-store`): "derived" keeps an LCS+P model's codes once and materializes a level in RAM at
+# each switch (lcs/int8/derived.py); "ready" stores every level as the kernels read it; "auto" takes derived where
+# the model is LCS+P unstructured, the level buffer fits the board and a switch stays cheap, else ready (the manifest
+# says why)
+STORES = ("auto", "derived", "ready")
+# issue 15: a level switch costs at most this fraction of one inference. Auto takes the derived store only where its
+# estimate (below) times SWITCH_MARGIN stays within it. The estimate counts instructions: a switch's per code scanned
+# for sparse entries, per entry written, per code copied masked; an inference's per MAC of the dense and the sparse
+# kernels and per value a layer writes (requantization, norms, pools). Least-squares fits to ResNet-8, the 8x8 small
+# CNN and the 28x28 small CNN (14 levels) under QEMU -icount on mps2-an386 (DSP) and mps2-an385 (portable C): each
+# within 15 % (switch) and 32 % (inference) of what was measured, so the margin covers both being off together.
+SWITCH_LIMIT = 0.13
+SWITCH_MARGIN = 1.5
+SWITCH_COSTS = {"dsp": ((2.7, 8.8, 1.9), (1.2, 2.5, 50.0)), "portable": ((4.6, 11.6, 3.9), (2.7, 3.6, 59.0))}
+# a quantization level's switch per code put on its grid (q8_regrid: a multiply, a rounding shift, a clamp; the
+# same C on every core): measured on ResNet-8 under QEMU -icount (benchmarks/results/mcu.json)
+REGRID_COST = 7.5
 # the generic sources the int8 firmware leaves out: the fp32 level switcher and the TVM runtime shim
 FP32_ONLY = ("levels.c", "tvm_shim.c")
+
+
+def switch_estimate(work: dict, dsp: bool) -> float:
+    """A derived level's switch over its inference, from `FirmwareModel.level_work` (instruction estimates)."""
+    (scan, entry, masked), (dense_mac, sparse_mac, value) = SWITCH_COSTS["dsp" if dsp else "portable"]
+    switch = (scan * work["scanned"] + entry * work["kept"] + masked * work["masked"]
+              + REGRID_COST * work.get("regridded", 0))
+    infer = dense_mac * work["dense_macs"] + sparse_mac * work["sparse_macs"] + value * work["outputs"]
+    return switch / max(infer, 1.0)
 
 
 def has_dsp(board) -> bool:
@@ -87,16 +114,30 @@ def check_convertible(ckpt, alphas: list[float]) -> None:
             raise ConfigError(f"--int8: {what}{str(exc).removeprefix('int8: ')}") from None
 
 
+def derivable(config) -> str | None:
+    """Why the derived store does not apply to this model (None: it does)."""
+    sc = config.subspace
+    if sc.shape != "point" or sc.family not in ("unstructured", "quantization"):
+        return (f"the derived store needs an LCS+P unstructured or quantization model (this one is {sc.family}, "
+                f"{'LCS+P' if sc.shape == 'point' else 'LCS+L'})")
+    return None
+
+
 def build_int8_firmware(checkpoint, board, levels: list[float] | None, out_dir, *, samples: int = 2,
                         measure: bool = True, write_artifact: bool = True, calibration=None,
                         sparse_from: float | None | str = "board", upload_bank: bool | None = None,
-                        graphs: list | None = None) -> FirmwareBuild:
+                        graphs: list | None = None, store: str = "auto") -> FirmwareBuild:
     """`calibration`: (NCHW images, description) to calibrate on instead of the checkpoint's training data (the
     manifest records which); `sparse_from`: "board" (the board's measured crossover), a fraction, or None (dense
-    kernels only); `graphs`: ready quantized graphs per level (benchmarks), skipping conversion."""
+    kernels only); `graphs`: ready quantized graphs per level (benchmarks), skipping conversion; `store`: one of
+    STORES."""
+    if store not in STORES:
+        raise ConfigError(f"--int8-store must be one of {', '.join(STORES)}, not {store!r}")
     board = _load_board(board)
     ckpt = _load_model(checkpoint)
     model, config = ckpt.model.eval(), ckpt.config
+    if store == "derived" and derivable(config):  # refused before any work
+        raise ConfigError(f"--int8-store derived: {derivable(config)}")
     cmap = model.cmap
     alphas = list(levels) if levels else list(cmap.eval_alphas)
     if not alphas or len(alphas) > 255:
@@ -121,7 +162,6 @@ def build_int8_firmware(checkpoint, board, levels: list[float] | None, out_dir, 
             graphs = [int8_level(model, a, images) for a in alphas]
         except LcsError as exc:
             raise ConfigError(f"--int8: {str(exc).removeprefix('int8: ')}") from None
-    accuracy = [{"alpha": a, "accuracy": _accuracy(g, data, ACCURACY_SAMPLES)} for a, g in zip(alphas, graphs)]
 
     out_dir = Path(out_dir)
     src = out_dir / "src"
@@ -134,12 +174,44 @@ def build_int8_firmware(checkpoint, board, levels: list[float] | None, out_dir, 
     out_len = int(np.prod(graphs[0].tensors[graphs[0].output].shape))
     if spec.get("upload_bank") is False and upload_bank is None:
         upload_bank = False
+    store_info = {"requested": store}
+    derived = None
+    if store != "ready":
+        why = derivable(config)
+        if why is None:
+            try:
+                grids = (quant_grids(model, alphas, graphs, default, images[:1])
+                         if cmap.family == "quantization" else None)
+                derived = derive_levels(graphs, default, grids)
+            except NotDerivable as exc:
+                why = f"the levels are not one stored weight set ({exc})"
+        if why is not None:
+            if store == "derived":
+                raise ConfigError(f"--int8-store derived: {why}")
+            store_info["reason"] = f"{why}: its levels are stored ready"
     last = None
     thresholds = [sparse_from] + ([SPARSE_SMALLER] if sparse_from is not None and sparse_from < SPARSE_SMALLER else [])
-    variants = [(t, bank) for t in thresholds for bank in ((True, False) if upload_bank is None else (upload_bank,))]
-    for sparse_from, with_bank in variants:
-        fm = firmware_model(graphs, level_objs, cmap.family, default, dsp=dsp, sparse_from=sparse_from,
-                            upload_bank=with_bank, input_chw=shape[1:])
+    banks = (True, False) if upload_bank is None else (upload_bank,)
+    variants = [(kind, t, bank) for kind in (("derived",) if derived else ()) + (("ready",) if store != "derived"
+                                                                                 else ())
+                for t in thresholds for bank in banks]
+    ram_only = set()  # derived thresholds whose build was over on RAM alone: the spare bank (flash) cannot help
+    for kind, sparse_from, with_bank in variants:
+        if kind == "derived" and sparse_from in ram_only:
+            continue
+        if kind == "derived":
+            fm = derived_firmware_model(derived[0], derived[1], default, level_objs, cmap.family, default, dsp=dsp,
+                                        sparse_from=sparse_from, upload_bank=with_bank, input_chw=shape[1:])
+            estimate = max(switch_estimate(w, dsp) for w in fm.level_work)
+            store_info["switch_per_infer_estimate"] = round(estimate, 4)
+            if store == "auto" and estimate * SWITCH_MARGIN > SWITCH_LIMIT:
+                store_info["reason"] = (f"a switch would build a level in RAM in an estimated {estimate:.3f} of an "
+                                        f"inference (limit {SWITCH_LIMIT}, with a margin of {SWITCH_MARGIN}): its "
+                                        "levels are stored ready")
+                continue
+        else:
+            fm = firmware_model(graphs, level_objs, cmap.family, default, dsp=dsp, sparse_from=sparse_from,
+                                upload_bank=with_bank, input_chw=shape[1:])
         (src / "model_int8.c").write_text(fm.source)
         try:
             compile_firmware(board, src, binary, max_payload=max(256, fm.payload_bytes, out_len * 4 + 8, 1032),
@@ -150,9 +222,26 @@ def build_int8_firmware(checkpoint, board, levels: list[float] | None, out_dir, 
             last = None
             break
         except fw.BudgetExceeded as exc:
-            last = exc
+            if kind == "derived":  # the last derived attempt (the smallest buffer) says why ready-store builds follow
+                if "flash" not in str(exc):
+                    ram_only.add(sparse_from)
+                why = (f"the derived store's largest level needs a {fm.ram_buffer_bytes:,} B RAM buffer (sparse from "
+                       f"{sparse_from}) and {exc}")
+                store_info["reason"] = f"{why}; its levels are stored ready"
+            last = (kind, exc)
     if last is not None:
-        raise last
+        if store == "derived":
+            raise fw.BudgetExceeded(f"--int8-store derived: {why}") from None
+        raise last[1]
+    if fm.store == "derived":
+        graphs = derived[0]
+        store_info.pop("reason", None)
+        store_info["ram_buffer_bytes"] = fm.ram_buffer_bytes
+        if cmap.family != "quantization":
+            store_info["thresholds_kept"] = [  # per level: nonzero codes its thresholds keep / its own quantization had
+                [sum(k for k, _ in plan.kept.values()), sum(t for _, t in plan.kept.values())] for plan in derived[1]]
+    store_info["mode"] = fm.store
+    accuracy = [{"alpha": a, "accuracy": _accuracy(g, data, ACCURACY_SAMPLES)} for a, g in zip(alphas, graphs)]
 
     # reference: the integer reference between the device's float conversions, on test images where there are
     # some (a self-test's argmax then means something), else the calibration images
@@ -161,10 +250,14 @@ def build_int8_firmware(checkpoint, board, levels: list[float] | None, out_dir, 
     inputs = pool[:samples].float()
     expected = [device_forward(g, nhwc(inputs)).astype(np.float32) for g in graphs]
     result = FirmwareBuild(board.name, binary, level_objs, sizes, fm.bank, inputs.numpy(), expected,
-                           fm.arena_bytes, 0, fm.scratch_bytes, 0, "stored", with_bank)
+                           fm.arena_bytes, fm.ram_buffer_bytes, fm.scratch_bytes, 0,
+                           "on-switch" if fm.store == "derived" else "stored", with_bank)
     result.precision = "int8"
-    result.int8 = {"calibration": calib_info, "store_bytes": len(fm.bank), "weights": fm.weights,
-                   "stored_weights": fm.stored_weights, "bytes_per_stored_weight": round(fm.bytes_per_weight, 4),
+    result.int8 = {"calibration": calib_info, "store": store_info, "store_bytes": len(fm.bank),
+                   "model_weights": fm.model_weights,
+                   "bytes_per_model_weight": round(fm.bytes_per_model_weight, 4),
+                   "weights_all_levels": fm.weights, "stored_entries": fm.stored_weights,
+                   "bytes_per_stored_entry": round(fm.bytes_per_stored_entry, 4),
                    "sparse_from": sparse_from, "dsp": dsp, "sparse_layers": fm.sparse_layers,
                    "accuracy_samples": min(ACCURACY_SAMPLES, len(data.test)) if data is not None else 0}
     if measure and (board.kind != "mcu" or "qemu" in board.extra):
