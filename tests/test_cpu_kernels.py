@@ -147,6 +147,28 @@ class NormBlock(nn.Module):
 
 def test_group_norm_kernels_get_their_own_loops_and_match_torch():
     from tvm import tirx
+
+    from tvm_build import schedules
+
+    torch.manual_seed(0)
+    net = NormBlock().eval()
+    x = torch.randn(1, 3, 6, 6) * 2 + 1  # statistics away from 0/1
+    fused, done, got = _fuse_schedule_run(net, (net.norm, net.instance), x)
+    norms = [f for gv, f in fused.functions.items() if isinstance(f, tirx.PrimFunc) and "group_norm" in gv.name_hint]
+    found = [schedules._group_norm_params(f) for f in norms]
+    assert sorted(p[:5] for p in found) == [(6, 6, 24, 6, 1e-5), (6, 6, 24, 24, 1e-3)]
+    # ReLU6 fused into the first norm (export moves the clip out from between ConvertLayout's transposes)
+    assert sorted(p[5] is not None for p in found) == [False, True]
+    kernels = [f for gv, f in done.functions.items() if isinstance(f, tirx.PrimFunc) and "group_norm" in gv.name_hint]
+    # replaced by group_norm_kernel: no blocks left (the legalized kernel's reshapes are gone)
+    assert kernels and all("tirx.is_scheduled" in f.attrs and "sblock" not in f.script() for f in kernels)
+    with torch.no_grad():
+        np.testing.assert_allclose(got, net(x).numpy(), atol=1e-5)
+
+
+def _fuse_schedule_run(net, norms, x):
+    """`net` (its norms' affine parameters randomized) exported channels-last, fused, scheduled by
+    tvm_build.schedules and run on `x`: (fused module, scheduled module, output)."""
     from tvm.runtime.vm import VirtualMachine
 
     from tvm_build import compile as tc
@@ -154,32 +176,20 @@ def test_group_norm_kernels_get_their_own_loops_and_match_torch():
     from tvm_build.graph import export_order, param_arrays
     from tvm_build.target import host_target
 
-    torch.manual_seed(0)
-    net = NormBlock().eval()
     with torch.no_grad():
-        for norm in (net.norm, net.instance):
+        for norm in norms:
             norm.weight.normal_()
             norm.bias.normal_()
-    x = torch.randn(1, 3, 6, 6) * 2 + 1  # statistics away from 0/1
     mod, ep = export.to_relax(net, (x,))
     lifted = export.ChannelsLast(mod, export_order(ep))
     arrays = lifted.weights({n: param_arrays(net)[n] for n in export_order(ep)})
     target = host_target()
     fused = tc.fuse_kernels(lifted.main, target)
-    norms = [f for gv, f in fused.functions.items() if isinstance(f, tirx.PrimFunc) and "group_norm" in gv.name_hint]
-    found = [schedules._group_norm_params(f) for f in norms]
-    assert sorted(p[:5] for p in found) == [(6, 6, 24, 6, 1e-5), (6, 6, 24, 24, 1e-3)]
-    # ReLU6 fused into the first norm (export moves the clip out from between ConvertLayout's transposes)
-    assert sorted(p[5] is not None for p in found) == [False, True]
     done = schedules.apply(fused, target)
-    kernels = [f for gv, f in done.functions.items() if isinstance(f, tirx.PrimFunc) and "group_norm" in gv.name_hint]
-    # replaced by group_norm_kernel: no blocks left (the legalized kernel's reshapes are gone)
-    assert kernels and all("tirx.is_scheduled" in f.attrs and "sblock" not in f.script() for f in kernels)
     dev = tvm.cpu()
     got = VirtualMachine(tc.compile_module(done, target), dev)["main"](
         tvm.runtime.tensor(x.numpy(), dev), *[tvm.runtime.tensor(a, dev) for a in arrays.values()]).numpy()
-    with torch.no_grad():
-        np.testing.assert_allclose(got, net(x).numpy(), atol=1e-5)
+    return fused, done, got
 
 
 class WideBlock(nn.Module):
@@ -213,36 +223,20 @@ def test_register_tiles_follow_row_width_and_channel_count():
 
 def test_weight_heavy_convs_and_residual_norms_match_torch():
     from tvm import tirx
-    from tvm.runtime.vm import VirtualMachine
 
-    from tvm_build import compile as tc
-    from tvm_build import export, schedules
-    from tvm_build.graph import export_order, param_arrays
-    from tvm_build.target import host_target
+    from tvm_build import schedules
 
     torch.manual_seed(0)
     net = WideBlock().eval()
-    with torch.no_grad():
-        for norm in (net.norm1, net.norm2):
-            norm.weight.normal_()
-            norm.bias.normal_()
     x = torch.randn(1, 3, 4, 4)
-    mod, ep = export.to_relax(net, (x,))
-    lifted = export.ChannelsLast(mod, export_order(ep))
-    arrays = lifted.weights({n: param_arrays(net)[n] for n in export_order(ep)})
-    target = host_target()
-    fused = tc.fuse_kernels(lifted.main, target)
+    fused, done, got = _fuse_schedule_run(net, (net.norm1, net.norm2), x)
     norms = [schedules._group_norm_params(f) for gv, f in fused.functions.items()
              if isinstance(f, tirx.PrimFunc) and "group_norm" in gv.name_hint]
     assert sorted((p[5] is not None, p[5] is not None and p[5].residual) for p in norms) == \
         [(True, False), (True, True)]  # ReLU, and add + ReLU with the residual as an input
-    done = schedules.apply(fused, target)
     kernels = {gv.name_hint: f for gv, f in done.functions.items() if isinstance(f, tirx.PrimFunc)}
     unscheduled = {n for n, f in kernels.items() if f.attrs is None or "tirx.is_scheduled" not in f.attrs}
     assert not {n for n in unscheduled if "conv2d" in n or "matmul" in n or "group_norm" in n}, unscheduled
-    dev = tvm.cpu()
-    got = VirtualMachine(tc.compile_module(done, target), dev)["main"](
-        tvm.runtime.tensor(x.numpy(), dev), *[tvm.runtime.tensor(a, dev) for a in arrays.values()]).numpy()
     with torch.no_grad():
         np.testing.assert_allclose(got, net(x).numpy(), atol=1e-4)
 
