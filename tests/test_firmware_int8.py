@@ -237,3 +237,20 @@ def test_int8_derived_store_builds_levels_only_from_a_checked_weight_set(bn_chec
             dev.set_level(index=0)
         dev.set_level(index=1)
         assert np.array_equal(np.float32(dev.infer(x)[0]), b.expected[1][0])
+
+
+def test_default_int8_build_without_the_training_data_says_fp32_needs_none(tmp_path):
+    """The default MCU build calibrates on the checkpoint's own data: where that data is missing, one line says so
+    and names --fp32, and nothing is written."""
+    from lcs import checkpoint
+    from lcs.config import DataConfig, ModelConfig, RunConfig, SubspaceConfig
+
+    cfg = RunConfig(model=ModelConfig(width=4, image_size=8), subspace=SubspaceConfig(family="unstructured"),
+                    data=DataConfig(source=f"folder:{tmp_path / 'gone'}"))
+    path = checkpoint.save(tmp_path / "c.safetensors", cfg, checkpoint.build(cfg))
+    result = _cli("build", path, "--target", "host-sim", "--levels", "1", "--no-progress", "-o", tmp_path / "c.lcsa")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and result.stderr.strip().endswith(errors[0])  # the progress line, then one error line
+    assert "int8 firmware calibrates on the checkpoint's training data" in errors[0] and "--fp32" in errors[0]
+    assert not (tmp_path / "c.lcsa").exists()

@@ -29,7 +29,7 @@ from typing import Callable
 import targets
 from lcs import artifact as art
 from lcs.config import load_board
-from lcs.errors import ConfigError
+from lcs.errors import ConfigError, DataError
 from lcs.evaluate import accuracy_table
 from tvm_build import verify as v
 from tvm_build.strategy import STRATEGIES, strategy as find_strategy
@@ -150,7 +150,11 @@ def _build_mcu(ckpt, board, output: Path, alphas: list[float], accuracy: list[di
         if int8:  # accuracy: each int8 level measured with the integer reference, not the checkpoint's fp32 figures
             from tvm_build.mcu.build_int8 import build_int8_firmware
 
-            result = build_int8_firmware(ckpt, board, alphas, scratch, store=int8_store)
+            try:
+                result = build_int8_firmware(ckpt, board, alphas, scratch, store=int8_store)
+            except DataError as exc:  # calibration reads the checkpoint's training data
+                raise DataError(f"int8 firmware calibrates on the checkpoint's training data: {exc} (--fp32 builds "
+                                f"without it)") from None
         else:
             result = build_firmware(ckpt, board, alphas, scratch, accuracy=accuracy)
         built = art.open_artifact(result.artifact, expect_target=board.name)  # refuse anything half-made
