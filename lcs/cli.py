@@ -324,9 +324,10 @@ def _compiler():
               help="MCU and host-sim boards: every level on integer kernels (int8 weights and activations, calibrated "
                    "on the checkpoint's training data), or on fp32 kernels [default: int8 where the model converts]")
 @click.option("--int8-store", "int8_store", type=click.Choice(["auto", "derived", "ready"]), default=None,
-              help="the --int8 weight store: derived keeps an LCS+P model's int8 codes once and builds a level in RAM "
+              help="the int8 weight store: derived keeps an LCS+P model's int8 codes once and builds a level in RAM "
                    "at each switch; ready stores every level as the kernels read it; auto: derived where the model "
-                   "is LCS+P unstructured and the level buffer fits the board's RAM [default: auto]")
+                   "is LCS+P unstructured or quantization, its level buffer fits the board's RAM and a switch stays "
+                   "within 0.13 of an inference [default: auto]")
 @click.option("--accuracy", "eval_results", type=click.Path(path_type=Path), default=None,
               help="results.json from `lcs eval --out DIR`: accuracy per level for the manifest")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
