@@ -103,29 +103,15 @@ class MobileBlock(nn.Module):
 
 def test_default_schedules_cover_convolutions_and_match_torch():
     from tvm import tirx
-    from tvm.runtime.vm import VirtualMachine
-
-    from tvm_build import compile as tc
-    from tvm_build import export, schedules
-    from tvm_build.graph import export_order, param_arrays
-    from tvm_build.target import host_target
 
     torch.manual_seed(0)
     net = MobileBlock().eval()
     x = torch.randn(1, 3, 8, 8)
-    mod, ep = export.to_relax(net, (x,))
-    lifted = export.ChannelsLast(mod, export_order(ep))
-    arrays = lifted.weights({n: param_arrays(net)[n] for n in export_order(ep)})
-    target = host_target()
-    fused = tc.fuse_kernels(lifted.main, target)
-    done = schedules.apply(fused, target)
+    _, done, got = _fuse_schedule_run(net, (), x)
     kernels = {gv.name_hint: f for gv, f in done.functions.items() if isinstance(f, tirx.PrimFunc)}
     scheduled = {n for n, f in kernels.items() if f.attrs is not None and "tirx.is_scheduled" in f.attrs}
     convs = {n for n in kernels if "conv2d" in n}
     assert len(convs) >= 3 and convs <= scheduled, (convs, scheduled)  # full, depthwise and 1x1 all scheduled
-    dev = tvm.cpu()
-    got = VirtualMachine(tc.compile_module(done, target), dev)["main"](
-        tvm.runtime.tensor(x.numpy(), dev), *[tvm.runtime.tensor(a, dev) for a in arrays.values()]).numpy()
     with torch.no_grad():
         np.testing.assert_allclose(got, net(x).numpy(), atol=1e-5)
 
@@ -167,7 +153,7 @@ def test_group_norm_kernels_get_their_own_loops_and_match_torch():
 
 
 def _fuse_schedule_run(net, norms, x):
-    """`net` (its norms' affine parameters randomized) exported channels-last, fused, scheduled by
+    """`net` (the affine parameters of `norms` randomized) exported channels-last, fused, scheduled by
     tvm_build.schedules and run on `x`: (fused module, scheduled module, output)."""
     from tvm.runtime.vm import VirtualMachine
 
