@@ -79,8 +79,9 @@ def build(checkpoint_path: str | Path, target: str, output: str | Path, *, level
         if int8_store == "derived":  # refused before any work
             from tvm_build.mcu.build_int8 import derivable
 
-            if derivable(ckpt.config):
-                raise ConfigError(f"--int8-store derived: {derivable(ckpt.config)}")
+            why = derivable(ckpt.config)
+            if why:
+                raise ConfigError(f"--int8-store derived: {why}")
         return _build_mcu(ckpt, board, output, alphas, accuracy_table(ckpt.metrics, eval_results), log, int8,
                           int8_store or "auto")
     from tvm_build import target as tt
