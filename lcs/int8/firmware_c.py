@@ -310,6 +310,10 @@ def derived_firmware_model(graphs: list[Graph], plans: list, dense_index: int, l
                 recs += struct.pack("<bbbBI", 0, plan.k[op.out] - plan.k[op.inp], 0, FROM_FLASH, NONE)
                 continue
             mode, thr_off = FROM_FLASH, NONE
+            pixels = int(np.prod(t[op.out].shape[:-1])) if kind == "conv" else 1
+            kb = plan.k[op.inp]  # the level's exponents: its input's, its output's over its input's, the residual's
+            kr = plan.k[op.out] - plan.k[op.inp]
+            ka = plan.k[op.out] - plan.k[op.add] if isinstance(op, Conv) and op.add else 0
             if i in plan.regrid:  # the quantization family: codes, biases and tables on the level's grid
                 p_, d_ = plan.regrid[i]
                 k_off = store.put(np.asarray(plan.grid_k[i], np.uint8).tobytes())
@@ -318,11 +322,7 @@ def derived_firmware_model(graphs: list[Graph], plans: list, dense_index: int, l
                 blocks.append((k_off, oc))
                 need += (oc * win + 3) // 4 * 4 + 12 * oc
                 counts["regridded"] += oc * win
-                pixels = int(np.prod(t[op.out].shape[:-1])) if kind == "conv" else 1
                 counts["dense_macs"] += op.weight.size * pixels
-                kb = plan.k[op.inp]
-                kr = plan.k[op.out] - plan.k[op.inp]
-                ka = plan.k[op.out] - plan.k[op.add] if isinstance(op, Conv) and op.add else 0
                 recs += struct.pack("<bbbBI", kb, kr, ka, REGRID, thr_off)
                 continue
             if kind == "conv" and _is_sparse(op, sparse_from):
@@ -337,22 +337,17 @@ def derived_firmware_model(graphs: list[Graph], plans: list, dense_index: int, l
                     thr_off = store.put(np.asarray(thr, np.uint8).tobytes())
                 blocks.append((thr_off, oc))
             nonzero = int(np.count_nonzero(op.weight))
-            pixels = int(np.prod(t[op.out].shape[:-1])) if kind == "conv" else 1
             if mode == SPARSE:
                 need += 4 * (oc + 1) + 4 * nonzero
                 sparse_here.append(op.out)
-            elif mode == MASKED:
-                need += (oc * win + 3) // 4 * 4
-            if mode == SPARSE:
                 counts["scanned"] += oc * win
                 counts["kept"] += nonzero
-            elif mode == MASKED:
-                counts["masked"] += oc * win
-            counts["sparse_macs" if mode == SPARSE else "dense_macs"] += (nonzero if mode == SPARSE
-                                                                          else op.weight.size) * pixels
-            kb = plan.k[op.inp]
-            kr = plan.k[op.out] - plan.k[op.inp]
-            ka = plan.k[op.out] - plan.k[op.add] if isinstance(op, Conv) and op.add else 0
+                counts["sparse_macs"] += nonzero * pixels
+            else:
+                if mode == MASKED:
+                    need += (oc * win + 3) // 4 * 4
+                    counts["masked"] += oc * win
+                counts["dense_macs"] += op.weight.size * pixels
             need += (4 * oc if kb else 0) + (8 * oc if kr else 0)
             recs += struct.pack("<bbbBI", kb, kr, ka, mode, thr_off)
         level_tab.append(store.put(bytes(recs)))
