@@ -93,6 +93,17 @@ class TrainConfig:
     # little) or "linear" (the reference: uniform in keep, under 4 % of draws below 10 % keep).
     alpha_spacing: str = "log"
     label_smoothing: float = 0.0
+    # In-place distillation (US-Nets): every step also trains the densest point of the line with
+    # cross-entropy, and every other point of the step learns (1 - distill) * CE + distill * the
+    # soft cross-entropy against the densest point's detached outputs. 0: off (one pass per draw).
+    distill: float = 0.0
+    # biased-endpoints sampler: how often an end of the line is drawn, and which share of those
+    # draws is the compressed end (the reference: 0.5 and 0.5).
+    endpoint_prob: float = 0.5
+    low_end_share: float = 0.5
+    # Average the weights over the last `weight_average` fraction of training (every step's weights,
+    # uniform, as SWA) and keep the average. 0: off, the last step's weights.
+    weight_average: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -106,7 +117,9 @@ class TrainConfig:
         for name, low, strict in (("lr", 0.0, True), ("momentum", 0.0, False), ("weight_decay", 0.0, False),
                                   ("warmup_epochs", 0.0, False), ("beta", 0.0, False),
                                   ("line_centre_lr", 0.0, False), ("line_spread_lr", 0.0, False),
-                                  ("label_smoothing", 0.0, False), ("fixed_alpha", 0.0, False)):
+                                  ("label_smoothing", 0.0, False), ("fixed_alpha", 0.0, False),
+                                  ("distill", 0.0, False), ("endpoint_prob", 0.0, False),
+                                  ("low_end_share", 0.0, False), ("weight_average", 0.0, False)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"{name.replace('_', '-')} must be a finite number, got {value!r}")
@@ -116,8 +129,18 @@ class TrainConfig:
             raise ConfigError(f"alpha {self.fixed_alpha:g} is outside [0, 1]")
         if self.alpha_spacing not in ("log", "linear"):
             raise ConfigError(f"alpha spacing must be 'log' or 'linear', got {self.alpha_spacing!r}")
+        for name in ("distill", "endpoint_prob", "low_end_share"):
+            if getattr(self, name) > 1.0:
+                raise ConfigError(f"{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)!r}")
+        if self.weight_average >= 1.0:
+            raise ConfigError(f"weight-average must be a fraction in [0, 1), got {self.weight_average!r}")
         if not (0.0 <= self.compression_warmup < 1.0):
             raise ConfigError("compression warm-up must be a fraction in [0, 1)")
+
+
+# TrainConfig fields added after checkpoints were first written (issue 17), with the values those checkpoints were
+# trained with: a saved config without them reads back as the recipe it was trained with, whatever today's defaults.
+LEGACY_TRAIN = {"distill": 0.0, "endpoint_prob": 0.5, "low_end_share": 0.5, "weight_average": 0.0}
 
 
 @dataclass(frozen=True)
@@ -146,7 +169,7 @@ class RunConfig:
                 model=_build(ModelConfig, data.get("model", {})),
                 data=_build(DataConfig, data.get("data", {})),
                 subspace=_build(SubspaceConfig, data.get("subspace", {})),
-                train=_build(TrainConfig, data.get("train", {})),
+                train=_build(TrainConfig, {**LEGACY_TRAIN, **data.get("train", {})}),
             )
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"bad config: {exc}") from None

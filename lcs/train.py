@@ -86,7 +86,11 @@ def draw_alphas(sampler: str, rng: random.Random, progress: float, cfg: RunConfi
             return [unstructured_warmup(max(alpha, lo))]
         return [Draw(alpha, quantize_acts=not warming)]
     if sampler == "biased-endpoints":
-        alpha = rng.choice((lo, hi)) if rng.random() < 0.5 else between()
+        if rng.random() < t.endpoint_prob:
+            # 50/50 keeps the reference's draw (rng.choice), so the default recipe's alphas stay the same
+            alpha = rng.choice((lo, hi)) if t.low_end_share == 0.5 else (lo if rng.random() < t.low_end_share else hi)
+        else:
+            alpha = between()
         return [unstructured_warmup(alpha) if cmap.family == "unstructured" else Draw(alpha, quantize_acts=not warming)]
     if sampler == "uniform":
         return [Draw(between(), quantize_acts=not warming)]
@@ -107,6 +111,32 @@ def draw_alphas(sampler: str, rng: random.Random, progress: float, cfg: RunConfi
             return [Draw(hi, quantize_acts=False)]
         return [Draw(hi, layer_bits=model.random_layer_bits(rng))]
     raise ConfigError(f"unknown sampler {sampler!r}")
+
+
+def with_teacher(draws: list[Draw], cmap: CompressionMap, progress: float, cfg: RunConfig) -> list[Draw]:
+    """In-place distillation: the step's draws with the densest point of the line first (added when the sampler did
+    not draw it): its outputs are the soft targets of the other draws."""
+    hi = cmap.alpha_range[1]
+    for i, d in enumerate(draws):
+        if d.alpha == hi and d.layer_bits is None and d.effective in (None, hi):
+            return [d] + draws[:i] + draws[i + 1:]
+    warm = cfg.train.compression_warmup
+    return [Draw(hi, quantize_acts=not (warm > 0 and progress < warm))] + draws
+
+
+def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
+    """-sum p_teacher log p_student, mean over the batch (KL to the teacher up to a constant)."""
+    return -(target_probs * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
+
+
+def draw_loss(logits: torch.Tensor, y: torch.Tensor, t: TrainConfig, teacher: torch.Tensor | None) -> torch.Tensor:
+    """One draw's loss: cross-entropy, mixed with the soft cross-entropy against the teacher's probabilities
+    (detached) when distilling."""
+    ce = F.cross_entropy(logits, y, label_smoothing=t.label_smoothing)
+    if teacher is None or t.distill == 0:
+        return ce
+    soft = soft_cross_entropy(logits, teacher)
+    return soft if t.distill == 1 else (1 - t.distill) * ce + t.distill * soft
 
 
 # -- schedule -------------------------------------------------------------------------------------
@@ -225,6 +255,30 @@ class FlatParameters:
         self.param.grad = None
 
 
+class WeightAverage:
+    """The uniform average of the parameters over the steps it is given (SWA without BN re-estimation: the models here
+    normalise per sample, or keep their running statistics as trained)."""
+
+    def __init__(self, params: list[torch.Tensor]) -> None:
+        self.params = params
+        self.mean: list[torch.Tensor] | None = None
+        self.count = 0
+
+    @torch.no_grad()
+    def add(self) -> None:
+        self.count += 1
+        if self.mean is None:
+            self.mean = [p.detach().clone() for p in self.params]
+        else:
+            torch._foreach_lerp_(self.mean, [p.detach() for p in self.params], 1.0 / self.count)
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        """Copy the average into the parameters (in place: they may be views of one flat tensor)."""
+        if self.mean is not None:
+            torch._foreach_copy_([p.data for p in self.params], self.mean)
+
+
 @dataclass
 class TrainResult:
     config: RunConfig
@@ -310,6 +364,10 @@ def train(config: RunConfig, *, data: DataSplit | None = None, out: str | Path |
     model.folded_split = (t.line_centre_lr, t.line_spread_lr) if fold_split else None
     result = TrainResult(config, model, device=acc.describe(device), precision=accel.precision, world=world.world,
                          backend=world.backend)
+    # In-place distillation needs a densest point to learn from (not for one fixed level).
+    distill = t.distill > 0 and t.method != "fixed"
+    averaged = WeightAverage([flat.param] if flat else [p for p in model.parameters() if p.requires_grad])
+    average_from = total - int(round(t.weight_average * total)) if t.weight_average > 0 else total + 1
     clock = acc.StepClock(device)
     step, images = 0, 0
     steady_since = time.perf_counter()  # throughput counts from the end of the warm-up steps
@@ -329,6 +387,9 @@ def train(config: RunConfig, *, data: DataSplit | None = None, out: str | Path |
             if timed:
                 clock.start()
             draws = draw_alphas(sampler, rng, step / total, config, cmap, model)
+            if distill:
+                draws = with_teacher(draws, cmap, step / total, config)
+            teacher = None
             if draws_seen is not None:
                 draws_seen.update(repr(draws).encode())
             optimizer.zero_grad(set_to_none=flat is None)  # flat: zero the one gradient, keep the views
@@ -338,7 +399,10 @@ def train(config: RunConfig, *, data: DataSplit | None = None, out: str | Path |
                 if d.layer_bits is not None:
                     model.set_layer_bits(d.layer_bits)
                 with acc.autocast(accel.precision, device):
-                    loss = F.cross_entropy(net(x), y, label_smoothing=t.label_smoothing)
+                    logits = net(x)
+                    loss = draw_loss(logits, y, t, teacher)
+                if distill and i == 0:  # the densest point: the soft targets of the step's other draws
+                    teacher = F.softmax(logits.detach().float(), dim=1)
                 loss_sum += loss.detach()
                 last = i == len(draws) - 1
                 if last and line and t.beta > 0:
@@ -364,6 +428,8 @@ def train(config: RunConfig, *, data: DataSplit | None = None, out: str | Path |
                 optimizer.step()
             schedule.step()
             step += 1
+            if step > average_from:
+                averaged.add()
             if timed:
                 clock.stop()
             mean_loss = loss_sum / len(draws)
@@ -374,6 +440,7 @@ def train(config: RunConfig, *, data: DataSplit | None = None, out: str | Path |
                 on_step(step, total, {"epoch": epoch + 1, "loss": float(mean_loss)})
         result.history.append({"epoch": epoch + 1, "loss": float(epoch_loss) / max(1, batches),
                                "cos2": float(epoch_reg) / max(1, batches), "lr": schedule.get_last_lr()[0]})
+    averaged.apply()
     model.folded_split = None  # the returned model's gradients are the blend formula's own again
     if flat is not None:
         flat.release()

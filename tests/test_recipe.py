@@ -1,5 +1,6 @@
 """The recipe choices that make a line converge at a short budget (benchmarks/README.md has the evidence)."""
 
+import dataclasses
 import random
 
 import pytest
@@ -93,3 +94,114 @@ def test_split_folded_into_the_blend_backward_matches_the_separate_split():
     next(model.layers()).state.alpha = 0.5  # a layer moved on its own: no fused blend, so the folded split cannot apply
     with pytest.raises(RuntimeError, match="fused blend"):
         model(x)
+
+
+# -- issue 17: in-place distillation, sampling bias, weight averaging, seeds ---------------------------------------
+
+def test_new_recipe_fields_round_trip_through_the_checkpoint_and_old_configs_load_with_the_old_recipe(tmp_path):
+    from lcs import checkpoint
+    from lcs.config import LEGACY_TRAIN
+
+    train = TrainConfig(distill=0.5, endpoint_prob=0.25, low_end_share=0.75, weight_average=0.2)
+    cfg = RunConfig(model=ModelConfig(in_channels=1, image_size=8), train=train)
+    path = checkpoint.save(tmp_path / "m.safetensors", cfg, checkpoint.build(cfg))
+    assert checkpoint.load(path).config == cfg
+    old = cfg.to_dict()
+    for name in LEGACY_TRAIN:
+        del old["train"][name]  # a checkpoint written before these fields existed
+    loaded = RunConfig.from_dict(old).train
+    assert {name: getattr(loaded, name) for name in LEGACY_TRAIN} == LEGACY_TRAIN
+    assert (LEGACY_TRAIN["distill"], LEGACY_TRAIN["weight_average"]) == (0.0, 0.0)
+    with pytest.raises(ConfigError, match="distill"):
+        TrainConfig(distill=1.5)
+    with pytest.raises(ConfigError, match="weight-average"):
+        TrainConfig(weight_average=1.0)
+
+
+def test_distillation_loss_is_the_soft_cross_entropy_to_the_detached_densest_point_and_off_at_zero():
+    import torch.nn.functional as F
+
+    from lcs.train import draw_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits, teacher_logits = torch.randn(6, 10, generator=g), torch.randn(6, 10, generator=g)
+    y = torch.randint(0, 10, (6,), generator=g)
+    teacher = F.softmax(teacher_logits, 1)
+    ce = F.cross_entropy(logits, y)
+    soft = -(teacher * F.log_softmax(logits, 1)).sum(1).mean()
+    kl = F.kl_div(F.log_softmax(logits, 1), teacher, reduction="batchmean")
+    entropy = -(teacher * teacher.log()).sum(1).mean()
+    torch.testing.assert_close(soft, kl + entropy)  # the KL to the teacher, up to the teacher's entropy
+    assert torch.equal(draw_loss(logits, y, TrainConfig(distill=0.0), teacher), ce)  # off: cross-entropy only
+    torch.testing.assert_close(draw_loss(logits, y, TrainConfig(distill=1.0), teacher), soft)
+    torch.testing.assert_close(draw_loss(logits, y, TrainConfig(distill=0.25), teacher), 0.75 * ce + 0.25 * soft)
+    assert torch.equal(draw_loss(logits, y, TrainConfig(distill=1.0), None), ce)  # the densest point itself: labels
+
+
+def test_distillation_puts_the_densest_point_first_and_adds_it_when_not_drawn():
+    from lcs.train import Draw, with_teacher
+
+    model = line_model()
+    cfg = RunConfig(model=ModelConfig(in_channels=1, image_size=8), train=TrainConfig(distill=1.0))
+    assert [d.alpha for d in with_teacher([Draw(0.3, effective=0.3)], model.cmap, 0.9, cfg)] == [1.0, 0.3]
+    assert [d.alpha for d in with_teacher([Draw(0.025), Draw(1.0), Draw(0.5)], model.cmap, 0.9, cfg)] == [1.0, 0.025, 0.5]
+    assert [d.alpha for d in with_teacher([Draw(1.0)], model.cmap, 0.9, cfg)] == [1.0]
+    # mixed precision at the top alpha is not the densest point: the 8-bit teacher is added in front
+    assert with_teacher([Draw(1.0, layer_bits=[3, 4])], model.cmap, 0.9, cfg)[0].layer_bits is None
+
+
+@pytest.mark.parametrize("distill", [0.0, 1.0])
+def test_training_passes_per_step_with_and_without_distillation(digits, monkeypatch, distill):
+    from lcs.data import model_config_for
+    from lcs.config import DataConfig
+    from lcs.train import train
+
+    calls = []
+    original = SubspaceModel.forward
+    monkeypatch.setattr(SubspaceModel, "forward", lambda self, x: calls.append(self.level.alpha) or original(self, x))
+    cfg = RunConfig(model=model_config_for(digits.info), data=DataConfig("digits"),
+                    train=TrainConfig(epochs=1, batch_size=256, distill=distill, sampler="uniform"))
+    small = dataclasses.replace(digits, train=torch.utils.data.Subset(digits.train, range(768)))
+    train(cfg, data=small)
+    steps = 3  # 768 images, batch 256
+    passes = calls[2:2 + steps * (2 if distill else 1)]  # after the two probes of _check_runs
+    if distill:
+        assert passes[0::2] == [1.0] * steps and all(a < 1.0 for a in passes[1::2])  # the densest point, then the draw
+    else:
+        assert all(a < 1.0 for a in passes)  # one pass per step, at the drawn level only
+
+
+def test_weight_average_is_the_mean_of_the_steps_it_saw():
+    from lcs.train import WeightAverage
+
+    p = torch.nn.Parameter(torch.zeros(3))
+    avg = WeightAverage([p])
+    for v in (1.0, 2.0, 6.0):
+        p.data.fill_(v)
+        avg.add()
+    avg.apply()
+    torch.testing.assert_close(p.data, torch.full((3,), 3.0))
+
+
+def test_accuracy_report_over_seeds_gives_mean_and_std_per_level():
+    from benchmarks import accuracy as bench
+
+    def result(name, seed, acc):
+        return {"name": name, "family": "quantization", "seed": seed, "accuracy": acc, "train_seconds": 1.0,
+                "ablation": {}, "grid": [], "rows": []}
+
+    levels = bench.LEVELS["quantization"]
+    results = []
+    for seed, base in enumerate((90.0, 92.0, 94.0)):
+        results += [result("LCS+L", seed, {lv: base for lv in levels}), result("LCS+P", seed, {lv: base - 1 for lv in levels})]
+        results += [result(f"fixed {lv}", seed, {lv: 93.0}) for lv in levels]
+    rep = bench.family_report("quantization", results, None)
+    row = rep["levels"][0]
+    assert (row["lcs_line"], row["lcs_line_std"], row["lcs_point"], row["fixed"], row["fixed_std"], row["seeds"]) == \
+        (92.0, 2.0, 91.0, 93.0, 0.0, 3)
+    assert row["line_minus_fixed"] == -1.0
+    assert rep["targets"]["line_within_1pt_of_fixed_at_every_level"]
+    assert not rep["targets"]["line_within_0.5pt_of_fixed_at_every_level"]
+    # a run cut short: only what has been trained is reported
+    partial = bench.family_report("quantization", results[:4], None)
+    assert [r["level"] for r in partial["levels"]] == levels[:2] and partial["targets"]["levels_missing"] == levels[2:]
