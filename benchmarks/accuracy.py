@@ -59,7 +59,7 @@ QUICK_LEVELS = {family: [levels[0], levels[-2]] for family, levels in LEVELS.ite
 # back to the reference's. The settings are overrides of TrainConfig / SubspaceConfig fields.
 ABLATIONS = {
     "reference recipe": {"train": {"beta": 1.0, "line_centre_lr": 0.5, "line_spread_lr": 0.5, "batch_size": 128,
-                                   "alpha_spacing": "linear"},
+                                   "alpha_spacing": "linear", "compression_warmup": 0.8, "distill": 0.0},
                          "subspace": {"endpoint_init": "independent"}},
     "ours, batch 128": {"train": {"batch_size": 128}},
     "ours, independent endpoint init": {"subspace": {"endpoint_init": "independent"}},
@@ -67,6 +67,10 @@ ABLATIONS = {
     "ours, plain endpoint SGD (0.5/0.5)": {"train": {"line_centre_lr": 0.5, "line_spread_lr": 0.5}},
     "ours, linear alpha spacing": {"train": {"alpha_spacing": "linear"}},
     "LCS+P, linear alpha spacing": {"shape": "point", "train": {"alpha_spacing": "linear"}},
+    # issue 17's two recipe changes, each switched off, and both (the recipe before issue 17)
+    "ours, no distillation": {"train": {"distill": 0.0}},
+    "ours, compression warm-up 0.8": {"train": {"compression_warmup": 0.8}},
+    "ours before issue 17 (warm-up 0.8, no distillation)": {"train": {"compression_warmup": 0.8, "distill": 0.0}},
 }
 QUICK_ABLATIONS = ("reference recipe",)
 
@@ -308,8 +312,9 @@ def step_targets(family: str, timing: dict) -> dict:
     return out
 
 
-def family_report(family: str, results: list[dict], timing: dict | None) -> dict:
-    """Accuracies here are means over the seeds; `*_std` their standard deviation."""
+def family_report(family: str, results: list[dict], timing: dict | None, planned: list[str] | None = None) -> dict:
+    """Accuracies here are means over the seeds; `*_std` their standard deviation. `planned`: the levels with a
+    per-level model in this run (default all of LEVELS[family]); those not trained yet are listed as missing."""
     runs = over_seeds(results)
     by_name = {name: r for (fam, name), r in runs.items() if fam == family}
     if "LCS+L" not in by_name or "LCS+P" not in by_name:
@@ -335,8 +340,9 @@ def family_report(family: str, results: list[dict], timing: dict | None) -> dict
         "worst_line_minus_fixed": min(row["line_minus_fixed"] for row in table),
         "point_within_1pt_of_fixed_at_every_level": all(row["point_minus_fixed"] >= -TOLERANCE for row in table),
     }
-    if len(table) < len(LEVELS[family]):
-        targets["levels_missing"] = [level for level in LEVELS[family] if level not in fixed]
+    missing = [level for level in planned or LEVELS[family] if level not in fixed]
+    if missing:
+        targets["levels_missing"] = missing
     if timing is not None:
         targets.update(step_targets(family, timing))
     if family == "unstructured" and "keep=0.1" in line:
@@ -494,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-rounds", type=int, default=None,
                         help="alternating rounds of step timing (default 9, --quick 1)")
     parser.add_argument("--ablations", default="all",
-                        help="unstructured ablation runs: all, none, or comma-separated names of ABLATIONS")
+                        help="unstructured ablation runs: all, none, or names of ABLATIONS separated by ';'")
     parser.add_argument("--ablations-only", action="store_true",
                         help="only train unstructured LCS+L with the default recipe and each ablation, every seed "
                              "(DIR/ablations.json)")
@@ -512,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.ablations == "none":
         ablations = ()
     else:
-        ablations = tuple(a.strip() for a in args.ablations.split(",") if a.strip())
+        ablations = tuple(a.strip() for a in args.ablations.split(";") if a.strip())  # the names have commas
         unknown = [a for a in ablations if a not in ABLATIONS]
         if unknown:
             parser.error(f"--ablations: unknown ablation {', '.join(map(repr, unknown))}; "
@@ -594,7 +600,8 @@ def make_report(results: list[dict], timing: dict, families: tuple[str, ...], ep
         "tight_tolerance_points": TIGHT_TOLERANCE,
         "recipe": recipe,
         "reference_recipe_overrides": ABLATIONS["reference recipe"],
-        "families": {family: family_report(family, results, timing.get(family)) for family in families},
+        "families": {family: family_report(family, results, timing.get(family),
+                                           (QUICK_LEVELS if args.quick else LEVELS)[family]) for family in families},
         "ablations": {name: r["accuracy"] for (_, name), r in over_seeds(results).items() if r["ablation"]},
         "ablations_std": {name: r["std"] for (_, name), r in over_seeds(results).items() if r["ablation"]},
         "ablation_settings": {r["name"]: r["ablation"] for r in results if r["ablation"]},

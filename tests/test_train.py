@@ -34,15 +34,15 @@ def test_default_samplers_follow_the_paper(digits):
 
 
 def test_biased_endpoints_half_at_the_ends_and_warmup_anneals_topk(digits):
-    steps, _ = draws(digits, "biased-endpoints", progress=0.9)
+    steps, _ = draws(digits, "biased-endpoints", progress=0.9, compression_warmup=0.8)
     alphas = [d[0].alpha for d in steps]
     at_ends = sum(a in (0.025, 1.0) for a in alphas) / len(alphas)
     assert 0.4 < at_ends < 0.6
     assert all(0.025 <= a <= 1.0 for a in alphas)
     assert all(d[0].effective == pytest.approx(d[0].alpha) for d in steps)  # warm-up over at 80 %
-    early, _ = draws(digits, "biased-endpoints", progress=0.0, n=20)
+    early, _ = draws(digits, "biased-endpoints", progress=0.0, n=20, compression_warmup=0.8)
     assert all(d[0].effective == pytest.approx(1.0) for d in early)  # dense at the start
-    mid, _ = draws(digits, "biased-endpoints", progress=0.4, n=20)
+    mid, _ = draws(digits, "biased-endpoints", progress=0.4, n=20, compression_warmup=0.8)
     assert all(d[0].effective == pytest.approx(d[0].alpha + (1 - d[0].alpha) * 0.5) for d in mid)
 
 
