@@ -253,6 +253,8 @@ def time_steps(family: str, batch_size: int, steps: int, rounds: int, sampler: s
         standard.append(std)
         lcs_line.append(line)
     passes = max(2, t.samples_per_step) if default_sampler(cfg) in ("sandwich", "endpoint-and-random") else 1
+    if t.distill > 0 and default_sampler(cfg) != "sandwich":  # in-place distillation adds the densest point's pass
+        passes += 1
 
     def summary(k: int, label: str) -> dict:
         std = [s[k] for s in standard]
