@@ -54,8 +54,11 @@ def test_csr_kernels_match_torch_and_plan_statically(monkeypatch, tmp_path, pair
     monkeypatch.setattr(sparse, "MARGIN", 1e9)  # take the CSR kernel whatever the timing: this checks numbers
     if paired:  # the two-partial-sums loop of long rows (rows of odd and even lengths, and an empty one)
         monkeypatch.setattr(sparse, "PAIRED_ROW", 0)
-    new, weights, how, records = sparse.Chooser(target, 1)(lifted.main, arrays, lifted.from_torch)
+    threads = 2 if paired else 1  # planned for two threads: chosen on one, both recorded
+    new, weights, how, records = sparse.Chooser(target, threads)(lifted.main, arrays, lifted.from_torch)
     assert [r["kernel"] for r in records] == ["csr", "csr"] and all(r["dense_us"] > 0 for r in records)
+    assert all(("at_threads" in r) == paired for r in records)
+    assert not paired or all(len(r["at_threads"]["2"]) == 2 for r in records)
     assert "expand.weight" not in weights and weights["expand.weight:csr.indices"].dtype == np.int32
     assert weights["project.weight:csr.indptr"].shape == (9,) and "csr" in how["project.weight:csr.data"]
     # the stored CSR arrays follow the nonzeros

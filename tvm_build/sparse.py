@@ -14,8 +14,7 @@ Each candidate layer (1x1, stride 1, groups 1, density at most MAX_DENSITY) is t
 for the target, in interleaved rounds, and runs sparse only where that was at least MARGIN faster. The choice and
 both timings go into the manifest ("sparse_layers" of the level); a module with sparse layers takes the three CSR
 arrays in place of that weight (params "<w>:csr.data", "<w>:csr.indices", "<w>:csr.indptr"), so each sparse level
-has its own module. Boards that cannot be timed from the
-build (cross builds) keep dense kernels.
+has its own module. Boards that cannot be timed from the build (cross builds) keep dense kernels.
 """
 
 from __future__ import annotations
@@ -246,14 +245,22 @@ class Chooser:
                 tried[name] = (c, to_csr(w), density)
         if not tried:
             return mod, arrays, from_torch, []
-        timings = self._measure({n: (c, csr) for n, (c, csr, _) in tried.items()})
+        layers = {n: (c, csr) for n, (c, csr, _) in tried.items()}
+        # chosen by one-thread timings: the fastest of a few 1 ms runs finds a quiet moment of one core on a busy
+        # machine, two threads need both cores quiet at once (mobilenet-v2 at load 8 on 2 cores: two-thread timings
+        # picked a 1.5x slower CSR kernel and left 2x faster ones dense). Both kernels split their work the same way
+        # between threads (pixel blocks, or output channels), so the planned count's timings are recorded only.
+        timings = self._measure(layers, 1)
+        planned = self._measure(layers, self.threads) if self.threads > 1 else {}
         records, chosen = [], {}
         for name, (c, csr, density) in tried.items():
             dense_us, sparse_us = timings[name]
             use = sparse_us <= MARGIN * dense_us
             records.append({"weight": name, "kernel": "csr" if use else "dense", "density": round(density, 4),
                             "shape": [c.height, c.width, c.cin, c.cout], "dense_us": round(dense_us, 2),
-                            "sparse_us": round(sparse_us, 2)})
+                            "sparse_us": round(sparse_us, 2),
+                            **({"at_threads": {str(self.threads): [round(t, 2) for t in planned[name]]}}
+                               if name in planned else {})})
             if use:
                 chosen[name] = (c, int(np.count_nonzero(arrays[name])))
         if not chosen:
@@ -270,8 +277,9 @@ class Chooser:
                 how[csr_name(name, part)] = f"{from_torch.get(name, '')} csr(by output channel).{part}".strip()
         return rewrite(mod, list(arrays), chosen, self.threads), out_arrays, how, records
 
-    def _measure(self, layers: dict[str, tuple[Candidate, dict]]) -> dict[str, tuple[float, float]]:
-        """{weight: (dense us, sparse us)}: both kernels of every layer timed on this machine, interleaved rounds,
+    def _measure(self, layers: dict[str, tuple[Candidate, dict]], threads: int) -> dict[str, tuple[float, float]]:
+        """{weight: (dense us, sparse us)}: both kernels of every layer timed on this machine on `threads` threads
+        (the kernels as built for the planned count), interleaved rounds,
         the fastest of each (REPEATS). Both are timed as bare kernels of one library, compiled as the static executor
         compiles them (asserts off): a dense kernel called through the Relax VM paid ~1 us more per call, a fifth of
         a 4x4-pixel layer, which tilted the choice to sparse."""
@@ -279,7 +287,7 @@ class Chooser:
 
         dev = tvm.cpu()
         rng = np.random.default_rng(0)
-        todo = {n: c for n, (c, _) in layers.items() if self._key(c) not in self._dense_us}
+        todo = {n: c for n, (c, _) in layers.items() if self._key(c, threads) not in self._dense_us}
         funcs, args = {}, {}
         dense = _dense_kernels(list(todo.values()), self.target)
         for i, (name, c) in enumerate(todo.items()):
@@ -298,7 +306,7 @@ class Chooser:
                               target=self.target).mod
         dense_of = {name: f"dense{i}" for i, name in enumerate(todo)}
         pool = tvm.get_global_func("runtime.config_threadpool")
-        pool(0, self.threads)  # the thread count the level is planned for
+        pool(0, threads)
         try:
             runs: dict[str, list] = {k: [] for k in funcs}
             for _ in range(ROUNDS):
@@ -309,12 +317,12 @@ class Chooser:
         finally:
             pool(0, 0)
         for name, k in dense_of.items():
-            self._dense_us[self._key(todo[name])] = float(np.min(runs[k])) * 1e6
-        return {n: (self._dense_us[self._key(c)], float(np.min(runs[f"sparse{i}"])) * 1e6)
+            self._dense_us[self._key(todo[name], threads)] = float(np.min(runs[k])) * 1e6
+        return {n: (self._dense_us[self._key(c, threads)], float(np.min(runs[f"sparse{i}"])) * 1e6)
                 for i, (n, (c, _)) in enumerate(layers.items())}
 
-    def _key(self, c: Candidate) -> tuple:
-        return (c.height, c.width, c.cin, c.cout)
+    def _key(self, c: Candidate, threads: int) -> tuple:
+        return (c.height, c.width, c.cin, c.cout, threads)
 
 
 def _dense_kernels(shapes: list[Candidate], target) -> list:
