@@ -89,6 +89,43 @@ def csr_kernel(c: Candidate, nnz: int, threads: int = 1):
     chunks = _chunks(c, threads)
     per_chunk = -(-(Cout // OB) // chunks)  # output-channel blocks per task
 
+    @T.macro
+    def block_outputs(tile, tbase, pb, first, acc, acc2, otile, data, indices, indptr, out):
+        # output-channel blocks first .. first + per_chunk of pixel block pb, from its [Cin, B] tile at tbase
+        for k in range(per_chunk):  # from 0: a loop from a task-dependent start gave the second task wrong sums
+            ob = first + k
+            if ob < Cout // OB:
+                for oo in range(OB):
+                    for lane in T.vectorized(B):
+                        acc[lane] = T.float32(0)
+                    if paired:
+                        for lane in T.vectorized(B):
+                            acc2[lane] = T.float32(0)
+                        # two partial sums over alternate nonzeros: one chain of dependent adds waits out the add's
+                        # latency on every nonzero (2x2 pixels, 960 -> 160 channels at 90 %: 8.9 -> 5.5 us)
+                        for jj in range((indptr[ob * OB + oo + 1] - indptr[ob * OB + oo]) // 2):
+                            for lane in T.vectorized(B):
+                                acc[lane] = acc[lane] + data[indptr[ob * OB + oo] + 2 * jj] \
+                                    * tile[tbase + indices[indptr[ob * OB + oo] + 2 * jj] * B + lane]
+                                acc2[lane] = acc2[lane] + data[indptr[ob * OB + oo] + 2 * jj + 1] \
+                                    * tile[tbase + indices[indptr[ob * OB + oo] + 2 * jj + 1] * B + lane]
+                        if (indptr[ob * OB + oo + 1] - indptr[ob * OB + oo]) % 2 == 1:
+                            for lane in T.vectorized(B):
+                                acc[lane] = acc[lane] + data[indptr[ob * OB + oo + 1] - 1] \
+                                    * tile[tbase + indices[indptr[ob * OB + oo + 1] - 1] * B + lane]
+                        for lane in T.vectorized(B):
+                            otile[oo * B + lane] = acc[lane] + acc2[lane]
+                    else:
+                        for j in range(indptr[ob * OB + oo], indptr[ob * OB + oo + 1]):
+                            for lane in T.vectorized(B):
+                                acc[lane] = acc[lane] + data[j] * tile[tbase + indices[j] * B + lane]
+                        for lane in T.vectorized(B):
+                            otile[oo * B + lane] = acc[lane]
+                # channels-last rows of OB channels: one vector store per pixel, not OB * B scalar stores
+                for lane in T.unroll(B):
+                    for oo in T.vectorized(OB):
+                        out[(pb * B + lane) * Cout + ob * OB + oo] = otile[oo * B + lane]
+
     @T.prim_func(private=True)
     def kernel(x4: T.Buffer((1, H, W, Cin), "float32"), data: T.Buffer((nnz,), "float32"),
                indices: T.Buffer((nnz,), "int32"), indptr: T.Buffer((Cout + 1,), "int32"),
@@ -97,47 +134,29 @@ def csr_kernel(c: Candidate, nnz: int, threads: int = 1):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})
         x = T.decl_buffer((P * Cin,), "float32", data=x4.data)
         out = T.decl_buffer((P * Cout,), "float32", data=out4.data)
-        for task in T.parallel(blocks * chunks):
-            tile = T.alloc_buffer((Cin * B,), "float32", scope="local")
-            acc = T.alloc_buffer((B,), "float32", scope="local")
-            acc2 = T.alloc_buffer((B,), "float32", scope="local")
-            otile = T.alloc_buffer((OB * B,), "float32", scope="local")
-            for i in range(Cin):
+        if chunks == 1:
+            for pb in T.parallel(blocks):
+                tile = T.alloc_buffer((Cin * B,), "float32", scope="local")
+                acc = T.alloc_buffer((B,), "float32", scope="local")
+                acc2 = T.alloc_buffer((B,), "float32", scope="local")
+                otile = T.alloc_buffer((OB * B,), "float32", scope="local")
+                for i in range(Cin):
+                    for lane in T.vectorized(B):
+                        tile[i * B + lane] = x[(pb * B + lane) * Cin + i]
+                block_outputs(tile, 0, pb, 0, acc, acc2, otile, data, indices, indptr, out)
+        else:
+            # a block's output channels split between tasks: its tile is made once, before them (made per task, it
+            # cost one thread 0.4-1.7 us more on 4x4 and 2x2 layers of many input channels)
+            shared = T.alloc_buffer((P * Cin,), "float32")
+            for pb, i in T.grid(blocks, Cin):
                 for lane in T.vectorized(B):
-                    tile[i * B + lane] = x[(task // chunks * B + lane) * Cin + i]
-            for k in range(per_chunk):  # from 0: a loop from a task-dependent start gave the second task wrong sums
-                ob = task % chunks * per_chunk + k
-                if ob < Cout // OB:
-                    for oo in range(OB):
-                        for lane in T.vectorized(B):
-                            acc[lane] = T.float32(0)
-                        if paired:
-                            for lane in T.vectorized(B):
-                                acc2[lane] = T.float32(0)
-                            # two partial sums over alternate nonzeros: one chain of dependent adds waits out the add's
-                            # latency on every nonzero (2x2 pixels, 960 -> 160 channels at 90 %: 8.9 -> 5.5 us)
-                            for jj in range((indptr[ob * OB + oo + 1] - indptr[ob * OB + oo]) // 2):
-                                for lane in T.vectorized(B):
-                                    acc[lane] = acc[lane] + data[indptr[ob * OB + oo] + 2 * jj] \
-                                        * tile[indices[indptr[ob * OB + oo] + 2 * jj] * B + lane]
-                                    acc2[lane] = acc2[lane] + data[indptr[ob * OB + oo] + 2 * jj + 1] \
-                                        * tile[indices[indptr[ob * OB + oo] + 2 * jj + 1] * B + lane]
-                            if (indptr[ob * OB + oo + 1] - indptr[ob * OB + oo]) % 2 == 1:
-                                for lane in T.vectorized(B):
-                                    acc[lane] = acc[lane] + data[indptr[ob * OB + oo + 1] - 1] \
-                                        * tile[indices[indptr[ob * OB + oo + 1] - 1] * B + lane]
-                            for lane in T.vectorized(B):
-                                otile[oo * B + lane] = acc[lane] + acc2[lane]
-                        else:
-                            for j in range(indptr[ob * OB + oo], indptr[ob * OB + oo + 1]):
-                                for lane in T.vectorized(B):
-                                    acc[lane] = acc[lane] + data[j] * tile[indices[j] * B + lane]
-                            for lane in T.vectorized(B):
-                                otile[oo * B + lane] = acc[lane]
-                    # channels-last rows of OB channels: one vector store per pixel, not OB * B scalar stores
-                    for lane in T.unroll(B):
-                        for oo in T.vectorized(OB):
-                            out[(task // chunks * B + lane) * Cout + ob * OB + oo] = otile[oo * B + lane]
+                    shared[(pb * Cin + i) * B + lane] = x[(pb * B + lane) * Cin + i]
+            for task in T.parallel(blocks * chunks):
+                acc = T.alloc_buffer((B,), "float32", scope="local")
+                acc2 = T.alloc_buffer((B,), "float32", scope="local")
+                otile = T.alloc_buffer((OB * B,), "float32", scope="local")
+                block_outputs(shared, task // chunks * Cin * B, task // chunks, task % chunks * per_chunk, acc,
+                              acc2, otile, data, indices, indptr, out)
 
     return kernel
 
