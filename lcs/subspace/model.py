@@ -159,23 +159,22 @@ class SubspaceModel(nn.Module):
                                        *[p1 for _, p1 in self.line_pairs])
         for (layer, name), value in zip(self.line_slots, blended):
             layer.blend_cache[name] = value
-        if flat_blend is not None:
-            # The blended weights are leaves outside autograd: compress them in place there too (no autograd node,
-            # no new tensor), and let the flat blend apply the masks to their gradients (d(w m)/dw = m; the
-            # quantizer's gradient is the identity).
-            for layer in self._compressed_weight_layers:
-                weight = layer.blend_cache.get("weight")
-                if weight is not None and (layer.state.keep < 1.0 or layer.state.bits is not None):
-                    flat_blend.mask_gradient(weight, layer.compress_(weight))
-                    layer.blend_cache["compressed_weight"] = (weight, weight)
         # Every layer's weight compression (TopK mask, fake quantization) here, one after the other, instead of
         # between the convolutions: the same ops on the same tensors, but on a CPU a small op run right after the
         # convolutions costs several times what it costs after another small op (caches), and a line step makes
         # a dozen of them per compressed layer. The layer picks its compressed weight up if it uses this tensor.
-        for layer in self._compressed_weight_layers if flat_blend is None else ():
+        # The flat blend's weights are leaves outside autograd: compressed in place there (no autograd node, no new
+        # tensor), the flat blend gives each leaf's gradient its TopK mask (d(w m)/dw = m; the quantizer passes
+        # gradients straight through).
+        for layer in self._compressed_weight_layers:
             s = layer.state
             weight = layer.blend_cache.get("weight")
-            if weight is not None and (s.keep < 1.0 or s.bits is not None):
+            if weight is None or (s.keep >= 1.0 and s.bits is None):
+                continue
+            if flat_blend is not None:
+                flat_blend.mask_gradient(weight, layer.compress_(weight))
+                layer.blend_cache["compressed_weight"] = (weight, weight)
+            else:
                 layer.blend_cache["compressed_weight"] = (weight, layer.compressed_weight(weight))
         try:
             return self.net(x)
