@@ -114,7 +114,8 @@ def load_npz(data: bytes) -> dict[str, np.ndarray]:
 
 WEIGHTS_ENCODING_KEY = "weights_encoding"  # a level's key in the manifest
 # a level's key: the 1x1 convolutions the build timed dense and as CSR kernels on the board, and which one runs
-# ({"weight", "kernel": "csr" | "dense", "density", "shape", "dense_us", "sparse_us"}, tvm_build/sparse.py)
+# ({"weight", "kernel": "csr" | "dense", "density", "shape", "dense_us", "sparse_us" (one thread: the choice),
+#   "at_threads": {"N": [dense_us, sparse_us]} (the planned count, when more than one)}, tvm_build/sparse.py)
 SPARSE_LAYERS_KEY = "sparse_layers"
 WEIGHTS_ENCODINGS = ("bitmask",)
 MASK_SUFFIX, VALUES_SUFFIX = "|mask", "|values"

@@ -10,6 +10,8 @@ from torch import nn
 
 import tvm  # noqa: F401  (TVM is part of the test install: a missing one must fail, not skip)
 
+from tvm_build.target import host_target
+
 pytestmark = pytest.mark.tvm
 
 
@@ -52,8 +54,11 @@ def test_csr_kernels_match_torch_and_plan_statically(monkeypatch, tmp_path, pair
     monkeypatch.setattr(sparse, "MARGIN", 1e9)  # take the CSR kernel whatever the timing: this checks numbers
     if paired:  # the two-partial-sums loop of long rows (rows of odd and even lengths, and an empty one)
         monkeypatch.setattr(sparse, "PAIRED_ROW", 0)
-    new, weights, how, records = sparse.Chooser(target, 1)(lifted.main, arrays, lifted.from_torch)
+    threads = 2 if paired else 1  # planned for two threads: chosen on one, both recorded
+    new, weights, how, records = sparse.Chooser(target, threads)(lifted.main, arrays, lifted.from_torch)
     assert [r["kernel"] for r in records] == ["csr", "csr"] and all(r["dense_us"] > 0 for r in records)
+    assert all(("at_threads" in r) == paired for r in records)
+    assert not paired or all(len(r["at_threads"]["2"]) == 2 for r in records)
     assert "expand.weight" not in weights and weights["expand.weight:csr.indices"].dtype == np.int32
     assert weights["project.weight:csr.indptr"].shape == (9,) and "csr" in how["project.weight:csr.data"]
     # the stored CSR arrays follow the nonzeros
@@ -69,6 +74,38 @@ def test_csr_kernels_match_torch_and_plan_statically(monkeypatch, tmp_path, pair
     # the static executor plans it: the CSR kernels are plain call_tir kernels with int32 inputs
     plan = cpu_executor.plan_module(cpu_executor.kernel_module(tc.fuse_kernels(new, target)))
     assert sum("sparse_conv1x1" in c.kernel for c in plan.calls) == 2
+
+
+# (height, width, cin, cout, density, threads): the kernel's variants. 8x8: 16-pixel blocks stored as rows of 8
+# channels; 2x2 and 4x4 on two threads: one pixel block split by output channels (12 channels as blocks of 4, the
+# last task short); 50 %: long rows (two partial sums, rows stored one channel at a time)
+CSR_SHAPES = [(8, 8, 32, 16, 0.1, 1), (2, 2, 40, 24, 0.1, 2), (4, 4, 24, 12, 0.1, 2), (4, 4, 64, 24, 0.5, 2),
+              (6, 6, 8, 24, 0.1, 1)]
+
+
+def test_csr_kernel_variants_equal_dense_on_random_sparse_weights():
+    from tvm_build import sparse
+
+    rng = np.random.default_rng(0)
+    dev = tvm.cpu()
+    funcs, cases = {}, []
+    for i, (h, w, cin, cout, density, threads) in enumerate(CSR_SHAPES):
+        weight = rng.standard_normal((1, 1, cin, cout)).astype(np.float32)
+        weight[rng.random(weight.shape) >= density] = 0
+        weight[..., 1] = 0  # an output channel with no nonzeros
+        csr = sparse.to_csr(weight)
+        c = sparse.Candidate("w", h, w, cin, cout)
+        funcs[f"k{i}"] = sparse.csr_kernel(c, int(np.count_nonzero(weight)), threads).with_attr("global_symbol",
+                                                                                                 f"k{i}")
+        cases.append((rng.standard_normal((1, h, w, cin)).astype(np.float32), weight, csr))
+    assert sparse._chunks(sparse.Candidate("w", 4, 4, 24, 12), 2) == 2  # the split is exercised
+    assert sparse._out_block(sparse.Candidate("w", 8, 8, 32, 16)) == 8
+    lib = tvm.compile(tvm.IRModule(funcs), target=host_target()).mod
+    for i, (x, weight, csr) in enumerate(cases):
+        out = tvm.runtime.tensor(np.full(x.shape[:3] + weight.shape[3:], np.nan, np.float32), dev)
+        lib[f"k{i}"](tvm.runtime.tensor(x, dev), *[tvm.runtime.tensor(csr[p], dev) for p in sparse.CSR_PARTS], out)
+        np.testing.assert_allclose(out.numpy(), np.einsum("nhwc,cd->nhwd", x, weight[0, 0]), atol=1e-4,
+                                   err_msg=str(CSR_SHAPES[i]))
 
 
 def test_dense_weights_and_denser_layers_are_left_alone():
