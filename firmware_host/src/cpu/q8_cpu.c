@@ -1,0 +1,349 @@
+/* int8 kernels for application CPUs (see q8_cpu.h); the arithmetic is lcs/int8/graph.py's.
+
+   Dense conv = GEMM: for a tile of MR output pixels the windows are gathered once (im2col, in the element type the
+   inner loop reads: offset u8 for VNNI, int16 for AVX2, int8 otherwise; padding is the zero point), then every
+   block of 16 output channels runs the micro-kernel over the whole window (accumulators in registers, initialised
+   with the bias) and the epilogue requantizes the MR x 16 results (residual add and ReLU fused). The epilogue and
+   the depthwise loops are plain C written so the compiler vectorizes them (per-channel parameters as arrays). */
+#include "q8_cpu.h"
+
+#include <string.h>
+
+#if Q8C_ISA == 1 || Q8C_ISA == 2
+#include <immintrin.h>
+#elif Q8C_ISA == 3
+#include <arm_neon.h>
+#endif
+
+#if Q8C_ISA == 1
+#define MR 8
+typedef int8_t a_t; /* bits of x + 128 as u8 */
+#define A_OF(x) ((int8_t)((x) ^ (int8_t)0x80))
+#define A_PAD ((int8_t)0x80)
+#elif Q8C_ISA == 2
+#define MR 2
+typedef int16_t a_t;
+#define A_OF(x) ((int16_t)(x))
+#define A_PAD 0
+#else
+#define MR 2
+typedef int8_t a_t;
+#define A_OF(x) (x)
+#define A_PAD 0
+#endif
+
+const char *q8c_isa(void) { return Q8C_ISA_NAME; }
+
+static inline uint32_t ld32(const void *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+static inline int32_t rq1(int32_t x, int32_t m, int32_t l, int32_t n) {
+    const int32_t s = (int32_t)((uint32_t)x << l);
+    const int32_t t = (int32_t)(((int64_t)s * m + 0x80000000LL) >> 32);
+    return (t + (int32_t)((1u << n) >> 1)) >> n;
+}
+
+/* Requantize nc accumulators of one pixel to int8 (+ residual, ReLU); always inlined so a call with nc = 16 is
+   one straight vector sequence (no loop tails). */
+static inline __attribute__((always_inline)) void epilogue(const int32_t *restrict acc, int32_t nc, const int32_t *restrict m, const int32_t *restrict l,
+                     const int32_t *restrict n, const int8_t *restrict skip, q8_rq_t add, int32_t relu,
+                     int8_t *restrict out) {
+    const int32_t lo = relu ? 0 : -128;
+    if (skip) {
+        const int32_t am = add.m, al = add.l, an = add.n;
+        for (int32_t c = 0; c < nc; c++) {
+            int32_t y = rq1(acc[c], m[c], l[c], n[c]) + rq1(skip[c], am, al, an);
+            y = y < lo ? lo : y > 127 ? 127 : y;
+            out[c] = (int8_t)y;
+        }
+    } else {
+        for (int32_t c = 0; c < nc; c++) {
+            int32_t y = rq1(acc[c], m[c], l[c], n[c]);
+            y = y < lo ? lo : y > 127 ? 127 : y;
+            out[c] = (int8_t)y;
+        }
+    }
+}
+
+static int32_t a_row(const q8c_conv_t *p) { return (p->kp * (int32_t)sizeof(a_t) + 63) / 64 * 64 / (int32_t)sizeof(a_t); }
+
+int32_t q8c_conv_scratch(const q8c_conv_t *p) { return MR * a_row(p) * (int32_t)sizeof(a_t) + MR * Q8C_NR * 4 + 64; }
+
+static inline void copy_a(a_t *restrict d, const int8_t *restrict s, int32_t n) {
+#if Q8C_ISA == 1
+    int32_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t v;
+        memcpy(&v, s + i, 8);
+        v ^= 0x8080808080808080ull;
+        memcpy(d + i, &v, 8);
+    }
+    for (; i < n; i++) d[i] = A_OF(s[i]);
+#elif Q8C_ISA == 2
+    int32_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(void *)(d + i), _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(const void *)(s + i))));
+    for (; i < n; i++) d[i] = A_OF(s[i]);
+#else
+    memcpy(d, s, (size_t)n);
+#endif
+}
+
+static inline void pad_a(a_t *d, int32_t n) {
+    if (sizeof(a_t) == 1) memset(d, (uint8_t)A_PAD, (size_t)n);
+    else memset(d, 0, (size_t)n * sizeof(a_t)); /* int16: the pad is 0 */
+}
+
+/* The window of output pixel `pix`: (ky, kx, c) order, then padding up to kp. A window row's columns inside the
+   input are consecutive in HWC memory: one copy per row. */
+static void window(const q8c_conv_t *p, const int8_t *in, int32_t pix, a_t *restrict dst) {
+    const int32_t ic = p->in_c, kw = p->kw, oy = pix / p->out_w, ox = pix % p->out_w;
+    const int32_t y0 = oy * p->stride - p->pad_t, x0 = ox * p->stride - p->pad_l;
+    const int32_t t0 = x0 < 0 ? -x0 : 0, t1 = p->in_w - x0 < kw ? p->in_w - x0 : kw;
+    for (int32_t ky = 0; ky < p->kh; ky++, dst += kw * ic) {
+        const int32_t iy = y0 + ky;
+        if (iy < 0 || iy >= p->in_h || t1 <= t0) {
+            pad_a(dst, kw * ic);
+            continue;
+        }
+        pad_a(dst, t0 * ic);
+        copy_a(dst + t0 * ic, in + (iy * p->in_w + x0 + t0) * ic, (t1 - t0) * ic);
+        pad_a(dst + t1 * ic, (kw - t1) * ic);
+    }
+    pad_a(dst, p->kp - p->k);
+}
+
+/* acc[i][0..16) = bias + window row i . weight block, for the MR rows of A (row stride `as`). */
+#if Q8C_ISA == 1
+static void micro(const a_t *A, int32_t as, int32_t kp, const int8_t *W, const int32_t *bias, int32_t *acc) {
+    const __m512i b = _mm512_loadu_si512(bias);
+    __m512i c0 = b, c1 = b, c2 = b, c3 = b, c4 = b, c5 = b, c6 = b, c7 = b;
+    const int8_t *a = A;
+    for (int32_t k = 0; k < kp; k += 4, W += 64, a += 4) {
+        const __m512i w = _mm512_loadu_si512(W);
+#define Q8C_STEP(c, i) c = _mm512_dpbusd_epi32(c, _mm512_set1_epi32((int32_t)ld32(a + (i) * as)), w)
+        Q8C_STEP(c0, 0);
+        Q8C_STEP(c1, 1);
+        Q8C_STEP(c2, 2);
+        Q8C_STEP(c3, 3);
+        Q8C_STEP(c4, 4);
+        Q8C_STEP(c5, 5);
+        Q8C_STEP(c6, 6);
+        Q8C_STEP(c7, 7);
+#undef Q8C_STEP
+    }
+    _mm512_storeu_si512(acc, c0);
+    _mm512_storeu_si512(acc + 16, c1);
+    _mm512_storeu_si512(acc + 32, c2);
+    _mm512_storeu_si512(acc + 48, c3);
+    _mm512_storeu_si512(acc + 64, c4);
+    _mm512_storeu_si512(acc + 80, c5);
+    _mm512_storeu_si512(acc + 96, c6);
+    _mm512_storeu_si512(acc + 112, c7);
+}
+#elif Q8C_ISA == 2
+/* A weight register holds 4 channels x 4 values widened to int16; vpmaddwd against the 4 activations (broadcast)
+   gives per channel two partial sums (values 0+1, 2+3), added at the end. */
+static void micro(const a_t *A, int32_t as, int32_t kp, const int8_t *W, const int32_t *bias, int32_t *acc) {
+    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c02 = c00, c03 = c00, c10 = c00, c11 = c00, c12 = c00, c13 = c00;
+    const int16_t *a0 = A, *a1 = A + as;
+    for (int32_t k = 0; k < kp; k += 4, W += 64) {
+        const __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)W));
+        const __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(W + 16)));
+        const __m256i w2 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(W + 32)));
+        const __m256i w3 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(W + 48)));
+        int64_t v0, v1;
+        memcpy(&v0, a0 + k, 8);
+        memcpy(&v1, a1 + k, 8);
+        const __m256i x0 = _mm256_set1_epi64x(v0), x1 = _mm256_set1_epi64x(v1);
+        c00 = _mm256_add_epi32(c00, _mm256_madd_epi16(x0, w0));
+        c01 = _mm256_add_epi32(c01, _mm256_madd_epi16(x0, w1));
+        c02 = _mm256_add_epi32(c02, _mm256_madd_epi16(x0, w2));
+        c03 = _mm256_add_epi32(c03, _mm256_madd_epi16(x0, w3));
+        c10 = _mm256_add_epi32(c10, _mm256_madd_epi16(x1, w0));
+        c11 = _mm256_add_epi32(c11, _mm256_madd_epi16(x1, w1));
+        c12 = _mm256_add_epi32(c12, _mm256_madd_epi16(x1, w2));
+        c13 = _mm256_add_epi32(c13, _mm256_madd_epi16(x1, w3));
+    }
+    int32_t t[64];
+    _mm256_storeu_si256((__m256i *)(void *)t, c00);
+    _mm256_storeu_si256((__m256i *)(void *)(t + 8), c01);
+    _mm256_storeu_si256((__m256i *)(void *)(t + 16), c02);
+    _mm256_storeu_si256((__m256i *)(void *)(t + 24), c03);
+    _mm256_storeu_si256((__m256i *)(void *)(t + 32), c10);
+    _mm256_storeu_si256((__m256i *)(void *)(t + 40), c11);
+    _mm256_storeu_si256((__m256i *)(void *)(t + 48), c12);
+    _mm256_storeu_si256((__m256i *)(void *)(t + 56), c13);
+    for (int32_t i = 0; i < 2; i++)
+        for (int32_t o = 0; o < 16; o++) acc[i * 16 + o] = bias[o] + t[i * 32 + 2 * o] + t[i * 32 + 2 * o + 1];
+}
+#elif Q8C_ISA == 3
+/* A weight register holds 4 channels x 4 values; smull/smull2 against the 4 activations (dup'd) make int16
+   products, sadalp adds pairs into int32: per channel two partial sums (values 0+1, 2+3), added at the end. Two
+   steps share one sadalp (smlal): |weight| <= 127, so two products stay within int16. */
+static void micro(const a_t *A, int32_t as, int32_t kp, const int8_t *W, const int32_t *bias, int32_t *acc) {
+    int32x4_t c[2][8];
+    for (int32_t i = 0; i < 2; i++)
+        for (int32_t j = 0; j < 8; j++) c[i][j] = vdupq_n_s32(0);
+    const int8_t *a0 = A, *a1 = A + as;
+    int32_t k = 0;
+    for (; k + 8 <= kp; k += 8, W += 128) {
+        const int8x16_t x0 = vreinterpretq_s8_u32(vdupq_n_u32(ld32(a0 + k)));
+        const int8x16_t x1 = vreinterpretq_s8_u32(vdupq_n_u32(ld32(a1 + k)));
+        const int8x16_t y0 = vreinterpretq_s8_u32(vdupq_n_u32(ld32(a0 + k + 4)));
+        const int8x16_t y1 = vreinterpretq_s8_u32(vdupq_n_u32(ld32(a1 + k + 4)));
+        for (int32_t j = 0; j < 4; j++) {
+            const int8x16_t w = vld1q_s8(W + 16 * j), v = vld1q_s8(W + 64 + 16 * j);
+            c[0][2 * j] = vpadalq_s16(c[0][2 * j], vmlal_s8(vmull_s8(vget_low_s8(x0), vget_low_s8(w)),
+                                                            vget_low_s8(y0), vget_low_s8(v)));
+            c[0][2 * j + 1] = vpadalq_s16(c[0][2 * j + 1], vmlal_high_s8(vmull_high_s8(x0, w), y0, v));
+            c[1][2 * j] = vpadalq_s16(c[1][2 * j], vmlal_s8(vmull_s8(vget_low_s8(x1), vget_low_s8(w)),
+                                                            vget_low_s8(y1), vget_low_s8(v)));
+            c[1][2 * j + 1] = vpadalq_s16(c[1][2 * j + 1], vmlal_high_s8(vmull_high_s8(x1, w), y1, v));
+        }
+    }
+    for (; k < kp; k += 4, W += 64) {
+        const int8x16_t x0 = vreinterpretq_s8_u32(vdupq_n_u32(ld32(a0 + k)));
+        const int8x16_t x1 = vreinterpretq_s8_u32(vdupq_n_u32(ld32(a1 + k)));
+        for (int32_t j = 0; j < 4; j++) {
+            const int8x16_t w = vld1q_s8(W + 16 * j);
+            c[0][2 * j] = vpadalq_s16(c[0][2 * j], vmull_s8(vget_low_s8(x0), vget_low_s8(w)));
+            c[0][2 * j + 1] = vpadalq_s16(c[0][2 * j + 1], vmull_high_s8(x0, w));
+            c[1][2 * j] = vpadalq_s16(c[1][2 * j], vmull_s8(vget_low_s8(x1), vget_low_s8(w)));
+            c[1][2 * j + 1] = vpadalq_s16(c[1][2 * j + 1], vmull_high_s8(x1, w));
+        }
+    }
+    for (int32_t i = 0; i < 2; i++)
+        for (int32_t j = 0; j < 8; j += 2) /* lanes (o: 0+1, o: 2+3, o+1: 0+1, o+1: 2+3) -> pairwise sums */
+            vst1q_s32(acc + i * 16 + 2 * j, vaddq_s32(vpaddq_s32(c[i][j], c[i][j + 1]), vld1q_s32(bias + 2 * j)));
+}
+#else
+static void micro(const a_t *A, int32_t as, int32_t kp, const int8_t *W, const int32_t *bias, int32_t *acc) {
+    for (int32_t i = 0; i < MR; i++) {
+        int32_t s[16];
+        for (int32_t o = 0; o < 16; o++) s[o] = bias[o];
+        const a_t *a = A + i * as;
+        for (int32_t k = 0; k < kp; k += 4)
+            for (int32_t o = 0; o < 16; o++)
+                for (int32_t t = 0; t < 4; t++) s[o] += a[k + t] * W[k * 16 + o * 4 + t];
+        for (int32_t o = 0; o < 16; o++) acc[i * 16 + o] = s[o];
+    }
+}
+#endif
+
+void q8c_conv(const q8c_conv_t *p, const int8_t *in, int8_t *out, void *scratch) {
+    const int32_t npix = p->out_h * p->out_w, oc = p->out_c, nb = (oc + Q8C_NR - 1) / Q8C_NR, kp = p->kp;
+    const int32_t as = a_row(p);
+    a_t *const A = (a_t *)scratch;
+    int32_t *const acc = (int32_t *)(void *)((char *)scratch + MR * as * (int32_t)sizeof(a_t));
+    const int32_t *bias = Q8C_ISA == 1 ? p->bias_u8 : p->bias;
+    /* a 1x1 conv over int8 rows that are already windows: read the input in place */
+    const int direct = Q8C_ISA != 1 && Q8C_ISA != 2 && p->kh == 1 && p->kw == 1 && p->stride == 1 && p->pad_t == 0 &&
+                       p->pad_l == 0 && p->in_c == kp;
+    for (int32_t pix0 = 0; pix0 < npix; pix0 += MR) {
+        const int32_t r = npix - pix0 < MR ? npix - pix0 : MR;
+        const a_t *rows = A;
+        int32_t stride = as;
+        if (direct && r == MR) {
+            rows = (const a_t *)(in + pix0 * kp);
+            stride = kp;
+        } else {
+            for (int32_t i = 0; i < r; i++) window(p, in, pix0 + i, A + i * as);
+        }
+        for (int32_t b = 0; b < nb; b++) {
+            micro(rows, stride, kp, p->w + b * kp * Q8C_NR, bias + b * Q8C_NR, acc);
+            const int32_t c0 = b * Q8C_NR, nc = oc - c0 < Q8C_NR ? oc - c0 : Q8C_NR;
+            for (int32_t i = 0; i < r; i++) {
+                const int32_t at = (pix0 + i) * oc + c0;
+                const int8_t *skip = p->skip ? p->skip + at : 0;
+                if (nc == Q8C_NR)
+                    epilogue(acc + i * Q8C_NR, Q8C_NR, p->rq.m + c0, p->rq.l + c0, p->rq.n + c0, skip, p->rq_add,
+                             p->relu, out + at);
+                else
+                    epilogue(acc + i * Q8C_NR, nc, p->rq.m + c0, p->rq.l + c0, p->rq.n + c0, skip, p->rq_add, p->relu,
+                             out + at);
+            }
+        }
+    }
+}
+
+int32_t q8c_dw_scratch(const q8c_dw_t *p) { return p->c * 4 + 64; }
+
+/* Depthwise: per output pixel the taps inside the input, all channels at once (the compiler's vector loop). */
+void q8c_dwconv(const q8c_dw_t *p, const int8_t *in, int8_t *out, void *scratch) {
+    const int32_t C = p->c;
+    int32_t *restrict acc = (int32_t *)scratch;
+    for (int32_t oy = 0; oy < p->out_h; oy++) {
+        const int32_t y0 = oy * p->stride - p->pad_t;
+        const int32_t r0 = y0 < 0 ? -y0 : 0, r1 = p->in_h - y0 < p->kh ? p->in_h - y0 : p->kh;
+        for (int32_t ox = 0; ox < p->out_w; ox++) {
+            const int32_t x0 = ox * p->stride - p->pad_l;
+            const int32_t t0 = x0 < 0 ? -x0 : 0, t1 = p->in_w - x0 < p->kw ? p->in_w - x0 : p->kw;
+            for (int32_t c = 0; c < C; c++) acc[c] = p->bias[c];
+            for (int32_t r = r0; r < r1; r++)
+                for (int32_t t = t0; t < t1; t++) {
+                    const int8_t *restrict x = in + ((y0 + r) * p->in_w + x0 + t) * C;
+                    const int8_t *restrict w = p->w + (r * p->kw + t) * C;
+                    for (int32_t c = 0; c < C; c++) acc[c] += x[c] * w[c];
+                }
+            const int32_t at = (oy * p->out_w + ox) * C;
+            epilogue(acc, C, p->rq.m, p->rq.l, p->rq.n, p->skip ? p->skip + at : 0, p->rq_add, p->relu, out + at);
+        }
+    }
+}
+
+void q8c_add(int32_t n, const int8_t *restrict a, const int8_t *restrict b, q8_rq_t ra, q8_rq_t rb, int32_t relu,
+             int8_t *restrict out) {
+    const int32_t lo = relu ? 0 : -128, am = ra.m, al = ra.l, an = ra.n, bm = rb.m, bl = rb.l, bn = rb.n;
+    for (int32_t i = 0; i < n; i++) {
+        int32_t y = rq1(a[i], am, al, an) + rq1(b[i], bm, bl, bn);
+        y = y < lo ? lo : y > 127 ? 127 : y;
+        out[i] = (int8_t)y;
+    }
+}
+
+int32_t q8c_gn_scratch(const q8_gn_t *p) { return p->c * 20 + 64; }
+
+/* GroupNorm (kernels_int8.c's q8_groupnorm, same numbers) in two passes over HWC with the channels innermost: the
+   per-channel sums, then every value with its channel's factors (the compiler's vector loops). */
+void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratch) {
+    const int32_t c = p->c, cg = c / p->groups, hw = p->hw, n = hw * cg;
+    int32_t *restrict s = (int32_t *)scratch, *restrict m = s + c, *restrict down = m + c;
+    uint32_t *restrict q = (uint32_t *)(down + c);
+    int32_t *restrict b = (int32_t *)(q + c);
+    for (int32_t j = 0; j < c; j++) s[j] = 0, q[j] = 0;
+    for (int32_t i = 0; i < hw; i++) {
+        const int8_t *restrict x = in + i * c;
+        for (int32_t j = 0; j < c; j++) {
+            s[j] += x[j];
+            q[j] += (uint32_t)(x[j] * x[j]);
+        }
+    }
+    for (int32_t g0 = 0; g0 < c; g0 += cg) {
+        int32_t sg = 0;
+        uint32_t qg = 0;
+        for (int32_t j = g0; j < g0 + cg; j++) sg += s[j], qg += q[j];
+        int32_t k;
+        const uint64_t recip = q8_gn_recip(p, sg, qg, &k);
+        for (int32_t j = g0; j < g0 + cg; j++) {
+            m[j] = (int32_t)(((int64_t)p->g[j] * (int64_t)recip + (1 << 30)) >> 31);
+            const int32_t sh = 61 - k - p->ge[j];
+            down[j] = sh - 16 > 63 ? 63 : sh - 16;
+            s[j] = sg;
+            b[j] = p->b[j];
+        }
+    }
+    const int32_t lo = p->relu && p->lo < 0 ? 0 : p->lo, hi = p->hi;
+    for (int32_t i = 0; i < hw; i++) {
+        const int8_t *restrict x = in + i * c;
+        int8_t *restrict y = out + i * c;
+        for (int32_t j = 0; j < c; j++) {
+            int64_t v = ((((int64_t)(n * x[j] - s[j]) * m[j]) >> down[j]) + b[j] + (1 << 15)) >> 16;
+            v = v < lo ? lo : v > hi ? hi : v;
+            y[j] = (int8_t)v;
+        }
+    }
+}
