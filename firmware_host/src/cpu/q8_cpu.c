@@ -274,7 +274,7 @@ int32_t q8c_dw_scratch(const q8c_dw_t *p) { return p->c * 4 + 64; }
 
 /* Depthwise: per output pixel the taps inside the input, all channels at once (the compiler's vector loop). */
 void q8c_dwconv(const q8c_dw_t *p, const int8_t *in, int8_t *out, void *scratch) {
-    const int32_t C = p->c;
+    const int32_t C = p->c, C16 = C & ~15;
     int32_t *restrict acc = (int32_t *)scratch;
     for (int32_t oy = 0; oy < p->out_h; oy++) {
         const int32_t y0 = oy * p->stride - p->pad_t;
@@ -287,10 +287,18 @@ void q8c_dwconv(const q8c_dw_t *p, const int8_t *in, int8_t *out, void *scratch)
                 for (int32_t t = t0; t < t1; t++) {
                     const int8_t *restrict x = in + ((y0 + r) * p->in_w + x0 + t) * C;
                     const int8_t *restrict w = p->w + (r * p->kw + t) * C;
-                    for (int32_t c = 0; c < C; c++) acc[c] += x[c] * w[c];
+                    for (int32_t c0 = 0; c0 < C16; c0 += 16) /* blocks of a known count vectorize whole */
+                        for (int32_t c = c0; c < c0 + 16; c++) acc[c] += x[c] * w[c];
+                    for (int32_t c = C16; c < C; c++) acc[c] += x[c] * w[c];
                 }
             const int32_t at = (oy * p->out_w + ox) * C;
-            epilogue(acc, C, p->rq.m, p->rq.l, p->rq.n, p->skip ? p->skip + at : 0, p->rq_add, p->relu, out + at);
+            const int8_t *skip = p->skip ? p->skip + at : 0;
+            for (int32_t c0 = 0; c0 < C16; c0 += 16)
+                epilogue(acc + c0, 16, p->rq.m + c0, p->rq.l + c0, p->rq.n + c0, skip ? skip + c0 : 0, p->rq_add,
+                         p->relu, out + at + c0);
+            if (C16 < C)
+                epilogue(acc + C16, C - C16, p->rq.m + C16, p->rq.l + C16, p->rq.n + C16, skip ? skip + C16 : 0,
+                         p->rq_add, p->relu, out + at + C16);
         }
     }
 }
@@ -314,10 +322,16 @@ void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratc
     int32_t *restrict s = (int32_t *)scratch, *restrict m = s + c, *restrict down = m + c;
     uint32_t *restrict q = (uint32_t *)(down + c);
     int32_t *restrict b = (int32_t *)(q + c);
+    const int32_t c16 = c & ~15; /* channels in blocks of 16: loops of a known count vectorize whole */
     for (int32_t j = 0; j < c; j++) s[j] = 0, q[j] = 0;
     for (int32_t i = 0; i < hw; i++) {
         const int8_t *restrict x = in + i * c;
-        for (int32_t j = 0; j < c; j++) {
+        for (int32_t j0 = 0; j0 < c16; j0 += 16)
+            for (int32_t j = j0; j < j0 + 16; j++) {
+                s[j] += x[j];
+                q[j] += (uint32_t)(x[j] * x[j]);
+            }
+        for (int32_t j = c16; j < c; j++) {
             s[j] += x[j];
             q[j] += (uint32_t)(x[j] * x[j]);
         }
@@ -340,10 +354,15 @@ void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratc
     for (int32_t i = 0; i < hw; i++) {
         const int8_t *restrict x = in + i * c;
         int8_t *restrict y = out + i * c;
-        for (int32_t j = 0; j < c; j++) {
-            int64_t v = ((((int64_t)(n * x[j] - s[j]) * m[j]) >> down[j]) + b[j] + (1 << 15)) >> 16;
-            v = v < lo ? lo : v > hi ? hi : v;
-            y[j] = (int8_t)v;
-        }
+#define Q8C_GN(j)                                                                                 \
+    do {                                                                                          \
+        int64_t v = ((((int64_t)(n * x[j] - s[j]) * m[j]) >> down[j]) + b[j] + (1 << 15)) >> 16; \
+        v = v < lo ? lo : v > hi ? hi : v;                                                        \
+        y[j] = (int8_t)v;                                                                         \
+    } while (0)
+        for (int32_t j0 = 0; j0 < c16; j0 += 16)
+            for (int32_t j = j0; j < j0 + 16; j++) Q8C_GN(j);
+        for (int32_t j = c16; j < c; j++) Q8C_GN(j);
+#undef Q8C_GN
     }
 }
