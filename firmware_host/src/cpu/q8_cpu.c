@@ -68,6 +68,32 @@ static inline __attribute__((always_inline)) void epilogue(const int32_t *restri
     }
 }
 
+#if Q8C_ISA == 1
+/* rq1 on 16 lanes: 64-bit products of the even and the odd lanes (vpmuldq), their high halves merged. */
+static inline __m512i rq16(__m512i x, __m512i m, __m512i l, __m512i n) {
+    const __m512i s = _mm512_sllv_epi32(x, l), round = _mm512_set1_epi64(0x80000000LL);
+    const __m512i even = _mm512_add_epi64(_mm512_mul_epi32(s, m), round);
+    const __m512i odd = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(s, 32), _mm512_srli_epi64(m, 32)), round);
+    const __m512i t = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+    const __m512i half = _mm512_srli_epi32(_mm512_sllv_epi32(_mm512_set1_epi32(1), n), 1);
+    return _mm512_srav_epi32(_mm512_add_epi32(t, half), n);
+}
+
+/* epilogue() for exactly 16 channels */
+static inline void epilogue16(const int32_t *acc, const int32_t *m, const int32_t *l, const int32_t *n,
+                              const int8_t *skip, q8_rq_t add, int32_t relu, int8_t *out) {
+    __m512i y = rq16(_mm512_loadu_si512(acc), _mm512_loadu_si512(m), _mm512_loadu_si512(l), _mm512_loadu_si512(n));
+    if (skip)
+        y = _mm512_add_epi32(y, rq16(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)skip)),
+                                     _mm512_set1_epi32(add.m), _mm512_set1_epi32(add.l), _mm512_set1_epi32(add.n)));
+    y = _mm512_min_epi32(_mm512_max_epi32(y, _mm512_set1_epi32(relu ? 0 : -128)), _mm512_set1_epi32(127));
+    _mm_storeu_si128((__m128i *)(void *)out, _mm512_cvtepi32_epi8(y));
+}
+#define EPILOGUE16 epilogue16
+#else
+#define EPILOGUE16(acc, m, l, n, skip, add, relu, out) epilogue(acc, 16, m, l, n, skip, add, relu, out)
+#endif
+
 static int32_t a_row(const q8c_conv_t *p) { return (p->kp * (int32_t)sizeof(a_t) + 63) / 64 * 64 / (int32_t)sizeof(a_t); }
 
 int32_t q8c_conv_scratch(const q8c_conv_t *p) { return MR * a_row(p) * (int32_t)sizeof(a_t) + MR * Q8C_NR * 4 + 64; }
@@ -93,6 +119,7 @@ static inline void copy_a(a_t *restrict d, const int8_t *restrict s, int32_t n) 
 }
 
 static inline void pad_a(a_t *d, int32_t n) {
+    if (n <= 0) return; /* most windows: no padding, no call */
     if (sizeof(a_t) == 1) memset(d, (uint8_t)A_PAD, (size_t)n);
     else memset(d, 0, (size_t)n * sizeof(a_t)); /* int16: the pad is 0 */
 }
@@ -260,8 +287,8 @@ void q8c_conv(const q8c_conv_t *p, const int8_t *in, int8_t *out, void *scratch)
                 const int32_t at = (pix0 + i) * oc + c0;
                 const int8_t *skip = p->skip ? p->skip + at : 0;
                 if (nc == Q8C_NR)
-                    epilogue(acc + i * Q8C_NR, Q8C_NR, p->rq.m + c0, p->rq.l + c0, p->rq.n + c0, skip, p->rq_add,
-                             p->relu, out + at);
+                    EPILOGUE16(acc + i * Q8C_NR, p->rq.m + c0, p->rq.l + c0, p->rq.n + c0, skip, p->rq_add, p->relu,
+                               out + at);
                 else
                     epilogue(acc + i * Q8C_NR, nc, p->rq.m + c0, p->rq.l + c0, p->rq.n + c0, skip, p->rq_add, p->relu,
                              out + at);
@@ -294,8 +321,8 @@ void q8c_dwconv(const q8c_dw_t *p, const int8_t *in, int8_t *out, void *scratch)
             const int32_t at = (oy * p->out_w + ox) * C;
             const int8_t *skip = p->skip ? p->skip + at : 0;
             for (int32_t c0 = 0; c0 < C16; c0 += 16)
-                epilogue(acc + c0, 16, p->rq.m + c0, p->rq.l + c0, p->rq.n + c0, skip ? skip + c0 : 0, p->rq_add,
-                         p->relu, out + at + c0);
+                EPILOGUE16(acc + c0, p->rq.m + c0, p->rq.l + c0, p->rq.n + c0, skip ? skip + c0 : 0, p->rq_add,
+                           p->relu, out + at + c0);
             if (C16 < C)
                 epilogue(acc + C16, C - C16, p->rq.m + C16, p->rq.l + C16, p->rq.n + C16, skip ? skip + C16 : 0,
                          p->rq_add, p->relu, out + at + C16);
@@ -326,7 +353,15 @@ void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratc
     for (int32_t j = 0; j < c; j++) s[j] = 0, q[j] = 0;
     for (int32_t i = 0; i < hw; i++) {
         const int8_t *restrict x = in + i * c;
-        for (int32_t j0 = 0; j0 < c16; j0 += 16)
+        int32_t j0 = 0;
+#if Q8C_ISA == 1
+        for (; j0 < c16; j0 += 16) {
+            const __m512i v = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(x + j0)));
+            _mm512_storeu_si512(s + j0, _mm512_add_epi32(_mm512_loadu_si512(s + j0), v));
+            _mm512_storeu_si512(q + j0, _mm512_add_epi32(_mm512_loadu_si512(q + j0), _mm512_mullo_epi32(v, v)));
+        }
+#endif
+        for (; j0 < c16; j0 += 16)
             for (int32_t j = j0; j < j0 + 16; j++) {
                 s[j] += x[j];
                 q[j] += (uint32_t)(x[j] * x[j]);
@@ -351,6 +386,10 @@ void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratc
         }
     }
     const int32_t lo = p->relu && p->lo < 0 ? 0 : p->lo, hi = p->hi;
+#if Q8C_ISA == 1
+    const __m512i nv = _mm512_set1_epi32(n), lov = _mm512_set1_epi32(lo), hiv = _mm512_set1_epi32(hi);
+    const __m512i half_bit = _mm512_set1_epi64(1 << 15);
+#endif
     for (int32_t i = 0; i < hw; i++) {
         const int8_t *restrict x = in + i * c;
         int8_t *restrict y = out + i * c;
@@ -360,7 +399,30 @@ void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratc
         v = v < lo ? lo : v > hi ? hi : v;                                                        \
         y[j] = (int8_t)v;                                                                         \
     } while (0)
-        for (int32_t j0 = 0; j0 < c16; j0 += 16)
+        int32_t j0 = 0;
+#if Q8C_ISA == 1
+        for (; j0 < c16; j0 += 16) { /* 16 channels: int32 differences, two halves of 8 int64 products */
+            const __m512i d = _mm512_sub_epi32(
+                _mm512_mullo_epi32(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(x + j0)))
+                                   , nv), _mm512_loadu_si512(s + j0));
+            __m512i h[2];
+            for (int32_t half = 0; half < 2; half++) {
+                const int32_t j = j0 + 8 * half;
+                const __m512i dq = _mm512_cvtepi32_epi64(half ? _mm512_extracti64x4_epi64(d, 1)
+                                                              : _mm512_castsi512_si256(d));
+                const __m512i mq = _mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i *)(const void *)(m + j)));
+                const __m512i sh = _mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i *)(const void *)(down + j)));
+                const __m512i bq = _mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i *)(const void *)(b + j)));
+                const __m512i t = _mm512_srav_epi64(_mm512_mul_epi32(dq, mq), sh);
+                h[half] = _mm512_srai_epi64(_mm512_add_epi64(_mm512_add_epi64(t, bq), half_bit), 16);
+            }
+            __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(h[0])),
+                                           _mm512_cvtepi64_epi32(h[1]), 1);
+            v = _mm512_min_epi32(_mm512_max_epi32(v, lov), hiv);
+            _mm_storeu_si128((__m128i *)(void *)(y + j0), _mm512_cvtepi32_epi8(v));
+        }
+#endif
+        for (; j0 < c16; j0 += 16)
             for (int32_t j = j0; j < j0 + 16; j++) Q8C_GN(j);
         for (int32_t j = c16; j < c; j++) Q8C_GN(j);
 #undef Q8C_GN
