@@ -94,8 +94,11 @@ def from_torch(net: nn.Module, input_shape: tuple[int, int, int], *, adds: bool 
                     raise LcsError(f"int8: GroupNorm {node.target} does not match its input's channels")
                 op = GroupNorm(src, node.name, mod.num_groups, _np(mod.weight), _np(mod.bias), float(mod.eps))
                 tensors[node.name] = Tensor(node.name, tensors[src].shape)
-            elif isinstance(mod, nn.ReLU):
-                fused_target(node, (Conv, GroupNorm, Add)).relu = True
+            elif isinstance(mod, (nn.ReLU, nn.ReLU6)):
+                target = fused_target(node, (Conv, GroupNorm, Add))
+                target.relu = True
+                if isinstance(mod, nn.ReLU6):  # calibration's float forward caps at 6, so the scale does too
+                    target.cap = 6.0
                 where[node.name] = where[node.args[0].name]
                 continue
             elif isinstance(mod, nn.AdaptiveAvgPool2d):
@@ -149,6 +152,16 @@ def from_torch(net: nn.Module, input_shape: tuple[int, int, int], *, adds: bool 
             elif fn in (torch.relu, torch.nn.functional.relu, "relu"):
                 fused_target(node, (Conv, GroupNorm, Add)).relu = True
                 where[node.name] = where[node.args[0].name]
+            elif fn is torch.nn.functional.adaptive_avg_pool2d:  # torchvision's MobileNetV2
+                size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
+                if size not in (1, (1, 1), [1, 1]):
+                    raise LcsError(f"int8: {node.name} pools to {size}, only a global pool runs")
+                src = where[node.args[0].name]
+                op = Pool(src, node.name)
+                tensors[node.name] = Tensor(node.name, (tensors[src].shape[-1],))
+                ops.append(op)
+                producer[op.out] = op
+                where[node.name] = op.out
             elif fn in (torch.flatten, "flatten", "view", "reshape"):
                 where[node.name] = where[node.args[0].name]
             else:

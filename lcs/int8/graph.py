@@ -113,6 +113,7 @@ class Conv:
     depthwise: bool = False
     relu: bool = False
     add: str | None = None  # a tensor of the output's shape added before the ReLU
+    cap: float | None = None  # ReLU6: the float bound calibration sees (in integers the clamp at 127 holds it)
     wscale: np.ndarray | None = None  # per output channel
     rq: list[Requant] = field(default_factory=list)
     rq_add: Requant | None = None
@@ -153,6 +154,7 @@ class GroupNorm:
     beta: np.ndarray  # float [C]
     eps: float = 1e-5
     relu: bool = False
+    cap: float | None = None  # as Conv.cap
     grid: tuple[float, int, int] | None = None  # a level's activation grid on the output: (scale, lo, hi) codes
     lo: int = -128  # clamps: a grid's codes
     hi: int = Q_MAX
@@ -172,6 +174,7 @@ class Add:
     add: str
     out: str
     relu: bool = False
+    cap: float | None = None  # as Conv.cap
     rq: Requant | None = None
     rq_add: Requant | None = None
 
@@ -252,6 +255,8 @@ def run_float(graph: Graph, x: np.ndarray, *, keep: bool = False) -> np.ndarray 
             y = h @ op.weight.T.astype(np.float64) + op.bias
         if getattr(op, "relu", False):
             y = np.maximum(y, 0)
+            if getattr(op, "cap", None) is not None:
+                y = np.minimum(y, op.cap)
         vals[op.out] = y
     return vals if keep else vals[graph.output]
 
