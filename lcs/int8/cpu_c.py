@@ -44,6 +44,13 @@ def pack_gemm(w: np.ndarray) -> tuple[np.ndarray, int, int]:
     return full.reshape(op // NR, NR, kp // KR, KR).transpose(0, 2, 1, 3).copy(), k, kp
 
 
+def conv_scratch(ic: int, oh: int, ow: int, kh: int, kw: int, stride: int, kp: int) -> int:
+    """A bound on q8c_conv_scratch for every instruction set (int16 elements, 8-pixel tiles)."""
+    tile = 8 * (kp + 32) * 2 + 8 * NR * 4 + 64
+    padded = 8 * NR * 4 + 64 + (((oh - 1) * stride + kh) * ((ow + 6) * stride + kw) + 8) * ic * 2
+    return max(tile, padded)
+
+
 def _rq_arrays(i: int, rqs: list[Requant], n: int) -> str:
     return "".join(_arr("int32_t", f"{f}{i}", _pad(np.array([getattr(r, f) for r in rqs], np.int64), n))
                    for f in ("m", "l", "n"))
@@ -108,8 +115,7 @@ def emit_cpu(graph: Graph, input_chw: tuple[int, int, int]) -> str:
                        f"{pt}, {pl}, {k}, {kp}, {int(relu)}, w{i}, b{i}, bu{i}, {{m{i}, l{i}, n{i}}}, {skip}, "
                        f"{_rq_add(op.rq_add if add else None)}}};\n")
             calls.append(f"q8c_conv(&p{i}, {src}, {dst}, scratch);")
-            a_row = -(-kp * 2 // 64) * 64  # q8c_conv_scratch, for the widest element type (int16) and MR = 8
-            scratch = max(scratch, 8 * a_row + 8 * NR * 4 + 64)
+            scratch = max(scratch, conv_scratch(ic, oh, ow, kh, kw, stride, kp))
         elif isinstance(op, Pool):
             h, w, c = t[op.inp].shape
             r = op.rq

@@ -96,7 +96,6 @@ static inline void epilogue16(const int32_t *acc, const int32_t *m, const int32_
 
 static int32_t a_row(const q8c_conv_t *p) { return (p->kp * (int32_t)sizeof(a_t) + 63) / 64 * 64 / (int32_t)sizeof(a_t); }
 
-int32_t q8c_conv_scratch(const q8c_conv_t *p) { return MR * a_row(p) * (int32_t)sizeof(a_t) + MR * Q8C_NR * 4 + 64; }
 
 static inline void copy_a(a_t *restrict d, const int8_t *restrict s, int32_t n) {
 #if Q8C_ISA == 1
@@ -143,25 +142,36 @@ static void window(const q8c_conv_t *p, const int8_t *in, int32_t pix, a_t *rest
     pad_a(dst, p->kp - p->k);
 }
 
-/* acc[i][0..16) = bias + window row i . weight block, for the MR rows of A (row stride `as`). */
+/* Where a micro-kernel reads its MR rows: row i of tap (ky, kx) starts at A + i * as + ky * rs + kx * cs and holds
+   ic values (a multiple of 4); the weights follow in the same (ky, kx, c) order. A gathered window is one tap of kp
+   values. */
+typedef struct {
+    int32_t as, kh, kw, rs, cs, ic;
+} taps_t;
+
+/* acc[i][0..16) = bias + row i . weight block, for the MR rows. */
 #if Q8C_ISA == 1
-static void micro(const a_t *A, int32_t as, int32_t kp, const int8_t *W, const int32_t *bias, int32_t *acc) {
+static void micro(const a_t *A, taps_t g, const int8_t *W, const int32_t *bias, int32_t *acc) {
     const __m512i b = _mm512_loadu_si512(bias);
     __m512i c0 = b, c1 = b, c2 = b, c3 = b, c4 = b, c5 = b, c6 = b, c7 = b;
-    const int8_t *a = A;
-    for (int32_t k = 0; k < kp; k += 4, W += 64, a += 4) {
-        const __m512i w = _mm512_loadu_si512(W);
+    const int32_t as = g.as;
+    for (int32_t ky = 0; ky < g.kh; ky++)
+        for (int32_t kx = 0; kx < g.kw; kx++) {
+            const int8_t *a = A + ky * g.rs + kx * g.cs;
+            for (int32_t k = 0; k < g.ic; k += 4, W += 64, a += 4) {
+                const __m512i w = _mm512_loadu_si512(W);
 #define Q8C_STEP(c, i) c = _mm512_dpbusd_epi32(c, _mm512_set1_epi32((int32_t)ld32(a + (i) * as)), w)
-        Q8C_STEP(c0, 0);
-        Q8C_STEP(c1, 1);
-        Q8C_STEP(c2, 2);
-        Q8C_STEP(c3, 3);
-        Q8C_STEP(c4, 4);
-        Q8C_STEP(c5, 5);
-        Q8C_STEP(c6, 6);
-        Q8C_STEP(c7, 7);
+                Q8C_STEP(c0, 0);
+                Q8C_STEP(c1, 1);
+                Q8C_STEP(c2, 2);
+                Q8C_STEP(c3, 3);
+                Q8C_STEP(c4, 4);
+                Q8C_STEP(c5, 5);
+                Q8C_STEP(c6, 6);
+                Q8C_STEP(c7, 7);
 #undef Q8C_STEP
-    }
+            }
+        }
     _mm512_storeu_si512(acc, c0);
     _mm512_storeu_si512(acc + 16, c1);
     _mm512_storeu_si512(acc + 32, c2);
@@ -174,27 +184,30 @@ static void micro(const a_t *A, int32_t as, int32_t kp, const int8_t *W, const i
 #elif Q8C_ISA == 2
 /* A weight register holds 4 channels x 4 values widened to int16; vpmaddwd against the 4 activations (broadcast)
    gives per channel two partial sums (values 0+1, 2+3), added at the end. */
-static void micro(const a_t *A, int32_t as, int32_t kp, const int8_t *W, const int32_t *bias, int32_t *acc) {
+static void micro(const a_t *A, taps_t g, const int8_t *W, const int32_t *bias, int32_t *acc) {
     __m256i c00 = _mm256_setzero_si256(), c01 = c00, c02 = c00, c03 = c00, c10 = c00, c11 = c00, c12 = c00, c13 = c00;
-    const int16_t *a0 = A, *a1 = A + as;
-    for (int32_t k = 0; k < kp; k += 4, W += 64) {
-        const __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)W));
-        const __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(W + 16)));
-        const __m256i w2 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(W + 32)));
-        const __m256i w3 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(W + 48)));
-        int64_t v0, v1;
-        memcpy(&v0, a0 + k, 8);
-        memcpy(&v1, a1 + k, 8);
-        const __m256i x0 = _mm256_set1_epi64x(v0), x1 = _mm256_set1_epi64x(v1);
-        c00 = _mm256_add_epi32(c00, _mm256_madd_epi16(x0, w0));
-        c01 = _mm256_add_epi32(c01, _mm256_madd_epi16(x0, w1));
-        c02 = _mm256_add_epi32(c02, _mm256_madd_epi16(x0, w2));
-        c03 = _mm256_add_epi32(c03, _mm256_madd_epi16(x0, w3));
-        c10 = _mm256_add_epi32(c10, _mm256_madd_epi16(x1, w0));
-        c11 = _mm256_add_epi32(c11, _mm256_madd_epi16(x1, w1));
-        c12 = _mm256_add_epi32(c12, _mm256_madd_epi16(x1, w2));
-        c13 = _mm256_add_epi32(c13, _mm256_madd_epi16(x1, w3));
-    }
+    for (int32_t ky = 0; ky < g.kh; ky++)
+        for (int32_t kx = 0; kx < g.kw; kx++) {
+            const int16_t *a0 = A + ky * g.rs + kx * g.cs, *a1 = a0 + g.as;
+            for (int32_t k = 0; k < g.ic; k += 4, W += 64) {
+                const __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)W));
+                const __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(W + 16)));
+                const __m256i w2 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(W + 32)));
+                const __m256i w3 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(W + 48)));
+                int64_t v0, v1;
+                memcpy(&v0, a0 + k, 8);
+                memcpy(&v1, a1 + k, 8);
+                const __m256i x0 = _mm256_set1_epi64x(v0), x1 = _mm256_set1_epi64x(v1);
+                c00 = _mm256_add_epi32(c00, _mm256_madd_epi16(x0, w0));
+                c01 = _mm256_add_epi32(c01, _mm256_madd_epi16(x0, w1));
+                c02 = _mm256_add_epi32(c02, _mm256_madd_epi16(x0, w2));
+                c03 = _mm256_add_epi32(c03, _mm256_madd_epi16(x0, w3));
+                c10 = _mm256_add_epi32(c10, _mm256_madd_epi16(x1, w0));
+                c11 = _mm256_add_epi32(c11, _mm256_madd_epi16(x1, w1));
+                c12 = _mm256_add_epi32(c12, _mm256_madd_epi16(x1, w2));
+                c13 = _mm256_add_epi32(c13, _mm256_madd_epi16(x1, w3));
+            }
+        }
     int32_t t[64];
     _mm256_storeu_si256((__m256i *)(void *)t, c00);
     _mm256_storeu_si256((__m256i *)(void *)(t + 8), c01);
@@ -211,88 +224,132 @@ static void micro(const a_t *A, int32_t as, int32_t kp, const int8_t *W, const i
 /* A weight register holds 4 channels x 4 values; smull/smull2 against the 4 activations (dup'd) make int16
    products, sadalp adds pairs into int32: per channel two partial sums (values 0+1, 2+3), added at the end. Two
    steps share one sadalp (smlal): |weight| <= 127, so two products stay within int16. */
-static void micro(const a_t *A, int32_t as, int32_t kp, const int8_t *W, const int32_t *bias, int32_t *acc) {
+static void micro(const a_t *A, taps_t g, const int8_t *W, const int32_t *bias, int32_t *acc) {
     int32x4_t c[2][8];
     for (int32_t i = 0; i < 2; i++)
         for (int32_t j = 0; j < 8; j++) c[i][j] = vdupq_n_s32(0);
-    const int8_t *a0 = A, *a1 = A + as;
-    int32_t k = 0;
-    for (; k + 8 <= kp; k += 8, W += 128) {
-        const int8x16_t x0 = vreinterpretq_s8_u32(vdupq_n_u32(ld32(a0 + k)));
-        const int8x16_t x1 = vreinterpretq_s8_u32(vdupq_n_u32(ld32(a1 + k)));
-        const int8x16_t y0 = vreinterpretq_s8_u32(vdupq_n_u32(ld32(a0 + k + 4)));
-        const int8x16_t y1 = vreinterpretq_s8_u32(vdupq_n_u32(ld32(a1 + k + 4)));
-        for (int32_t j = 0; j < 4; j++) {
-            const int8x16_t w = vld1q_s8(W + 16 * j), v = vld1q_s8(W + 64 + 16 * j);
-            c[0][2 * j] = vpadalq_s16(c[0][2 * j], vmlal_s8(vmull_s8(vget_low_s8(x0), vget_low_s8(w)),
-                                                            vget_low_s8(y0), vget_low_s8(v)));
-            c[0][2 * j + 1] = vpadalq_s16(c[0][2 * j + 1], vmlal_high_s8(vmull_high_s8(x0, w), y0, v));
-            c[1][2 * j] = vpadalq_s16(c[1][2 * j], vmlal_s8(vmull_s8(vget_low_s8(x1), vget_low_s8(w)),
-                                                            vget_low_s8(y1), vget_low_s8(v)));
-            c[1][2 * j + 1] = vpadalq_s16(c[1][2 * j + 1], vmlal_high_s8(vmull_high_s8(x1, w), y1, v));
+    for (int32_t ky = 0; ky < g.kh; ky++)
+        for (int32_t kx = 0; kx < g.kw; kx++) {
+            const int8_t *a0 = A + ky * g.rs + kx * g.cs, *a1 = a0 + g.as;
+            int32_t k = 0;
+            for (; k + 8 <= g.ic; k += 8, W += 128) {
+                const int8x16_t x0 = vreinterpretq_s8_u32(vdupq_n_u32(ld32(a0 + k)));
+                const int8x16_t x1 = vreinterpretq_s8_u32(vdupq_n_u32(ld32(a1 + k)));
+                const int8x16_t y0 = vreinterpretq_s8_u32(vdupq_n_u32(ld32(a0 + k + 4)));
+                const int8x16_t y1 = vreinterpretq_s8_u32(vdupq_n_u32(ld32(a1 + k + 4)));
+                for (int32_t j = 0; j < 4; j++) {
+                    const int8x16_t w = vld1q_s8(W + 16 * j), v = vld1q_s8(W + 64 + 16 * j);
+                    c[0][2 * j] = vpadalq_s16(c[0][2 * j], vmlal_s8(vmull_s8(vget_low_s8(x0), vget_low_s8(w)),
+                                                                    vget_low_s8(y0), vget_low_s8(v)));
+                    c[0][2 * j + 1] = vpadalq_s16(c[0][2 * j + 1], vmlal_high_s8(vmull_high_s8(x0, w), y0, v));
+                    c[1][2 * j] = vpadalq_s16(c[1][2 * j], vmlal_s8(vmull_s8(vget_low_s8(x1), vget_low_s8(w)),
+                                                                    vget_low_s8(y1), vget_low_s8(v)));
+                    c[1][2 * j + 1] = vpadalq_s16(c[1][2 * j + 1], vmlal_high_s8(vmull_high_s8(x1, w), y1, v));
+                }
+            }
+            for (; k < g.ic; k += 4, W += 64) {
+                const int8x16_t x0 = vreinterpretq_s8_u32(vdupq_n_u32(ld32(a0 + k)));
+                const int8x16_t x1 = vreinterpretq_s8_u32(vdupq_n_u32(ld32(a1 + k)));
+                for (int32_t j = 0; j < 4; j++) {
+                    const int8x16_t w = vld1q_s8(W + 16 * j);
+                    c[0][2 * j] = vpadalq_s16(c[0][2 * j], vmull_s8(vget_low_s8(x0), vget_low_s8(w)));
+                    c[0][2 * j + 1] = vpadalq_s16(c[0][2 * j + 1], vmull_high_s8(x0, w));
+                    c[1][2 * j] = vpadalq_s16(c[1][2 * j], vmull_s8(vget_low_s8(x1), vget_low_s8(w)));
+                    c[1][2 * j + 1] = vpadalq_s16(c[1][2 * j + 1], vmull_high_s8(x1, w));
+                }
+            }
         }
-    }
-    for (; k < kp; k += 4, W += 64) {
-        const int8x16_t x0 = vreinterpretq_s8_u32(vdupq_n_u32(ld32(a0 + k)));
-        const int8x16_t x1 = vreinterpretq_s8_u32(vdupq_n_u32(ld32(a1 + k)));
-        for (int32_t j = 0; j < 4; j++) {
-            const int8x16_t w = vld1q_s8(W + 16 * j);
-            c[0][2 * j] = vpadalq_s16(c[0][2 * j], vmull_s8(vget_low_s8(x0), vget_low_s8(w)));
-            c[0][2 * j + 1] = vpadalq_s16(c[0][2 * j + 1], vmull_high_s8(x0, w));
-            c[1][2 * j] = vpadalq_s16(c[1][2 * j], vmull_s8(vget_low_s8(x1), vget_low_s8(w)));
-            c[1][2 * j + 1] = vpadalq_s16(c[1][2 * j + 1], vmull_high_s8(x1, w));
-        }
-    }
     for (int32_t i = 0; i < 2; i++)
         for (int32_t j = 0; j < 8; j += 2) /* lanes (o: 0+1, o: 2+3, o+1: 0+1, o+1: 2+3) -> pairwise sums */
             vst1q_s32(acc + i * 16 + 2 * j, vaddq_s32(vpaddq_s32(c[i][j], c[i][j + 1]), vld1q_s32(bias + 2 * j)));
 }
 #else
-static void micro(const a_t *A, int32_t as, int32_t kp, const int8_t *W, const int32_t *bias, int32_t *acc) {
+static void micro(const a_t *A, taps_t g, const int8_t *W, const int32_t *bias, int32_t *acc) {
     for (int32_t i = 0; i < MR; i++) {
         int32_t s[16];
         for (int32_t o = 0; o < 16; o++) s[o] = bias[o];
-        const a_t *a = A + i * as;
-        for (int32_t k = 0; k < kp; k += 4)
-            for (int32_t o = 0; o < 16; o++)
-                for (int32_t t = 0; t < 4; t++) s[o] += a[k + t] * W[k * 16 + o * 4 + t];
+        const int8_t *w = W;
+        for (int32_t ky = 0; ky < g.kh; ky++)
+            for (int32_t kx = 0; kx < g.kw; kx++) {
+                const a_t *a = A + i * g.as + ky * g.rs + kx * g.cs;
+                for (int32_t k = 0; k < g.ic; k += 4, w += 64)
+                    for (int32_t o = 0; o < 16; o++)
+                        for (int32_t t = 0; t < 4; t++) s[o] += a[k + t] * w[o * 4 + t];
+            }
         for (int32_t o = 0; o < 16; o++) acc[i * 16 + o] = s[o];
     }
 }
 #endif
 
+/* Padded copy for the taps path: rows of pw columns, enough that every tap of every tile (MR pixels, the last ones
+   past the row's end) reads inside it. */
+static int32_t padded_h(const q8c_conv_t *p) { return (p->out_h - 1) * p->stride + p->kh; }
+static int32_t padded_w(const q8c_conv_t *p) { return (p->out_w + MR - 2) * p->stride + p->kw; }
+static int taps_path(const q8c_conv_t *p) { return (p->in_c & 3) == 0 && p->k == p->kp; }
+
+int32_t q8c_conv_scratch(const q8c_conv_t *p) {
+    const int32_t tile = MR * a_row(p) * (int32_t)sizeof(a_t) + MR * Q8C_NR * 4 + 64;
+    if (!taps_path(p)) return tile;
+    return MR * Q8C_NR * 4 + 64 + (padded_h(p) * padded_w(p) + MR) * p->in_c * (int32_t)sizeof(a_t);
+}
+
+static void pad_input(const q8c_conv_t *p, const int8_t *in, a_t *dst) {
+    const int32_t ic = p->in_c, ph = padded_h(p), pw = padded_w(p);
+    const int32_t x0 = p->pad_l, x1 = p->pad_l + p->in_w < pw ? p->pad_l + p->in_w : pw;
+    for (int32_t y = 0; y < ph; y++, dst += pw * ic) {
+        const int32_t iy = y - p->pad_t;
+        if (iy < 0 || iy >= p->in_h || x1 <= x0) {
+            pad_a(dst, pw * ic);
+            continue;
+        }
+        pad_a(dst, x0 * ic);
+        copy_a(dst + x0 * ic, in + iy * p->in_w * ic, (x1 - x0) * ic);
+        pad_a(dst + x1 * ic, (pw - x1) * ic);
+    }
+}
+
+static inline void store_tile(const q8c_conv_t *p, const int32_t *acc, int32_t pix0, int32_t r, int32_t c0,
+                              int8_t *out) {
+    const int32_t oc = p->out_c, nc = oc - c0 < Q8C_NR ? oc - c0 : Q8C_NR;
+    for (int32_t i = 0; i < r; i++) {
+        const int32_t at = (pix0 + i) * oc + c0;
+        const int8_t *skip = p->skip ? p->skip + at : 0;
+        if (nc == Q8C_NR)
+            EPILOGUE16(acc + i * Q8C_NR, p->rq.m + c0, p->rq.l + c0, p->rq.n + c0, skip, p->rq_add, p->relu, out + at);
+        else
+            epilogue(acc + i * Q8C_NR, nc, p->rq.m + c0, p->rq.l + c0, p->rq.n + c0, skip, p->rq_add, p->relu,
+                     out + at);
+    }
+}
+
 void q8c_conv(const q8c_conv_t *p, const int8_t *in, int8_t *out, void *scratch) {
     const int32_t npix = p->out_h * p->out_w, oc = p->out_c, nb = (oc + Q8C_NR - 1) / Q8C_NR, kp = p->kp;
-    const int32_t as = a_row(p);
-    a_t *const A = (a_t *)scratch;
-    int32_t *const acc = (int32_t *)(void *)((char *)scratch + MR * as * (int32_t)sizeof(a_t));
     const int32_t *bias = Q8C_ISA == 1 ? p->bias_u8 : p->bias;
-    /* a 1x1 conv over int8 rows that are already windows: read the input in place */
-    const int direct = Q8C_ISA != 1 && Q8C_ISA != 2 && p->kh == 1 && p->kw == 1 && p->stride == 1 && p->pad_t == 0 &&
-                       p->pad_l == 0 && p->in_c == kp;
+    int32_t *const acc = (int32_t *)scratch;
+    a_t *const A = (a_t *)(void *)((char *)scratch + MR * Q8C_NR * 4 + 64);
+    if (taps_path(p)) { /* implicit GEMM: the taps read one padded copy of the input (no per-pixel windows) */
+        const int32_t ic = p->in_c, pw = padded_w(p);
+        const taps_t g = {p->stride * ic, p->kh, p->kw, pw * ic, ic, ic};
+        pad_input(p, in, A);
+        for (int32_t oy = 0; oy < p->out_h; oy++)
+            for (int32_t ox = 0; ox < p->out_w; ox += MR) {
+                const int32_t r = p->out_w - ox < MR ? p->out_w - ox : MR;
+                const a_t *rows = A + (oy * p->stride * pw + ox * p->stride) * ic;
+                for (int32_t b = 0; b < nb; b++) {
+                    micro(rows, g, p->w + b * kp * Q8C_NR, bias + b * Q8C_NR, acc);
+                    store_tile(p, acc, oy * p->out_w + ox, r, b * Q8C_NR, out);
+                }
+            }
+        return;
+    }
+    const int32_t as = a_row(p);
+    const taps_t g = {as, 1, 1, 0, 0, kp};
     for (int32_t pix0 = 0; pix0 < npix; pix0 += MR) {
         const int32_t r = npix - pix0 < MR ? npix - pix0 : MR;
-        const a_t *rows = A;
-        int32_t stride = as;
-        if (direct && r == MR) {
-            rows = (const a_t *)(in + pix0 * kp);
-            stride = kp;
-        } else {
-            for (int32_t i = 0; i < r; i++) window(p, in, pix0 + i, A + i * as);
-        }
+        for (int32_t i = 0; i < r; i++) window(p, in, pix0 + i, A + i * as);
         for (int32_t b = 0; b < nb; b++) {
-            micro(rows, stride, kp, p->w + b * kp * Q8C_NR, bias + b * Q8C_NR, acc);
-            const int32_t c0 = b * Q8C_NR, nc = oc - c0 < Q8C_NR ? oc - c0 : Q8C_NR;
-            for (int32_t i = 0; i < r; i++) {
-                const int32_t at = (pix0 + i) * oc + c0;
-                const int8_t *skip = p->skip ? p->skip + at : 0;
-                if (nc == Q8C_NR)
-                    EPILOGUE16(acc + i * Q8C_NR, p->rq.m + c0, p->rq.l + c0, p->rq.n + c0, skip, p->rq_add, p->relu,
-                               out + at);
-                else
-                    epilogue(acc + i * Q8C_NR, nc, p->rq.m + c0, p->rq.l + c0, p->rq.n + c0, skip, p->rq_add, p->relu,
-                             out + at);
-            }
+            micro(A, g, p->w + b * kp * Q8C_NR, bias + b * Q8C_NR, acc);
+            store_tile(p, acc, pix0, r, b * Q8C_NR, out);
         }
     }
 }
