@@ -390,7 +390,20 @@ void q8c_dwconv(const q8c_dw_t *p, const int8_t *in, int8_t *out, void *scratch)
 void q8c_add(int32_t n, const int8_t *restrict a, const int8_t *restrict b, q8_rq_t ra, q8_rq_t rb, int32_t relu,
              int8_t *restrict out) {
     const int32_t lo = relu ? 0 : -128, am = ra.m, al = ra.l, an = ra.n, bm = rb.m, bl = rb.l, bn = rb.n;
-    for (int32_t i = 0; i < n; i++) {
+    int32_t i = 0;
+#if Q8C_ISA == 1
+    const __m512i ma = _mm512_set1_epi32(am), la = _mm512_set1_epi32(al), na = _mm512_set1_epi32(an);
+    const __m512i mb = _mm512_set1_epi32(bm), lb = _mm512_set1_epi32(bl), nb = _mm512_set1_epi32(bn);
+    const __m512i lov = _mm512_set1_epi32(lo), hiv = _mm512_set1_epi32(127);
+    for (; i + 16 <= n; i += 16) {
+        const __m512i x = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(a + i)));
+        const __m512i y = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(b + i)));
+        __m512i v = _mm512_add_epi32(rq16(x, ma, la, na), rq16(y, mb, lb, nb));
+        v = _mm512_min_epi32(_mm512_max_epi32(v, lov), hiv);
+        _mm_storeu_si128((__m128i *)(void *)(out + i), _mm512_cvtepi32_epi8(v));
+    }
+#endif
+    for (; i < n; i++) {
         int32_t y = rq1(a[i], am, al, an) + rq1(b[i], bm, bl, bn);
         y = y < lo ? lo : y > 127 ? 127 : y;
         out[i] = (int8_t)y;
@@ -408,15 +421,33 @@ void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratc
     int32_t *restrict b = (int32_t *)(q + c);
     const int32_t c16 = c & ~15; /* channels in blocks of 16: loops of a known count vectorize whole */
     for (int32_t j = 0; j < c; j++) s[j] = 0, q[j] = 0;
+#if Q8C_ISA == 1
+    for (int32_t j0 = 0; j0 < c16; j0 += 16) { /* 16 channels' sums in registers over every pixel */
+        __m512i sa = _mm512_setzero_si512(), qa = sa, sb = sa, qb = sa;
+        int32_t i = 0;
+        for (; i + 2 <= hw; i += 2) {
+            const __m256i u = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(in + i * c + j0)));
+            const __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(in + (i + 1) * c + j0)));
+            sa = _mm512_add_epi32(sa, _mm512_cvtepi16_epi32(u));
+            qa = _mm512_add_epi32(qa, _mm512_cvtepi16_epi32(_mm256_mullo_epi16(u, u))); /* x^2 <= 2^14 */
+            sb = _mm512_add_epi32(sb, _mm512_cvtepi16_epi32(w));
+            qb = _mm512_add_epi32(qb, _mm512_cvtepi16_epi32(_mm256_mullo_epi16(w, w)));
+        }
+        for (; i < hw; i++) {
+            const __m256i u = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(in + i * c + j0)));
+            sa = _mm512_add_epi32(sa, _mm512_cvtepi16_epi32(u));
+            qa = _mm512_add_epi32(qa, _mm512_cvtepi16_epi32(_mm256_mullo_epi16(u, u)));
+        }
+        _mm512_storeu_si512(s + j0, _mm512_add_epi32(sa, sb));
+        _mm512_storeu_si512(q + j0, _mm512_add_epi32(qa, qb));
+    }
+    for (int32_t i = 0; i < hw; i++) {
+        const int8_t *restrict x = in + i * c;
+        int32_t j0 = c16;
+#else
     for (int32_t i = 0; i < hw; i++) {
         const int8_t *restrict x = in + i * c;
         int32_t j0 = 0;
-#if Q8C_ISA == 1
-        for (; j0 < c16; j0 += 16) {
-            const __m512i v = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(x + j0)));
-            _mm512_storeu_si512(s + j0, _mm512_add_epi32(_mm512_loadu_si512(s + j0), v));
-            _mm512_storeu_si512(q + j0, _mm512_add_epi32(_mm512_loadu_si512(q + j0), _mm512_mullo_epi32(v, v)));
-        }
 #endif
         for (; j0 < c16; j0 += 16)
             for (int32_t j = j0; j < j0 + 16; j++) {
