@@ -48,14 +48,15 @@ def isa(cc: str, flags: list[str]) -> str:
     return proc.stdout.strip().splitlines()[-1].strip('"')
 
 
-def compile_level(source: str, cc: str, flags: list[str], out: Path) -> Path:
-    """Model C + kernels -> one shared library at `out`."""
+def compile_level(source: str, cc: str, flags: list[str], out: Path, *, program: Path | None = None) -> Path:
+    """Model C + kernels -> one shared library at `out` (or, with `program`: a static executable with that main)."""
     if shutil.which(cc) is None:
         raise ConfigError(f"C compiler {cc} not found")
     c_file = out.with_suffix(".c")
     c_file.write_text(source)
     kernels = [CPU_SRC / "q8_cpu.c", CPU_SRC.parent / "kernels_int8.c"]
-    cmd = [cc, *OPT, *flags, "-I", str(CPU_SRC), str(c_file), *map(str, kernels), "-o", str(out), "-lm"]
+    opt = OPT if program is None else [o for o in OPT if o not in ("-shared", "-fPIC")] + ["-static", str(program)]
+    cmd = [cc, *opt, *flags, "-I", str(CPU_SRC), str(c_file), *map(str, kernels), "-o", str(out), "-lm"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise CompileError(f"compiling an int8 level failed: {proc.stderr.strip()[-600:]}")
