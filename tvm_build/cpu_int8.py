@@ -23,7 +23,8 @@ from lcs import artifact as art
 from lcs.errors import ConfigError, LcsError
 
 CPU_SRC = Path(__file__).resolve().parents[1] / "firmware_host" / "src" / "cpu"
-OPT = ["-O3", "-fPIC", "-shared", "-std=c11", "-fno-fast-math", "-Wall", "-Werror=implicit-function-declaration"]
+OPT = ["-O3", "-fPIC", "-shared", "-std=c11", "-fno-fast-math", "-fno-math-errno", "-DQ8_CPU", "-Wall",
+       "-Werror=implicit-function-declaration"]
 
 
 class CompileError(LcsError):

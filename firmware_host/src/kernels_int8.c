@@ -657,6 +657,14 @@ void q8_dense(const int8_t *in, int32_t n_in, int32_t n_out, const int8_t *w, co
 
 /* floor(sqrt(u)), u < 2^62: the bit-by-bit method (once per group, so its 31 steps do not matter) */
 static uint32_t isqrt64(uint64_t u) {
+#ifdef Q8_CPU
+    /* application CPUs (tvm_build/cpu_int8.py defines Q8_CPU): a double's estimate, then exact integer correction
+       (graph.isqrt64) */
+    uint64_t e = (uint64_t)__builtin_sqrt((double)u);
+    while (e * e > u) e--;
+    while ((e + 1) * (e + 1) <= u) e++;
+    return (uint32_t)e;
+#endif
     uint64_t r = 0, bit = 1ull << 62;
     while (bit > u) bit >>= 2;
     for (; bit; bit >>= 2) {

@@ -284,7 +284,12 @@ static void micro(const a_t *A, taps_t g, const int8_t *W, const int32_t *bias, 
 /* Padded copy for the taps path: rows of pw columns, enough that every tap of every tile (MR pixels, the last ones
    past the row's end) reads inside it. */
 static int32_t padded_h(const q8c_conv_t *p) { return (p->out_h - 1) * p->stride + p->kh; }
-static int32_t padded_w(const q8c_conv_t *p) { return (p->out_w + MR - 2) * p->stride + p->kw; }
+/* stride 1: tiles run over the padded rows end to end (a tile may wrap into the next row; the kw - 1 columns
+   between rows are computed and dropped), so a 4-pixel-wide output fills 8-pixel tiles; otherwise tiles stay in
+   their row and the copy is wide enough for the last one */
+static int32_t padded_w(const q8c_conv_t *p) {
+    return p->stride == 1 ? p->out_w + p->kw - 1 : (p->out_w + MR - 2) * p->stride + p->kw;
+}
 static int taps_path(const q8c_conv_t *p) { return (p->in_c & 3) == 0 && p->k == p->kp; }
 
 int32_t q8c_conv_scratch(const q8c_conv_t *p) {
@@ -331,6 +336,23 @@ void q8c_conv(const q8c_conv_t *p, const int8_t *in, int8_t *out, void *scratch)
         const int32_t ic = p->in_c, pw = padded_w(p);
         const taps_t g = {p->stride * ic, p->kh, p->kw, pw * ic, ic, ic};
         pad_input(p, in, A);
+        if (p->stride == 1) {
+            const int32_t nq = (p->out_h - 1) * pw + p->out_w; /* padded positions up to the last output */
+            for (int32_t q0 = 0; q0 < nq; q0 += MR) {
+                const int32_t r = nq - q0 < MR ? nq - q0 : MR;
+                for (int32_t b = 0; b < nb; b++) {
+                    micro(A + q0 * ic, g, p->w + b * kp * Q8C_NR, bias + b * Q8C_NR, acc);
+                    for (int32_t i = 0; i < r; i++) { /* runs of one output row */
+                        const int32_t oy = (q0 + i) / pw, ox = (q0 + i) % pw;
+                        if (ox >= p->out_w) continue;
+                        int32_t n = r - i < p->out_w - ox ? r - i : p->out_w - ox;
+                        store_tile(p, acc + i * Q8C_NR, oy * p->out_w + ox, n, b * Q8C_NR, out);
+                        i += n - 1;
+                    }
+                }
+            }
+            return;
+        }
         for (int32_t oy = 0; oy < p->out_h; oy++)
             for (int32_t ox = 0; ox < p->out_w; ox += MR) {
                 const int32_t r = p->out_w - ox < MR ? p->out_w - ox : MR;
@@ -360,6 +382,44 @@ int32_t q8c_dw_scratch(const q8c_dw_t *p) { return p->c * 4 + 64; }
 void q8c_dwconv(const q8c_dw_t *p, const int8_t *in, int8_t *out, void *scratch) {
     const int32_t C = p->c, C16 = C & ~15;
     int32_t *restrict acc = (int32_t *)scratch;
+#if Q8C_ISA == 1
+    if (p->kh * p->kw <= 9 && C16 == C) { /* 16 channels at a time: the block's taps in registers (int16) */
+        for (int32_t c0 = 0; c0 < C; c0 += 16) {
+            __m256i w[9];
+            for (int32_t t = 0; t < p->kh * p->kw; t++)
+                w[t] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(p->w + t * C + c0)));
+            const __m512i bias = _mm512_loadu_si512(p->bias + c0);
+            const __m512i m = _mm512_loadu_si512(p->rq.m + c0), l = _mm512_loadu_si512(p->rq.l + c0);
+            const __m512i n = _mm512_loadu_si512(p->rq.n + c0);
+            for (int32_t oy = 0; oy < p->out_h; oy++) {
+                const int32_t y0 = oy * p->stride - p->pad_t;
+                const int32_t r0 = y0 < 0 ? -y0 : 0, r1 = p->in_h - y0 < p->kh ? p->in_h - y0 : p->kh;
+                for (int32_t ox = 0; ox < p->out_w; ox++) {
+                    const int32_t x0 = ox * p->stride - p->pad_l;
+                    const int32_t t0 = x0 < 0 ? -x0 : 0, t1 = p->in_w - x0 < p->kw ? p->in_w - x0 : p->kw;
+                    __m512i a = bias;
+                    for (int32_t r = r0; r < r1; r++)
+                        for (int32_t t = t0; t < t1; t++) {
+                            const __m256i x = _mm256_cvtepi8_epi16(_mm_loadu_si128(
+                                (const __m128i *)(const void *)(in + ((y0 + r) * p->in_w + x0 + t) * C + c0)));
+                            a = _mm512_add_epi32(a, _mm512_cvtepi16_epi32(_mm256_mullo_epi16(x, w[r * p->kw + t])));
+                        } /* |x w| <= 128 * 127: exact in int16 */
+                    const int32_t at = (oy * p->out_w + ox) * C + c0;
+                    __m512i y = rq16(a, m, l, n);
+                    if (p->skip)
+                        y = _mm512_add_epi32(y, rq16(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                                                         (const __m128i *)(const void *)(p->skip + at))),
+                                                     _mm512_set1_epi32(p->rq_add.m), _mm512_set1_epi32(p->rq_add.l),
+                                                     _mm512_set1_epi32(p->rq_add.n)));
+                    y = _mm512_min_epi32(_mm512_max_epi32(y, _mm512_set1_epi32(p->relu ? 0 : -128)),
+                                         _mm512_set1_epi32(127));
+                    _mm_storeu_si128((__m128i *)(void *)(out + at), _mm512_cvtepi32_epi8(y));
+                }
+            }
+        }
+        return;
+    }
+#endif
     for (int32_t oy = 0; oy < p->out_h; oy++) {
         const int32_t y0 = oy * p->stride - p->pad_t;
         const int32_t r0 = y0 < 0 ? -y0 : 0, r1 = p->in_h - y0 < p->kh ? p->in_h - y0 : p->kh;
