@@ -683,4 +683,4 @@ def describe(path: str | Path, expect_target: str | None = None) -> dict:
             "input": raw.get("input"), "output": raw.get("output"), "modules": raw.get("modules"),
             "verification": raw.get("verification"), "tuning": raw.get("tuning"), "runtime": raw.get("runtime"),
             "levels": summary_rows(a), "members": m.members, "size": Path(path).stat().st_size,
-            "precision": m.firmware.precision if m.firmware is not None else None}
+            "precision": m.firmware.precision if m.firmware is not None else raw.get("precision")}  # cpu: --int8
