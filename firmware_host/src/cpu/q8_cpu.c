@@ -21,9 +21,9 @@ typedef int8_t a_t; /* bits of x + 128 as u8 */
 #define A_OF(x) ((int8_t)((x) ^ (int8_t)0x80))
 #define A_PAD ((int8_t)0x80)
 #elif Q8C_ISA == 2
-#define MR 2
-typedef int16_t a_t;
-#define A_OF(x) ((int16_t)(x))
+#define MR 4
+typedef int8_t a_t;
+#define A_OF(x) (x)
 #define A_PAD 0
 #else
 #define MR 2
@@ -107,11 +107,6 @@ static inline void copy_a(a_t *restrict d, const int8_t *restrict s, int32_t n) 
         memcpy(d + i, &v, 8);
     }
     for (; i < n; i++) d[i] = A_OF(s[i]);
-#elif Q8C_ISA == 2
-    int32_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm_storeu_si128((__m128i *)(void *)(d + i), _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(const void *)(s + i))));
-    for (; i < n; i++) d[i] = A_OF(s[i]);
 #else
     memcpy(d, s, (size_t)n);
 #endif
@@ -182,43 +177,41 @@ static void micro(const a_t *A, taps_t g, const int8_t *W, const int32_t *bias, 
     _mm512_storeu_si512(acc + 112, c7);
 }
 #elif Q8C_ISA == 2
-/* A weight register holds 4 channels x 4 values widened to int16; vpmaddwd against the 4 activations (broadcast)
-   gives per channel two partial sums (values 0+1, 2+3), added at the end. */
+/* vpmaddubsw wants u8 x s8: |a| x (w with a's sign) is a x w exactly, and a pair of them stays within int16
+   (2 x 128 x 127 < 2^15: the weights are in [-127, 127]); vpmaddwd by ones sums the pairs into int32. A weight
+   register holds 8 channels x 4 values. */
 static void micro(const a_t *A, taps_t g, const int8_t *W, const int32_t *bias, int32_t *acc) {
-    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c02 = c00, c03 = c00, c10 = c00, c11 = c00, c12 = c00, c13 = c00;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
     for (int32_t ky = 0; ky < g.kh; ky++)
         for (int32_t kx = 0; kx < g.kw; kx++) {
-            const int16_t *a0 = A + ky * g.rs + kx * g.cs, *a1 = a0 + g.as;
-            for (int32_t k = 0; k < g.ic; k += 4, W += 64) {
-                const __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)W));
-                const __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(W + 16)));
-                const __m256i w2 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(W + 32)));
-                const __m256i w3 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(W + 48)));
-                int64_t v0, v1;
-                memcpy(&v0, a0 + k, 8);
-                memcpy(&v1, a1 + k, 8);
-                const __m256i x0 = _mm256_set1_epi64x(v0), x1 = _mm256_set1_epi64x(v1);
-                c00 = _mm256_add_epi32(c00, _mm256_madd_epi16(x0, w0));
-                c01 = _mm256_add_epi32(c01, _mm256_madd_epi16(x0, w1));
-                c02 = _mm256_add_epi32(c02, _mm256_madd_epi16(x0, w2));
-                c03 = _mm256_add_epi32(c03, _mm256_madd_epi16(x0, w3));
-                c10 = _mm256_add_epi32(c10, _mm256_madd_epi16(x1, w0));
-                c11 = _mm256_add_epi32(c11, _mm256_madd_epi16(x1, w1));
-                c12 = _mm256_add_epi32(c12, _mm256_madd_epi16(x1, w2));
-                c13 = _mm256_add_epi32(c13, _mm256_madd_epi16(x1, w3));
+            const int8_t *a = A + ky * g.rs + kx * g.cs;
+            for (int32_t k = 0; k < g.ic; k += 4, W += 64, a += 4) {
+                const __m256i w0 = _mm256_loadu_si256((const __m256i *)(const void *)W);
+                const __m256i w1 = _mm256_loadu_si256((const __m256i *)(const void *)(W + 32));
+#define Q8C_STEP(i, c0, c1)                                                                              \
+    do {                                                                                                 \
+        const __m256i x = _mm256_set1_epi32((int32_t)ld32(a + (i) * g.as)), ax = _mm256_abs_epi8(x);   \
+        c0 = _mm256_add_epi32(c0, _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(w0, x)), ones)); \
+        c1 = _mm256_add_epi32(c1, _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(w1, x)), ones)); \
+    } while (0)
+                Q8C_STEP(0, c00, c01);
+                Q8C_STEP(1, c10, c11);
+                Q8C_STEP(2, c20, c21);
+                Q8C_STEP(3, c30, c31);
+#undef Q8C_STEP
             }
         }
-    int32_t t[64];
-    _mm256_storeu_si256((__m256i *)(void *)t, c00);
-    _mm256_storeu_si256((__m256i *)(void *)(t + 8), c01);
-    _mm256_storeu_si256((__m256i *)(void *)(t + 16), c02);
-    _mm256_storeu_si256((__m256i *)(void *)(t + 24), c03);
-    _mm256_storeu_si256((__m256i *)(void *)(t + 32), c10);
-    _mm256_storeu_si256((__m256i *)(void *)(t + 40), c11);
-    _mm256_storeu_si256((__m256i *)(void *)(t + 48), c12);
-    _mm256_storeu_si256((__m256i *)(void *)(t + 56), c13);
-    for (int32_t i = 0; i < 2; i++)
-        for (int32_t o = 0; o < 16; o++) acc[i * 16 + o] = bias[o] + t[i * 32 + 2 * o] + t[i * 32 + 2 * o + 1];
+    const __m256i b0 = _mm256_loadu_si256((const __m256i *)(const void *)bias);
+    const __m256i b1 = _mm256_loadu_si256((const __m256i *)(const void *)(bias + 8));
+    _mm256_storeu_si256((__m256i *)(void *)acc, _mm256_add_epi32(c00, b0));
+    _mm256_storeu_si256((__m256i *)(void *)(acc + 8), _mm256_add_epi32(c01, b1));
+    _mm256_storeu_si256((__m256i *)(void *)(acc + 16), _mm256_add_epi32(c10, b0));
+    _mm256_storeu_si256((__m256i *)(void *)(acc + 24), _mm256_add_epi32(c11, b1));
+    _mm256_storeu_si256((__m256i *)(void *)(acc + 32), _mm256_add_epi32(c20, b0));
+    _mm256_storeu_si256((__m256i *)(void *)(acc + 40), _mm256_add_epi32(c21, b1));
+    _mm256_storeu_si256((__m256i *)(void *)(acc + 48), _mm256_add_epi32(c30, b0));
+    _mm256_storeu_si256((__m256i *)(void *)(acc + 56), _mm256_add_epi32(c31, b1));
 }
 #elif Q8C_ISA == 3
 /* A weight register holds 4 channels x 4 values; smull/smull2 against the 4 activations (dup'd) make int16

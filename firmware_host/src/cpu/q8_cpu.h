@@ -10,7 +10,7 @@
 
 /* The GEMM's inner loop, chosen by the compiler's target features:
    avx512vnni: vpdpbusd (u8 x s8 -> s32, 64 MACs an instruction), activations offset by 128 (bias_u8 undoes it);
-   avx2:       vpmaddwd on int16 (activations widened once per window, weights widened in registers);
+   avx2:       vpmaddubsw on |a| x (w signed by a), exact for weights in [-127, 127], then vpmaddwd by ones;
    neon:       smull/smull2 + sadalp (Cortex-A72: no dot-product instructions);
    scalar:     portable C. */
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
