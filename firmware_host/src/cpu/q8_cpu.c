@@ -90,6 +90,23 @@ static inline void epilogue16(const int32_t *acc, const int32_t *m, const int32_
     _mm_storeu_si128((__m128i *)(void *)out, _mm512_cvtepi32_epi8(y));
 }
 #define EPILOGUE16 epilogue16
+#elif Q8C_ISA == 2
+/* rq1 on 8 lanes (as rq16) */
+static inline __m256i rq8(__m256i x, __m256i m, __m256i l, __m256i n) {
+    const __m256i s = _mm256_sllv_epi32(x, l), round = _mm256_set1_epi64x(0x80000000LL);
+    const __m256i even = _mm256_add_epi64(_mm256_mul_epi32(s, m), round);
+    const __m256i odd = _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(s, 32), _mm256_srli_epi64(m, 32)), round);
+    const __m256i t = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+    const __m256i half = _mm256_srli_epi32(_mm256_sllv_epi32(_mm256_set1_epi32(1), n), 1);
+    return _mm256_srav_epi32(_mm256_add_epi32(t, half), n);
+}
+
+/* 16 int32 (two registers, channels 0-7 and 8-15) -> 16 int8 in order; the packs saturate to [-128, 127] */
+static inline void store16(int8_t *out, __m256i y0, __m256i y1) {
+    const __m256i p = _mm256_permute4x64_epi64(_mm256_packs_epi32(y0, y1), 0xD8);
+    _mm_storeu_si128((__m128i *)(void *)out, _mm_packs_epi16(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1)));
+}
+#define EPILOGUE16(acc, m, l, n, skip, add, relu, out) epilogue(acc, 16, m, l, n, skip, add, relu, out)
 #else
 #define EPILOGUE16(acc, m, l, n, skip, add, relu, out) epilogue(acc, 16, m, l, n, skip, add, relu, out)
 #endif
@@ -325,6 +342,27 @@ static inline void store_tile(const q8c_conv_t *p, const int32_t *acc, int32_t p
             y = _mm512_min_epi32(_mm512_max_epi32(y, lo), hi);
             _mm_storeu_si128((__m128i *)(void *)(out + at), _mm512_cvtepi32_epi8(y));
         }
+        return;
+    }
+#elif Q8C_ISA == 2
+    if (nc == Q8C_NR) { /* as the AVX-512 tile, in two halves */
+#define LD8(ptr) _mm256_loadu_si256((const __m256i *)(const void *)(ptr))
+        const __m256i m0 = LD8(p->rq.m + c0), m1 = LD8(p->rq.m + c0 + 8), l0 = LD8(p->rq.l + c0);
+        const __m256i l1 = LD8(p->rq.l + c0 + 8), n0 = LD8(p->rq.n + c0), n1 = LD8(p->rq.n + c0 + 8);
+        const __m256i lo = _mm256_set1_epi32(p->relu ? 0 : -128);
+        const __m256i am = _mm256_set1_epi32(p->rq_add.m), al = _mm256_set1_epi32(p->rq_add.l);
+        const __m256i an = _mm256_set1_epi32(p->rq_add.n);
+        for (int32_t i = 0; i < r; i++) {
+            const int32_t at = (pix0 + i) * oc + c0;
+            __m256i y0 = rq8(LD8(acc + i * Q8C_NR), m0, l0, n0), y1 = rq8(LD8(acc + i * Q8C_NR + 8), m1, l1, n1);
+            if (p->skip) {
+                const __m128i sk = _mm_loadu_si128((const __m128i *)(const void *)(p->skip + at));
+                y0 = _mm256_add_epi32(y0, rq8(_mm256_cvtepi8_epi32(sk), am, al, an));
+                y1 = _mm256_add_epi32(y1, rq8(_mm256_cvtepi8_epi32(_mm_srli_si128(sk, 8)), am, al, an));
+            }
+            store16(out + at, _mm256_max_epi32(y0, lo), _mm256_max_epi32(y1, lo));
+        }
+#undef LD8
         return;
     }
 #endif
