@@ -554,6 +554,25 @@ void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratc
     for (int32_t i = 0; i < hw; i++) {
         const int8_t *restrict x = in + i * c;
         int32_t j0 = c16;
+#elif Q8C_ISA == 2
+    for (int32_t j0 = 0; j0 < c16; j0 += 16) { /* as above, in halves of 8 channels */
+        __m256i s0 = _mm256_setzero_si256(), s1 = s0, q0 = s0, q1 = s0;
+        for (int32_t i = 0; i < hw; i++) {
+            const __m256i u = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(in + i * c + j0)));
+            const __m256i u2 = _mm256_mullo_epi16(u, u);
+            s0 = _mm256_add_epi32(s0, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(u)));
+            s1 = _mm256_add_epi32(s1, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(u, 1)));
+            q0 = _mm256_add_epi32(q0, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(u2)));
+            q1 = _mm256_add_epi32(q1, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(u2, 1)));
+        }
+        _mm256_storeu_si256((__m256i *)(void *)(s + j0), s0);
+        _mm256_storeu_si256((__m256i *)(void *)(s + j0 + 8), s1);
+        _mm256_storeu_si256((__m256i *)(void *)(q + j0), q0);
+        _mm256_storeu_si256((__m256i *)(void *)(q + j0 + 8), q1);
+    }
+    for (int32_t i = 0; i < hw; i++) {
+        const int8_t *restrict x = in + i * c;
+        int32_t j0 = c16;
 #else
     for (int32_t i = 0; i < hw; i++) {
         const int8_t *restrict x = in + i * c;
@@ -587,6 +606,10 @@ void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratc
 #if Q8C_ISA == 1
     const __m512i nv = _mm512_set1_epi32(n), lov = _mm512_set1_epi32(lo), hiv = _mm512_set1_epi32(hi);
     const __m512i half_bit = _mm512_set1_epi64(1 << 15);
+#elif Q8C_ISA == 2
+    const __m256i nv = _mm256_set1_epi32(n), lov = _mm256_set1_epi32(lo), hiv = _mm256_set1_epi32(hi);
+    const __m256i half_bit = _mm256_set1_epi64x(1 << 15), zero = _mm256_setzero_si256();
+    const __m256i low_words = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
 #endif
     for (int32_t i = 0; i < hw; i++) {
         const int8_t *restrict x = in + i * c;
@@ -618,6 +641,31 @@ void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratc
                                            _mm512_cvtepi64_epi32(h[1]), 1);
             v = _mm512_min_epi32(_mm512_max_epi32(v, lov), hiv);
             _mm_storeu_si128((__m128i *)(void *)(y + j0), _mm512_cvtepi32_epi8(v));
+        }
+#elif Q8C_ISA == 2
+        for (; j0 < c16; j0 += 8) { /* 8 channels: 4 int64 products at a time; AVX2 has no arithmetic 64-bit shift,
+                                       so x >> k is ((x ^ sign) >> k) ^ sign */
+            const __m256i d = _mm256_sub_epi32(
+                _mm256_mullo_epi32(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(x + j0))), nv),
+                _mm256_loadu_si256((const __m256i *)(const void *)(s + j0)));
+            __m256i h[2];
+            for (int32_t half = 0; half < 2; half++) {
+                const int32_t j = j0 + 4 * half;
+                const __m256i dq = _mm256_cvtepi32_epi64(half ? _mm256_extracti128_si256(d, 1) : _mm256_castsi256_si128(d));
+                const __m256i mq = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(const void *)(m + j)));
+                const __m256i sh = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(const void *)(down + j)));
+                const __m256i bq = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(const void *)(b + j)));
+                __m256i t = _mm256_mul_epi32(dq, mq), sign = _mm256_cmpgt_epi64(zero, t);
+                t = _mm256_xor_si256(_mm256_srlv_epi64(_mm256_xor_si256(t, sign), sh), sign);
+                t = _mm256_add_epi64(_mm256_add_epi64(t, bq), half_bit);
+                sign = _mm256_cmpgt_epi64(zero, t);
+                t = _mm256_xor_si256(_mm256_srli_epi64(_mm256_xor_si256(t, sign), 16), sign);
+                h[half] = _mm256_permutevar8x32_epi32(t, low_words); /* low 32 bits of each lane, in the low half */
+            }
+            __m256i v = _mm256_permute2x128_si256(h[0], h[1], 0x20);
+            v = _mm256_min_epi32(_mm256_max_epi32(v, lov), hiv);
+            const __m128i p16 = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+            _mm_storel_epi64((__m128i *)(void *)(y + j0), _mm_packs_epi16(p16, p16));
         }
 #endif
         for (; j0 < c16; j0 += 16)
