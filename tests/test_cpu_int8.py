@@ -153,8 +153,18 @@ def test_host_int8_build_runs_bit_exact_through_the_runtime(quant_line, tmp_path
     assert rt.time(1, number=5, repeat=2) > 0
 
 
-def test_int8_for_linux_boards_refuses_what_it_cannot_do(one_line_error, quant_line, tmp_path):
+def test_int8_for_linux_boards_refuses_what_it_cannot_do(one_line_error, quant_line, tmp_path, monkeypatch):
     out = tmp_path / "x.lcsa"
+    import lcs.int8.from_torch as ft
+    from lcs.errors import LcsError
+
+    def refuse(*args, **kwargs):  # what the converter says of a layer it has no kernel for
+        raise LcsError("int8: layer features.3 (Upsample) has no integer kernel")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ft, "from_torch", refuse)
+        one_line_error(_cli("build", quant_line, "--target", "host", "--int8", "-o", out),
+                       "--int8: level 8 bit: layer features.3 (Upsample) has no integer kernel")
     one_line_error(_cli("build", quant_line, "--target", "host", "--int8", "--tune", "4", "-o", out),
                    "--int8 levels are C integer kernels")
     one_line_error(_cli("build", quant_line, "--target", "host", "--int8", "--threads", "2", "-o", out),
