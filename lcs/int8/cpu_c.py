@@ -131,7 +131,7 @@ def emit_cpu(graph: Graph, input_chw: tuple[int, int, int]) -> str:
             out.append(f"static const q8_gn_t p{i} = {{{h * w}, {c}, {op.groups}, {int(op.relu)}, {op.lo}, {op.hi}, "
                        f"{op.e}LL, g{i}, ge{i}, b{i}}};\n")
             calls.append(f"q8c_groupnorm(&p{i}, {src}, {dst}, scratch);")
-            scratch = max(scratch, c * 20 + 64)
+            scratch = max(scratch, c * 48 + 128)  # q8c_gn_scratch
         else:
             raise LcsError(f"{op.out}: no CPU int8 kernel for {type(op).__name__}")
     n_out = t[graph.output].shape[0]

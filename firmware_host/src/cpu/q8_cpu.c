@@ -520,7 +520,7 @@ void q8c_add(int32_t n, const int8_t *restrict a, const int8_t *restrict b, q8_r
     }
 }
 
-int32_t q8c_gn_scratch(const q8_gn_t *p) { return p->c * 20 + 64; }
+int32_t q8c_gn_scratch(const q8_gn_t *p) { return p->c * 48 + 128; }
 
 /* GroupNorm (kernels_int8.c's q8_groupnorm, same numbers) in two passes over HWC with the channels innermost: the
    per-channel sums, then every value with its channel's factors (the compiler's vector loops). */
@@ -529,6 +529,9 @@ void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratc
     int32_t *restrict s = (int32_t *)scratch, *restrict m = s + c, *restrict down = m + c;
     uint32_t *restrict q = (uint32_t *)(down + c);
     int32_t *restrict b = (int32_t *)(q + c);
+    /* the same factors as int64 (b with the rounding bit), 64-byte aligned, for the vector apply */
+    int64_t *restrict m64 = (int64_t *)(((uintptr_t)(b + c) + 63) & ~(uintptr_t)63), *restrict sh64 = m64 + c;
+    int64_t *restrict b64 = sh64 + c;
     const int32_t c16 = c & ~15; /* channels in blocks of 16: loops of a known count vectorize whole */
     for (int32_t j = 0; j < c; j++) s[j] = 0, q[j] = 0;
 #if Q8C_ISA == 1
@@ -600,12 +603,12 @@ void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratc
             down[j] = sh - 16 > 63 ? 63 : sh - 16;
             s[j] = sg;
             b[j] = p->b[j];
+            m64[j] = m[j], sh64[j] = down[j], b64[j] = (int64_t)b[j] + (1 << 15);
         }
     }
     const int32_t lo = p->relu && p->lo < 0 ? 0 : p->lo, hi = p->hi;
 #if Q8C_ISA == 1
     const __m512i nv = _mm512_set1_epi32(n), lov = _mm512_set1_epi32(lo), hiv = _mm512_set1_epi32(hi);
-    const __m512i half_bit = _mm512_set1_epi64(1 << 15);
 #elif Q8C_ISA == 2
     const __m256i nv = _mm256_set1_epi32(n), lov = _mm256_set1_epi32(lo), hiv = _mm256_set1_epi32(hi);
     const __m256i half_bit = _mm256_set1_epi64x(1 << 15), zero = _mm256_setzero_si256();
@@ -631,11 +634,9 @@ void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratc
                 const int32_t j = j0 + 8 * half;
                 const __m512i dq = _mm512_cvtepi32_epi64(half ? _mm512_extracti64x4_epi64(d, 1)
                                                               : _mm512_castsi512_si256(d));
-                const __m512i mq = _mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i *)(const void *)(m + j)));
-                const __m512i sh = _mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i *)(const void *)(down + j)));
-                const __m512i bq = _mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i *)(const void *)(b + j)));
-                const __m512i t = _mm512_srav_epi64(_mm512_mul_epi32(dq, mq), sh);
-                h[half] = _mm512_srai_epi64(_mm512_add_epi64(_mm512_add_epi64(t, bq), half_bit), 16);
+                const __m512i t = _mm512_srav_epi64(_mm512_mul_epi32(dq, _mm512_loadu_si512(m64 + j)),
+                                                    _mm512_loadu_si512(sh64 + j));
+                h[half] = _mm512_srai_epi64(_mm512_add_epi64(t, _mm512_loadu_si512(b64 + j)), 16);
             }
             __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(h[0])),
                                            _mm512_cvtepi64_epi32(h[1]), 1);
