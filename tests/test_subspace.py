@@ -232,6 +232,31 @@ def test_fake_quant_host_grid_on_cpu_gives_the_tensor_grids_bits():
                 assert torch.equal(fake_quant(t, bits, lo, hi), (quantize(t, scale, zero, bits) - zero) * scale)
 
 
+def test_in_place_fake_quant_gives_the_reference_grid_with_ties_and_range_edges():
+    """fake_quant_ (the flat blend's weights, snapped in place outside autograd) gives the reference quantizer's
+    values, (quantize - zero) * scale on the t.min()/t.max() grid that export.level_weights stores: on random
+    tensors, on values exactly half-way between two levels (round half to even), and at both ends of the range;
+    float64 takes the tensor formula instead of the host grid."""
+    from lcs.subspace.compress import fake_quant, fake_quant_, quant_params, quantize
+
+    g = torch.Generator().manual_seed(7)
+    cases = [torch.randn(3, 4, 3, 3, generator=g) * 10.0 ** k + shift for k in (-3, 0, 2) for shift in (0.0, 0.7)]
+    cases += [torch.rand(40, generator=g), -torch.rand(40, generator=g), torch.zeros(9), torch.randn(64, generator=g).double()]
+    for bits in range(2, 9):
+        qmin, qmax = QuantizationMap.int_range(bits)
+        base = torch.randn(200, generator=g)
+        scale, zero = quant_params(base.min(), base.max(), bits)
+        # exact half-way points (k + 0.5 - zero) * scale, the two range ends, and just inside/outside them
+        ties = (torch.arange(qmin, qmax).float() + 0.5 - zero) * scale
+        ends = torch.stack([base.min(), base.max(), (qmin - zero) * scale, (qmax - zero) * scale])
+        for t in cases + [torch.cat([base, ties, ends]), torch.cat([base, ends.nextafter(ends + 1)])]:
+            scale, zero = quant_params(t.min(), t.max(), bits)
+            expect = (quantize(t, scale, zero, bits) - zero) * scale
+            snapped = t.clone()
+            assert fake_quant_(snapped, bits) is snapped
+            assert torch.equal(snapped, expect) and torch.equal(snapped, fake_quant(t, bits))
+
+
 def test_topk_mask_keeps_the_largest_magnitudes_from_either_side():
     """topk_mask selects the dropped side when fewer are dropped than kept: the same set as keeping the largest."""
     from lcs.subspace.compress import topk_mask

@@ -128,11 +128,14 @@ def test_flat_parameters_take_the_same_sgd_steps_and_release_own_storage():
     assert len(pointers) == len(list(b.parameters())) and all(p.grad is None for p in b.parameters())
 
 
-@pytest.mark.parametrize("family", ["unstructured", "quantization", "structured"])
-def test_flat_blend_gives_the_fused_blends_outputs_and_gradients_bit_for_bit(family):
+@pytest.mark.parametrize("family,line_params", [("unstructured", "all"), ("quantization", "all"), ("structured", "norm"),
+                                                 ("structured", "all")])
+def test_flat_blend_gives_the_fused_blends_outputs_and_gradients_bit_for_bit(family, line_params):
     """With train.FlatParameters the line blends outside autograd into leaf views (model._FlatBlend) and routes
     their gradients to the endpoints after backward: the same outputs and endpoint gradients, bit for bit, as
-    the autograd blend (_LineBlend), with the folded split and several passes per step (the sandwich rule)."""
+    the autograd blend (_LineBlend), with the folded split and several passes per step (the sandwich rule); the
+    weights compressed in place there (TopK masks on the gradient, quantizer straight through) and width blocks
+    sliced as leaves of their own."""
     import copy
 
     import torch
@@ -144,7 +147,6 @@ def test_flat_blend_gives_the_fused_blends_outputs_and_gradients_bit_for_bit(fam
 
     torch.manual_seed(0)
     norm = "instance" if family == "structured" else "group"
-    line_params = "norm" if family == "structured" else "all"
     a = SubspaceModel(build_model(ModelConfig(in_channels=1, image_size=8, norm=norm)),
                       SubspaceConfig(shape="line", family=family, line_params=line_params))
     b = copy.deepcopy(a)

@@ -151,6 +151,19 @@ def fake_quant(t: torch.Tensor, bits: int, lo: torch.Tensor | None = None, hi: t
     return _SnapToGrid.apply(t, scale, zero, qmin, qmax)
 
 
+def fake_quant_(t: torch.Tensor, bits: int) -> torch.Tensor:
+    """fake_quant(t, bits) in place, for a tensor outside autograd (the same values)."""
+    lo, hi = min_max(t)
+    qmin, qmax = QuantizationMap.int_range(bits)
+    if t.device.type == "cpu" and t.dtype == torch.float32:
+        params = quant_params_float32(float(lo), float(hi), bits)
+        if params is not None:
+            scale, zero = params
+            return t.div_(scale).round_().clamp_(qmin - zero, qmax - zero).mul_(scale)
+    scale, zero = quant_params(lo, hi, bits)
+    return t.div_(scale).round_().add_(zero).clamp_(qmin, qmax).sub_(zero).mul_(scale)
+
+
 class RangeTracker(torch.nn.Module):
     """Exponential moving average of an activation's min and max (one range shared by all bit widths)."""
 

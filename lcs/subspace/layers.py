@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lcs.accel import fp32_region
-from lcs.subspace.compress import RangeTracker, blend, fake_quant, topk_mask
+from lcs.subspace.compress import RangeTracker, blend, fake_quant, fake_quant_, topk_mask
 from lcs.subspace.levels import StructuredMap
 
 # Endpoint init "copy" (config.SubspaceConfig.endpoint_init): noise added to endpoint 1's weights,
@@ -120,6 +120,19 @@ class _WeightLayer(SubspaceLayer):
         if s.bits is not None:
             weight = fake_quant(weight, s.bits)
         return weight
+
+    @torch.no_grad()
+    def compress_(self, weight: torch.Tensor) -> torch.Tensor | None:
+        """compressed_weight in place on a tensor outside autograd (the flat blend's leaves): the same values.
+        Returns the TopK mask (its gradient's factor), or None."""
+        s = self.state
+        mask = None
+        if s.keep < 1.0:
+            mask = topk_mask(weight, s.keep)
+            weight.mul_(mask)
+        if s.bits is not None:
+            fake_quant_(weight, s.bits)
+        return mask
 
     def compressed_input(self, x: torch.Tensor) -> torch.Tensor:
         s = self.state

@@ -148,10 +148,12 @@ class SubspaceModel(nn.Module):
         # (1 - a) w0 + a w1 for all line parameters at once: the per-layer formula (same values, bit for bit),
         # in a handful of GPU kernels instead of three per parameter forward and two backward. Under DDP each
         # layer blends its own instead, so that gradients are ready, and reduced, layer by layer.
+        flat_blend = None
         if self.flat_line is not None:
             if self._flat_blend is None or not self._flat_blend.serves(self.flat_line):
                 self._flat_blend = _FlatBlend(*self.flat_line, [p0.shape for p0, _ in self.line_pairs])
-            blended = self._flat_blend.forward(a, self.folded_split)
+            flat_blend = self._flat_blend
+            blended = flat_blend.forward(a, self.folded_split)
         else:
             blended = _LineBlend.apply(a, self.folded_split, *[p0 for p0, _ in self.line_pairs],
                                        *[p1 for _, p1 in self.line_pairs])
@@ -161,10 +163,18 @@ class SubspaceModel(nn.Module):
         # between the convolutions: the same ops on the same tensors, but on a CPU a small op run right after the
         # convolutions costs several times what it costs after another small op (caches), and a line step makes
         # a dozen of them per compressed layer. The layer picks its compressed weight up if it uses this tensor.
+        # The flat blend's weights are leaves outside autograd: compressed in place there (no autograd node, no new
+        # tensor), the flat blend gives each leaf's gradient its TopK mask (d(w m)/dw = m; the quantizer passes
+        # gradients straight through).
         for layer in self._compressed_weight_layers:
             s = layer.state
             weight = layer.blend_cache.get("weight")
-            if weight is not None and (s.keep < 1.0 or s.bits is not None):
+            if weight is None or (s.keep >= 1.0 and s.bits is None):
+                continue
+            if flat_blend is not None:
+                flat_blend.mask_gradient(weight, layer.compress_(weight))
+                layer.blend_cache["compressed_weight"] = (weight, weight)
+            else:
                 layer.blend_cache["compressed_weight"] = (weight, layer.compressed_weight(weight))
         try:
             return self.net(x)
@@ -234,6 +244,7 @@ class _FlatBlend:
             offset += size
         self.factors = _column(flat, 1.0, 0.0)
         self.queued = False
+        self.masks: list[tuple[torch.Tensor, torch.Tensor]] = []  # (gradient view, mask) of this forward's leaves
 
     def serves(self, flat_line: tuple[torch.Tensor, int]) -> bool:
         return flat_line[0] is self.flat and flat_line[1] == self.n
@@ -246,8 +257,14 @@ class _FlatBlend:
             torch.add(self.products[0], self.products[1], out=self.value)
             if backward_follows:
                 self.grad.zero_()
+        self.masks.clear()
         self.factors = _column(self.flat, *_split_factors(a, split))
         return self.leaves
+
+    def mask_gradient(self, leaf: torch.Tensor, mask: torch.Tensor | None) -> None:
+        """`leaf` (one of this forward's) was multiplied by `mask` in place: its gradient gets the same mask."""
+        if mask is not None:
+            self.masks.append((leaf.grad, mask))
 
     def _accumulated(self, _leaf: torch.Tensor) -> None:
         if not self.queued:  # once per backward, after every leaf has its gradient
@@ -260,6 +277,8 @@ class _FlatBlend:
         with torch.no_grad():
             if flat.grad is None:
                 flat.grad = torch.zeros_like(flat)
+            for grad, mask in self.masks:
+                grad.mul_(mask)
             torch.mul(self.grad, self.factors, out=self.products)  # rows: f0 g and f1 g
             flat.grad[:2 * n].view(2, n).add_(self.products)
 
