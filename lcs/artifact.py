@@ -21,7 +21,8 @@ An artifact is an uncompressed POSIX tar of regular files. `manifest.json` is it
                           "params": [{"name": "features.0.0.weight", "shape": [3, 3, 1, 8], "dtype": "float32",
                                       "from_torch": "permute_dims(2,3,1,0)"}, ...],  # stored as the kernels read it
                           "extra_inputs": [],      # e.g. [{"name": "alpha", "shape": [1], "dtype": "float64"}]
-                          "executor": "static" | "vm"}   # lcs's C executor ("entry": "lcs_forward"), or the Relax VM
+                          "executor": "static" | "vm" | "int8"}  # lcs's C executor ("entry": "lcs_forward"), the
+                                            #   Relax VM, or an int8 level's C library (weights inside, "lcs_run")
       },                                    #   ("why_not_static"); call: main(x, *extra_inputs (values = level[name]),
                                             #   *params), the static executor binds (*extra_inputs, *params) first
       "levels": [{
@@ -273,7 +274,7 @@ class Module:
     layout: str
     params: tuple[dict, ...]  # {"name", "shape", "dtype", "from_torch"?}
     extra_inputs: tuple[dict, ...]  # {"name", "shape", "dtype"}; each level gives the value under the same name
-    executor: str | None  # "static" | "vm"
+    executor: str | None  # "static" | "vm" | "int8"
     why_not_static: str | None = None
 
     @classmethod
@@ -683,4 +684,4 @@ def describe(path: str | Path, expect_target: str | None = None) -> dict:
             "input": raw.get("input"), "output": raw.get("output"), "modules": raw.get("modules"),
             "verification": raw.get("verification"), "tuning": raw.get("tuning"), "runtime": raw.get("runtime"),
             "levels": summary_rows(a), "members": m.members, "size": Path(path).stat().st_size,
-            "precision": m.firmware.precision if m.firmware is not None else None}
+            "precision": m.firmware.precision if m.firmware is not None else raw.get("precision")}  # cpu: --int8

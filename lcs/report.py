@@ -34,13 +34,16 @@ def print_info(info: dict, console: Console | None = None) -> None:
         why = next((m["why_not_static"] for m in info["modules"].values() if m.get("why_not_static")), None)
         console.print("runs " + "; ".join(
             f"{', '.join(names)} " + ("with lcs's static executor (no Relax VM)" if kind == "static"
+                                      else "as int8 C kernels (no TVM)" if kind == "int8"
                                       else f"on the Relax VM ({why})" if why else "on the Relax VM")
             for kind, names in by_executor.items()))
     threads = (info.get("runtime") or {}).get("threads")
     if threads:
-        how = ("as built with --threads" if info["runtime"].get("chosen_by") == "--threads"
-               else f"the fastest count measured on {info['runtime'].get('measured_on')}")
-        per_level = any(r.get("threads") for r in info["levels"])
+        chosen = info["runtime"].get("chosen_by")
+        how = ("as built with --threads" if chosen == "--threads"
+               else f"the fastest count measured on {info['runtime'].get('measured_on')}"
+               if info["runtime"].get("measured_on") else chosen)
+        per_level = any(r.get("threads") for r in info["levels"]) and info["runtime"].get("measured_on")
         console.print(f"runs on at most {threads} thread(s): {how}"
                       + ("; each level on the fewest threads within 3 % of its fastest (column threads)"
                          if per_level else ""))
