@@ -209,6 +209,20 @@ def firmware_member(binary_name: str) -> str:
     return f"firmware/{binary_name}"
 
 
+# How far a level's outputs may sit from its reference outputs: one rule for `lcs build`'s verification,
+# `python -m lcs.runtime --check` and `lcs deploy`'s self-test.
+FLOAT_ATOL = 1e-4  # fp32 kernels against torch: float rounding in another accumulation order
+# A level whose activations sit on a b-bit grid: where float rounding puts a value on the other side of a grid
+# boundary it lands one step away (ResNet-8's 5-8-bit levels: up to 1.1e-3 from TVM against torch).
+GRID_ATOL = 2e-3
+
+
+def level_atol(bits: int | None, base: float = FLOAT_ATOL) -> float:
+    """The tolerance of a level: `base` (a build's verification.atol; 0 where the reference is the integer reference
+    itself, bit-identical or wrong), widened to GRID_ATOL for a float level with quantized activations."""
+    return base if base == 0 or bits is None else max(base, GRID_ATOL)
+
+
 def reference_key(level_index: int) -> str:
     """The key of a level's expected outputs in the reference set (beside "input")."""
     return f"level{level_index}"

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lcs.artifact import Artifact, ArtifactError, Level, TensorSpec, open_artifact
+from lcs.artifact import FLOAT_ATOL, Artifact, ArtifactError, Level, TensorSpec, level_atol, open_artifact
 from lcs.errors import LcsError
 
 # (file, message) pairs TVM logs that mean nothing to a user: one line per constant whenever a VM executable is
@@ -430,10 +430,15 @@ def main(argv: list[str] | None = None) -> int:
         rt = Runtime(args.artifact, expect_target=args.target)
         if args.check:
             diffs = rt.check()
+            base = FLOAT_ATOL if rt.artifact.manifest.atol is None else rt.artifact.manifest.atol
+            bad = []
             for level, diff in zip(rt.levels, diffs):
-                print(f"level {level.index} alpha {level.alpha:.4f} {level.label}: max abs diff {diff:.3g}")
-            if max(diffs) > 1e-4:
-                print(f"error: outputs differ from the reference by up to {max(diffs):.3g}", file=sys.stderr)
+                tolerance = level_atol(level.bits, base)
+                print(f"level {level.index} alpha {level.alpha:.4f} {level.label}: max abs diff {diff:.3g} "
+                      f"(tolerance {tolerance:g})")
+                bad += [diff] if not diff <= tolerance else []
+            if bad:
+                print(f"error: outputs differ from the reference by up to {max(bad):.3g}", file=sys.stderr)
                 return 1
         else:
             print(f"{len(rt.levels)} levels loaded")
