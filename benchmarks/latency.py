@@ -8,7 +8,8 @@ untuned TVM and MetaSchedule-tuned TVM, at 1 and 2 threads; plus the cost of swi
 Prints a table (ratios against ONNX Runtime at the same thread count), or with --json the result itself, and writes
 benchmarks/results/latency.json (latency-<model>.json with --model). Runtimes: torch eager, ONNX Runtime fp32 and
 int8 (static quantization: QDQ, per-channel int8 weights, uint8 activations calibrated on sample inputs),
-ExecuTorch-XNNPACK, lcs's TVM build untuned and tuned (--trials 0: untuned only).
+ExecuTorch-XNNPACK, lcs's TVM build untuned and tuned (--trials 0: untuned only), and lcs's int8 levels
+(`lcs build --int8`: integer C kernels on one thread, the instruction set in "lcs_int8").
 --model (small-cnn, resnet8, cpreresnet20, mobilenet-v2, resnet18) trains that model for one epoch on 200
 generated 32x32 images (cached; latency does not depend on accuracy) in --family (default unstructured: levels
 keep=1.0 and keep=0.1, i.e. dense and 90 % sparse; structured: width=1.0,width=0.25).
@@ -162,7 +163,12 @@ def worker_tvm(spec: dict) -> dict:
 
     from lcs.runtime import Runtime
 
-    out: dict = {}
+    out: dict = {"lcs_int8": None}
+    if spec.get("int8"):  # lcs build --int8: integer C kernels, one thread whatever the count
+        rt = Runtime(spec["int8"])
+        x = rt.artifact.reference()["input"][0]
+        out["lcs_int8"] = [median_ms(lambda i=i: rt.run(x, level=i), spec["reps"]) for i in range(len(rt.levels))]
+        del rt
     for kind in ("untuned", "tuned"):
         if spec[kind] is None:
             out[kind] = None
@@ -269,6 +275,7 @@ def main() -> None:
         return
 
     from lcs import checkpoint
+    from lcs.errors import LcsError
     from lcs.subspace.levels import level_alphas
     from tvm_build.build import build
     from tvm_build.tune import cache_dir
@@ -295,6 +302,15 @@ def main() -> None:
     untuned = build(ckpt_path, "host", cache / "untuned.lcsa", levels=levels_text, progress=False)
     untuned_s = time.perf_counter() - t
     sparse_layers = [lv.get("sparse_layers") for lv in untuned["levels"]]
+    int8_info = None
+    try:  # `lcs build --int8`: the same levels on lcs's integer kernels
+        t = time.perf_counter()
+        built8 = build(ckpt_path, "host", cache / "int8.lcsa", levels=levels_text, int8=True, progress=False)
+        int8_info = {"isa": built8["int8"]["isa"], "compiler": built8["int8"]["compiler"],
+                     "build_seconds": round(time.perf_counter() - t, 1),
+                     "accuracy": [lv["accuracy"] for lv in built8["levels"]]}
+    except LcsError as exc:
+        int8_info = {"error": str(exc)}
     from lcs.artifact import open_artifact
 
     built = open_artifact(cache / "untuned.lcsa")
@@ -322,6 +338,7 @@ def main() -> None:
                 os.environ["LCS_CACHE_DIR"] = saved
     spec = {"checkpoint": str(ckpt_path), "alphas": alphas, "reps": args.reps, "scratch": str(cache),
             "untuned": str(cache / "untuned.lcsa"),
+            "int8": str(cache / "int8.lcsa") if int8_info and "isa" in int8_info else None,
             "executorch_path": None if args.no_executorch else executorch_path()}
     # the runtimes take turns, round after round; each figure is the median over the rounds (this 2-vCPU machine has
     # bursts where one runtime's whole measurement comes out 1.5x slow)
@@ -354,6 +371,7 @@ def main() -> None:
                    "database_reused": bool(tuning) and all(m["reused"] for m in tuning),
                    "tuned_build_seconds_by_threads": {str(k): v for k, v in tuned_s.items()},
                    "untuned_build_seconds": round(untuned_s, 1)},
+        "lcs_int8": int8_info,
         "threads": {str(k): v for k, v in runs.items()},
         # the thread count each level of each tuned artifact runs on (measured by the build; lcs.runtime applies it)
         "level_threads": {str(k): v for k, v in level_threads.items()},
@@ -405,6 +423,11 @@ def check_targets(result: dict) -> dict:
             out[f"tuned_full_vs_onnxruntime_{threads}t"] = round(r["tuned"][full] / ort[full], 3)
         if r["executorch"] and r["executorch"][full] and r["tuned"]:
             out[f"tuned_full_vs_executorch_{threads}t"] = round(r["tuned"][full] / r["executorch"][full], 3)
+        q8 = r.get("lcs_int8")
+        if q8 and q8[full]:  # issue 16: int8 full level <= 0.7x the fp32 full level, and <= ORT int8
+            out[f"lcs_int8_full_vs_tvm_fp32_{threads}t"] = round(q8[full] / ships[full], 3)
+            if r.get("onnxruntime_int8") and r["onnxruntime_int8"][full]:
+                out[f"lcs_int8_full_vs_onnxruntime_int8_{threads}t"] = round(q8[full] / r["onnxruntime_int8"][full], 3)
         out[f"smallest_vs_full_{threads}t"] = round(ships[-1] / ships[full], 3)
         out[f"switch_vs_inference_{threads}t"] = round(r["switch_ms"] / ships[full], 5)
         out[f"round_robin_vs_steady_{threads}t"] = round(r["alternating_mean_ms"] / r["steady_mean_ms"], 3)
@@ -422,7 +445,8 @@ def check_targets(result: dict) -> dict:
                     "default_build.full_vs_onnxruntime": "<= 1.0 (resnet18: <= 1.5); build <= 600 s",
                     "smallest_vs_full": "<= 0.15 (width 0.25); <= 0.5 (90 % sparse)",
                     "smallest_vs_full_weights_bytes": "<= 0.3 (90 % sparse)",
-                    "switch_vs_inference": "<= 0.1", "tuning_seconds": "<= 300"}
+                    "switch_vs_inference": "<= 0.1", "tuning_seconds": "<= 300",
+                    "lcs_int8_full_vs_tvm_fp32": "<= 0.7", "lcs_int8_full_vs_onnxruntime_int8": "<= 1.0"}
     return out
 
 
@@ -433,7 +457,7 @@ def print_table(result: dict) -> None:
     console = Console(width=140)
     table = Table(title="batch-1 latency, median ms (x = ratio to ONNX Runtime at the same thread count)")
     for col in ("threads", "level", "torch eager", "ONNX Runtime", "ORT int8", "ExecuTorch", "TVM untuned",
-                "TVM tuned"):
+                "TVM tuned", "lcs int8"):
         table.add_column(col, justify="left" if col == "level" else "right")
     for threads, r in result["threads"].items():
         for i, label in enumerate(result["levels"]):
@@ -447,7 +471,8 @@ def print_table(result: dict) -> None:
             et = r["executorch"][i] if r["executorch"] else None
             q8 = r["onnxruntime_int8"][i] if r.get("onnxruntime_int8") else None
             table.add_row(threads, label, cell(r["torch"][i]), cell(ort), cell(q8), cell(et), cell(r["untuned"][i]),
-                          cell(r["tuned"][i] if r["tuned"] else None))
+                          cell(r["tuned"][i] if r["tuned"] else None),
+                          cell(r["lcs_int8"][i] if r.get("lcs_int8") else None))
     console.print(table)
     for threads, r in result["threads"].items():
         console.print(f"{threads} thread(s): level switch {1e3 * r['switch_ms']:.2f} us; inference after a switch "
@@ -455,6 +480,8 @@ def print_table(result: dict) -> None:
                       f"steadily")
         for note in r.get("notes", []):
             console.print(f"  note: {note}")
+    q8 = result.get("lcs_int8") or {}
+    console.print(f"lcs int8 (lcs build --int8, one thread): {q8.get('isa') or q8.get('error')}")
     t = result["tuning"]
     console.print("threads each tuned level runs on (chosen by lcs build): "
                   + ", ".join(f"{k}-thread artifact {v}" for k, v in result.get("level_threads", {}).items()))

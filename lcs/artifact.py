@@ -21,7 +21,8 @@ An artifact is an uncompressed POSIX tar of regular files. `manifest.json` is it
                           "params": [{"name": "features.0.0.weight", "shape": [3, 3, 1, 8], "dtype": "float32",
                                       "from_torch": "permute_dims(2,3,1,0)"}, ...],  # stored as the kernels read it
                           "extra_inputs": [],      # e.g. [{"name": "alpha", "shape": [1], "dtype": "float64"}]
-                          "executor": "static" | "vm"}   # lcs's C executor ("entry": "lcs_forward"), or the Relax VM
+                          "executor": "static" | "vm" | "int8"}  # lcs's C executor ("entry": "lcs_forward"), the
+                                            #   Relax VM, or an int8 level's C library (weights inside, "lcs_run")
       },                                    #   ("why_not_static"); call: main(x, *extra_inputs (values = level[name]),
                                             #   *params), the static executor binds (*extra_inputs, *params) first
       "levels": [{
@@ -208,6 +209,20 @@ def firmware_member(binary_name: str) -> str:
     return f"firmware/{binary_name}"
 
 
+# How far a level's outputs may sit from its reference outputs: one rule for `lcs build`'s verification,
+# `python -m lcs.runtime --check` and `lcs deploy`'s self-test.
+FLOAT_ATOL = 1e-4  # fp32 kernels against torch: float rounding in another accumulation order
+# A level whose activations sit on a b-bit grid: where float rounding puts a value on the other side of a grid
+# boundary it lands one step away (ResNet-8's 5-8-bit levels: up to 1.1e-3 from TVM against torch).
+GRID_ATOL = 2e-3
+
+
+def level_atol(bits: int | None, base: float = FLOAT_ATOL) -> float:
+    """The tolerance of a level: `base` (a build's verification.atol; 0 where the reference is the integer reference
+    itself, bit-identical or wrong), widened to GRID_ATOL for a float level with quantized activations."""
+    return base if base == 0 or bits is None else max(base, GRID_ATOL)
+
+
 def reference_key(level_index: int) -> str:
     """The key of a level's expected outputs in the reference set (beside "input")."""
     return f"level{level_index}"
@@ -273,7 +288,7 @@ class Module:
     layout: str
     params: tuple[dict, ...]  # {"name", "shape", "dtype", "from_torch"?}
     extra_inputs: tuple[dict, ...]  # {"name", "shape", "dtype"}; each level gives the value under the same name
-    executor: str | None  # "static" | "vm"
+    executor: str | None  # "static" | "vm" | "int8"
     why_not_static: str | None = None
 
     @classmethod
@@ -683,4 +698,4 @@ def describe(path: str | Path, expect_target: str | None = None) -> dict:
             "input": raw.get("input"), "output": raw.get("output"), "modules": raw.get("modules"),
             "verification": raw.get("verification"), "tuning": raw.get("tuning"), "runtime": raw.get("runtime"),
             "levels": summary_rows(a), "members": m.members, "size": Path(path).stat().st_size,
-            "precision": m.firmware.precision if m.firmware is not None else None}
+            "precision": m.firmware.precision if m.firmware is not None else raw.get("precision")}  # cpu: --int8

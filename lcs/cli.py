@@ -321,8 +321,10 @@ def _compiler():
 @click.option("--tracker", default=None, metavar="HOST:PORT", help="a TVM RPC tracker: tune, verify and time on a board")
 @click.option("--key", default=None, help="device key of the board at the tracker")
 @click.option("--int8/--fp32", "int8", default=None,
-              help="MCU and host-sim boards: every level on integer kernels (int8 weights and activations, calibrated "
-                   "on the checkpoint's training data), or on fp32 kernels [default: int8 where the model converts]")
+              help="every level on integer kernels (int8 weights and activations, calibrated on the checkpoint's "
+                   "training data), or on fp32 kernels [default: MCU and host-sim boards int8 where the model "
+                   "converts; linux boards (host, rasp4) fp32 TVM, --int8 builds C integer kernels: AVX-512 VNNI, "
+                   "AVX2 or NEON by the board's CPU, one thread]")
 @click.option("--int8-store", "int8_store", type=click.Choice(["auto", "derived", "ready"]), default=None,
               help="the int8 weight store: derived keeps an LCS+P model's int8 codes once and builds a level in RAM "
                    "at each switch; ready stores every level as the kernels read it; auto: derived where the model "

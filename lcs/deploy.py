@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lcs.artifact import Artifact, Level, open_artifact
+from lcs.artifact import FLOAT_ATOL, Artifact, Level, level_atol, open_artifact
 from lcs.errors import LcsError
 from lcs.transport.board import BoardError, SerialBoard, Where, open_board
 
@@ -103,14 +103,14 @@ class DeployReport:
 
 
 def level_tolerance(art: Artifact, level: Level) -> float:
-    """CPU builds: the tolerance the build verified every level against. int8 firmware: none. Firmware: fp32 levels agree with torch to
-    float rounding; quantized levels may land one activation step away where a value sits on a grid boundary (see
-    tests/test_firmware_hostsim.py)."""
+    """What the self-test accepts: the tolerance the build verified the level against (CPU builds), none for int8
+    firmware (its reference is the integer reference), float rounding for fp32 firmware; quantized levels may land one
+    activation step away where a value sits on a grid boundary (`lcs.artifact.level_atol`)."""
     if art.kind == "cpu":
-        return art.manifest.atol or 1e-4
+        return level_atol(level.bits, FLOAT_ATOL if art.manifest.atol is None else art.manifest.atol)
     if art.manifest.firmware is not None and art.manifest.firmware.precision == "int8":
-        return 0.0  # the reference is the integer reference itself: bit-identical or wrong
-    return 1e-4 if level.bits is None else 2e-3
+        return 0.0
+    return level_atol(level.bits)
 
 
 def deploy(artifact_path: str | Path, *, device: str | None = None, sim: str | None = None, rpc: str | None = None,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from lcs.artifact import level_atol
+
 
 def _fmt(value, spec: str, none: str = "-") -> str:
     return none if value is None else format(value, spec)
@@ -34,13 +36,16 @@ def print_info(info: dict, console: Console | None = None) -> None:
         why = next((m["why_not_static"] for m in info["modules"].values() if m.get("why_not_static")), None)
         console.print("runs " + "; ".join(
             f"{', '.join(names)} " + ("with lcs's static executor (no Relax VM)" if kind == "static"
+                                      else "as int8 C kernels (no TVM)" if kind == "int8"
                                       else f"on the Relax VM ({why})" if why else "on the Relax VM")
             for kind, names in by_executor.items()))
     threads = (info.get("runtime") or {}).get("threads")
     if threads:
-        how = ("as built with --threads" if info["runtime"].get("chosen_by") == "--threads"
-               else f"the fastest count measured on {info['runtime'].get('measured_on')}")
-        per_level = any(r.get("threads") for r in info["levels"])
+        chosen = info["runtime"].get("chosen_by")
+        how = ("as built with --threads" if chosen == "--threads"
+               else f"the fastest count measured on {info['runtime'].get('measured_on')}"
+               if info["runtime"].get("measured_on") else chosen)
+        per_level = any(r.get("threads") for r in info["levels"]) and info["runtime"].get("measured_on")
         console.print(f"runs on at most {threads} thread(s): {how}"
                       + ("; each level on the fewest threads within 3 % of its fastest (column threads)"
                          if per_level else ""))
@@ -67,7 +72,12 @@ def print_build(summary: dict, console: Console | None = None) -> None:
     line = (f"wrote {summary['output']} ({summary['size']:,} bytes, {len(summary['levels'])} levels, "
             f"{len(summary.get('modules') or {})} modules, {summary['build_seconds']:.1f} s)")
     if v:
-        line += (f"; every level matches torch within {v['atol']:g} (max {v['max_abs_diff']:.3g}, on {v['on']})")
+        if v["atol"] == 0:  # int8 CPU levels: the reference is the integer reference itself
+            line += f"; every level equals the integer reference bit for bit (on {v['on']})"
+        else:
+            grid = any(row.get("bits") for row in summary["levels"])
+            within = f"{v['atol']:g}" + (f" ({level_atol(8, v['atol']):g} with quantized activations)" if grid else "")
+            line += f"; every level matches torch within {within} (max {v['max_abs_diff']:.3g}, on {v['on']})"
     elif summary.get("strategy") == "firmware" and (summary.get("firmware") or {}).get("precision") == "int8":
         i8 = summary["firmware"].get("int8") or {}
         cal = i8.get("calibration") or {}

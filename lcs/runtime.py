@@ -4,7 +4,8 @@
 
 On a device set TVM_USE_RUNTIME_LIB=1 so that `import tvm` loads only libtvm_runtime (the module never sets it
 itself: in a build process the full compiler is already loaded). Every compiled library of the artifact is loaded
-once and every level's weights are uploaded once. A library built with lcs's static executor
+once and every level's weights are uploaded once. An int8 level (`lcs build --int8`, tvm_build/cpu_int8.py) is a plain
+C library with its weights inside, called through ctypes on one thread. A library built with lcs's static executor
 (tvm_build/cpu_executor.py) is called through ctypes: one C call per inference on buffers the library owns; others
 run on TVM's Relax VM. `set_level` points the level's library at its weights (a pointer table; a library shared by
 several levels is rebound) and resizes TVM's thread pool when the level runs on another thread count (recorded per
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lcs.artifact import Artifact, ArtifactError, Level, TensorSpec, open_artifact
+from lcs.artifact import FLOAT_ATOL, Artifact, ArtifactError, Level, TensorSpec, level_atol, open_artifact
 from lcs.errors import LcsError
 
 # (file, message) pairs TVM logs that mean nothing to a user: one line per constant whenever a VM executable is
@@ -143,6 +144,27 @@ class _StaticLibrary:
         return self.output.copy()  # the buffer is the library's, overwritten by the next call
 
 
+class _Int8Library:
+    """An int8 level (tvm_build/cpu_int8.py): a plain C library with its weights inside, one thread, called through
+    ctypes (lcs_run on its own float input and output buffers)."""
+
+    def __init__(self, path: Path, input_spec, output_spec) -> None:
+        try:
+            lib = ctypes.CDLL(str(path))
+        except OSError as exc:  # another architecture
+            raise RunError(f"cannot load an int8 level here: {str(exc).strip().splitlines()[-1]}") from None
+        for name in ("lcs_input", "lcs_output"):
+            getattr(lib, name).restype = ctypes.c_void_p
+        self._lib, self._run = lib, lib.lcs_run
+        self.input = _StaticLibrary._view(lib.lcs_input(), input_spec)
+        self.output = _StaticLibrary._view(lib.lcs_output(), output_spec)
+
+    def run(self) -> np.ndarray:
+        if self._run():
+            raise RunError("the int8 level failed")
+        return self.output.copy()
+
+
 class _Level:
     """What one level needs to run: its weights bound where its module reads them, and a call on its input."""
 
@@ -171,9 +193,15 @@ class Runtime:
         self._input_shape = self.input_spec.shape
         self._libs: dict[str, object] = {}
         self._scratch = tempfile.TemporaryDirectory(prefix="lcs-runtime-")
-        for name in manifest.modules:
+        for name, spec in manifest.modules.items():
             path = Path(self._scratch.name) / name.replace("/", "_")
             path.write_bytes(self.artifact.read(name))
+            if spec.executor == "int8":  # plain C, no TVM in it: loaded by ctypes in _load_level
+                if session is not None:
+                    raise RunError(f"{self.artifact.path} has int8 levels (C libraries): run lcs.runtime on the "
+                                   "board itself, not over RPC")
+                self._libs[name] = (None, path)
+                continue
             with filtered_tvm_logs():
                 try:
                     if session is not None:
@@ -190,6 +218,7 @@ class Runtime:
         self._vms: dict[str, object] = {}
         self._static: dict[str, _StaticLibrary] = {}
         self._bound: dict[str, int] = {}  # static module -> the level whose weights it holds
+        self._int8: dict[str, _Int8Library] = {}
         self._levels = [self._load_level(level, VirtualMachine) for level in manifest.levels]
         # threads: the build measured each level at 1, 2, 4, ... threads and recorded the fewest within 3 % of its
         # fastest (tiny levels lose more to the pool's hand-offs than they gain). A switch resizes TVM's pool when
@@ -226,6 +255,11 @@ class Runtime:
             arrays.append(array)
         lib, path = self._libs[module]
         index = level.index
+        if spec.executor == "int8":
+            if module not in self._int8:
+                self._int8[module] = _Int8Library(path, self.input_spec, self.output_spec)
+            int8 = self._int8[module]
+            return _Level(module, int8.run, int8.input)
         if spec.executor == "static":
             if self._session is None:  # ctypes straight into the library: no packed call, no tensor conversion
                 if module not in self._static:
@@ -343,6 +377,19 @@ class Runtime:
         """Median milliseconds of one call at `level`, timed on the device by TVM's time_evaluator: `repeat` means of
         `number` calls (each mean at least `min_repeat_ms` long), the first `warmup` of them dropped."""
         self.set_level(level)
+        if self._levels[level].timed is None:  # an int8 level: no TVM function to time, so time the call itself
+            import time
+
+            call, runs = self._levels[level].call, []
+            for _ in range(warmup * number):
+                call()
+            for _ in range(repeat):
+                start, count = time.perf_counter(), 0
+                while count < number or (time.perf_counter() - start) * 1e3 < min_repeat_ms:
+                    call()
+                    count += 1
+                runs.append((time.perf_counter() - start) / count)
+            return float(np.median(runs) * 1e3)
         module, name, args = self._levels[level].timed
         x = self._tvm.runtime.tensor(np.zeros(self.input_spec.shape, self.input_spec.dtype), self.device)
         timer = module.time_evaluator(name, self.device, number=number, repeat=repeat + warmup,
@@ -351,8 +398,9 @@ class Runtime:
 
     @property
     def executors(self) -> list[str]:
-        """Per level: "static" (lcs's C executor, tvm_build/cpu_executor.py) or "vm" (the Relax VM)."""
-        return ["static" if lv.bind is not None else "vm" for lv in self._levels]
+        """Per level: "static" (lcs's C executor, tvm_build/cpu_executor.py), "int8" (integer C kernels,
+        tvm_build/cpu_int8.py) or "vm" (the Relax VM)."""
+        return ["static" if lv.bind is not None else "int8" if lv.module in self._int8 else "vm" for lv in self._levels]
 
     def check(self) -> list[float]:
         """Max abs difference per level between this device's outputs and the reference outputs in the artifact."""
@@ -382,10 +430,15 @@ def main(argv: list[str] | None = None) -> int:
         rt = Runtime(args.artifact, expect_target=args.target)
         if args.check:
             diffs = rt.check()
+            base = FLOAT_ATOL if rt.artifact.manifest.atol is None else rt.artifact.manifest.atol
+            bad = []
             for level, diff in zip(rt.levels, diffs):
-                print(f"level {level.index} alpha {level.alpha:.4f} {level.label}: max abs diff {diff:.3g}")
-            if max(diffs) > 1e-4:
-                print(f"error: outputs differ from the reference by up to {max(diffs):.3g}", file=sys.stderr)
+                tolerance = level_atol(level.bits, base)
+                print(f"level {level.index} alpha {level.alpha:.4f} {level.label}: max abs diff {diff:.3g} "
+                      f"(tolerance {tolerance:g})")
+                bad += [diff] if not diff <= tolerance else []
+            if bad:
+                print(f"error: outputs differ from the reference by up to {max(bad):.3g}", file=sys.stderr)
                 return 1
         else:
             print(f"{len(rt.levels)} levels loaded")

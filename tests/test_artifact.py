@@ -271,3 +271,18 @@ def test_unknown_sparse_encoding_is_refused_on_open(tmp_path, encoding, message)
     with pytest.raises(art.ArtifactError) as caught:
         art.open_artifact(edited)
     assert message in str(caught.value)
+
+
+def test_level_tolerance_widens_for_quantized_float_levels_only():
+    """fp32 levels: float rounding; quantized activations: one grid step may flip; an integer build's reference is
+    exact, so its tolerance stays 0 whatever the level (a falsy 0.0 once read as "unset" and became 1e-4)."""
+    from types import SimpleNamespace
+
+    from lcs.deploy import level_tolerance
+
+    assert art.level_atol(None) == art.FLOAT_ATOL and art.level_atol(5) == art.GRID_ATOL
+    assert art.level_atol(8, 0.0) == 0.0 and art.level_atol(None, 0.0) == 0.0
+    cpu = lambda atol: SimpleNamespace(kind="cpu", manifest=SimpleNamespace(atol=atol, firmware=None))  # noqa: E731
+    assert level_tolerance(cpu(0.0), SimpleNamespace(bits=8)) == 0.0
+    assert level_tolerance(cpu(None), SimpleNamespace(bits=None)) == art.FLOAT_ATOL
+    assert level_tolerance(cpu(1e-4), SimpleNamespace(bits=3)) == art.GRID_ATOL

@@ -161,9 +161,11 @@ def test_device_input_rounds_half_to_even_in_float32():
     assert device_input(g, x).ravel().tolist() == [0, 2, 0, 127]
 
 
-def test_int8_build_refuses_a_linux_target(one_line_error, bn_checkpoint, tmp_path):
-    one_line_error(_cli("build", bn_checkpoint, "--target", "host", "--int8", "-o", tmp_path / "a.lcsa"),
-                   "--int8 builds firmware for mcu and sim boards")
+def test_int8_store_refuses_a_linux_target(one_line_error, bn_checkpoint, tmp_path):
+    """--int8 on a linux board builds C integer kernels (tests/test_cpu_int8.py); a firmware weight store is no
+    part of that build."""
+    one_line_error(_cli("build", bn_checkpoint, "--target", "host", "--int8-store", "ready", "-o", tmp_path / "a.lcsa"),
+                   "--int8-store chooses a firmware weight store")
 
 
 @pytest.mark.slow  # trains a width-32 model and links it

@@ -77,3 +77,34 @@ def test_rasp4_artifact_runs_under_qemu(arm64_root, artifacts):
         diff = float(np.abs(pi - here).max())
         assert diff <= 1e-4, f"level {level}: aarch64 vs x86 differ by {diff}"
         assert float(np.abs(pi - ref[f"level{level}"]).max()) <= 1e-4
+
+
+def test_rasp4_int8_artifact_runs_under_qemu(arm64_root, train_tiny, tmp_path):
+    """`lcs build --target rasp4 --int8`: the NEON int8 levels, run by lcs.runtime on aarch64, equal the integer
+    reference stored in the artifact exactly."""
+    from tvm_build.build import build
+
+    art = tmp_path / "rasp4-int8.lcsa"
+    manifest = build(train_tiny("quantization"), "rasp4", art, levels="bits=4,bits=8", int8=True, progress=False)
+    assert manifest["int8"]["isa"] == "neon" and "-mcpu=cortex-a72" in manifest["int8"]["compiler"]
+    work = Path("root") / f"lcs-test-{uuid.uuid4().hex[:8]}"
+    inside = arm64_root / work
+    (inside / "lcs").mkdir(parents=True)
+    try:
+        for name in DEVICE_FILES:
+            shutil.copy(ROOT / "lcs" / name, inside / "lcs" / name)
+        shutil.copy(art, inside / "a.lcsa")
+        (inside / "run.py").write_text(textwrap.dedent(f"""
+            import json, sys
+            sys.path.insert(0, "/{work}")
+            from lcs.runtime import Runtime
+            rt = Runtime("/{work}/a.lcsa", expect_target="rasp4")
+            print(json.dumps({{"executors": rt.executors, "diffs": rt.check()}}))
+        """))
+        proc = subprocess.run(["chroot", str(arm64_root), "/usr/bin/env", "TVM_USE_RUNTIME_LIB=1",
+                               "/root/venv/bin/python", f"/{work}/run.py"], capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(inside, ignore_errors=True)
+    assert result == {"executors": ["int8", "int8"], "diffs": [0.0, 0.0]}

@@ -12,8 +12,8 @@ Executor: each module's library holds its kernels and lcs's static executor (cpu
 in a fixed order from a memory plan made here, no Relax VM; ~2.5 us less per call of a small network), or, for a graph
 that is not a plain list of kernels, a Relax VM program. The manifest says which ("executor") and why not static.
 
-Verification: every level's compiled output is compared with torch on sample inputs (max abs diff <= 1e-4) through
-`lcs.runtime` itself before the artifact is written: on the board over RPC when --rpc/--tracker is given, on this
+Verification: every level's compiled output is compared with torch on sample inputs (max abs diff <= 1e-4; 2e-3 for levels with quantized
+activations, whose values may round one grid step apart: lcs.artifact.level_atol) through `lcs.runtime` itself before the artifact is written: on the board over RPC when --rpc/--tracker is given, on this
 machine when the board is the host, else with the same Relax module compiled for the host (the qemu test runs the
 real cross-compiled libraries).
 """
@@ -46,7 +46,8 @@ def build(checkpoint_path: str | Path, target: str, output: str | Path, *, level
     never uses more; without it the kernels are planned for every core and the build records the fastest count it
     can measure. `int8` (MCU and host-sim boards): the levels run the int8 kernels (tvm_build/mcu/build_int8.py);
     False: the fp32 kernels; None (the CLI's default): int8 on MCU and sim boards wherever the model converts, fp32
-    elsewhere (the log line and the manifest's firmware.precision say which and why). `int8_store`: the int8 weight
+    elsewhere (the log line and the manifest's firmware.precision say which and why). Linux boards: True builds each
+    level as C integer kernels (tvm_build/cpu_int8.py), otherwise fp32 TVM. `int8_store`: the int8 weight
     store, auto (default), derived or ready (build_int8.STORES)."""
     log = log or (lambda msg: None)
     output = Path(output)
@@ -65,8 +66,8 @@ def build(checkpoint_path: str | Path, target: str, output: str | Path, *, level
                           f"and sim boards")
     if int8 is None and int8_store is not None:  # choosing an int8 store asks for int8
         int8 = True
-    if int8 and board.kind not in ("mcu", "sim"):
-        raise ConfigError(f"--int8 builds firmware for mcu and sim boards; {board.name} is a {board.kind} board")
+    if int8_store is not None and board.kind not in ("mcu", "sim"):
+        raise ConfigError(f"--int8-store chooses a firmware weight store; {board.name} is a {board.kind} board")
     if int8_store is not None and int8 is False:
         raise ConfigError("--int8-store chooses the weight store of an int8 build; drop --fp32")
     if board.kind in ("mcu", "sim"):
@@ -84,6 +85,18 @@ def build(checkpoint_path: str | Path, target: str, output: str | Path, *, level
                 raise ConfigError(f"--int8-store derived: {why}")
         return _build_mcu(ckpt, board, output, alphas, accuracy_table(ckpt.metrics, eval_results), log, int8,
                           int8_store or "auto")
+    if int8:  # linux boards: integer kernels only when asked (the default stays fp32 TVM)
+        if tune or strategy != "per-level":
+            raise ConfigError("--int8 levels are C integer kernels, one library per level: drop --tune/--strategy")
+        if threads not in (None, 1):
+            raise ConfigError("--int8 levels run on one thread; drop --threads or give --threads 1")
+        if rpc or tracker:
+            raise ConfigError("--int8 builds are verified on this machine; drop --rpc/--tracker")
+        from tvm_build import target as tt
+        from tvm_build.cpu_int8 import build_cpu_int8
+
+        ckpt, alphas = _checkpoint_and_levels(checkpoint_path, levels)
+        return build_cpu_int8(ckpt, board, output, alphas, tt.is_host(board), log)
     from tvm_build import target as tt
 
     try:

@@ -657,6 +657,14 @@ void q8_dense(const int8_t *in, int32_t n_in, int32_t n_out, const int8_t *w, co
 
 /* floor(sqrt(u)), u < 2^62: the bit-by-bit method (once per group, so its 31 steps do not matter) */
 static uint32_t isqrt64(uint64_t u) {
+#ifdef Q8_CPU
+    /* application CPUs (tvm_build/cpu_int8.py defines Q8_CPU): a double's estimate, then exact integer correction
+       (graph.isqrt64) */
+    uint64_t e = (uint64_t)__builtin_sqrt((double)u);
+    while (e * e > u) e--;
+    while ((e + 1) * (e + 1) <= u) e++;
+    return (uint32_t)e;
+#endif
     uint64_t r = 0, bit = 1ull << 62;
     while (bit > u) bit >>= 2;
     for (; bit; bit >>= 2) {
@@ -668,6 +676,13 @@ static uint32_t isqrt64(uint64_t u) {
         }
     }
     return (uint32_t)r;
+}
+
+uint64_t q8_gn_recip(const q8_gn_t *p, int32_t s, uint32_t q, int32_t *k) {
+    const int64_t n = (int64_t)p->hw * (p->c / p->groups);
+    const uint64_t u = (uint64_t)(n * q - (int64_t)s * s) + (uint64_t)p->e;
+    *k = (62 - (64 - __builtin_clzll(u))) / 2;
+    return ((1ull << 61) - 1) / isqrt64(u << (2 * *k));
 }
 
 void q8_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out) {
@@ -682,9 +697,8 @@ void q8_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out) {
                 q += (uint32_t)(x[j] * x[j]);
             }
         }
-        const uint64_t u = (uint64_t)((int64_t)n * q - (int64_t)s * s) + (uint64_t)p->e;
-        const int32_t k = (62 - (64 - __builtin_clzll(u))) / 2;
-        const uint64_t recip = ((1ull << 61) - 1) / isqrt64(u << (2 * k));
+        int32_t k;
+        const uint64_t recip = q8_gn_recip(p, s, q, &k);
         for (int32_t j = g0; j < g0 + cg; j++) {
             const int32_t m = (int32_t)(((int64_t)p->g[j] * (int64_t)recip + (1 << 30)) >> 31);
             const int32_t sh = 61 - k - p->ge[j], down = sh - 16 > 63 ? 63 : sh - 16;

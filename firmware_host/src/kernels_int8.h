@@ -53,6 +53,8 @@ typedef struct {
     const int32_t *b;    /* [c] round(2^16 beta / s_out) */
 } q8_gn_t;
 void q8_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out);
+/* One group's 1/sqrt(U) as R and k (R 2^(k - 61)) from its sums S and Q (also the CPU kernel's, q8_cpu.c). */
+uint64_t q8_gn_recip(const q8_gn_t *p, int32_t s, uint32_t q, int32_t *k);
 
 /* Level materialization of the derived weight store (lcs/int8/derived.py): a level keeps a code q of output
    channel o iff |q| > thr[o]. `w` holds oc rows of `win` codes (a conv's window, a dense layer's rows); with

@@ -16,7 +16,7 @@ import torch.fx
 from torch import nn
 
 from lcs.errors import LcsError
-from lcs.int8.graph import Conv, Dense, Graph, GroupNorm, Pool, Tensor, conv_out_hw
+from lcs.int8.graph import Add, Conv, Dense, Graph, GroupNorm, Pool, Tensor, conv_out_hw
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -28,8 +28,9 @@ class _Tracer(torch.fx.Tracer):
         return type(m).__name__ == "QuantizeInput" or super().is_leaf_module(m, name)
 
 
-def from_torch(net: nn.Module, input_shape: tuple[int, int, int]) -> Graph:
-    """`input_shape` is (C, H, W) as torch sees it; the graph is HWC."""
+def from_torch(net: nn.Module, input_shape: tuple[int, int, int], *, adds: bool = False) -> Graph:
+    """`input_shape` is (C, H, W) as torch sees it; the graph is HWC. `adds`: an add that no conv can take as its
+    residual becomes an `Add` op (the CPU kernels run it; the microcontroller kernels do not)."""
     net = net.eval()
     gm = torch.fx.GraphModule(net, _Tracer().trace(net))
     mods = dict(gm.named_modules())
@@ -93,8 +94,11 @@ def from_torch(net: nn.Module, input_shape: tuple[int, int, int]) -> Graph:
                     raise LcsError(f"int8: GroupNorm {node.target} does not match its input's channels")
                 op = GroupNorm(src, node.name, mod.num_groups, _np(mod.weight), _np(mod.bias), float(mod.eps))
                 tensors[node.name] = Tensor(node.name, tensors[src].shape)
-            elif isinstance(mod, nn.ReLU):
-                fused_target(node, (Conv, GroupNorm)).relu = True
+            elif isinstance(mod, (nn.ReLU, nn.ReLU6)):
+                target = fused_target(node, (Conv, GroupNorm, Add))
+                target.relu = True
+                if isinstance(mod, nn.ReLU6):  # calibration's float forward caps at 6, so the scale does too
+                    target.cap = 6.0
                 where[node.name] = where[node.args[0].name]
                 continue
             elif isinstance(mod, nn.AdaptiveAvgPool2d):
@@ -132,20 +136,37 @@ def from_torch(net: nn.Module, input_shape: tuple[int, int, int]) -> Graph:
                 first, second = sorted((a, b), key=lambda t: [o.out for o in ops].index(t) if t in producer else -1)
                 op = producer.get(second)
                 second_node = node.args[[a, b].index(second)]
-                if not isinstance(op, Conv) or op.relu or op.add is not None or users[second_node.name] != 1:
-                    raise LcsError(f"int8: the add {node.name} does not follow a conv it can fuse into")
                 if tensors[first].shape != tensors[second].shape:
                     raise LcsError(f"int8: the add {node.name} joins tensors of different shapes")
+                if not isinstance(op, Conv) or op.relu or op.add is not None or users[second_node.name] != 1:
+                    if not adds:
+                        raise LcsError(f"int8: the add {node.name} does not follow a conv it can fuse into")
+                    op = Add(second, first, node.name)
+                    tensors[node.name] = Tensor(node.name, tensors[second].shape)
+                    ops.append(op)
+                    producer[op.out] = op
+                    where[node.name] = op.out
+                    continue
                 op.add = first
                 where[node.name] = second
             elif fn in (torch.relu, torch.nn.functional.relu, "relu"):
-                fused_target(node, (Conv, GroupNorm)).relu = True
+                fused_target(node, (Conv, GroupNorm, Add)).relu = True
                 where[node.name] = where[node.args[0].name]
+            elif fn is torch.nn.functional.adaptive_avg_pool2d:  # torchvision's MobileNetV2
+                size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
+                if size not in (1, (1, 1), [1, 1]):
+                    raise LcsError(f"int8: {node.name} pools to {size}, only a global pool runs")
+                src = where[node.args[0].name]
+                op = Pool(src, node.name)
+                tensors[node.name] = Tensor(node.name, (tensors[src].shape[-1],))
+                ops.append(op)
+                producer[op.out] = op
+                where[node.name] = op.out
             elif fn in (torch.flatten, "flatten", "view", "reshape"):
                 where[node.name] = where[node.args[0].name]
             else:
                 raise LcsError(f"int8: operation {node.name} ({fn}) has no integer kernel")
         else:
             raise LcsError(f"int8: cannot convert node {node.name} ({node.op})")
-    used = {op.inp for op in ops} | {op.add for op in ops if isinstance(op, Conv) and op.add} | {out_name, "input"}
+    used = {op.inp for op in ops} | {op.add for op in ops if isinstance(op, (Conv, Add)) and op.add} | {out_name, "input"}
     return Graph({k: v for k, v in tensors.items() if k in used or k in {o.out for o in ops}}, ops, "input", out_name)

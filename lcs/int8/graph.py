@@ -17,7 +17,8 @@ Requantization of an int32 `x` by a real factor r > 0, stored as (M, l, n) with 
     r = M * 2^(l - 32 - n)
 
 A conv's output is clamp(rq(acc[c], M[c], l[c], n[c]) [+ rq(skip, Ms, ls, ns)], lo, 127), lo = 0 with a
-ReLU and -128 without: the residual add and ReLU are fused into the conv that precedes them. The global
+ReLU and -128 without: the residual add and ReLU are fused into the conv that precedes them (an add that follows
+no conv, e.g. after a GroupNorm, is an `Add` op with the same epilogue; only the CPU kernels run it). The global
 average pool is rq(sum over H x W, M, l, n) clamped to [-128, 127]; the dense layer is a 1x1 conv.
 
 GroupNorm (int8 in, int8 out, ReLU fused) uses the statistics of the sample itself, in integers. Per group of
@@ -112,6 +113,7 @@ class Conv:
     depthwise: bool = False
     relu: bool = False
     add: str | None = None  # a tensor of the output's shape added before the ReLU
+    cap: float | None = None  # ReLU6: the float bound calibration sees (in integers the clamp at 127 holds it)
     wscale: np.ndarray | None = None  # per output channel
     rq: list[Requant] = field(default_factory=list)
     rq_add: Requant | None = None
@@ -152,6 +154,7 @@ class GroupNorm:
     beta: np.ndarray  # float [C]
     eps: float = 1e-5
     relu: bool = False
+    cap: float | None = None  # as Conv.cap
     grid: tuple[float, int, int] | None = None  # a level's activation grid on the output: (scale, lo, hi) codes
     lo: int = -128  # clamps: a grid's codes
     hi: int = Q_MAX
@@ -162,7 +165,21 @@ class GroupNorm:
     b: np.ndarray | None = None  # int32 [C], beta / s_out with 16 fraction bits
 
 
-Op = Conv | Pool | Dense | GroupNorm
+@dataclass
+class Add:
+    """Sum of two tensors of one shape that no conv can take as its residual (e.g. after a GroupNorm): each operand
+    requantized to the output scale, then the ReLU and clamp of a conv's residual epilogue."""
+
+    inp: str
+    add: str
+    out: str
+    relu: bool = False
+    cap: float | None = None  # as Conv.cap
+    rq: Requant | None = None
+    rq_add: Requant | None = None
+
+
+Op = Conv | Pool | Dense | GroupNorm | Add
 
 
 @dataclass
@@ -227,6 +244,8 @@ def run_float(graph: Graph, x: np.ndarray, *, keep: bool = False) -> np.ndarray 
                 y = y + vals[op.add]
         elif isinstance(op, Pool):
             y = h.mean(axis=(1, 2))
+        elif isinstance(op, Add):
+            y = h + vals[op.add]
         elif isinstance(op, GroupNorm):
             g = h.reshape(h.shape[:3] + (op.groups, -1))
             mu = g.mean(axis=(1, 2, 4), keepdims=True)
@@ -236,6 +255,8 @@ def run_float(graph: Graph, x: np.ndarray, *, keep: bool = False) -> np.ndarray 
             y = h @ op.weight.T.astype(np.float64) + op.bias
         if getattr(op, "relu", False):
             y = np.maximum(y, 0)
+            if getattr(op, "cap", None) is not None:
+                y = np.minimum(y, op.cap)
         vals[op.out] = y
     return vals if keep else vals[graph.output]
 
@@ -257,6 +278,9 @@ def run_int(graph: Graph, xq: np.ndarray, *, keep: bool = False) -> np.ndarray |
             y = np.clip(requant(h.sum(axis=(1, 2)), op.rq.m, op.rq.l, op.rq.n), -128, Q_MAX)
         elif isinstance(op, GroupNorm):
             y = group_norm_int(h, op)
+        elif isinstance(op, Add):
+            y = requant(h, op.rq.m, op.rq.l, op.rq.n) + requant(vals[op.add], op.rq_add.m, op.rq_add.l, op.rq_add.n)
+            y = np.clip(y, 0 if op.relu else -128, Q_MAX)
         else:
             acc = h @ op.weight.T.astype(np.int64) + op.bias.astype(np.int64)
             y = np.clip(requant(acc, *_rq_arrays(op.rq)), -128, Q_MAX)
@@ -370,6 +394,9 @@ def quantize(graph: Graph, calibration: np.ndarray) -> Graph:
             if op.grid and -128 <= op.grid[1] and op.grid[2] <= Q_MAX:
                 op = replace(op, lo=op.grid[1], hi=op.grid[2])
             ops.append(op)
+            continue
+        if isinstance(op, Add):
+            ops.append(replace(op, rq=Requant.of(s_in / s_out), rq_add=Requant.of(tensors[op.add].scale / s_out)))
             continue
         wq, ws = _weights_int8(op.weight)
         bq = np.rint(op.bias / (s_in * ws)).astype(np.int64)

@@ -17,10 +17,11 @@ def nhwc(x: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).detach().cpu().numpy().astype(np.float64)
 
 
-def int8_level(model: SubspaceModel, alpha: float, calibration: torch.Tensor) -> Graph:
-    """`calibration`: NCHW images the activation ranges come from (e.g. a few hundred training samples)."""
+def int8_level(model: SubspaceModel, alpha: float, calibration: torch.Tensor, *, adds: bool = False) -> Graph:
+    """`calibration`: NCHW images the activation ranges come from (e.g. a few hundred training samples); `adds`:
+    see `from_torch` (CPU builds)."""
     net = materialize(model, alpha, calibration[:1])
-    graph = from_torch(net, tuple(calibration.shape[1:]))
+    graph = from_torch(net, tuple(calibration.shape[1:]), adds=adds)
     return quantize(graph, nhwc(calibration))
 
 

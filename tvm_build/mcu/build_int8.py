@@ -96,9 +96,10 @@ def _accuracy(graph, data, limit: int) -> float | None:
     return hits / n
 
 
-def check_convertible(ckpt, alphas: list[float]) -> None:
+def check_convertible(ckpt, alphas: list[float], *, adds: bool = False) -> None:
     """Refuse, before any work, a model the int8 path cannot convert (one ConfigError line): its densest level, and
-    its densest quantized level if it has some (a level's QuantizeInput must convert too)."""
+    its densest quantized level if it has some (a level's QuantizeInput must convert too). `adds`: standalone adds
+    allowed (CPU kernels; from_torch)."""
     from lcs.int8.from_torch import from_torch
     from lcs.subspace.export import materialize
 
@@ -108,7 +109,7 @@ def check_convertible(ckpt, alphas: list[float]) -> None:
     quantized = [a for a in alphas if cmap.level(a).bits]
     for alpha in {max(alphas), *([max(quantized)] if quantized else [])}:
         try:
-            from_torch(materialize(ckpt.model.eval(), alpha, torch.zeros(1, *shape)), shape)
+            from_torch(materialize(ckpt.model.eval(), alpha, torch.zeros(1, *shape)), shape, adds=adds)
         except LcsError as exc:
             what = f"level {cmap.level(alpha).label()}: " if cmap.level(alpha).bits else ""
             raise ConfigError(f"--int8: {what}{str(exc).removeprefix('int8: ')}") from None

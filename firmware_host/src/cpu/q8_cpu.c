@@ -1,0 +1,677 @@
+/* int8 kernels for application CPUs (see q8_cpu.h); the arithmetic is lcs/int8/graph.py's.
+
+   Dense conv = GEMM: for a tile of MR output pixels the windows are gathered once (im2col, in the element type the
+   inner loop reads: offset u8 for VNNI, int16 for AVX2, int8 otherwise; padding is the zero point), then every
+   block of 16 output channels runs the micro-kernel over the whole window (accumulators in registers, initialised
+   with the bias) and the epilogue requantizes the MR x 16 results (residual add and ReLU fused). The epilogue and
+   the depthwise loops are plain C written so the compiler vectorizes them (per-channel parameters as arrays). */
+#include "q8_cpu.h"
+
+#include <string.h>
+
+#if Q8C_ISA == 1 || Q8C_ISA == 2
+#include <immintrin.h>
+#elif Q8C_ISA == 3
+#include <arm_neon.h>
+#endif
+
+#if Q8C_ISA == 1
+#define MR 8
+typedef int8_t a_t; /* bits of x + 128 as u8 */
+#define A_OF(x) ((int8_t)((x) ^ (int8_t)0x80))
+#define A_PAD ((int8_t)0x80)
+#elif Q8C_ISA == 2
+#define MR 4
+typedef int8_t a_t;
+#define A_OF(x) (x)
+#define A_PAD 0
+#else
+#define MR 2
+typedef int8_t a_t;
+#define A_OF(x) (x)
+#define A_PAD 0
+#endif
+
+const char *q8c_isa(void) { return Q8C_ISA_NAME; }
+
+static inline uint32_t ld32(const void *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+static inline int32_t rq1(int32_t x, int32_t m, int32_t l, int32_t n) {
+    const int32_t s = (int32_t)((uint32_t)x << l);
+    const int32_t t = (int32_t)(((int64_t)s * m + 0x80000000LL) >> 32);
+    return (t + (int32_t)((1u << n) >> 1)) >> n;
+}
+
+/* Requantize nc accumulators of one pixel to int8 (+ residual, ReLU); always inlined so a call with nc = 16 is
+   one straight vector sequence (no loop tails). */
+static inline __attribute__((always_inline)) void epilogue(const int32_t *restrict acc, int32_t nc, const int32_t *restrict m, const int32_t *restrict l,
+                     const int32_t *restrict n, const int8_t *restrict skip, q8_rq_t add, int32_t relu,
+                     int8_t *restrict out) {
+    const int32_t lo = relu ? 0 : -128;
+    if (skip) {
+        const int32_t am = add.m, al = add.l, an = add.n;
+        for (int32_t c = 0; c < nc; c++) {
+            int32_t y = rq1(acc[c], m[c], l[c], n[c]) + rq1(skip[c], am, al, an);
+            y = y < lo ? lo : y > 127 ? 127 : y;
+            out[c] = (int8_t)y;
+        }
+    } else {
+        for (int32_t c = 0; c < nc; c++) {
+            int32_t y = rq1(acc[c], m[c], l[c], n[c]);
+            y = y < lo ? lo : y > 127 ? 127 : y;
+            out[c] = (int8_t)y;
+        }
+    }
+}
+
+#if Q8C_ISA == 1
+/* rq1 on 16 lanes: 64-bit products of the even and the odd lanes (vpmuldq), their high halves merged. */
+static inline __m512i rq16(__m512i x, __m512i m, __m512i l, __m512i n) {
+    const __m512i s = _mm512_sllv_epi32(x, l), round = _mm512_set1_epi64(0x80000000LL);
+    const __m512i even = _mm512_add_epi64(_mm512_mul_epi32(s, m), round);
+    const __m512i odd = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(s, 32), _mm512_srli_epi64(m, 32)), round);
+    const __m512i t = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+    const __m512i half = _mm512_srli_epi32(_mm512_sllv_epi32(_mm512_set1_epi32(1), n), 1);
+    return _mm512_srav_epi32(_mm512_add_epi32(t, half), n);
+}
+
+/* epilogue() for exactly 16 channels */
+static inline void epilogue16(const int32_t *acc, const int32_t *m, const int32_t *l, const int32_t *n,
+                              const int8_t *skip, q8_rq_t add, int32_t relu, int8_t *out) {
+    __m512i y = rq16(_mm512_loadu_si512(acc), _mm512_loadu_si512(m), _mm512_loadu_si512(l), _mm512_loadu_si512(n));
+    if (skip)
+        y = _mm512_add_epi32(y, rq16(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)skip)),
+                                     _mm512_set1_epi32(add.m), _mm512_set1_epi32(add.l), _mm512_set1_epi32(add.n)));
+    y = _mm512_min_epi32(_mm512_max_epi32(y, _mm512_set1_epi32(relu ? 0 : -128)), _mm512_set1_epi32(127));
+    _mm_storeu_si128((__m128i *)(void *)out, _mm512_cvtepi32_epi8(y));
+}
+#define EPILOGUE16 epilogue16
+#elif Q8C_ISA == 2
+/* rq1 on 8 lanes (as rq16) */
+static inline __m256i rq8(__m256i x, __m256i m, __m256i l, __m256i n) {
+    const __m256i s = _mm256_sllv_epi32(x, l), round = _mm256_set1_epi64x(0x80000000LL);
+    const __m256i even = _mm256_add_epi64(_mm256_mul_epi32(s, m), round);
+    const __m256i odd = _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(s, 32), _mm256_srli_epi64(m, 32)), round);
+    const __m256i t = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+    const __m256i half = _mm256_srli_epi32(_mm256_sllv_epi32(_mm256_set1_epi32(1), n), 1);
+    return _mm256_srav_epi32(_mm256_add_epi32(t, half), n);
+}
+
+/* 16 int32 (two registers, channels 0-7 and 8-15) -> 16 int8 in order; the packs saturate to [-128, 127] */
+static inline void store16(int8_t *out, __m256i y0, __m256i y1) {
+    const __m256i p = _mm256_permute4x64_epi64(_mm256_packs_epi32(y0, y1), 0xD8);
+    _mm_storeu_si128((__m128i *)(void *)out, _mm_packs_epi16(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1)));
+}
+#define EPILOGUE16(acc, m, l, n, skip, add, relu, out) epilogue(acc, 16, m, l, n, skip, add, relu, out)
+#else
+#define EPILOGUE16(acc, m, l, n, skip, add, relu, out) epilogue(acc, 16, m, l, n, skip, add, relu, out)
+#endif
+
+static int32_t a_row(const q8c_conv_t *p) { return (p->kp * (int32_t)sizeof(a_t) + 63) / 64 * 64 / (int32_t)sizeof(a_t); }
+
+
+static inline void copy_a(a_t *restrict d, const int8_t *restrict s, int32_t n) {
+#if Q8C_ISA == 1
+    int32_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t v;
+        memcpy(&v, s + i, 8);
+        v ^= 0x8080808080808080ull;
+        memcpy(d + i, &v, 8);
+    }
+    for (; i < n; i++) d[i] = A_OF(s[i]);
+#else
+    memcpy(d, s, (size_t)n);
+#endif
+}
+
+static inline void pad_a(a_t *d, int32_t n) {
+    if (n <= 0) return; /* most windows: no padding, no call */
+    if (sizeof(a_t) == 1) memset(d, (uint8_t)A_PAD, (size_t)n);
+    else memset(d, 0, (size_t)n * sizeof(a_t)); /* int16: the pad is 0 */
+}
+
+/* The window of output pixel `pix`: (ky, kx, c) order, then padding up to kp. A window row's columns inside the
+   input are consecutive in HWC memory: one copy per row. */
+static void window(const q8c_conv_t *p, const int8_t *in, int32_t pix, a_t *restrict dst) {
+    const int32_t ic = p->in_c, kw = p->kw, oy = pix / p->out_w, ox = pix % p->out_w;
+    const int32_t y0 = oy * p->stride - p->pad_t, x0 = ox * p->stride - p->pad_l;
+    const int32_t t0 = x0 < 0 ? -x0 : 0, t1 = p->in_w - x0 < kw ? p->in_w - x0 : kw;
+    for (int32_t ky = 0; ky < p->kh; ky++, dst += kw * ic) {
+        const int32_t iy = y0 + ky;
+        if (iy < 0 || iy >= p->in_h || t1 <= t0) {
+            pad_a(dst, kw * ic);
+            continue;
+        }
+        pad_a(dst, t0 * ic);
+        copy_a(dst + t0 * ic, in + (iy * p->in_w + x0 + t0) * ic, (t1 - t0) * ic);
+        pad_a(dst + t1 * ic, (kw - t1) * ic);
+    }
+    pad_a(dst, p->kp - p->k);
+}
+
+/* Where a micro-kernel reads its MR rows: row i of tap (ky, kx) starts at A + i * as + ky * rs + kx * cs and holds
+   ic values (a multiple of 4); the weights follow in the same (ky, kx, c) order. A gathered window is one tap of kp
+   values. */
+typedef struct {
+    int32_t as, kh, kw, rs, cs, ic;
+} taps_t;
+
+/* acc[i][0..16) = bias + row i . weight block, for the MR rows. */
+#if Q8C_ISA == 1
+static void micro(const a_t *A, taps_t g, const int8_t *W, const int32_t *bias, int32_t *acc) {
+    const __m512i b = _mm512_loadu_si512(bias);
+    __m512i c0 = b, c1 = b, c2 = b, c3 = b, c4 = b, c5 = b, c6 = b, c7 = b;
+    const int32_t as = g.as;
+    for (int32_t ky = 0; ky < g.kh; ky++)
+        for (int32_t kx = 0; kx < g.kw; kx++) {
+            const int8_t *a = A + ky * g.rs + kx * g.cs;
+            for (int32_t k = 0; k < g.ic; k += 4, W += 64, a += 4) {
+                const __m512i w = _mm512_loadu_si512(W);
+#define Q8C_STEP(c, i) c = _mm512_dpbusd_epi32(c, _mm512_set1_epi32((int32_t)ld32(a + (i) * as)), w)
+                Q8C_STEP(c0, 0);
+                Q8C_STEP(c1, 1);
+                Q8C_STEP(c2, 2);
+                Q8C_STEP(c3, 3);
+                Q8C_STEP(c4, 4);
+                Q8C_STEP(c5, 5);
+                Q8C_STEP(c6, 6);
+                Q8C_STEP(c7, 7);
+#undef Q8C_STEP
+            }
+        }
+    _mm512_storeu_si512(acc, c0);
+    _mm512_storeu_si512(acc + 16, c1);
+    _mm512_storeu_si512(acc + 32, c2);
+    _mm512_storeu_si512(acc + 48, c3);
+    _mm512_storeu_si512(acc + 64, c4);
+    _mm512_storeu_si512(acc + 80, c5);
+    _mm512_storeu_si512(acc + 96, c6);
+    _mm512_storeu_si512(acc + 112, c7);
+}
+#elif Q8C_ISA == 2
+/* vpmaddubsw wants u8 x s8: |a| x (w with a's sign) is a x w exactly, and a pair of them stays within int16
+   (2 x 128 x 127 < 2^15: the weights are in [-127, 127]); vpmaddwd by ones sums the pairs into int32. A weight
+   register holds 8 channels x 4 values. */
+static void micro(const a_t *A, taps_t g, const int8_t *W, const int32_t *bias, int32_t *acc) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+    for (int32_t ky = 0; ky < g.kh; ky++)
+        for (int32_t kx = 0; kx < g.kw; kx++) {
+            const int8_t *a = A + ky * g.rs + kx * g.cs;
+            for (int32_t k = 0; k < g.ic; k += 4, W += 64, a += 4) {
+                const __m256i w0 = _mm256_loadu_si256((const __m256i *)(const void *)W);
+                const __m256i w1 = _mm256_loadu_si256((const __m256i *)(const void *)(W + 32));
+#define Q8C_STEP(i, c0, c1)                                                                              \
+    do {                                                                                                 \
+        const __m256i x = _mm256_set1_epi32((int32_t)ld32(a + (i) * g.as)), ax = _mm256_abs_epi8(x);   \
+        c0 = _mm256_add_epi32(c0, _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(w0, x)), ones)); \
+        c1 = _mm256_add_epi32(c1, _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(w1, x)), ones)); \
+    } while (0)
+                Q8C_STEP(0, c00, c01);
+                Q8C_STEP(1, c10, c11);
+                Q8C_STEP(2, c20, c21);
+                Q8C_STEP(3, c30, c31);
+#undef Q8C_STEP
+            }
+        }
+    const __m256i b0 = _mm256_loadu_si256((const __m256i *)(const void *)bias);
+    const __m256i b1 = _mm256_loadu_si256((const __m256i *)(const void *)(bias + 8));
+    _mm256_storeu_si256((__m256i *)(void *)acc, _mm256_add_epi32(c00, b0));
+    _mm256_storeu_si256((__m256i *)(void *)(acc + 8), _mm256_add_epi32(c01, b1));
+    _mm256_storeu_si256((__m256i *)(void *)(acc + 16), _mm256_add_epi32(c10, b0));
+    _mm256_storeu_si256((__m256i *)(void *)(acc + 24), _mm256_add_epi32(c11, b1));
+    _mm256_storeu_si256((__m256i *)(void *)(acc + 32), _mm256_add_epi32(c20, b0));
+    _mm256_storeu_si256((__m256i *)(void *)(acc + 40), _mm256_add_epi32(c21, b1));
+    _mm256_storeu_si256((__m256i *)(void *)(acc + 48), _mm256_add_epi32(c30, b0));
+    _mm256_storeu_si256((__m256i *)(void *)(acc + 56), _mm256_add_epi32(c31, b1));
+}
+#elif Q8C_ISA == 3
+/* A weight register holds 4 channels x 4 values; smull/smull2 against the 4 activations (dup'd) make int16
+   products, sadalp adds pairs into int32: per channel two partial sums (values 0+1, 2+3), added at the end. Two
+   steps share one sadalp (smlal): |weight| <= 127, so two products stay within int16. */
+static void micro(const a_t *A, taps_t g, const int8_t *W, const int32_t *bias, int32_t *acc) {
+    int32x4_t c[2][8];
+    for (int32_t i = 0; i < 2; i++)
+        for (int32_t j = 0; j < 8; j++) c[i][j] = vdupq_n_s32(0);
+    for (int32_t ky = 0; ky < g.kh; ky++)
+        for (int32_t kx = 0; kx < g.kw; kx++) {
+            const int8_t *a0 = A + ky * g.rs + kx * g.cs, *a1 = a0 + g.as;
+            int32_t k = 0;
+            for (; k + 8 <= g.ic; k += 8, W += 128) {
+                const int8x16_t x0 = vreinterpretq_s8_u32(vdupq_n_u32(ld32(a0 + k)));
+                const int8x16_t x1 = vreinterpretq_s8_u32(vdupq_n_u32(ld32(a1 + k)));
+                const int8x16_t y0 = vreinterpretq_s8_u32(vdupq_n_u32(ld32(a0 + k + 4)));
+                const int8x16_t y1 = vreinterpretq_s8_u32(vdupq_n_u32(ld32(a1 + k + 4)));
+                for (int32_t j = 0; j < 4; j++) {
+                    const int8x16_t w = vld1q_s8(W + 16 * j), v = vld1q_s8(W + 64 + 16 * j);
+                    c[0][2 * j] = vpadalq_s16(c[0][2 * j], vmlal_s8(vmull_s8(vget_low_s8(x0), vget_low_s8(w)),
+                                                                    vget_low_s8(y0), vget_low_s8(v)));
+                    c[0][2 * j + 1] = vpadalq_s16(c[0][2 * j + 1], vmlal_high_s8(vmull_high_s8(x0, w), y0, v));
+                    c[1][2 * j] = vpadalq_s16(c[1][2 * j], vmlal_s8(vmull_s8(vget_low_s8(x1), vget_low_s8(w)),
+                                                                    vget_low_s8(y1), vget_low_s8(v)));
+                    c[1][2 * j + 1] = vpadalq_s16(c[1][2 * j + 1], vmlal_high_s8(vmull_high_s8(x1, w), y1, v));
+                }
+            }
+            for (; k < g.ic; k += 4, W += 64) {
+                const int8x16_t x0 = vreinterpretq_s8_u32(vdupq_n_u32(ld32(a0 + k)));
+                const int8x16_t x1 = vreinterpretq_s8_u32(vdupq_n_u32(ld32(a1 + k)));
+                for (int32_t j = 0; j < 4; j++) {
+                    const int8x16_t w = vld1q_s8(W + 16 * j);
+                    c[0][2 * j] = vpadalq_s16(c[0][2 * j], vmull_s8(vget_low_s8(x0), vget_low_s8(w)));
+                    c[0][2 * j + 1] = vpadalq_s16(c[0][2 * j + 1], vmull_high_s8(x0, w));
+                    c[1][2 * j] = vpadalq_s16(c[1][2 * j], vmull_s8(vget_low_s8(x1), vget_low_s8(w)));
+                    c[1][2 * j + 1] = vpadalq_s16(c[1][2 * j + 1], vmull_high_s8(x1, w));
+                }
+            }
+        }
+    for (int32_t i = 0; i < 2; i++)
+        for (int32_t j = 0; j < 8; j += 2) /* lanes (o: 0+1, o: 2+3, o+1: 0+1, o+1: 2+3) -> pairwise sums */
+            vst1q_s32(acc + i * 16 + 2 * j, vaddq_s32(vpaddq_s32(c[i][j], c[i][j + 1]), vld1q_s32(bias + 2 * j)));
+}
+#else
+static void micro(const a_t *A, taps_t g, const int8_t *W, const int32_t *bias, int32_t *acc) {
+    for (int32_t i = 0; i < MR; i++) {
+        int32_t s[16];
+        for (int32_t o = 0; o < 16; o++) s[o] = bias[o];
+        const int8_t *w = W;
+        for (int32_t ky = 0; ky < g.kh; ky++)
+            for (int32_t kx = 0; kx < g.kw; kx++) {
+                const a_t *a = A + i * g.as + ky * g.rs + kx * g.cs;
+                for (int32_t k = 0; k < g.ic; k += 4, w += 64)
+                    for (int32_t o = 0; o < 16; o++)
+                        for (int32_t t = 0; t < 4; t++) s[o] += a[k + t] * w[o * 4 + t];
+            }
+        for (int32_t o = 0; o < 16; o++) acc[i * 16 + o] = s[o];
+    }
+}
+#endif
+
+/* Padded copy for the taps path: rows of pw columns, enough that every tap of every tile (MR pixels, the last ones
+   past the row's end) reads inside it. */
+static int32_t padded_h(const q8c_conv_t *p) { return (p->out_h - 1) * p->stride + p->kh; }
+/* stride 1: tiles run over the padded rows end to end (a tile may wrap into the next row; the kw - 1 columns
+   between rows are computed and dropped), so a 4-pixel-wide output fills 8-pixel tiles; otherwise tiles stay in
+   their row and the copy is wide enough for the last one */
+static int32_t padded_w(const q8c_conv_t *p) {
+    return p->stride == 1 ? p->out_w + p->kw - 1 : (p->out_w + MR - 2) * p->stride + p->kw;
+}
+static int taps_path(const q8c_conv_t *p) { return (p->in_c & 3) == 0 && p->k == p->kp; }
+
+int32_t q8c_conv_scratch(const q8c_conv_t *p) {
+    const int32_t tile = MR * a_row(p) * (int32_t)sizeof(a_t) + MR * Q8C_NR * 4 + 64;
+    if (!taps_path(p)) return tile;
+    return MR * Q8C_NR * 4 + 64 + (padded_h(p) * padded_w(p) + MR) * p->in_c * (int32_t)sizeof(a_t);
+}
+
+static void pad_input(const q8c_conv_t *p, const int8_t *in, a_t *dst) {
+    const int32_t ic = p->in_c, ph = padded_h(p), pw = padded_w(p);
+    const int32_t x0 = p->pad_l, x1 = p->pad_l + p->in_w < pw ? p->pad_l + p->in_w : pw;
+    for (int32_t y = 0; y < ph; y++, dst += pw * ic) {
+        const int32_t iy = y - p->pad_t;
+        if (iy < 0 || iy >= p->in_h || x1 <= x0) {
+            pad_a(dst, pw * ic);
+            continue;
+        }
+        pad_a(dst, x0 * ic);
+        copy_a(dst + x0 * ic, in + iy * p->in_w * ic, (x1 - x0) * ic);
+        pad_a(dst + x1 * ic, (pw - x1) * ic);
+    }
+}
+
+static inline void store_tile(const q8c_conv_t *p, const int32_t *acc, int32_t pix0, int32_t r, int32_t c0,
+                              int8_t *out) {
+    const int32_t oc = p->out_c, nc = oc - c0 < Q8C_NR ? oc - c0 : Q8C_NR;
+#if Q8C_ISA == 1
+    if (nc == Q8C_NR) { /* the block's parameters loaded once for the tile (int8 stores may alias them) */
+        const __m512i m = _mm512_loadu_si512(p->rq.m + c0), l = _mm512_loadu_si512(p->rq.l + c0);
+        const __m512i n = _mm512_loadu_si512(p->rq.n + c0);
+        const __m512i lo = _mm512_set1_epi32(p->relu ? 0 : -128), hi = _mm512_set1_epi32(127);
+        const __m512i am = _mm512_set1_epi32(p->rq_add.m), al = _mm512_set1_epi32(p->rq_add.l);
+        const __m512i an = _mm512_set1_epi32(p->rq_add.n);
+        for (int32_t i = 0; i < r; i++) {
+            const int32_t at = (pix0 + i) * oc + c0;
+            __m512i y = rq16(_mm512_loadu_si512(acc + i * Q8C_NR), m, l, n);
+            if (p->skip)
+                y = _mm512_add_epi32(y, rq16(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                                                 (const __m128i *)(const void *)(p->skip + at))), am, al, an));
+            y = _mm512_min_epi32(_mm512_max_epi32(y, lo), hi);
+            _mm_storeu_si128((__m128i *)(void *)(out + at), _mm512_cvtepi32_epi8(y));
+        }
+        return;
+    }
+#elif Q8C_ISA == 2
+    if (nc == Q8C_NR) { /* as the AVX-512 tile, in two halves */
+#define LD8(ptr) _mm256_loadu_si256((const __m256i *)(const void *)(ptr))
+        const __m256i m0 = LD8(p->rq.m + c0), m1 = LD8(p->rq.m + c0 + 8), l0 = LD8(p->rq.l + c0);
+        const __m256i l1 = LD8(p->rq.l + c0 + 8), n0 = LD8(p->rq.n + c0), n1 = LD8(p->rq.n + c0 + 8);
+        const __m256i lo = _mm256_set1_epi32(p->relu ? 0 : -128);
+        const __m256i am = _mm256_set1_epi32(p->rq_add.m), al = _mm256_set1_epi32(p->rq_add.l);
+        const __m256i an = _mm256_set1_epi32(p->rq_add.n);
+        for (int32_t i = 0; i < r; i++) {
+            const int32_t at = (pix0 + i) * oc + c0;
+            __m256i y0 = rq8(LD8(acc + i * Q8C_NR), m0, l0, n0), y1 = rq8(LD8(acc + i * Q8C_NR + 8), m1, l1, n1);
+            if (p->skip) {
+                const __m128i sk = _mm_loadu_si128((const __m128i *)(const void *)(p->skip + at));
+                y0 = _mm256_add_epi32(y0, rq8(_mm256_cvtepi8_epi32(sk), am, al, an));
+                y1 = _mm256_add_epi32(y1, rq8(_mm256_cvtepi8_epi32(_mm_srli_si128(sk, 8)), am, al, an));
+            }
+            store16(out + at, _mm256_max_epi32(y0, lo), _mm256_max_epi32(y1, lo));
+        }
+#undef LD8
+        return;
+    }
+#endif
+    for (int32_t i = 0; i < r; i++) {
+        const int32_t at = (pix0 + i) * oc + c0;
+        const int8_t *skip = p->skip ? p->skip + at : 0;
+        if (nc == Q8C_NR)
+            EPILOGUE16(acc + i * Q8C_NR, p->rq.m + c0, p->rq.l + c0, p->rq.n + c0, skip, p->rq_add, p->relu, out + at);
+        else
+            epilogue(acc + i * Q8C_NR, nc, p->rq.m + c0, p->rq.l + c0, p->rq.n + c0, skip, p->rq_add, p->relu,
+                     out + at);
+    }
+}
+
+void q8c_conv(const q8c_conv_t *p, const int8_t *in, int8_t *out, void *scratch) {
+    const int32_t npix = p->out_h * p->out_w, oc = p->out_c, nb = (oc + Q8C_NR - 1) / Q8C_NR, kp = p->kp;
+    const int32_t *bias = Q8C_ISA == 1 ? p->bias_u8 : p->bias;
+    int32_t *const acc = (int32_t *)scratch;
+    a_t *const A = (a_t *)(void *)((char *)scratch + MR * Q8C_NR * 4 + 64);
+    if (taps_path(p)) { /* implicit GEMM: the taps read one padded copy of the input (no per-pixel windows) */
+        const int32_t ic = p->in_c, pw = padded_w(p);
+        const taps_t g = {p->stride * ic, p->kh, p->kw, pw * ic, ic, ic};
+        pad_input(p, in, A);
+        if (p->stride == 1) {
+            const int32_t nq = (p->out_h - 1) * pw + p->out_w; /* padded positions up to the last output */
+            for (int32_t q0 = 0; q0 < nq; q0 += MR) {
+                const int32_t r = nq - q0 < MR ? nq - q0 : MR;
+                for (int32_t b = 0; b < nb; b++) {
+                    micro(A + q0 * ic, g, p->w + b * kp * Q8C_NR, bias + b * Q8C_NR, acc);
+                    for (int32_t i = 0; i < r; i++) { /* runs of one output row */
+                        const int32_t oy = (q0 + i) / pw, ox = (q0 + i) % pw;
+                        if (ox >= p->out_w) continue;
+                        int32_t n = r - i < p->out_w - ox ? r - i : p->out_w - ox;
+                        store_tile(p, acc + i * Q8C_NR, oy * p->out_w + ox, n, b * Q8C_NR, out);
+                        i += n - 1;
+                    }
+                }
+            }
+            return;
+        }
+        for (int32_t oy = 0; oy < p->out_h; oy++)
+            for (int32_t ox = 0; ox < p->out_w; ox += MR) {
+                const int32_t r = p->out_w - ox < MR ? p->out_w - ox : MR;
+                const a_t *rows = A + (oy * p->stride * pw + ox * p->stride) * ic;
+                for (int32_t b = 0; b < nb; b++) {
+                    micro(rows, g, p->w + b * kp * Q8C_NR, bias + b * Q8C_NR, acc);
+                    store_tile(p, acc, oy * p->out_w + ox, r, b * Q8C_NR, out);
+                }
+            }
+        return;
+    }
+    const int32_t as = a_row(p);
+    const taps_t g = {as, 1, 1, 0, 0, kp};
+    for (int32_t pix0 = 0; pix0 < npix; pix0 += MR) {
+        const int32_t r = npix - pix0 < MR ? npix - pix0 : MR;
+        for (int32_t i = 0; i < r; i++) window(p, in, pix0 + i, A + i * as);
+        for (int32_t b = 0; b < nb; b++) {
+            micro(A, g, p->w + b * kp * Q8C_NR, bias + b * Q8C_NR, acc);
+            store_tile(p, acc, pix0, r, b * Q8C_NR, out);
+        }
+    }
+}
+
+int32_t q8c_dw_scratch(const q8c_dw_t *p) { return p->c * 4 + 64; }
+
+/* Depthwise: per output pixel the taps inside the input, all channels at once (the compiler's vector loop). */
+void q8c_dwconv(const q8c_dw_t *p, const int8_t *in, int8_t *out, void *scratch) {
+    const int32_t C = p->c, C16 = C & ~15;
+    int32_t *restrict acc = (int32_t *)scratch;
+#if Q8C_ISA == 1
+    if (p->kh * p->kw <= 9 && C16 == C) { /* 16 channels at a time: the block's taps in registers (int16) */
+        for (int32_t c0 = 0; c0 < C; c0 += 16) {
+            __m256i w[9];
+            for (int32_t t = 0; t < p->kh * p->kw; t++)
+                w[t] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(p->w + t * C + c0)));
+            const __m512i bias = _mm512_loadu_si512(p->bias + c0);
+            const __m512i m = _mm512_loadu_si512(p->rq.m + c0), l = _mm512_loadu_si512(p->rq.l + c0);
+            const __m512i n = _mm512_loadu_si512(p->rq.n + c0);
+            for (int32_t oy = 0; oy < p->out_h; oy++) {
+                const int32_t y0 = oy * p->stride - p->pad_t;
+                const int32_t r0 = y0 < 0 ? -y0 : 0, r1 = p->in_h - y0 < p->kh ? p->in_h - y0 : p->kh;
+                for (int32_t ox = 0; ox < p->out_w; ox++) {
+                    const int32_t x0 = ox * p->stride - p->pad_l;
+                    const int32_t t0 = x0 < 0 ? -x0 : 0, t1 = p->in_w - x0 < p->kw ? p->in_w - x0 : p->kw;
+                    __m512i a = bias;
+                    for (int32_t r = r0; r < r1; r++)
+                        for (int32_t t = t0; t < t1; t++) {
+                            const __m256i x = _mm256_cvtepi8_epi16(_mm_loadu_si128(
+                                (const __m128i *)(const void *)(in + ((y0 + r) * p->in_w + x0 + t) * C + c0)));
+                            a = _mm512_add_epi32(a, _mm512_cvtepi16_epi32(_mm256_mullo_epi16(x, w[r * p->kw + t])));
+                        } /* |x w| <= 128 * 127: exact in int16 */
+                    const int32_t at = (oy * p->out_w + ox) * C + c0;
+                    __m512i y = rq16(a, m, l, n);
+                    if (p->skip)
+                        y = _mm512_add_epi32(y, rq16(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                                                         (const __m128i *)(const void *)(p->skip + at))),
+                                                     _mm512_set1_epi32(p->rq_add.m), _mm512_set1_epi32(p->rq_add.l),
+                                                     _mm512_set1_epi32(p->rq_add.n)));
+                    y = _mm512_min_epi32(_mm512_max_epi32(y, _mm512_set1_epi32(p->relu ? 0 : -128)),
+                                         _mm512_set1_epi32(127));
+                    _mm_storeu_si128((__m128i *)(void *)(out + at), _mm512_cvtepi32_epi8(y));
+                }
+            }
+        }
+        return;
+    }
+#endif
+    for (int32_t oy = 0; oy < p->out_h; oy++) {
+        const int32_t y0 = oy * p->stride - p->pad_t;
+        const int32_t r0 = y0 < 0 ? -y0 : 0, r1 = p->in_h - y0 < p->kh ? p->in_h - y0 : p->kh;
+        for (int32_t ox = 0; ox < p->out_w; ox++) {
+            const int32_t x0 = ox * p->stride - p->pad_l;
+            const int32_t t0 = x0 < 0 ? -x0 : 0, t1 = p->in_w - x0 < p->kw ? p->in_w - x0 : p->kw;
+            for (int32_t c = 0; c < C; c++) acc[c] = p->bias[c];
+            for (int32_t r = r0; r < r1; r++)
+                for (int32_t t = t0; t < t1; t++) {
+                    const int8_t *restrict x = in + ((y0 + r) * p->in_w + x0 + t) * C;
+                    const int8_t *restrict w = p->w + (r * p->kw + t) * C;
+                    for (int32_t c0 = 0; c0 < C16; c0 += 16) /* blocks of a known count vectorize whole */
+                        for (int32_t c = c0; c < c0 + 16; c++) acc[c] += x[c] * w[c];
+                    for (int32_t c = C16; c < C; c++) acc[c] += x[c] * w[c];
+                }
+            const int32_t at = (oy * p->out_w + ox) * C;
+            const int8_t *skip = p->skip ? p->skip + at : 0;
+            for (int32_t c0 = 0; c0 < C16; c0 += 16)
+                EPILOGUE16(acc + c0, p->rq.m + c0, p->rq.l + c0, p->rq.n + c0, skip ? skip + c0 : 0, p->rq_add,
+                           p->relu, out + at + c0);
+            if (C16 < C)
+                epilogue(acc + C16, C - C16, p->rq.m + C16, p->rq.l + C16, p->rq.n + C16, skip ? skip + C16 : 0,
+                         p->rq_add, p->relu, out + at + C16);
+        }
+    }
+}
+
+void q8c_add(int32_t n, const int8_t *restrict a, const int8_t *restrict b, q8_rq_t ra, q8_rq_t rb, int32_t relu,
+             int8_t *restrict out) {
+    const int32_t lo = relu ? 0 : -128, am = ra.m, al = ra.l, an = ra.n, bm = rb.m, bl = rb.l, bn = rb.n;
+    int32_t i = 0;
+#if Q8C_ISA == 1
+    const __m512i ma = _mm512_set1_epi32(am), la = _mm512_set1_epi32(al), na = _mm512_set1_epi32(an);
+    const __m512i mb = _mm512_set1_epi32(bm), lb = _mm512_set1_epi32(bl), nb = _mm512_set1_epi32(bn);
+    const __m512i lov = _mm512_set1_epi32(lo), hiv = _mm512_set1_epi32(127);
+    for (; i + 16 <= n; i += 16) {
+        const __m512i x = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(a + i)));
+        const __m512i y = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(b + i)));
+        __m512i v = _mm512_add_epi32(rq16(x, ma, la, na), rq16(y, mb, lb, nb));
+        v = _mm512_min_epi32(_mm512_max_epi32(v, lov), hiv);
+        _mm_storeu_si128((__m128i *)(void *)(out + i), _mm512_cvtepi32_epi8(v));
+    }
+#endif
+    for (; i < n; i++) {
+        int32_t y = rq1(a[i], am, al, an) + rq1(b[i], bm, bl, bn);
+        y = y < lo ? lo : y > 127 ? 127 : y;
+        out[i] = (int8_t)y;
+    }
+}
+
+int32_t q8c_gn_scratch(const q8_gn_t *p) { return p->c * 48 + 128; }
+
+/* GroupNorm (kernels_int8.c's q8_groupnorm, same numbers) in two passes over HWC with the channels innermost: the
+   per-channel sums, then every value with its channel's factors (the compiler's vector loops). */
+void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratch) {
+    const int32_t c = p->c, cg = c / p->groups, hw = p->hw, n = hw * cg;
+    int32_t *restrict s = (int32_t *)scratch, *restrict m = s + c, *restrict down = m + c;
+    uint32_t *restrict q = (uint32_t *)(down + c);
+    int32_t *restrict b = (int32_t *)(q + c);
+    /* the same factors as int64 (b with the rounding bit), 64-byte aligned, for the vector apply */
+    int64_t *restrict m64 = (int64_t *)(((uintptr_t)(b + c) + 63) & ~(uintptr_t)63), *restrict sh64 = m64 + c;
+    int64_t *restrict b64 = sh64 + c;
+    const int32_t c16 = c & ~15; /* channels in blocks of 16: loops of a known count vectorize whole */
+    for (int32_t j = 0; j < c; j++) s[j] = 0, q[j] = 0;
+#if Q8C_ISA == 1
+    for (int32_t j0 = 0; j0 < c16; j0 += 16) { /* 16 channels' sums in registers over every pixel */
+        __m512i sa = _mm512_setzero_si512(), qa = sa, sb = sa, qb = sa;
+        int32_t i = 0;
+        for (; i + 2 <= hw; i += 2) {
+            const __m256i u = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(in + i * c + j0)));
+            const __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(in + (i + 1) * c + j0)));
+            sa = _mm512_add_epi32(sa, _mm512_cvtepi16_epi32(u));
+            qa = _mm512_add_epi32(qa, _mm512_cvtepi16_epi32(_mm256_mullo_epi16(u, u))); /* x^2 <= 2^14 */
+            sb = _mm512_add_epi32(sb, _mm512_cvtepi16_epi32(w));
+            qb = _mm512_add_epi32(qb, _mm512_cvtepi16_epi32(_mm256_mullo_epi16(w, w)));
+        }
+        for (; i < hw; i++) {
+            const __m256i u = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(in + i * c + j0)));
+            sa = _mm512_add_epi32(sa, _mm512_cvtepi16_epi32(u));
+            qa = _mm512_add_epi32(qa, _mm512_cvtepi16_epi32(_mm256_mullo_epi16(u, u)));
+        }
+        _mm512_storeu_si512(s + j0, _mm512_add_epi32(sa, sb));
+        _mm512_storeu_si512(q + j0, _mm512_add_epi32(qa, qb));
+    }
+    for (int32_t i = 0; i < hw; i++) {
+        const int8_t *restrict x = in + i * c;
+        int32_t j0 = c16;
+#elif Q8C_ISA == 2
+    for (int32_t j0 = 0; j0 < c16; j0 += 16) { /* as above, in halves of 8 channels */
+        __m256i s0 = _mm256_setzero_si256(), s1 = s0, q0 = s0, q1 = s0;
+        for (int32_t i = 0; i < hw; i++) {
+            const __m256i u = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(in + i * c + j0)));
+            const __m256i u2 = _mm256_mullo_epi16(u, u);
+            s0 = _mm256_add_epi32(s0, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(u)));
+            s1 = _mm256_add_epi32(s1, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(u, 1)));
+            q0 = _mm256_add_epi32(q0, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(u2)));
+            q1 = _mm256_add_epi32(q1, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(u2, 1)));
+        }
+        _mm256_storeu_si256((__m256i *)(void *)(s + j0), s0);
+        _mm256_storeu_si256((__m256i *)(void *)(s + j0 + 8), s1);
+        _mm256_storeu_si256((__m256i *)(void *)(q + j0), q0);
+        _mm256_storeu_si256((__m256i *)(void *)(q + j0 + 8), q1);
+    }
+    for (int32_t i = 0; i < hw; i++) {
+        const int8_t *restrict x = in + i * c;
+        int32_t j0 = c16;
+#else
+    for (int32_t i = 0; i < hw; i++) {
+        const int8_t *restrict x = in + i * c;
+        int32_t j0 = 0;
+#endif
+        for (; j0 < c16; j0 += 16)
+            for (int32_t j = j0; j < j0 + 16; j++) {
+                s[j] += x[j];
+                q[j] += (uint32_t)(x[j] * x[j]);
+            }
+        for (int32_t j = c16; j < c; j++) {
+            s[j] += x[j];
+            q[j] += (uint32_t)(x[j] * x[j]);
+        }
+    }
+    for (int32_t g0 = 0; g0 < c; g0 += cg) {
+        int32_t sg = 0;
+        uint32_t qg = 0;
+        for (int32_t j = g0; j < g0 + cg; j++) sg += s[j], qg += q[j];
+        int32_t k;
+        const uint64_t recip = q8_gn_recip(p, sg, qg, &k);
+        for (int32_t j = g0; j < g0 + cg; j++) {
+            m[j] = (int32_t)(((int64_t)p->g[j] * (int64_t)recip + (1 << 30)) >> 31);
+            const int32_t sh = 61 - k - p->ge[j];
+            down[j] = sh - 16 > 63 ? 63 : sh - 16;
+            s[j] = sg;
+            b[j] = p->b[j];
+            m64[j] = m[j], sh64[j] = down[j], b64[j] = (int64_t)b[j] + (1 << 15);
+        }
+    }
+    const int32_t lo = p->relu && p->lo < 0 ? 0 : p->lo, hi = p->hi;
+#if Q8C_ISA == 1
+    const __m512i nv = _mm512_set1_epi32(n), lov = _mm512_set1_epi32(lo), hiv = _mm512_set1_epi32(hi);
+#elif Q8C_ISA == 2
+    const __m256i nv = _mm256_set1_epi32(n), lov = _mm256_set1_epi32(lo), hiv = _mm256_set1_epi32(hi);
+    const __m256i half_bit = _mm256_set1_epi64x(1 << 15), zero = _mm256_setzero_si256();
+    const __m256i low_words = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+#endif
+    for (int32_t i = 0; i < hw; i++) {
+        const int8_t *restrict x = in + i * c;
+        int8_t *restrict y = out + i * c;
+#define Q8C_GN(j)                                                                                 \
+    do {                                                                                          \
+        int64_t v = ((((int64_t)(n * x[j] - s[j]) * m[j]) >> down[j]) + b[j] + (1 << 15)) >> 16; \
+        v = v < lo ? lo : v > hi ? hi : v;                                                        \
+        y[j] = (int8_t)v;                                                                         \
+    } while (0)
+        int32_t j0 = 0;
+#if Q8C_ISA == 1
+        for (; j0 < c16; j0 += 16) { /* 16 channels: int32 differences, two halves of 8 int64 products */
+            const __m512i d = _mm512_sub_epi32(
+                _mm512_mullo_epi32(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(x + j0)))
+                                   , nv), _mm512_loadu_si512(s + j0));
+            __m512i h[2];
+            for (int32_t half = 0; half < 2; half++) {
+                const int32_t j = j0 + 8 * half;
+                const __m512i dq = _mm512_cvtepi32_epi64(half ? _mm512_extracti64x4_epi64(d, 1)
+                                                              : _mm512_castsi512_si256(d));
+                const __m512i t = _mm512_srav_epi64(_mm512_mul_epi32(dq, _mm512_loadu_si512(m64 + j)),
+                                                    _mm512_loadu_si512(sh64 + j));
+                h[half] = _mm512_srai_epi64(_mm512_add_epi64(t, _mm512_loadu_si512(b64 + j)), 16);
+            }
+            __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(h[0])),
+                                           _mm512_cvtepi64_epi32(h[1]), 1);
+            v = _mm512_min_epi32(_mm512_max_epi32(v, lov), hiv);
+            _mm_storeu_si128((__m128i *)(void *)(y + j0), _mm512_cvtepi32_epi8(v));
+        }
+#elif Q8C_ISA == 2
+        for (; j0 < c16; j0 += 8) { /* 8 channels: 4 int64 products at a time; AVX2 has no arithmetic 64-bit shift,
+                                       so x >> k is ((x ^ sign) >> k) ^ sign */
+            const __m256i d = _mm256_sub_epi32(
+                _mm256_mullo_epi32(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(x + j0))), nv),
+                _mm256_loadu_si256((const __m256i *)(const void *)(s + j0)));
+            __m256i h[2];
+            for (int32_t half = 0; half < 2; half++) {
+                const int32_t j = j0 + 4 * half;
+                const __m256i dq = _mm256_cvtepi32_epi64(half ? _mm256_extracti128_si256(d, 1) : _mm256_castsi256_si128(d));
+                const __m256i mq = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(const void *)(m + j)));
+                const __m256i sh = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(const void *)(down + j)));
+                const __m256i bq = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(const void *)(b + j)));
+                __m256i t = _mm256_mul_epi32(dq, mq), sign = _mm256_cmpgt_epi64(zero, t);
+                t = _mm256_xor_si256(_mm256_srlv_epi64(_mm256_xor_si256(t, sign), sh), sign);
+                t = _mm256_add_epi64(_mm256_add_epi64(t, bq), half_bit);
+                sign = _mm256_cmpgt_epi64(zero, t);
+                t = _mm256_xor_si256(_mm256_srli_epi64(_mm256_xor_si256(t, sign), 16), sign);
+                h[half] = _mm256_permutevar8x32_epi32(t, low_words); /* low 32 bits of each lane, in the low half */
+            }
+            __m256i v = _mm256_permute2x128_si256(h[0], h[1], 0x20);
+            v = _mm256_min_epi32(_mm256_max_epi32(v, lov), hiv);
+            const __m128i p16 = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+            _mm_storel_epi64((__m128i *)(void *)(y + j0), _mm_packs_epi16(p16, p16));
+        }
+#endif
+        for (; j0 < c16; j0 += 16)
+            for (int32_t j = j0; j < j0 + 16; j++) Q8C_GN(j);
+        for (int32_t j = c16; j < c; j++) Q8C_GN(j);
+#undef Q8C_GN
+    }
+}

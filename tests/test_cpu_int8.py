@@ -1,0 +1,174 @@
+"""int8 levels on CPUs (`lcs build --target host|rasp4 --int8`, tvm_build/cpu_int8.py): the C kernels of
+firmware_host/src/cpu equal the integer reference (lcs/int8/graph.py) bit for bit on every instruction set they have
+(AVX-512 VNNI, AVX2, NEON, plain C), and an int8 artifact runs through lcs.runtime like any other."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from lcs.cli import cli
+from lcs.int8.cpu_c import emit_cpu
+from lcs.int8.firmware_c import device_forward
+from lcs.int8.from_torch import from_torch
+from lcs.int8.graph import Add, Conv, GroupNorm, quantize
+from tvm_build.cpu_int8 import compile_level, isa
+
+HARNESS = r"""
+#include <stdio.h>
+#include <stdlib.h>
+float *lcs_input(void); float *lcs_output(void); int lcs_run(void);
+int main(int argc, char **argv) {
+    const size_t n_in = (size_t)atoi(argv[1]), n_out = (size_t)atoi(argv[2]);
+    while (fread(lcs_input(), sizeof(float), n_in, stdin) == n_in) {
+        lcs_run();
+        fwrite(lcs_output(), sizeof(float), n_out, stdout);
+    }
+    return 0;
+}
+"""
+
+
+class _Net(nn.Module):
+    """Every kernel path: a 3-channel stem and a 5-channel input (gathered windows), 3x3 and 1x1 convs over a padded
+    copy (taps), stride 2, channel counts off the 16-channel blocks (tails), GroupNorm, an add after a GroupNorm (the
+    Add op), a residual add fused into a conv, depthwise with ReLU6, signed activations into a conv, pool, dense; 9x9
+    input (tiles past a row's end)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 5, 3, 1, 1), nn.BatchNorm2d(5), nn.ReLU())
+        self.down = nn.Sequential(nn.Conv2d(5, 20, 3, 2, 1, bias=False), nn.GroupNorm(4, 20), nn.ReLU())
+        self.body = nn.Sequential(nn.Conv2d(20, 20, 3, 1, 1, bias=False), nn.GroupNorm(4, 20))
+        self.dw = nn.Sequential(nn.Conv2d(20, 20, 3, 1, 1, groups=20), nn.BatchNorm2d(20), nn.ReLU6())
+        self.expand = nn.Sequential(nn.Conv2d(20, 36, 1), nn.BatchNorm2d(36))  # no ReLU: signed output
+        self.mix = nn.Sequential(nn.Conv2d(36, 36, 3, 2, 0), nn.BatchNorm2d(36))
+        self.mix2 = nn.Sequential(nn.Conv2d(36, 36, 1), nn.BatchNorm2d(36))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(36, 10)
+
+    def forward(self, x):
+        x = self.down(self.stem(x))
+        x = torch.relu(self.body(x) + x)
+        x = self.expand(self.dw(x))
+        y = self.mix(x)
+        y = torch.relu(self.mix2(y) + y)
+        return self.fc(torch.flatten(self.pool(y), 1))
+
+
+@pytest.fixture(scope="module")
+def graph():
+    torch.manual_seed(0)
+    net = _Net().eval()
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    g = from_torch(net, (3, 9, 9), adds=True)
+    kinds = {type(op) for op in g.ops}
+    assert {Add, Conv, GroupNorm} <= kinds and any(isinstance(op, Conv) and op.add for op in g.ops)
+    return quantize(g, np.random.default_rng(0).normal(size=(32, 9, 9, 3)))
+
+
+def _inputs() -> np.ndarray:
+    x = np.random.default_rng(1).normal(size=(6, 3, 9, 9)).astype(np.float32)
+    x[0] *= 20  # clamps at the input and through the layers
+    return x
+
+
+def _run(graph, tmp_path, name, cc, flags, runner=()) -> np.ndarray:
+    harness = tmp_path / "harness.c"
+    harness.write_text(HARNESS)
+    exe = compile_level(emit_cpu(graph, (3, 9, 9)), cc, flags, tmp_path / name, program=harness)
+    x = _inputs()
+    proc = subprocess.run([*runner, str(exe), str(x[0].size), "10"], input=x.tobytes(), capture_output=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode()[-500:]
+    return np.frombuffer(proc.stdout, np.float32).reshape(len(x), 10)
+
+
+def _expected(graph) -> np.ndarray:
+    return device_forward(graph, _inputs().transpose(0, 2, 3, 1)).astype(np.float32)
+
+
+# this machine's best, AVX2 without AVX-512, and portable C: every x86 path that can run here
+X86 = [["-march=native"], ["-march=haswell"], ["-march=x86-64"]]
+
+
+@pytest.mark.skipif(subprocess.run(["uname", "-m"], capture_output=True, text=True).stdout.strip() != "x86_64",
+                    reason="the x86 instruction sets run on x86 only")
+def test_x86_paths_equal_the_integer_reference(graph, tmp_path):
+    want = _expected(graph)
+    seen = set()
+    for flags in X86:
+        got = _run(graph, tmp_path, flags[0].split("=")[1], "gcc", flags)
+        np.testing.assert_array_equal(got, want, err_msg=" ".join(flags))
+        seen.add(isa("gcc", flags))
+    assert {"avx2", "scalar"} <= seen, seen
+
+
+@pytest.mark.qemu
+def test_neon_path_equals_the_integer_reference_under_qemu(graph, tmp_path):
+    for tool in ("aarch64-linux-gnu-gcc", "qemu-aarch64-static"):
+        assert shutil.which(tool), f"{tool} is part of the qemu test setup"
+    flags = ["-mcpu=cortex-a72"]
+    assert isa("aarch64-linux-gnu-gcc", flags) == "neon"
+    got = _run(graph, tmp_path, "a72", "aarch64-linux-gnu-gcc", flags, runner=["qemu-aarch64-static"])
+    np.testing.assert_array_equal(got, _expected(graph))
+
+
+def _cli(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def quant_line(train_tiny):
+    return train_tiny("quantization")  # the project's default quantization model: LCS+L, GroupNorm
+
+
+@pytest.mark.tvm  # lcs.runtime loads the TVM runtime
+def test_host_int8_build_runs_bit_exact_through_the_runtime(quant_line, tmp_path):
+    from lcs.runtime import Runtime
+
+    out = tmp_path / "q8.lcsa"
+    result = _cli("build", quant_line, "--target", "host", "--int8", "--levels", "bits=4,bits=8", "-o", out,
+                  "--no-progress", "--json")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(result.stdout)  # --json: JSON and nothing else on stdout
+    assert manifest["precision"] == "int8" and manifest["int8"]["isa"] == isa("gcc", ["-march=native"])
+    assert all(lv["latency_ms"] > 0 and lv["threads"] == 1 for lv in manifest["levels"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rt = Runtime(out)
+    assert rt.executors == ["int8", "int8"]
+    assert rt.check() == [0.0, 0.0]  # the integer reference between the same float conversions, exactly
+    assert rt.time(1, number=5, repeat=2) > 0
+
+
+def test_int8_for_linux_boards_refuses_what_it_cannot_do(one_line_error, quant_line, tmp_path, monkeypatch):
+    out = tmp_path / "x.lcsa"
+    import lcs.int8.from_torch as ft
+    from lcs.errors import LcsError
+
+    def refuse(*args, **kwargs):  # what the converter says of a layer it has no kernel for
+        raise LcsError("int8: layer features.3 (Upsample) has no integer kernel")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ft, "from_torch", refuse)
+        one_line_error(_cli("build", quant_line, "--target", "host", "--int8", "-o", out),
+                       "--int8: level 8 bit: layer features.3 (Upsample) has no integer kernel")
+    one_line_error(_cli("build", quant_line, "--target", "host", "--int8", "--tune", "4", "-o", out),
+                   "--int8 levels are C integer kernels")
+    one_line_error(_cli("build", quant_line, "--target", "host", "--int8", "--threads", "2", "-o", out),
+                   "--int8 levels run on one thread")
+    one_line_error(_cli("build", quant_line, "--target", "host", "--int8-store", "ready", "-o", out),
+                   "--int8-store chooses a firmware weight store")
+    assert not out.exists()

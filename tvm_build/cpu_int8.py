@@ -1,0 +1,178 @@
+"""`lcs build --int8` for linux boards: each level as an int8 shared library (no TVM in it), run by lcs.runtime
+through ctypes like the static executor's libraries.
+
+    checkpoint ──► level ──► int8 graph (lcs.int8.level: folded, calibrated on the checkpoint's training data)
+               ──► C (lcs.int8.cpu_c: packed weights + entry points) + firmware_host/src/cpu kernels
+               ──► gcc -O3 for the board's CPU ──► verified bit-exact against the integer reference ──► .lcsa
+
+The outputs are the microcontroller path's integer reference between the same float conversions
+(`firmware_c.device_forward`), so the reference outputs in the artifact are exact and verification asks for equality.
+A board other than this machine is verified with the same C compiled for this machine (the kernels' arithmetic does
+not depend on the instruction set); the qemu test runs the cross-compiled libraries themselves."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lcs import artifact as art
+from lcs.errors import ConfigError, LcsError
+
+CPU_SRC = Path(__file__).resolve().parents[1] / "firmware_host" / "src" / "cpu"
+OPT = ["-O3", "-fPIC", "-shared", "-std=c11", "-fno-fast-math", "-fno-math-errno", "-DQ8_CPU", "-Wall",
+       "-Werror=implicit-function-declaration"]
+
+
+class CompileError(LcsError):
+    pass
+
+
+def compiler_and_flags(board, host: bool) -> tuple[str, list[str]]:
+    """The C compiler and target flags for `board`: this machine's own CPU (-march=native), or the board's cpu."""
+    if host:
+        return "gcc", ["-march=native"]
+    cc = board.cross_compiler or "gcc"
+    cpu = board.cpu
+    return cc, ([f"-mcpu={cpu}"] if cpu and cpu != "native" else [])
+
+
+def isa(cc: str, flags: list[str]) -> str:
+    """The instruction set q8_cpu.h picks for these flags (its Q8C_ISA_NAME, read through the preprocessor)."""
+    proc = subprocess.run([cc, *flags, "-E", "-P", "-I", str(CPU_SRC), "-x", "c", "-"],
+                          input='#include "q8_cpu.h"\nQ8C_ISA_NAME\n', capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise CompileError(f"{cc} cannot preprocess the int8 kernels: {proc.stderr.strip()[-300:]}")
+    return proc.stdout.strip().splitlines()[-1].strip('"')
+
+
+def compile_level(source: str, cc: str, flags: list[str], out: Path, *, program: Path | None = None) -> Path:
+    """Model C + kernels -> one shared library at `out` (or, with `program`: a static executable with that main)."""
+    if shutil.which(cc) is None:
+        raise ConfigError(f"C compiler {cc} not found")
+    c_file = out.with_suffix(".c")
+    c_file.write_text(source)
+    kernels = [CPU_SRC / "q8_cpu.c", CPU_SRC.parent / "kernels_int8.c"]
+    opt = OPT if program is None else [o for o in OPT if o not in ("-shared", "-fPIC")] + ["-static", str(program)]
+    cmd = [cc, *opt, *flags, "-I", str(CPU_SRC), str(c_file), *map(str, kernels), "-o", str(out), "-lm"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise CompileError(f"compiling an int8 level failed: {proc.stderr.strip()[-600:]}")
+    return out
+
+
+class Int8Lib:
+    """A compiled level loaded here (ctypes): the build's own check, no TVM."""
+
+    def __init__(self, path: Path, n_in: int, n_out: int) -> None:
+        import ctypes
+
+        self.lib = ctypes.CDLL(str(path))
+        for name in ("lcs_input", "lcs_output"):
+            getattr(self.lib, name).restype = ctypes.c_void_p
+        self.x = np.ctypeslib.as_array((ctypes.c_float * n_in).from_address(self.lib.lcs_input()))
+        self.y = np.ctypeslib.as_array((ctypes.c_float * n_out).from_address(self.lib.lcs_output()))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.x[...] = np.asarray(x, np.float32).reshape(-1)
+        self.lib.lcs_run()
+        return self.y.copy()
+
+
+def build_cpu_int8(ckpt, board, output: Path, alphas: list[float], host: bool, log) -> dict:
+    import tempfile
+
+    import torch
+
+    from lcs.config import load_board  # noqa: F401  (board already loaded by the caller)
+    from lcs.int8.cpu_c import emit_cpu
+    from lcs.int8.firmware_c import device_forward
+    from lcs.int8.level import int8_level, nhwc
+    from tvm_build.graph import sample_inputs
+    from tvm_build.mcu.build_int8 import ACCURACY_SAMPLES, CALIBRATION_SAMPLES, _accuracy, calibration_data, \
+        check_convertible
+
+    started = time.perf_counter()
+    config, model, cmap = ckpt.config, ckpt.model.eval(), ckpt.model.cmap
+    check_convertible(ckpt, alphas, adds=True)
+    cc, flags = compiler_and_flags(board, host)
+    if shutil.which(cc) is None:
+        raise ConfigError(f"--int8 for {board.name} compiles with {cc}, which is not installed"
+                          + (f" (apt install {board.debian_package})" if board.debian_package else ""))
+    chosen = isa(cc, flags)
+    try:
+        images, calib_info, data = calibration_data(config, CALIBRATION_SAMPLES)
+    except LcsError as exc:
+        raise ConfigError(f"--int8 calibrates on the checkpoint's training data: {exc}") from None
+    mc = config.model
+    chw = (mc.in_channels, mc.image_size, mc.image_size)
+    try:
+        graphs = [int8_level(model, a, images, adds=True) for a in alphas]
+    except LcsError as exc:
+        raise ConfigError(f"--int8: {str(exc).removeprefix('int8: ')}") from None
+    log(f"building int8 levels for {board.name} ({len(alphas)} levels, {chosen} kernels, {cc} {' '.join(flags)})")
+    xs = sample_inputs(config)  # (samples, 1, C, H, W)
+    reference = {"input": xs}
+    members: dict[str, bytes] = {}
+    level_rows, modules, diffs = [], {}, []
+    host_cc, host_flags = compiler_and_flags(board, True)
+    with tempfile.TemporaryDirectory(prefix="lcs-int8-") as scratch:
+        scratch = Path(scratch)
+        for i, (alpha, g) in enumerate(zip(alphas, graphs)):
+            source = emit_cpu(g, chw)
+            name = art.library_member(i)
+            path = compile_level(source, cc, flags, scratch / f"level{i}.so")
+            members[name] = path.read_bytes()
+            expected = np.stack([device_forward(g, nhwc(torch.from_numpy(x))) for x in xs]).astype(np.float32)
+            reference[art.reference_key(i)] = expected
+            # verified here: the library itself on the host, else the same C for this machine
+            check = path if host else compile_level(source, host_cc, host_flags, scratch / f"host{i}.so")
+            lib = Int8Lib(check, int(np.prod(chw)), expected.shape[-1])
+            got = np.stack([lib(x).reshape(expected.shape[1:]) for x in xs])
+            diff = float(np.max(np.abs(got - expected)))
+            if diff != 0.0:
+                raise LcsError(f"int8 level {i} differs from the integer reference by {diff:.3g} (it must be exact)")
+            latency = None
+            if host:
+                lib(xs[0])
+                reps, t0 = 0, time.perf_counter()
+                while reps < 20 or time.perf_counter() - t0 < 0.2:
+                    lib.lib.lcs_run()
+                    reps += 1
+                latency = round(1e3 * (time.perf_counter() - t0) / reps, 4)
+            level = cmap.level(alpha)
+            modules[name] = {"entry": "lcs_run", "layout": "NHWC", "params": [], "extra_inputs": [],
+                             "executor": "int8", "isa": chosen}
+            level_rows.append({"index": i, "alpha": alpha, "label": level.label(), "keep": level.keep,
+                               "width": level.width, "bits": level.bits,
+                               "accuracy": _accuracy(g, data, ACCURACY_SAMPLES), "latency_ms": latency,
+                               "threads": 1, "max_abs_diff": diff, "members": {"library": name}})
+            diffs.append(diff)
+        members[art.REFERENCE_MEMBER] = art.npz_bytes(reference)
+        manifest = art.new_manifest(
+            kind="cpu", tvm_version=None, target=board.to_dict(), strategy="per-level", config=config.to_dict(),
+            compression_map=_map_dict(cmap),
+            input={"name": "x", "shape": list(xs.shape[1:]), "dtype": "float32"},
+            output={"shape": list(reference[art.reference_key(0)].shape[1:]), "dtype": "float32"},
+            modules=modules, levels=level_rows, reference=art.REFERENCE_MEMBER,
+            precision="int8",
+            int8={"isa": chosen, "compiler": [cc, *flags], "calibration": calib_info,
+                  "accuracy_samples": min(ACCURACY_SAMPLES, len(data.test)) if data is not None else 0,
+                  "arithmetic": "lcs/int8/graph.py (bit-exact with the integer reference)"},
+            runtime={"threads": 1, "chosen_by": "int8 kernels run on one thread"},
+            verification={"atol": 0.0, "on": "host" if host else "host (the same C compiled for this machine)",
+                          "samples": int(len(xs)), "max_abs_diff": max(diffs)})
+        art.write_artifact(output, manifest, members)
+    manifest["build_seconds"] = round(time.perf_counter() - started, 1)
+    manifest["output"] = str(output)
+    manifest["size"] = output.stat().st_size
+    return manifest
+
+
+def _map_dict(cmap) -> dict:
+    from lcs.subspace.levels import map_to_dict
+
+    return map_to_dict(cmap)
