@@ -98,10 +98,11 @@ class TrainConfig:
     label_smoothing: float = 0.0
     # In-place distillation (US-Nets): every step also trains the densest point of the line with
     # cross-entropy, and every other point of the step learns (1 - distill) * CE + distill * the
-    # soft cross-entropy against the densest point's detached outputs. 0: off (one pass per draw).
-    # 0.5 (issue 17): +0.3 to +0.9 points at every unstructured level, +0.3 at 3 bit, at two passes a step where the
-    # sampler draws one (benchmarks/README.md).
-    distill: float = 0.5
+    # soft cross-entropy against the densest point's detached outputs. 0 (default): off, one pass per draw.
+    # 0.5 (`lcs train --distill 0.5`, issue 17): +0.3 to +0.9 points at every unstructured level and quantization
+    # within 0.5 points of per-level models, but two passes a step where the sampler draws one (about 2x a standard
+    # step), so it is a choice, not the default (benchmarks/README.md).
+    distill: float = 0.0
     # biased-endpoints sampler: how often an end of the line is drawn, and which share of those
     # draws is the compressed end (the reference: 0.5 and 0.5).
     endpoint_prob: float = 0.5

@@ -205,3 +205,22 @@ def test_accuracy_report_over_seeds_gives_mean_and_std_per_level():
     # a run cut short: only what has been trained is reported
     partial = bench.family_report("quantization", results[:4], None)
     assert [r["level"] for r in partial["levels"]] == levels[:2] and partial["targets"]["levels_missing"] == levels[2:]
+
+
+def test_distillation_is_off_by_default_and_the_train_command_sets_it(tmp_path):
+    """One pass a step unless asked (issue 20: the CPU step must not get slower); `--distill` reaches the config saved
+    in the checkpoint, and a share outside [0, 1] is one error line with nothing written."""
+    from click.testing import CliRunner
+
+    from lcs import checkpoint
+    from lcs.cli import cli
+
+    assert TrainConfig().distill == 0.0
+    out = tmp_path / "d.safetensors"
+    args = ["train", "--data", "synthetic:64", "--epochs", "1", "--width", "4", "--no-progress", "-o", str(out)]
+    bad = CliRunner().invoke(cli, args + ["--distill", "1.5"])
+    assert bad.exit_code != 0 and bad.output.strip().splitlines() == ["error: distill must be in [0, 1], got 1.5"]
+    assert not out.exists()
+    ok = CliRunner().invoke(cli, args + ["--distill", "0.5"])
+    assert ok.exit_code == 0, ok.output
+    assert checkpoint.load(out).config.train.distill == 0.5
