@@ -36,38 +36,45 @@ def artifacts(tiny_build):
     return tiny_build("rasp4", "structured", "0.0,1.0"), tiny_build("host", "structured", "0.0,1.0")
 
 
-def test_rasp4_artifact_runs_under_qemu(arm64_root, artifacts):
-    from lcs.runtime import Runtime
-
-    rasp4, host = artifacts
+def run_in_arm64(arm64_root, artifact: Path, body: str) -> dict:
+    """Run `body` (Python; `rt` is lcs.runtime's Runtime on `artifact`, built for rasp4) in the arm64 root under
+    qemu-user with lcs's device files only (no torch); returns the JSON its last line prints."""
     work = Path("root") / f"lcs-test-{uuid.uuid4().hex[:8]}"
     inside = arm64_root / work
     (inside / "lcs").mkdir(parents=True)
     try:
         for name in DEVICE_FILES:
             shutil.copy(ROOT / "lcs" / name, inside / "lcs" / name)
-        shutil.copy(rasp4, inside / "rasp4.lcsa")
+        shutil.copy(artifact, inside / "a.lcsa")
         script = textwrap.dedent(f"""
             import json, platform, sys
             sys.path.insert(0, "/{work}")
             from lcs.runtime import Runtime
-            rt = Runtime("/{work}/rasp4.lcsa", expect_target="rasp4")
-            ref = rt.artifact.reference()
-            outs = [[rt.run(x, level=i).tolist() for x in ref["input"]] for i in range(len(rt.levels))]
-            try:
-                import torch
-                has_torch = True
-            except ImportError:
-                has_torch = False
-            print(json.dumps({{"machine": platform.machine(), "torch": has_torch, "outs": outs}}))
-        """)
+            rt = Runtime("/{work}/a.lcsa", expect_target="rasp4")
+        """) + textwrap.dedent(body)
         (inside / "run.py").write_text(script)
         proc = subprocess.run(["chroot", str(arm64_root), "/usr/bin/env", "TVM_USE_RUNTIME_LIB=1",
                                "/root/venv/bin/python", f"/{work}/run.py"], capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        return json.loads(proc.stdout.strip().splitlines()[-1])
     finally:
         shutil.rmtree(inside, ignore_errors=True)
+
+
+def test_rasp4_artifact_runs_under_qemu(arm64_root, artifacts):
+    from lcs.runtime import Runtime
+
+    rasp4, host = artifacts
+    result = run_in_arm64(arm64_root, rasp4, """
+        ref = rt.artifact.reference()
+        outs = [[rt.run(x, level=i).tolist() for x in ref["input"]] for i in range(len(rt.levels))]
+        try:
+            import torch
+            has_torch = True
+        except ImportError:
+            has_torch = False
+        print(json.dumps({"machine": platform.machine(), "torch": has_torch, "outs": outs}))
+    """)
     assert result["machine"] == "aarch64" and result["torch"] is False
     x86 = Runtime(host)
     ref = x86.artifact.reference()
@@ -87,24 +94,7 @@ def test_rasp4_int8_artifact_runs_under_qemu(arm64_root, train_tiny, tmp_path):
     art = tmp_path / "rasp4-int8.lcsa"
     manifest = build(train_tiny("quantization"), "rasp4", art, levels="bits=4,bits=8", int8=True, progress=False)
     assert manifest["int8"]["isa"] == "neon" and "-mcpu=cortex-a72" in manifest["int8"]["compiler"]
-    work = Path("root") / f"lcs-test-{uuid.uuid4().hex[:8]}"
-    inside = arm64_root / work
-    (inside / "lcs").mkdir(parents=True)
-    try:
-        for name in DEVICE_FILES:
-            shutil.copy(ROOT / "lcs" / name, inside / "lcs" / name)
-        shutil.copy(art, inside / "a.lcsa")
-        (inside / "run.py").write_text(textwrap.dedent(f"""
-            import json, sys
-            sys.path.insert(0, "/{work}")
-            from lcs.runtime import Runtime
-            rt = Runtime("/{work}/a.lcsa", expect_target="rasp4")
-            print(json.dumps({{"executors": rt.executors, "diffs": rt.check()}}))
-        """))
-        proc = subprocess.run(["chroot", str(arm64_root), "/usr/bin/env", "TVM_USE_RUNTIME_LIB=1",
-                               "/root/venv/bin/python", f"/{work}/run.py"], capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
-    finally:
-        shutil.rmtree(inside, ignore_errors=True)
+    result = run_in_arm64(arm64_root, art, """
+        print(json.dumps({"executors": rt.executors, "diffs": rt.check()}))
+    """)
     assert result == {"executors": ["int8", "int8"], "diffs": [0.0, 0.0]}

@@ -590,10 +590,10 @@ void q8_dwconv(const q8_conv_t *p, const int8_t *in, int8_t *out, int32_t *accro
     const int32_t C = p->out_c, W = p->in_w, kw = p->kw;
     for (int32_t oy = 0; oy < p->out_h; oy++) {
         const int32_t y0 = oy * p->stride - p->pad_t;
-        const int32_t r0 = y0 < 0 ? -y0 : 0, r1 = p->in_h - y0 < p->kh ? p->in_h - y0 : p->kh;
+        const int32_t r0 = q8_tap_lo(y0), r1 = q8_tap_hi(y0, p->in_h, p->kh);
         for (int32_t ox = 0; ox < p->out_w; ox++) {
             const int32_t x0 = ox * p->stride - p->pad_l;
-            const int32_t t0 = x0 < 0 ? -x0 : 0, t1 = W - x0 < kw ? W - x0 : kw;
+            const int32_t t0 = q8_tap_lo(x0), t1 = q8_tap_hi(x0, W, kw);
             int32_t *acc = accrow + ox * C;
             int32_t c = 0;
 #if Q8_DSP

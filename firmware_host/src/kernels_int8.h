@@ -35,6 +35,10 @@ typedef struct {
 /* Scratch: q8_conv needs q8_conv_scratch(p) bytes, 4-byte aligned (depthwise convs too: it calls q8_dwconv). */
 int32_t q8_conv_scratch(const q8_conv_t *p);
 void q8_conv(const q8_conv_t *p, const int8_t *in, int8_t *out, int16_t *scratch);
+/* The taps of a window starting at `start` (output index * stride - padding) that fall inside an input of `size`:
+   [q8_tap_lo, q8_tap_hi) of the kernel's `k` (no padding copies). */
+static inline int32_t q8_tap_lo(int32_t start) { return start < 0 ? -start : 0; }
+static inline int32_t q8_tap_hi(int32_t start, int32_t size, int32_t k) { return size - start < k ? size - start : k; }
 void q8_dwconv(const q8_conv_t *p, const int8_t *in, int8_t *out, int32_t *accrow); /* out_w * out_c int32 */
 /* global average pool over h*w positions of c channels */
 void q8_avgpool(const int8_t *in, int32_t hw, int32_t c, const q8_rq_t *rq, int8_t *out);

@@ -140,7 +140,7 @@ static inline void pad_a(a_t *d, int32_t n) {
 static void window(const q8c_conv_t *p, const int8_t *in, int32_t pix, a_t *restrict dst) {
     const int32_t ic = p->in_c, kw = p->kw, oy = pix / p->out_w, ox = pix % p->out_w;
     const int32_t y0 = oy * p->stride - p->pad_t, x0 = ox * p->stride - p->pad_l;
-    const int32_t t0 = x0 < 0 ? -x0 : 0, t1 = p->in_w - x0 < kw ? p->in_w - x0 : kw;
+    const int32_t t0 = q8_tap_lo(x0), t1 = q8_tap_hi(x0, p->in_w, kw);
     for (int32_t ky = 0; ky < p->kh; ky++, dst += kw * ic) {
         const int32_t iy = y0 + ky;
         if (iy < 0 || iy >= p->in_h || t1 <= t0) {
@@ -443,10 +443,10 @@ void q8c_dwconv(const q8c_dw_t *p, const int8_t *in, int8_t *out, void *scratch)
             const __m512i n = _mm512_loadu_si512(p->rq.n + c0);
             for (int32_t oy = 0; oy < p->out_h; oy++) {
                 const int32_t y0 = oy * p->stride - p->pad_t;
-                const int32_t r0 = y0 < 0 ? -y0 : 0, r1 = p->in_h - y0 < p->kh ? p->in_h - y0 : p->kh;
+                const int32_t r0 = q8_tap_lo(y0), r1 = q8_tap_hi(y0, p->in_h, p->kh);
                 for (int32_t ox = 0; ox < p->out_w; ox++) {
                     const int32_t x0 = ox * p->stride - p->pad_l;
-                    const int32_t t0 = x0 < 0 ? -x0 : 0, t1 = p->in_w - x0 < p->kw ? p->in_w - x0 : p->kw;
+                    const int32_t t0 = q8_tap_lo(x0), t1 = q8_tap_hi(x0, p->in_w, p->kw);
                     __m512i a = bias;
                     for (int32_t r = r0; r < r1; r++)
                         for (int32_t t = t0; t < t1; t++) {
@@ -472,10 +472,10 @@ void q8c_dwconv(const q8c_dw_t *p, const int8_t *in, int8_t *out, void *scratch)
 #endif
     for (int32_t oy = 0; oy < p->out_h; oy++) {
         const int32_t y0 = oy * p->stride - p->pad_t;
-        const int32_t r0 = y0 < 0 ? -y0 : 0, r1 = p->in_h - y0 < p->kh ? p->in_h - y0 : p->kh;
+        const int32_t r0 = q8_tap_lo(y0), r1 = q8_tap_hi(y0, p->in_h, p->kh);
         for (int32_t ox = 0; ox < p->out_w; ox++) {
             const int32_t x0 = ox * p->stride - p->pad_l;
-            const int32_t t0 = x0 < 0 ? -x0 : 0, t1 = p->in_w - x0 < p->kw ? p->in_w - x0 : p->kw;
+            const int32_t t0 = q8_tap_lo(x0), t1 = q8_tap_hi(x0, p->in_w, p->kw);
             for (int32_t c = 0; c < C; c++) acc[c] = p->bias[c];
             for (int32_t r = r0; r < r1; r++)
                 for (int32_t t = t0; t < t1; t++) {
