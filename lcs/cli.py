@@ -36,14 +36,23 @@ def fail_cleanly(fn):
             if interrupts.received() is None:
                 raise
             # a library turned the interrupt into its own error (TVM: RuntimeError): it is still the interrupt
-            click.echo(f"interrupted ({signal_name(interrupts.received())})", err=True)
-            sys.exit(128 + interrupts.received())
+            exit_interrupted(interrupts.received())
         except KeyboardInterrupt:
-            signum = interrupts.received() or 2
-            click.echo(f"interrupted ({signal_name(signum)})", err=True)
-            sys.exit(128 + signum)
+            exit_interrupted(interrupts.received() or 2)
 
     return wrapper
+
+
+def exit_interrupted(signum: int) -> None:
+    """One line and exit 128 + signum. The clean-up has run by now; a second SIGINT or SIGTERM from here on is ignored:
+    Python resets handlers to the default action while it shuts down, and a late one (seen under load) killed the
+    process with -2 instead of 130."""
+    import signal
+
+    click.echo(f"interrupted ({signal_name(signum)})", err=True)
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
+    sys.exit(128 + signum)
 
 
 @contextlib.contextmanager
