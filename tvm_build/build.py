@@ -12,8 +12,9 @@ Executor: each module's library holds its kernels and lcs's static executor (cpu
 in a fixed order from a memory plan made here, no Relax VM; ~2.5 us less per call of a small network), or, for a graph
 that is not a plain list of kernels, a Relax VM program. The manifest says which ("executor") and why not static.
 
-Verification: every level's compiled output is compared with torch on sample inputs (max abs diff <= 1e-4; 2e-3 for levels with quantized
-activations, whose values may round one grid step apart: lcs.artifact.level_atol) through `lcs.runtime` itself before the artifact is written: on the board over RPC when --rpc/--tracker is given, on this
+Verification: every level's compiled output is compared with torch on sample inputs (max abs diff <= 1e-4; 2e-3 for
+levels with quantized activations, whose values may round one grid step apart: lcs.artifact.level_atol) through
+`lcs.runtime` itself before the artifact is written: on the board over RPC when --rpc/--tracker is given, on this
 machine when the board is the host, else with the same Relax module compiled for the host (the qemu test runs the
 real cross-compiled libraries).
 """
