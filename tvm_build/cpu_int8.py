@@ -87,10 +87,10 @@ def build_cpu_int8(ckpt, board, output: Path, alphas: list[float], host: bool, l
 
     import torch
 
-    from lcs.config import load_board  # noqa: F401  (board already loaded by the caller)
     from lcs.int8.cpu_c import emit_cpu
     from lcs.int8.firmware_c import device_forward
     from lcs.int8.level import int8_level, nhwc
+    from lcs.subspace.levels import map_to_dict
     from tvm_build.graph import sample_inputs
     from tvm_build.mcu.build_int8 import ACCURACY_SAMPLES, CALIBRATION_SAMPLES, _accuracy, calibration_data, \
         check_convertible
@@ -154,7 +154,7 @@ def build_cpu_int8(ckpt, board, output: Path, alphas: list[float], host: bool, l
         members[art.REFERENCE_MEMBER] = art.npz_bytes(reference)
         manifest = art.new_manifest(
             kind="cpu", tvm_version=None, target=board.to_dict(), strategy="per-level", config=config.to_dict(),
-            compression_map=_map_dict(cmap),
+            compression_map=map_to_dict(cmap),
             input={"name": "x", "shape": list(xs.shape[1:]), "dtype": "float32"},
             output={"shape": list(reference[art.reference_key(0)].shape[1:]), "dtype": "float32"},
             modules=modules, levels=level_rows, reference=art.REFERENCE_MEMBER,
@@ -171,8 +171,3 @@ def build_cpu_int8(ckpt, board, output: Path, alphas: list[float], host: bool, l
     manifest["size"] = output.stat().st_size
     return manifest
 
-
-def _map_dict(cmap) -> dict:
-    from lcs.subspace.levels import map_to_dict
-
-    return map_to_dict(cmap)

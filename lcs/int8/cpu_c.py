@@ -16,17 +16,10 @@ from __future__ import annotations
 import numpy as np
 
 from lcs.errors import LcsError
-from lcs.int8.emit_c import plan_arena
+from lcs.int8.emit_c import c_array, c_float, c_rq, plan_arena
 from lcs.int8.graph import Add, Conv, Dense, Graph, GroupNorm, Pool, Requant
 
 NR, KR = 16, 4  # q8_cpu.h: output channels per weight block, window values per step
-
-
-def _arr(ctype: str, name: str, values, align: int = 64) -> str:
-    flat = [str(int(v)) for v in np.asarray(values).reshape(-1)] or ["0"]
-    rows = [", ".join(flat[i:i + 32]) for i in range(0, len(flat), 32)]
-    return (f"static const {ctype} {name}[{len(flat)}] __attribute__((aligned({align}))) = {{\n  "
-            + ",\n  ".join(rows) + "\n};\n")
 
 
 def _pad(values: np.ndarray, n: int) -> np.ndarray:
@@ -51,17 +44,13 @@ def conv_scratch(ic: int, oh: int, ow: int, kh: int, kw: int, stride: int, kp: i
     return max(tile, padded)
 
 
+def _arr(ctype: str, name: str, values) -> str:
+    return c_array(ctype, name, values, per_line=32, align=64)  # 64: the AVX-512 kernels' aligned loads
+
+
 def _rq_arrays(i: int, rqs: list[Requant], n: int) -> str:
     return "".join(_arr("int32_t", f"{f}{i}", _pad(np.array([getattr(r, f) for r in rqs], np.int64), n))
                    for f in ("m", "l", "n"))
-
-
-def _rq_add(r: Requant | None) -> str:
-    return f"{{{r.m}, {r.l}, {r.n}, {{0, 0}}}}" if r is not None else "{0, 0, 0, {0, 0}}"
-
-
-def _float(v: float) -> str:
-    return float(np.float32(v)).hex() + "f"  # exact float32 value
 
 
 def emit_cpu(graph: Graph, input_chw: tuple[int, int, int]) -> str:
@@ -88,7 +77,7 @@ def emit_cpu(graph: Graph, input_chw: tuple[int, int, int]) -> str:
             skip = f"arena + {offsets[op.add]}" if op.add else "0"
             out.append(f"static const q8c_dw_t p{i} = {{{ih}, {iw}, {c}, {oh}, {ow}, {kh}, {kw}, {op.stride}, "
                        f"{op.pads[0]}, {op.pads[2]}, {int(op.relu)}, w{i}, b{i}, {{m{i}, l{i}, n{i}}}, {skip}, "
-                       f"{_rq_add(op.rq_add if op.add else None)}}};\n")
+                       f"{c_rq(op.rq_add if op.add else None)}}};\n")
             calls.append(f"q8c_dwconv(&p{i}, {src}, {dst}, scratch);")
             scratch = max(scratch, c * 4 + 64)
         elif isinstance(op, (Conv, Dense)):
@@ -113,16 +102,16 @@ def emit_cpu(graph: Graph, input_chw: tuple[int, int, int]) -> str:
             skip = f"arena + {offsets[add]}" if add else "0"
             out.append(f"static const q8c_conv_t p{i} = {{{ih}, {iw}, {ic}, {oh}, {ow}, {oc}, {kh}, {kw}, {stride}, "
                        f"{pt}, {pl}, {k}, {kp}, {int(relu)}, w{i}, b{i}, bu{i}, {{m{i}, l{i}, n{i}}}, {skip}, "
-                       f"{_rq_add(op.rq_add if add else None)}}};\n")
+                       f"{c_rq(op.rq_add if add else None)}}};\n")
             calls.append(f"q8c_conv(&p{i}, {src}, {dst}, scratch);")
             scratch = max(scratch, conv_scratch(ic, oh, ow, kh, kw, stride, kp))
         elif isinstance(op, Pool):
             h, w, c = t[op.inp].shape
             r = op.rq
-            out.append(f"static const q8_rq_t rq{i} = {_rq_add(r)};\n")
+            out.append(f"static const q8_rq_t rq{i} = {c_rq(r)};\n")
             calls.append(f"q8_avgpool({src}, {h * w}, {c}, &rq{i}, {dst});")
         elif isinstance(op, Add):
-            out.append(f"static const q8_rq_t ra{i} = {_rq_add(op.rq)}, rb{i} = {_rq_add(op.rq_add)};\n")
+            out.append(f"static const q8_rq_t ra{i} = {c_rq(op.rq)}, rb{i} = {c_rq(op.rq_add)};\n")
             calls.append(f"q8c_add({int(np.prod(t[op.out].shape))}, {src}, arena + {offsets[op.add]}, ra{i}, rb{i}, "
                          f"{int(op.relu)}, {dst});")
         elif isinstance(op, GroupNorm):
@@ -145,7 +134,7 @@ def emit_cpu(graph: Graph, input_chw: tuple[int, int, int]) -> str:
         "float *lcs_output(void) { return out_buf; }",
         "int lcs_run(void) {",
         f"  int8_t *x = arena + {offsets[graph.input]};",
-        f"  const float inv = {_float(inv)};",
+        f"  const float inv = {c_float(inv)};",
         f"  for (int c = 0; c < {c_in}; c++)",
         f"    for (int i = 0; i < {h_in * w_in}; i++) {{  /* NCHW float -> HWC int8 */",
         f"      float q = rintf(in_buf[c * {h_in * w_in} + i] * inv);",
@@ -153,7 +142,7 @@ def emit_cpu(graph: Graph, input_chw: tuple[int, int, int]) -> str:
         "    }",
         *[f"  {c}" for c in calls],
         f"  const int8_t *y = arena + {offsets[graph.output]};",
-        f"  const float s = {_float(t[graph.output].scale)};",
+        f"  const float s = {c_float(t[graph.output].scale)};",
         f"  for (int i = 0; i < {n_out}; i++) out_buf[i] = (float)y[i] * s;",
         "  return 0;",
         "}"]

@@ -14,19 +14,26 @@ import numpy as np
 from lcs.int8.graph import Conv, Dense, Graph, GroupNorm, Pool, Requant
 
 
-def _arr(ctype: str, name: str, values, per_line: int = 24) -> str:
+def c_array(ctype: str, name: str, values, per_line: int = 24, align: int = 4) -> str:
+    """A static const C array of integers (one element, 0, when `values` is empty)."""
     flat = [str(int(v)) for v in np.asarray(values).reshape(-1)]
     rows = [", ".join(flat[i:i + per_line]) for i in range(0, len(flat), per_line)] or ["0"]
-    head = f"static const {ctype} {name}[{max(len(flat), 1)}] __attribute__((aligned(4)))"
+    head = f"static const {ctype} {name}[{max(len(flat), 1)}] __attribute__((aligned({align})))"
     return head + " = {\n  " + ",\n  ".join(rows) + "\n};\n"
 
 
-def _rq(r: Requant) -> str:
-    return f"{{{r.m}, {r.l}, {r.n}, {{0, 0}}}}"
+def c_rq(r: Requant | None) -> str:
+    """A q8_rq_t initializer; zeros for none (a layer without that requantization)."""
+    return f"{{{r.m}, {r.l}, {r.n}, {{0, 0}}}}" if r is not None else "{0, 0, 0, {0, 0}}"
+
+
+def c_float(v: float) -> str:
+    """The exact float32 value as a C hex-float literal."""
+    return f"{float(np.float32(v)).hex()}f"
 
 
 def _rq_arr(name: str, rqs: list[Requant]) -> str:
-    return f"static const q8_rq_t {name}[{len(rqs)}] = {{\n  " + ",\n  ".join(_rq(r) for r in rqs) + "\n};\n"
+    return f"static const q8_rq_t {name}[{len(rqs)}] = {{\n  " + ",\n  ".join(c_rq(r) for r in rqs) + "\n};\n"
 
 
 def plan_arena(graph: Graph) -> tuple[dict[str, int], int]:
@@ -128,14 +135,14 @@ def emit(graph: Graph, test_input: np.ndarray | None = None, sparse_from: float 
                                             <= (1 - sparse_from) * op.weight.size) or i in (sparse_ops or ()))
             if sparse:  # the dense array is not needed: the kernel reads only the entries
                 entries, starts = sparse_entries(window)
-                out.append(_arr("uint32_t", f"nz{i}", entries) + _arr("uint32_t", f"nzs{i}", starts))
+                out.append(c_array("uint32_t", f"nz{i}", entries) + c_array("uint32_t", f"nzs{i}", starts))
                 out.append(f"#define w{i} ((const int8_t *)0)\n")
             else:
-                out.append(_arr("int8_t", f"w{i}", window))
-            out.append(_arr("int32_t", f"b{i}", op.bias))
+                out.append(c_array("int8_t", f"w{i}", window))
+            out.append(c_array("int32_t", f"b{i}", op.bias))
             out.append(_rq_arr(f"rq{i}", op.rq))
             skip = f"arena + {offsets[op.add]}" if op.add else "0"
-            rq_add = _rq(op.rq_add) if op.add else "{0, 0, 0, {0, 0}}"
+            rq_add = c_rq(op.rq_add if op.add else None)
             out.append(
                 f"static const q8_conv_t p{i} = {{{ih}, {iw}, {ac}, {col}, {oh}, {ow}, {oc}, {kh}, {kw}, {op.stride}, "
                 f"{op.pads[0]}, {op.pads[2]}, {int(op.relu)}, {int(op.depthwise)}, w{i}, b{i}, rq{i}, {skip}, "
@@ -147,8 +154,8 @@ def emit(graph: Graph, test_input: np.ndarray | None = None, sparse_from: float 
             kind = ("dwconv" if op.depthwise else "sparse-conv" if sparse else "conv") + f"{kh}x{kw}"
         elif isinstance(op, GroupNorm):
             h, w, c = t[op.inp].shape
-            out.append(_arr("int32_t", f"g{i}", op.g) + _arr("int8_t", f"ge{i}", op.ge)
-                       + _arr("int32_t", f"b{i}", op.b))
+            out.append(c_array("int32_t", f"g{i}", op.g) + c_array("int8_t", f"ge{i}", op.ge)
+                       + c_array("int32_t", f"b{i}", op.b))
             out.append(f"static const q8_gn_t p{i} = {{{h * w}, {c}, {op.groups}, {int(op.relu)}, {op.lo}, {op.hi}, "
                        f"{op.e}LL, g{i}, ge{i}, b{i}}};\n")
             body = f"q8_groupnorm(&p{i}, {src}, {dst});"
@@ -161,8 +168,8 @@ def emit(graph: Graph, test_input: np.ndarray | None = None, sparse_from: float 
         else:
             assert isinstance(op, Dense)
             n_out, n_in = op.weight.shape
-            out.append(_arr("int8_t", f"w{i}", op.weight))
-            out.append(_arr("int32_t", f"b{i}", op.bias))
+            out.append(c_array("int8_t", f"w{i}", op.weight))
+            out.append(c_array("int32_t", f"b{i}", op.bias))
             out.append(_rq_arr(f"rq{i}", op.rq))
             body = f"q8_dense({src}, {n_in}, {n_out}, w{i}, b{i}, rq{i}, {dst});"
             kind = "dense"
@@ -185,7 +192,7 @@ def emit(graph: Graph, test_input: np.ndarray | None = None, sparse_from: float 
              f"int8_t *q8_output(void) {{ return arena + {offsets[graph.output]}; }}",
              f"const int32_t q8_output_size = {int(np.prod(t[graph.output].shape))};"]
     if test_input is not None:
-        table.append(_arr("int8_t", "test_input", np.asarray(test_input, np.int8)).replace("static ", "", 1)
+        table.append(c_array("int8_t", "test_input", np.asarray(test_input, np.int8)).replace("static ", "", 1)
                      .replace("test_input", "q8_test_input"))
     # weights before the arena so every layer function sees them; the arena before the functions
     return "\n".join(out[:4] + head + out[4:] + table) + "\n"

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lcs.errors import LcsError
-from lcs.int8.emit_c import conv_window, plan_arena, sparse_entries
+from lcs.int8.emit_c import c_float, conv_window, plan_arena, sparse_entries
 from lcs.int8.graph import Conv, Dense, Graph, GroupNorm, Pool, Requant, run_int
 
 NONE = 0xFFFFFFFF
@@ -494,10 +494,6 @@ def derived_firmware_model(graphs: list[Graph], plans: list, dense_index: int, l
                          store.weights, sparse_layers, "derived", model_weights(dense), buffer_bytes, work, thr_blocks)
 
 
-def _f32(v: float) -> str:
-    return f"{float(np.float32(v)).hex()}f"
-
-
 def _source(funcs, descs, levels, family, default_level, bank, arena, scratch, dsp, upload_bank, n_in, n_out,
             chw, model_code=None, switch_code=None) -> str:
     model_code = _ready_code(descs) if model_code is None else model_code
@@ -516,7 +512,7 @@ def _source(funcs, descs, levels, family, default_level, bank, arena, scratch, d
            f"const uint8_t lcs_num_levels = {len(levels)};",
            f"const uint8_t lcs_default_level = {default_level};",
            "const lcs_level_t lcs_levels[] = {",
-           *[f"  {{{_f32(lv.alpha)}, {float(lv.keep)!r}, {_f32(lv.width)}, {lv.bits or 0}}}," for lv in levels],
+           *[f"  {{{c_float(lv.alpha)}, {float(lv.keep)!r}, {c_float(lv.width)}, {lv.bits or 0}}}," for lv in levels],
            "};",
            f"const uint32_t lcs_input_len = {n_in};", f"const uint32_t lcs_output_len = {n_out};",
            f"const uint32_t lcs_weight_bytes = {len(bank)};",
