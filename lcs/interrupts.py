@@ -18,13 +18,14 @@ _received: list[int] = []
 
 
 def received() -> int | None:
-    """The signal that interrupted this command, if one did."""
-    return _received[-1] if _received else None
+    """The signal that interrupted this command (the first, if several came), if one did."""
+    return _received[0] if _received else None
 
 
 def _handler(signum, frame) -> None:
     _received.append(signum)
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+    if len(_received) == 1:  # a later signal is recorded, not raised: it must not abort the clean-up the first started
+        raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 @contextlib.contextmanager

@@ -563,3 +563,25 @@ def test_deploy_verify_key_refuses_firmware_swapped_for_a_script(hostsim_artifac
     signing.sign_artifact(evil, keys[1][0])  # re-signed by someone else
     refused(run("deploy", evil, "--sim", "host-sim", "--verify-key", mine_pub), "is not signed by the --verify-key")
     assert not marker.exists()
+
+
+def test_a_second_signal_does_not_abort_the_clean_up_of_the_first():
+    """The first SIGINT/SIGTERM raises KeyboardInterrupt; one arriving while its clean-up runs is recorded, not raised
+    (under load a second one once left a /tmp/lcs-sim-* folder behind), and the first decides the exit status."""
+    import signal
+
+    from lcs import interrupts
+
+    cleaned = False
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts.signals_interrupt():
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(1000):  # the handler runs between bytecodes
+                    pass
+            finally:
+                os.kill(os.getpid(), signal.SIGINT)  # during the clean-up: must not raise
+                for _ in range(1000):
+                    pass
+                cleaned = True
+    assert cleaned and interrupts.received() == signal.SIGTERM
