@@ -14,9 +14,10 @@ from lcs.subspace.levels import CompressionMap, make_map, map_from_dict
 CONFIG_VERSION = 1
 NORMS = ("group", "instance", "layer", "batch")
 SHAPES = ("line", "point")
+WIDTH_DRAWS = ("uniform", "grid")
 ENDPOINT_INITS = ("copy", "independent")
 METHODS = ("lcs", "fixed", "us")
-SAMPLERS = ("biased-endpoints", "sandwich", "endpoint-and-random", "discrete", "uniform", "fixed", "delayed-uniform", "per-layer-bits")
+SAMPLERS = ("biased-endpoints", "sandwich", "endpoint-and-random", "max-and-random", "discrete", "uniform", "fixed", "delayed-uniform", "per-layer-bits")
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,10 @@ class TrainConfig:
     # Average the weights over the last `weight_average` fraction of training (every step's weights,
     # uniform, as SWA) and keep the average. 0: off, the last step's weights.
     weight_average: float = 0.0
+    # Structured family: where the samplers draw widths between the ends. "uniform" (the paper): any width; most of
+    # them give a group norm a channel count that is not a multiple of its groups, so it normalises over other groups
+    # (often one: layer norm) than at the grid's widths. "grid": only the widths of the map's evaluation grid.
+    width_draw: str = "uniform"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -138,6 +143,8 @@ class TrainConfig:
         for name in ("distill", "endpoint_prob", "low_end_share"):
             if getattr(self, name) > 1.0:
                 raise ConfigError(f"{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)!r}")
+        if self.width_draw not in WIDTH_DRAWS:
+            raise ConfigError(f"width draw must be one of {', '.join(WIDTH_DRAWS)}, got {self.width_draw!r}")
         if self.weight_average >= 1.0:
             raise ConfigError(f"weight-average must be a fraction in [0, 1), got {self.weight_average!r}")
         if not (0.0 <= self.compression_warmup < 1.0):
@@ -146,7 +153,8 @@ class TrainConfig:
 
 # TrainConfig fields added after checkpoints were first written (issue 17), with the values those checkpoints were
 # trained with: a saved config without them reads back as the recipe it was trained with, whatever today's defaults.
-LEGACY_TRAIN = {"distill": 0.0, "endpoint_prob": 0.5, "low_end_share": 0.5, "weight_average": 0.0}
+LEGACY_TRAIN = {"distill": 0.0, "endpoint_prob": 0.5, "low_end_share": 0.5, "weight_average": 0.0,
+               "width_draw": "uniform"}
 
 
 @dataclass(frozen=True)

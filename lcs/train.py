@@ -75,7 +75,11 @@ def draw_alphas(sampler: str, rng: random.Random, progress: float, cfg: RunConfi
         return Draw(alpha, effective=alpha + (1.0 - alpha) * anneal)
 
     def between() -> float:
-        """A level between the ends: uniform, or uniform in log keep (TrainConfig.alpha_spacing)."""
+        """A level between the ends: uniform, or uniform in log keep (TrainConfig.alpha_spacing); structured
+        "grid" (TrainConfig.width_draw): a grid width strictly between the ends."""
+        if cmap.family == "structured" and t.width_draw == "grid":
+            inner = [a for a in cmap.eval_alphas if lo < a < hi]
+            return rng.choice(inner) if inner else rng.choice((lo, hi))
         if cmap.family == "unstructured" and t.alpha_spacing == "log":
             return lo * (hi / lo) ** rng.random()
         return rng.uniform(lo, hi)
@@ -100,6 +104,16 @@ def draw_alphas(sampler: str, rng: random.Random, progress: float, cfg: RunConfi
     if sampler == "endpoint-and-random":  # two passes: one end of the line (either, at random) and a level between
         n = max(2, t.samples_per_step)
         return [Draw(a, quantize_acts=not warming) for a in [rng.choice((lo, hi))] + [between() for _ in range(n - 1)]]
+    if sampler == "max-and-random":
+        # Two passes (structured, issue 17): the widest point every step (the distillation teacher when distilling)
+        # and one other: the narrowest end or a width between, as often as each grid width between (uniform draws:
+        # half the steps the narrowest end).
+        if cmap.family == "structured" and t.width_draw == "grid":
+            inner = [a for a in cmap.eval_alphas if lo < a < hi]
+            other = lo if rng.random() < 1.0 / (1 + len(inner)) else between()
+        else:
+            other = lo if rng.random() < 0.5 else between()
+        return [Draw(hi, quantize_acts=not warming), Draw(other, quantize_acts=not warming)]
     if sampler == "discrete":
         return [Draw(rng.choice(cmap.eval_alphas), quantize_acts=not warming)]
     if sampler == "delayed-uniform":  # unstructured LCS+P: dense until the warm-up ends
