@@ -104,11 +104,15 @@ def model_config():
 
 # TrainConfig fields the command line sets for every run (--distill; the per-level models ignore distillation).
 TRAIN_OVERRIDES: dict = {}
+# TrainConfig fields of the structured family's LCS runs and step timing only (--structured-recipe, issue 17): the
+# per-level models keep their one fixed width.
+STRUCTURED_RECIPE: dict = {}
 
 
 def base_config(family: str, shape: str, epochs: int) -> RunConfig:
+    recipe = {**TRAIN_OVERRIDES, **(STRUCTURED_RECIPE if family == "structured" else {})}
     return RunConfig(model=model_config(), data=DATA, subspace=SubspaceConfig(shape=shape, family=family),
-                     train=TrainConfig(epochs=epochs, **TRAIN_OVERRIDES))
+                     train=TrainConfig(epochs=epochs, **recipe))
 
 
 def plan(epochs: int, quick: bool, seeds: int = 1, families: tuple[str, ...] = tuple(LEVELS),
@@ -136,7 +140,8 @@ def _plan_one_seed(epochs: int, quick: bool, families: tuple[str, ...],
         for level in levels:
             cfg = base_config(family, "point", epochs)
             alpha = parse_level(level, cfg.subspace.compression_map())
-            cfg = cfg.replace(train=dataclasses.replace(cfg.train, method="fixed", fixed_alpha=alpha))
+            # sampler "": the fixed level's own, whatever --structured-recipe set for the LCS runs
+            cfg = cfg.replace(train=dataclasses.replace(cfg.train, method="fixed", fixed_alpha=alpha, sampler=""))
             runs.append(Run(f"fixed {level}", family, cfg, level=level))
     if ablations is None:
         ablations = QUICK_ABLATIONS if quick else tuple(ABLATIONS)
@@ -258,7 +263,9 @@ def time_steps(family: str, batch_size: int, steps: int, rounds: int, sampler: s
         standard.append(std)
         lcs_line.append(line)
     passes = max(2, t.samples_per_step) if default_sampler(cfg) in ("sandwich", "endpoint-and-random") else 1
-    if t.distill > 0 and default_sampler(cfg) != "sandwich":  # in-place distillation adds the densest point's pass
+    if default_sampler(cfg) == "max-and-random":
+        passes = 2
+    elif t.distill > 0 and default_sampler(cfg) != "sandwich":  # in-place distillation adds the densest point's pass
         passes += 1
 
     def summary(k: int, label: str) -> dict:
@@ -501,6 +508,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--distill", type=float, default=TrainConfig.distill,
                         help="in-place distillation share of every LCS run (TrainConfig.distill; the committed 3-seed "
                              "run used 0.5)")
+    parser.add_argument("--structured-recipe", default="",
+                        help="TrainConfig fields of the structured LCS runs and their step timing, as KEY=VALUE,... "
+                             "(e.g. sampler=max-and-random,width_draw=grid,distill=0.5; issue 17)")
     parser.add_argument("--seeds", type=int, default=1, help="train every run with seeds 0..N-1; report mean ± std")
     parser.add_argument("--families", default=",".join(LEVELS),
                         help=f"comma-separated families to train (default all: {','.join(LEVELS)})")
@@ -544,6 +554,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         parser.error(str(exc))
     TRAIN_OVERRIDES["distill"] = args.distill
+    try:
+        STRUCTURED_RECIPE.update(parse_recipe(args.structured_recipe))
+        TrainConfig(**{**TRAIN_OVERRIDES, **STRUCTURED_RECIPE})
+    except (ConfigError, TypeError) as exc:
+        parser.error(f"--structured-recipe: {exc}")
     steps, rounds = (10, 1) if args.quick else (30, 9)
     if args.step_rounds is not None:
         if args.step_rounds < 1:
@@ -583,6 +598,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def parse_recipe(text: str) -> dict:
+    """KEY=VALUE,... of TrainConfig fields, each value read as the field's default's type."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    recipe = {}
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in defaults or key in ("method", "seed", "epochs"):
+            raise ConfigError(f"not a recipe field: {item!r}")
+        kind = type(defaults[key])
+        try:
+            recipe[key] = kind(value.strip())
+        except ValueError:
+            raise ConfigError(f"{key}: not a {kind.__name__}: {value.strip()!r}") from None
+    return recipe
+
+
 def train_all(runs: list[Run], jobs: int, threads: int, progress=None) -> list[dict]:
     """Train `runs` in `jobs` worker processes; print each result as it comes and hand the results so far to
     `progress` (the partial report), so a run cut short still leaves its finished seeds behind."""
@@ -603,7 +635,7 @@ def make_report(results: list[dict], timing: dict, families: tuple[str, ...], ep
                 load_before: tuple, started: float) -> dict:
     import torch
 
-    recipe = {"train": dataclasses.asdict(TrainConfig(**TRAIN_OVERRIDES)),
+    recipe = {"train": dataclasses.asdict(TrainConfig(**TRAIN_OVERRIDES)), "structured_train": STRUCTURED_RECIPE,
               "subspace": dataclasses.asdict(SubspaceConfig()), "model": "small-cnn, width 16, GroupNorm (conv -> GN -> ReLU)"}
     report = {
         "benchmark": "accuracy",

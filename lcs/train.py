@@ -106,13 +106,8 @@ def draw_alphas(sampler: str, rng: random.Random, progress: float, cfg: RunConfi
         return [Draw(a, quantize_acts=not warming) for a in [rng.choice((lo, hi))] + [between() for _ in range(n - 1)]]
     if sampler == "max-and-random":
         # Two passes (structured, issue 17): the widest point every step (the distillation teacher when distilling)
-        # and one other: the narrowest end or a width between, as often as each grid width between (uniform draws:
-        # half the steps the narrowest end).
-        if cmap.family == "structured" and t.width_draw == "grid":
-            inner = [a for a in cmap.eval_alphas if lo < a < hi]
-            other = lo if rng.random() < 1.0 / (1 + len(inner)) else between()
-        else:
-            other = lo if rng.random() < 0.5 else between()
+        # and one other: the narrowest end in a share `low_end_share` of the steps, else a width between.
+        other = lo if rng.random() < t.low_end_share else between()
         return [Draw(hi, quantize_acts=not warming), Draw(other, quantize_acts=not warming)]
     if sampler == "discrete":
         return [Draw(rng.choice(cmap.eval_alphas), quantize_acts=not warming)]

@@ -21,14 +21,15 @@ def steps(cfg, model, n=600):
     return [draw_alphas(cfg.train.sampler, rng, 0.5, cfg, model.cmap, model) for _ in range(n)]
 
 
-def test_max_and_random_trains_the_widest_point_every_step_and_every_grid_width_as_often(digits):
+def test_max_and_random_trains_the_widest_point_every_step_and_the_narrow_end_half_the_steps(digits):
     cfg, model = structured(digits, sampler="max-and-random", width_draw="grid")
     grid = model.cmap.eval_alphas
     drawn = steps(cfg, model)
     assert all(len(d) == 2 and d[0].alpha == 1.0 for d in drawn)  # 2 passes, the widest first
     others = [d[1].alpha for d in drawn]
-    counts = [others.count(a) for a in grid[:-1]]  # every grid width but the widest, none other
-    assert sum(counts) == len(others) and min(counts) > 0.6 * len(others) / len(counts)
+    assert 0.4 < others.count(0.0) / len(others) < 0.6  # low_end_share 0.5
+    counts = [others.count(a) for a in grid[1:-1]]  # the rest: every grid width between the ends, none other
+    assert sum(counts) + others.count(0.0) == len(others) and min(counts) > 0.5 * (len(others) / 2) / len(counts)
     # distilling from the widest point adds no pass: it is drawn already, and first
     assert all(with_teacher(d, model.cmap, 0.5, cfg) == d for d in drawn[:20])
 
@@ -56,3 +57,23 @@ def test_width_draw_round_trips_and_old_checkpoints_read_back_uniform(tmp_path, 
     assert RunConfig.from_dict(old).train.width_draw == LEGACY_TRAIN["width_draw"] == "uniform"
     with pytest.raises(ConfigError, match="width draw"):
         TrainConfig(width_draw="log")
+
+
+def test_accuracy_benchmark_structured_recipe_reaches_the_lcs_runs_only(monkeypatch):
+    from benchmarks import accuracy as bench
+    from lcs.config import ModelConfig
+
+    monkeypatch.setattr(bench, "model_config", lambda: ModelConfig(in_channels=1, image_size=28))
+    recipe = bench.parse_recipe("sampler=max-and-random, width_draw=grid,distill=0.5")
+    assert recipe == {"sampler": "max-and-random", "width_draw": "grid", "distill": 0.5}
+    monkeypatch.setattr(bench, "STRUCTURED_RECIPE", recipe)
+    runs = {run.name: run.config.train for run in bench.plan(1, True, families=("structured", "unstructured"),
+                                                               ablations=())
+            if run.family == "structured"}
+    assert runs["LCS+L"].sampler == runs["LCS+P"].sampler == "max-and-random" and runs["LCS+L"].distill == 0.5
+    fixed = [t for name, t in runs.items() if name.startswith("fixed")]
+    assert fixed and all(t.method == "fixed" and t.sampler == "" for t in fixed)
+    assert bench.base_config("unstructured", "line", 1).train.sampler == ""  # other families keep their recipe
+    for bad in ("foo=1", "distill=x", "sampler"):
+        with pytest.raises(ConfigError):
+            bench.parse_recipe(bad)
