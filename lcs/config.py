@@ -113,8 +113,10 @@ class TrainConfig:
     weight_average: float = 0.0
     # Structured family: where the samplers draw widths between the ends. "uniform" (the paper): any width; most of
     # them give a group norm a channel count that is not a multiple of its groups, so it normalises over other groups
-    # (often one: layer norm) than at the grid's widths. "grid": only the widths of the map's evaluation grid.
+    # (often one: layer norm) than at the grid's widths. "grid": only the widths of a grid, the map's evaluation grid
+    # (width_grid 0) or width_grid evenly spaced widths, both ends included (4: 0.25 / 0.5 / 0.75 / 1).
     width_draw: str = "uniform"
+    width_grid: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -145,6 +147,9 @@ class TrainConfig:
                 raise ConfigError(f"{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)!r}")
         if self.width_draw not in WIDTH_DRAWS:
             raise ConfigError(f"width draw must be one of {', '.join(WIDTH_DRAWS)}, got {self.width_draw!r}")
+        if isinstance(self.width_grid, bool) or not isinstance(self.width_grid, int) or self.width_grid == 1 \
+                or self.width_grid < 0:
+            raise ConfigError(f"width grid must be 0 (the evaluation grid) or at least 2 widths, got {self.width_grid!r}")
         if self.weight_average >= 1.0:
             raise ConfigError(f"weight-average must be a fraction in [0, 1), got {self.weight_average!r}")
         if not (0.0 <= self.compression_warmup < 1.0):
@@ -154,7 +159,7 @@ class TrainConfig:
 # TrainConfig fields added after checkpoints were first written (issue 17), with the values those checkpoints were
 # trained with: a saved config without them reads back as the recipe it was trained with, whatever today's defaults.
 LEGACY_TRAIN = {"distill": 0.0, "endpoint_prob": 0.5, "low_end_share": 0.5, "weight_average": 0.0,
-               "width_draw": "uniform"}
+               "width_draw": "uniform", "width_grid": 0}
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,7 @@ def draw_alphas(sampler: str, rng: random.Random, progress: float, cfg: RunConfi
         """A level between the ends: uniform, or uniform in log keep (TrainConfig.alpha_spacing); structured
         "grid" (TrainConfig.width_draw): a grid width strictly between the ends."""
         if cmap.family == "structured" and t.width_draw == "grid":
-            inner = [a for a in cmap.eval_alphas if lo < a < hi]
+            inner = [a for a in width_grid(t, cmap) if lo < a < hi]
             return rng.choice(inner) if inner else rng.choice((lo, hi))
         if cmap.family == "unstructured" and t.alpha_spacing == "log":
             return lo * (hi / lo) ** rng.random()
@@ -120,6 +120,14 @@ def draw_alphas(sampler: str, rng: random.Random, progress: float, cfg: RunConfi
             return [Draw(hi, quantize_acts=False)]
         return [Draw(hi, layer_bits=model.random_layer_bits(rng))]
     raise ConfigError(f"unknown sampler {sampler!r}")
+
+
+def width_grid(t: TrainConfig, cmap: CompressionMap) -> tuple[float, ...]:
+    """The alphas of TrainConfig.width_draw "grid": the map's evaluation grid, or width_grid evenly spaced ones."""
+    if t.width_grid == 0:
+        return tuple(cmap.eval_alphas)
+    lo, hi = cmap.alpha_range
+    return tuple(lo + (hi - lo) * k / (t.width_grid - 1) for k in range(t.width_grid))
 
 
 def with_teacher(draws: list[Draw], cmap: CompressionMap, progress: float, cfg: RunConfig) -> list[Draw]:

@@ -77,3 +77,13 @@ def test_accuracy_benchmark_structured_recipe_reaches_the_lcs_runs_only(monkeypa
     for bad in ("foo=1", "distill=x", "sampler"):
         with pytest.raises(ConfigError):
             bench.parse_recipe(bad)
+
+
+def test_width_grid_of_n_evenly_spaced_widths(digits):
+    cfg, model = structured(digits, sampler="sandwich", samples_per_step=4, width_draw="grid", width_grid=4)
+    inner = {d.alpha for step in steps(cfg, model, 100) for d in step[2:]}
+    assert sorted(inner) == pytest.approx([1 / 3, 2 / 3])
+    assert [model.cmap.level(a).width for a in sorted(inner)] == pytest.approx([0.5, 0.75])
+    for bad in (1, -1, True):
+        with pytest.raises(ConfigError, match="width grid"):
+            TrainConfig(width_grid=bad)
