@@ -17,7 +17,7 @@ SHAPES = ("line", "point")
 WIDTH_DRAWS = ("uniform", "grid")
 ENDPOINT_INITS = ("copy", "independent")
 METHODS = ("lcs", "fixed", "us")
-SAMPLERS = ("biased-endpoints", "sandwich", "endpoint-and-random", "max-and-random", "discrete", "uniform", "fixed", "delayed-uniform", "per-layer-bits")
+SAMPLERS = ("biased-endpoints", "sandwich", "endpoint-and-random", "max-and-random", "min-and-random", "discrete", "uniform", "fixed", "delayed-uniform", "per-layer-bits")
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,8 @@ class TrainConfig:
     # step), so it is a choice, not the default (benchmarks/README.md).
     distill: float = 0.0
     # biased-endpoints sampler: how often an end of the line is drawn, and which share of those
-    # draws is the compressed end (the reference: 0.5 and 0.5).
+    # draws is the compressed end (the reference: 0.5 and 0.5). max-/min-and-random: how often the second pass is
+    # the line's other end.
     endpoint_prob: float = 0.5
     low_end_share: float = 0.5
     # Average the weights over the last `weight_average` fraction of training (every step's weights,

@@ -104,11 +104,13 @@ def draw_alphas(sampler: str, rng: random.Random, progress: float, cfg: RunConfi
     if sampler == "endpoint-and-random":  # two passes: one end of the line (either, at random) and a level between
         n = max(2, t.samples_per_step)
         return [Draw(a, quantize_acts=not warming) for a in [rng.choice((lo, hi))] + [between() for _ in range(n - 1)]]
-    if sampler == "max-and-random":
-        # Two passes (structured, issue 17): the widest point every step (the distillation teacher when distilling)
-        # and one other: the narrowest end in a share `low_end_share` of the steps, else a width between.
-        other = lo if rng.random() < t.low_end_share else between()
-        return [Draw(hi, quantize_acts=not warming), Draw(other, quantize_acts=not warming)]
+    if sampler in ("max-and-random", "min-and-random"):
+        # Two passes (structured, issue 17): one end of the line every step (max: the widest, the distillation teacher
+        # when distilling; min: the narrowest) and one other: the other end in a share `endpoint_prob` of the steps,
+        # else a level between.
+        first, last = (hi, lo) if sampler == "max-and-random" else (lo, hi)
+        other = last if rng.random() < t.endpoint_prob else between()
+        return [Draw(first, quantize_acts=not warming), Draw(other, quantize_acts=not warming)]
     if sampler == "discrete":
         return [Draw(rng.choice(cmap.eval_alphas), quantize_acts=not warming)]
     if sampler == "delayed-uniform":  # unstructured LCS+P: dense until the warm-up ends

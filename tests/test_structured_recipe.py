@@ -27,11 +27,20 @@ def test_max_and_random_trains_the_widest_point_every_step_and_the_narrow_end_ha
     drawn = steps(cfg, model)
     assert all(len(d) == 2 and d[0].alpha == 1.0 for d in drawn)  # 2 passes, the widest first
     others = [d[1].alpha for d in drawn]
-    assert 0.4 < others.count(0.0) / len(others) < 0.6  # low_end_share 0.5
+    assert 0.4 < others.count(0.0) / len(others) < 0.6  # endpoint_prob 0.5
     counts = [others.count(a) for a in grid[1:-1]]  # the rest: every grid width between the ends, none other
     assert sum(counts) + others.count(0.0) == len(others) and min(counts) > 0.5 * (len(others) / 2) / len(counts)
     # distilling from the widest point adds no pass: it is drawn already, and first
     assert all(with_teacher(d, model.cmap, 0.5, cfg) == d for d in drawn[:20])
+
+
+def test_min_and_random_trains_the_narrowest_point_every_step(digits):
+    cfg, model = structured(digits, sampler="min-and-random", width_draw="grid", width_grid=4, endpoint_prob=0.25)
+    drawn = steps(cfg, model)
+    assert all(len(d) == 2 and d[0].alpha == 0.0 for d in drawn)
+    others = [d[1].alpha for d in drawn]
+    assert 0.15 < others.count(1.0) / len(others) < 0.35
+    assert sorted({round(a, 6) for a in others}) == [round(1 / 3, 6), round(2 / 3, 6), 1.0]
 
 
 def test_uniform_width_draw_is_continuous_and_half_the_second_passes_at_the_narrow_end(digits):
