@@ -608,6 +608,11 @@ def parse_recipe(text: str) -> dict:
         if not sep or key not in defaults or key in ("method", "seed", "epochs"):
             raise ConfigError(f"not a recipe field: {item!r}")
         kind = type(defaults[key])
+        if kind is bool:
+            if value.strip().lower() not in ("true", "false"):
+                raise ConfigError(f"{key}: not true or false: {value.strip()!r}")
+            recipe[key] = value.strip().lower() == "true"
+            continue
         try:
             recipe[key] = kind(value.strip())
         except ValueError:

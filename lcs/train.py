@@ -143,6 +143,20 @@ def with_teacher(draws: list[Draw], cmap: CompressionMap, progress: float, cfg: 
     return [Draw(hi, quantize_acts=not (warm > 0 and progress < warm))] + draws
 
 
+def batch_shares(draws: list[Draw], hi: float, n: int) -> list[slice | None]:
+    """TrainConfig.split_batch: the first draw at the densest point trains on the whole batch (None), every other
+    draw on its own contiguous share of it (a slice; the shares split the batch, each at least one sample)."""
+    widest = next((i for i, d in enumerate(draws) if d.alpha == hi and d.effective in (None, hi)), None)
+    others = [i for i in range(len(draws)) if i != widest]
+    shares: list[slice | None] = [None] * len(draws)
+    if widest is None or not others or n < len(others):
+        return shares
+    bounds = [round(k * n / len(others)) for k in range(len(others) + 1)]
+    for k, i in enumerate(others):
+        shares[i] = slice(bounds[k], bounds[k + 1])
+    return shares
+
+
 def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
     """-sum p_teacher log p_student, mean over the batch (KL to the teacher up to a constant)."""
     return -(target_probs * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
@@ -413,13 +427,17 @@ def train(config: RunConfig, *, data: DataSplit | None = None, out: str | Path |
                 draws_seen.update(repr(draws).encode())
             optimizer.zero_grad(set_to_none=flat is None)  # flat: zero the one gradient, keep the views
             loss_sum = torch.zeros((), device=device)
+            shares = batch_shares(draws, cmap.alpha_range[1], len(y)) if t.split_batch else [None] * len(draws)
             for i, d in enumerate(draws):
                 model.set_alpha(d.alpha, effective=d.effective, quantize_acts=d.quantize_acts, track_acts=track_acts)
                 if d.layer_bits is not None:
                     model.set_layer_bits(d.layer_bits)
+                part = shares[i]
+                xs, ys, soft = (x, y, teacher) if part is None else \
+                    (x[part], y[part], None if teacher is None else teacher[part])
                 with acc.autocast(accel.precision, device):
-                    logits = net(x)
-                    loss = draw_loss(logits, y, t, teacher)
+                    logits = net(xs)
+                    loss = draw_loss(logits, ys, t, soft)
                 if distill and i == 0:  # the densest point: the soft targets of the step's other draws
                     teacher = F.softmax(logits.detach().float(), dim=1)
                 loss_sum += loss.detach()
