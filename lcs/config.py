@@ -15,6 +15,7 @@ CONFIG_VERSION = 1
 NORMS = ("group", "instance", "layer", "batch")
 SHAPES = ("line", "point")
 WIDTH_DRAWS = ("uniform", "grid")
+SPLIT_BATCH = ("none", "narrow", "all")
 ENDPOINT_INITS = ("copy", "independent")
 METHODS = ("lcs", "fixed", "us")
 SAMPLERS = ("biased-endpoints", "sandwich", "endpoint-and-random", "max-and-random", "min-and-random", "discrete", "uniform", "fixed", "delayed-uniform", "per-layer-bits")
@@ -118,10 +119,11 @@ class TrainConfig:
     # (width_grid 0) or width_grid evenly spaced widths, both ends included (4: 0.25 / 0.5 / 0.75 / 1).
     width_draw: str = "uniform"
     width_grid: int = 0
-    # Split the batch among a step's draws (issue 17, structured): the densest point trains on the whole batch, every
-    # other draw on its own share of it (3 passes: half the batch each). On a CPU a narrow pass costs 0.5-1.0 of a
-    # full one at batch 32 (per-convolution fixed costs; width 0.75's channel counts hit a slow kernel), less at 16.
-    split_batch: bool = False
+    # Split the batch among a step's draws (issue 17, structured). "none": every draw trains on the whole batch.
+    # "narrow": the densest point on the whole batch, every other draw on its own share of it (3 passes: half the
+    # batch each). "all": every draw on its own share. On a CPU a narrow pass costs 0.5-1.0 of a full one at batch 32
+    # (per-convolution fixed costs; width 0.75's channel counts hit a slow kernel), less at 16.
+    split_batch: str = "none"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -150,8 +152,8 @@ class TrainConfig:
         for name in ("distill", "endpoint_prob", "low_end_share"):
             if getattr(self, name) > 1.0:
                 raise ConfigError(f"{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)!r}")
-        if not isinstance(self.split_batch, bool):
-            raise ConfigError(f"split batch must be true or false, got {self.split_batch!r}")
+        if self.split_batch not in SPLIT_BATCH:
+            raise ConfigError(f"split batch must be one of {', '.join(SPLIT_BATCH)}, got {self.split_batch!r}")
         if self.width_draw not in WIDTH_DRAWS:
             raise ConfigError(f"width draw must be one of {', '.join(WIDTH_DRAWS)}, got {self.width_draw!r}")
         if isinstance(self.width_grid, bool) or not isinstance(self.width_grid, int) or self.width_grid == 1 \
@@ -167,7 +169,7 @@ class TrainConfig:
 # trained with: a saved config without them reads back as the recipe it was trained with, whatever today's defaults.
 LEGACY_TRAIN = {"distill": 0.0, "endpoint_prob": 0.5, "low_end_share": 0.5, "weight_average": 0.0,
                "width_draw": "uniform", "width_grid": 0,
-               "split_batch": False}
+               "split_batch": "none"}
 
 
 @dataclass(frozen=True)

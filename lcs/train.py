@@ -143,13 +143,16 @@ def with_teacher(draws: list[Draw], cmap: CompressionMap, progress: float, cfg: 
     return [Draw(hi, quantize_acts=not (warm > 0 and progress < warm))] + draws
 
 
-def batch_shares(draws: list[Draw], hi: float, n: int) -> list[slice | None]:
-    """TrainConfig.split_batch: the first draw at the densest point trains on the whole batch (None), every other
-    draw on its own contiguous share of it (a slice; the shares split the batch, each at least one sample)."""
-    widest = next((i for i, d in enumerate(draws) if d.alpha == hi and d.effective in (None, hi)), None)
-    others = [i for i in range(len(draws)) if i != widest]
+def batch_shares(draws: list[Draw], hi: float, n: int, split: str) -> list[slice | None]:
+    """TrainConfig.split_batch: which part of the batch each draw trains on (None: all of it). "narrow": the first
+    draw at the densest point the whole batch, every other draw its own contiguous share; "all": every draw a share.
+    The shares split the batch, each at least one sample (fewer samples than shares: no split)."""
     shares: list[slice | None] = [None] * len(draws)
-    if widest is None or not others or n < len(others):
+    if split == "none" or len(draws) < 2:
+        return shares
+    widest = next((i for i, d in enumerate(draws) if d.alpha == hi and d.effective in (None, hi)), None)
+    others = [i for i in range(len(draws)) if split == "all" or i != widest]
+    if (split == "narrow" and widest is None) or n < len(others):
         return shares
     bounds = [round(k * n / len(others)) for k in range(len(others) + 1)]
     for k, i in enumerate(others):
@@ -427,7 +430,7 @@ def train(config: RunConfig, *, data: DataSplit | None = None, out: str | Path |
                 draws_seen.update(repr(draws).encode())
             optimizer.zero_grad(set_to_none=flat is None)  # flat: zero the one gradient, keep the views
             loss_sum = torch.zeros((), device=device)
-            shares = batch_shares(draws, cmap.alpha_range[1], len(y)) if t.split_batch else [None] * len(draws)
+            shares = batch_shares(draws, cmap.alpha_range[1], len(y), t.split_batch)
             for i, d in enumerate(draws):
                 model.set_alpha(d.alpha, effective=d.effective, quantize_acts=d.quantize_acts, track_acts=track_acts)
                 if d.layer_bits is not None:

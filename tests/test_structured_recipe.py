@@ -1,8 +1,10 @@
 """Issue 17, structured family: the two-pass sampler and drawing widths from the evaluation grid."""
 
+import dataclasses
 import random
 
 import pytest
+from torch.utils.data import Subset
 
 from lcs import checkpoint
 from lcs.config import LEGACY_TRAIN, ConfigError, DataConfig, RunConfig, SubspaceConfig, TrainConfig
@@ -96,3 +98,24 @@ def test_width_grid_of_n_evenly_spaced_widths(digits):
     for bad in (1, -1, True):
         with pytest.raises(ConfigError, match="width grid"):
             TrainConfig(width_grid=bad)
+
+
+def test_split_batch_shares_the_batch_among_the_draws(digits):
+    from lcs.train import Draw, batch_shares
+
+    draws = [Draw(0.0), Draw(1.0), Draw(0.5)]
+    assert batch_shares(draws, 1.0, 32, "none") == [None] * 3
+    assert batch_shares(draws, 1.0, 32, "narrow") == [slice(0, 16), None, slice(16, 32)]  # the widest: all of it
+    assert batch_shares(draws + [Draw(0.25)], 1.0, 32, "all") == [slice(0, 8), slice(8, 16), slice(16, 24),
+                                                                   slice(24, 32)]
+    assert batch_shares(draws, 1.0, 1, "all") == [None] * 3  # fewer samples than draws: no split
+    with pytest.raises(ConfigError, match="split batch"):
+        TrainConfig(split_batch=True)
+    # a short real run: every draw trains on its share (loss finite, the checkpoint keeps the choice)
+    from lcs.train import train
+
+    cfg, _ = structured(digits, epochs=1, batch_size=64, sampler="sandwich", samples_per_step=4, width_draw="grid",
+                        width_grid=4, split_batch="all")
+    small = dataclasses.replace(digits, train=Subset(digits.train, range(128)), test=Subset(digits.test, range(64)))
+    result = train(cfg, data=small)
+    assert result.config.train.split_batch == "all" and all(row["loss"] == row["loss"] for row in result.history)
