@@ -124,6 +124,9 @@ class TrainConfig:
     # batch each). "all": every draw on its own share. On a CPU a narrow pass costs 0.5-1.0 of a full one at batch 32
     # (per-convolution fixed costs; width 0.75's channel counts hit a slow kernel), less at 16.
     split_batch: str = "none"
+    # Loss weight of a draw at the line's compressed end (alpha at its low end; 1: every draw weighs the same), so
+    # the narrowest width gets a larger say in the channels every width shares.
+    low_end_weight: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -139,7 +142,8 @@ class TrainConfig:
                                   ("line_centre_lr", 0.0, False), ("line_spread_lr", 0.0, False),
                                   ("label_smoothing", 0.0, False), ("fixed_alpha", 0.0, False),
                                   ("distill", 0.0, False), ("endpoint_prob", 0.0, False),
-                                  ("low_end_share", 0.0, False), ("weight_average", 0.0, False)):
+                                  ("low_end_share", 0.0, False), ("weight_average", 0.0, False),
+                                  ("low_end_weight", 0.0, True)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"{name.replace('_', '-')} must be a finite number, got {value!r}")
@@ -169,7 +173,7 @@ class TrainConfig:
 # trained with: a saved config without them reads back as the recipe it was trained with, whatever today's defaults.
 LEGACY_TRAIN = {"distill": 0.0, "endpoint_prob": 0.5, "low_end_share": 0.5, "weight_average": 0.0,
                "width_draw": "uniform", "width_grid": 0,
-               "split_batch": "none"}
+               "split_batch": "none", "low_end_weight": 1.0}
 
 
 @dataclass(frozen=True)

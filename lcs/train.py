@@ -441,6 +441,8 @@ def train(config: RunConfig, *, data: DataSplit | None = None, out: str | Path |
                 with acc.autocast(accel.precision, device):
                     logits = net(xs)
                     loss = draw_loss(logits, ys, t, soft)
+                    if t.low_end_weight != 1.0 and d.alpha == cmap.alpha_range[0]:
+                        loss = t.low_end_weight * loss
                 if distill and i == 0:  # the densest point: the soft targets of the step's other draws
                     teacher = F.softmax(logits.detach().float(), dim=1)
                 loss_sum += loss.detach()

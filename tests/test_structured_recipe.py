@@ -119,3 +119,27 @@ def test_split_batch_shares_the_batch_among_the_draws(digits):
     small = dataclasses.replace(digits, train=Subset(digits.train, range(128)), test=Subset(digits.test, range(64)))
     result = train(cfg, data=small)
     assert result.config.train.split_batch == "all" and all(row["loss"] == row["loss"] for row in result.history)
+
+
+def test_low_end_weight_scales_the_narrowest_draws_loss_only(digits, monkeypatch):
+    import torch
+
+    import lcs.train as lt
+
+    seen = []
+    real = lt.draw_loss
+
+    def spy(logits, y, t, teacher):
+        loss = real(logits, y, t, teacher)
+        seen.append(loss.detach())
+        return loss
+
+    monkeypatch.setattr(lt, "draw_loss", spy)
+    cfg, _ = structured(digits, epochs=1, batch_size=64, sampler="sandwich", samples_per_step=3, width_draw="grid",
+                        width_grid=4, low_end_weight=3.0, lr=1e-9)
+    small = dataclasses.replace(digits, train=Subset(digits.train, range(64)), test=Subset(digits.test, range(8)))
+    result = lt.train(cfg, data=small)
+    lo, hi, mid = seen[:3]  # one step: [narrowest, widest, between]
+    torch.testing.assert_close(torch.tensor(result.history[0]["loss"]), (3.0 * lo + hi + mid) / 3, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="low-end-weight"):
+        TrainConfig(low_end_weight=0.0)
