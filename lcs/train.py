@@ -61,6 +61,14 @@ def default_sampler(cfg: RunConfig) -> str:
     return "discrete" if s.shape == "line" else "per-layer-bits"
 
 
+def check_sampler(sampler: str, t: TrainConfig) -> None:
+    """Refuse a sampler setting that leaves levels untrained: the sandwich rule with 2 samples a step draws only the
+    two ends, and the widths between them come out near chance (19 % at width 0.5, issue 17)."""
+    if sampler == "sandwich" and t.samples_per_step < 3:
+        raise ConfigError(f"the sandwich rule needs at least 3 samples per step (got {t.samples_per_step}: only the two "
+                          "ends would train); for two passes use max-and-random or min-and-random")
+
+
 def draw_alphas(sampler: str, rng: random.Random, progress: float, cfg: RunConfig, cmap: CompressionMap,
                 model: SubspaceModel) -> list[Draw]:
     """The alphas to train at for one step. `progress` runs from 0 to 1 over the whole training."""
@@ -366,6 +374,7 @@ def train(config: RunConfig, *, data: DataSplit | None = None, out: str | Path |
     model.train()
     cmap = model.cmap
     sampler = default_sampler(config)
+    check_sampler(sampler, t)
     line = config.subspace.shape == "line"
     track_acts = cmap.family == "quantization"
 

@@ -143,3 +143,11 @@ def test_low_end_weight_scales_the_narrowest_draws_loss_only(digits, monkeypatch
     torch.testing.assert_close(torch.tensor(result.history[0]["loss"]), (3.0 * lo + hi + mid) / 3, rtol=1e-5, atol=1e-6)
     with pytest.raises(ConfigError, match="low-end-weight"):
         TrainConfig(low_end_weight=0.0)
+
+
+def test_a_sandwich_of_two_is_refused_it_never_trains_the_widths_between(digits):
+    from lcs.train import train
+
+    cfg, _ = structured(digits, sampler="sandwich", samples_per_step=2)
+    with pytest.raises(ConfigError, match="at least 3 samples per step"):
+        train(cfg, data=digits)
