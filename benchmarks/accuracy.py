@@ -4,6 +4,7 @@ against a standard step of the same network and batch.
 
     PYTHONPATH=. python benchmarks/accuracy.py [--epochs N] [--seeds N] [--families F,..] [--out DIR] [--quick]
                                                [--jobs 2] [--threads 1] [--step-rounds N]
+                                               [--structured-recipe KEY=VALUE,...]
                                                [--steps-only | --sandwich-variants]
 
 For each family (unstructured, structured, quantization) it trains LCS+L and LCS+P with the default
