@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lcs import atomic  # noqa: E402
-from lcs.config import DISTILL_TEACHERS, ConfigError, DataConfig, RunConfig, SubspaceConfig, TrainConfig  # noqa: E402
+from lcs.config import ConfigError, DataConfig, RunConfig, SubspaceConfig, TrainConfig  # noqa: E402
 from lcs.subspace.levels import make_map  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -102,8 +102,7 @@ def model_config():
     return model_config_for(load_data(DATA).info, name="small-cnn", norm="group")
 
 
-# TrainConfig fields the command line sets for every run (--distill, --distill-teacher; the per-level models ignore
-# distillation).
+# TrainConfig fields the command line sets for every run (--distill; the per-level models ignore distillation).
 TRAIN_OVERRIDES: dict = {}
 
 
@@ -259,8 +258,7 @@ def time_steps(family: str, batch_size: int, steps: int, rounds: int, sampler: s
         standard.append(std)
         lcs_line.append(line)
     passes = max(2, t.samples_per_step) if default_sampler(cfg) in ("sandwich", "endpoint-and-random") else 1
-    if t.distill > 0 and t.distill_teacher == "pass" and default_sampler(cfg) != "sandwich":
-        # in-place distillation adds the densest point's pass (the "memory" teacher adds none)
+    if t.distill > 0 and default_sampler(cfg) != "sandwich":  # in-place distillation adds the densest point's pass
         passes += 1
 
     def summary(k: int, label: str) -> dict:
@@ -503,9 +501,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--distill", type=float, default=TrainConfig.distill,
                         help="in-place distillation share of every LCS run (TrainConfig.distill; the committed 3-seed "
                              "run used 0.5)")
-    parser.add_argument("--distill-teacher", choices=DISTILL_TEACHERS, default=TrainConfig.distill_teacher,
-                        help="where --distill's soft targets come from (TrainConfig.distill_teacher): a pass of the "
-                             "densest point every step, or its remembered outputs per training image (no extra pass)")
     parser.add_argument("--seeds", type=int, default=1, help="train every run with seeds 0..N-1; report mean ± std")
     parser.add_argument("--families", default=",".join(LEVELS),
                         help=f"comma-separated families to train (default all: {','.join(LEVELS)})")
@@ -549,7 +544,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         parser.error(str(exc))
     TRAIN_OVERRIDES["distill"] = args.distill
-    TRAIN_OVERRIDES["distill_teacher"] = args.distill_teacher
     steps, rounds = (10, 1) if args.quick else (30, 9)
     if args.step_rounds is not None:
         if args.step_rounds < 1:

@@ -16,7 +16,6 @@ NORMS = ("group", "instance", "layer", "batch")
 SHAPES = ("line", "point")
 ENDPOINT_INITS = ("copy", "independent")
 METHODS = ("lcs", "fixed", "us")
-DISTILL_TEACHERS = ("pass", "memory")
 SAMPLERS = ("biased-endpoints", "sandwich", "endpoint-and-random", "discrete", "uniform", "fixed", "delayed-uniform", "per-layer-bits")
 
 
@@ -104,11 +103,6 @@ class TrainConfig:
     # within 0.5 points of per-level models, but two passes a step where the sampler draws one (about 2x a standard
     # step), so it is a choice, not the default (benchmarks/README.md).
     distill: float = 0.0
-    # Where distillation's soft targets come from. "pass": the densest point's outputs on this batch, from a pass of
-    # its own in every step (two passes where the sampler draws one). "memory": no extra pass: the densest point's
-    # outputs from the last step that drew it on the same training image (kept per image); images it has not seen
-    # yet learn from their labels.
-    distill_teacher: str = "pass"
     # biased-endpoints sampler: how often an end of the line is drawn, and which share of those
     # draws is the compressed end (the reference: 0.5 and 0.5).
     endpoint_prob: float = 0.5
@@ -139,8 +133,6 @@ class TrainConfig:
                 raise ConfigError(f"{name.replace('_', '-')} must be {'>' if strict else '>='} {low:g}, got {value!r}")
         if not (0.0 <= self.fixed_alpha <= 1.0):
             raise ConfigError(f"alpha {self.fixed_alpha:g} is outside [0, 1]")
-        if self.distill_teacher not in DISTILL_TEACHERS:
-            raise ConfigError(f"distill teacher must be one of {', '.join(DISTILL_TEACHERS)}, got {self.distill_teacher!r}")
         if self.alpha_spacing not in ("log", "linear"):
             raise ConfigError(f"alpha spacing must be 'log' or 'linear', got {self.alpha_spacing!r}")
         for name in ("distill", "endpoint_prob", "low_end_share"):
@@ -154,8 +146,7 @@ class TrainConfig:
 
 # TrainConfig fields added after checkpoints were first written (issue 17), with the values those checkpoints were
 # trained with: a saved config without them reads back as the recipe it was trained with, whatever today's defaults.
-LEGACY_TRAIN = {"distill": 0.0, "endpoint_prob": 0.5, "low_end_share": 0.5, "weight_average": 0.0,
-                "distill_teacher": "pass"}
+LEGACY_TRAIN = {"distill": 0.0, "endpoint_prob": 0.5, "low_end_share": 0.5, "weight_average": 0.0}
 
 
 @dataclass(frozen=True)

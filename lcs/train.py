@@ -118,54 +118,10 @@ def with_teacher(draws: list[Draw], cmap: CompressionMap, progress: float, cfg: 
     not draw it): its outputs are the soft targets of the other draws."""
     hi = cmap.alpha_range[1]
     for i, d in enumerate(draws):
-        if is_densest(d, cmap):
+        if d.alpha == hi and d.layer_bits is None and d.effective in (None, hi):
             return [d] + draws[:i] + draws[i + 1:]
     warm = cfg.train.compression_warmup
     return [Draw(hi, quantize_acts=not (warm > 0 and progress < warm))] + draws
-
-
-class _Indexed(torch.utils.data.Dataset):
-    """A dataset whose items carry their index last: (x, y, i)."""
-
-    def __init__(self, dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        return (*self.dataset[i], i)
-
-
-def with_index(dataset):
-    """`dataset` with each item's index as its last field, batched in the same order (distill_teacher "memory")."""
-    tensors = acc.in_memory(dataset)
-    if tensors is not None:
-        return torch.utils.data.TensorDataset(*tensors.tensors, torch.arange(len(tensors)))
-    return _Indexed(dataset)
-
-
-class TeacherMemory:
-    """distill_teacher "memory": per training image, the densest point's softmax outputs from the last step that drew
-    that point on it. Teachers for images it has not seen yet are their one-hot labels (the soft loss is then the
-    cross-entropy)."""
-
-    def __init__(self, size: int, classes: int, device: torch.device) -> None:
-        self.probs = torch.zeros(size, classes, device=device)
-        self.seen = torch.zeros(size, 1, dtype=torch.bool, device=device)
-
-    def targets(self, index: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        labels = F.one_hot(y, self.probs.shape[1]).to(self.probs.dtype)
-        return torch.where(self.seen[index], self.probs[index], labels)
-
-    @torch.no_grad()
-    def record(self, index: torch.Tensor, logits: torch.Tensor) -> None:
-        self.probs[index] = F.softmax(logits.float(), dim=1)
-        self.seen[index] = True
-
-
-def is_densest(d: Draw, cmap: CompressionMap) -> bool:
-    return d.alpha == cmap.alpha_range[1] and d.layer_bits is None and d.effective in (None, cmap.alpha_range[1])
 
 
 def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
@@ -383,15 +339,8 @@ def train(config: RunConfig, *, data: DataSplit | None = None, out: str | Path |
     if world.world > 1:
         model.fused_blend = False  # per-layer blends: DDP reduces each layer's gradients as soon as they are ready
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
-    # In-place distillation needs a densest point to learn from (not for one fixed level).
-    distill = t.distill > 0 and t.method != "fixed"
-    memory = None
-    train_set = data.train
-    if distill and t.distill_teacher == "memory":
-        train_set = with_index(data.train)
-        memory = TeacherMemory(len(train_set), config.model.num_classes, device)
-    data_sampler = DistributedSampler(train_set, world.world, world.rank, shuffle=True, seed=t.seed) if world.world > 1 else None
-    loader = acc.loader(train_set, t.batch_size, device=device, sampler=data_sampler, shuffle=data_sampler is None,
+    data_sampler = DistributedSampler(data.train, world.world, world.rank, shuffle=True, seed=t.seed) if world.world > 1 else None
+    loader = acc.loader(data.train, t.batch_size, device=device, sampler=data_sampler, shuffle=data_sampler is None,
                         drop_last=len(data.train) > t.batch_size * world.world,
                         generator=torch.Generator().manual_seed(t.seed), workers=accel.workers)
     steps_per_epoch = len(loader)
@@ -415,6 +364,8 @@ def train(config: RunConfig, *, data: DataSplit | None = None, out: str | Path |
     model.folded_split = (t.line_centre_lr, t.line_spread_lr) if fold_split else None
     result = TrainResult(config, model, device=acc.describe(device), precision=accel.precision, world=world.world,
                          backend=world.backend)
+    # In-place distillation needs a densest point to learn from (not for one fixed level).
+    distill = t.distill > 0 and t.method != "fixed"
     averaged = WeightAverage([flat.param] if flat else [p for p in model.parameters() if p.requires_grad])
     average_from = total - int(round(t.weight_average * total)) if t.weight_average > 0 else total + 1
     clock = acc.StepClock(device)
@@ -427,16 +378,16 @@ def train(config: RunConfig, *, data: DataSplit | None = None, out: str | Path |
         epoch_loss = torch.zeros((), device=device)
         epoch_reg = torch.zeros((), device=device)
         batches = 0
-        for batch in loader:
+        for x, y in loader:
             if step == 3 and total > 3:  # the first steps warm up (allocations, algorithm choice)
                 acc.synchronize(device)
                 steady_since, images = time.perf_counter(), 0
-            x, y, *index = acc.to_device(batch, device)
+            x, y = acc.to_device((x, y), device)
             timed = step >= 3
             if timed:
                 clock.start()
             draws = draw_alphas(sampler, rng, step / total, config, cmap, model)
-            if distill and memory is None:
+            if distill:
                 draws = with_teacher(draws, cmap, step / total, config)
             teacher = None
             if draws_seen is not None:
@@ -447,15 +398,10 @@ def train(config: RunConfig, *, data: DataSplit | None = None, out: str | Path |
                 model.set_alpha(d.alpha, effective=d.effective, quantize_acts=d.quantize_acts, track_acts=track_acts)
                 if d.layer_bits is not None:
                     model.set_layer_bits(d.layer_bits)
-                densest = memory is not None and is_densest(d, cmap)
-                if memory is not None and not densest:
-                    teacher = memory.targets(index[0], y)
                 with acc.autocast(accel.precision, device):
                     logits = net(x)
-                    loss = draw_loss(logits, y, t, None if densest else teacher)
-                if densest:
-                    memory.record(index[0], logits.detach())
-                if distill and memory is None and i == 0:  # the densest point: the soft targets of the step's other draws
+                    loss = draw_loss(logits, y, t, teacher)
+                if distill and i == 0:  # the densest point: the soft targets of the step's other draws
                     teacher = F.softmax(logits.detach().float(), dim=1)
                 loss_sum += loss.detach()
                 last = i == len(draws) - 1
@@ -554,7 +500,7 @@ def plain_step_seconds(config: RunConfig, loader, device: torch.device, precisio
         if len(batches) >= steps:
             break
     for i in range(steps + 3):
-        x, y = batches[i % len(batches)][:2]
+        x, y = batches[i % len(batches)]
         if i >= 3:
             clock.start()
         optimizer.zero_grad(set_to_none=True)

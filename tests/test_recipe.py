@@ -102,8 +102,7 @@ def test_new_recipe_fields_round_trip_through_the_checkpoint_and_old_configs_loa
     from lcs import checkpoint
     from lcs.config import LEGACY_TRAIN
 
-    train = TrainConfig(distill=0.5, endpoint_prob=0.25, low_end_share=0.75, weight_average=0.2,
-                        distill_teacher="memory")
+    train = TrainConfig(distill=0.5, endpoint_prob=0.25, low_end_share=0.75, weight_average=0.2)
     cfg = RunConfig(model=ModelConfig(in_channels=1, image_size=8), train=train)
     path = checkpoint.save(tmp_path / "m.safetensors", cfg, checkpoint.build(cfg))
     assert checkpoint.load(path).config == cfg
@@ -117,8 +116,6 @@ def test_new_recipe_fields_round_trip_through_the_checkpoint_and_old_configs_loa
         TrainConfig(distill=1.5)
     with pytest.raises(ConfigError, match="weight-average"):
         TrainConfig(weight_average=1.0)
-    with pytest.raises(ConfigError, match="distill teacher"):
-        TrainConfig(distill_teacher="stale")
 
 
 def test_distillation_loss_is_the_soft_cross_entropy_to_the_detached_densest_point_and_off_at_zero():
@@ -153,22 +150,8 @@ def test_distillation_puts_the_densest_point_first_and_adds_it_when_not_drawn():
     assert with_teacher([Draw(1.0, layer_bits=[3, 4])], model.cmap, 0.9, cfg)[0].layer_bits is None
 
 
-def test_teacher_memory_gives_labels_until_the_densest_point_has_seen_an_image():
-    import torch.nn.functional as F
-
-    from lcs.train import TeacherMemory
-
-    memory = TeacherMemory(5, 3, torch.device("cpu"))
-    y = torch.tensor([2, 0])
-    assert torch.equal(memory.targets(torch.tensor([1, 4]), y), F.one_hot(y, 3).float())
-    logits = torch.tensor([[1.0, 2.0, 3.0]])
-    memory.record(torch.tensor([4]), logits)
-    got = memory.targets(torch.tensor([1, 4]), y)
-    assert torch.equal(got[0], torch.tensor([0.0, 0.0, 1.0])) and torch.equal(got[1], F.softmax(logits, 1)[0])
-
-
-@pytest.mark.parametrize("distill,teacher", [(0.0, "pass"), (1.0, "pass"), (0.5, "memory")])
-def test_training_passes_per_step_with_and_without_distillation(digits, monkeypatch, distill, teacher):
+@pytest.mark.parametrize("distill", [0.0, 1.0])
+def test_training_passes_per_step_with_and_without_distillation(digits, monkeypatch, distill):
     from lcs.data import model_config_for
     from lcs.config import DataConfig
     from lcs.train import train
@@ -177,14 +160,12 @@ def test_training_passes_per_step_with_and_without_distillation(digits, monkeypa
     original = SubspaceModel.forward
     monkeypatch.setattr(SubspaceModel, "forward", lambda self, x: calls.append(self.level.alpha) or original(self, x))
     cfg = RunConfig(model=model_config_for(digits.info), data=DataConfig("digits"),
-                    train=TrainConfig(epochs=1, batch_size=256, distill=distill, sampler="uniform",
-                                      distill_teacher=teacher))
+                    train=TrainConfig(epochs=1, batch_size=256, distill=distill, sampler="uniform"))
     small = dataclasses.replace(digits, train=torch.utils.data.Subset(digits.train, range(768)))
     train(cfg, data=small)
     steps = 3  # 768 images, batch 256
-    two = distill and teacher == "pass"  # the remembered teacher adds no pass
-    passes = calls[2:2 + steps * (2 if two else 1)]  # after the two probes of _check_runs
-    if two:
+    passes = calls[2:2 + steps * (2 if distill else 1)]  # after the two probes of _check_runs
+    if distill:
         assert passes[0::2] == [1.0] * steps and all(a < 1.0 for a in passes[1::2])  # the densest point, then the draw
     else:
         assert all(a < 1.0 for a in passes)  # one pass per step, at the drawn level only
