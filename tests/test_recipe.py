@@ -224,3 +224,12 @@ def test_distillation_is_off_by_default_and_the_train_command_sets_it(tmp_path):
     ok = CliRunner().invoke(cli, args + ["--distill", "0.5"])
     assert ok.exit_code == 0, ok.output
     assert checkpoint.load(out).config.train.distill == 0.5
+
+
+def test_accuracy_benchmark_refuses_a_compression_warmup_outside_0_1(capsys):
+    from benchmarks import accuracy as bench
+
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--compression-warmup", "1.0", "--out", "/nonexistent/never-written"])
+    assert exc.value.code == 2 and "compression warm-up must be a fraction in [0, 1)" in capsys.readouterr().err
+    assert "compression_warmup" not in bench.TRAIN_OVERRIDES
