@@ -103,7 +103,8 @@ def model_config():
     return model_config_for(load_data(DATA).info, name="small-cnn", norm="group")
 
 
-# TrainConfig fields the command line sets for every run (--distill; the per-level models ignore distillation).
+# TrainConfig fields the command line sets for every run (--distill, --compression-warmup; the per-level models ignore
+# distillation).
 TRAIN_OVERRIDES: dict = {}
 # TrainConfig fields of the structured family's LCS runs and step timing only (--structured-recipe, issue 17): the
 # per-level models keep their one fixed width.
@@ -509,9 +510,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--distill", type=float, default=TrainConfig.distill,
                         help="in-place distillation share of every LCS run (TrainConfig.distill; the committed 3-seed "
                              "run used 0.5)")
+    parser.add_argument("--compression-warmup", type=float, default=TrainConfig.compression_warmup,
+                        help="compression warm-up fraction of every run, per-level models included "
+                             "(TrainConfig.compression_warmup)")
     parser.add_argument("--structured-recipe", default="",
                         help="TrainConfig fields of the structured LCS runs and their step timing, as KEY=VALUE,... "
-                             "(e.g. sampler=max-and-random,width_draw=grid,distill=0.5; issue 17)")
+                             "(e.g. sampler=sandwich,samples_per_step=3,width_draw=grid,width_grid=4,"
+                             "split_batch=narrow; issue 17)")
     parser.add_argument("--seeds", type=int, default=1, help="train every run with seeds 0..N-1; report mean ± std")
     parser.add_argument("--families", default=",".join(LEVELS),
                         help=f"comma-separated families to train (default all: {','.join(LEVELS)})")
@@ -551,10 +556,11 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     try:
-        TrainConfig(distill=args.distill)
+        TrainConfig(distill=args.distill, compression_warmup=args.compression_warmup)
     except ConfigError as exc:
         parser.error(str(exc))
     TRAIN_OVERRIDES["distill"] = args.distill
+    TRAIN_OVERRIDES["compression_warmup"] = args.compression_warmup
     try:
         STRUCTURED_RECIPE.update(parse_recipe(args.structured_recipe))
         TrainConfig(**{**TRAIN_OVERRIDES, **STRUCTURED_RECIPE})
