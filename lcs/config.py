@@ -127,6 +127,8 @@ class TrainConfig:
     # Loss weight of a draw at the line's compressed end (alpha at its low end; 1: every draw weighs the same), so
     # the narrowest width gets a larger say in the channels every width shares.
     low_end_weight: float = 1.0
+    # split_batch: the fraction of the batch the draw at the compressed end trains on (0: an equal share).
+    low_end_batch: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -143,7 +145,7 @@ class TrainConfig:
                                   ("label_smoothing", 0.0, False), ("fixed_alpha", 0.0, False),
                                   ("distill", 0.0, False), ("endpoint_prob", 0.0, False),
                                   ("low_end_share", 0.0, False), ("weight_average", 0.0, False),
-                                  ("low_end_weight", 0.0, True)):
+                                  ("low_end_weight", 0.0, True), ("low_end_batch", 0.0, False)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"{name.replace('_', '-')} must be a finite number, got {value!r}")
@@ -153,7 +155,7 @@ class TrainConfig:
             raise ConfigError(f"alpha {self.fixed_alpha:g} is outside [0, 1]")
         if self.alpha_spacing not in ("log", "linear"):
             raise ConfigError(f"alpha spacing must be 'log' or 'linear', got {self.alpha_spacing!r}")
-        for name in ("distill", "endpoint_prob", "low_end_share"):
+        for name in ("distill", "endpoint_prob", "low_end_share", "low_end_batch"):
             if getattr(self, name) > 1.0:
                 raise ConfigError(f"{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)!r}")
         if self.split_batch not in SPLIT_BATCH:
@@ -173,7 +175,8 @@ class TrainConfig:
 # trained with: a saved config without them reads back as the recipe it was trained with, whatever today's defaults.
 LEGACY_TRAIN = {"distill": 0.0, "endpoint_prob": 0.5, "low_end_share": 0.5, "weight_average": 0.0,
                "width_draw": "uniform", "width_grid": 0,
-               "split_batch": "none", "low_end_weight": 1.0}
+               "split_batch": "none", "low_end_weight": 1.0,
+               "low_end_batch": 0.0}
 
 
 @dataclass(frozen=True)

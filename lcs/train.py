@@ -151,10 +151,12 @@ def with_teacher(draws: list[Draw], cmap: CompressionMap, progress: float, cfg: 
     return [Draw(hi, quantize_acts=not (warm > 0 and progress < warm))] + draws
 
 
-def batch_shares(draws: list[Draw], hi: float, n: int, split: str) -> list[slice | None]:
+def batch_shares(draws: list[Draw], hi: float, n: int, split: str, lo: float | None = None,
+                 low_share: float = 0.0) -> list[slice | None]:
     """TrainConfig.split_batch: which part of the batch each draw trains on (None: all of it). "narrow": the first
     draw at the densest point the whole batch, every other draw its own contiguous share; "all": every draw a share.
-    The shares split the batch, each at least one sample (fewer samples than shares: no split)."""
+    The shares split the batch, each at least one sample (fewer samples than shares: no split). `low_share` > 0
+    (TrainConfig.low_end_batch): the first draw at `lo` gets that fraction of the batch, the others equal shares."""
     shares: list[slice | None] = [None] * len(draws)
     if split == "none" or len(draws) < 2:
         return shares
@@ -162,9 +164,20 @@ def batch_shares(draws: list[Draw], hi: float, n: int, split: str) -> list[slice
     others = [i for i in range(len(draws)) if split == "all" or i != widest]
     if (split == "narrow" and widest is None) or n < len(others):
         return shares
-    bounds = [round(k * n / len(others)) for k in range(len(others) + 1)]
-    for k, i in enumerate(others):
-        shares[i] = slice(bounds[k], bounds[k + 1])
+    low = next((i for i in others if draws[i].alpha == lo), None) if low_share > 0 and len(others) > 1 else None
+    if low is None:
+        bounds = [round(k * n / len(others)) for k in range(len(others) + 1)]
+        sizes = [bounds[k + 1] - bounds[k] for k in range(len(others))]
+    else:
+        rest = len(others) - 1
+        first = min(max(1, round(low_share * n)), n - rest)
+        bounds = [round(k * (n - first) / rest) for k in range(rest + 1)]
+        equal = iter(bounds[k + 1] - bounds[k] for k in range(rest))
+        sizes = [first if i == low else next(equal) for i in others]
+    start = 0
+    for i, size in zip(others, sizes):
+        shares[i] = slice(start, start + size)
+        start += size
     return shares
 
 
@@ -439,7 +452,8 @@ def train(config: RunConfig, *, data: DataSplit | None = None, out: str | Path |
                 draws_seen.update(repr(draws).encode())
             optimizer.zero_grad(set_to_none=flat is None)  # flat: zero the one gradient, keep the views
             loss_sum = torch.zeros((), device=device)
-            shares = batch_shares(draws, cmap.alpha_range[1], len(y), t.split_batch)
+            shares = batch_shares(draws, cmap.alpha_range[1], len(y), t.split_batch, cmap.alpha_range[0],
+                                  t.low_end_batch)
             for i, d in enumerate(draws):
                 model.set_alpha(d.alpha, effective=d.effective, quantize_acts=d.quantize_acts, track_acts=track_acts)
                 if d.layer_bits is not None:

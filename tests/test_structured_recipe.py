@@ -109,6 +109,11 @@ def test_split_batch_shares_the_batch_among_the_draws(digits):
     assert batch_shares(draws + [Draw(0.25)], 1.0, 32, "all") == [slice(0, 8), slice(8, 16), slice(16, 24),
                                                                    slice(24, 32)]
     assert batch_shares(draws, 1.0, 1, "all") == [None] * 3  # fewer samples than draws: no split
+    # low_end_batch: the narrowest draw gets its fraction, the others equal shares of the rest
+    assert batch_shares(draws, 1.0, 32, "narrow", 0.0, 0.625) == [slice(0, 20), None, slice(20, 32)]
+    assert batch_shares(draws, 1.0, 32, "all", 0.0, 0.5) == [slice(0, 16), slice(16, 24), slice(24, 32)]
+    with pytest.raises(ConfigError, match="low-end-batch"):
+        TrainConfig(low_end_batch=1.5)
     with pytest.raises(ConfigError, match="split batch"):
         TrainConfig(split_batch=True)
     # a short real run: every draw trains on its share (loss finite, the checkpoint keeps the choice)
