@@ -15,6 +15,11 @@ for the target, in interleaved rounds, and runs sparse only where that was at le
 both timings go into the manifest ("sparse_layers" of the level); a module with sparse layers takes the three CSR
 arrays in place of that weight (params "<w>:csr.data", "<w>:csr.indices", "<w>:csr.indptr"), so each sparse level
 has its own module. Boards that cannot be timed from the build (cross builds) keep dense kernels.
+
+Channels-last costs the CSR kernel a transpose in and out, as much as dense's whole work on layers of many pixels and
+few channels; sparse_chw.py runs a stretch of the network channels-first instead (CSR 1x1s, depthwise convs, norms).
+Each layer is timed on that kernel too ("chw_us"), and the level as a whole module both ways, channels-last and
+with CHW stretches from STRETCH_FROM pixels down: the fastest runs ("sparse_stretch" of the level).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ PAIRED_ROW = 8  # nonzeros per output channel from which the CSR kernel keeps tw
 # kernel), which picked kernels by noise
 REPEATS = 5
 # CHW stretches tried per level: from each of these pixel counts (H*W) down to the smallest layer
-STRETCH_FROM = (1, 16, 64)
+STRETCH_FROM = (1, 64)
 LEVEL_MARGIN = 0.97  # a CHW stretch must take at most this share of the channels-last module's time
 LEVEL_MS = 5  # each whole-level timing runs this long (a 90 %-sparse mobilenet-v2 level: ~0.2 ms a call)
 
@@ -215,41 +220,6 @@ def candidates(mod, names: list[str]) -> dict[str, Candidate]:
     return found
 
 
-def rewrite(mod, names: list[str], chosen: dict[str, tuple[Candidate, int]], threads: int = 1):
-    """`mod` with the chosen convolutions calling their CSR kernels; `main` takes the CSR arrays in place of each
-    chosen weight, at its place in the parameter order (`names`: main's weights in order)."""
-    import tvm
-    from tvm import relax
-
-    main = mod["main"]
-    by_var = _param_names(main, names)
-    new_vars = {name: [relax.Var(csr_name(name, part), relax.TensorType([n], dtype))
-                       for part, n, dtype in (("data", max(nnz, 1), "float32"), ("indices", max(nnz, 1), "int32"),
-                                              ("indptr", c.cout + 1, "int32"))]
-                for name, (c, nnz) in chosen.items()}
-
-    @relax.expr_functor.mutator
-    class Rewriter(relax.PyExprMutator):
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            if getattr(call.op, "name", None) == "relax.nn.conv2d" and call.args[1] in by_var:
-                name = by_var[call.args[1]]
-                if name in chosen:
-                    c, nnz = chosen[name]
-                    gv = self.builder_.add_func(csr_kernel(c, nnz, threads), f"sparse_conv1x1_{c.cin}_{c.cout}_{nnz}")
-                    return relax.call_tir(gv, [call.args[0], *new_vars[name]], call.ty)
-            return call
-
-    rewriter = Rewriter(mod)
-    body = rewriter.visit_expr(main)
-    params = [main.params[0]]
-    for v in list(main.params)[1:]:
-        params += new_vars.get(by_var[v], [v])
-    out = rewriter.builder_.get()
-    out["main"] = relax.Function(params, body.body, main.ret_ty, main.is_pure, main.attrs)
-    return relax.transform.DeadCodeElimination()(tvm.IRModule(out.functions, attrs=mod.attrs))
-
-
 class Chooser:
     """Per level: which candidate layers run sparse, and in which layout, by timing on this machine, or none.
 
@@ -279,8 +249,8 @@ class Chooser:
         # machine, two threads need both cores quiet at once (mobilenet-v2 at load 8 on 2 cores: two-thread timings
         # picked a 1.5x slower CSR kernel and left 2x faster ones dense). Both kernels split their work the same way
         # between threads (pixel blocks, or output channels), so the planned count's timings are recorded only.
-        timings = self._measure(layers, 1)
-        planned = self._measure(layers, self.threads) if self.threads > 1 else {}
+        measured = self._measure(layers, sorted({1, self.threads}))
+        timings, planned = measured[1], measured[self.threads] if self.threads > 1 else {}
         records, hwc, chw_ok = [], {}, {}
         for name, (c, csr, density) in tried.items():
             dense_us, sparse_us, chw_us = timings[name]
@@ -380,12 +350,13 @@ class Chooser:
             del libs
         return {k: float(np.min(v)) * 1e6 for k, v in runs.items()}
 
-    def _measure(self, layers: dict[str, tuple[Candidate, dict]], threads: int) -> dict[str, tuple[float, float, float]]:
-        """{weight: (dense us, sparse us, chw us)}: the three kernels of every layer timed on this machine on `threads`
-        threads (the kernels as built for the planned count), interleaved rounds, the fastest of each (REPEATS). All
-        are timed as bare kernels of one library, compiled as the static executor compiles them (asserts off): a
-        dense kernel called through the Relax VM paid ~1 us more per call, a fifth of a 4x4-pixel layer, which
-        tilted the choice to sparse."""
+    def _measure(self, layers: dict[str, tuple[Candidate, dict]],
+                 counts: list[int]) -> dict[int, dict[str, tuple[float, float, float]]]:
+        """{threads: {weight: (dense us, sparse us, chw us)}}: the three kernels of every layer timed on this machine
+        on each count of threads (the kernels as built for the planned count), interleaved rounds, the fastest of
+        each (REPEATS). All are timed as bare kernels of one library, compiled as the static executor compiles them
+        (asserts off): a dense kernel called through the Relax VM paid ~1 us more per call, a fifth of a 4x4-pixel
+        layer, which tilted the choice to sparse."""
         import tvm
 
         from tvm_build.compile import compile_kernels
@@ -393,10 +364,13 @@ class Chooser:
 
         dev = tvm.cpu()
         rng = np.random.default_rng(0)
-        todo = {n: c for n, (c, _) in layers.items() if self._key(c, threads) not in self._dense_us}
+        shapes = {self._key(c): c for c, _ in layers.values() if any(self._key(c, n) not in self._dense_us
+                                                                      for n in counts)}
         funcs, args = {}, {}
-        dense = _dense_kernels(list(todo.values()), self.target)
-        for i, (name, c) in enumerate(todo.items()):
+        dense = _dense_kernels(list(shapes.values()), self.target)
+        dense_of = {}
+        for i, (key, c) in enumerate(shapes.items()):
+            dense_of[key] = f"dense{i}"
             funcs[f"dense{i}"] = dense[i]
             args[f"dense{i}"] = [tvm.runtime.tensor(rng.standard_normal(s).astype(np.float32), dev)
                                  for s in ((1, c.height, c.width, c.cin), (1, 1, c.cin, c.cout),
@@ -414,26 +388,33 @@ class Chooser:
         with tvm.transform.PassContext(config={"tirx.disable_assert": True}), filtered_tvm_logs():
             lib = compile_kernels(tvm.IRModule({k: f.with_attr("global_symbol", k) for k, f in funcs.items()}),
                                   self.target).mod
-        dense_of = {name: f"dense{i}" for i, name in enumerate(todo)}
         pool = tvm.get_global_func("runtime.config_threadpool")
-        pool(0, threads)
-        try:
-            runs: dict[str, list] = {k: [] for k in funcs}
-            for _ in range(ROUNDS):
-                for i, name in enumerate(layers):
-                    for k in ([dense_of[name]] if name in dense_of else []) + [f"sparse{i}", f"chw{i}"]:
-                        timer = lib.time_evaluator(k, dev, number=1, repeat=REPEATS, min_repeat_ms=1)
-                        runs[k] += list(timer(*args[k]).results)
-        finally:
-            pool(0, 0)
-        for name, k in dense_of.items():
-            self._dense_us[self._key(todo[name], threads)] = float(np.min(runs[k])) * 1e6
-        return {n: (self._dense_us[self._key(c, threads)], float(np.min(runs[f"sparse{i}"])) * 1e6,
-                    float(np.min(runs[f"chw{i}"])) * 1e6)
-                for i, (n, (c, _)) in enumerate(layers.items())}
+        out = {}
+        for threads in counts:
+            pool(0, threads)
+            try:
+                runs: dict[str, list] = {k: [] for k in funcs}
+                for _ in range(ROUNDS):
+                    done = set()  # each dense shape once per round
+                    for i, (name, (c, _)) in enumerate(layers.items()):
+                        dense_k = dense_of.get(self._key(c))
+                        for k in ([dense_k] if dense_k and dense_k not in done else []) + [f"sparse{i}", f"chw{i}"]:
+                            timer = lib.time_evaluator(k, dev, number=1, repeat=REPEATS, min_repeat_ms=1)
+                            runs[k] += list(timer(*args[k]).results)
+                            done.add(k)
+            finally:
+                pool(0, 0)
+            for key, k in dense_of.items():
+                self._dense_us[(*key, threads)] = float(np.min(runs[k])) * 1e6
+            out[threads] = {n: (self._dense_us[self._key(c, threads)], float(np.min(runs[f"sparse{i}"])) * 1e6,
+                                float(np.min(runs[f"chw{i}"])) * 1e6)
+                            for i, (n, (c, _)) in enumerate(layers.items())}
+        return out
 
-    def _key(self, c: Candidate, threads: int) -> tuple:
-        return (c.height, c.width, c.cin, c.cout, threads)
+    @staticmethod
+    def _key(c: Candidate, threads: int | None = None) -> tuple:
+        shape = (c.height, c.width, c.cin, c.cout)
+        return shape if threads is None else (*shape, threads)
 
 
 def _dense_kernels(shapes: list[Candidate], target) -> list:
