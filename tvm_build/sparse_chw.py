@@ -216,7 +216,7 @@ def conv3x3_chw_kernel(H: int, W: int, cin: int, cout: int):
     from tvm.script import tirx as T
 
     Hp, Wp = H + 2, W + 2
-    CB = _divisor(cout, (4, 2))  # output channels per task: each load of the input serves all of them
+    CB = _divisor(cout, (8, 4, 2))  # output channels per task: each load of the input serves all of them
 
     @T.prim_func(private=True)
     def kernel(x4: T.Buffer((1, cin, H, W), "float32"), w4: T.Buffer((3, 3, cin, cout), "float32"),
@@ -257,7 +257,8 @@ def group_norm_chw_kernel(H: int, W: int, C: int, groups: int, eps: float, epilo
     """GroupNorm of NCHW activations: each group is one contiguous run of C/groups planes. Per group (parallel):
     vector sums and sums of squares over the run, then out = x * a + b per channel (a = weight / std, b = bias -
     mean * a) with the epilogue applied before the one store: ("none",), ("clip", lo, hi) or ("add",) (a residual
-    input between bias and out). Same statistics as the legalized kernel (E[x^2] - E[x]^2)."""
+    input between bias and out). Same statistics as the legalized kernel (E[x^2] - E[x]^2); the normalised value
+    rounds differently (x * a + b, not (x - mean) * a + bias)."""
     from tvm.script import tirx as T
 
     P = H * W
@@ -282,6 +283,7 @@ def group_norm_chw_kernel(H: int, W: int, C: int, groups: int, eps: float, epilo
             s = T.alloc_buffer((V,), "float32", scope="local", annotations=STACK)
             q = T.alloc_buffer((V,), "float32", scope="local", annotations=STACK)
             stat = T.alloc_buffer((2,), "float32", scope="local", annotations=STACK)
+            scale = T.alloc_buffer((2,), "float32", scope="local", annotations=STACK)
             for lane in T.vectorized(V):
                 s[lane] = T.float32(0)
                 q[lane] = T.float32(0)
@@ -294,14 +296,18 @@ def group_norm_chw_kernel(H: int, W: int, C: int, groups: int, eps: float, epilo
             for lane in range(V):
                 stat[0] = stat[0] + s[lane]
                 stat[1] = stat[1] + q[lane]
+            # mean and 1 / std folded into one multiply-add per element
+            stat[1] = T.rsqrt(stat[1] / T.float32(n) - stat[0] / T.float32(n) * (stat[0] / T.float32(n))
+                              + T.float32(eps))
+            stat[0] = stat[0] / T.float32(n)
             for k in range(cg):
+                scale[0] = weight[g * cg + k] * stat[1]
+                scale[1] = bias[g * cg + k] - stat[0] * scale[0]
                 for i in range(P // PV):
                     for lane in T.vectorized(PV):
                         out[(g * cg + k) * P + i * PV + lane] = after(
-                            (x[(g * cg + k) * P + i * PV + lane] - stat[0] / T.float32(n))
-                            * (weight[g * cg + k] * T.rsqrt(stat[1] / T.float32(n) - stat[0] / T.float32(n)
-                                                            * (stat[0] / T.float32(n)) + T.float32(eps)))
-                            + bias[g * cg + k], res[(g * cg + k) * P + i * PV + lane])
+                            x[(g * cg + k) * P + i * PV + lane] * scale[0] + scale[1],
+                            res[(g * cg + k) * P + i * PV + lane])
 
     @T.prim_func(private=True)
     def kernel(x4: T.Buffer((1, C, H, W), "float32"), weight: T.Buffer((C,), "float32"),
