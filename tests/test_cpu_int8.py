@@ -25,11 +25,13 @@ from tvm_build.cpu_int8 import compile_level, isa
 HARNESS = r"""
 #include <stdio.h>
 #include <stdlib.h>
-float *lcs_input(void); float *lcs_output(void); int lcs_run(void);
+float *lcs_input(void); float *lcs_output(void); int lcs_run(int threads);
 int main(int argc, char **argv) {
     const size_t n_in = (size_t)atoi(argv[1]), n_out = (size_t)atoi(argv[2]);
+    const int threads = atoi(argv[3]);
     while (fread(lcs_input(), sizeof(float), n_in, stdin) == n_in) {
-        lcs_run();
+        const int rc = lcs_run(threads);
+        if (rc) return 10 - rc;
         fwrite(lcs_output(), sizeof(float), n_out, stdout);
     }
     return 0;
@@ -84,15 +86,21 @@ def _inputs() -> np.ndarray:
     return x
 
 
-def _run(graph, tmp_path, name, cc, flags, runner=()) -> np.ndarray:
+def _run(graph, tmp_path, name, cc, flags, runner=(), threads=(1,)) -> list[np.ndarray]:
+    """The outputs of each thread count in `threads` (one build)."""
     harness = tmp_path / "harness.c"
     harness.write_text(HARNESS)
-    exe = compile_level(emit_cpu(graph, (3, 9, 9)), cc, flags, tmp_path / name, program=harness)
+    # every job split between the threads, however small (this net's layers are far below the pool's threshold)
+    exe = compile_level(emit_cpu(graph, (3, 9, 9)), cc, [*flags, "-DQ8P_MIN_NS=1"], tmp_path / name,
+                        program=harness)
     x = _inputs()
-    proc = subprocess.run([*runner, str(exe), str(x[0].size), "10"], input=x.tobytes(), capture_output=True,
-                          timeout=60)
-    assert proc.returncode == 0, proc.stderr.decode()[-500:]
-    return np.frombuffer(proc.stdout, np.float32).reshape(len(x), 10)
+    outs = []
+    for n in threads:
+        proc = subprocess.run([*runner, str(exe), str(x[0].size), "10", str(n)], input=x.tobytes(),
+                              capture_output=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr.decode()[-500:]
+        outs.append(np.frombuffer(proc.stdout, np.float32).reshape(len(x), 10))
+    return outs
 
 
 def _expected(graph) -> np.ndarray:
@@ -109,8 +117,8 @@ def test_x86_paths_equal_the_integer_reference(graph, tmp_path):
     want = _expected(graph)
     seen = set()
     for flags in X86:
-        got = _run(graph, tmp_path, flags[0].split("=")[1], "gcc", flags)
-        np.testing.assert_array_equal(got, want, err_msg=" ".join(flags))
+        for n, got in zip((1, 2, 3), _run(graph, tmp_path, flags[0].split("=")[1], "gcc", flags, threads=(1, 2, 3))):
+            np.testing.assert_array_equal(got, want, err_msg=f"{' '.join(flags)}, {n} threads")
         seen.add(isa("gcc", flags))
     assert {"avx2", "scalar"} <= seen, seen
 
@@ -121,8 +129,10 @@ def test_neon_path_equals_the_integer_reference_under_qemu(graph, tmp_path):
         assert shutil.which(tool), f"{tool} is part of the qemu test setup"
     flags = ["-mcpu=cortex-a72"]
     assert isa("aarch64-linux-gnu-gcc", flags) == "neon"
-    got = _run(graph, tmp_path, "a72", "aarch64-linux-gnu-gcc", flags, runner=["qemu-aarch64-static"])
-    np.testing.assert_array_equal(got, _expected(graph))
+    one, two = _run(graph, tmp_path, "a72", "aarch64-linux-gnu-gcc", flags, runner=["qemu-aarch64-static"],
+                    threads=(1, 2))
+    np.testing.assert_array_equal(one, _expected(graph))
+    np.testing.assert_array_equal(two, _expected(graph))
 
 
 def _cli(*args):

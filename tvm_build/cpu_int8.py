@@ -23,7 +23,7 @@ from lcs import artifact as art
 from lcs.errors import ConfigError, LcsError
 
 CPU_SRC = Path(__file__).resolve().parents[1] / "firmware_host" / "src" / "cpu"
-OPT = ["-O3", "-fPIC", "-shared", "-std=c11", "-fno-fast-math", "-fno-math-errno", "-DQ8_CPU", "-Wall",
+OPT = ["-O3", "-fPIC", "-shared", "-std=c11", "-pthread", "-fno-fast-math", "-fno-math-errno", "-DQ8_CPU", "-Wall",
        "-Werror=implicit-function-declaration"]
 
 
@@ -55,7 +55,7 @@ def compile_level(source: str, cc: str, flags: list[str], out: Path, *, program:
         raise ConfigError(f"C compiler {cc} not found")
     c_file = out.with_suffix(".c")
     c_file.write_text(source)
-    kernels = [CPU_SRC / "q8_cpu.c", CPU_SRC.parent / "kernels_int8.c"]
+    kernels = [CPU_SRC / "q8_cpu.c", CPU_SRC / "q8_pool.c", CPU_SRC.parent / "kernels_int8.c"]
     opt = OPT if program is None else [o for o in OPT if o not in ("-shared", "-fPIC")] + ["-static", str(program)]
     cmd = [cc, *opt, *flags, "-I", str(CPU_SRC), str(c_file), *map(str, kernels), "-o", str(out), "-lm"]
     proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -6,6 +6,7 @@
    with the bias) and the epilogue requantizes the MR x 16 results (residual add and ReLU fused). The epilogue and
    the depthwise loops are plain C written so the compiler vectorizes them (per-channel parameters as arrays). */
 #include "q8_cpu.h"
+#include "q8_pool.h"
 
 #include <string.h>
 
@@ -302,10 +303,12 @@ static int32_t padded_w(const q8c_conv_t *p) {
 }
 static int taps_path(const q8c_conv_t *p) { return (p->in_c & 3) == 0 && p->k == p->kp; }
 
+/* Scratch: shared (the taps path's padded input copy) and per participant (accumulators, gathered windows). */
 int32_t q8c_conv_scratch(const q8c_conv_t *p) {
-    const int32_t tile = MR * a_row(p) * (int32_t)sizeof(a_t) + MR * Q8C_NR * 4 + 64;
-    if (!taps_path(p)) return tile;
-    return MR * Q8C_NR * 4 + 64 + (padded_h(p) * padded_w(p) + MR) * p->in_c * (int32_t)sizeof(a_t);
+    return taps_path(p) ? (padded_h(p) * padded_w(p) + MR) * p->in_c * (int32_t)sizeof(a_t) + 64 : 64;
+}
+int32_t q8c_conv_local(const q8c_conv_t *p) {
+    return MR * Q8C_NR * 4 + 64 + (taps_path(p) ? 0 : MR * a_row(p) * (int32_t)sizeof(a_t));
 }
 
 static void pad_input(const q8c_conv_t *p, const int8_t *in, a_t *dst) {
@@ -377,100 +380,157 @@ static inline void store_tile(const q8c_conv_t *p, const int32_t *acc, int32_t p
     }
 }
 
-void q8c_conv(const q8c_conv_t *p, const int8_t *in, int8_t *out, void *scratch) {
-    const int32_t npix = p->out_h * p->out_w, oc = p->out_c, nb = (oc + Q8C_NR - 1) / Q8C_NR, kp = p->kp;
+/* One conv's work for the pool: items are (tile, block of 16 output channels) pairs, tile-major, so a participant's
+   chunk reuses its tile's rows across the blocks. */
+typedef struct {
+    const q8c_conv_t *p;
+    const int8_t *in;
+    int8_t *out;
+    const a_t *A;        /* the padded input (taps path) */
+    taps_t g;
+    int32_t nb, tiles_w; /* blocks; tiles per output row (strided taps path) */
+} conv_job_t;
+
+static void conv_taps_s1(const void *ctx, int32_t lo, int32_t hi, void *local) {
+    const conv_job_t *j = ctx;
+    const q8c_conv_t *p = j->p;
+    const int32_t ic = p->in_c, pw = padded_w(p), kp = p->kp;
     const int32_t *bias = Q8C_ISA == 1 ? p->bias_u8 : p->bias;
-    int32_t *const acc = (int32_t *)scratch;
-    a_t *const A = (a_t *)(void *)((char *)scratch + MR * Q8C_NR * 4 + 64);
-    if (taps_path(p)) { /* implicit GEMM: the taps read one padded copy of the input (no per-pixel windows) */
-        const int32_t ic = p->in_c, pw = padded_w(p);
-        const taps_t g = {p->stride * ic, p->kh, p->kw, pw * ic, ic, ic};
-        pad_input(p, in, A);
-        if (p->stride == 1) {
-            const int32_t nq = (p->out_h - 1) * pw + p->out_w; /* padded positions up to the last output */
-            for (int32_t q0 = 0; q0 < nq; q0 += MR) {
-                const int32_t r = nq - q0 < MR ? nq - q0 : MR;
-                for (int32_t b = 0; b < nb; b++) {
-                    micro(A + q0 * ic, g, p->w + b * kp * Q8C_NR, bias + b * Q8C_NR, acc);
-                    for (int32_t i = 0; i < r; i++) { /* runs of one output row */
-                        const int32_t oy = (q0 + i) / pw, ox = (q0 + i) % pw;
-                        if (ox >= p->out_w) continue;
-                        int32_t n = r - i < p->out_w - ox ? r - i : p->out_w - ox;
-                        store_tile(p, acc + i * Q8C_NR, oy * p->out_w + ox, n, b * Q8C_NR, out);
-                        i += n - 1;
-                    }
-                }
-            }
-            return;
-        }
-        for (int32_t oy = 0; oy < p->out_h; oy++)
-            for (int32_t ox = 0; ox < p->out_w; ox += MR) {
-                const int32_t r = p->out_w - ox < MR ? p->out_w - ox : MR;
-                const a_t *rows = A + (oy * p->stride * pw + ox * p->stride) * ic;
-                for (int32_t b = 0; b < nb; b++) {
-                    micro(rows, g, p->w + b * kp * Q8C_NR, bias + b * Q8C_NR, acc);
-                    store_tile(p, acc, oy * p->out_w + ox, r, b * Q8C_NR, out);
-                }
-            }
-        return;
-    }
-    const int32_t as = a_row(p);
-    const taps_t g = {as, 1, 1, 0, 0, kp};
-    for (int32_t pix0 = 0; pix0 < npix; pix0 += MR) {
-        const int32_t r = npix - pix0 < MR ? npix - pix0 : MR;
-        for (int32_t i = 0; i < r; i++) window(p, in, pix0 + i, A + i * as);
-        for (int32_t b = 0; b < nb; b++) {
-            micro(A, g, p->w + b * kp * Q8C_NR, bias + b * Q8C_NR, acc);
-            store_tile(p, acc, pix0, r, b * Q8C_NR, out);
+    int32_t *acc = local;
+    const int32_t nq = (p->out_h - 1) * pw + p->out_w; /* padded positions up to the last output */
+    for (int32_t it = lo; it < hi; it++) {
+        const int32_t q0 = it / j->nb * MR, b = it % j->nb, r = nq - q0 < MR ? nq - q0 : MR;
+        micro(j->A + q0 * ic, j->g, p->w + b * kp * Q8C_NR, bias + b * Q8C_NR, acc);
+        for (int32_t i = 0; i < r; i++) { /* runs of one output row */
+            const int32_t oy = (q0 + i) / pw, ox = (q0 + i) % pw;
+            if (ox >= p->out_w) continue;
+            int32_t n = r - i < p->out_w - ox ? r - i : p->out_w - ox;
+            store_tile(p, acc + i * Q8C_NR, oy * p->out_w + ox, n, b * Q8C_NR, j->out);
+            i += n - 1;
         }
     }
 }
 
-int32_t q8c_dw_scratch(const q8c_dw_t *p) { return p->c * 4 + 64; }
+static void conv_taps_strided(const void *ctx, int32_t lo, int32_t hi, void *local) {
+    const conv_job_t *j = ctx;
+    const q8c_conv_t *p = j->p;
+    const int32_t ic = p->in_c, pw = padded_w(p), kp = p->kp;
+    const int32_t *bias = Q8C_ISA == 1 ? p->bias_u8 : p->bias;
+    int32_t *acc = local;
+    for (int32_t it = lo; it < hi; it++) {
+        const int32_t t = it / j->nb, b = it % j->nb, oy = t / j->tiles_w, ox = t % j->tiles_w * MR;
+        const int32_t r = p->out_w - ox < MR ? p->out_w - ox : MR;
+        micro(j->A + (oy * p->stride * pw + ox * p->stride) * ic, j->g, p->w + b * kp * Q8C_NR, bias + b * Q8C_NR,
+              acc);
+        store_tile(p, acc, oy * p->out_w + ox, r, b * Q8C_NR, j->out);
+    }
+}
 
-/* Depthwise: per output pixel the taps inside the input, all channels at once (the compiler's vector loop). */
-void q8c_dwconv(const q8c_dw_t *p, const int8_t *in, int8_t *out, void *scratch) {
-    const int32_t C = p->c, C16 = C & ~15;
-    int32_t *restrict acc = (int32_t *)scratch;
-#if Q8C_ISA == 1
-    if (p->kh * p->kw <= 9 && C16 == C) { /* 16 channels at a time: the block's taps in registers (int16) */
-        for (int32_t c0 = 0; c0 < C; c0 += 16) {
-            __m256i w[9];
-            for (int32_t t = 0; t < p->kh * p->kw; t++)
-                w[t] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(p->w + t * C + c0)));
-            const __m512i bias = _mm512_loadu_si512(p->bias + c0);
-            const __m512i m = _mm512_loadu_si512(p->rq.m + c0), l = _mm512_loadu_si512(p->rq.l + c0);
-            const __m512i n = _mm512_loadu_si512(p->rq.n + c0);
-            for (int32_t oy = 0; oy < p->out_h; oy++) {
-                const int32_t y0 = oy * p->stride - p->pad_t;
-                const int32_t r0 = q8_tap_lo(y0), r1 = q8_tap_hi(y0, p->in_h, p->kh);
-                for (int32_t ox = 0; ox < p->out_w; ox++) {
-                    const int32_t x0 = ox * p->stride - p->pad_l;
-                    const int32_t t0 = q8_tap_lo(x0), t1 = q8_tap_hi(x0, p->in_w, p->kw);
-                    __m512i a = bias;
-                    for (int32_t r = r0; r < r1; r++)
-                        for (int32_t t = t0; t < t1; t++) {
-                            const __m256i x = _mm256_cvtepi8_epi16(_mm_loadu_si128(
-                                (const __m128i *)(const void *)(in + ((y0 + r) * p->in_w + x0 + t) * C + c0)));
-                            a = _mm512_add_epi32(a, _mm512_cvtepi16_epi32(_mm256_mullo_epi16(x, w[r * p->kw + t])));
-                        } /* |x w| <= 128 * 127: exact in int16 */
-                    const int32_t at = (oy * p->out_w + ox) * C + c0;
-                    __m512i y = rq16(a, m, l, n);
-                    if (p->skip)
-                        y = _mm512_add_epi32(y, rq16(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-                                                         (const __m128i *)(const void *)(p->skip + at))),
-                                                     _mm512_set1_epi32(p->rq_add.m), _mm512_set1_epi32(p->rq_add.l),
-                                                     _mm512_set1_epi32(p->rq_add.n)));
-                    y = _mm512_min_epi32(_mm512_max_epi32(y, _mm512_set1_epi32(p->relu ? 0 : -128)),
-                                         _mm512_set1_epi32(127));
-                    _mm_storeu_si128((__m128i *)(void *)(out + at), _mm512_cvtepi32_epi8(y));
-                }
-            }
+static void conv_windows(const void *ctx, int32_t lo, int32_t hi, void *local) {
+    const conv_job_t *j = ctx;
+    const q8c_conv_t *p = j->p;
+    const int32_t npix = p->out_h * p->out_w, kp = p->kp, as = a_row(p);
+    const int32_t *bias = Q8C_ISA == 1 ? p->bias_u8 : p->bias;
+    int32_t *acc = local;
+    a_t *A = (a_t *)(void *)((char *)local + MR * Q8C_NR * 4 + 64);
+    const taps_t g = {as, 1, 1, 0, 0, kp};
+    int32_t have = -1; /* the tile whose windows A holds */
+    for (int32_t it = lo; it < hi; it++) {
+        const int32_t pix0 = it / j->nb * MR, b = it % j->nb, r = npix - pix0 < MR ? npix - pix0 : MR;
+        if (pix0 != have) {
+            for (int32_t i = 0; i < r; i++) window(p, j->in, pix0 + i, A + i * as);
+            have = pix0;
+        }
+        micro(A, g, p->w + b * kp * Q8C_NR, bias + b * Q8C_NR, acc);
+        store_tile(p, acc, pix0, r, b * Q8C_NR, j->out);
+    }
+}
+
+void q8c_conv(const q8c_conv_t *p, const int8_t *in, int8_t *out, void *scratch) {
+    const int32_t npix = p->out_h * p->out_w, nb = (p->out_c + Q8C_NR - 1) / Q8C_NR;
+    /* ~0.006 ns a multiply-add (one thread, measured here): enough to decide whether a split pays */
+    const int64_t work = (int64_t)npix * nb * Q8C_NR * p->kp / 160 + npix * 2;
+    conv_job_t j = {p, in, out, 0, {0}, nb, 0};
+    if (taps_path(p)) { /* implicit GEMM: the taps read one padded copy of the input (no per-pixel windows) */
+        const int32_t ic = p->in_c, pw = padded_w(p);
+        j.g = (taps_t){p->stride * ic, p->kh, p->kw, pw * ic, ic, ic};
+        a_t *A = (a_t *)scratch;
+        pad_input(p, in, A);
+        j.A = A;
+        if (p->stride == 1) { /* tiles run over the padded rows end to end */
+            const int32_t nq = (p->out_h - 1) * pw + p->out_w;
+            q8p_for((nq + MR - 1) / MR * nb, work, conv_taps_s1, &j);
+        } else {
+            j.tiles_w = (p->out_w + MR - 1) / MR;
+            q8p_for(p->out_h * j.tiles_w * nb, work, conv_taps_strided, &j);
         }
         return;
     }
+    q8p_for((npix + MR - 1) / MR * nb, work, conv_windows, &j);
+}
+
+int32_t q8c_dw_local(const q8c_dw_t *p) { return p->c * 4 + 64; }
+
+typedef struct {
+    const q8c_dw_t *p;
+    const int8_t *in;
+    int8_t *out;
+} dw_job_t;
+
+#if Q8C_ISA == 1
+/* 16 channels at a time, the block's taps in registers (int16); items are (block, output row), block-major */
+static void dw_blocks(const void *ctx, int32_t lo, int32_t hi, void *local) {
+    const dw_job_t *j = ctx;
+    const q8c_dw_t *p = j->p;
+    const int8_t *in = j->in;
+    int8_t *out = j->out;
+    const int32_t C = p->c;
+    (void)local;
+    for (int32_t it = lo; it < hi; it++) {
+        const int32_t c0 = it / p->out_h * 16, oy = it % p->out_h;
+        __m256i w[9];
+        for (int32_t t = 0; t < p->kh * p->kw; t++)
+            w[t] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(p->w + t * C + c0)));
+        const __m512i bias = _mm512_loadu_si512(p->bias + c0);
+        const __m512i m = _mm512_loadu_si512(p->rq.m + c0), l = _mm512_loadu_si512(p->rq.l + c0);
+        const __m512i n = _mm512_loadu_si512(p->rq.n + c0);
+        const int32_t y0 = oy * p->stride - p->pad_t;
+        const int32_t r0 = q8_tap_lo(y0), r1 = q8_tap_hi(y0, p->in_h, p->kh);
+        for (int32_t ox = 0; ox < p->out_w; ox++) {
+            const int32_t x0 = ox * p->stride - p->pad_l;
+            const int32_t t0 = q8_tap_lo(x0), t1 = q8_tap_hi(x0, p->in_w, p->kw);
+            __m512i a = bias;
+            for (int32_t r = r0; r < r1; r++)
+                for (int32_t t = t0; t < t1; t++) {
+                    const __m256i x = _mm256_cvtepi8_epi16(_mm_loadu_si128(
+                        (const __m128i *)(const void *)(in + ((y0 + r) * p->in_w + x0 + t) * C + c0)));
+                    a = _mm512_add_epi32(a, _mm512_cvtepi16_epi32(_mm256_mullo_epi16(x, w[r * p->kw + t])));
+                } /* |x w| <= 128 * 127: exact in int16 */
+            const int32_t at = (oy * p->out_w + ox) * C + c0;
+            __m512i y = rq16(a, m, l, n);
+            if (p->skip)
+                y = _mm512_add_epi32(y, rq16(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                                                 (const __m128i *)(const void *)(p->skip + at))),
+                                             _mm512_set1_epi32(p->rq_add.m), _mm512_set1_epi32(p->rq_add.l),
+                                             _mm512_set1_epi32(p->rq_add.n)));
+            y = _mm512_min_epi32(_mm512_max_epi32(y, _mm512_set1_epi32(p->relu ? 0 : -128)),
+                                 _mm512_set1_epi32(127));
+            _mm_storeu_si128((__m128i *)(void *)(out + at), _mm512_cvtepi32_epi8(y));
+        }
+    }
+}
 #endif
-    for (int32_t oy = 0; oy < p->out_h; oy++) {
+
+/* per output pixel the taps inside the input, all channels at once (the compiler's vector loop); items are output
+   rows */
+static void dw_rows(const void *ctx, int32_t lo, int32_t hi, void *local) {
+    const dw_job_t *j = ctx;
+    const q8c_dw_t *p = j->p;
+    const int8_t *in = j->in;
+    int8_t *out = j->out;
+    const int32_t C = p->c, C16 = C & ~15;
+    int32_t *restrict acc = (int32_t *)local;
+    for (int32_t oy = lo; oy < hi; oy++) {
         const int32_t y0 = oy * p->stride - p->pad_t;
         const int32_t r0 = q8_tap_lo(y0), r1 = q8_tap_hi(y0, p->in_h, p->kh);
         for (int32_t ox = 0; ox < p->out_w; ox++) {
@@ -497,8 +557,23 @@ void q8c_dwconv(const q8c_dw_t *p, const int8_t *in, int8_t *out, void *scratch)
     }
 }
 
-void q8c_add(int32_t n, const int8_t *restrict a, const int8_t *restrict b, q8_rq_t ra, q8_rq_t rb, int32_t relu,
-             int8_t *restrict out) {
+
+/* Depthwise conv (ReLU6 and residual fused). */
+void q8c_dwconv(const q8c_dw_t *p, const int8_t *in, int8_t *out, void *scratch) {
+    const dw_job_t j = {p, in, out};
+    const int64_t work = (int64_t)p->out_h * p->out_w * p->c * p->kh * p->kw / 16 + p->out_h * p->out_w * 2;
+    (void)scratch;
+#if Q8C_ISA == 1
+    if (p->kh * p->kw <= 9 && (p->c & 15) == 0) {
+        q8p_for(p->c / 16 * p->out_h, work, dw_blocks, &j);
+        return;
+    }
+#endif
+    q8p_for(p->out_h, work, dw_rows, &j);
+}
+
+static void add_run(int32_t n, const int8_t *restrict a, const int8_t *restrict b, q8_rq_t ra, q8_rq_t rb,
+                    int32_t relu, int8_t *restrict out) {
     const int32_t lo = relu ? 0 : -128, am = ra.m, al = ra.l, an = ra.n, bm = rb.m, bl = rb.l, bn = rb.n;
     int32_t i = 0;
 #if Q8C_ISA == 1
@@ -520,107 +595,121 @@ void q8c_add(int32_t n, const int8_t *restrict a, const int8_t *restrict b, q8_r
     }
 }
 
+typedef struct {
+    const int8_t *a, *b;
+    int8_t *out;
+    q8_rq_t ra, rb;
+    int32_t n, relu;
+} add_job_t;
+
+#define ADD_BLOCK 1024
+static void add_blocks(const void *ctx, int32_t lo, int32_t hi, void *local) {
+    const add_job_t *j = ctx;
+    const int32_t from = lo * ADD_BLOCK, to = hi * ADD_BLOCK < j->n ? hi * ADD_BLOCK : j->n;
+    (void)local;
+    add_run(to - from, j->a + from, j->b + from, j->ra, j->rb, j->relu, j->out + from);
+}
+
+void q8c_add(int32_t n, const int8_t *a, const int8_t *b, q8_rq_t ra, q8_rq_t rb, int32_t relu, int8_t *out) {
+    const add_job_t j = {a, b, out, ra, rb, n, relu};
+    q8p_for((n + ADD_BLOCK - 1) / ADD_BLOCK, n / 8, add_blocks, &j);
+}
+
 int32_t q8c_gn_scratch(const q8_gn_t *p) { return p->c * 48 + 128; }
 
 /* GroupNorm (kernels_int8.c's q8_groupnorm, same numbers) in two passes over HWC with the channels innermost: the
-   per-channel sums, then every value with its channel's factors (the compiler's vector loops). */
-void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratch) {
-    const int32_t c = p->c, cg = c / p->groups, hw = p->hw, n = hw * cg;
-    int32_t *restrict s = (int32_t *)scratch, *restrict m = s + c, *restrict down = m + c;
-    uint32_t *restrict q = (uint32_t *)(down + c);
-    int32_t *restrict b = (int32_t *)(q + c);
-    /* the same factors as int64 (b with the rounding bit), 64-byte aligned, for the vector apply */
-    int64_t *restrict m64 = (int64_t *)(((uintptr_t)(b + c) + 63) & ~(uintptr_t)63), *restrict sh64 = m64 + c;
-    int64_t *restrict b64 = sh64 + c;
-    const int32_t c16 = c & ~15; /* channels in blocks of 16: loops of a known count vectorize whole */
-    for (int32_t j = 0; j < c; j++) s[j] = 0, q[j] = 0;
+   per-channel sums (items: blocks of 16 channels over every pixel), then every value with its channel's factors
+   (items: pixels); the factors in between, once per group. */
+typedef struct {
+    const q8_gn_t *p;
+    const int8_t *in;
+    int8_t *out;
+    int32_t *s, *m, *down, *b;
+    uint32_t *q;
+    int64_t *m64, *sh64, *b64;
+} gn_job_t;
+
+static void gn_sums(const void *ctx, int32_t lo, int32_t hi, void *local) {
+    const gn_job_t *jb = ctx;
+    const int32_t c = jb->p->c, hw = jb->p->hw;
+    const int8_t *in = jb->in;
+    int32_t *restrict s = jb->s;
+    uint32_t *restrict q = jb->q;
+    (void)local;
+    for (int32_t blk = lo; blk < hi; blk++) {
+        const int32_t j0 = blk * 16, j1 = j0 + 16 < c ? j0 + 16 : c;
 #if Q8C_ISA == 1
-    for (int32_t j0 = 0; j0 < c16; j0 += 16) { /* 16 channels' sums in registers over every pixel */
-        __m512i sa = _mm512_setzero_si512(), qa = sa, sb = sa, qb = sa;
-        int32_t i = 0;
-        for (; i + 2 <= hw; i += 2) {
-            const __m256i u = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(in + i * c + j0)));
-            const __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(in + (i + 1) * c + j0)));
-            sa = _mm512_add_epi32(sa, _mm512_cvtepi16_epi32(u));
-            qa = _mm512_add_epi32(qa, _mm512_cvtepi16_epi32(_mm256_mullo_epi16(u, u))); /* x^2 <= 2^14 */
-            sb = _mm512_add_epi32(sb, _mm512_cvtepi16_epi32(w));
-            qb = _mm512_add_epi32(qb, _mm512_cvtepi16_epi32(_mm256_mullo_epi16(w, w)));
+        if (j1 - j0 == 16) { /* 16 channels' sums in registers over every pixel */
+            __m512i sa = _mm512_setzero_si512(), qa = sa, sb = sa, qb = sa;
+            int32_t i = 0;
+            for (; i + 2 <= hw; i += 2) {
+                const __m256i u = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(in + i * c + j0)));
+                const __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(in + (i + 1) * c + j0)));
+                sa = _mm512_add_epi32(sa, _mm512_cvtepi16_epi32(u));
+                qa = _mm512_add_epi32(qa, _mm512_cvtepi16_epi32(_mm256_mullo_epi16(u, u))); /* x^2 <= 2^14 */
+                sb = _mm512_add_epi32(sb, _mm512_cvtepi16_epi32(w));
+                qb = _mm512_add_epi32(qb, _mm512_cvtepi16_epi32(_mm256_mullo_epi16(w, w)));
+            }
+            for (; i < hw; i++) {
+                const __m256i u = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(in + i * c + j0)));
+                sa = _mm512_add_epi32(sa, _mm512_cvtepi16_epi32(u));
+                qa = _mm512_add_epi32(qa, _mm512_cvtepi16_epi32(_mm256_mullo_epi16(u, u)));
+            }
+            _mm512_storeu_si512(s + j0, _mm512_add_epi32(sa, sb));
+            _mm512_storeu_si512(q + j0, _mm512_add_epi32(qa, qb));
+            continue;
         }
-        for (; i < hw; i++) {
-            const __m256i u = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(in + i * c + j0)));
-            sa = _mm512_add_epi32(sa, _mm512_cvtepi16_epi32(u));
-            qa = _mm512_add_epi32(qa, _mm512_cvtepi16_epi32(_mm256_mullo_epi16(u, u)));
-        }
-        _mm512_storeu_si512(s + j0, _mm512_add_epi32(sa, sb));
-        _mm512_storeu_si512(q + j0, _mm512_add_epi32(qa, qb));
-    }
-    for (int32_t i = 0; i < hw; i++) {
-        const int8_t *restrict x = in + i * c;
-        int32_t j0 = c16;
 #elif Q8C_ISA == 2
-    for (int32_t j0 = 0; j0 < c16; j0 += 16) { /* as above, in halves of 8 channels */
-        __m256i s0 = _mm256_setzero_si256(), s1 = s0, q0 = s0, q1 = s0;
-        for (int32_t i = 0; i < hw; i++) {
-            const __m256i u = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(in + i * c + j0)));
-            const __m256i u2 = _mm256_mullo_epi16(u, u);
-            s0 = _mm256_add_epi32(s0, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(u)));
-            s1 = _mm256_add_epi32(s1, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(u, 1)));
-            q0 = _mm256_add_epi32(q0, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(u2)));
-            q1 = _mm256_add_epi32(q1, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(u2, 1)));
+        if (j1 - j0 == 16) { /* as above, in halves of 8 channels */
+            __m256i s0 = _mm256_setzero_si256(), s1 = s0, q0 = s0, q1 = s0;
+            for (int32_t i = 0; i < hw; i++) {
+                const __m256i u = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(in + i * c + j0)));
+                const __m256i u2 = _mm256_mullo_epi16(u, u);
+                s0 = _mm256_add_epi32(s0, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(u)));
+                s1 = _mm256_add_epi32(s1, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(u, 1)));
+                q0 = _mm256_add_epi32(q0, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(u2)));
+                q1 = _mm256_add_epi32(q1, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(u2, 1)));
+            }
+            _mm256_storeu_si256((__m256i *)(void *)(s + j0), s0);
+            _mm256_storeu_si256((__m256i *)(void *)(s + j0 + 8), s1);
+            _mm256_storeu_si256((__m256i *)(void *)(q + j0), q0);
+            _mm256_storeu_si256((__m256i *)(void *)(q + j0 + 8), q1);
+            continue;
         }
-        _mm256_storeu_si256((__m256i *)(void *)(s + j0), s0);
-        _mm256_storeu_si256((__m256i *)(void *)(s + j0 + 8), s1);
-        _mm256_storeu_si256((__m256i *)(void *)(q + j0), q0);
-        _mm256_storeu_si256((__m256i *)(void *)(q + j0 + 8), q1);
-    }
-    for (int32_t i = 0; i < hw; i++) {
-        const int8_t *restrict x = in + i * c;
-        int32_t j0 = c16;
-#else
-    for (int32_t i = 0; i < hw; i++) {
-        const int8_t *restrict x = in + i * c;
-        int32_t j0 = 0;
 #endif
-        for (; j0 < c16; j0 += 16)
-            for (int32_t j = j0; j < j0 + 16; j++) {
+        for (int32_t j = j0; j < j1; j++) s[j] = 0, q[j] = 0;
+        for (int32_t i = 0; i < hw; i++) {
+            const int8_t *restrict x = in + i * c;
+            for (int32_t j = j0; j < j1; j++) {
                 s[j] += x[j];
                 q[j] += (uint32_t)(x[j] * x[j]);
             }
-        for (int32_t j = c16; j < c; j++) {
-            s[j] += x[j];
-            q[j] += (uint32_t)(x[j] * x[j]);
         }
     }
-    for (int32_t g0 = 0; g0 < c; g0 += cg) {
-        int32_t sg = 0;
-        uint32_t qg = 0;
-        for (int32_t j = g0; j < g0 + cg; j++) sg += s[j], qg += q[j];
-        int32_t k;
-        const uint64_t recip = q8_gn_recip(p, sg, qg, &k);
-        for (int32_t j = g0; j < g0 + cg; j++) {
-            m[j] = (int32_t)(((int64_t)p->g[j] * (int64_t)recip + (1 << 30)) >> 31);
-            const int32_t sh = 61 - k - p->ge[j];
-            down[j] = sh - 16 > 63 ? 63 : sh - 16;
-            s[j] = sg;
-            b[j] = p->b[j];
-            m64[j] = m[j], sh64[j] = down[j], b64[j] = (int64_t)b[j] + (1 << 15);
-        }
-    }
-    const int32_t lo = p->relu && p->lo < 0 ? 0 : p->lo, hi = p->hi;
+}
+
+static void gn_apply(const void *ctx, int32_t lo, int32_t hi, void *local) {
+    const gn_job_t *jb = ctx;
+    const q8_gn_t *p = jb->p;
+    const int32_t c = p->c, cg = c / p->groups, n = p->hw * cg, c16 = c & ~15;
+    const int32_t *restrict s = jb->s, *restrict m = jb->m, *restrict down = jb->down, *restrict b = jb->b;
+    const int64_t *restrict m64 = jb->m64, *restrict sh64 = jb->sh64, *restrict b64 = jb->b64;
+    const int32_t lo_y = p->relu && p->lo < 0 ? 0 : p->lo, hi_y = p->hi;
+    (void)local, (void)m64, (void)sh64, (void)b64;
 #if Q8C_ISA == 1
-    const __m512i nv = _mm512_set1_epi32(n), lov = _mm512_set1_epi32(lo), hiv = _mm512_set1_epi32(hi);
+    const __m512i nv = _mm512_set1_epi32(n), lov = _mm512_set1_epi32(lo_y), hiv = _mm512_set1_epi32(hi_y);
 #elif Q8C_ISA == 2
-    const __m256i nv = _mm256_set1_epi32(n), lov = _mm256_set1_epi32(lo), hiv = _mm256_set1_epi32(hi);
+    const __m256i nv = _mm256_set1_epi32(n), lov = _mm256_set1_epi32(lo_y), hiv = _mm256_set1_epi32(hi_y);
     const __m256i half_bit = _mm256_set1_epi64x(1 << 15), zero = _mm256_setzero_si256();
     const __m256i low_words = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
 #endif
-    for (int32_t i = 0; i < hw; i++) {
-        const int8_t *restrict x = in + i * c;
-        int8_t *restrict y = out + i * c;
+    for (int32_t i = lo; i < hi; i++) {
+        const int8_t *restrict x = jb->in + i * c;
+        int8_t *restrict y = jb->out + i * c;
 #define Q8C_GN(j)                                                                                 \
     do {                                                                                          \
         int64_t v = ((((int64_t)(n * x[j] - s[j]) * m[j]) >> down[j]) + b[j] + (1 << 15)) >> 16; \
-        v = v < lo ? lo : v > hi ? hi : v;                                                        \
+        v = v < lo_y ? lo_y : v > hi_y ? hi_y : v;                                                        \
         y[j] = (int8_t)v;                                                                         \
     } while (0)
         int32_t j0 = 0;
@@ -674,4 +763,34 @@ void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratc
         for (int32_t j = c16; j < c; j++) Q8C_GN(j);
 #undef Q8C_GN
     }
+}
+
+void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratch) {
+    const int32_t c = p->c, cg = c / p->groups, hw = p->hw;
+    gn_job_t jb = {p, in, out, 0};
+    int32_t *restrict s = (int32_t *)scratch, *restrict m = s + c, *restrict down = m + c;
+    uint32_t *restrict q = (uint32_t *)(down + c);
+    int32_t *restrict b = (int32_t *)(q + c);
+    /* the same factors as int64 (b with the rounding bit), 64-byte aligned, for the vector apply */
+    int64_t *restrict m64 = (int64_t *)(((uintptr_t)(b + c) + 63) & ~(uintptr_t)63), *restrict sh64 = m64 + c;
+    int64_t *restrict b64 = sh64 + c;
+    jb.s = s, jb.m = m, jb.down = down, jb.b = b, jb.q = q, jb.m64 = m64, jb.sh64 = sh64, jb.b64 = b64;
+    const int64_t work = (int64_t)hw * c / 8; /* ~1/8 ns a value a pass (one thread, measured here) */
+    q8p_for((c + 15) / 16, work, gn_sums, &jb);
+    for (int32_t g0 = 0; g0 < c; g0 += cg) {
+        int32_t sg = 0;
+        uint32_t qg = 0;
+        for (int32_t j = g0; j < g0 + cg; j++) sg += s[j], qg += q[j];
+        int32_t k;
+        const uint64_t recip = q8_gn_recip(p, sg, qg, &k);
+        for (int32_t j = g0; j < g0 + cg; j++) {
+            m[j] = (int32_t)(((int64_t)p->g[j] * (int64_t)recip + (1 << 30)) >> 31);
+            const int32_t sh = 61 - k - p->ge[j];
+            down[j] = sh - 16 > 63 ? 63 : sh - 16;
+            s[j] = sg;
+            b[j] = p->b[j];
+            m64[j] = m[j], sh64[j] = down[j], b64[j] = (int64_t)b[j] + (1 << 15);
+        }
+    }
+    q8p_for(hw, work * 2, gn_apply, &jb);
 }

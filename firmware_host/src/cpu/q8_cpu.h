@@ -58,10 +58,12 @@ typedef struct {
     q8_rq_t rq_add;
 } q8c_dw_t;
 
-/* Scratch bytes q8c_conv needs (64-byte aligned). */
+/* The kernels split their work over the thread pool (q8_pool.h, started by the caller). `scratch` is shared by the
+   participants (64-byte aligned, q8c_*_scratch bytes); each also needs q8c_*_local bytes of its own (q8p_start). */
 int32_t q8c_conv_scratch(const q8c_conv_t *p);
+int32_t q8c_conv_local(const q8c_conv_t *p);
 void q8c_conv(const q8c_conv_t *p, const int8_t *in, int8_t *out, void *scratch);
-int32_t q8c_dw_scratch(const q8c_dw_t *p);
+int32_t q8c_dw_local(const q8c_dw_t *p);
 void q8c_dwconv(const q8c_dw_t *p, const int8_t *in, int8_t *out, void *scratch);
 /* graph.Add: out = clamp(rq(a) + rq(b)), ReLU optional; n values. */
 void q8c_add(int32_t n, const int8_t *a, const int8_t *b, q8_rq_t ra, q8_rq_t rb, int32_t relu, int8_t *out);
