@@ -1,6 +1,8 @@
 /* The int8 kernels' thread pool (q8_pool.h). A job is published by bumping `gen` (the job's sequence number in the
-   high bits, its participant count in the low byte) after its fields are written; participants take chunks of
-   items from an atomic counter, so a thread that the OS delays leaves its share to the others. */
+   high bits, its participant count in the low byte) after its fields are written. Participants claim chunks of
+   items with a compare-and-swap on `claim` (the job's sequence number and its next item), so a worker that the OS
+   runs late claims nothing of a job that is over, and the caller waits only for chunks claimed, never for a worker
+   to show up: on a busy machine the caller simply does more of the work itself. */
 #define _POSIX_C_SOURCE 200809L
 #include "q8_pool.h"
 
@@ -27,10 +29,11 @@
 static struct {
     _Alignas(64) _Atomic uint32_t gen;
     _Atomic int32_t parked;
-    _Alignas(64) _Atomic int32_t next;
-    _Alignas(64) _Atomic int32_t done;
+    _Alignas(64) _Atomic uint64_t claim;
+    _Atomic int32_t n, chunk;
+    _Alignas(64) _Atomic int32_t finished; /* items of the current job done */
     _Alignas(64) _Atomic int32_t sleeping;
-    int32_t n, chunk, threads, started;
+    int32_t threads, started;
     q8p_fn fn;
     const void *ctx;
     size_t local_bytes;
@@ -47,12 +50,18 @@ static int64_t now_ns(void) {
     return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
 
-static void run_chunks(void *local) {
-    const int32_t n = P.n, chunk = P.chunk;
+static void run_chunks(uint32_t seq, void *local) {
     for (;;) {
-        const int32_t lo = atomic_fetch_add_explicit(&P.next, chunk, memory_order_relaxed);
+        uint64_t w = atomic_load_explicit(&P.claim, memory_order_acquire);
+        if ((uint32_t)(w >> 32) != seq) return; /* a later job: this one is over */
+        const int32_t lo = (int32_t)(uint32_t)w, n = atomic_load_explicit(&P.n, memory_order_relaxed);
         if (lo >= n) return;
-        P.fn(P.ctx, lo, lo + chunk < n ? lo + chunk : n, local);
+        const int32_t chunk = atomic_load_explicit(&P.chunk, memory_order_relaxed), hi = lo + chunk < n ? lo + chunk : n;
+        if (!atomic_compare_exchange_weak_explicit(&P.claim, &w, (uint64_t)seq << 32 | (uint32_t)hi,
+                                                   memory_order_acquire, memory_order_relaxed))
+            continue; /* n and chunk may have been a later job's: only a successful claim counts */
+        P.fn(P.ctx, lo, hi, local); /* the job cannot end while this chunk is out: fn and ctx are its own */
+        atomic_fetch_add_explicit(&P.finished, hi - lo, memory_order_release);
     }
 }
 
@@ -76,10 +85,7 @@ static void *worker(void *arg) {
             }
         }
         seen = g;
-        if (me < (int32_t)(g & 0xff)) { /* a participant of this job (only then are its fields ours to read) */
-            run_chunks(P.local[me]);
-            atomic_fetch_add_explicit(&P.done, 1, memory_order_release);
-        }
+        if (me < (int32_t)(g & 0xff)) run_chunks(g >> 8, P.local[me]); /* a participant of this job */
     }
     return 0;
 }
@@ -129,20 +135,21 @@ void q8p_for(int32_t n, int64_t work_ns, q8p_fn fn, const void *ctx) {
         fn(ctx, 0, n, P.local[0]);
         return;
     }
-    P.n = n, P.fn = fn, P.ctx = ctx;
-    P.chunk = (int32_t)((n + 4 * parts - 1) / (4 * parts)); /* ~4 chunks a participant: slack for a late one */
-    atomic_store_explicit(&P.next, 0, memory_order_relaxed);
-    atomic_store_explicit(&P.done, 0, memory_order_relaxed);
-    const uint32_t g = ((atomic_load_explicit(&P.gen, memory_order_relaxed) >> 8) + 1) << 8 | (uint32_t)parts;
-    atomic_store(&P.gen, g); /* seq_cst: publishes the job and orders against the sleepers' count */
+    const uint32_t seq = (atomic_load_explicit(&P.gen, memory_order_relaxed) >> 8) + 1;
+    P.fn = fn, P.ctx = ctx;
+    atomic_store_explicit(&P.n, n, memory_order_relaxed);
+    atomic_store_explicit(&P.chunk, (int32_t)((n + 4 * parts - 1) / (4 * parts)), memory_order_relaxed); /* ~4 each */
+    atomic_store_explicit(&P.finished, 0, memory_order_relaxed);
+    atomic_store_explicit(&P.claim, (uint64_t)(seq & 0xffffff) << 32, memory_order_release);
+    atomic_store(&P.gen, seq << 8 | (uint32_t)parts); /* seq_cst: publishes the job, ordered with the sleepers' count */
     if (atomic_load(&P.sleeping)) {
         pthread_mutex_lock(&P.mu);
         pthread_cond_broadcast(&P.cv);
         pthread_mutex_unlock(&P.mu);
     }
-    run_chunks(P.local[0]);
-    for (int32_t k = 1; atomic_load_explicit(&P.done, memory_order_acquire) < parts - 1; k++) {
+    run_chunks(seq & 0xffffff, P.local[0]);
+    for (int32_t k = 1; atomic_load_explicit(&P.finished, memory_order_acquire) < n; k++) {
         CPU_RELAX();
-        if (k > 1024) sched_yield(); /* a participant the OS has not run yet: give it the core */
+        if (k > 1024) sched_yield(); /* a worker the OS stopped mid-chunk: give it the core */
     }
 }
