@@ -53,6 +53,33 @@ def conv_local(kp: int) -> int:
     return 8 * (kp + 32) * 2 + 8 * NR * 4 + 64
 
 
+# dw_pairs' channel order within a block of 32: an int32 lane of _mm512_unpacklo/hi_epi16 of two taps' int16 values
+# (per 128-bit lane k, channels 8k..8k+3, then 8k+4..8k+7)
+DW_LO = [8 * k + i for k in range(4) for i in range(4)]
+DW_HI = [8 * k + 4 + i for k in range(4) for i in range(4)]
+
+
+def dw_pairs(w: np.ndarray) -> np.ndarray:
+    """Depthwise weights [kh][kw][c] -> the AVX-512 VNNI kernel's [taps/2][c/32][lo, hi][16 channels][2 taps] int16:
+    taps in pairs (a zero tap after an odd count), channels in blocks of 32 (zeros past c) in DW_LO / DW_HI order,
+    so vpdpwssd adds both taps' products of 16 channels at once."""
+    kh, kw, c = w.shape
+    taps = np.asarray(w, np.int16).reshape(kh * kw, c)
+    t2, c32 = -(-kh * kw // 2) * 2, -(-c // 32) * 32
+    full = np.zeros((t2, c32), np.int16)
+    full[:kh * kw, :c] = taps
+    blocks = full.reshape(t2 // 2, 2, c32 // 32, 32)  # [pair][tap][block][channel]
+    order = np.array([DW_LO, DW_HI])  # [lo/hi][16]
+    return blocks[:, :, :, order].transpose(0, 2, 3, 4, 1).copy()  # [pair][block][lo/hi][16][tap]
+
+
+def dw_order(values: np.ndarray, c: int) -> np.ndarray:
+    """Per-channel values in dw_pairs' order: per block of 32, the DW_LO channels then the DW_HI ones."""
+    c32 = -(-c // 32) * 32
+    v = _pad(np.asarray(values, np.int64), c32).reshape(c32 // 32, 32)
+    return v[:, DW_LO + DW_HI].reshape(-1)
+
+
 def _arr(ctype: str, name: str, values) -> str:
     return c_array(ctype, name, values, per_line=32, align=64)  # 64: the AVX-512 kernels' aligned loads
 
@@ -104,12 +131,18 @@ def emit_cpu(graph: Graph, input_chw: tuple[int, int, int]) -> str:
             kh, kw = op.kernel
             out.append(_arr("int8_t", f"w{i}", np.transpose(op.weight[..., 0], (1, 2, 0))))  # [kh][kw][c]
             out.append(_arr("int32_t", f"b{i}", op.bias) + _rq_arrays(i, op.rq, c))
+            # the same in the VNNI kernel's paired layout (q8c_dw_t.pairs)
+            out.append("#if Q8C_ISA == 1\n" + _arr("int16_t", f"wp{i}", dw_pairs(np.transpose(op.weight[..., 0], (1, 2, 0))))
+                       + "".join(_arr("int32_t", f"{f}p{i}", dw_order(v, c)) for f, v in (
+                           ("b", op.bias), ("m", [r.m for r in op.rq]), ("l", [r.l for r in op.rq]),
+                           ("n", [r.n for r in op.rq])))
+                       + f"#define PAIRS{i} {{wp{i}, bp{i}, {{mp{i}, lp{i}, np{i}}}}}\n#else\n#define PAIRS{i} {{0, 0, {{0, 0, 0}}}}\n#endif\n")
             skip = f"arena + {offsets[op.add]}" if op.add else "0"
             out.append(f"static const q8c_dw_t p{i} = {{{ih}, {iw}, {c}, {oh}, {ow}, {kh}, {kw}, {op.stride}, "
                        f"{op.pads[0]}, {op.pads[2]}, {int(op.relu)}, w{i}, b{i}, {{m{i}, l{i}, n{i}}}, {skip}, "
-                       f"{c_rq(op.rq_add if op.add else None)}}};\n")
+                       f"{c_rq(op.rq_add if op.add else None)}, PAIRS{i}}};\n")
             calls.append(f"q8c_dwconv(&p{i}, {src}, {dst}, scratch);")
-            local = max(local, c * 4 + 64)  # q8c_dw_local
+            local = max(local, max(c * 4, (kh * kw + 1) * 8) + 64)  # q8c_dw_local
         elif isinstance(op, (Conv, Dense)):
             if isinstance(op, Conv):
                 ih, iw, ic = t[op.inp].shape

@@ -469,7 +469,10 @@ void q8c_conv(const q8c_conv_t *p, const int8_t *in, int8_t *out, void *scratch)
     q8p_for((npix + MR - 1) / MR * nb, work, conv_windows, &j);
 }
 
-int32_t q8c_dw_local(const q8c_dw_t *p) { return p->c * 4 + 64; }
+int32_t q8c_dw_local(const q8c_dw_t *p) {
+    const int32_t taps = (p->kh * p->kw + 1) * (int32_t)sizeof(void *);
+    return (p->c * 4 > taps ? p->c * 4 : taps) + 64;
+}
 
 typedef struct {
     const q8c_dw_t *p;
@@ -519,6 +522,66 @@ static void dw_blocks(const void *ctx, int32_t lo, int32_t hi, void *local) {
         }
     }
 }
+/* Taps in pairs, 32 channels a step: the two taps' int16 values interleaved (unpacklo/hi) and vpdpwssd against the
+   weights interleaved the same way (cpu_c.dw_pairs) add x_a w_a + x_b w_b for 16 channels in one instruction; the
+   accumulators hold the channels in unpack order, and so do the bias and requantization arrays, until packs_epi32
+   puts the two halves back in order. A tap outside the input (padding) is a masked load of zeros; so are channels
+   past c. Items are output rows. */
+static void dw_pairs(const void *ctx, int32_t lo, int32_t hi, void *local) {
+    const dw_job_t *j = ctx;
+    const q8c_dw_t *p = j->p;
+    const int32_t C = p->c, T = p->kh * p->kw, P2 = (T + 1) / 2, nblk = (C + 31) / 32;
+    const int8_t **ptr = (const int8_t **)local; /* per tap: where the pixel's values start, or 0: padding */
+    const __m512i lo_v = _mm512_set1_epi32(p->relu ? 0 : -128), hi_v = _mm512_set1_epi32(127);
+    for (int32_t oy = lo; oy < hi; oy++) {
+        const int32_t y0 = oy * p->stride - p->pad_t;
+        for (int32_t ox = 0; ox < p->out_w; ox++) {
+            const int32_t x0 = ox * p->stride - p->pad_l;
+            if (y0 >= 0 && y0 + p->kh <= p->in_h && x0 >= 0 && x0 + p->kw <= p->in_w) { /* inside: no padding */
+                const int8_t *base = j->in + (y0 * p->in_w + x0) * C;
+                for (int32_t r = 0, t = 0; r < p->kh; r++, base += p->in_w * C)
+                    for (int32_t c = 0; c < p->kw; c++, t++) ptr[t] = base + c * C;
+            } else {
+                for (int32_t r = 0, t = 0; r < p->kh; r++)
+                    for (int32_t c = 0; c < p->kw; c++, t++) {
+                        const int32_t iy = y0 + r, ix = x0 + c;
+                        ptr[t] = iy >= 0 && iy < p->in_h && ix >= 0 && ix < p->in_w ? j->in + (iy * p->in_w + ix) * C : 0;
+                    }
+            }
+            if (T & 1) ptr[T] = 0; /* the zero tap of an odd count */
+            const int32_t at = (oy * p->out_w + ox) * C;
+            for (int32_t blk = 0; blk < nblk; blk++) {
+                const int32_t c0 = blk * 32;
+                const __mmask32 cm = C - c0 >= 32 ? 0xFFFFFFFFu : (1u << (C - c0)) - 1;
+                const int32_t *bp = p->pairs.bias + c0;
+                __m512i acc_lo = _mm512_loadu_si512(bp), acc_hi = _mm512_loadu_si512(bp + 16);
+                const int16_t *w = p->pairs.w + blk * 64;
+                for (int32_t q = 0; q < P2; q++, w += nblk * 64) {
+                    const int8_t *pa = ptr[2 * q], *pb = ptr[2 * q + 1];
+                    const __m512i xa = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(pa ? cm : 0, pa ? pa + c0 : j->in));
+                    const __m512i xb = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(pb ? cm : 0, pb ? pb + c0 : j->in));
+                    acc_lo = _mm512_dpwssd_epi32(acc_lo, _mm512_unpacklo_epi16(xa, xb), _mm512_loadu_si512(w));
+                    acc_hi = _mm512_dpwssd_epi32(acc_hi, _mm512_unpackhi_epi16(xa, xb), _mm512_loadu_si512(w + 32));
+                }
+                const int32_t *m = p->pairs.rq.m + c0, *l = p->pairs.rq.l + c0, *n = p->pairs.rq.n + c0;
+                __m512i y_lo = rq16(acc_lo, _mm512_loadu_si512(m), _mm512_loadu_si512(l), _mm512_loadu_si512(n));
+                __m512i y_hi = rq16(acc_hi, _mm512_loadu_si512(m + 16), _mm512_loadu_si512(l + 16),
+                                    _mm512_loadu_si512(n + 16));
+                if (p->skip) { /* the residual, widened into the same unpack order */
+                    const __m512i s16 = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(cm, p->skip + at + c0));
+                    const __m512i sign = _mm512_srai_epi16(s16, 15);
+                    const __m512i am = _mm512_set1_epi32(p->rq_add.m), al = _mm512_set1_epi32(p->rq_add.l);
+                    const __m512i an = _mm512_set1_epi32(p->rq_add.n);
+                    y_lo = _mm512_add_epi32(y_lo, rq16(_mm512_unpacklo_epi16(s16, sign), am, al, an));
+                    y_hi = _mm512_add_epi32(y_hi, rq16(_mm512_unpackhi_epi16(s16, sign), am, al, an));
+                }
+                y_lo = _mm512_min_epi32(_mm512_max_epi32(y_lo, lo_v), hi_v);
+                y_hi = _mm512_min_epi32(_mm512_max_epi32(y_hi, lo_v), hi_v);
+                _mm256_mask_storeu_epi8(j->out + at + c0, cm, _mm512_cvtepi16_epi8(_mm512_packs_epi32(y_lo, y_hi)));
+            }
+        }
+    }
+}
 #endif
 
 /* per output pixel the taps inside the input, all channels at once (the compiler's vector loop); items are output
@@ -564,6 +627,10 @@ void q8c_dwconv(const q8c_dw_t *p, const int8_t *in, int8_t *out, void *scratch)
     const int64_t work = (int64_t)p->out_h * p->out_w * p->c * p->kh * p->kw / 16 + p->out_h * p->out_w * 2;
     (void)scratch;
 #if Q8C_ISA == 1
+    if (p->pairs.w) {
+        q8p_for(p->out_h, work, dw_pairs, &j);
+        return;
+    }
     if (p->kh * p->kw <= 9 && (p->c & 15) == 0) {
         q8p_for(p->c / 16 * p->out_h, work, dw_blocks, &j);
         return;

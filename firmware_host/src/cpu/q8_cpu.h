@@ -13,7 +13,7 @@
    avx2:       vpmaddubsw on |a| x (w signed by a), exact for weights in [-127, 127], then vpmaddwd by ones;
    neon:       smull/smull2 + sadalp (Cortex-A72: no dot-product instructions);
    scalar:     portable C. */
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define Q8C_ISA 1
 #define Q8C_ISA_NAME "avx512vnni"
 #elif defined(__AVX2__)
@@ -56,6 +56,11 @@ typedef struct {
     q8c_rq_t rq;
     const int8_t *skip;
     q8_rq_t rq_add;
+    struct { /* AVX-512 VNNI: taps in pairs for vpdpwssd (lcs/int8/cpu_c.py dw_pairs, dw_order); 0 elsewhere */
+        const int16_t *w;    /* [taps/2][c/32][lo, hi][16][2] */
+        const int32_t *bias; /* per block of 32 channels: 16 "lo" channels then 16 "hi" ones */
+        q8c_rq_t rq;
+    } pairs;
 } q8c_dw_t;
 
 /* The kernels split their work over the thread pool (q8_pool.h, started by the caller). `scratch` is shared by the
