@@ -164,36 +164,32 @@ typedef struct {
 
 /* acc[i][0..16) = bias + row i . weight block, for the MR rows. */
 #if Q8C_ISA == 1
-static void micro(const a_t *A, taps_t g, const int8_t *W, const int32_t *bias, int32_t *acc) {
+/* `rows` of the tile (8, or 4 where the tile has no more pixels: the last layers of a 32x32 network have 4 or 16
+   pixels) */
+static inline __attribute__((always_inline)) void micro_rows(const a_t *A, taps_t g, const int8_t *W,
+                                                             const int32_t *bias, int32_t *acc, const int32_t rows) {
     const __m512i b = _mm512_loadu_si512(bias);
-    __m512i c0 = b, c1 = b, c2 = b, c3 = b, c4 = b, c5 = b, c6 = b, c7 = b;
+    __m512i c[8];
+    for (int32_t i = 0; i < rows; i++) c[i] = b;
     const int32_t as = g.as;
     for (int32_t ky = 0; ky < g.kh; ky++)
         for (int32_t kx = 0; kx < g.kw; kx++) {
             const int8_t *a = A + ky * g.rs + kx * g.cs;
             for (int32_t k = 0; k < g.ic; k += 4, W += 64, a += 4) {
                 const __m512i w = _mm512_loadu_si512(W);
-#define Q8C_STEP(c, i) c = _mm512_dpbusd_epi32(c, _mm512_set1_epi32((int32_t)ld32(a + (i) * as)), w)
-                Q8C_STEP(c0, 0);
-                Q8C_STEP(c1, 1);
-                Q8C_STEP(c2, 2);
-                Q8C_STEP(c3, 3);
-                Q8C_STEP(c4, 4);
-                Q8C_STEP(c5, 5);
-                Q8C_STEP(c6, 6);
-                Q8C_STEP(c7, 7);
-#undef Q8C_STEP
+                for (int32_t i = 0; i < rows; i++)
+                    c[i] = _mm512_dpbusd_epi32(c[i], _mm512_set1_epi32((int32_t)ld32(a + i * as)), w);
             }
         }
-    _mm512_storeu_si512(acc, c0);
-    _mm512_storeu_si512(acc + 16, c1);
-    _mm512_storeu_si512(acc + 32, c2);
-    _mm512_storeu_si512(acc + 48, c3);
-    _mm512_storeu_si512(acc + 64, c4);
-    _mm512_storeu_si512(acc + 80, c5);
-    _mm512_storeu_si512(acc + 96, c6);
-    _mm512_storeu_si512(acc + 112, c7);
+    for (int32_t i = 0; i < rows; i++) _mm512_storeu_si512(acc + 16 * i, c[i]);
 }
+static void micro(const a_t *A, taps_t g, const int8_t *W, const int32_t *bias, int32_t *acc) {
+    micro_rows(A, g, W, bias, acc, 8);
+}
+static void micro4(const a_t *A, taps_t g, const int8_t *W, const int32_t *bias, int32_t *acc) {
+    micro_rows(A, g, W, bias, acc, 4);
+}
+#define MICRO(A, g, W, bias, acc, r) ((r) <= 4 ? micro4 : micro)(A, g, W, bias, acc)
 #elif Q8C_ISA == 2
 /* vpmaddubsw wants u8 x s8: |a| x (w with a's sign) is a x w exactly, and a pair of them stays within int16
    (2 x 128 x 127 < 2^15: the weights are in [-127, 127]); vpmaddwd by ones sums the pairs into int32. A weight
@@ -290,6 +286,10 @@ static void micro(const a_t *A, taps_t g, const int8_t *W, const int32_t *bias, 
         for (int32_t o = 0; o < 16; o++) acc[i * 16 + o] = s[o];
     }
 }
+#endif
+
+#ifndef MICRO
+#define MICRO(A, g, W, bias, acc, r) micro(A, g, W, bias, acc)
 #endif
 
 /* Padded copy for the taps path: rows of pw columns, enough that every tap of every tile (MR pixels, the last ones
@@ -400,7 +400,7 @@ static void conv_taps_s1(const void *ctx, int32_t lo, int32_t hi, void *local) {
     const int32_t nq = (p->out_h - 1) * pw + p->out_w; /* padded positions up to the last output */
     for (int32_t it = lo; it < hi; it++) {
         const int32_t q0 = it / j->nb * MR, b = it % j->nb, r = nq - q0 < MR ? nq - q0 : MR;
-        micro(j->A + q0 * ic, j->g, p->w + b * kp * Q8C_NR, bias + b * Q8C_NR, acc);
+        MICRO(j->A + q0 * ic, j->g, p->w + b * kp * Q8C_NR, bias + b * Q8C_NR, acc, r);
         for (int32_t i = 0; i < r; i++) { /* runs of one output row */
             const int32_t oy = (q0 + i) / pw, ox = (q0 + i) % pw;
             if (ox >= p->out_w) continue;
@@ -420,8 +420,8 @@ static void conv_taps_strided(const void *ctx, int32_t lo, int32_t hi, void *loc
     for (int32_t it = lo; it < hi; it++) {
         const int32_t t = it / j->nb, b = it % j->nb, oy = t / j->tiles_w, ox = t % j->tiles_w * MR;
         const int32_t r = p->out_w - ox < MR ? p->out_w - ox : MR;
-        micro(j->A + (oy * p->stride * pw + ox * p->stride) * ic, j->g, p->w + b * kp * Q8C_NR, bias + b * Q8C_NR,
-              acc);
+        MICRO(j->A + (oy * p->stride * pw + ox * p->stride) * ic, j->g, p->w + b * kp * Q8C_NR, bias + b * Q8C_NR,
+              acc, r);
         store_tile(p, acc, oy * p->out_w + ox, r, b * Q8C_NR, j->out);
     }
 }
@@ -441,7 +441,7 @@ static void conv_windows(const void *ctx, int32_t lo, int32_t hi, void *local) {
             for (int32_t i = 0; i < r; i++) window(p, j->in, pix0 + i, A + i * as);
             have = pix0;
         }
-        micro(A, g, p->w + b * kp * Q8C_NR, bias + b * Q8C_NR, acc);
+        MICRO(A, g, p->w + b * kp * Q8C_NR, bias + b * Q8C_NR, acc, r);
         store_tile(p, acc, pix0, r, b * Q8C_NR, j->out);
     }
 }
@@ -781,21 +781,17 @@ static void gn_apply(const void *ctx, int32_t lo, int32_t hi, void *local) {
     } while (0)
         int32_t j0 = 0;
 #if Q8C_ISA == 1
-        for (; j0 < c16; j0 += 16) { /* 16 channels: int32 differences, two halves of 8 int64 products */
+        for (; j0 < c16; j0 += 16) { /* 16 channels: int32 differences, their even and odd lanes' int64 products */
             const __m512i d = _mm512_sub_epi32(
-                _mm512_mullo_epi32(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(x + j0)))
-                                   , nv), _mm512_loadu_si512(s + j0));
-            __m512i h[2];
-            for (int32_t half = 0; half < 2; half++) {
-                const int32_t j = j0 + 8 * half;
-                const __m512i dq = _mm512_cvtepi32_epi64(half ? _mm512_extracti64x4_epi64(d, 1)
-                                                              : _mm512_castsi512_si256(d));
-                const __m512i t = _mm512_srav_epi64(_mm512_mul_epi32(dq, _mm512_loadu_si512(m64 + j)),
-                                                    _mm512_loadu_si512(sh64 + j));
-                h[half] = _mm512_srai_epi64(_mm512_add_epi64(t, _mm512_loadu_si512(b64 + j)), 16);
-            }
-            __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(h[0])),
-                                           _mm512_cvtepi64_epi32(h[1]), 1);
+                _mm512_mullo_epi32(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(x + j0))), nv),
+                _mm512_loadu_si512(s + j0));
+            const __m512i pe = _mm512_mul_epi32(d, _mm512_loadu_si512(m64 + j0));
+            const __m512i po = _mm512_mul_epi32(_mm512_srli_epi64(d, 32), _mm512_loadu_si512(m64 + j0 + 8));
+            const __m512i te = _mm512_srai_epi64(
+                _mm512_add_epi64(_mm512_srav_epi64(pe, _mm512_loadu_si512(sh64 + j0)), _mm512_loadu_si512(b64 + j0)), 16);
+            const __m512i to = _mm512_srai_epi64(_mm512_add_epi64(_mm512_srav_epi64(po, _mm512_loadu_si512(sh64 + j0 + 8)),
+                                                                  _mm512_loadu_si512(b64 + j0 + 8)), 16);
+            __m512i v = _mm512_mask_blend_epi32(0xAAAA, te, _mm512_slli_epi64(to, 32)); /* |v| < 2^31: low words */
             v = _mm512_min_epi32(_mm512_max_epi32(v, lov), hiv);
             _mm_storeu_si128((__m128i *)(void *)(y + j0), _mm512_cvtepi32_epi8(v));
         }
@@ -844,20 +840,31 @@ void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratc
     jb.s = s, jb.m = m, jb.down = down, jb.b = b, jb.q = q, jb.m64 = m64, jb.sh64 = sh64, jb.b64 = b64;
     const int64_t work = (int64_t)hw * c / 8; /* ~1/8 ns a value a pass (one thread, measured here) */
     q8p_for((c + 15) / 16, work, gn_sums, &jb);
-    for (int32_t g0 = 0; g0 < c; g0 += cg) {
+    const int32_t *restrict pg = p->g, *restrict pb = p->b;
+    const int8_t *restrict pge = p->ge;
+    for (int32_t g0 = 0; g0 < c; g0 += cg) { /* the group's factors, then its channels' (a vector loop) */
         int32_t sg = 0;
         uint32_t qg = 0;
         for (int32_t j = g0; j < g0 + cg; j++) sg += s[j], qg += q[j];
         int32_t k;
-        const uint64_t recip = q8_gn_recip(p, sg, qg, &k);
+        const int64_t recip = (int64_t)q8_gn_recip(p, sg, qg, &k);
         for (int32_t j = g0; j < g0 + cg; j++) {
-            m[j] = (int32_t)(((int64_t)p->g[j] * (int64_t)recip + (1 << 30)) >> 31);
-            const int32_t sh = 61 - k - p->ge[j];
-            down[j] = sh - 16 > 63 ? 63 : sh - 16;
+            m[j] = (int32_t)(((int64_t)pg[j] * recip + (1 << 30)) >> 31);
+            const int32_t sh = 61 - k - pge[j] - 16;
+            down[j] = sh > 63 ? 63 : sh;
             s[j] = sg;
-            b[j] = p->b[j];
-            m64[j] = m[j], sh64[j] = down[j], b64[j] = (int64_t)b[j] + (1 << 15);
+            b[j] = pb[j];
         }
     }
+#if Q8C_ISA == 1
+    /* per block of 16 channels, int64 lanes: the 8 even channels', then the 8 odd ones' (gn_apply multiplies the
+       even and the odd int32 lanes of a register apart, vpmuldq) */
+    for (int32_t j0 = 0; j0 + 16 <= c; j0 += 16)
+        for (int32_t k = 0; k < 8; k++)
+            for (int32_t odd = 0; odd < 2; odd++) {
+                const int32_t j = j0 + 2 * k + odd, at = j0 + 8 * odd + k;
+                m64[at] = m[j], sh64[at] = down[j], b64[at] = (int64_t)b[j] + (1 << 15);
+            }
+#endif
     q8p_for(hw, work * 2, gn_apply, &jb);
 }
