@@ -173,7 +173,8 @@ def emit_cpu(graph: Graph, input_chw: tuple[int, int, int]) -> str:
             h, w, c = t[op.inp].shape
             r = op.rq
             out.append(f"static const q8_rq_t rq{i} = {c_rq(r)};\n")
-            calls.append(f"q8_avgpool({src}, {h * w}, {c}, &rq{i}, {dst});")
+            calls.append(f"q8c_avgpool({src}, {h * w}, {c}, &rq{i}, {dst}, scratch);")
+            scratch = max(scratch, c * 4 + 64)
         elif isinstance(op, Add):
             out.append(f"static const q8_rq_t ra{i} = {c_rq(op.rq)}, rb{i} = {c_rq(op.rq_add)};\n")
             calls.append(f"q8c_add({int(np.prod(t[op.out].shape))}, {src}, arena + {offsets[op.add]}, ra{i}, rb{i}, "
@@ -184,7 +185,7 @@ def emit_cpu(graph: Graph, input_chw: tuple[int, int, int]) -> str:
             out.append(f"static const q8_gn_t p{i} = {{{h * w}, {c}, {op.groups}, {int(op.relu)}, {op.lo}, {op.hi}, "
                        f"{op.e}LL, g{i}, ge{i}, b{i}}};\n")
             calls.append(f"q8c_groupnorm(&p{i}, {src}, {dst}, scratch);")
-            scratch = max(scratch, c * 48 + 128)  # q8c_gn_scratch
+            scratch = max(scratch, c * 48 + 512)  # q8c_gn_scratch
         else:
             raise LcsError(f"{op.out}: no CPU int8 kernel for {type(op).__name__}")
     n_out = t[graph.output].shape[0]

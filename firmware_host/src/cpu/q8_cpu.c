@@ -662,6 +662,21 @@ static void add_run(int32_t n, const int8_t *restrict a, const int8_t *restrict 
     }
 }
 
+/* Global average pool (kernels_int8.c's q8_avgpool, the same numbers): the sums over pixels as vector adds, then the
+   requantization of every channel (vector loops, no per-channel call). */
+void q8c_avgpool(const int8_t *restrict in, int32_t hw, int32_t c, const q8_rq_t *rq, int8_t *restrict out,
+                 void *scratch) {
+    int32_t *restrict s = (int32_t *)scratch;
+    const int32_t m = rq->m, l = rq->l, n = rq->n;
+    for (int32_t k = 0; k < c; k++) s[k] = 0;
+    for (int32_t i = 0; i < hw; i++)
+        for (int32_t k = 0; k < c; k++) s[k] += in[i * c + k];
+    for (int32_t k = 0; k < c; k++) {
+        int32_t y = rq1(s[k], m, l, n);
+        out[k] = (int8_t)(y < -128 ? -128 : y > 127 ? 127 : y);
+    }
+}
+
 typedef struct {
     const int8_t *a, *b;
     int8_t *out;
@@ -682,7 +697,7 @@ void q8c_add(int32_t n, const int8_t *a, const int8_t *b, q8_rq_t ra, q8_rq_t rb
     q8p_for((n + ADD_BLOCK - 1) / ADD_BLOCK, n / 8, add_blocks, &j);
 }
 
-int32_t q8c_gn_scratch(const q8_gn_t *p) { return p->c * 48 + 128; }
+int32_t q8c_gn_scratch(const q8_gn_t *p) { return p->c * 48 + 512; }
 
 /* GroupNorm (kernels_int8.c's q8_groupnorm, same numbers) in two passes over HWC with the channels innermost: the
    per-channel sums (items: blocks of 16 channels over every pixel), then every value with its channel's factors
@@ -706,24 +721,25 @@ static void gn_sums(const void *ctx, int32_t lo, int32_t hi, void *local) {
     for (int32_t blk = lo; blk < hi; blk++) {
         const int32_t j0 = blk * 16, j1 = j0 + 16 < c ? j0 + 16 : c;
 #if Q8C_ISA == 1
-        if (j1 - j0 == 16) { /* 16 channels' sums in registers over every pixel */
+        { /* 16 channels' sums in registers over every pixel (a tail block: masked) */
+            const __mmask16 cm = (__mmask16)((1u << (j1 - j0)) - 1);
             __m512i sa = _mm512_setzero_si512(), qa = sa, sb = sa, qb = sa;
             int32_t i = 0;
             for (; i + 2 <= hw; i += 2) {
-                const __m256i u = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(in + i * c + j0)));
-                const __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(in + (i + 1) * c + j0)));
+                const __m256i u = _mm256_cvtepi8_epi16(_mm_maskz_loadu_epi8(cm, in + i * c + j0));
+                const __m256i w = _mm256_cvtepi8_epi16(_mm_maskz_loadu_epi8(cm, in + (i + 1) * c + j0));
                 sa = _mm512_add_epi32(sa, _mm512_cvtepi16_epi32(u));
                 qa = _mm512_add_epi32(qa, _mm512_cvtepi16_epi32(_mm256_mullo_epi16(u, u))); /* x^2 <= 2^14 */
                 sb = _mm512_add_epi32(sb, _mm512_cvtepi16_epi32(w));
                 qb = _mm512_add_epi32(qb, _mm512_cvtepi16_epi32(_mm256_mullo_epi16(w, w)));
             }
             for (; i < hw; i++) {
-                const __m256i u = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(in + i * c + j0)));
+                const __m256i u = _mm256_cvtepi8_epi16(_mm_maskz_loadu_epi8(cm, in + i * c + j0));
                 sa = _mm512_add_epi32(sa, _mm512_cvtepi16_epi32(u));
                 qa = _mm512_add_epi32(qa, _mm512_cvtepi16_epi32(_mm256_mullo_epi16(u, u)));
             }
-            _mm512_storeu_si512(s + j0, _mm512_add_epi32(sa, sb));
-            _mm512_storeu_si512(q + j0, _mm512_add_epi32(qa, qb));
+            _mm512_mask_storeu_epi32(s + j0, cm, _mm512_add_epi32(sa, sb));
+            _mm512_mask_storeu_epi32(q + j0, cm, _mm512_add_epi32(qa, qb));
             continue;
         }
 #elif Q8C_ISA == 2
@@ -755,6 +771,26 @@ static void gn_sums(const void *ctx, int32_t lo, int32_t hi, void *local) {
     }
 }
 
+#if Q8C_ISA == 1
+/* 16 channels of one pixel: int32 differences, their even and odd lanes' int64 products (vpmuldq), the two halves'
+   low words merged */
+static inline __attribute__((always_inline)) void gn16(const int8_t *x, int8_t *y, int32_t j0, __mmask16 cm,
+                                                       __m512i nv, __m512i lov, __m512i hiv, const int32_t *s,
+                                                       const int64_t *m64, const int64_t *sh64, const int64_t *b64) {
+    const __m512i d = _mm512_sub_epi32(_mm512_mullo_epi32(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(cm, x + j0)), nv),
+                                       _mm512_maskz_loadu_epi32(cm, s + j0));
+    const __m512i pe = _mm512_mul_epi32(d, _mm512_loadu_si512(m64 + j0));
+    const __m512i po = _mm512_mul_epi32(_mm512_srli_epi64(d, 32), _mm512_loadu_si512(m64 + j0 + 8));
+    const __m512i te = _mm512_srai_epi64(
+        _mm512_add_epi64(_mm512_srav_epi64(pe, _mm512_loadu_si512(sh64 + j0)), _mm512_loadu_si512(b64 + j0)), 16);
+    const __m512i to = _mm512_srai_epi64(
+        _mm512_add_epi64(_mm512_srav_epi64(po, _mm512_loadu_si512(sh64 + j0 + 8)), _mm512_loadu_si512(b64 + j0 + 8)), 16);
+    __m512i v = _mm512_mask_blend_epi32(0xAAAA, te, _mm512_slli_epi64(to, 32)); /* |v| < 2^31: low words */
+    v = _mm512_min_epi32(_mm512_max_epi32(v, lov), hiv);
+    _mm_mask_storeu_epi8(y + j0, cm, _mm512_cvtepi32_epi8(v));
+}
+#endif
+
 static void gn_apply(const void *ctx, int32_t lo, int32_t hi, void *local) {
     const gn_job_t *jb = ctx;
     const q8_gn_t *p = jb->p;
@@ -781,19 +817,10 @@ static void gn_apply(const void *ctx, int32_t lo, int32_t hi, void *local) {
     } while (0)
         int32_t j0 = 0;
 #if Q8C_ISA == 1
-        for (; j0 < c16; j0 += 16) { /* 16 channels: int32 differences, their even and odd lanes' int64 products */
-            const __m512i d = _mm512_sub_epi32(
-                _mm512_mullo_epi32(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(x + j0))), nv),
-                _mm512_loadu_si512(s + j0));
-            const __m512i pe = _mm512_mul_epi32(d, _mm512_loadu_si512(m64 + j0));
-            const __m512i po = _mm512_mul_epi32(_mm512_srli_epi64(d, 32), _mm512_loadu_si512(m64 + j0 + 8));
-            const __m512i te = _mm512_srai_epi64(
-                _mm512_add_epi64(_mm512_srav_epi64(pe, _mm512_loadu_si512(sh64 + j0)), _mm512_loadu_si512(b64 + j0)), 16);
-            const __m512i to = _mm512_srai_epi64(_mm512_add_epi64(_mm512_srav_epi64(po, _mm512_loadu_si512(sh64 + j0 + 8)),
-                                                                  _mm512_loadu_si512(b64 + j0 + 8)), 16);
-            __m512i v = _mm512_mask_blend_epi32(0xAAAA, te, _mm512_slli_epi64(to, 32)); /* |v| < 2^31: low words */
-            v = _mm512_min_epi32(_mm512_max_epi32(v, lov), hiv);
-            _mm_storeu_si128((__m128i *)(void *)(y + j0), _mm512_cvtepi32_epi8(v));
+        for (; j0 + 16 <= c; j0 += 16) gn16(x, y, j0, 0xFFFF, nv, lov, hiv, s, m64, sh64, b64);
+        if (j0 < c) { /* the tail, masked */
+            gn16(x, y, j0, (__mmask16)((1u << (c - j0)) - 1), nv, lov, hiv, s, m64, sh64, b64);
+            j0 = c;
         }
 #elif Q8C_ISA == 2
         for (; j0 < c16; j0 += 8) { /* 8 channels: 4 int64 products at a time; AVX2 has no arithmetic 64-bit shift,
@@ -823,7 +850,7 @@ static void gn_apply(const void *ctx, int32_t lo, int32_t hi, void *local) {
 #endif
         for (; j0 < c16; j0 += 16)
             for (int32_t j = j0; j < j0 + 16; j++) Q8C_GN(j);
-        for (int32_t j = c16; j < c; j++) Q8C_GN(j);
+        for (int32_t j = j0 > c16 ? j0 : c16; j < c; j++) Q8C_GN(j); /* (AVX-512 did the tail) */
 #undef Q8C_GN
     }
 }
@@ -835,8 +862,9 @@ void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratc
     uint32_t *restrict q = (uint32_t *)(down + c);
     int32_t *restrict b = (int32_t *)(q + c);
     /* the same factors as int64 (b with the rounding bit), 64-byte aligned, for the vector apply */
-    int64_t *restrict m64 = (int64_t *)(((uintptr_t)(b + c) + 63) & ~(uintptr_t)63), *restrict sh64 = m64 + c;
-    int64_t *restrict b64 = sh64 + c;
+    const int32_t cu = (c + 15) & ~15; /* the split arrays run to whole blocks */
+    int64_t *restrict m64 = (int64_t *)(((uintptr_t)(b + c) + 63) & ~(uintptr_t)63), *restrict sh64 = m64 + cu;
+    int64_t *restrict b64 = sh64 + cu;
     jb.s = s, jb.m = m, jb.down = down, jb.b = b, jb.q = q, jb.m64 = m64, jb.sh64 = sh64, jb.b64 = b64;
     const int64_t work = (int64_t)hw * c / 8; /* ~1/8 ns a value a pass (one thread, measured here) */
     q8p_for((c + 15) / 16, work, gn_sums, &jb);
@@ -859,11 +887,12 @@ void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratc
 #if Q8C_ISA == 1
     /* per block of 16 channels, int64 lanes: the 8 even channels', then the 8 odd ones' (gn_apply multiplies the
        even and the odd int32 lanes of a register apart, vpmuldq) */
-    for (int32_t j0 = 0; j0 + 16 <= c; j0 += 16)
+    for (int32_t j0 = 0; j0 < c; j0 += 16) /* a tail block's lanes past c: zeros (gn_apply masks them) */
         for (int32_t k = 0; k < 8; k++)
             for (int32_t odd = 0; odd < 2; odd++) {
                 const int32_t j = j0 + 2 * k + odd, at = j0 + 8 * odd + k;
-                m64[at] = m[j], sh64[at] = down[j], b64[at] = (int64_t)b[j] + (1 << 15);
+                m64[at] = j < c ? m[j] : 0, sh64[at] = j < c ? down[j] : 0;
+                b64[at] = j < c ? (int64_t)b[j] + (1 << 15) : 0;
             }
 #endif
     q8p_for(hw, work * 2, gn_apply, &jb);

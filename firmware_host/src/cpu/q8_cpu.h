@@ -72,6 +72,8 @@ int32_t q8c_dw_local(const q8c_dw_t *p);
 void q8c_dwconv(const q8c_dw_t *p, const int8_t *in, int8_t *out, void *scratch);
 /* graph.Add: out = clamp(rq(a) + rq(b)), ReLU optional; n values. */
 void q8c_add(int32_t n, const int8_t *a, const int8_t *b, q8_rq_t ra, q8_rq_t rb, int32_t relu, int8_t *out);
+/* q8_avgpool with c * 4 bytes of scratch */
+void q8c_avgpool(const int8_t *in, int32_t hw, int32_t c, const q8_rq_t *rq, int8_t *out, void *scratch);
 int32_t q8c_gn_scratch(const q8_gn_t *p);
 void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratch);
 const char *q8c_isa(void);
