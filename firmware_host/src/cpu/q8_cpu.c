@@ -876,7 +876,26 @@ void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratc
         for (int32_t j = g0; j < g0 + cg; j++) sg += s[j], qg += q[j];
         int32_t k;
         const int64_t recip = (int64_t)q8_gn_recip(p, sg, qg, &k);
-        for (int32_t j = g0; j < g0 + cg; j++) {
+        int32_t j0 = g0;
+#if Q8C_ISA == 1
+        const __m512i rv = _mm512_set1_epi64(recip), round = _mm512_set1_epi64(1 << 30);
+        for (; j0 < g0 + cg; j0 += 16) { /* the loop below, 16 channels at a time (a tail masked) */
+            const __mmask16 cm = g0 + cg - j0 >= 16 ? 0xFFFF : (__mmask16)((1u << (g0 + cg - j0)) - 1);
+            const __m512i gv = _mm512_maskz_loadu_epi32(cm, pg + j0);
+            const __m512i lo = _mm512_srai_epi64(
+                _mm512_add_epi64(_mm512_mullo_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(gv)), rv), round), 31);
+            const __m512i hi = _mm512_srai_epi64(
+                _mm512_add_epi64(_mm512_mullo_epi64(_mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(gv, 1)), rv), round), 31);
+            _mm512_mask_storeu_epi32(m + j0, cm, _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(lo)),
+                                                                    _mm512_cvtepi64_epi32(hi), 1));
+            const __m512i sh = _mm512_sub_epi32(_mm512_set1_epi32(61 - k - 16),
+                                                _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(cm, pge + j0)));
+            _mm512_mask_storeu_epi32(down + j0, cm, _mm512_min_epi32(sh, _mm512_set1_epi32(63)));
+            _mm512_mask_storeu_epi32(s + j0, cm, _mm512_set1_epi32(sg));
+            _mm512_mask_storeu_epi32(b + j0, cm, _mm512_maskz_loadu_epi32(cm, pb + j0));
+        }
+#endif
+        for (int32_t j = j0; j < g0 + cg; j++) {
             m[j] = (int32_t)(((int64_t)pg[j] * recip + (1 << 30)) >> 31);
             const int32_t sh = 61 - k - pge[j] - 16;
             down[j] = sh > 63 ? 63 : sh;
@@ -887,13 +906,20 @@ void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratc
 #if Q8C_ISA == 1
     /* per block of 16 channels, int64 lanes: the 8 even channels', then the 8 odd ones' (gn_apply multiplies the
        even and the odd int32 lanes of a register apart, vpmuldq) */
-    for (int32_t j0 = 0; j0 < c; j0 += 16) /* a tail block's lanes past c: zeros (gn_apply masks them) */
-        for (int32_t k = 0; k < 8; k++)
-            for (int32_t odd = 0; odd < 2; odd++) {
-                const int32_t j = j0 + 2 * k + odd, at = j0 + 8 * odd + k;
-                m64[at] = j < c ? m[j] : 0, sh64[at] = j < c ? down[j] : 0;
-                b64[at] = j < c ? (int64_t)b[j] + (1 << 15) : 0;
-            }
+    const __m512i evens_odds = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    for (int32_t j0 = 0; j0 < c; j0 += 16) { /* a tail block's lanes past c: zeros (gn_apply masks them) */
+        const __mmask16 cm = c - j0 >= 16 ? 0xFFFF : (__mmask16)((1u << (c - j0)) - 1);
+        const __m512i mv = _mm512_permutexvar_epi32(evens_odds, _mm512_maskz_loadu_epi32(cm, m + j0));
+        const __m512i dv = _mm512_permutexvar_epi32(evens_odds, _mm512_maskz_loadu_epi32(cm, down + j0));
+        const __m512i bv = _mm512_permutexvar_epi32(evens_odds, _mm512_maskz_loadu_epi32(cm, b + j0));
+        const __m512i half = _mm512_set1_epi64(1 << 15);
+        _mm512_storeu_si512(m64 + j0, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(mv)));
+        _mm512_storeu_si512(m64 + j0 + 8, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(mv, 1)));
+        _mm512_storeu_si512(sh64 + j0, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(dv)));
+        _mm512_storeu_si512(sh64 + j0 + 8, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(dv, 1)));
+        _mm512_storeu_si512(b64 + j0, _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(bv)), half));
+        _mm512_storeu_si512(b64 + j0 + 8, _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(bv, 1)), half));
+    }
 #endif
     q8p_for(hw, work * 2, gn_apply, &jb);
 }
