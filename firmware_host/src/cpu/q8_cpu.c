@@ -330,7 +330,9 @@ static inline void store_tile(const q8c_conv_t *p, const int32_t *acc, int32_t p
                               int8_t *out) {
     const int32_t oc = p->out_c, nc = oc - c0 < Q8C_NR ? oc - c0 : Q8C_NR;
 #if Q8C_ISA == 1
-    if (nc == Q8C_NR) { /* the block's parameters loaded once for the tile (int8 stores may alias them) */
+    { /* the block's parameters loaded once for the tile (int8 stores may alias them); a channel tail masked (the
+         parameter arrays run to whole blocks) */
+        const __mmask16 cm = nc == Q8C_NR ? 0xFFFF : (__mmask16)((1u << nc) - 1);
         const __m512i m = _mm512_loadu_si512(p->rq.m + c0), l = _mm512_loadu_si512(p->rq.l + c0);
         const __m512i n = _mm512_loadu_si512(p->rq.n + c0);
         const __m512i lo = _mm512_set1_epi32(p->relu ? 0 : -128), hi = _mm512_set1_epi32(127);
@@ -340,10 +342,9 @@ static inline void store_tile(const q8c_conv_t *p, const int32_t *acc, int32_t p
             const int32_t at = (pix0 + i) * oc + c0;
             __m512i y = rq16(_mm512_loadu_si512(acc + i * Q8C_NR), m, l, n);
             if (p->skip)
-                y = _mm512_add_epi32(y, rq16(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-                                                 (const __m128i *)(const void *)(p->skip + at))), am, al, an));
+                y = _mm512_add_epi32(y, rq16(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(cm, p->skip + at)), am, al, an));
             y = _mm512_min_epi32(_mm512_max_epi32(y, lo), hi);
-            _mm_storeu_si128((__m128i *)(void *)(out + at), _mm512_cvtepi32_epi8(y));
+            _mm_mask_storeu_epi8(out + at, cm, _mm512_cvtepi32_epi8(y));
         }
         return;
     }
