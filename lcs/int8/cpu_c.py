@@ -142,7 +142,7 @@ def emit_cpu(graph: Graph, input_chw: tuple[int, int, int]) -> str:
                        f"{op.pads[0]}, {op.pads[2]}, {int(op.relu)}, w{i}, b{i}, {{m{i}, l{i}, n{i}}}, {skip}, "
                        f"{c_rq(op.rq_add if op.add else None)}, PAIRS{i}}};\n")
             calls.append(f"q8c_dwconv(&p{i}, {src}, {dst}, scratch);")
-            local = max(local, max(c * 4, (kh * kw + 1) * 8) + 64)  # q8c_dw_local
+            local = max(local, max(c * 4, ow * (kh * kw + 1) * 8) + 64)  # q8c_dw_local
         elif isinstance(op, (Conv, Dense)):
             if isinstance(op, Conv):
                 ih, iw, ic = t[op.inp].shape

@@ -471,7 +471,7 @@ void q8c_conv(const q8c_conv_t *p, const int8_t *in, int8_t *out, void *scratch)
 }
 
 int32_t q8c_dw_local(const q8c_dw_t *p) {
-    const int32_t taps = (p->kh * p->kw + 1) * (int32_t)sizeof(void *);
+    const int32_t taps = p->out_w * (p->kh * p->kw + 1) * (int32_t)sizeof(void *);
     return (p->c * 4 > taps ? p->c * 4 : taps) + 64;
 }
 
@@ -528,53 +528,89 @@ static void dw_blocks(const void *ctx, int32_t lo, int32_t hi, void *local) {
    accumulators hold the channels in unpack order, and so do the bias and requantization arrays, until packs_epi32
    puts the two halves back in order. A tap outside the input (padding) is a masked load of zeros; so are channels
    past c. Items are output rows. */
+/* rq16 with the block's constants computed once (a loop over pixels) */
+typedef struct {
+    __m512i m, m_odd, l, n, half;
+} rq16c_t;
+static inline rq16c_t rq16_consts(__m512i m, __m512i l, __m512i n) {
+    return (rq16c_t){m, _mm512_srli_epi64(m, 32), l, n, _mm512_srli_epi32(_mm512_sllv_epi32(_mm512_set1_epi32(1), n), 1)};
+}
+static inline __m512i rq16k(__m512i x, const rq16c_t *k) {
+    const __m512i s = _mm512_sllv_epi32(x, k->l), round = _mm512_set1_epi64(0x80000000LL);
+    const __m512i even = _mm512_add_epi64(_mm512_mul_epi32(s, k->m), round);
+    const __m512i odd = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(s, 32), k->m_odd), round);
+    const __m512i t = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+    return _mm512_srav_epi32(_mm512_add_epi32(t, k->half), k->n);
+}
+
 static void dw_pairs(const void *ctx, int32_t lo, int32_t hi, void *local) {
     const dw_job_t *j = ctx;
     const q8c_dw_t *p = j->p;
-    const int32_t C = p->c, T = p->kh * p->kw, P2 = (T + 1) / 2, nblk = (C + 31) / 32;
-    const int8_t **ptr = (const int8_t **)local; /* per tap: where the pixel's values start, or 0: padding */
+    const int32_t C = p->c, T = p->kh * p->kw, P2 = (T + 1) / 2, nblk = (C + 31) / 32, kw = p->kw;
+    const int8_t **ptr = (const int8_t **)local; /* [out_w][taps + 1] */
     const __m512i lo_v = _mm512_set1_epi32(p->relu ? 0 : -128), hi_v = _mm512_set1_epi32(127);
+    const __m512i am = _mm512_set1_epi32(p->rq_add.m), al = _mm512_set1_epi32(p->rq_add.l);
+    const __m512i an = _mm512_set1_epi32(p->rq_add.n);
+    const rq16c_t ka = rq16_consts(am, al, an);
     for (int32_t oy = lo; oy < hi; oy++) {
-        const int32_t y0 = oy * p->stride - p->pad_t;
-        for (int32_t ox = 0; ox < p->out_w; ox++) {
+        const int32_t y0 = oy * p->stride - p->pad_t, rows_in = y0 >= 0 && y0 + p->kh <= p->in_h;
+        for (int32_t ox = 0; ox < p->out_w; ox++) { /* the row's taps where the fast path below does not take it */
             const int32_t x0 = ox * p->stride - p->pad_l;
-            if (y0 >= 0 && y0 + p->kh <= p->in_h && x0 >= 0 && x0 + p->kw <= p->in_w) { /* inside: no padding */
-                const int8_t *base = j->in + (y0 * p->in_w + x0) * C;
-                for (int32_t r = 0, t = 0; r < p->kh; r++, base += p->in_w * C)
-                    for (int32_t c = 0; c < p->kw; c++, t++) ptr[t] = base + c * C;
-            } else {
-                for (int32_t r = 0, t = 0; r < p->kh; r++)
-                    for (int32_t c = 0; c < p->kw; c++, t++) {
-                        const int32_t iy = y0 + r, ix = x0 + c;
-                        ptr[t] = iy >= 0 && iy < p->in_h && ix >= 0 && ix < p->in_w ? j->in + (iy * p->in_w + ix) * C : 0;
-                    }
-            }
-            if (T & 1) ptr[T] = 0; /* the zero tap of an odd count */
-            const int32_t at = (oy * p->out_w + ox) * C;
-            for (int32_t blk = 0; blk < nblk; blk++) {
-                const int32_t c0 = blk * 32;
-                const __mmask32 cm = C - c0 >= 32 ? 0xFFFFFFFFu : (1u << (C - c0)) - 1;
-                const int32_t *bp = p->pairs.bias + c0;
-                __m512i acc_lo = _mm512_loadu_si512(bp), acc_hi = _mm512_loadu_si512(bp + 16);
-                const int16_t *w = p->pairs.w + blk * 64;
-                for (int32_t q = 0; q < P2; q++, w += nblk * 64) {
-                    const int8_t *pa = ptr[2 * q], *pb = ptr[2 * q + 1];
-                    const __m512i xa = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(pa ? cm : 0, pa ? pa + c0 : j->in));
-                    const __m512i xb = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(pb ? cm : 0, pb ? pb + c0 : j->in));
-                    acc_lo = _mm512_dpwssd_epi32(acc_lo, _mm512_unpacklo_epi16(xa, xb), _mm512_loadu_si512(w));
-                    acc_hi = _mm512_dpwssd_epi32(acc_hi, _mm512_unpackhi_epi16(xa, xb), _mm512_loadu_si512(w + 32));
+            if (rows_in && x0 >= 0 && x0 + kw <= p->in_w && T == 9) continue;
+            const int8_t **pt = ptr + ox * (T + 1);
+            for (int32_t r = 0, t = 0; r < p->kh; r++)
+                for (int32_t c = 0; c < kw; c++, t++) {
+                    const int32_t iy = y0 + r, ix = x0 + c;
+                    pt[t] = iy >= 0 && iy < p->in_h && ix >= 0 && ix < p->in_w ? j->in + (iy * p->in_w + ix) * C : 0;
                 }
-                const int32_t *m = p->pairs.rq.m + c0, *l = p->pairs.rq.l + c0, *n = p->pairs.rq.n + c0;
-                __m512i y_lo = rq16(acc_lo, _mm512_loadu_si512(m), _mm512_loadu_si512(l), _mm512_loadu_si512(n));
-                __m512i y_hi = rq16(acc_hi, _mm512_loadu_si512(m + 16), _mm512_loadu_si512(l + 16),
-                                    _mm512_loadu_si512(n + 16));
+            pt[T] = 0; /* the zero tap of an odd count */
+        }
+        for (int32_t blk = 0; blk < nblk; blk++) { /* the block's weights and parameters stay in registers/L1 */
+            const int32_t c0 = blk * 32;
+            const __mmask32 cm = C - c0 >= 32 ? 0xFFFFFFFFu : (1u << (C - c0)) - 1;
+            const int32_t *bp = p->pairs.bias + c0;
+            const __m512i b_lo = _mm512_loadu_si512(bp), b_hi = _mm512_loadu_si512(bp + 16);
+            const int32_t *m = p->pairs.rq.m + c0, *l = p->pairs.rq.l + c0, *n = p->pairs.rq.n + c0;
+            const rq16c_t k_lo = rq16_consts(_mm512_loadu_si512(m), _mm512_loadu_si512(l), _mm512_loadu_si512(n));
+            const rq16c_t k_hi = rq16_consts(_mm512_loadu_si512(m + 16), _mm512_loadu_si512(l + 16),
+                                             _mm512_loadu_si512(n + 16));
+            const int16_t *wb = p->pairs.w + blk * 64;
+            for (int32_t ox = 0; ox < p->out_w; ox++) {
+                const int32_t x0 = ox * p->stride - p->pad_l, at = (oy * p->out_w + ox) * C;
+                __m512i acc_lo = b_lo, acc_hi = b_hi;
+                const int16_t *w = wb;
+                if (rows_in && x0 >= 0 && x0 + kw <= p->in_w && T == 9) { /* 3x3 inside the input: fixed offsets */
+                    const int8_t *base = j->in + (y0 * p->in_w + x0) * C + c0;
+                    const int32_t rs = p->in_w * C;
+#define DW_X(t) _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(cm, base + (t) / 3 * rs + (t) % 3 * C))
+#define DW_PAIR(xa, xb)                                                                                   \
+    do {                                                                                                  \
+        const __m512i a_ = (xa), b_ = (xb);                                                               \
+        acc_lo = _mm512_dpwssd_epi32(acc_lo, _mm512_unpacklo_epi16(a_, b_), _mm512_loadu_si512(w));      \
+        acc_hi = _mm512_dpwssd_epi32(acc_hi, _mm512_unpackhi_epi16(a_, b_), _mm512_loadu_si512(w + 32)); \
+        w += nblk * 64;                                                                                   \
+    } while (0)
+                    DW_PAIR(DW_X(0), DW_X(1));
+                    DW_PAIR(DW_X(2), DW_X(3));
+                    DW_PAIR(DW_X(4), DW_X(5));
+                    DW_PAIR(DW_X(6), DW_X(7));
+                    DW_PAIR(DW_X(8), _mm512_setzero_si512());
+#undef DW_X
+                } else { /* padding taps (masked loads of zeros), other kernel sizes: the row's tap table */
+                    const int8_t **pt = ptr + ox * (T + 1);
+                    for (int32_t q = 0; q < P2; q++) {
+                        const int8_t *pa = pt[2 * q], *pb = pt[2 * q + 1];
+                        DW_PAIR(_mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(pa ? cm : 0, pa ? pa + c0 : j->in)),
+                                _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(pb ? cm : 0, pb ? pb + c0 : j->in)));
+                    }
+                }
+#undef DW_PAIR
+                __m512i y_lo = rq16k(acc_lo, &k_lo), y_hi = rq16k(acc_hi, &k_hi);
                 if (p->skip) { /* the residual, widened into the same unpack order */
                     const __m512i s16 = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(cm, p->skip + at + c0));
                     const __m512i sign = _mm512_srai_epi16(s16, 15);
-                    const __m512i am = _mm512_set1_epi32(p->rq_add.m), al = _mm512_set1_epi32(p->rq_add.l);
-                    const __m512i an = _mm512_set1_epi32(p->rq_add.n);
-                    y_lo = _mm512_add_epi32(y_lo, rq16(_mm512_unpacklo_epi16(s16, sign), am, al, an));
-                    y_hi = _mm512_add_epi32(y_hi, rq16(_mm512_unpackhi_epi16(s16, sign), am, al, an));
+                    y_lo = _mm512_add_epi32(y_lo, rq16k(_mm512_unpacklo_epi16(s16, sign), &ka));
+                    y_hi = _mm512_add_epi32(y_hi, rq16k(_mm512_unpackhi_epi16(s16, sign), &ka));
                 }
                 y_lo = _mm512_min_epi32(_mm512_max_epi32(y_lo, lo_v), hi_v);
                 y_hi = _mm512_min_epi32(_mm512_max_epi32(y_hi, lo_v), hi_v);
