@@ -74,8 +74,6 @@ static void *worker(void *arg) {
             const int64_t until = now_ns() + Q8P_SPIN_NS;
             for (int32_t k = 1; (g = atomic_load_explicit(&P.gen, memory_order_acquire)) == seen; k++) {
                 CPU_RELAX();
-                if ((k & 255) == 0)
-                    sched_yield(); /* a busy machine: let a thread that shares this core (the caller) run */
                 if ((k & 255) == 0 && (atomic_load_explicit(&P.parked, memory_order_relaxed) || now_ns() > until)) {
                     pthread_mutex_lock(&P.mu);
                     atomic_fetch_add(&P.sleeping, 1); /* seq_cst with the publisher's gen store: no lost wake-up */
