@@ -482,47 +482,6 @@ typedef struct {
 } dw_job_t;
 
 #if Q8C_ISA == 1
-/* 16 channels at a time, the block's taps in registers (int16); items are (block, output row), block-major */
-static void dw_blocks(const void *ctx, int32_t lo, int32_t hi, void *local) {
-    const dw_job_t *j = ctx;
-    const q8c_dw_t *p = j->p;
-    const int8_t *in = j->in;
-    int8_t *out = j->out;
-    const int32_t C = p->c;
-    (void)local;
-    for (int32_t it = lo; it < hi; it++) {
-        const int32_t c0 = it / p->out_h * 16, oy = it % p->out_h;
-        __m256i w[9];
-        for (int32_t t = 0; t < p->kh * p->kw; t++)
-            w[t] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(p->w + t * C + c0)));
-        const __m512i bias = _mm512_loadu_si512(p->bias + c0);
-        const __m512i m = _mm512_loadu_si512(p->rq.m + c0), l = _mm512_loadu_si512(p->rq.l + c0);
-        const __m512i n = _mm512_loadu_si512(p->rq.n + c0);
-        const int32_t y0 = oy * p->stride - p->pad_t;
-        const int32_t r0 = q8_tap_lo(y0), r1 = q8_tap_hi(y0, p->in_h, p->kh);
-        for (int32_t ox = 0; ox < p->out_w; ox++) {
-            const int32_t x0 = ox * p->stride - p->pad_l;
-            const int32_t t0 = q8_tap_lo(x0), t1 = q8_tap_hi(x0, p->in_w, p->kw);
-            __m512i a = bias;
-            for (int32_t r = r0; r < r1; r++)
-                for (int32_t t = t0; t < t1; t++) {
-                    const __m256i x = _mm256_cvtepi8_epi16(_mm_loadu_si128(
-                        (const __m128i *)(const void *)(in + ((y0 + r) * p->in_w + x0 + t) * C + c0)));
-                    a = _mm512_add_epi32(a, _mm512_cvtepi16_epi32(_mm256_mullo_epi16(x, w[r * p->kw + t])));
-                } /* |x w| <= 128 * 127: exact in int16 */
-            const int32_t at = (oy * p->out_w + ox) * C + c0;
-            __m512i y = rq16(a, m, l, n);
-            if (p->skip)
-                y = _mm512_add_epi32(y, rq16(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-                                                 (const __m128i *)(const void *)(p->skip + at))),
-                                             _mm512_set1_epi32(p->rq_add.m), _mm512_set1_epi32(p->rq_add.l),
-                                             _mm512_set1_epi32(p->rq_add.n)));
-            y = _mm512_min_epi32(_mm512_max_epi32(y, _mm512_set1_epi32(p->relu ? 0 : -128)),
-                                 _mm512_set1_epi32(127));
-            _mm_storeu_si128((__m128i *)(void *)(out + at), _mm512_cvtepi32_epi8(y));
-        }
-    }
-}
 /* Taps in pairs, 32 channels a step: the two taps' int16 values interleaved (unpacklo/hi) and vpdpwssd against the
    weights interleaved the same way (cpu_c.dw_pairs) add x_a w_a + x_b w_b for 16 channels in one instruction; the
    accumulators hold the channels in unpack order, and so do the bias and requantization arrays, until packs_epi32
@@ -666,10 +625,6 @@ void q8c_dwconv(const q8c_dw_t *p, const int8_t *in, int8_t *out, void *scratch)
 #if Q8C_ISA == 1
     if (p->pairs.w) {
         q8p_for(p->out_h, work, dw_pairs, &j);
-        return;
-    }
-    if (p->kh * p->kw <= 9 && (p->c & 15) == 0) {
-        q8p_for(p->c / 16 * p->out_h, work, dw_blocks, &j);
         return;
     }
 #endif
