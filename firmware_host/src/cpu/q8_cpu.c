@@ -849,7 +849,7 @@ static void gn_apply(const void *ctx, int32_t lo, int32_t hi, void *local) {
 
 void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratch) {
     const int32_t c = p->c, cg = c / p->groups, hw = p->hw;
-    gn_job_t jb = {p, in, out, 0};
+    gn_job_t jb = {.p = p, .in = in, .out = out};
     int32_t *restrict s = (int32_t *)scratch, *restrict m = s + c, *restrict down = m + c;
     uint32_t *restrict q = (uint32_t *)(down + c);
     int32_t *restrict b = (int32_t *)(q + c);

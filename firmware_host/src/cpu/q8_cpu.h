@@ -1,7 +1,7 @@
 /* int8 kernels for application CPUs (x86-64, aarch64): the arithmetic of kernels_int8.h (lcs/int8/graph.py's
    integer reference, bit for bit) with the dense convolution as an int8 GEMM. Weights are packed at build time
    (lcs/int8/cpu_c.py) in one layout for every instruction set; the compiler flags of the target pick the inner
-   loop (Q8C_ISA, below). This directory is not part of the microcontroller firmware (its sources are src/*.c). */
+   loop (Q8C_ISA, below). This directory is not part of the microcontroller firmware (its sources are the C files of src/). */
 #ifndef Q8_CPU_H
 #define Q8_CPU_H
 #include <stdint.h>
