@@ -102,7 +102,8 @@ def model_config():
     return model_config_for(load_data(DATA).info, name="small-cnn", norm="group")
 
 
-# TrainConfig fields the command line sets for every run (--distill; the per-level models ignore distillation).
+# TrainConfig fields the command line sets for every run (--distill, --compression-warmup; the per-level models ignore
+# distillation).
 TRAIN_OVERRIDES: dict = {}
 
 
@@ -501,6 +502,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--distill", type=float, default=TrainConfig.distill,
                         help="in-place distillation share of every LCS run (TrainConfig.distill; the committed 3-seed "
                              "run used 0.5)")
+    parser.add_argument("--compression-warmup", type=float, default=TrainConfig.compression_warmup,
+                        help="compression warm-up fraction of every run, per-level models included "
+                             "(TrainConfig.compression_warmup)")
     parser.add_argument("--seeds", type=int, default=1, help="train every run with seeds 0..N-1; report mean ± std")
     parser.add_argument("--families", default=",".join(LEVELS),
                         help=f"comma-separated families to train (default all: {','.join(LEVELS)})")
@@ -540,10 +544,11 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     try:
-        TrainConfig(distill=args.distill)
+        TrainConfig(distill=args.distill, compression_warmup=args.compression_warmup)
     except ConfigError as exc:
         parser.error(str(exc))
     TRAIN_OVERRIDES["distill"] = args.distill
+    TRAIN_OVERRIDES["compression_warmup"] = args.compression_warmup
     steps, rounds = (10, 1) if args.quick else (30, 9)
     if args.step_rounds is not None:
         if args.step_rounds < 1:

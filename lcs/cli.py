@@ -161,6 +161,9 @@ def cli() -> None:
 @click.option("--distill", type=float, default=TrainConfig.distill, show_default=True,
               help="in-place distillation: drawn points learn this share from the densest point's outputs "
                    "(0.5: more accurate levels, two passes a step where the sampler draws one)")
+@click.option("--compression-warmup", type=float, default=TrainConfig.compression_warmup, show_default=True,
+              help="fraction of training over which compression is phased in (0.5 with --distill 0.5: the most "
+                   "accurate sparse levels measured, benchmarks/README.md)")
 @click.option("--compress-stem/--no-compress-stem", default=False, show_default=True)
 @click.option("--compress-head/--no-compress-head", default=False, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -177,8 +180,8 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the training summary as JSON")
 @fail_cleanly
 def train_cmd(data_source, model_name, family, shape, method, fixed_level, norm, width, epochs, batch_size, lr,
-              weight_decay, warmup_epochs, beta, sampler, distill, compress_stem, compress_head, seed, augment, output,
-              threads, device, precision, workers, progress, as_json):
+              weight_decay, warmup_epochs, beta, sampler, distill, compression_warmup, compress_stem, compress_head, seed,
+              augment, output, threads, device, precision, workers, progress, as_json):
     """Train a compressible subspace (or a baseline) and write a checkpoint."""
     from lcs import commands
     from lcs.accel import Accel, resolve_device
@@ -189,7 +192,8 @@ def train_cmd(data_source, model_name, family, shape, method, fixed_level, norm,
         data_source=data_source, model_name=model_name, family=family, shape=shape, method=method,
         fixed_level=fixed_level, norm=norm, width=width, epochs=epochs, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, warmup_epochs=warmup_epochs, beta=beta, sampler=sampler,
-        compress_stem=compress_stem, compress_head=compress_head, seed=seed, augment=augment, distill=distill)
+        compress_stem=compress_stem, compress_head=compress_head, seed=seed, augment=augment, distill=distill,
+        compression_warmup=compression_warmup)
     summary = commands.train(config, data, output, threads=threads, progress=progress and not as_json, accel=accel)
     if summary["rank"] != 0:
         return

@@ -16,7 +16,7 @@ def train_config(*, data_source: str = "mnist5k", model_name: str = "small-cnn",
                  lr: float | None = None, weight_decay: float = TrainConfig.weight_decay,
                  warmup_epochs: float = TrainConfig.warmup_epochs, beta: float = TrainConfig.beta, sampler: str = "",
                  compress_stem: bool = False, compress_head: bool = False, seed: int = 0, augment: bool = False,
-                 distill: float = TrainConfig.distill):
+                 distill: float = TrainConfig.distill, compression_warmup: float = TrainConfig.compression_warmup):
     """Build the RunConfig for a training run from CLI-level choices; returns (config, data)."""
     from lcs.data import load_data, model_config_for
     from lcs.models import MODEL_NAMES
@@ -45,7 +45,7 @@ def train_config(*, data_source: str = "mnist5k", model_name: str = "small-cnn",
         subspace=SubspaceConfig(shape=shape, family=family, compress_stem=compress_stem, compress_head=compress_head),
         train=TrainConfig(method=method, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                           warmup_epochs=warmup_epochs, beta=beta, sampler=sampler, fixed_alpha=fixed_alpha, seed=seed,
-                          distill=distill),
+                          distill=distill, compression_warmup=compression_warmup),
     )
     return config, data
 

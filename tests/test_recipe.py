@@ -208,8 +208,8 @@ def test_accuracy_report_over_seeds_gives_mean_and_std_per_level():
 
 
 def test_distillation_is_off_by_default_and_the_train_command_sets_it(tmp_path):
-    """One pass a step unless asked (issue 20: the CPU step must not get slower); `--distill` reaches the config saved
-    in the checkpoint, and a share outside [0, 1] is one error line with nothing written."""
+    """One pass a step unless asked (issue 20: the CPU step must not get slower); `--distill` and `--compression-warmup`
+    reach the config saved in the checkpoint, and a value out of range is one error line with nothing written."""
     from click.testing import CliRunner
 
     from lcs import checkpoint
@@ -221,6 +221,18 @@ def test_distillation_is_off_by_default_and_the_train_command_sets_it(tmp_path):
     bad = CliRunner().invoke(cli, args + ["--distill", "1.5"])
     assert bad.exit_code != 0 and bad.output.strip().splitlines() == ["error: distill must be in [0, 1], got 1.5"]
     assert not out.exists()
-    ok = CliRunner().invoke(cli, args + ["--distill", "0.5"])
+    bad = CliRunner().invoke(cli, args + ["--compression-warmup", "1.0"])
+    assert bad.exit_code != 0 and bad.output.strip().splitlines() == ["error: compression warm-up must be a fraction in [0, 1)"]
+    assert not out.exists()
+    ok = CliRunner().invoke(cli, args + ["--distill", "0.5", "--compression-warmup", "0.5"])
     assert ok.exit_code == 0, ok.output
-    assert checkpoint.load(out).config.train.distill == 0.5
+    assert (checkpoint.load(out).config.train.distill, checkpoint.load(out).config.train.compression_warmup) == (0.5, 0.5)
+
+
+def test_accuracy_benchmark_refuses_a_compression_warmup_outside_0_1(capsys):
+    from benchmarks import accuracy as bench
+
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--compression-warmup", "1.0", "--out", "/nonexistent/never-written"])
+    assert exc.value.code == 2 and "compression warm-up must be a fraction in [0, 1)" in capsys.readouterr().err
+    assert "compression_warmup" not in bench.TRAIN_OVERRIDES
