@@ -362,7 +362,7 @@ def main() -> None:
         "checkpoint": os.path.basename(str(ckpt_path)), "model": ckpt.config.model.__dict__, "family": ckpt.config.subspace.family,
         "levels": labels, "alphas": alphas,
         "untuned_weights_bytes": [built.manifest.member_size(lv.weights) for lv in built.levels],
-        "untuned_csr_layers": [sum(r["kernel"] == "csr" for r in s or []) for s in sparse_layers],
+        "untuned_csr_layers": [sum(r["kernel"] in ("csr", "csr_chw") for r in s or []) for s in sparse_layers],
         "tuning": {"trials_per_module": args.trials, "modules": tuning,
                    "tuning_seconds_this_run": round(sum(m["seconds"] for m in tuning if not m["reused"]), 1),
                    # each thread count's artifact is tuned on its own (its levels that run on fewer threads are

@@ -34,7 +34,8 @@ An artifact is an uncompressed POSIX tar of regular files. `manifest.json` is it
         "members": {"library": "lib/module0.so", "weights": "weights/level0.npz"},  # what this level uses
                                             #   (firmware builds: {"firmware": "firmware/<binary>"})
         "weights_encoding": {"format": "bitmask", "sparse": ["features.1.0.weight", ...]},  # sparse levels only
-        "sparse_layers": [{"weight": ..., "kernel": "csr" | "dense", "dense_us": ..., "sparse_us": ...}, ...]
+        "sparse_layers": [{"weight": ..., "kernel": "csr" | "csr_chw" | "dense", "dense_us": ..., ...}, ...],
+        "sparse_stretch": {"layout": "chw", "from_pixels": 16, "level_us": {...}},
                                             #   unstructured levels on a timed board: the layer kernels chosen
       }, ...],
       "reference": "reference.npz",         # "input" (sample inputs) and "level<i>" (expected outputs)
@@ -115,9 +116,14 @@ def load_npz(data: bytes) -> dict[str, np.ndarray]:
 
 WEIGHTS_ENCODING_KEY = "weights_encoding"  # a level's key in the manifest
 # a level's key: the 1x1 convolutions the build timed dense and as CSR kernels on the board, and which one runs
-# ({"weight", "kernel": "csr" | "dense", "density", "shape", "dense_us", "sparse_us" (one thread: the choice),
+# ({"weight", "kernel": "csr" | "csr_chw" | "dense", "density", "shape", "dense_us", "sparse_us", "chw_us" (one
+#   thread: the choice),
 #   "at_threads": {"N": [dense_us, sparse_us]} (the planned count, when more than one)}, tvm_build/sparse.py)
 SPARSE_LAYERS_KEY = "sparse_layers"
+# a level's key: the layout its sparse layers run in, timed per level (tvm_build/sparse.py): {"layout": "chw" |
+# "hwc", "from_pixels": the stretch runs CHW from this many pixels down (None: channels-last), "level_us": {variant:
+# one-thread us of the whole module}}; its "sparse_layers" then say "csr_chw" for the layers of the CHW stretch
+SPARSE_STRETCH_KEY = "sparse_stretch"
 WEIGHTS_ENCODINGS = ("bitmask",)
 MASK_SUFFIX, VALUES_SUFFIX = "|mask", "|values"
 # an array is stored sparse when that takes at most this share of its dense bytes (bitmask: 1/32 of fp32 plus the

@@ -28,7 +28,7 @@ class OneByOnes(nn.Module):
         return self.project(torch.relu(self.expand(torch.relu(self.stem(x)))))
 
 
-@pytest.mark.parametrize("paired", [False, True], ids=["one-sum", "two-sums"])
+@pytest.mark.parametrize("paired", [False, True], ids=["one-sum-hwc", "two-sums-chw"])
 def test_csr_kernels_match_torch_and_plan_statically(monkeypatch, tmp_path, paired):
     from tvm.runtime.vm import VirtualMachine
 
@@ -55,10 +55,15 @@ def test_csr_kernels_match_torch_and_plan_statically(monkeypatch, tmp_path, pair
     if paired:  # the two-partial-sums loop of long rows (rows of odd and even lengths, and an empty one)
         monkeypatch.setattr(sparse, "PAIRED_ROW", 0)
     threads = 2 if paired else 1  # planned for two threads: chosen on one, both recorded
-    new, weights, how, records = sparse.Chooser(target, threads)(lifted.main, arrays, lifted.from_torch)
-    assert [r["kernel"] for r in records] == ["csr", "csr"] and all(r["dense_us"] > 0 for r in records)
+    # the level's layout by its timings; here forced: channels-last, or the CHW stretch (stem, ReLUs, both 1x1s)
+    monkeypatch.setattr(sparse, "LEVEL_MARGIN", 1e9 if paired else 1e-9)
+    new, weights, how, records, stretch = sparse.Chooser(target, threads)(lifted.main, arrays, lifted.from_torch)
+    kind = "csr_chw" if paired else "csr"
+    assert [r["kernel"] for r in records] == [kind, kind] and all(r["dense_us"] > 0 for r in records)
+    assert all(r["chw_us"] > 0 for r in records) and stretch["layout"] == ("chw" if paired else "hwc")
+    assert set(stretch["level_us"]) == {"hwc", "chw>=1"} and all(t > 0 for t in stretch["level_us"].values())
     assert all(("at_threads" in r) == paired for r in records)
-    assert not paired or all(len(r["at_threads"]["2"]) == 2 for r in records)
+    assert not paired or all(len(r["at_threads"]["2"]) == 3 for r in records)
     assert "expand.weight" not in weights and weights["expand.weight:csr.indices"].dtype == np.int32
     assert weights["project.weight:csr.indptr"].shape == (9,) and "csr" in how["project.weight:csr.data"]
     # the stored CSR arrays follow the nonzeros
@@ -73,7 +78,9 @@ def test_csr_kernels_match_torch_and_plan_statically(monkeypatch, tmp_path, pair
         np.testing.assert_allclose(got, net(x).numpy(), atol=1e-5)
     # the static executor plans it: the CSR kernels are plain call_tir kernels with int32 inputs
     plan = cpu_executor.plan_module(cpu_executor.kernel_module(tc.fuse_kernels(new, target)))
-    assert sum("sparse_conv1x1" in c.kernel for c in plan.calls) == 2
+    assert sum(("sparse_chw_conv1x1" if paired else "sparse_conv1x1") in c.kernel for c in plan.calls) == 2
+    # the CHW stretch starts at the network's NCHW input: the stem runs CHW, no transpose before it
+    assert paired == any("conv3x3_chw" in c.kernel for c in plan.calls)
 
 
 # (height, width, cin, cout, density, threads): the kernel's variants. 8x8: 16-pixel blocks stored as rows of 8
@@ -118,8 +125,8 @@ def test_dense_weights_and_denser_layers_are_left_alone():
     mod, ep = export.to_relax(net, (x,))
     lifted = export.ChannelsLast(mod, export_order(ep))
     arrays = lifted.weights({n: param_arrays(net)[n] for n in export_order(ep)})
-    new, weights, _, records = sparse.Chooser(host_target(), 1)(lifted.main, arrays, lifted.from_torch)
-    assert new is lifted.main and weights is arrays and records == []
+    new, weights, _, records, stretch = sparse.Chooser(host_target(), 1)(lifted.main, arrays, lifted.from_torch)
+    assert new is lifted.main and weights is arrays and records == [] and stretch is None
 
 
 class MobileBlock(nn.Module):
@@ -284,3 +291,63 @@ def test_channels_first_norm_is_not_taken_for_channels_last():
     fused = tc.fuse_kernels(bb.get(), host_target())
     norms = [f for gv, f in fused.functions.items() if isinstance(f, tirx.PrimFunc) and "group_norm" in gv.name_hint]
     assert norms and all(schedules._group_norm_params(f) is None for f in norms)
+
+
+def test_chw_kernels_equal_torch(monkeypatch):
+    """The CHW stretch's kernels (tvm_build/sparse_chw.py) against torch: CSR 1x1 (pixel blocks of 64, 16 and 4, one
+    and two sums, an empty row), depthwise (small planes as one vector, rows, stride 2 on wide and narrow planes,
+    odd sizes), GroupNorm with each epilogue, and the stem."""
+    from tvm_build import sparse
+    from tvm_build import sparse_chw as sc
+    from tvm_build.compile import compile_kernels
+
+    rng = np.random.default_rng(0)
+    funcs, cases = {}, {}
+
+    def case(name, kernel, args, expect):
+        funcs[name] = kernel.with_attr("global_symbol", name)
+        cases[name] = (args, expect)
+
+    for i, (h, w, cin, cout, density, paired) in enumerate([(8, 8, 16, 24, 0.1, False), (4, 4, 40, 12, 0.5, True),
+                                                             (2, 2, 24, 16, 0.1, False), (3, 5, 8, 8, 0.5, True)]):
+        weight = rng.standard_normal((1, 1, cin, cout)).astype(np.float32)
+        weight[rng.random(weight.shape) >= density] = 0
+        weight[..., 1] = 0
+        x = rng.standard_normal((1, cin, h, w)).astype(np.float32)
+        csr = sparse.to_csr(weight)
+        monkeypatch.setattr(sc, "PAIRED_ROW", 0 if paired else 1 << 20)
+        case(f"csr{i}", sc.csr_chw_kernel(sparse.Candidate("w", h, w, cin, cout), int(np.count_nonzero(weight))),
+             [x, *[csr[p] for p in sparse.CSR_PARTS], np.full((1, cout, h, w), np.nan, np.float32)],
+             np.einsum("nchw,cd->ndhw", x, weight[0, 0]))
+    for i, (h, w, c, stride) in enumerate([(2, 2, 8, 1), (4, 4, 8, 1), (8, 8, 4, 1), (16, 16, 4, 2), (8, 8, 4, 2),
+                                           (5, 7, 4, 1), (7, 7, 4, 2)]):
+        x = rng.standard_normal((1, c, h, w)).astype(np.float32)
+        weight = rng.standard_normal((3, 3, 1, c)).astype(np.float32)
+        expect = nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(weight).permute(3, 2, 0, 1), stride=stride,
+                                      padding=1, groups=c).numpy()
+        case(f"dw{i}", sc.depthwise_chw_kernel(h, w, c, stride), [x, weight, np.full(expect.shape, np.nan, np.float32)],
+             expect)
+    for i, (h, w, c, groups, epilogue) in enumerate([(4, 4, 24, 6, ("clip", 0.0, 6.0)), (2, 2, 16, 4, ("add",)),
+                                                     (3, 3, 8, 8, ("none",))]):
+        x = (rng.standard_normal((1, c, h, w)) * 3 + 1).astype(np.float32)
+        gamma, beta = rng.standard_normal(c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
+        res = rng.standard_normal(x.shape).astype(np.float32)
+        expect = nn.functional.group_norm(torch.from_numpy(x), groups, torch.from_numpy(gamma), torch.from_numpy(beta),
+                                          1e-5).numpy()
+        expect = np.clip(expect, 0, 6) if epilogue[0] == "clip" else expect + res if epilogue[0] == "add" else expect
+        case(f"gn{i}", sc.group_norm_chw_kernel(h, w, c, groups, 1e-5, epilogue),
+             [x, gamma, beta, *([res] if epilogue[0] == "add" else []), np.full(x.shape, np.nan, np.float32)], expect)
+    x = rng.standard_normal((1, 3, 6, 10)).astype(np.float32)
+    weight = rng.standard_normal((3, 3, 3, 8)).astype(np.float32)
+    expect = nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(weight).permute(3, 2, 0, 1), padding=1).numpy()
+    case("stem", sc.conv3x3_chw_kernel(6, 10, 3, 8), [x, weight, np.full(expect.shape, np.nan, np.float32)], expect)
+
+    dev = tvm.cpu()
+    with tvm.transform.PassContext(config={"tirx.disable_assert": True}):
+        lib = compile_kernels(tvm.IRModule(funcs), host_target()).mod
+    for name, (args, expect) in cases.items():
+        tensors = [tvm.runtime.tensor(a, dev) for a in args]
+        lib[name](*tensors)
+        np.testing.assert_allclose(tensors[-1].numpy(), expect, atol=1e-4, rtol=1e-5, err_msg=name)
+    # no kernel of the stretch asks TVM for heap memory per call but the stem (its bordered planes, once)
+    assert lib.inspect_source("ll").count("load ptr, ptr @__TVMBackendAllocWorkspace") == 1

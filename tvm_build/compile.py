@@ -40,12 +40,62 @@ def fuse_kernels(mod, target):
                                      relax.pipeline.zero_pipeline()])(mod)
 
 
+# A kernel with this attribute keeps the local buffers it annotates with STACK on the stack (see tir_pipeline)
+STACK_LOCALS = "lcs.stack_locals"
+STACK = {"disable_lower_builtin": True}
+TIR_PIPELINE = "lcs"
+
+
+def tir_pipeline() -> str:
+    """The TIR pipeline every lcs kernel is compiled with: TVM's default, except that kernels marked STACK_LOCALS skip
+    StorageRewrite. TVM 0.27 turns every local buffer into a TVMBackendAllocWorkspace call (heap), so LLVM cannot keep
+    an accumulator in registers: each multiply-add of a CSR row loaded and stored its sums. TVM keeps a buffer
+    annotated disable_lower_builtin as a stack alloca, which LLVM promotes to registers, but StorageRewrite rebuilds
+    the allocations without their annotations. Returns the pipeline's name for tvm.compile(tir_pipeline=...)."""
+    import tvm
+    from tvm.tirx import compilation_pipeline as cp
+
+    if TIR_PIPELINE in cp.PIPELINE_MAP:
+        return TIR_PIPELINE
+
+    def factory():
+        base, host, device = cp.get_tir_pipeline("default")
+
+        @tvm.transform.module_pass(opt_level=0, name="lcs.tir_pipeline")
+        def pipeline(mod, ctx):
+            ours = {gv: f for gv, f in mod.functions.items()
+                    if f.attrs is not None and STACK_LOCALS in f.attrs}
+            if not ours:
+                return base(mod)
+            rest = {gv: f for gv, f in mod.functions.items() if gv not in ours}
+            config = {k: v for k, v in ctx.config.items()}
+            with tvm.transform.PassContext(opt_level=ctx.opt_level,
+                                           config={**config, "tirx.disable_storage_rewrite": True}):
+                done = base(tvm.IRModule(ours, attrs=mod.attrs))
+            functions = dict(done.functions)
+            if rest:
+                functions.update(base(tvm.IRModule(rest, attrs=mod.attrs)).functions)
+            return tvm.IRModule(functions, attrs=done.attrs)
+
+        return pipeline, host, device
+
+    cp.register_tir_pipeline(TIR_PIPELINE, factory)
+    return TIR_PIPELINE
+
+
+def compile_kernels(mod, target):
+    """A module of PrimFuncs compiled for the target with lcs's TIR pipeline."""
+    import tvm
+
+    return tvm.compile(mod, target=target, tir_pipeline=tir_pipeline())
+
+
 def compile_module(mod, target):
     """The VM program compiled to machine code ("compiled" mode) rather than interpreted bytecode: 1 us less per
     call of the width-0.25 small CNN (12 -> 11 us), where the interpreter's ~30 bookkeeping calls show."""
     from tvm import relax
 
-    return relax.build(mod, target=target, exec_mode="compiled")
+    return relax.build(mod, target=target, exec_mode="compiled", tir_pipeline=tir_pipeline())
 
 
 def build_library(mod, target, board, path: Path) -> dict:
@@ -64,7 +114,7 @@ def build_library(mod, target, board, path: Path) -> dict:
         return {"executor": "vm", "why_not_static": str(exc)}
     # the executor passes exactly the shapes the kernels were built for: their argument checks are dead code
     with tvm.transform.PassContext(config={"tirx.disable_assert": True}), filtered_tvm_logs():
-        kernels = tvm.compile(cpu_executor.kernels_of(lowered, plan), target=target)
+        kernels = compile_kernels(cpu_executor.kernels_of(lowered, plan), target)
     source = path.with_name(path.name + ".executor.c")
     source.write_text(cpu_executor.emit(plan))
     export_library(kernels, board, path, sources=[source])

@@ -236,12 +236,12 @@ def export_levels(ckpt, alphas, strategy, target, xs: np.ndarray, accuracy: list
             raise LcsError(f"level {index}: exported parameters do not match the network's ({len(order)} vs "
                            f"{len(arrays)})")
         arrays = {name: arrays[name] for name in order}
-        from_torch, sparse_layers = None, []
+        from_torch, sparse_layers, stretch = None, [], None
         if lifted is not None:
             mod, arrays, from_torch = lifted.main, lifted.weights(arrays), lifted.from_torch
             if sparse is not None:
                 bar.step(f"level {index}: timing sparse kernels", 0)
-                mod, arrays, from_torch, sparse_layers = sparse(mod, arrays, from_torch)
+                mod, arrays, from_torch, sparse_layers, stretch = sparse(mod, arrays, from_torch)
         specs = graph.param_specs(arrays, from_torch)
         structure = module_key(mod, target)
         if strategy.one_module and modules:
@@ -263,6 +263,7 @@ def export_levels(ckpt, alphas, strategy, target, xs: np.ndarray, accuracy: list
             "members": {"library": compiled.name, "weights": weights_name},
             **({art.WEIGHTS_ENCODING_KEY: encoding} if encoding else {}),
             **({art.SPARSE_LAYERS_KEY: sparse_layers} if sparse_layers else {}),
+            **({art.SPARSE_STRETCH_KEY: stretch} if stretch else {}),
             **{e["name"]: e["value"] for e in net.extra_inputs}})
         bar.step(f"level {index}: exported")
     return Exported(modules, rows, members, reference)

@@ -15,6 +15,11 @@ for the target, in interleaved rounds, and runs sparse only where that was at le
 both timings go into the manifest ("sparse_layers" of the level); a module with sparse layers takes the three CSR
 arrays in place of that weight (params "<w>:csr.data", "<w>:csr.indices", "<w>:csr.indptr"), so each sparse level
 has its own module. Boards that cannot be timed from the build (cross builds) keep dense kernels.
+
+Channels-last costs the CSR kernel a transpose in and out, as much as dense's whole work on layers of many pixels and
+few channels; sparse_chw.py runs a stretch of the network channels-first instead (CSR 1x1s, depthwise convs, norms).
+Each layer is timed on that kernel too ("chw_us"), and the level as a whole module both ways, channels-last and
+with CHW stretches from STRETCH_FROM pixels down: the fastest runs ("sparse_stretch" of the level).
 """
 
 from __future__ import annotations
@@ -34,6 +39,10 @@ PAIRED_ROW = 8  # nonzeros per output channel from which the CSR kernel keeps tw
 # machine a two-thread kernel's mean over 5 ms came out 10-50x its quiet time (mobilenet-v2: 0.9 ms for a 7 us
 # kernel), which picked kernels by noise
 REPEATS = 5
+# CHW stretches tried per level: from each of these pixel counts (H*W) down to the smallest layer
+STRETCH_FROM = (1, 64)
+LEVEL_MARGIN = 0.97  # a CHW stretch must take at most this share of the channels-last module's time
+LEVEL_MS = 5  # each whole-level timing runs this long (a 90 %-sparse mobilenet-v2 level: ~0.2 ms a call)
 
 
 def csr_name(weight: str, part: str) -> str:
@@ -211,50 +220,21 @@ def candidates(mod, names: list[str]) -> dict[str, Candidate]:
     return found
 
 
-def rewrite(mod, names: list[str], chosen: dict[str, tuple[Candidate, int]], threads: int = 1):
-    """`mod` with the chosen convolutions calling their CSR kernels; `main` takes the CSR arrays in place of each
-    chosen weight, at its place in the parameter order (`names`: main's weights in order)."""
-    import tvm
-    from tvm import relax
-
-    main = mod["main"]
-    by_var = _param_names(main, names)
-    new_vars = {name: [relax.Var(csr_name(name, part), relax.TensorType([n], dtype))
-                       for part, n, dtype in (("data", max(nnz, 1), "float32"), ("indices", max(nnz, 1), "int32"),
-                                              ("indptr", c.cout + 1, "int32"))]
-                for name, (c, nnz) in chosen.items()}
-
-    @relax.expr_functor.mutator
-    class Rewriter(relax.PyExprMutator):
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            if getattr(call.op, "name", None) == "relax.nn.conv2d" and call.args[1] in by_var:
-                name = by_var[call.args[1]]
-                if name in chosen:
-                    c, nnz = chosen[name]
-                    gv = self.builder_.add_func(csr_kernel(c, nnz, threads), f"sparse_conv1x1_{c.cin}_{c.cout}_{nnz}")
-                    return relax.call_tir(gv, [call.args[0], *new_vars[name]], call.ty)
-            return call
-
-    rewriter = Rewriter(mod)
-    body = rewriter.visit_expr(main)
-    params = [main.params[0]]
-    for v in list(main.params)[1:]:
-        params += new_vars.get(by_var[v], [v])
-    out = rewriter.builder_.get()
-    out["main"] = relax.Function(params, body.body, main.ret_ty, main.is_pure, main.attrs)
-    return relax.transform.DeadCodeElimination()(tvm.IRModule(out.functions, attrs=mod.attrs))
-
-
 class Chooser:
-    """Per level: which candidate layers run sparse, by timing both kernels on this machine (`measure`), or none."""
+    """Per level: which candidate layers run sparse, and in which layout, by timing on this machine, or none.
+
+    Per layer, bare kernels: dense, the channels-last CSR kernel and the CHW one (sparse_chw.py). Per level, whole
+    modules: the channels-last one (each layer's faster kernel) against CHW stretches (sparse_chw.rewrite) from
+    each of STRETCH_FROM pixels down, each layer inside a stretch on the CHW kernel where that timed faster than
+    dense; the fastest module runs, recorded as the level's "sparse_stretch"."""
 
     def __init__(self, target, threads: int) -> None:
         self.target, self.threads = target, threads
         self._dense_us: dict[tuple, float] = {}  # dense kernels do not depend on the weights: timed once per shape
 
     def __call__(self, mod, arrays: dict[str, np.ndarray], from_torch: dict[str, str]):
-        """(module, weights, from_torch, sparse_layers records) for one level; unchanged when nothing is faster."""
+        """(module, weights, from_torch, sparse_layers records, sparse_stretch record or None) for one level;
+        unchanged when nothing is faster."""
         found = candidates(mod, list(arrays))
         tried = {}
         for name, c in found.items():
@@ -263,27 +243,56 @@ class Chooser:
             if density <= MAX_DENSITY:
                 tried[name] = (c, to_csr(w), density)
         if not tried:
-            return mod, arrays, from_torch, []
+            return mod, arrays, from_torch, [], None
         layers = {n: (c, csr) for n, (c, csr, _) in tried.items()}
         # chosen by one-thread timings: the fastest of a few 1 ms runs finds a quiet moment of one core on a busy
         # machine, two threads need both cores quiet at once (mobilenet-v2 at load 8 on 2 cores: two-thread timings
         # picked a 1.5x slower CSR kernel and left 2x faster ones dense). Both kernels split their work the same way
         # between threads (pixel blocks, or output channels), so the planned count's timings are recorded only.
-        timings = self._measure(layers, 1)
-        planned = self._measure(layers, self.threads) if self.threads > 1 else {}
-        records, chosen = [], {}
+        measured = self._measure(layers, sorted({1, self.threads}))
+        timings, planned = measured[1], measured[self.threads] if self.threads > 1 else {}
+        records, hwc, chw_ok = [], {}, {}
         for name, (c, csr, density) in tried.items():
-            dense_us, sparse_us = timings[name]
-            use = sparse_us <= MARGIN * dense_us
-            records.append({"weight": name, "kernel": "csr" if use else "dense", "density": round(density, 4),
+            dense_us, sparse_us, chw_us = timings[name]
+            nnz = int(np.count_nonzero(arrays[name]))
+            if sparse_us <= MARGIN * dense_us:
+                hwc[name] = (c, nnz)
+            if chw_us <= MARGIN * dense_us:
+                chw_ok[name] = (c, nnz)
+            records.append({"weight": name, "kernel": "csr" if name in hwc else "dense", "density": round(density, 4),
                             "shape": [c.height, c.width, c.cin, c.cout], "dense_us": round(dense_us, 2),
-                            "sparse_us": round(sparse_us, 2),
+                            "sparse_us": round(sparse_us, 2), "chw_us": round(chw_us, 2),
                             **({"at_threads": {str(self.threads): [round(t, 2) for t in planned[name]]}}
                                if name in planned else {})})
-            if use:
-                chosen[name] = (c, int(np.count_nonzero(arrays[name])))
-        if not chosen:
-            return mod, arrays, from_torch, records
+        names = list(arrays)
+        variants = {"hwc": (hwc, {}, None)} if hwc else {}
+        for start in STRETCH_FROM:
+            chw = {n: v for n, v in chw_ok.items() if v[0].pixels >= start}
+            if chw and all(variants.get(k, (None, None))[1] != chw for k in variants):
+                variants[f"chw>={start}"] = ({n: v for n, v in hwc.items() if n not in chw}, chw, start)
+        if not variants:
+            return mod, arrays, from_torch, records, None
+        from tvm_build import sparse_chw
+
+        modules = {k: sparse_chw.rewrite(mod, names, h, c, start if start is not None else 1 << 30, self.threads)
+                   for k, (h, c, start) in variants.items()}
+        weights = {k: self._csr_arrays(arrays, from_torch, {**h, **c}, tried) for k, (h, c, _) in variants.items()}
+        level_us = self._time_levels(modules, {k: w[0] for k, w in weights.items()}) if len(variants) > 1 \
+            else {k: None for k in variants}
+        # the channels-last module unless a stretch is clearly faster (whole-module timings vary by a few %)
+        best = min(level_us, key=lambda k: level_us[k] * (1.0 if k == "hwc" else 1 / LEVEL_MARGIN)) \
+            if len(variants) > 1 else next(iter(variants))
+        h, c, start = variants[best]
+        for r in records:
+            r["kernel"] = "csr_chw" if r["weight"] in c else "csr" if r["weight"] in h else "dense"
+        stretch = {"layout": "chw" if c else "hwc", "from_pixels": start,
+                   "level_us": {k: (round(v, 1) if v is not None else None) for k, v in level_us.items()}}
+        out_arrays, how = weights[best]
+        return modules[best], out_arrays, how, records, stretch
+
+    @staticmethod
+    def _csr_arrays(arrays, from_torch, chosen: dict, tried: dict):
+        """The level's weights with every chosen layer's as its three CSR arrays (same place in the order)."""
         out_arrays: dict[str, np.ndarray] = {}
         how = dict(from_torch)
         for name, array in arrays.items():
@@ -294,54 +303,118 @@ class Chooser:
             for part in CSR_PARTS:
                 out_arrays[csr_name(name, part)] = csr[part]
                 how[csr_name(name, part)] = f"{from_torch.get(name, '')} csr(by output channel).{part}".strip()
-        return rewrite(mod, list(arrays), chosen, self.threads), out_arrays, how, records
+        return out_arrays, how
 
-    def _measure(self, layers: dict[str, tuple[Candidate, dict]], threads: int) -> dict[str, tuple[float, float]]:
-        """{weight: (dense us, sparse us)}: both kernels of every layer timed on this machine on `threads` threads
-        (the kernels as built for the planned count), interleaved rounds,
-        the fastest of each (REPEATS). Both are timed as bare kernels of one library, compiled as the static executor
-        compiles them (asserts off): a dense kernel called through the Relax VM paid ~1 us more per call, a fifth of
-        a 4x4-pixel layer, which tilted the choice to sparse."""
+    def _time_levels(self, modules: dict, weights: dict) -> dict[str, float]:
+        """{variant: us}: each module built as the build ships it (default schedules, static executor), bound to its
+        weights and timed on one thread through lcs_forward, interleaved rounds, the fastest of each."""
+        import tempfile
+        from pathlib import Path
+
         import tvm
+
+        import targets
+        from tvm_build import schedules
+        from tvm_build.compile import build_library, fuse_kernels
+        from tvm_build.cpu_executor import ENTRY, SET_WEIGHTS
+
+        dev = tvm.cpu()
+        libs, args = {}, {}
+        with tempfile.TemporaryDirectory(prefix="lcs-sparse-") as scratch:
+            for k, mod in modules.items():
+                path = Path(scratch) / f"{k.replace('>=', '_')}.so"
+                with filtered_tvm_logs():
+                    info = build_library(schedules.apply(fuse_kernels(mod, self.target), self.target), self.target,
+                                         targets.load("host"), path)
+                if info["executor"] != "static":
+                    raise ValueError(f"a sparse level module did not plan as a static executor: {info}")
+                libs[k] = tvm.runtime.load_module(str(path))
+                x_spec = mod["main"].params[0].ty
+                shape = [int(d) for d in x_spec.shape.values]
+                x = tvm.runtime.tensor(np.random.default_rng(0).standard_normal(shape).astype(np.float32), dev)
+                ret = [int(d) for d in mod["main"].ret_ty.shape.values]
+                y = tvm.runtime.tensor(np.zeros(ret, np.float32), dev)
+                bound = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in weights[k].values()]
+                libs[k][SET_WEIGHTS](*bound)  # the executor keeps pointers to them: they live as long as it runs
+                args[k] = (x, y, bound)
+            pool = tvm.get_global_func("runtime.config_threadpool")
+            pool(0, 1)
+            try:
+                runs: dict[str, list] = {k: [] for k in libs}
+                for _ in range(ROUNDS):
+                    for k, lib in libs.items():
+                        timer = lib.time_evaluator(ENTRY, dev, number=1, repeat=REPEATS, min_repeat_ms=LEVEL_MS)
+                        runs[k] += list(timer(*args[k][:2]).results)
+            finally:
+                pool(0, 0)
+            del libs
+        return {k: float(np.min(v)) * 1e6 for k, v in runs.items()}
+
+    def _measure(self, layers: dict[str, tuple[Candidate, dict]],
+                 counts: list[int]) -> dict[int, dict[str, tuple[float, float, float]]]:
+        """{threads: {weight: (dense us, sparse us, chw us)}}: the three kernels of every layer timed on this machine
+        on each count of threads (the kernels as built for the planned count), interleaved rounds, the fastest of
+        each (REPEATS). All are timed as bare kernels of one library, compiled as the static executor compiles them
+        (asserts off): a dense kernel called through the Relax VM paid ~1 us more per call, a fifth of a 4x4-pixel
+        layer, which tilted the choice to sparse."""
+        import tvm
+
+        from tvm_build.compile import compile_kernels
+        from tvm_build.sparse_chw import csr_chw_kernel
 
         dev = tvm.cpu()
         rng = np.random.default_rng(0)
-        todo = {n: c for n, (c, _) in layers.items() if self._key(c, threads) not in self._dense_us}
+        shapes = {self._key(c): c for c, _ in layers.values() if any(self._key(c, n) not in self._dense_us
+                                                                      for n in counts)}
         funcs, args = {}, {}
-        dense = _dense_kernels(list(todo.values()), self.target)
-        for i, (name, c) in enumerate(todo.items()):
+        dense = _dense_kernels(list(shapes.values()), self.target)
+        dense_of = {}
+        for i, (key, c) in enumerate(shapes.items()):
+            dense_of[key] = f"dense{i}"
             funcs[f"dense{i}"] = dense[i]
             args[f"dense{i}"] = [tvm.runtime.tensor(rng.standard_normal(s).astype(np.float32), dev)
                                  for s in ((1, c.height, c.width, c.cin), (1, 1, c.cin, c.cout),
                                            (1, c.height, c.width, c.cout))]
         for i, (name, (c, csr)) in enumerate(layers.items()):
+            csr_args = [tvm.runtime.tensor(csr[p], dev) for p in CSR_PARTS]
             funcs[f"sparse{i}"] = csr_kernel(c, int(csr["data"].size), self.threads)
             args[f"sparse{i}"] = [tvm.runtime.tensor(rng.standard_normal((1, c.height, c.width, c.cin))
-                                                     .astype(np.float32), dev),
-                                  *[tvm.runtime.tensor(csr[p], dev) for p in CSR_PARTS],
+                                                     .astype(np.float32), dev), *csr_args,
                                   tvm.runtime.tensor(np.zeros((1, c.height, c.width, c.cout), np.float32), dev)]
+            funcs[f"chw{i}"] = csr_chw_kernel(c, int(csr["data"].size))
+            args[f"chw{i}"] = [tvm.runtime.tensor(rng.standard_normal((1, c.cin, c.height, c.width))
+                                                  .astype(np.float32), dev), *csr_args,
+                               tvm.runtime.tensor(np.zeros((1, c.cout, c.height, c.width), np.float32), dev)]
         with tvm.transform.PassContext(config={"tirx.disable_assert": True}), filtered_tvm_logs():
-            lib = tvm.compile(tvm.IRModule({k: f.with_attr("global_symbol", k) for k, f in funcs.items()}),
-                              target=self.target).mod
-        dense_of = {name: f"dense{i}" for i, name in enumerate(todo)}
+            lib = compile_kernels(tvm.IRModule({k: f.with_attr("global_symbol", k) for k, f in funcs.items()}),
+                                  self.target).mod
         pool = tvm.get_global_func("runtime.config_threadpool")
-        pool(0, threads)
-        try:
-            runs: dict[str, list] = {k: [] for k in funcs}
-            for _ in range(ROUNDS):
-                for i, name in enumerate(layers):
-                    for k in ([dense_of[name]] if name in dense_of else []) + [f"sparse{i}"]:
-                        timer = lib.time_evaluator(k, dev, number=1, repeat=REPEATS, min_repeat_ms=1)
-                        runs[k] += list(timer(*args[k]).results)
-        finally:
-            pool(0, 0)
-        for name, k in dense_of.items():
-            self._dense_us[self._key(todo[name], threads)] = float(np.min(runs[k])) * 1e6
-        return {n: (self._dense_us[self._key(c, threads)], float(np.min(runs[f"sparse{i}"])) * 1e6)
-                for i, (n, (c, _)) in enumerate(layers.items())}
+        out = {}
+        for threads in counts:
+            pool(0, threads)
+            try:
+                runs: dict[str, list] = {k: [] for k in funcs}
+                for _ in range(ROUNDS):
+                    done = set()  # each dense shape once per round
+                    for i, (name, (c, _)) in enumerate(layers.items()):
+                        dense_k = dense_of.get(self._key(c))
+                        for k in ([dense_k] if dense_k and dense_k not in done else []) + [f"sparse{i}", f"chw{i}"]:
+                            timer = lib.time_evaluator(k, dev, number=1, repeat=REPEATS, min_repeat_ms=1)
+                            runs[k] += list(timer(*args[k]).results)
+                            done.add(k)
+            finally:
+                pool(0, 0)
+            for key, k in dense_of.items():
+                self._dense_us[(*key, threads)] = float(np.min(runs[k])) * 1e6
+            out[threads] = {n: (self._dense_us[self._key(c, threads)], float(np.min(runs[f"sparse{i}"])) * 1e6,
+                                float(np.min(runs[f"chw{i}"])) * 1e6)
+                            for i, (n, (c, _)) in enumerate(layers.items())}
+        return out
 
-    def _key(self, c: Candidate, threads: int) -> tuple:
-        return (c.height, c.width, c.cin, c.cout, threads)
+    @staticmethod
+    def _key(c: Candidate, threads: int | None = None) -> tuple:
+        shape = (c.height, c.width, c.cin, c.cout)
+        return shape if threads is None else (*shape, threads)
 
 
 def _dense_kernels(shapes: list[Candidate], target) -> list:
