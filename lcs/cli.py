@@ -340,7 +340,7 @@ def _compiler():
               help="every level on integer kernels (int8 weights and activations, calibrated on the checkpoint's "
                    "training data), or on fp32 kernels [default: MCU and host-sim boards int8 where the model "
                    "converts; linux boards (host, rasp4) fp32 TVM, --int8 builds C integer kernels: AVX-512 VNNI, "
-                   "AVX2 or NEON by the board's CPU, one thread]")
+                   "AVX2 or NEON by the board's CPU, on up to --threads threads]")
 @click.option("--int8-store", "int8_store", type=click.Choice(["auto", "derived", "ready"]), default=None,
               help="the int8 weight store: derived keeps an LCS+P model's int8 codes once and builds a level in RAM "
                    "at each switch; ready stores every level as the kernels read it; auto: derived where the model "

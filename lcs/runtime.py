@@ -5,7 +5,7 @@
 On a device set TVM_USE_RUNTIME_LIB=1 so that `import tvm` loads only libtvm_runtime (the module never sets it
 itself: in a build process the full compiler is already loaded). Every compiled library of the artifact is loaded
 once and every level's weights are uploaded once. An int8 level (`lcs build --int8`, tvm_build/cpu_int8.py) is a plain
-C library with its weights inside, called through ctypes on one thread. A library built with lcs's static executor
+C library with its weights inside and a thread pool of its own, called through ctypes with the level's thread count. A library built with lcs's static executor
 (tvm_build/cpu_executor.py) is called through ctypes: one C call per inference on buffers the library owns; others
 run on TVM's Relax VM. `set_level` points the level's library at its weights (a pointer table; a library shared by
 several levels is rebound) and resizes TVM's thread pool when the level runs on another thread count (recorded per
@@ -145,8 +145,10 @@ class _StaticLibrary:
 
 
 class _Int8Library:
-    """An int8 level (tvm_build/cpu_int8.py): a plain C library with its weights inside, one thread, called through
-    ctypes (lcs_run on its own float input and output buffers)."""
+    """An int8 level (tvm_build/cpu_int8.py): a plain C library with its weights inside, called through ctypes
+    (lcs_run(threads) on its own float input and output buffers; the library's own pool runs threads - 1 workers)."""
+
+    MAX_THREADS = 64  # firmware_host/src/cpu/q8_pool.h
 
     def __init__(self, path: Path, input_spec, output_spec) -> None:
         try:
@@ -155,13 +157,25 @@ class _Int8Library:
             raise RunError(f"cannot load an int8 level here: {str(exc).strip().splitlines()[-1]}") from None
         for name in ("lcs_input", "lcs_output"):
             getattr(lib, name).restype = ctypes.c_void_p
+        lib.lcs_run.argtypes = [ctypes.c_int]
+        lib.lcs_park.restype = None
         self._lib, self._run = lib, lib.lcs_run
+        self._threads = 1
         self.input = _StaticLibrary._view(lib.lcs_input(), input_spec)
         self.output = _StaticLibrary._view(lib.lcs_output(), output_spec)
 
+    def threads(self, count: int) -> None:
+        """Run on `count` threads from the next call (the pool grows on that call); at most MAX_THREADS."""
+        self._threads = max(1, min(int(count), self.MAX_THREADS))
+
+    def park(self) -> None:
+        """Let the pool's workers sleep now instead of spinning for the next call (another library runs next)."""
+        self._lib.lcs_park()
+
     def run(self) -> np.ndarray:
-        if self._run():
-            raise RunError("the int8 level failed")
+        code = self._run(self._threads)
+        if code:
+            raise RunError(f"the int8 level failed ({'no thread could be started' if code == -2 else code})")
         return self.output.copy()
 
 
@@ -228,8 +242,8 @@ class Runtime:
         self._cap = min(best, self.pool_threads) if best else self.pool_threads  # never more than it was given
         self._level_threads = [level.threads for level in manifest.levels]
         self._threads_now = self.pool_threads
-        for static in self._static.values():
-            static.threads(self._threads_now)
+        for lib in (*self._static.values(), *self._int8.values()):
+            lib.threads(self._threads_now)
         self.level = -1
         self.set_level(0)
 
@@ -323,8 +337,8 @@ class Runtime:
         if count != self._threads_now:
             self._runtime_function("runtime.config_threadpool")(0, count)  # mode 0: TVM's default affinity
             self._threads_now = count
-            for static in self._static.values():
-                static.threads(count)
+            for lib in (*self._static.values(), *self._int8.values()):
+                lib.threads(count)
 
     @property
     def levels(self) -> tuple[Level, ...]:
@@ -336,6 +350,9 @@ class Runtime:
                 raise RunError(f"level {index} does not exist; this artifact has levels 0..{len(self._levels) - 1}")
             self._use_threads(self._wanted_threads(index))
             level = self._levels[index]
+            if self.level >= 0 and self._levels[self.level].module != level.module \
+                    and self._levels[self.level].module in self._int8:  # its workers would spin beside the next
+                self._int8[self._levels[self.level].module].park()
             if level.bind is not None and self._bound.get(level.module) != index:  # levels sharing a library
                 level.bind()
                 self._bound[level.module] = index

@@ -25,11 +25,13 @@ from tvm_build.cpu_int8 import compile_level, isa
 HARNESS = r"""
 #include <stdio.h>
 #include <stdlib.h>
-float *lcs_input(void); float *lcs_output(void); int lcs_run(void);
+float *lcs_input(void); float *lcs_output(void); int lcs_run(int threads);
 int main(int argc, char **argv) {
     const size_t n_in = (size_t)atoi(argv[1]), n_out = (size_t)atoi(argv[2]);
+    const int threads = atoi(argv[3]);
     while (fread(lcs_input(), sizeof(float), n_in, stdin) == n_in) {
-        lcs_run();
+        const int rc = lcs_run(threads);
+        if (rc) return 10 - rc;
         fwrite(lcs_output(), sizeof(float), n_out, stdout);
     }
     return 0;
@@ -84,15 +86,21 @@ def _inputs() -> np.ndarray:
     return x
 
 
-def _run(graph, tmp_path, name, cc, flags, runner=()) -> np.ndarray:
+def _run(graph, tmp_path, name, cc, flags, runner=(), threads=(1,)) -> list[np.ndarray]:
+    """The outputs of each thread count in `threads` (one build)."""
     harness = tmp_path / "harness.c"
     harness.write_text(HARNESS)
-    exe = compile_level(emit_cpu(graph, (3, 9, 9)), cc, flags, tmp_path / name, program=harness)
+    # every job split between the threads, however small (this net's layers are far below the pool's threshold)
+    exe = compile_level(emit_cpu(graph, (3, 9, 9)), cc, [*flags, "-DQ8P_MIN_NS=1"], tmp_path / name,
+                        program=harness)
     x = _inputs()
-    proc = subprocess.run([*runner, str(exe), str(x[0].size), "10"], input=x.tobytes(), capture_output=True,
-                          timeout=60)
-    assert proc.returncode == 0, proc.stderr.decode()[-500:]
-    return np.frombuffer(proc.stdout, np.float32).reshape(len(x), 10)
+    outs = []
+    for n in threads:
+        proc = subprocess.run([*runner, str(exe), str(x[0].size), "10", str(n)], input=x.tobytes(),
+                              capture_output=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr.decode()[-500:]
+        outs.append(np.frombuffer(proc.stdout, np.float32).reshape(len(x), 10))
+    return outs
 
 
 def _expected(graph) -> np.ndarray:
@@ -109,8 +117,8 @@ def test_x86_paths_equal_the_integer_reference(graph, tmp_path):
     want = _expected(graph)
     seen = set()
     for flags in X86:
-        got = _run(graph, tmp_path, flags[0].split("=")[1], "gcc", flags)
-        np.testing.assert_array_equal(got, want, err_msg=" ".join(flags))
+        for n, got in zip((1, 2, 3), _run(graph, tmp_path, flags[0].split("=")[1], "gcc", flags, threads=(1, 2, 3))):
+            np.testing.assert_array_equal(got, want, err_msg=f"{' '.join(flags)}, {n} threads")
         seen.add(isa("gcc", flags))
     assert {"avx2", "scalar"} <= seen, seen
 
@@ -121,8 +129,10 @@ def test_neon_path_equals_the_integer_reference_under_qemu(graph, tmp_path):
         assert shutil.which(tool), f"{tool} is part of the qemu test setup"
     flags = ["-mcpu=cortex-a72"]
     assert isa("aarch64-linux-gnu-gcc", flags) == "neon"
-    got = _run(graph, tmp_path, "a72", "aarch64-linux-gnu-gcc", flags, runner=["qemu-aarch64-static"])
-    np.testing.assert_array_equal(got, _expected(graph))
+    one, two = _run(graph, tmp_path, "a72", "aarch64-linux-gnu-gcc", flags, runner=["qemu-aarch64-static"],
+                    threads=(1, 2))
+    np.testing.assert_array_equal(one, _expected(graph))
+    np.testing.assert_array_equal(two, _expected(graph))
 
 
 def _cli(*args):
@@ -136,21 +146,37 @@ def quant_line(train_tiny):
 
 @pytest.mark.tvm  # lcs.runtime loads the TVM runtime
 def test_host_int8_build_runs_bit_exact_through_the_runtime(quant_line, tmp_path):
-    from lcs.runtime import Runtime
+    import ctypes
+
+    from lcs.artifact import open_artifact
+    from lcs.runtime import RunError, Runtime
 
     out = tmp_path / "q8.lcsa"
-    result = _cli("build", quant_line, "--target", "host", "--int8", "--levels", "bits=4,bits=8", "-o", out,
-                  "--no-progress", "--json")
+    result = _cli("build", quant_line, "--target", "host", "--int8", "--levels", "bits=4,bits=8", "--threads", "2",
+                  "-o", out, "--no-progress", "--json")
     assert result.exit_code == 0, result.output
     manifest = json.loads(result.stdout)  # --json: JSON and nothing else on stdout
     assert manifest["precision"] == "int8" and manifest["int8"]["isa"] == isa("gcc", ["-march=native"])
-    assert all(lv["latency_ms"] > 0 and lv["threads"] == 1 for lv in manifest["levels"])
+    # each level timed at 1 and 2 threads and given the fewer within 3 % of its fastest (verified on both)
+    assert manifest["runtime"]["threads"] == 2 and set(manifest["runtime"]["latency_ms_by_threads"]) == {"1", "2"}
+    assert all(lv["latency_ms"] > 0 and lv["threads"] in (1, 2) for lv in manifest["levels"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         rt = Runtime(out)
     assert rt.executors == ["int8", "int8"]
-    assert rt.check() == [0.0, 0.0]  # the integer reference between the same float conversions, exactly
+    for count in (1, 2):  # forced onto each count: the integer reference between the same float conversions, exactly
+        for lib in rt._int8.values():
+            lib.threads(count)
+        assert rt.check() == [0.0, 0.0]
     assert rt.time(1, number=5, repeat=2) > 0
+    with pytest.raises(RunError, match="threads must be >= 1, got 0"):
+        rt.set_threads(0)
+    # the entry point itself refuses a count outside [1, 64] (and computes nothing)
+    art = open_artifact(out)
+    path = tmp_path / "level0.so"
+    path.write_bytes(art.read(art.levels[0].library))
+    lib = ctypes.CDLL(str(path))
+    assert [lib.lcs_run(n) for n in (0, -3, 65)] == [-1, -1, -1] and lib.lcs_run(1) == 0
 
 
 def test_int8_for_linux_boards_refuses_what_it_cannot_do(one_line_error, quant_line, tmp_path, monkeypatch):
@@ -167,8 +193,10 @@ def test_int8_for_linux_boards_refuses_what_it_cannot_do(one_line_error, quant_l
                        "--int8: level 8 bit: layer features.3 (Upsample) has no integer kernel")
     one_line_error(_cli("build", quant_line, "--target", "host", "--int8", "--tune", "4", "-o", out),
                    "--int8 levels are C integer kernels")
-    one_line_error(_cli("build", quant_line, "--target", "host", "--int8", "--threads", "2", "-o", out),
-                   "--int8 levels run on one thread")
+    one_line_error(_cli("build", quant_line, "--target", "host", "--int8", "--threads", "0", "-o", out),
+                   "--threads wants a count >= 1, got 0")
+    one_line_error(_cli("build", quant_line, "--target", "host", "--int8", "--threads", "65", "-o", out),
+                   "--int8 levels run on at most 64 threads, got --threads 65")
     one_line_error(_cli("build", quant_line, "--target", "host", "--int8-store", "ready", "-o", out),
                    "--int8-store chooses a firmware weight store")
     assert not out.exists()

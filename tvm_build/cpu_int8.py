@@ -12,6 +12,7 @@ not depend on the instruction set); the qemu test runs the cross-compiled librar
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -23,8 +24,11 @@ from lcs import artifact as art
 from lcs.errors import ConfigError, LcsError
 
 CPU_SRC = Path(__file__).resolve().parents[1] / "firmware_host" / "src" / "cpu"
-OPT = ["-O3", "-fPIC", "-shared", "-std=c11", "-fno-fast-math", "-fno-math-errno", "-DQ8_CPU", "-Wall",
+OPT = ["-O3", "-fPIC", "-shared", "-std=c11", "-pthread", "-fno-fast-math", "-fno-math-errno", "-DQ8_CPU", "-Wall",
        "-Werror=implicit-function-declaration"]
+
+
+MAX_THREADS = 64  # q8_pool.h's Q8P_MAX_THREADS
 
 
 class CompileError(LcsError):
@@ -55,7 +59,7 @@ def compile_level(source: str, cc: str, flags: list[str], out: Path, *, program:
         raise ConfigError(f"C compiler {cc} not found")
     c_file = out.with_suffix(".c")
     c_file.write_text(source)
-    kernels = [CPU_SRC / "q8_cpu.c", CPU_SRC.parent / "kernels_int8.c"]
+    kernels = [CPU_SRC / "q8_cpu.c", CPU_SRC / "q8_pool.c", CPU_SRC.parent / "kernels_int8.c"]
     opt = OPT if program is None else [o for o in OPT if o not in ("-shared", "-fPIC")] + ["-static", str(program)]
     cmd = [cc, *opt, *flags, "-I", str(CPU_SRC), str(c_file), *map(str, kernels), "-o", str(out), "-lm"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -65,7 +69,7 @@ def compile_level(source: str, cc: str, flags: list[str], out: Path, *, program:
 
 
 class Int8Lib:
-    """A compiled level loaded here (ctypes): the build's own check, no TVM."""
+    """A compiled level loaded here (ctypes): the build's own check and timing, no TVM."""
 
     def __init__(self, path: Path, n_in: int, n_out: int) -> None:
         import ctypes
@@ -73,16 +77,50 @@ class Int8Lib:
         self.lib = ctypes.CDLL(str(path))
         for name in ("lcs_input", "lcs_output"):
             getattr(self.lib, name).restype = ctypes.c_void_p
+        self.lib.lcs_run.argtypes = [ctypes.c_int]
         self.x = np.ctypeslib.as_array((ctypes.c_float * n_in).from_address(self.lib.lcs_input()))
         self.y = np.ctypeslib.as_array((ctypes.c_float * n_out).from_address(self.lib.lcs_output()))
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def run(self, threads: int) -> None:
+        rc = self.lib.lcs_run(threads)
+        if rc:
+            raise LcsError(f"the int8 level cannot run on {threads} threads (code {rc})")
+
+    def __call__(self, x: np.ndarray, threads: int = 1) -> np.ndarray:
         self.x[...] = np.asarray(x, np.float32).reshape(-1)
-        self.lib.lcs_run()
+        self.run(threads)
         return self.y.copy()
 
+    def time_ms(self, threads: int) -> float:
+        """Mean ms of one call, over >= 20 calls and >= 0.1 s, after one warm-up call."""
+        self.run(threads)
+        reps, t0 = 0, time.perf_counter()
+        while reps < 20 or time.perf_counter() - t0 < 0.1:
+            self.run(threads)
+            reps += 1
+        return 1e3 * (time.perf_counter() - t0) / reps
 
-def build_cpu_int8(ckpt, board, output: Path, alphas: list[float], host: bool, log) -> dict:
+
+def thread_counts(libs: list[Int8Lib], most: int) -> tuple[list[int], dict[int, list[float]]]:
+    """Time every level at 1, 2, 4, ... up to `most` threads (rounds interleaved, each figure the fastest of its
+    rounds, as tvm_build/verify.thread_counts): each level gets the fewest threads within 3 % of its fastest."""
+    from tvm_build.verify import TIMING_ROUNDS
+
+    counts = sorted({1, most, *(2 ** k for k in range(1, most.bit_length()) if 2 ** k < most)})
+    rounds = [{c: [lib.time_ms(c) for lib in libs] for c in counts} for _ in range(TIMING_ROUNDS)]
+    by_threads = {c: [round(min(r[c][i] for r in rounds), 4) for i in range(len(libs))] for c in counts}
+    chosen = []
+    for i in range(len(libs)):
+        fastest = min(by_threads[c][i] for c in counts)
+        chosen.append(min(c for c in counts if by_threads[c][i] <= 1.03 * fastest))
+    return chosen, by_threads
+
+
+def build_cpu_int8(ckpt, board, output: Path, alphas: list[float], host: bool, log, threads: int | None = None) -> dict:
+    """`threads`: the most threads a level runs on (default: every CPU this process may use); on this machine each
+    level is timed at 1, 2, 4, ... of them and runs on the fewest within 3 % of its fastest (recorded per level, and
+    the most in the manifest's runtime.threads, as the fp32 builds do). Every level is verified on 1 thread and on the
+    most."""
     import tempfile
 
     import torch
@@ -117,8 +155,10 @@ def build_cpu_int8(ckpt, board, output: Path, alphas: list[float], host: bool, l
     xs = sample_inputs(config)  # (samples, 1, C, H, W)
     reference = {"input": xs}
     members: dict[str, bytes] = {}
-    level_rows, modules, diffs = [], {}, []
+    level_rows, modules, diffs, libs = [], {}, [], []
     host_cc, host_flags = compiler_and_flags(board, True)
+    most = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    most = min(most, MAX_THREADS)
     with tempfile.TemporaryDirectory(prefix="lcs-int8-") as scratch:
         scratch = Path(scratch)
         for i, (alpha, g) in enumerate(zip(alphas, graphs)):
@@ -131,26 +171,31 @@ def build_cpu_int8(ckpt, board, output: Path, alphas: list[float], host: bool, l
             # verified here: the library itself on the host, else the same C for this machine
             check = path if host else compile_level(source, host_cc, host_flags, scratch / f"host{i}.so")
             lib = Int8Lib(check, int(np.prod(chw)), expected.shape[-1])
-            got = np.stack([lib(x).reshape(expected.shape[1:]) for x in xs])
-            diff = float(np.max(np.abs(got - expected)))
+            diff = 0.0
+            for count in sorted({1, max(2, most)}):  # the split must not change a bit (q8_pool.h)
+                got = np.stack([lib(x, count).reshape(expected.shape[1:]) for x in xs])
+                diff = max(diff, float(np.max(np.abs(got - expected))))
             if diff != 0.0:
                 raise LcsError(f"int8 level {i} differs from the integer reference by {diff:.3g} (it must be exact)")
-            latency = None
-            if host:
-                lib(xs[0])
-                reps, t0 = 0, time.perf_counter()
-                while reps < 20 or time.perf_counter() - t0 < 0.2:
-                    lib.lib.lcs_run()
-                    reps += 1
-                latency = round(1e3 * (time.perf_counter() - t0) / reps, 4)
+            lib.lib.lcs_park()
+            libs.append(lib)
             level = cmap.level(alpha)
             modules[name] = {"entry": "lcs_run", "layout": "NHWC", "params": [], "extra_inputs": [],
                              "executor": "int8", "isa": chosen}
             level_rows.append({"index": i, "alpha": alpha, "label": level.label(), "keep": level.keep,
                                "width": level.width, "bits": level.bits,
-                               "accuracy": _accuracy(g, data, ACCURACY_SAMPLES), "latency_ms": latency,
-                               "threads": 1, "max_abs_diff": diff, "members": {"library": name}})
+                               "accuracy": _accuracy(g, data, ACCURACY_SAMPLES), "latency_ms": None,
+                               "threads": threads, "max_abs_diff": diff, "members": {"library": name}})
             diffs.append(diff)
+        runtime = {"threads": threads, "chosen_by": "--threads"} if threads else None
+        if host:  # timed here: each level's thread count from its own timings
+            level_threads, by_threads = thread_counts(libs, most)
+            for lib in libs:
+                lib.lib.lcs_park()
+            for row, count in zip(level_rows, level_threads):
+                row["threads"], row["latency_ms"] = count, by_threads[count][row["index"]]
+            runtime = {"threads": threads or max(level_threads), "chosen_by": "--threads" if threads else "fastest measured",
+                       "measured_on": "host", "latency_ms_by_threads": {str(k): v for k, v in by_threads.items()}}
         members[art.REFERENCE_MEMBER] = art.npz_bytes(reference)
         manifest = art.new_manifest(
             kind="cpu", tvm_version=None, target=board.to_dict(), strategy="per-level", config=config.to_dict(),
@@ -162,7 +207,7 @@ def build_cpu_int8(ckpt, board, output: Path, alphas: list[float], host: bool, l
             int8={"isa": chosen, "compiler": [cc, *flags], "calibration": calib_info,
                   "accuracy_samples": min(ACCURACY_SAMPLES, len(data.test)) if data is not None else 0,
                   "arithmetic": "lcs/int8/graph.py (bit-exact with the integer reference)"},
-            runtime={"threads": 1, "chosen_by": "int8 kernels run on one thread"},
+            **({"runtime": runtime} if runtime else {}),
             verification={"atol": 0.0, "on": "host" if host else "host (the same C compiled for this machine)",
                           "samples": int(len(xs)), "max_abs_diff": max(diffs)})
         art.write_artifact(output, manifest, members)

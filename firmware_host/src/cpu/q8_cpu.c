@@ -6,6 +6,7 @@
    with the bias) and the epilogue requantizes the MR x 16 results (residual add and ReLU fused). The epilogue and
    the depthwise loops are plain C written so the compiler vectorizes them (per-channel parameters as arrays). */
 #include "q8_cpu.h"
+#include "q8_pool.h"
 
 #include <string.h>
 
@@ -163,36 +164,32 @@ typedef struct {
 
 /* acc[i][0..16) = bias + row i . weight block, for the MR rows. */
 #if Q8C_ISA == 1
-static void micro(const a_t *A, taps_t g, const int8_t *W, const int32_t *bias, int32_t *acc) {
+/* `rows` of the tile (8, or 4 where the tile has no more pixels: the last layers of a 32x32 network have 4 or 16
+   pixels) */
+static inline __attribute__((always_inline)) void micro_rows(const a_t *A, taps_t g, const int8_t *W,
+                                                             const int32_t *bias, int32_t *acc, const int32_t rows) {
     const __m512i b = _mm512_loadu_si512(bias);
-    __m512i c0 = b, c1 = b, c2 = b, c3 = b, c4 = b, c5 = b, c6 = b, c7 = b;
+    __m512i c[8];
+    for (int32_t i = 0; i < rows; i++) c[i] = b;
     const int32_t as = g.as;
     for (int32_t ky = 0; ky < g.kh; ky++)
         for (int32_t kx = 0; kx < g.kw; kx++) {
             const int8_t *a = A + ky * g.rs + kx * g.cs;
             for (int32_t k = 0; k < g.ic; k += 4, W += 64, a += 4) {
                 const __m512i w = _mm512_loadu_si512(W);
-#define Q8C_STEP(c, i) c = _mm512_dpbusd_epi32(c, _mm512_set1_epi32((int32_t)ld32(a + (i) * as)), w)
-                Q8C_STEP(c0, 0);
-                Q8C_STEP(c1, 1);
-                Q8C_STEP(c2, 2);
-                Q8C_STEP(c3, 3);
-                Q8C_STEP(c4, 4);
-                Q8C_STEP(c5, 5);
-                Q8C_STEP(c6, 6);
-                Q8C_STEP(c7, 7);
-#undef Q8C_STEP
+                for (int32_t i = 0; i < rows; i++)
+                    c[i] = _mm512_dpbusd_epi32(c[i], _mm512_set1_epi32((int32_t)ld32(a + i * as)), w);
             }
         }
-    _mm512_storeu_si512(acc, c0);
-    _mm512_storeu_si512(acc + 16, c1);
-    _mm512_storeu_si512(acc + 32, c2);
-    _mm512_storeu_si512(acc + 48, c3);
-    _mm512_storeu_si512(acc + 64, c4);
-    _mm512_storeu_si512(acc + 80, c5);
-    _mm512_storeu_si512(acc + 96, c6);
-    _mm512_storeu_si512(acc + 112, c7);
+    for (int32_t i = 0; i < rows; i++) _mm512_storeu_si512(acc + 16 * i, c[i]);
 }
+static void micro(const a_t *A, taps_t g, const int8_t *W, const int32_t *bias, int32_t *acc) {
+    micro_rows(A, g, W, bias, acc, 8);
+}
+static void micro4(const a_t *A, taps_t g, const int8_t *W, const int32_t *bias, int32_t *acc) {
+    micro_rows(A, g, W, bias, acc, 4);
+}
+#define MICRO(A, g, W, bias, acc, r) ((r) <= 4 ? micro4 : micro)(A, g, W, bias, acc)
 #elif Q8C_ISA == 2
 /* vpmaddubsw wants u8 x s8: |a| x (w with a's sign) is a x w exactly, and a pair of them stays within int16
    (2 x 128 x 127 < 2^15: the weights are in [-127, 127]); vpmaddwd by ones sums the pairs into int32. A weight
@@ -291,6 +288,10 @@ static void micro(const a_t *A, taps_t g, const int8_t *W, const int32_t *bias, 
 }
 #endif
 
+#ifndef MICRO
+#define MICRO(A, g, W, bias, acc, r) micro(A, g, W, bias, acc)
+#endif
+
 /* Padded copy for the taps path: rows of pw columns, enough that every tap of every tile (MR pixels, the last ones
    past the row's end) reads inside it. */
 static int32_t padded_h(const q8c_conv_t *p) { return (p->out_h - 1) * p->stride + p->kh; }
@@ -302,10 +303,12 @@ static int32_t padded_w(const q8c_conv_t *p) {
 }
 static int taps_path(const q8c_conv_t *p) { return (p->in_c & 3) == 0 && p->k == p->kp; }
 
+/* Scratch: shared (the taps path's padded input copy) and per participant (accumulators, gathered windows). */
 int32_t q8c_conv_scratch(const q8c_conv_t *p) {
-    const int32_t tile = MR * a_row(p) * (int32_t)sizeof(a_t) + MR * Q8C_NR * 4 + 64;
-    if (!taps_path(p)) return tile;
-    return MR * Q8C_NR * 4 + 64 + (padded_h(p) * padded_w(p) + MR) * p->in_c * (int32_t)sizeof(a_t);
+    return taps_path(p) ? (padded_h(p) * padded_w(p) + MR) * p->in_c * (int32_t)sizeof(a_t) + 64 : 64;
+}
+int32_t q8c_conv_local(const q8c_conv_t *p) {
+    return MR * Q8C_NR * 4 + 64 + (taps_path(p) ? 0 : MR * a_row(p) * (int32_t)sizeof(a_t));
 }
 
 static void pad_input(const q8c_conv_t *p, const int8_t *in, a_t *dst) {
@@ -327,7 +330,9 @@ static inline void store_tile(const q8c_conv_t *p, const int32_t *acc, int32_t p
                               int8_t *out) {
     const int32_t oc = p->out_c, nc = oc - c0 < Q8C_NR ? oc - c0 : Q8C_NR;
 #if Q8C_ISA == 1
-    if (nc == Q8C_NR) { /* the block's parameters loaded once for the tile (int8 stores may alias them) */
+    { /* the block's parameters loaded once for the tile (int8 stores may alias them); a channel tail masked (the
+         parameter arrays run to whole blocks) */
+        const __mmask16 cm = nc == Q8C_NR ? 0xFFFF : (__mmask16)((1u << nc) - 1);
         const __m512i m = _mm512_loadu_si512(p->rq.m + c0), l = _mm512_loadu_si512(p->rq.l + c0);
         const __m512i n = _mm512_loadu_si512(p->rq.n + c0);
         const __m512i lo = _mm512_set1_epi32(p->relu ? 0 : -128), hi = _mm512_set1_epi32(127);
@@ -337,10 +342,9 @@ static inline void store_tile(const q8c_conv_t *p, const int32_t *acc, int32_t p
             const int32_t at = (pix0 + i) * oc + c0;
             __m512i y = rq16(_mm512_loadu_si512(acc + i * Q8C_NR), m, l, n);
             if (p->skip)
-                y = _mm512_add_epi32(y, rq16(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-                                                 (const __m128i *)(const void *)(p->skip + at))), am, al, an));
+                y = _mm512_add_epi32(y, rq16(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(cm, p->skip + at)), am, al, an));
             y = _mm512_min_epi32(_mm512_max_epi32(y, lo), hi);
-            _mm_storeu_si128((__m128i *)(void *)(out + at), _mm512_cvtepi32_epi8(y));
+            _mm_mask_storeu_epi8(out + at, cm, _mm512_cvtepi32_epi8(y));
         }
         return;
     }
@@ -377,100 +381,215 @@ static inline void store_tile(const q8c_conv_t *p, const int32_t *acc, int32_t p
     }
 }
 
-void q8c_conv(const q8c_conv_t *p, const int8_t *in, int8_t *out, void *scratch) {
-    const int32_t npix = p->out_h * p->out_w, oc = p->out_c, nb = (oc + Q8C_NR - 1) / Q8C_NR, kp = p->kp;
+/* One conv's work for the pool: items are (tile, block of 16 output channels) pairs, tile-major, so a participant's
+   chunk reuses its tile's rows across the blocks. */
+typedef struct {
+    const q8c_conv_t *p;
+    const int8_t *in;
+    int8_t *out;
+    const a_t *A;        /* the padded input (taps path) */
+    taps_t g;
+    int32_t nb, tiles_w; /* blocks; tiles per output row (strided taps path) */
+} conv_job_t;
+
+static void conv_taps_s1(const void *ctx, int32_t lo, int32_t hi, void *local) {
+    const conv_job_t *j = ctx;
+    const q8c_conv_t *p = j->p;
+    const int32_t ic = p->in_c, pw = padded_w(p), kp = p->kp;
     const int32_t *bias = Q8C_ISA == 1 ? p->bias_u8 : p->bias;
-    int32_t *const acc = (int32_t *)scratch;
-    a_t *const A = (a_t *)(void *)((char *)scratch + MR * Q8C_NR * 4 + 64);
-    if (taps_path(p)) { /* implicit GEMM: the taps read one padded copy of the input (no per-pixel windows) */
-        const int32_t ic = p->in_c, pw = padded_w(p);
-        const taps_t g = {p->stride * ic, p->kh, p->kw, pw * ic, ic, ic};
-        pad_input(p, in, A);
-        if (p->stride == 1) {
-            const int32_t nq = (p->out_h - 1) * pw + p->out_w; /* padded positions up to the last output */
-            for (int32_t q0 = 0; q0 < nq; q0 += MR) {
-                const int32_t r = nq - q0 < MR ? nq - q0 : MR;
-                for (int32_t b = 0; b < nb; b++) {
-                    micro(A + q0 * ic, g, p->w + b * kp * Q8C_NR, bias + b * Q8C_NR, acc);
-                    for (int32_t i = 0; i < r; i++) { /* runs of one output row */
-                        const int32_t oy = (q0 + i) / pw, ox = (q0 + i) % pw;
-                        if (ox >= p->out_w) continue;
-                        int32_t n = r - i < p->out_w - ox ? r - i : p->out_w - ox;
-                        store_tile(p, acc + i * Q8C_NR, oy * p->out_w + ox, n, b * Q8C_NR, out);
-                        i += n - 1;
-                    }
-                }
-            }
-            return;
-        }
-        for (int32_t oy = 0; oy < p->out_h; oy++)
-            for (int32_t ox = 0; ox < p->out_w; ox += MR) {
-                const int32_t r = p->out_w - ox < MR ? p->out_w - ox : MR;
-                const a_t *rows = A + (oy * p->stride * pw + ox * p->stride) * ic;
-                for (int32_t b = 0; b < nb; b++) {
-                    micro(rows, g, p->w + b * kp * Q8C_NR, bias + b * Q8C_NR, acc);
-                    store_tile(p, acc, oy * p->out_w + ox, r, b * Q8C_NR, out);
-                }
-            }
-        return;
-    }
-    const int32_t as = a_row(p);
-    const taps_t g = {as, 1, 1, 0, 0, kp};
-    for (int32_t pix0 = 0; pix0 < npix; pix0 += MR) {
-        const int32_t r = npix - pix0 < MR ? npix - pix0 : MR;
-        for (int32_t i = 0; i < r; i++) window(p, in, pix0 + i, A + i * as);
-        for (int32_t b = 0; b < nb; b++) {
-            micro(A, g, p->w + b * kp * Q8C_NR, bias + b * Q8C_NR, acc);
-            store_tile(p, acc, pix0, r, b * Q8C_NR, out);
+    int32_t *acc = local;
+    const int32_t nq = (p->out_h - 1) * pw + p->out_w; /* padded positions up to the last output */
+    for (int32_t it = lo; it < hi; it++) {
+        const int32_t q0 = it / j->nb * MR, b = it % j->nb, r = nq - q0 < MR ? nq - q0 : MR;
+        MICRO(j->A + q0 * ic, j->g, p->w + b * kp * Q8C_NR, bias + b * Q8C_NR, acc, r);
+        for (int32_t i = 0; i < r; i++) { /* runs of one output row */
+            const int32_t oy = (q0 + i) / pw, ox = (q0 + i) % pw;
+            if (ox >= p->out_w) continue;
+            int32_t n = r - i < p->out_w - ox ? r - i : p->out_w - ox;
+            store_tile(p, acc + i * Q8C_NR, oy * p->out_w + ox, n, b * Q8C_NR, j->out);
+            i += n - 1;
         }
     }
 }
 
-int32_t q8c_dw_scratch(const q8c_dw_t *p) { return p->c * 4 + 64; }
+static void conv_taps_strided(const void *ctx, int32_t lo, int32_t hi, void *local) {
+    const conv_job_t *j = ctx;
+    const q8c_conv_t *p = j->p;
+    const int32_t ic = p->in_c, pw = padded_w(p), kp = p->kp;
+    const int32_t *bias = Q8C_ISA == 1 ? p->bias_u8 : p->bias;
+    int32_t *acc = local;
+    for (int32_t it = lo; it < hi; it++) {
+        const int32_t t = it / j->nb, b = it % j->nb, oy = t / j->tiles_w, ox = t % j->tiles_w * MR;
+        const int32_t r = p->out_w - ox < MR ? p->out_w - ox : MR;
+        MICRO(j->A + (oy * p->stride * pw + ox * p->stride) * ic, j->g, p->w + b * kp * Q8C_NR, bias + b * Q8C_NR,
+              acc, r);
+        store_tile(p, acc, oy * p->out_w + ox, r, b * Q8C_NR, j->out);
+    }
+}
 
-/* Depthwise: per output pixel the taps inside the input, all channels at once (the compiler's vector loop). */
-void q8c_dwconv(const q8c_dw_t *p, const int8_t *in, int8_t *out, void *scratch) {
-    const int32_t C = p->c, C16 = C & ~15;
-    int32_t *restrict acc = (int32_t *)scratch;
-#if Q8C_ISA == 1
-    if (p->kh * p->kw <= 9 && C16 == C) { /* 16 channels at a time: the block's taps in registers (int16) */
-        for (int32_t c0 = 0; c0 < C; c0 += 16) {
-            __m256i w[9];
-            for (int32_t t = 0; t < p->kh * p->kw; t++)
-                w[t] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(p->w + t * C + c0)));
-            const __m512i bias = _mm512_loadu_si512(p->bias + c0);
-            const __m512i m = _mm512_loadu_si512(p->rq.m + c0), l = _mm512_loadu_si512(p->rq.l + c0);
-            const __m512i n = _mm512_loadu_si512(p->rq.n + c0);
-            for (int32_t oy = 0; oy < p->out_h; oy++) {
-                const int32_t y0 = oy * p->stride - p->pad_t;
-                const int32_t r0 = q8_tap_lo(y0), r1 = q8_tap_hi(y0, p->in_h, p->kh);
-                for (int32_t ox = 0; ox < p->out_w; ox++) {
-                    const int32_t x0 = ox * p->stride - p->pad_l;
-                    const int32_t t0 = q8_tap_lo(x0), t1 = q8_tap_hi(x0, p->in_w, p->kw);
-                    __m512i a = bias;
-                    for (int32_t r = r0; r < r1; r++)
-                        for (int32_t t = t0; t < t1; t++) {
-                            const __m256i x = _mm256_cvtepi8_epi16(_mm_loadu_si128(
-                                (const __m128i *)(const void *)(in + ((y0 + r) * p->in_w + x0 + t) * C + c0)));
-                            a = _mm512_add_epi32(a, _mm512_cvtepi16_epi32(_mm256_mullo_epi16(x, w[r * p->kw + t])));
-                        } /* |x w| <= 128 * 127: exact in int16 */
-                    const int32_t at = (oy * p->out_w + ox) * C + c0;
-                    __m512i y = rq16(a, m, l, n);
-                    if (p->skip)
-                        y = _mm512_add_epi32(y, rq16(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-                                                         (const __m128i *)(const void *)(p->skip + at))),
-                                                     _mm512_set1_epi32(p->rq_add.m), _mm512_set1_epi32(p->rq_add.l),
-                                                     _mm512_set1_epi32(p->rq_add.n)));
-                    y = _mm512_min_epi32(_mm512_max_epi32(y, _mm512_set1_epi32(p->relu ? 0 : -128)),
-                                         _mm512_set1_epi32(127));
-                    _mm_storeu_si128((__m128i *)(void *)(out + at), _mm512_cvtepi32_epi8(y));
-                }
-            }
+static void conv_windows(const void *ctx, int32_t lo, int32_t hi, void *local) {
+    const conv_job_t *j = ctx;
+    const q8c_conv_t *p = j->p;
+    const int32_t npix = p->out_h * p->out_w, kp = p->kp, as = a_row(p);
+    const int32_t *bias = Q8C_ISA == 1 ? p->bias_u8 : p->bias;
+    int32_t *acc = local;
+    a_t *A = (a_t *)(void *)((char *)local + MR * Q8C_NR * 4 + 64);
+    const taps_t g = {as, 1, 1, 0, 0, kp};
+    int32_t have = -1; /* the tile whose windows A holds */
+    for (int32_t it = lo; it < hi; it++) {
+        const int32_t pix0 = it / j->nb * MR, b = it % j->nb, r = npix - pix0 < MR ? npix - pix0 : MR;
+        if (pix0 != have) {
+            for (int32_t i = 0; i < r; i++) window(p, j->in, pix0 + i, A + i * as);
+            have = pix0;
+        }
+        MICRO(A, g, p->w + b * kp * Q8C_NR, bias + b * Q8C_NR, acc, r);
+        store_tile(p, acc, pix0, r, b * Q8C_NR, j->out);
+    }
+}
+
+void q8c_conv(const q8c_conv_t *p, const int8_t *in, int8_t *out, void *scratch) {
+    const int32_t npix = p->out_h * p->out_w, nb = (p->out_c + Q8C_NR - 1) / Q8C_NR;
+    /* ~0.006 ns a multiply-add (one thread, measured here): enough to decide whether a split pays */
+    const int64_t work = (int64_t)npix * nb * Q8C_NR * p->kp / 160 + npix * 2;
+    conv_job_t j = {p, in, out, 0, {0}, nb, 0};
+    if (taps_path(p)) { /* implicit GEMM: the taps read one padded copy of the input (no per-pixel windows) */
+        const int32_t ic = p->in_c, pw = padded_w(p);
+        j.g = (taps_t){p->stride * ic, p->kh, p->kw, pw * ic, ic, ic};
+        a_t *A = (a_t *)scratch;
+        pad_input(p, in, A);
+        j.A = A;
+        if (p->stride == 1) { /* tiles run over the padded rows end to end */
+            const int32_t nq = (p->out_h - 1) * pw + p->out_w;
+            q8p_for((nq + MR - 1) / MR * nb, work, conv_taps_s1, &j);
+        } else {
+            j.tiles_w = (p->out_w + MR - 1) / MR;
+            q8p_for(p->out_h * j.tiles_w * nb, work, conv_taps_strided, &j);
         }
         return;
     }
+    q8p_for((npix + MR - 1) / MR * nb, work, conv_windows, &j);
+}
+
+int32_t q8c_dw_local(const q8c_dw_t *p) {
+    const int32_t taps = p->out_w * (p->kh * p->kw + 1) * (int32_t)sizeof(void *);
+    return (p->c * 4 > taps ? p->c * 4 : taps) + 64;
+}
+
+typedef struct {
+    const q8c_dw_t *p;
+    const int8_t *in;
+    int8_t *out;
+} dw_job_t;
+
+#if Q8C_ISA == 1
+/* Taps in pairs, 32 channels a step: the two taps' int16 values interleaved (unpacklo/hi) and vpdpwssd against the
+   weights interleaved the same way (cpu_c.dw_pairs) add x_a w_a + x_b w_b for 16 channels in one instruction; the
+   accumulators hold the channels in unpack order, and so do the bias and requantization arrays, until packs_epi32
+   puts the two halves back in order. A tap outside the input (padding) is a masked load of zeros; so are channels
+   past c. Items are output rows. */
+/* rq16 with the block's constants computed once (a loop over pixels) */
+typedef struct {
+    __m512i m, m_odd, l, n, half;
+} rq16c_t;
+static inline rq16c_t rq16_consts(__m512i m, __m512i l, __m512i n) {
+    return (rq16c_t){m, _mm512_srli_epi64(m, 32), l, n, _mm512_srli_epi32(_mm512_sllv_epi32(_mm512_set1_epi32(1), n), 1)};
+}
+static inline __m512i rq16k(__m512i x, const rq16c_t *k) {
+    const __m512i s = _mm512_sllv_epi32(x, k->l), round = _mm512_set1_epi64(0x80000000LL);
+    const __m512i even = _mm512_add_epi64(_mm512_mul_epi32(s, k->m), round);
+    const __m512i odd = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(s, 32), k->m_odd), round);
+    const __m512i t = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+    return _mm512_srav_epi32(_mm512_add_epi32(t, k->half), k->n);
+}
+
+static void dw_pairs(const void *ctx, int32_t lo, int32_t hi, void *local) {
+    const dw_job_t *j = ctx;
+    const q8c_dw_t *p = j->p;
+    const int32_t C = p->c, T = p->kh * p->kw, P2 = (T + 1) / 2, nblk = (C + 31) / 32, kw = p->kw;
+    const int8_t **ptr = (const int8_t **)local; /* [out_w][taps + 1] */
+    const __m512i lo_v = _mm512_set1_epi32(p->relu ? 0 : -128), hi_v = _mm512_set1_epi32(127);
+    const __m512i am = _mm512_set1_epi32(p->rq_add.m), al = _mm512_set1_epi32(p->rq_add.l);
+    const __m512i an = _mm512_set1_epi32(p->rq_add.n);
+    const rq16c_t ka = rq16_consts(am, al, an);
+    for (int32_t oy = lo; oy < hi; oy++) {
+        const int32_t y0 = oy * p->stride - p->pad_t, rows_in = y0 >= 0 && y0 + p->kh <= p->in_h;
+        for (int32_t ox = 0; ox < p->out_w; ox++) { /* the row's taps where the fast path below does not take it */
+            const int32_t x0 = ox * p->stride - p->pad_l;
+            if (rows_in && x0 >= 0 && x0 + kw <= p->in_w && T == 9) continue;
+            const int8_t **pt = ptr + ox * (T + 1);
+            for (int32_t r = 0, t = 0; r < p->kh; r++)
+                for (int32_t c = 0; c < kw; c++, t++) {
+                    const int32_t iy = y0 + r, ix = x0 + c;
+                    pt[t] = iy >= 0 && iy < p->in_h && ix >= 0 && ix < p->in_w ? j->in + (iy * p->in_w + ix) * C : 0;
+                }
+            pt[T] = 0; /* the zero tap of an odd count */
+        }
+        for (int32_t blk = 0; blk < nblk; blk++) { /* the block's weights and parameters stay in registers/L1 */
+            const int32_t c0 = blk * 32;
+            const __mmask32 cm = C - c0 >= 32 ? 0xFFFFFFFFu : (1u << (C - c0)) - 1;
+            const int32_t *bp = p->pairs.bias + c0;
+            const __m512i b_lo = _mm512_loadu_si512(bp), b_hi = _mm512_loadu_si512(bp + 16);
+            const int32_t *m = p->pairs.rq.m + c0, *l = p->pairs.rq.l + c0, *n = p->pairs.rq.n + c0;
+            const rq16c_t k_lo = rq16_consts(_mm512_loadu_si512(m), _mm512_loadu_si512(l), _mm512_loadu_si512(n));
+            const rq16c_t k_hi = rq16_consts(_mm512_loadu_si512(m + 16), _mm512_loadu_si512(l + 16),
+                                             _mm512_loadu_si512(n + 16));
+            const int16_t *wb = p->pairs.w + blk * 64;
+            for (int32_t ox = 0; ox < p->out_w; ox++) {
+                const int32_t x0 = ox * p->stride - p->pad_l, at = (oy * p->out_w + ox) * C;
+                __m512i acc_lo = b_lo, acc_hi = b_hi;
+                const int16_t *w = wb;
+                if (rows_in && x0 >= 0 && x0 + kw <= p->in_w && T == 9) { /* 3x3 inside the input: fixed offsets */
+                    const int8_t *base = j->in + (y0 * p->in_w + x0) * C + c0;
+                    const int32_t rs = p->in_w * C;
+#define DW_X(t) _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(cm, base + (t) / 3 * rs + (t) % 3 * C))
+#define DW_PAIR(xa, xb)                                                                                   \
+    do {                                                                                                  \
+        const __m512i a_ = (xa), b_ = (xb);                                                               \
+        acc_lo = _mm512_dpwssd_epi32(acc_lo, _mm512_unpacklo_epi16(a_, b_), _mm512_loadu_si512(w));      \
+        acc_hi = _mm512_dpwssd_epi32(acc_hi, _mm512_unpackhi_epi16(a_, b_), _mm512_loadu_si512(w + 32)); \
+        w += nblk * 64;                                                                                   \
+    } while (0)
+                    DW_PAIR(DW_X(0), DW_X(1));
+                    DW_PAIR(DW_X(2), DW_X(3));
+                    DW_PAIR(DW_X(4), DW_X(5));
+                    DW_PAIR(DW_X(6), DW_X(7));
+                    DW_PAIR(DW_X(8), _mm512_setzero_si512());
+#undef DW_X
+                } else { /* padding taps (masked loads of zeros), other kernel sizes: the row's tap table */
+                    const int8_t **pt = ptr + ox * (T + 1);
+                    for (int32_t q = 0; q < P2; q++) {
+                        const int8_t *pa = pt[2 * q], *pb = pt[2 * q + 1];
+                        DW_PAIR(_mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(pa ? cm : 0, pa ? pa + c0 : j->in)),
+                                _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(pb ? cm : 0, pb ? pb + c0 : j->in)));
+                    }
+                }
+#undef DW_PAIR
+                __m512i y_lo = rq16k(acc_lo, &k_lo), y_hi = rq16k(acc_hi, &k_hi);
+                if (p->skip) { /* the residual, widened into the same unpack order */
+                    const __m512i s16 = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(cm, p->skip + at + c0));
+                    const __m512i sign = _mm512_srai_epi16(s16, 15);
+                    y_lo = _mm512_add_epi32(y_lo, rq16k(_mm512_unpacklo_epi16(s16, sign), &ka));
+                    y_hi = _mm512_add_epi32(y_hi, rq16k(_mm512_unpackhi_epi16(s16, sign), &ka));
+                }
+                y_lo = _mm512_min_epi32(_mm512_max_epi32(y_lo, lo_v), hi_v);
+                y_hi = _mm512_min_epi32(_mm512_max_epi32(y_hi, lo_v), hi_v);
+                _mm256_mask_storeu_epi8(j->out + at + c0, cm, _mm512_cvtepi16_epi8(_mm512_packs_epi32(y_lo, y_hi)));
+            }
+        }
+    }
+}
 #endif
-    for (int32_t oy = 0; oy < p->out_h; oy++) {
+
+/* per output pixel the taps inside the input, all channels at once (the compiler's vector loop); items are output
+   rows */
+static void dw_rows(const void *ctx, int32_t lo, int32_t hi, void *local) {
+    const dw_job_t *j = ctx;
+    const q8c_dw_t *p = j->p;
+    const int8_t *in = j->in;
+    int8_t *out = j->out;
+    const int32_t C = p->c, C16 = C & ~15;
+    int32_t *restrict acc = (int32_t *)local;
+    for (int32_t oy = lo; oy < hi; oy++) {
         const int32_t y0 = oy * p->stride - p->pad_t;
         const int32_t r0 = q8_tap_lo(y0), r1 = q8_tap_hi(y0, p->in_h, p->kh);
         for (int32_t ox = 0; ox < p->out_w; ox++) {
@@ -497,8 +616,23 @@ void q8c_dwconv(const q8c_dw_t *p, const int8_t *in, int8_t *out, void *scratch)
     }
 }
 
-void q8c_add(int32_t n, const int8_t *restrict a, const int8_t *restrict b, q8_rq_t ra, q8_rq_t rb, int32_t relu,
-             int8_t *restrict out) {
+
+/* Depthwise conv (ReLU6 and residual fused). */
+void q8c_dwconv(const q8c_dw_t *p, const int8_t *in, int8_t *out, void *scratch) {
+    const dw_job_t j = {p, in, out};
+    const int64_t work = (int64_t)p->out_h * p->out_w * p->c * p->kh * p->kw / 16 + p->out_h * p->out_w * 2;
+    (void)scratch;
+#if Q8C_ISA == 1
+    if (p->pairs.w) {
+        q8p_for(p->out_h, work, dw_pairs, &j);
+        return;
+    }
+#endif
+    q8p_for(p->out_h, work, dw_rows, &j);
+}
+
+static void add_run(int32_t n, const int8_t *restrict a, const int8_t *restrict b, q8_rq_t ra, q8_rq_t rb,
+                    int32_t relu, int8_t *restrict out) {
     const int32_t lo = relu ? 0 : -128, am = ra.m, al = ra.l, an = ra.n, bm = rb.m, bl = rb.l, bn = rb.n;
     int32_t i = 0;
 #if Q8C_ISA == 1
@@ -520,128 +654,165 @@ void q8c_add(int32_t n, const int8_t *restrict a, const int8_t *restrict b, q8_r
     }
 }
 
-int32_t q8c_gn_scratch(const q8_gn_t *p) { return p->c * 48 + 128; }
+/* Global average pool (kernels_int8.c's q8_avgpool, the same numbers): the sums over pixels as vector adds, then the
+   requantization of every channel (vector loops, no per-channel call). */
+void q8c_avgpool(const int8_t *restrict in, int32_t hw, int32_t c, const q8_rq_t *rq, int8_t *restrict out,
+                 void *scratch) {
+    int32_t *restrict s = (int32_t *)scratch;
+    const int32_t m = rq->m, l = rq->l, n = rq->n;
+    for (int32_t k = 0; k < c; k++) s[k] = 0;
+    for (int32_t i = 0; i < hw; i++)
+        for (int32_t k = 0; k < c; k++) s[k] += in[i * c + k];
+    for (int32_t k = 0; k < c; k++) {
+        int32_t y = rq1(s[k], m, l, n);
+        out[k] = (int8_t)(y < -128 ? -128 : y > 127 ? 127 : y);
+    }
+}
+
+typedef struct {
+    const int8_t *a, *b;
+    int8_t *out;
+    q8_rq_t ra, rb;
+    int32_t n, relu;
+} add_job_t;
+
+#define ADD_BLOCK 1024
+static void add_blocks(const void *ctx, int32_t lo, int32_t hi, void *local) {
+    const add_job_t *j = ctx;
+    const int32_t from = lo * ADD_BLOCK, to = hi * ADD_BLOCK < j->n ? hi * ADD_BLOCK : j->n;
+    (void)local;
+    add_run(to - from, j->a + from, j->b + from, j->ra, j->rb, j->relu, j->out + from);
+}
+
+void q8c_add(int32_t n, const int8_t *a, const int8_t *b, q8_rq_t ra, q8_rq_t rb, int32_t relu, int8_t *out) {
+    const add_job_t j = {a, b, out, ra, rb, n, relu};
+    q8p_for((n + ADD_BLOCK - 1) / ADD_BLOCK, n / 8, add_blocks, &j);
+}
+
+int32_t q8c_gn_scratch(const q8_gn_t *p) { return p->c * 48 + 512; }
 
 /* GroupNorm (kernels_int8.c's q8_groupnorm, same numbers) in two passes over HWC with the channels innermost: the
-   per-channel sums, then every value with its channel's factors (the compiler's vector loops). */
-void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratch) {
-    const int32_t c = p->c, cg = c / p->groups, hw = p->hw, n = hw * cg;
-    int32_t *restrict s = (int32_t *)scratch, *restrict m = s + c, *restrict down = m + c;
-    uint32_t *restrict q = (uint32_t *)(down + c);
-    int32_t *restrict b = (int32_t *)(q + c);
-    /* the same factors as int64 (b with the rounding bit), 64-byte aligned, for the vector apply */
-    int64_t *restrict m64 = (int64_t *)(((uintptr_t)(b + c) + 63) & ~(uintptr_t)63), *restrict sh64 = m64 + c;
-    int64_t *restrict b64 = sh64 + c;
-    const int32_t c16 = c & ~15; /* channels in blocks of 16: loops of a known count vectorize whole */
-    for (int32_t j = 0; j < c; j++) s[j] = 0, q[j] = 0;
+   per-channel sums (items: blocks of 16 channels over every pixel), then every value with its channel's factors
+   (items: pixels); the factors in between, once per group. */
+typedef struct {
+    const q8_gn_t *p;
+    const int8_t *in;
+    int8_t *out;
+    int32_t *s, *m, *down, *b;
+    uint32_t *q;
+    int64_t *m64, *sh64, *b64;
+} gn_job_t;
+
+static void gn_sums(const void *ctx, int32_t lo, int32_t hi, void *local) {
+    const gn_job_t *jb = ctx;
+    const int32_t c = jb->p->c, hw = jb->p->hw;
+    const int8_t *in = jb->in;
+    int32_t *restrict s = jb->s;
+    uint32_t *restrict q = jb->q;
+    (void)local;
+    for (int32_t blk = lo; blk < hi; blk++) {
+        const int32_t j0 = blk * 16, j1 = j0 + 16 < c ? j0 + 16 : c;
 #if Q8C_ISA == 1
-    for (int32_t j0 = 0; j0 < c16; j0 += 16) { /* 16 channels' sums in registers over every pixel */
-        __m512i sa = _mm512_setzero_si512(), qa = sa, sb = sa, qb = sa;
-        int32_t i = 0;
-        for (; i + 2 <= hw; i += 2) {
-            const __m256i u = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(in + i * c + j0)));
-            const __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(in + (i + 1) * c + j0)));
-            sa = _mm512_add_epi32(sa, _mm512_cvtepi16_epi32(u));
-            qa = _mm512_add_epi32(qa, _mm512_cvtepi16_epi32(_mm256_mullo_epi16(u, u))); /* x^2 <= 2^14 */
-            sb = _mm512_add_epi32(sb, _mm512_cvtepi16_epi32(w));
-            qb = _mm512_add_epi32(qb, _mm512_cvtepi16_epi32(_mm256_mullo_epi16(w, w)));
+        { /* 16 channels' sums in registers over every pixel (a tail block: masked) */
+            const __mmask16 cm = (__mmask16)((1u << (j1 - j0)) - 1);
+            __m512i sa = _mm512_setzero_si512(), qa = sa, sb = sa, qb = sa;
+            int32_t i = 0;
+            for (; i + 2 <= hw; i += 2) {
+                const __m256i u = _mm256_cvtepi8_epi16(_mm_maskz_loadu_epi8(cm, in + i * c + j0));
+                const __m256i w = _mm256_cvtepi8_epi16(_mm_maskz_loadu_epi8(cm, in + (i + 1) * c + j0));
+                sa = _mm512_add_epi32(sa, _mm512_cvtepi16_epi32(u));
+                qa = _mm512_add_epi32(qa, _mm512_cvtepi16_epi32(_mm256_mullo_epi16(u, u))); /* x^2 <= 2^14 */
+                sb = _mm512_add_epi32(sb, _mm512_cvtepi16_epi32(w));
+                qb = _mm512_add_epi32(qb, _mm512_cvtepi16_epi32(_mm256_mullo_epi16(w, w)));
+            }
+            for (; i < hw; i++) {
+                const __m256i u = _mm256_cvtepi8_epi16(_mm_maskz_loadu_epi8(cm, in + i * c + j0));
+                sa = _mm512_add_epi32(sa, _mm512_cvtepi16_epi32(u));
+                qa = _mm512_add_epi32(qa, _mm512_cvtepi16_epi32(_mm256_mullo_epi16(u, u)));
+            }
+            _mm512_mask_storeu_epi32(s + j0, cm, _mm512_add_epi32(sa, sb));
+            _mm512_mask_storeu_epi32(q + j0, cm, _mm512_add_epi32(qa, qb));
+            continue;
         }
-        for (; i < hw; i++) {
-            const __m256i u = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(in + i * c + j0)));
-            sa = _mm512_add_epi32(sa, _mm512_cvtepi16_epi32(u));
-            qa = _mm512_add_epi32(qa, _mm512_cvtepi16_epi32(_mm256_mullo_epi16(u, u)));
-        }
-        _mm512_storeu_si512(s + j0, _mm512_add_epi32(sa, sb));
-        _mm512_storeu_si512(q + j0, _mm512_add_epi32(qa, qb));
-    }
-    for (int32_t i = 0; i < hw; i++) {
-        const int8_t *restrict x = in + i * c;
-        int32_t j0 = c16;
 #elif Q8C_ISA == 2
-    for (int32_t j0 = 0; j0 < c16; j0 += 16) { /* as above, in halves of 8 channels */
-        __m256i s0 = _mm256_setzero_si256(), s1 = s0, q0 = s0, q1 = s0;
-        for (int32_t i = 0; i < hw; i++) {
-            const __m256i u = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(in + i * c + j0)));
-            const __m256i u2 = _mm256_mullo_epi16(u, u);
-            s0 = _mm256_add_epi32(s0, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(u)));
-            s1 = _mm256_add_epi32(s1, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(u, 1)));
-            q0 = _mm256_add_epi32(q0, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(u2)));
-            q1 = _mm256_add_epi32(q1, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(u2, 1)));
+        if (j1 - j0 == 16) { /* as above, in halves of 8 channels */
+            __m256i s0 = _mm256_setzero_si256(), s1 = s0, q0 = s0, q1 = s0;
+            for (int32_t i = 0; i < hw; i++) {
+                const __m256i u = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(in + i * c + j0)));
+                const __m256i u2 = _mm256_mullo_epi16(u, u);
+                s0 = _mm256_add_epi32(s0, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(u)));
+                s1 = _mm256_add_epi32(s1, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(u, 1)));
+                q0 = _mm256_add_epi32(q0, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(u2)));
+                q1 = _mm256_add_epi32(q1, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(u2, 1)));
+            }
+            _mm256_storeu_si256((__m256i *)(void *)(s + j0), s0);
+            _mm256_storeu_si256((__m256i *)(void *)(s + j0 + 8), s1);
+            _mm256_storeu_si256((__m256i *)(void *)(q + j0), q0);
+            _mm256_storeu_si256((__m256i *)(void *)(q + j0 + 8), q1);
+            continue;
         }
-        _mm256_storeu_si256((__m256i *)(void *)(s + j0), s0);
-        _mm256_storeu_si256((__m256i *)(void *)(s + j0 + 8), s1);
-        _mm256_storeu_si256((__m256i *)(void *)(q + j0), q0);
-        _mm256_storeu_si256((__m256i *)(void *)(q + j0 + 8), q1);
-    }
-    for (int32_t i = 0; i < hw; i++) {
-        const int8_t *restrict x = in + i * c;
-        int32_t j0 = c16;
-#else
-    for (int32_t i = 0; i < hw; i++) {
-        const int8_t *restrict x = in + i * c;
-        int32_t j0 = 0;
 #endif
-        for (; j0 < c16; j0 += 16)
-            for (int32_t j = j0; j < j0 + 16; j++) {
+        for (int32_t j = j0; j < j1; j++) s[j] = 0, q[j] = 0;
+        for (int32_t i = 0; i < hw; i++) {
+            const int8_t *restrict x = in + i * c;
+            for (int32_t j = j0; j < j1; j++) {
                 s[j] += x[j];
                 q[j] += (uint32_t)(x[j] * x[j]);
             }
-        for (int32_t j = c16; j < c; j++) {
-            s[j] += x[j];
-            q[j] += (uint32_t)(x[j] * x[j]);
         }
     }
-    for (int32_t g0 = 0; g0 < c; g0 += cg) {
-        int32_t sg = 0;
-        uint32_t qg = 0;
-        for (int32_t j = g0; j < g0 + cg; j++) sg += s[j], qg += q[j];
-        int32_t k;
-        const uint64_t recip = q8_gn_recip(p, sg, qg, &k);
-        for (int32_t j = g0; j < g0 + cg; j++) {
-            m[j] = (int32_t)(((int64_t)p->g[j] * (int64_t)recip + (1 << 30)) >> 31);
-            const int32_t sh = 61 - k - p->ge[j];
-            down[j] = sh - 16 > 63 ? 63 : sh - 16;
-            s[j] = sg;
-            b[j] = p->b[j];
-            m64[j] = m[j], sh64[j] = down[j], b64[j] = (int64_t)b[j] + (1 << 15);
-        }
-    }
-    const int32_t lo = p->relu && p->lo < 0 ? 0 : p->lo, hi = p->hi;
+}
+
 #if Q8C_ISA == 1
-    const __m512i nv = _mm512_set1_epi32(n), lov = _mm512_set1_epi32(lo), hiv = _mm512_set1_epi32(hi);
+/* 16 channels of one pixel: int32 differences, their even and odd lanes' int64 products (vpmuldq), the two halves'
+   low words merged */
+static inline __attribute__((always_inline)) void gn16(const int8_t *x, int8_t *y, int32_t j0, __mmask16 cm,
+                                                       __m512i nv, __m512i lov, __m512i hiv, const int32_t *s,
+                                                       const int64_t *m64, const int64_t *sh64, const int64_t *b64) {
+    const __m512i d = _mm512_sub_epi32(_mm512_mullo_epi32(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(cm, x + j0)), nv),
+                                       _mm512_maskz_loadu_epi32(cm, s + j0));
+    const __m512i pe = _mm512_mul_epi32(d, _mm512_loadu_si512(m64 + j0));
+    const __m512i po = _mm512_mul_epi32(_mm512_srli_epi64(d, 32), _mm512_loadu_si512(m64 + j0 + 8));
+    const __m512i te = _mm512_srai_epi64(
+        _mm512_add_epi64(_mm512_srav_epi64(pe, _mm512_loadu_si512(sh64 + j0)), _mm512_loadu_si512(b64 + j0)), 16);
+    const __m512i to = _mm512_srai_epi64(
+        _mm512_add_epi64(_mm512_srav_epi64(po, _mm512_loadu_si512(sh64 + j0 + 8)), _mm512_loadu_si512(b64 + j0 + 8)), 16);
+    __m512i v = _mm512_mask_blend_epi32(0xAAAA, te, _mm512_slli_epi64(to, 32)); /* |v| < 2^31: low words */
+    v = _mm512_min_epi32(_mm512_max_epi32(v, lov), hiv);
+    _mm_mask_storeu_epi8(y + j0, cm, _mm512_cvtepi32_epi8(v));
+}
+#endif
+
+static void gn_apply(const void *ctx, int32_t lo, int32_t hi, void *local) {
+    const gn_job_t *jb = ctx;
+    const q8_gn_t *p = jb->p;
+    const int32_t c = p->c, cg = c / p->groups, n = p->hw * cg, c16 = c & ~15;
+    const int32_t *restrict s = jb->s, *restrict m = jb->m, *restrict down = jb->down, *restrict b = jb->b;
+    const int64_t *restrict m64 = jb->m64, *restrict sh64 = jb->sh64, *restrict b64 = jb->b64;
+    const int32_t lo_y = p->relu && p->lo < 0 ? 0 : p->lo, hi_y = p->hi;
+    (void)local, (void)m64, (void)sh64, (void)b64;
+#if Q8C_ISA == 1
+    const __m512i nv = _mm512_set1_epi32(n), lov = _mm512_set1_epi32(lo_y), hiv = _mm512_set1_epi32(hi_y);
 #elif Q8C_ISA == 2
-    const __m256i nv = _mm256_set1_epi32(n), lov = _mm256_set1_epi32(lo), hiv = _mm256_set1_epi32(hi);
+    const __m256i nv = _mm256_set1_epi32(n), lov = _mm256_set1_epi32(lo_y), hiv = _mm256_set1_epi32(hi_y);
     const __m256i half_bit = _mm256_set1_epi64x(1 << 15), zero = _mm256_setzero_si256();
     const __m256i low_words = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
 #endif
-    for (int32_t i = 0; i < hw; i++) {
-        const int8_t *restrict x = in + i * c;
-        int8_t *restrict y = out + i * c;
+    for (int32_t i = lo; i < hi; i++) {
+        const int8_t *restrict x = jb->in + i * c;
+        int8_t *restrict y = jb->out + i * c;
 #define Q8C_GN(j)                                                                                 \
     do {                                                                                          \
         int64_t v = ((((int64_t)(n * x[j] - s[j]) * m[j]) >> down[j]) + b[j] + (1 << 15)) >> 16; \
-        v = v < lo ? lo : v > hi ? hi : v;                                                        \
+        v = v < lo_y ? lo_y : v > hi_y ? hi_y : v;                                                        \
         y[j] = (int8_t)v;                                                                         \
     } while (0)
         int32_t j0 = 0;
 #if Q8C_ISA == 1
-        for (; j0 < c16; j0 += 16) { /* 16 channels: int32 differences, two halves of 8 int64 products */
-            const __m512i d = _mm512_sub_epi32(
-                _mm512_mullo_epi32(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(x + j0)))
-                                   , nv), _mm512_loadu_si512(s + j0));
-            __m512i h[2];
-            for (int32_t half = 0; half < 2; half++) {
-                const int32_t j = j0 + 8 * half;
-                const __m512i dq = _mm512_cvtepi32_epi64(half ? _mm512_extracti64x4_epi64(d, 1)
-                                                              : _mm512_castsi512_si256(d));
-                const __m512i t = _mm512_srav_epi64(_mm512_mul_epi32(dq, _mm512_loadu_si512(m64 + j)),
-                                                    _mm512_loadu_si512(sh64 + j));
-                h[half] = _mm512_srai_epi64(_mm512_add_epi64(t, _mm512_loadu_si512(b64 + j)), 16);
-            }
-            __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(h[0])),
-                                           _mm512_cvtepi64_epi32(h[1]), 1);
-            v = _mm512_min_epi32(_mm512_max_epi32(v, lov), hiv);
-            _mm_storeu_si128((__m128i *)(void *)(y + j0), _mm512_cvtepi32_epi8(v));
+        for (; j0 + 16 <= c; j0 += 16) gn16(x, y, j0, 0xFFFF, nv, lov, hiv, s, m64, sh64, b64);
+        if (j0 < c) { /* the tail, masked */
+            gn16(x, y, j0, (__mmask16)((1u << (c - j0)) - 1), nv, lov, hiv, s, m64, sh64, b64);
+            j0 = c;
         }
 #elif Q8C_ISA == 2
         for (; j0 < c16; j0 += 8) { /* 8 channels: 4 int64 products at a time; AVX2 has no arithmetic 64-bit shift,
@@ -671,7 +842,76 @@ void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratc
 #endif
         for (; j0 < c16; j0 += 16)
             for (int32_t j = j0; j < j0 + 16; j++) Q8C_GN(j);
-        for (int32_t j = c16; j < c; j++) Q8C_GN(j);
+        for (int32_t j = j0 > c16 ? j0 : c16; j < c; j++) Q8C_GN(j); /* (AVX-512 did the tail) */
 #undef Q8C_GN
     }
+}
+
+void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratch) {
+    const int32_t c = p->c, cg = c / p->groups, hw = p->hw;
+    gn_job_t jb = {.p = p, .in = in, .out = out};
+    int32_t *restrict s = (int32_t *)scratch, *restrict m = s + c, *restrict down = m + c;
+    uint32_t *restrict q = (uint32_t *)(down + c);
+    int32_t *restrict b = (int32_t *)(q + c);
+    /* the same factors as int64 (b with the rounding bit), 64-byte aligned, for the vector apply */
+    const int32_t cu = (c + 15) & ~15; /* the split arrays run to whole blocks */
+    int64_t *restrict m64 = (int64_t *)(((uintptr_t)(b + c) + 63) & ~(uintptr_t)63), *restrict sh64 = m64 + cu;
+    int64_t *restrict b64 = sh64 + cu;
+    jb.s = s, jb.m = m, jb.down = down, jb.b = b, jb.q = q, jb.m64 = m64, jb.sh64 = sh64, jb.b64 = b64;
+    const int64_t work = (int64_t)hw * c / 8; /* ~1/8 ns a value a pass (one thread, measured here) */
+    q8p_for((c + 15) / 16, work, gn_sums, &jb);
+    const int32_t *restrict pg = p->g, *restrict pb = p->b;
+    const int8_t *restrict pge = p->ge;
+    for (int32_t g0 = 0; g0 < c; g0 += cg) { /* the group's factors, then its channels' (a vector loop) */
+        int32_t sg = 0;
+        uint32_t qg = 0;
+        for (int32_t j = g0; j < g0 + cg; j++) sg += s[j], qg += q[j];
+        int32_t k;
+        const int64_t recip = (int64_t)q8_gn_recip(p, sg, qg, &k);
+        int32_t j0 = g0;
+#if Q8C_ISA == 1
+        const __m512i rv = _mm512_set1_epi64(recip), round = _mm512_set1_epi64(1 << 30);
+        for (; j0 < g0 + cg; j0 += 16) { /* the loop below, 16 channels at a time (a tail masked) */
+            const __mmask16 cm = g0 + cg - j0 >= 16 ? 0xFFFF : (__mmask16)((1u << (g0 + cg - j0)) - 1);
+            const __m512i gv = _mm512_maskz_loadu_epi32(cm, pg + j0);
+            const __m512i lo = _mm512_srai_epi64(
+                _mm512_add_epi64(_mm512_mullo_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(gv)), rv), round), 31);
+            const __m512i hi = _mm512_srai_epi64(
+                _mm512_add_epi64(_mm512_mullo_epi64(_mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(gv, 1)), rv), round), 31);
+            _mm512_mask_storeu_epi32(m + j0, cm, _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(lo)),
+                                                                    _mm512_cvtepi64_epi32(hi), 1));
+            const __m512i sh = _mm512_sub_epi32(_mm512_set1_epi32(61 - k - 16),
+                                                _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(cm, pge + j0)));
+            _mm512_mask_storeu_epi32(down + j0, cm, _mm512_min_epi32(sh, _mm512_set1_epi32(63)));
+            _mm512_mask_storeu_epi32(s + j0, cm, _mm512_set1_epi32(sg));
+            _mm512_mask_storeu_epi32(b + j0, cm, _mm512_maskz_loadu_epi32(cm, pb + j0));
+        }
+#endif
+        for (int32_t j = j0; j < g0 + cg; j++) {
+            m[j] = (int32_t)(((int64_t)pg[j] * recip + (1 << 30)) >> 31);
+            const int32_t sh = 61 - k - pge[j] - 16;
+            down[j] = sh > 63 ? 63 : sh;
+            s[j] = sg;
+            b[j] = pb[j];
+        }
+    }
+#if Q8C_ISA == 1
+    /* per block of 16 channels, int64 lanes: the 8 even channels', then the 8 odd ones' (gn_apply multiplies the
+       even and the odd int32 lanes of a register apart, vpmuldq) */
+    const __m512i evens_odds = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    for (int32_t j0 = 0; j0 < c; j0 += 16) { /* a tail block's lanes past c: zeros (gn_apply masks them) */
+        const __mmask16 cm = c - j0 >= 16 ? 0xFFFF : (__mmask16)((1u << (c - j0)) - 1);
+        const __m512i mv = _mm512_permutexvar_epi32(evens_odds, _mm512_maskz_loadu_epi32(cm, m + j0));
+        const __m512i dv = _mm512_permutexvar_epi32(evens_odds, _mm512_maskz_loadu_epi32(cm, down + j0));
+        const __m512i bv = _mm512_permutexvar_epi32(evens_odds, _mm512_maskz_loadu_epi32(cm, b + j0));
+        const __m512i half = _mm512_set1_epi64(1 << 15);
+        _mm512_storeu_si512(m64 + j0, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(mv)));
+        _mm512_storeu_si512(m64 + j0 + 8, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(mv, 1)));
+        _mm512_storeu_si512(sh64 + j0, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(dv)));
+        _mm512_storeu_si512(sh64 + j0 + 8, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(dv, 1)));
+        _mm512_storeu_si512(b64 + j0, _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(bv)), half));
+        _mm512_storeu_si512(b64 + j0 + 8, _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(bv, 1)), half));
+    }
+#endif
+    q8p_for(hw, work * 2, gn_apply, &jb);
 }
