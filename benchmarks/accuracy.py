@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lcs import atomic  # noqa: E402
-from lcs.config import ConfigError, DataConfig, RunConfig, SubspaceConfig, TrainConfig  # noqa: E402
+from lcs.config import ConfigError, DataConfig, RunConfig, SubspaceConfig, TrainConfig, family_train_defaults  # noqa: E402
 from lcs.subspace.levels import make_map  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -106,9 +106,10 @@ def model_config():
 # TrainConfig fields the command line sets for every run (--distill, --compression-warmup; the per-level models ignore
 # distillation).
 TRAIN_OVERRIDES: dict = {}
-# TrainConfig fields of the structured family's LCS runs and step timing only (--structured-recipe, issue 17): the
-# per-level models keep their one fixed width.
-STRUCTURED_RECIPE: dict = {}
+# TrainConfig fields of the structured family's LCS runs and step timing only: lcs train's structured default
+# (lcs.config.STRUCTURED_LCS_TRAIN), then --structured-recipe on top (issue 17); the per-level models keep their one
+# fixed width.
+STRUCTURED_RECIPE: dict = family_train_defaults("structured", "lcs")
 
 
 def base_config(family: str, shape: str, epochs: int) -> RunConfig:
@@ -515,8 +516,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(TrainConfig.compression_warmup)")
     parser.add_argument("--structured-recipe", default="",
                         help="TrainConfig fields of the structured LCS runs and their step timing, as KEY=VALUE,... "
-                             "(e.g. sampler=sandwich,samples_per_step=3,width_draw=grid,width_grid=4,"
-                             "split_batch=narrow; issue 17)")
+                             "on top of lcs train's structured default (lcs.config.STRUCTURED_LCS_TRAIN); "
+                             "e.g. samples_per_step=4,width_draw=uniform,split_batch=none,low_end_batch=0 is the "
+                             "old 4-pass sandwich (issue 17)")
     parser.add_argument("--seeds", type=int, default=1, help="train every run with seeds 0..N-1; report mean ± std")
     parser.add_argument("--families", default=",".join(LEVELS),
                         help=f"comma-separated families to train (default all: {','.join(LEVELS)})")

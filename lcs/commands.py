@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from lcs.config import DataConfig, RunConfig, SubspaceConfig, TrainConfig
+from lcs.config import DataConfig, RunConfig, SubspaceConfig, TrainConfig, family_train_defaults
 from lcs.errors import ConfigError
 from lcs.subspace.levels import level_alphas, make_map, parse_level
 
@@ -45,7 +45,8 @@ def train_config(*, data_source: str = "mnist5k", model_name: str = "small-cnn",
         subspace=SubspaceConfig(shape=shape, family=family, compress_stem=compress_stem, compress_head=compress_head),
         train=TrainConfig(method=method, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                           warmup_epochs=warmup_epochs, beta=beta, sampler=sampler, fixed_alpha=fixed_alpha, seed=seed,
-                          distill=distill, compression_warmup=compression_warmup),
+                          distill=distill, compression_warmup=compression_warmup,
+                          **family_train_defaults(family, method)),
     )
     return config, data
 

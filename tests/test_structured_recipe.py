@@ -156,3 +156,21 @@ def test_a_sandwich_of_two_is_refused_it_never_trains_the_widths_between(digits)
     cfg, _ = structured(digits, sampler="sandwich", samples_per_step=2)
     with pytest.raises(ConfigError, match="at least 3 samples per step"):
         train(cfg, data=digits)
+
+
+def test_lcs_train_gives_the_structured_family_its_recipe_and_nothing_else():
+    """lcs train's structured LCS runs get STRUCTURED_LCS_TRAIN (3 passes, grid widths, split batch); the US-Nets
+    baseline, fixed models and the other families keep the TrainConfig defaults."""
+    from lcs import commands
+    from lcs.config import STRUCTURED_LCS_TRAIN
+
+    def train_of(**kw):
+        return commands.train_config(data_source="digits", epochs=1, **kw)[0].train
+
+    lcs_run = train_of(family="structured", shape="line")
+    assert {k: getattr(lcs_run, k) for k in STRUCTURED_LCS_TRAIN} == STRUCTURED_LCS_TRAIN
+    defaults = TrainConfig()
+    for other in (train_of(method="us"), train_of(family="structured", method="fixed", fixed_level="width=0.5"),
+                  train_of(family="unstructured", shape="line"), train_of(family="quantization", shape="point")):
+        assert {k: getattr(other, k) for k in STRUCTURED_LCS_TRAIN} == \
+            {k: getattr(defaults, k) for k in STRUCTURED_LCS_TRAIN}
