@@ -6,7 +6,8 @@ untuned TVM and MetaSchedule-tuned TVM, at 1 and 2 threads; plus the cost of swi
                                               [--fresh] [--no-executorch] [--json]
 
 Prints a table (ratios against ONNX Runtime at the same thread count), or with --json the result itself, and writes
-benchmarks/results/latency.json (latency-<model>.json with --model). Runtimes: torch eager, ONNX Runtime fp32 and
+benchmarks/results/latency.json (latency-<model>.json with --model, latency-<model>-<family>.json with another
+--family). Runtimes: torch eager, ONNX Runtime fp32 and
 int8 (static quantization: QDQ, per-channel int8 weights, uint8 activations calibrated on sample inputs),
 ExecuTorch-XNNPACK, lcs's TVM build untuned and tuned (--trials 0: untuned only), and lcs's int8 levels
 (`lcs build --int8`: integer C kernels, the instruction set and each level's thread count in "lcs_int8").
@@ -288,7 +289,8 @@ def main() -> None:
         ckpt_path = model_checkpoint(cache, args.model, args.family)
         levels = args.levels or DEFAULT_LEVELS[args.family]
         if args.out == RESULTS:
-            args.out = RESULTS.with_name(f"latency-{args.model}.json")
+            family = "" if args.family == "unstructured" else f"-{args.family}"  # another family: its own file
+            args.out = RESULTS.with_name(f"latency-{args.model}{family}.json")
         cache = cache / f"{args.model}-{args.family}"  # its artifacts and ONNX files apart from other models'
         cache.mkdir(parents=True, exist_ok=True)
     else:

@@ -99,6 +99,20 @@ def depthwise_chw_kernel(H: int, W: int, C: int, stride: int):
     s = stride
     split = stride == 2 and W >= 16  # below that the strided reads cost less than the extra work
 
+    @T.macro
+    def load_plane(x, w, c, pad, taps):
+        # channel c's nine taps, and its plane inside a zero border one pixel wide
+        for t in T.unroll(9):
+            taps[t] = w[t * C + c]
+        for j in T.vectorized(Wp):
+            pad[j] = T.float32(0)
+            pad[(Hp - 1) * Wp + j] = T.float32(0)
+        for i in range(H):
+            pad[(i + 1) * Wp] = T.float32(0)
+            pad[(i + 1) * Wp + Wp - 1] = T.float32(0)
+            for j in T.vectorized(W):
+                pad[(i + 1) * Wp + 1 + j] = x[(c * H + i) * W + j]
+
     @T.prim_func(private=True)
     def kernel(x4: T.Buffer((1, C, H, W), "float32"), w4: T.Buffer((3, 3, 1, C), "float32"),
                out4: T.Buffer((1, C, Ho, Wo), "float32")):
@@ -109,16 +123,7 @@ def depthwise_chw_kernel(H: int, W: int, C: int, stride: int):
         for c in T.parallel(C):
             pad = T.alloc_buffer((Hp * Wp,), "float32", scope="local", annotations=STACK)
             taps = T.alloc_buffer((9,), "float32", scope="local", annotations=STACK)
-            for t in T.unroll(9):
-                taps[t] = w[t * C + c]
-            for j in T.vectorized(Wp):
-                pad[j] = T.float32(0)
-                pad[(Hp - 1) * Wp + j] = T.float32(0)
-            for i in range(H):
-                pad[(i + 1) * Wp] = T.float32(0)
-                pad[(i + 1) * Wp + Wp - 1] = T.float32(0)
-                for j in T.vectorized(W):
-                    pad[(i + 1) * Wp + 1 + j] = x[(c * H + i) * W + j]
+            load_plane(x, w, c, pad, taps)
             for oh in range(Ho):
                 for ow in T.vectorized(Wo):
                     out[(c * Ho + oh) * Wo + ow] = \
@@ -140,16 +145,7 @@ def depthwise_chw_kernel(H: int, W: int, C: int, stride: int):
             pad = T.alloc_buffer((Hp * Wp,), "float32", scope="local", annotations=STACK)
             row = T.alloc_buffer((W,), "float32", scope="local", annotations=STACK)
             taps = T.alloc_buffer((9,), "float32", scope="local", annotations=STACK)
-            for t in T.unroll(9):
-                taps[t] = w[t * C + c]
-            for j in T.vectorized(Wp):
-                pad[j] = T.float32(0)
-                pad[(Hp - 1) * Wp + j] = T.float32(0)
-            for i in range(H):
-                pad[(i + 1) * Wp] = T.float32(0)
-                pad[(i + 1) * Wp + Wp - 1] = T.float32(0)
-                for j in T.vectorized(W):
-                    pad[(i + 1) * Wp + 1 + j] = x[(c * H + i) * W + j]
+            load_plane(x, w, c, pad, taps)
             for oh in range(Ho):
                 for j in T.vectorized(W):
                     row[j] = taps[0] * pad[(2 * oh) * Wp + j] + taps[1] * pad[(2 * oh) * Wp + j + 1] \
