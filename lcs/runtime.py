@@ -2,15 +2,15 @@
 
     TVM_USE_RUNTIME_LIB=1 python -m lcs.runtime model.lcsa --level 0 --check
 
-On a device set TVM_USE_RUNTIME_LIB=1 so that `import tvm` loads only libtvm_runtime (the module never sets it
-itself: in a build process the full compiler is already loaded). Every compiled library of the artifact is loaded
-once and every level's weights are uploaded once. An int8 level (`lcs build --int8`, tvm_build/cpu_int8.py) is a plain
-C library with its weights inside and a thread pool of its own, called through ctypes with the level's thread count. A library built with lcs's static executor
-(tvm_build/cpu_executor.py) is called through ctypes: one C call per inference on buffers the library owns; others
-run on TVM's Relax VM. `set_level` points the level's library at its weights (a pointer table; a library shared by
-several levels is rebound) and resizes TVM's thread pool when the level runs on another thread count (recorded per
-level by `lcs build`), so switching levels costs no reload. With `session=` (a TVM RPC session) the libraries and weights go
-to the remote device instead.
+On a device set TVM_USE_RUNTIME_LIB=1 so that `import tvm` loads only libtvm_runtime (the module never sets it itself:
+in a build process the full compiler is already loaded). Every compiled library of the artifact is loaded once and every
+level's weights are uploaded once. An int8 level (`lcs build --int8`, tvm_build/cpu_int8.py) is a plain C library with
+its weights inside and a thread pool of its own, called through ctypes with the level's thread count. A library built
+with lcs's static executor (tvm_build/cpu_executor.py) is called through ctypes: one C call per inference on buffers the
+library owns; others run on TVM's Relax VM. `set_level` points the level's library at its weights (a pointer table; a
+library shared by several levels is rebound) and resizes TVM's thread pool when the level runs on another thread count
+(recorded per level by `lcs build`), so switching levels costs no reload. With `session=` (a TVM RPC session) the
+libraries and weights go to the remote device instead.
 
 This module imports neither torch nor tvm_build (the device has neither); it needs the `tvm` package only when a
 Runtime is created.
