@@ -18,7 +18,8 @@ WIDTH_DRAWS = ("uniform", "grid")
 SPLIT_BATCH = ("none", "narrow", "all")
 ENDPOINT_INITS = ("copy", "independent")
 METHODS = ("lcs", "fixed", "us")
-SAMPLERS = ("biased-endpoints", "sandwich", "endpoint-and-random", "max-and-random", "min-and-random", "discrete", "uniform", "fixed", "delayed-uniform", "per-layer-bits")
+SAMPLERS = ("biased-endpoints", "sandwich", "endpoint-and-random", "max-and-random", "min-and-random", "discrete",
+            "uniform", "fixed", "delayed-uniform", "per-layer-bits")
 
 
 @dataclass(frozen=True)
