@@ -103,8 +103,8 @@ def model_config():
     return model_config_for(load_data(DATA).info, name="small-cnn", norm="group")
 
 
-# TrainConfig fields the command line sets for every run (--distill, --compression-warmup; the per-level models ignore
-# distillation).
+# TrainConfig fields the command line sets for every run (--distill, --compression-warmup, --label-smoothing; the
+# per-level models ignore distillation).
 TRAIN_OVERRIDES: dict = {}
 # TrainConfig fields of the structured family's LCS runs and step timing only: lcs train's structured default
 # (lcs.config.STRUCTURED_LCS_TRAIN), then --structured-recipe on top (issue 17); the per-level models keep their one
@@ -514,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compression-warmup", type=float, default=TrainConfig.compression_warmup,
                         help="compression warm-up fraction of every run, per-level models included "
                              "(TrainConfig.compression_warmup)")
+    parser.add_argument("--label-smoothing", type=float, default=TrainConfig.label_smoothing,
+                        help="label smoothing of every run, per-level models included (TrainConfig.label_smoothing)")
     parser.add_argument("--structured-recipe", default="",
                         help="TrainConfig fields of the structured LCS runs and their step timing, as KEY=VALUE,... "
                              "on top of lcs train's structured default (lcs.config.STRUCTURED_LCS_TRAIN); "
@@ -558,11 +560,13 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     try:
-        TrainConfig(distill=args.distill, compression_warmup=args.compression_warmup)
+        TrainConfig(distill=args.distill, compression_warmup=args.compression_warmup,
+                    label_smoothing=args.label_smoothing)
     except ConfigError as exc:
         parser.error(str(exc))
     TRAIN_OVERRIDES["distill"] = args.distill
     TRAIN_OVERRIDES["compression_warmup"] = args.compression_warmup
+    TRAIN_OVERRIDES["label_smoothing"] = args.label_smoothing
     try:
         STRUCTURED_RECIPE.update(parse_recipe(args.structured_recipe))
         TrainConfig(**{**TRAIN_OVERRIDES, **STRUCTURED_RECIPE})

@@ -163,7 +163,7 @@ class TrainConfig:
             raise ConfigError(f"alpha {self.fixed_alpha:g} is outside [0, 1]")
         if self.alpha_spacing not in ("log", "linear"):
             raise ConfigError(f"alpha spacing must be 'log' or 'linear', got {self.alpha_spacing!r}")
-        for name in ("distill", "endpoint_prob", "low_end_share", "low_end_batch", "distill_from"):
+        for name in ("distill", "endpoint_prob", "low_end_share", "low_end_batch", "distill_from", "label_smoothing"):
             if getattr(self, name) > 1.0:
                 raise ConfigError(f"{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)!r}")
         if self.split_batch not in SPLIT_BATCH:

@@ -279,3 +279,18 @@ def test_distill_from_adds_the_densest_points_pass_only_from_that_step_on(digits
     assert passes[2::2] == [1.0, 1.0] and all(a < 1.0 for a in passes[3::2])
     with pytest.raises(ConfigError, match="distill-from"):
         TrainConfig(distill_from=1.5)
+
+
+def test_accuracy_benchmark_label_smoothing_reaches_every_run_and_is_checked(capsys, monkeypatch):
+    """--label-smoothing goes to the LCS runs and the per-level models alike (a fair comparison); out of range: one
+    error line, nothing set."""
+    from benchmarks import accuracy as bench
+
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--label-smoothing", "1.5", "--out", "/nonexistent/never-written"])
+    assert exc.value.code == 2 and "label-smoothing must be in [0, 1]" in capsys.readouterr().err
+    assert "label_smoothing" not in bench.TRAIN_OVERRIDES
+    monkeypatch.setitem(bench.TRAIN_OVERRIDES, "label_smoothing", 0.1)
+    runs = bench.plan(2, quick=True, families=("unstructured",), ablations=())
+    assert runs and {run.config.train.label_smoothing for run in runs} == {0.1}
+    assert {run.config.train.method for run in runs} == {"lcs", "fixed"}
