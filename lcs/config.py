@@ -90,9 +90,6 @@ class TrainConfig:
     # is 0.5 / 0.5.
     line_centre_lr: float = 1.0
     line_spread_lr: float = 0.25
-    # Weight decay of the half-difference d, as a factor of the weight decay (the centre keeps the full one). 1.0: plain
-    # decay of both endpoints, which shrinks d at the full rate while its gradient moves at line_spread_lr.
-    line_spread_decay: float = 1.0
     # Fraction of training over which compression is phased in (TopK anneals, activation quantization waits). The
     # reference's 0.8 leaves the sparsest levels 20 % of the steps at their final mask; 0.6: +1.3 points at 5 % keep
     # (benchmarks/README.md, issue 17).
@@ -109,9 +106,6 @@ class TrainConfig:
     # within 0.5 points of per-level models, but two passes a step where the sampler draws one (about 2x a standard
     # step), so it is a choice, not the default (benchmarks/README.md).
     distill: float = 0.0
-    # Distil only from this fraction of training on (0: every step): the densest point's extra pass is paid for the
-    # last 1 - distill_from of the steps only, so a whole run costs 1 + (1 - distill_from) passes a step on average.
-    distill_from: float = 0.0
     # biased-endpoints sampler: how often an end of the line is drawn, and which share of those
     # draws is the compressed end (the reference: 0.5 and 0.5). max-/min-and-random: how often the second pass is
     # the line's other end.
@@ -149,7 +143,6 @@ class TrainConfig:
         for name, low, strict in (("lr", 0.0, True), ("momentum", 0.0, False), ("weight_decay", 0.0, False),
                                   ("warmup_epochs", 0.0, False), ("beta", 0.0, False),
                                   ("line_centre_lr", 0.0, False), ("line_spread_lr", 0.0, False),
-                                  ("line_spread_decay", 0.0, False), ("distill_from", 0.0, False),
                                   ("label_smoothing", 0.0, False), ("fixed_alpha", 0.0, False),
                                   ("distill", 0.0, False), ("endpoint_prob", 0.0, False),
                                   ("low_end_share", 0.0, False), ("weight_average", 0.0, False),
@@ -163,7 +156,7 @@ class TrainConfig:
             raise ConfigError(f"alpha {self.fixed_alpha:g} is outside [0, 1]")
         if self.alpha_spacing not in ("log", "linear"):
             raise ConfigError(f"alpha spacing must be 'log' or 'linear', got {self.alpha_spacing!r}")
-        for name in ("distill", "endpoint_prob", "low_end_share", "low_end_batch", "distill_from", "label_smoothing"):
+        for name in ("distill", "endpoint_prob", "low_end_share", "low_end_batch", "label_smoothing"):
             if getattr(self, name) > 1.0:
                 raise ConfigError(f"{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)!r}")
         if self.split_batch not in SPLIT_BATCH:
@@ -198,7 +191,7 @@ def family_train_defaults(family: str, method: str) -> dict:
 LEGACY_TRAIN = {"distill": 0.0, "endpoint_prob": 0.5, "low_end_share": 0.5, "weight_average": 0.0,
                "width_draw": "uniform", "width_grid": 0,
                "split_batch": "none", "low_end_weight": 1.0,
-               "low_end_batch": 0.0, "line_spread_decay": 1.0, "distill_from": 0.0}
+               "low_end_batch": 0.0}
 
 
 @dataclass(frozen=True)

@@ -336,28 +336,6 @@ class WeightAverage:
             torch._foreach_copy_([p.data for p in self.params], self.mean)
 
 
-@torch.no_grad()
-def spread_decay(model: SubspaceModel, flat: FlatParameters | None, extra: float) -> None:
-    """TrainConfig.line_spread_decay: SGD's weight decay adds wd * w to each endpoint's gradient, i.e. decays the centre
-    c and the half-difference d = (w1 - w0) / 2 alike; adding `extra` * d to w0's gradient and taking it from w1's makes
-    d decay at wd - extra (the centre unchanged)."""
-    line = getattr(model, "flat_line", None)
-    if flat is not None and line is not None:
-        param, n = line
-        w0, w1 = param.detach()[:n], param.detach()[n:2 * n]
-        g = param.grad
-        d = (w1 - w0).mul_(0.5 * extra)
-        g[:n].add_(d)
-        g[n:2 * n].sub_(d)
-        return
-    for p0, p1 in model.line_pairs:
-        if p0.grad is None or p1.grad is None:
-            continue
-        d = (p1.detach() - p0.detach()).mul_(0.5 * extra)
-        p0.grad.add_(d)
-        p1.grad.sub_(d)
-
-
 @dataclass
 class TrainResult:
     config: RunConfig
@@ -446,7 +424,6 @@ def train(config: RunConfig, *, data: DataSplit | None = None, out: str | Path |
                          backend=world.backend)
     # In-place distillation needs a densest point to learn from (not for one fixed level).
     distill = t.distill > 0 and t.method != "fixed"
-    distill_from = int(round(t.distill_from * total))
     averaged = WeightAverage([flat.param] if flat else [p for p in model.parameters() if p.requires_grad])
     average_from = total - int(round(t.weight_average * total)) if t.weight_average > 0 else total + 1
     clock = acc.StepClock(device)
@@ -468,8 +445,7 @@ def train(config: RunConfig, *, data: DataSplit | None = None, out: str | Path |
             if timed:
                 clock.start()
             draws = draw_alphas(sampler, rng, step / total, config, cmap, model)
-            distilling = distill and step >= distill_from
-            if distilling:
+            if distill:
                 draws = with_teacher(draws, cmap, step / total, config)
             teacher = None
             if draws_seen is not None:
@@ -490,7 +466,7 @@ def train(config: RunConfig, *, data: DataSplit | None = None, out: str | Path |
                     loss = draw_loss(logits, ys, t, soft)
                     if t.low_end_weight != 1.0 and d.alpha == cmap.alpha_range[0]:
                         loss = t.low_end_weight * loss
-                if distilling and i == 0:  # the densest point: the soft targets of the step's other draws
+                if distill and i == 0:  # the densest point: the soft targets of the step's other draws
                     teacher = F.softmax(logits.detach().float(), dim=1)
                 loss_sum += loss.detach()
                 last = i == len(draws) - 1
@@ -510,8 +486,6 @@ def train(config: RunConfig, *, data: DataSplit | None = None, out: str | Path |
                 scaler.unscale_(optimizer)  # the line's gradient split works on true gradients
             if line and not fold_split:
                 model.split_line_gradients(t.line_centre_lr, t.line_spread_lr)
-            if line and t.line_spread_decay != 1.0 and t.weight_decay > 0:
-                spread_decay(model, flat, t.weight_decay * (1.0 - t.line_spread_decay))
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()

@@ -238,49 +238,6 @@ def test_accuracy_benchmark_refuses_a_compression_warmup_outside_0_1(capsys):
     assert "compression_warmup" not in bench.TRAIN_OVERRIDES
 
 
-@pytest.mark.parametrize("flat", [True, False])
-def test_spread_decay_shrinks_the_half_difference_at_its_own_rate_and_leaves_the_centre(flat):
-    """TrainConfig.line_spread_decay: with SGD's weight decay wd the endpoints' decay terms wd * w0, wd * w1 become
-    d's decay (wd - extra) * d and c's wd * c, whether the parameters are one flat tensor or one tensor each."""
-    from lcs.train import FlatParameters, spread_decay
-
-    model = line_model()
-    flat_params = FlatParameters(model) if flat else None
-    for p in model.parameters():
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        p.grad.zero_()
-    wd, factor = 5e-4, 0.25
-    spread_decay(model, flat_params, wd * (1 - factor))
-    for p0, p1 in model.line_pairs:
-        g0, g1 = p0.grad + wd * p0.detach(), p1.grad + wd * p1.detach()  # + what SGD's weight decay adds
-        c, d = (p0 + p1).detach() / 2, (p1 - p0).detach() / 2
-        torch.testing.assert_close((g0 + g1) / 2, wd * c)
-        torch.testing.assert_close((g1 - g0) / 2, factor * wd * d)
-    with pytest.raises(ConfigError, match="line-spread-decay"):
-        TrainConfig(line_spread_decay=-1.0)
-
-
-def test_distill_from_adds_the_densest_points_pass_only_from_that_step_on(digits, monkeypatch):
-    """TrainConfig.distill_from: one pass per step before it, the densest point's pass first and then the draw after."""
-    from lcs.config import DataConfig
-    from lcs.data import model_config_for
-    from lcs.train import train
-
-    calls = []
-    original = SubspaceModel.forward
-    monkeypatch.setattr(SubspaceModel, "forward", lambda self, x: calls.append(self.level.alpha) or original(self, x))
-    cfg = RunConfig(model=model_config_for(digits.info), data=DataConfig("digits"),
-                    train=TrainConfig(epochs=1, batch_size=128, distill=0.5, distill_from=0.5, sampler="uniform"))
-    small = dataclasses.replace(digits, train=torch.utils.data.Subset(digits.train, range(512)))
-    train(cfg, data=small)  # 4 steps: 2 plain, 2 distilled
-    passes = calls[2:2 + 2 + 2 * 2]  # after the two probes of _check_runs
-    assert all(a < 1.0 for a in passes[:2])
-    assert passes[2::2] == [1.0, 1.0] and all(a < 1.0 for a in passes[3::2])
-    with pytest.raises(ConfigError, match="distill-from"):
-        TrainConfig(distill_from=1.5)
-
-
 def test_accuracy_benchmark_label_smoothing_reaches_every_run_and_is_checked(capsys, monkeypatch):
     """--label-smoothing goes to the LCS runs and the per-level models alike (a fair comparison); out of range: one
     error line, nothing set."""
