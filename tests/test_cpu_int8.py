@@ -200,3 +200,11 @@ def test_int8_for_linux_boards_refuses_what_it_cannot_do(one_line_error, quant_l
     one_line_error(_cli("build", quant_line, "--target", "host", "--int8-store", "ready", "-o", out),
                    "--int8-store chooses a firmware weight store")
     assert not out.exists()
+
+
+def test_int8_thread_choice_takes_the_fewest_threads_within_3_percent():
+    from tvm_build.cpu_int8 import choose_threads
+
+    # level 0 gains from 2 threads, level 1 does not (2 % apart: noise), level 2 is fastest on 4
+    by_threads = {1: [0.25, 0.10, 1.0], 2: [0.17, 0.098, 0.6], 4: [0.18, 0.12, 0.4]}
+    assert choose_threads(by_threads, 3) == [2, 1, 4]
