@@ -701,8 +701,50 @@ typedef struct {
     int32_t *s, *m, *down, *b;
     uint32_t *q;
     int64_t *m64, *sh64, *b64;
+    int32_t merged; /* AVX-512: sh64 and b64 hold down + 16 and (b + 2^15) << down (gn16) */
 } gn_job_t;
 
+#if Q8C_ISA == 1
+#define GN_BLOCK 32
+/* Blocks of 32 channels: two pixels' int16 values interleaved (unpacklo/hi, as dw_pairs) so one vpdpwssd adds both
+   pixels' values (against ones) or squares for 16 channels; the sums come out in unpack order (per 128-bit lane k:
+   channels 8k..8k+3 in the "lo" register, 8k+4..8k+7 in the "hi" one) and are put back in order at the end. */
+static void gn_sums(const void *ctx, int32_t lo, int32_t hi, void *local) {
+    const gn_job_t *jb = ctx;
+    const int32_t c = jb->p->c, hw = jb->p->hw;
+    const int8_t *in = jb->in;
+    const __m512i ones = _mm512_set1_epi16(1), zero = _mm512_setzero_si512();
+    const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+    const __m512i second = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+    (void)local;
+    for (int32_t blk = lo; blk < hi; blk++) {
+        const int32_t j0 = blk * GN_BLOCK, nc = c - j0 < GN_BLOCK ? c - j0 : GN_BLOCK;
+        const __mmask32 cm = nc == GN_BLOCK ? 0xFFFFFFFFu : (1u << nc) - 1;
+        __m512i s_lo = zero, s_hi = zero, q_lo = zero, q_hi = zero;
+        const int8_t *x = in + j0;
+        int32_t i = 0;
+        for (; i + 2 <= hw; i += 2, x += 2 * c) {
+            const __m512i u = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(cm, x));
+            const __m512i v = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(cm, x + c));
+            const __m512i a = _mm512_unpacklo_epi16(u, v), b = _mm512_unpackhi_epi16(u, v);
+            s_lo = _mm512_dpwssd_epi32(s_lo, a, ones), s_hi = _mm512_dpwssd_epi32(s_hi, b, ones);
+            q_lo = _mm512_dpwssd_epi32(q_lo, a, a), q_hi = _mm512_dpwssd_epi32(q_hi, b, b); /* < hw 2^14: no wrap */
+        }
+        if (i < hw) { /* an odd pixel count: the last one paired with zeros */
+            const __m512i u = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(cm, x));
+            const __m512i a = _mm512_unpacklo_epi16(u, zero), b = _mm512_unpackhi_epi16(u, zero);
+            s_lo = _mm512_dpwssd_epi32(s_lo, a, ones), s_hi = _mm512_dpwssd_epi32(s_hi, b, ones);
+            q_lo = _mm512_dpwssd_epi32(q_lo, a, a), q_hi = _mm512_dpwssd_epi32(q_hi, b, b);
+        }
+        const __mmask16 m0 = (__mmask16)cm, m1 = (__mmask16)(cm >> 16);
+        _mm512_mask_storeu_epi32(jb->s + j0, m0, _mm512_permutex2var_epi32(s_lo, first, s_hi));
+        _mm512_mask_storeu_epi32(jb->q + j0, m0, _mm512_permutex2var_epi32(q_lo, first, q_hi));
+        _mm512_mask_storeu_epi32(jb->s + j0 + 16, m1, _mm512_permutex2var_epi32(s_lo, second, s_hi));
+        _mm512_mask_storeu_epi32(jb->q + j0 + 16, m1, _mm512_permutex2var_epi32(q_lo, second, q_hi));
+    }
+}
+#else
+#define GN_BLOCK 16
 static void gn_sums(const void *ctx, int32_t lo, int32_t hi, void *local) {
     const gn_job_t *jb = ctx;
     const int32_t c = jb->p->c, hw = jb->p->hw;
@@ -712,30 +754,8 @@ static void gn_sums(const void *ctx, int32_t lo, int32_t hi, void *local) {
     (void)local;
     for (int32_t blk = lo; blk < hi; blk++) {
         const int32_t j0 = blk * 16, j1 = j0 + 16 < c ? j0 + 16 : c;
-#if Q8C_ISA == 1
-        { /* 16 channels' sums in registers over every pixel (a tail block: masked) */
-            const __mmask16 cm = (__mmask16)((1u << (j1 - j0)) - 1);
-            __m512i sa = _mm512_setzero_si512(), qa = sa, sb = sa, qb = sa;
-            int32_t i = 0;
-            for (; i + 2 <= hw; i += 2) {
-                const __m256i u = _mm256_cvtepi8_epi16(_mm_maskz_loadu_epi8(cm, in + i * c + j0));
-                const __m256i w = _mm256_cvtepi8_epi16(_mm_maskz_loadu_epi8(cm, in + (i + 1) * c + j0));
-                sa = _mm512_add_epi32(sa, _mm512_cvtepi16_epi32(u));
-                qa = _mm512_add_epi32(qa, _mm512_cvtepi16_epi32(_mm256_mullo_epi16(u, u))); /* x^2 <= 2^14 */
-                sb = _mm512_add_epi32(sb, _mm512_cvtepi16_epi32(w));
-                qb = _mm512_add_epi32(qb, _mm512_cvtepi16_epi32(_mm256_mullo_epi16(w, w)));
-            }
-            for (; i < hw; i++) {
-                const __m256i u = _mm256_cvtepi8_epi16(_mm_maskz_loadu_epi8(cm, in + i * c + j0));
-                sa = _mm512_add_epi32(sa, _mm512_cvtepi16_epi32(u));
-                qa = _mm512_add_epi32(qa, _mm512_cvtepi16_epi32(_mm256_mullo_epi16(u, u)));
-            }
-            _mm512_mask_storeu_epi32(s + j0, cm, _mm512_add_epi32(sa, sb));
-            _mm512_mask_storeu_epi32(q + j0, cm, _mm512_add_epi32(qa, qb));
-            continue;
-        }
-#elif Q8C_ISA == 2
-        if (j1 - j0 == 16) { /* as above, in halves of 8 channels */
+#if Q8C_ISA == 2
+        if (j1 - j0 == 16) { /* the block's sums in registers over every pixel, in halves of 8 channels */
             __m256i s0 = _mm256_setzero_si256(), s1 = s0, q0 = s0, q1 = s0;
             for (int32_t i = 0; i < hw; i++) {
                 const __m256i u = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(in + i * c + j0)));
@@ -763,6 +783,8 @@ static void gn_sums(const void *ctx, int32_t lo, int32_t hi, void *local) {
     }
 }
 
+#endif
+
 #if Q8C_ISA == 1
 /* 16 channels of one pixel: int32 differences, their even and odd lanes' int64 products (vpmuldq), the two halves'
    low words merged */
@@ -781,6 +803,28 @@ static inline __attribute__((always_inline)) void gn16(const int8_t *x, int8_t *
     v = _mm512_min_epi32(_mm512_max_epi32(v, lov), hiv);
     _mm_mask_storeu_epi8(y + j0, cm, _mm512_cvtepi32_epi8(v));
 }
+
+/* gn16 with the two roundings merged (q8c_groupnorm checked 0 <= down <= 30, so nothing overflows):
+   ((d m >> down) + b + 2^15) >> 16 == (d m + ((b + 2^15) << down)) >> (down + 16), sh64 and b64 holding the shift
+   and the addend; n x by vpmaddwd where n < 2^15 (x sign-extended: its high half times n's zero high half adds 0);
+   the odd lanes moved down by a shuffle, and the two results' low words merged by one permute */
+static inline __attribute__((always_inline)) void gn16m(const int8_t *x, int8_t *y, int32_t j0, __mmask16 cm,
+                                                        __m512i nv, int32_t small_n, __m512i lov, __m512i hiv,
+                                                        const int32_t *s, const int64_t *m64, const int64_t *sh64,
+                                                        const int64_t *b64) {
+    const __m512i x32 = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(cm, x + j0));
+    const __m512i d = _mm512_sub_epi32(small_n ? _mm512_madd_epi16(x32, nv) : _mm512_mullo_epi32(x32, nv),
+                                       _mm512_maskz_loadu_epi32(cm, s + j0));
+    const __m512i pe = _mm512_mul_epi32(d, _mm512_loadu_si512(m64 + j0));
+    const __m512i po = _mm512_mul_epi32(_mm512_shuffle_epi32(d, _MM_PERM_DDBB), _mm512_loadu_si512(m64 + j0 + 8));
+    const __m512i te = _mm512_srav_epi64(_mm512_add_epi64(pe, _mm512_loadu_si512(b64 + j0)), _mm512_loadu_si512(sh64 + j0));
+    const __m512i to = _mm512_srav_epi64(_mm512_add_epi64(po, _mm512_loadu_si512(b64 + j0 + 8)),
+                                         _mm512_loadu_si512(sh64 + j0 + 8));
+    const __m512i merge = _mm512_setr_epi32(0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);
+    __m512i v = _mm512_permutex2var_epi32(te, merge, to); /* |v| < 2^31: low words */
+    v = _mm512_min_epi32(_mm512_max_epi32(v, lov), hiv);
+    _mm_mask_storeu_epi8(y + j0, cm, _mm512_cvtepi32_epi8(v));
+}
 #endif
 
 static void gn_apply(const void *ctx, int32_t lo, int32_t hi, void *local) {
@@ -793,6 +837,7 @@ static void gn_apply(const void *ctx, int32_t lo, int32_t hi, void *local) {
     (void)local, (void)m64, (void)sh64, (void)b64;
 #if Q8C_ISA == 1
     const __m512i nv = _mm512_set1_epi32(n), lov = _mm512_set1_epi32(lo_y), hiv = _mm512_set1_epi32(hi_y);
+    const int32_t small_n = n < 32768;
 #elif Q8C_ISA == 2
     const __m256i nv = _mm256_set1_epi32(n), lov = _mm256_set1_epi32(lo_y), hiv = _mm256_set1_epi32(hi_y);
     const __m256i half_bit = _mm256_set1_epi64x(1 << 15), zero = _mm256_setzero_si256();
@@ -809,11 +854,16 @@ static void gn_apply(const void *ctx, int32_t lo, int32_t hi, void *local) {
     } while (0)
         int32_t j0 = 0;
 #if Q8C_ISA == 1
-        for (; j0 + 16 <= c; j0 += 16) gn16(x, y, j0, 0xFFFF, nv, lov, hiv, s, m64, sh64, b64);
-        if (j0 < c) { /* the tail, masked */
-            gn16(x, y, j0, (__mmask16)((1u << (c - j0)) - 1), nv, lov, hiv, s, m64, sh64, b64);
-            j0 = c;
+        if (jb->merged) {
+            for (; j0 + 16 <= c; j0 += 16) gn16m(x, y, j0, 0xFFFF, nv, small_n, lov, hiv, s, m64, sh64, b64);
+            if (j0 < c) /* the tail, masked */
+                gn16m(x, y, j0, (__mmask16)((1u << (c - j0)) - 1), nv, small_n, lov, hiv, s, m64, sh64, b64);
+        } else {
+            for (; j0 + 16 <= c; j0 += 16) gn16(x, y, j0, 0xFFFF, nv, lov, hiv, s, m64, sh64, b64);
+            if (j0 < c) /* the tail, masked */
+                gn16(x, y, j0, (__mmask16)((1u << (c - j0)) - 1), nv, lov, hiv, s, m64, sh64, b64);
         }
+        j0 = c;
 #elif Q8C_ISA == 2
         for (; j0 < c16; j0 += 8) { /* 8 channels: 4 int64 products at a time; AVX2 has no arithmetic 64-bit shift,
                                        so x >> k is ((x ^ sign) >> k) ^ sign */
@@ -859,7 +909,7 @@ void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratc
     int64_t *restrict b64 = sh64 + cu;
     jb.s = s, jb.m = m, jb.down = down, jb.b = b, jb.q = q, jb.m64 = m64, jb.sh64 = sh64, jb.b64 = b64;
     const int64_t work = (int64_t)hw * c / 8; /* ~1/8 ns a value a pass (one thread, measured here) */
-    q8p_for((c + 15) / 16, work, gn_sums, &jb);
+    q8p_for((c + GN_BLOCK - 1) / GN_BLOCK, work, gn_sums, &jb);
     const int32_t *restrict pg = p->g, *restrict pb = p->b;
     const int8_t *restrict pge = p->ge;
     for (int32_t g0 = 0; g0 < c; g0 += cg) { /* the group's factors, then its channels' (a vector loop) */
@@ -899,6 +949,8 @@ void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratc
     /* per block of 16 channels, int64 lanes: the 8 even channels', then the 8 odd ones' (gn_apply multiplies the
        even and the odd int32 lanes of a register apart, vpmuldq) */
     const __m512i evens_odds = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    jb.merged = 1;
+    for (int32_t j = 0; j < c; j++) jb.merged &= down[j] >= 0 && down[j] <= 30;
     for (int32_t j0 = 0; j0 < c; j0 += 16) { /* a tail block's lanes past c: zeros (gn_apply masks them) */
         const __mmask16 cm = c - j0 >= 16 ? 0xFFFF : (__mmask16)((1u << (c - j0)) - 1);
         const __m512i mv = _mm512_permutexvar_epi32(evens_odds, _mm512_maskz_loadu_epi32(cm, m + j0));
@@ -907,10 +959,13 @@ void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratc
         const __m512i half = _mm512_set1_epi64(1 << 15);
         _mm512_storeu_si512(m64 + j0, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(mv)));
         _mm512_storeu_si512(m64 + j0 + 8, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(mv, 1)));
-        _mm512_storeu_si512(sh64 + j0, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(dv)));
-        _mm512_storeu_si512(sh64 + j0 + 8, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(dv, 1)));
-        _mm512_storeu_si512(b64 + j0, _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(bv)), half));
-        _mm512_storeu_si512(b64 + j0 + 8, _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(bv, 1)), half));
+        for (int32_t h = 0; h < 2; h++) {
+            const __m512i d64 = _mm512_cvtepi32_epi64(h ? _mm512_extracti64x4_epi64(dv, 1) : _mm512_castsi512_si256(dv));
+            const __m512i b64v = _mm512_add_epi64(
+                _mm512_cvtepi32_epi64(h ? _mm512_extracti64x4_epi64(bv, 1) : _mm512_castsi512_si256(bv)), half);
+            _mm512_storeu_si512(sh64 + j0 + 8 * h, jb.merged ? _mm512_add_epi64(d64, _mm512_set1_epi64(16)) : d64);
+            _mm512_storeu_si512(b64 + j0 + 8 * h, jb.merged ? _mm512_sllv_epi64(b64v, d64) : b64v);
+        }
     }
 #endif
     q8p_for(hw, work * 2, gn_apply, &jb);
