@@ -80,6 +80,39 @@ static inline __m512i rq16(__m512i x, __m512i m, __m512i l, __m512i n) {
     return _mm512_srav_epi32(_mm512_add_epi32(t, half), n);
 }
 
+/* rq16 with a block's constants computed once (a loop over pixels), the two roundings merged where every n <= 30:
+   ((s m + 2^31) >> 32 + 2^(n-1)) >> n == (s m + 2^31 + 2^(n-1) 2^32) >> (32 + n) (nested floors of integers; the sum
+   stays below 2^63), so a lane takes one add and one shift after its product; the odd lanes are moved down by a
+   shuffle and the two results' low words merged by one permute, and x << l is skipped where every l is 0. */
+typedef struct {
+    __m512i m, m_odd, l, n, half, e_even, e_odd, r_even, r_odd;
+    int32_t merged, shift;
+} rq16c_t;
+static inline rq16c_t rq16_consts(__m512i m, __m512i l, __m512i n) {
+    const __m512i half = _mm512_srli_epi32(_mm512_sllv_epi32(_mm512_set1_epi32(1), n), 1);
+    const __m512i low = _mm512_set1_epi64(0xFFFFFFFFLL), r = _mm512_set1_epi64(0x80000000LL), e = _mm512_set1_epi64(32);
+    return (rq16c_t){m, _mm512_shuffle_epi32(m, _MM_PERM_DDBB), l, n, half,
+                     _mm512_add_epi64(_mm512_and_si512(n, low), e), _mm512_add_epi64(_mm512_srli_epi64(n, 32), e),
+                     _mm512_add_epi64(_mm512_slli_epi64(half, 32), r), _mm512_add_epi64(_mm512_andnot_si512(low, half), r),
+                     _mm512_cmpgt_epi32_mask(n, _mm512_set1_epi32(30)) == 0, _mm512_test_epi32_mask(l, l) != 0};
+}
+static inline __attribute__((always_inline)) __m512i rq16x(__m512i x, const rq16c_t *k, const int merged) {
+    const __m512i s = k->shift ? _mm512_sllv_epi32(x, k->l) : x;
+    if (merged) {
+        const __m512i te = _mm512_srav_epi64(_mm512_add_epi64(_mm512_mul_epi32(s, k->m), k->r_even), k->e_even);
+        const __m512i to = _mm512_srav_epi64(
+            _mm512_add_epi64(_mm512_mul_epi32(_mm512_shuffle_epi32(s, _MM_PERM_DDBB), k->m_odd), k->r_odd), k->e_odd);
+        return _mm512_permutex2var_epi32(te, _mm512_setr_epi32(0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30), to);
+    }
+    const __m512i round = _mm512_set1_epi64(0x80000000LL);
+    const __m512i even = _mm512_add_epi64(_mm512_mul_epi32(s, k->m), round);
+    const __m512i odd = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(s, 32), k->m_odd), round);
+    const __m512i t = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+    return _mm512_srav_epi32(_mm512_add_epi32(t, k->half), k->n);
+}
+/* callers whose loops are hot pass `merged` as a constant (one loop per form: the other form's constants are dead) */
+#define rq16k(x, k) rq16x(x, k, (k)->merged)
+
 /* epilogue() for exactly 16 channels */
 static inline void epilogue16(const int32_t *acc, const int32_t *m, const int32_t *l, const int32_t *n,
                               const int8_t *skip, q8_rq_t add, int32_t relu, int8_t *out) {
@@ -333,19 +366,26 @@ static inline void store_tile(const q8c_conv_t *p, const int32_t *acc, int32_t p
     { /* the block's parameters loaded once for the tile (int8 stores may alias them); a channel tail masked (the
          parameter arrays run to whole blocks) */
         const __mmask16 cm = nc == Q8C_NR ? 0xFFFF : (__mmask16)((1u << nc) - 1);
-        const __m512i m = _mm512_loadu_si512(p->rq.m + c0), l = _mm512_loadu_si512(p->rq.l + c0);
-        const __m512i n = _mm512_loadu_si512(p->rq.n + c0);
-        const __m512i lo = _mm512_set1_epi32(p->relu ? 0 : -128), hi = _mm512_set1_epi32(127);
-        const __m512i am = _mm512_set1_epi32(p->rq_add.m), al = _mm512_set1_epi32(p->rq_add.l);
-        const __m512i an = _mm512_set1_epi32(p->rq_add.n);
-        for (int32_t i = 0; i < r; i++) {
-            const int32_t at = (pix0 + i) * oc + c0;
-            __m512i y = rq16(_mm512_loadu_si512(acc + i * Q8C_NR), m, l, n);
-            if (p->skip)
-                y = _mm512_add_epi32(y, rq16(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(cm, p->skip + at)), am, al, an));
-            y = _mm512_min_epi32(_mm512_max_epi32(y, lo), hi);
-            _mm_mask_storeu_epi8(out + at, cm, _mm512_cvtepi32_epi8(y));
+        const rq16c_t k = rq16_consts(_mm512_loadu_si512(p->rq.m + c0), _mm512_loadu_si512(p->rq.l + c0),
+                                      _mm512_loadu_si512(p->rq.n + c0));
+        const rq16c_t ka = p->skip ? rq16_consts(_mm512_set1_epi32(p->rq_add.m), _mm512_set1_epi32(p->rq_add.l),
+                                                 _mm512_set1_epi32(p->rq_add.n)) : k;
+        const __m512i lo = _mm512_set1_epi32(p->relu ? 0 : -128);
+        /* the ReLU's floor, then the saturating narrowing clamps to [-128, 127] */
+#define Q8C_ROWS(merged)                                                                                             \
+    for (int32_t i = 0; i < r; i++) {                                                                                \
+        const int32_t at = (pix0 + i) * oc + c0;                                                                     \
+        __m512i y = rq16x(_mm512_loadu_si512(acc + i * Q8C_NR), &k, merged);                                         \
+        if (p->skip)                                                                                                 \
+            y = _mm512_add_epi32(y, rq16x(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(cm, p->skip + at)), &ka, merged)); \
+        _mm_mask_storeu_epi8(out + at, cm, _mm512_cvtsepi32_epi8(_mm512_max_epi32(y, lo)));                        \
+    }
+        if (k.merged && ka.merged) {
+            Q8C_ROWS(1)
+        } else {
+            Q8C_ROWS(0)
         }
+#undef Q8C_ROWS
         return;
     }
 #elif Q8C_ISA == 2
@@ -479,6 +519,7 @@ typedef struct {
     const q8c_dw_t *p;
     const int8_t *in;
     int8_t *out;
+    int32_t merged; /* every n <= 30 (rq16_consts) */
 } dw_job_t;
 
 #if Q8C_ISA == 1
@@ -487,22 +528,8 @@ typedef struct {
    accumulators hold the channels in unpack order, and so do the bias and requantization arrays, until packs_epi32
    puts the two halves back in order. A tap outside the input (padding) is a masked load of zeros; so are channels
    past c. Items are output rows. */
-/* rq16 with the block's constants computed once (a loop over pixels) */
-typedef struct {
-    __m512i m, m_odd, l, n, half;
-} rq16c_t;
-static inline rq16c_t rq16_consts(__m512i m, __m512i l, __m512i n) {
-    return (rq16c_t){m, _mm512_srli_epi64(m, 32), l, n, _mm512_srli_epi32(_mm512_sllv_epi32(_mm512_set1_epi32(1), n), 1)};
-}
-static inline __m512i rq16k(__m512i x, const rq16c_t *k) {
-    const __m512i s = _mm512_sllv_epi32(x, k->l), round = _mm512_set1_epi64(0x80000000LL);
-    const __m512i even = _mm512_add_epi64(_mm512_mul_epi32(s, k->m), round);
-    const __m512i odd = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(s, 32), k->m_odd), round);
-    const __m512i t = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
-    return _mm512_srav_epi32(_mm512_add_epi32(t, k->half), k->n);
-}
-
-static void dw_pairs(const void *ctx, int32_t lo, int32_t hi, void *local) {
+static inline __attribute__((always_inline)) void dw_pairs_body(const void *ctx, int32_t lo, int32_t hi, void *local,
+                                                                const int merged) {
     const dw_job_t *j = ctx;
     const q8c_dw_t *p = j->p;
     const int32_t C = p->c, T = p->kh * p->kw, P2 = (T + 1) / 2, nblk = (C + 31) / 32, kw = p->kw;
@@ -564,12 +591,12 @@ static void dw_pairs(const void *ctx, int32_t lo, int32_t hi, void *local) {
                     }
                 }
 #undef DW_PAIR
-                __m512i y_lo = rq16k(acc_lo, &k_lo), y_hi = rq16k(acc_hi, &k_hi);
+                __m512i y_lo = rq16x(acc_lo, &k_lo, merged), y_hi = rq16x(acc_hi, &k_hi, merged);
                 if (p->skip) { /* the residual, widened into the same unpack order */
                     const __m512i s16 = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(cm, p->skip + at + c0));
                     const __m512i sign = _mm512_srai_epi16(s16, 15);
-                    y_lo = _mm512_add_epi32(y_lo, rq16k(_mm512_unpacklo_epi16(s16, sign), &ka));
-                    y_hi = _mm512_add_epi32(y_hi, rq16k(_mm512_unpackhi_epi16(s16, sign), &ka));
+                    y_lo = _mm512_add_epi32(y_lo, rq16x(_mm512_unpacklo_epi16(s16, sign), &ka, merged));
+                    y_hi = _mm512_add_epi32(y_hi, rq16x(_mm512_unpackhi_epi16(s16, sign), &ka, merged));
                 }
                 y_lo = _mm512_min_epi32(_mm512_max_epi32(y_lo, lo_v), hi_v);
                 y_hi = _mm512_min_epi32(_mm512_max_epi32(y_hi, lo_v), hi_v);
@@ -577,6 +604,10 @@ static void dw_pairs(const void *ctx, int32_t lo, int32_t hi, void *local) {
             }
         }
     }
+}
+static void dw_pairs(const void *ctx, int32_t lo, int32_t hi, void *local) {
+    if (((const dw_job_t *)ctx)->merged) dw_pairs_body(ctx, lo, hi, local, 1);
+    else dw_pairs_body(ctx, lo, hi, local, 0);
 }
 #endif
 
@@ -619,7 +650,9 @@ static void dw_rows(const void *ctx, int32_t lo, int32_t hi, void *local) {
 
 /* Depthwise conv (ReLU6 and residual fused). */
 void q8c_dwconv(const q8c_dw_t *p, const int8_t *in, int8_t *out, void *scratch) {
-    const dw_job_t j = {p, in, out};
+    int32_t merged = p->rq_add.n <= 30 || !p->skip;
+    for (int32_t c = 0; c < p->c; c++) merged &= p->rq.n[c] <= 30;
+    const dw_job_t j = {p, in, out, merged};
     const int64_t work = (int64_t)p->out_h * p->out_w * p->c * p->kh * p->kw / 16 + p->out_h * p->out_w * 2;
     (void)scratch;
 #if Q8C_ISA == 1
@@ -636,13 +669,13 @@ static void add_run(int32_t n, const int8_t *restrict a, const int8_t *restrict 
     const int32_t lo = relu ? 0 : -128, am = ra.m, al = ra.l, an = ra.n, bm = rb.m, bl = rb.l, bn = rb.n;
     int32_t i = 0;
 #if Q8C_ISA == 1
-    const __m512i ma = _mm512_set1_epi32(am), la = _mm512_set1_epi32(al), na = _mm512_set1_epi32(an);
-    const __m512i mb = _mm512_set1_epi32(bm), lb = _mm512_set1_epi32(bl), nb = _mm512_set1_epi32(bn);
+    const rq16c_t ka = rq16_consts(_mm512_set1_epi32(am), _mm512_set1_epi32(al), _mm512_set1_epi32(an));
+    const rq16c_t kb = rq16_consts(_mm512_set1_epi32(bm), _mm512_set1_epi32(bl), _mm512_set1_epi32(bn));
     const __m512i lov = _mm512_set1_epi32(lo), hiv = _mm512_set1_epi32(127);
     for (; i + 16 <= n; i += 16) {
         const __m512i x = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(a + i)));
         const __m512i y = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(b + i)));
-        __m512i v = _mm512_add_epi32(rq16(x, ma, la, na), rq16(y, mb, lb, nb));
+        __m512i v = _mm512_add_epi32(rq16k(x, &ka), rq16k(y, &kb));
         v = _mm512_min_epi32(_mm512_max_epi32(v, lov), hiv);
         _mm_storeu_si128((__m128i *)(void *)(out + i), _mm512_cvtepi32_epi8(v));
     }
