@@ -8,6 +8,7 @@
 #include "q8_cpu.h"
 #include "q8_pool.h"
 
+#include <math.h>
 #include <string.h>
 
 #if Q8C_ISA == 1 || Q8C_ISA == 2
@@ -34,6 +35,39 @@ typedef int8_t a_t;
 #endif
 
 const char *q8c_isa(void) { return Q8C_ISA_NAME; }
+
+/* One float, as firmware_c.device_input quantizes it: x * inv (float32), round half to even (rintf in the default
+   rounding mode), clamp to int8. NaN: neither comparison holds and (int)NaN on x86 is INT_MIN, whose low byte the
+   cast keeps (0); the vector loop below gives the same. */
+static inline int8_t q8c_in1(float x, float inv) {
+    const float q = rintf(x * inv);
+    return (int8_t)(q > 127.0f ? 127 : q < -128.0f ? -128 : (int)q);
+}
+
+void q8c_input(const float *restrict in, int32_t hw, int32_t c_in, int32_t c_store, float inv, int8_t *restrict out) {
+    int32_t i = 0;
+#if Q8C_ISA == 1
+    if (c_store == 4) { /* 16 pixels a step: each channel's 16 floats -> int32 -> one byte of every pixel's word */
+        const __m512 vinv = _mm512_set1_ps(inv), hi = _mm512_set1_ps(127.0f), lo = _mm512_set1_ps(-128.0f);
+        for (; i + 16 <= hw; i += 16) {
+            __m512i word = _mm512_setzero_si512();
+            for (int32_t c = 0; c < c_in; c++) {
+                const __m512 q = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_loadu_ps(in + c * hw + i), vinv),
+                                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                __m512i v = _mm512_cvtps_epi32(q); /* NaN and out of range: INT_MIN, as (int) on x86 */
+                v = _mm512_mask_mov_epi32(v, _mm512_cmp_ps_mask(q, hi, _CMP_GT_OQ), _mm512_set1_epi32(127));
+                v = _mm512_mask_mov_epi32(v, _mm512_cmp_ps_mask(q, lo, _CMP_LT_OQ), _mm512_set1_epi32(-128));
+                word = _mm512_or_si512(word, _mm512_slli_epi32(_mm512_and_si512(v, _mm512_set1_epi32(0xFF)), 8 * c));
+            }
+            _mm512_storeu_si512(out + 4 * i, word);
+        }
+    }
+#endif
+    for (; i < hw; i++) {
+        for (int32_t c = 0; c < c_in; c++) out[i * c_store + c] = q8c_in1(in[c * hw + i], inv);
+        for (int32_t c = c_in; c < c_store; c++) out[i * c_store + c] = 0;
+    }
+}
 
 static inline uint32_t ld32(const void *p) {
     uint32_t v;
