@@ -768,7 +768,8 @@ typedef struct {
     int32_t *s, *m, *down, *b;
     uint32_t *q;
     int64_t *m64, *sh64, *b64;
-    int32_t merged; /* AVX-512: sh64 and b64 hold down + 16 and (b + 2^15) << down (gn16) */
+    int32_t merged; /* AVX-512: sh64 and b64 hold down + 16 and (b + 2^15) << down (gn16m) */
+    int32_t split;  /* AVX-512: the m64 region holds gn16s's int32 factors instead */
 } gn_job_t;
 
 #if Q8C_ISA == 1
@@ -894,6 +895,25 @@ static inline __attribute__((always_inline)) void gn16m(const int8_t *x, int8_t 
 }
 #endif
 
+#if Q8C_ISA == 1
+/* gn16m's (A x + B) >> E (A = n m, B = ((b + 2^15) << down) - s m, int64) in int32 lanes only: with S = min(E, 24)
+   and A = ah 2^S + al, B = bh 2^S + bl (0 <= al, bl < 2^S), (A x + B) >> S == ah x + bh + ((al x + bl) >> S), the
+   last term's |al x + bl| < 2^31 for int8 x, and the rest within int32 where q8c_groupnorm checked |ah| 128 + |bh| +
+   128 < 2^31; then >> (E - S). Factors: [al, ah, bl, bh, S, E - S] arrays of `cu` channels. */
+static inline __attribute__((always_inline)) void gn16s(const int8_t *x, int8_t *y, int32_t j0, __mmask16 cm,
+                                                        __m512i lov, __m512i hiv, const int32_t *f, int32_t cu) {
+    const __m512i x32 = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(cm, x + j0));
+    const int32_t *al = f + j0, *ah = al + cu, *bl = ah + cu, *bh = bl + cu, *sl = bh + cu, *sr = sl + cu;
+    const __m512i low = _mm512_srav_epi32(
+        _mm512_add_epi32(_mm512_mullo_epi32(x32, _mm512_loadu_si512(al)), _mm512_loadu_si512(bl)), _mm512_loadu_si512(sl));
+    __m512i v = _mm512_add_epi32(_mm512_add_epi32(_mm512_mullo_epi32(x32, _mm512_loadu_si512(ah)), _mm512_loadu_si512(bh)),
+                                 low);
+    v = _mm512_srav_epi32(v, _mm512_loadu_si512(sr));
+    v = _mm512_min_epi32(_mm512_max_epi32(v, lov), hiv);
+    _mm_mask_storeu_epi8(y + j0, cm, _mm512_cvtepi32_epi8(v));
+}
+#endif
+
 static void gn_apply(const void *ctx, int32_t lo, int32_t hi, void *local) {
     const gn_job_t *jb = ctx;
     const q8_gn_t *p = jb->p;
@@ -921,7 +941,12 @@ static void gn_apply(const void *ctx, int32_t lo, int32_t hi, void *local) {
     } while (0)
         int32_t j0 = 0;
 #if Q8C_ISA == 1
-        if (jb->merged) {
+        if (jb->split) {
+            const int32_t *f = (const int32_t *)(const void *)m64, cu = (c + 15) & ~15;
+            for (; j0 + 16 <= c; j0 += 16) gn16s(x, y, j0, 0xFFFF, lov, hiv, f, cu);
+            if (j0 < c) /* the tail, masked */
+                gn16s(x, y, j0, (__mmask16)((1u << (c - j0)) - 1), lov, hiv, f, cu);
+        } else if (jb->merged) {
             for (; j0 + 16 <= c; j0 += 16) gn16m(x, y, j0, 0xFFFF, nv, small_n, lov, hiv, s, m64, sh64, b64);
             if (j0 < c) /* the tail, masked */
                 gn16m(x, y, j0, (__mmask16)((1u << (c - j0)) - 1), nv, small_n, lov, hiv, s, m64, sh64, b64);
@@ -1018,20 +1043,46 @@ void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratc
     const __m512i evens_odds = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
     jb.merged = 1;
     for (int32_t j = 0; j < c; j++) jb.merged &= down[j] >= 0 && down[j] <= 30;
-    for (int32_t j0 = 0; j0 < c; j0 += 16) { /* a tail block's lanes past c: zeros (gn_apply masks them) */
-        const __mmask16 cm = c - j0 >= 16 ? 0xFFFF : (__mmask16)((1u << (c - j0)) - 1);
-        const __m512i mv = _mm512_permutexvar_epi32(evens_odds, _mm512_maskz_loadu_epi32(cm, m + j0));
-        const __m512i dv = _mm512_permutexvar_epi32(evens_odds, _mm512_maskz_loadu_epi32(cm, down + j0));
-        const __m512i bv = _mm512_permutexvar_epi32(evens_odds, _mm512_maskz_loadu_epi32(cm, b + j0));
-        const __m512i half = _mm512_set1_epi64(1 << 15);
-        _mm512_storeu_si512(m64 + j0, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(mv)));
-        _mm512_storeu_si512(m64 + j0 + 8, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(mv, 1)));
-        for (int32_t h = 0; h < 2; h++) {
-            const __m512i d64 = _mm512_cvtepi32_epi64(h ? _mm512_extracti64x4_epi64(dv, 1) : _mm512_castsi512_si256(dv));
-            const __m512i b64v = _mm512_add_epi64(
-                _mm512_cvtepi32_epi64(h ? _mm512_extracti64x4_epi64(bv, 1) : _mm512_castsi512_si256(bv)), half);
-            _mm512_storeu_si512(sh64 + j0 + 8 * h, jb.merged ? _mm512_add_epi64(d64, _mm512_set1_epi64(16)) : d64);
-            _mm512_storeu_si512(b64 + j0 + 8 * h, jb.merged ? _mm512_sllv_epi64(b64v, d64) : b64v);
+    jb.split = jb.merged;
+    if (jb.split) { /* gn16s's factors, 8 channels (int64 lanes) a step */
+        int32_t *restrict f = (int32_t *)(void *)m64;
+        const __m512i nn = _mm512_set1_epi64((int64_t)hw * cg), one = _mm512_set1_epi64(1);
+        __mmask8 bad = 0;
+        for (int32_t j0 = 0; j0 < c; j0 += 8) {
+            const __mmask8 cm = c - j0 >= 8 ? 0xFF : (__mmask8)((1u << (c - j0)) - 1);
+#define LD64(a) _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(cm, (a) + j0))
+            const __m512i mv = LD64(m), dv = LD64(down), sv = LD64(s), bv = LD64(b);
+#undef LD64
+            const __m512i A = _mm512_mullo_epi64(mv, nn);
+            const __m512i B = _mm512_sub_epi64(_mm512_sllv_epi64(_mm512_add_epi64(bv, _mm512_set1_epi64(1 << 15)), dv),
+                                               _mm512_mul_epi32(sv, mv));
+            const __m512i E = _mm512_add_epi64(dv, _mm512_set1_epi64(16)), S = _mm512_min_epi64(E, _mm512_set1_epi64(24));
+            const __m512i frac = _mm512_sub_epi64(_mm512_sllv_epi64(one, S), one);
+            const __m512i ah = _mm512_srav_epi64(A, S), bh = _mm512_srav_epi64(B, S);
+            const __m512i big = _mm512_add_epi64(_mm512_add_epi64(_mm512_slli_epi64(_mm512_abs_epi64(ah), 7),
+                                                                  _mm512_abs_epi64(bh)), _mm512_set1_epi64(128));
+            bad |= _mm512_mask_cmpge_epi64_mask(cm, big, _mm512_set1_epi64(1LL << 31));
+            const __m512i out[6] = {_mm512_and_si512(A, frac), ah, _mm512_and_si512(B, frac), bh, S, _mm512_sub_epi64(E, S)};
+            for (int32_t a = 0; a < 6; a++) _mm256_mask_storeu_epi32(f + a * cu + j0, cm, _mm512_cvtepi64_epi32(out[a]));
+        }
+        jb.split = !bad;
+    }
+    if (!jb.split) { /* gn16 / gn16m's int64 factors */
+        for (int32_t j0 = 0; j0 < c; j0 += 16) { /* a tail block's lanes past c: zeros (gn_apply masks them) */
+            const __mmask16 cm = c - j0 >= 16 ? 0xFFFF : (__mmask16)((1u << (c - j0)) - 1);
+            const __m512i mv = _mm512_permutexvar_epi32(evens_odds, _mm512_maskz_loadu_epi32(cm, m + j0));
+            const __m512i dv = _mm512_permutexvar_epi32(evens_odds, _mm512_maskz_loadu_epi32(cm, down + j0));
+            const __m512i bv = _mm512_permutexvar_epi32(evens_odds, _mm512_maskz_loadu_epi32(cm, b + j0));
+            const __m512i half = _mm512_set1_epi64(1 << 15);
+            _mm512_storeu_si512(m64 + j0, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(mv)));
+            _mm512_storeu_si512(m64 + j0 + 8, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(mv, 1)));
+            for (int32_t h = 0; h < 2; h++) {
+                const __m512i d64 = _mm512_cvtepi32_epi64(h ? _mm512_extracti64x4_epi64(dv, 1) : _mm512_castsi512_si256(dv));
+                const __m512i b64v = _mm512_add_epi64(
+                    _mm512_cvtepi32_epi64(h ? _mm512_extracti64x4_epi64(bv, 1) : _mm512_castsi512_si256(bv)), half);
+                _mm512_storeu_si512(sh64 + j0 + 8 * h, jb.merged ? _mm512_add_epi64(d64, _mm512_set1_epi64(16)) : d64);
+                _mm512_storeu_si512(b64 + j0 + 8 * h, jb.merged ? _mm512_sllv_epi64(b64v, d64) : b64v);
+            }
         }
     }
 #endif
