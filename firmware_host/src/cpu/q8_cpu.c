@@ -17,6 +17,12 @@
 #include <arm_neon.h>
 #endif
 
+/* Tests build with Q8C_FALLBACK=1 and 2 so that the general forms the models here never reach still run: 1, the
+   requantization and the GroupNorm without merged roundings; 2, the GroupNorm apply in int64 lanes (gn16m). */
+#ifndef Q8C_FALLBACK
+#define Q8C_FALLBACK 0
+#endif
+
 #if Q8C_ISA == 1
 #define MR 8
 typedef int8_t a_t; /* bits of x + 128 as u8 */
@@ -128,7 +134,8 @@ static inline rq16c_t rq16_consts(__m512i m, __m512i l, __m512i n) {
     return (rq16c_t){m, _mm512_shuffle_epi32(m, _MM_PERM_DDBB), l, n, half,
                      _mm512_add_epi64(_mm512_and_si512(n, low), e), _mm512_add_epi64(_mm512_srli_epi64(n, 32), e),
                      _mm512_add_epi64(_mm512_slli_epi64(half, 32), r), _mm512_add_epi64(_mm512_andnot_si512(low, half), r),
-                     _mm512_cmpgt_epi32_mask(n, _mm512_set1_epi32(30)) == 0, _mm512_test_epi32_mask(l, l) != 0};
+                     Q8C_FALLBACK != 1 && _mm512_cmpgt_epi32_mask(n, _mm512_set1_epi32(30)) == 0,
+                     _mm512_test_epi32_mask(l, l) != 0};
 }
 static inline __attribute__((always_inline)) __m512i rq16x(__m512i x, const rq16c_t *k, const int merged) {
     const __m512i s = k->shift ? _mm512_sllv_epi32(x, k->l) : x;
@@ -684,7 +691,7 @@ static void dw_rows(const void *ctx, int32_t lo, int32_t hi, void *local) {
 
 /* Depthwise conv (ReLU6 and residual fused). */
 void q8c_dwconv(const q8c_dw_t *p, const int8_t *in, int8_t *out, void *scratch) {
-    int32_t merged = p->rq_add.n <= 30 || !p->skip;
+    int32_t merged = Q8C_FALLBACK != 1 && (p->rq_add.n <= 30 || !p->skip);
     for (int32_t c = 0; c < p->c; c++) merged &= p->rq.n[c] <= 30;
     const dw_job_t j = {p, in, out, merged};
     const int64_t work = (int64_t)p->out_h * p->out_w * p->c * p->kh * p->kw / 16 + p->out_h * p->out_w * 2;
@@ -1041,9 +1048,9 @@ void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratc
     /* per block of 16 channels, int64 lanes: the 8 even channels', then the 8 odd ones' (gn_apply multiplies the
        even and the odd int32 lanes of a register apart, vpmuldq) */
     const __m512i evens_odds = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
-    jb.merged = 1;
+    jb.merged = Q8C_FALLBACK != 1;
     for (int32_t j = 0; j < c; j++) jb.merged &= down[j] >= 0 && down[j] <= 30;
-    jb.split = jb.merged;
+    jb.split = jb.merged && Q8C_FALLBACK != 2;
     if (jb.split) { /* gn16s's factors, 8 channels (int64 lanes) a step */
         int32_t *restrict f = (int32_t *)(void *)m64;
         const __m512i nn = _mm512_set1_epi64((int64_t)hw * cg), one = _mm512_set1_epi64(1);
