@@ -776,7 +776,7 @@ typedef struct {
     uint32_t *q;
     int64_t *m64, *sh64, *b64;
     int32_t merged; /* AVX-512: sh64 and b64 hold down + 16 and (b + 2^15) << down (gn16m) */
-    int32_t split;  /* AVX-512: the m64 region holds gn16s's int32 factors instead */
+    int32_t split;  /* AVX-512: the m64 region holds gn_apply_split's int32 factors instead */
 } gn_job_t;
 
 #if Q8C_ISA == 1
@@ -907,17 +907,24 @@ static inline __attribute__((always_inline)) void gn16m(const int8_t *x, int8_t 
    and A = ah 2^S + al, B = bh 2^S + bl (0 <= al, bl < 2^S), (A x + B) >> S == ah x + bh + ((al x + bl) >> S), the
    last term's |al x + bl| < 2^31 for int8 x, and the rest within int32 where q8c_groupnorm checked |ah| 128 + |bh| +
    128 < 2^31; then >> (E - S). Factors: [al, ah, bl, bh, S, E - S] arrays of `cu` channels. */
-static inline __attribute__((always_inline)) void gn16s(const int8_t *x, int8_t *y, int32_t j0, __mmask16 cm,
-                                                        __m512i lov, __m512i hiv, const int32_t *f, int32_t cu) {
-    const __m512i x32 = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(cm, x + j0));
-    const int32_t *al = f + j0, *ah = al + cu, *bl = ah + cu, *bh = bl + cu, *sl = bh + cu, *sr = sl + cu;
-    const __m512i low = _mm512_srav_epi32(
-        _mm512_add_epi32(_mm512_mullo_epi32(x32, _mm512_loadu_si512(al)), _mm512_loadu_si512(bl)), _mm512_loadu_si512(sl));
-    __m512i v = _mm512_add_epi32(_mm512_add_epi32(_mm512_mullo_epi32(x32, _mm512_loadu_si512(ah)), _mm512_loadu_si512(bh)),
-                                 low);
-    v = _mm512_srav_epi32(v, _mm512_loadu_si512(sr));
-    v = _mm512_min_epi32(_mm512_max_epi32(v, lov), hiv);
-    _mm_mask_storeu_epi8(y + j0, cm, _mm512_cvtepi32_epi8(v));
+static void gn_apply_split(const gn_job_t *jb, int32_t lo, int32_t hi, __m512i lov, __m512i hiv) {
+    const int32_t c = jb->p->c, cu = (c + 15) & ~15;
+    const int32_t *f = (const int32_t *)(const void *)jb->m64;
+    for (int32_t j0 = 0; j0 < c; j0 += 16) { /* a block's factors in registers over the item's pixels */
+        const __mmask16 cm = c - j0 >= 16 ? 0xFFFF : (__mmask16)((1u << (c - j0)) - 1);
+        const int32_t *al = f + j0, *ah = al + cu, *bl = ah + cu, *bh = bl + cu, *sl = bh + cu, *sr = sl + cu;
+        const __m512i Al = _mm512_loadu_si512(al), Ah = _mm512_loadu_si512(ah), Bl = _mm512_loadu_si512(bl);
+        const __m512i Bh = _mm512_loadu_si512(bh), Sl = _mm512_loadu_si512(sl), Sr = _mm512_loadu_si512(sr);
+        const int8_t *x = jb->in + lo * c + j0;
+        int8_t *y = jb->out + lo * c + j0;
+        for (int32_t i = lo; i < hi; i++, x += c, y += c) {
+            const __m512i x32 = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(cm, x));
+            const __m512i low = _mm512_srav_epi32(_mm512_add_epi32(_mm512_mullo_epi32(x32, Al), Bl), Sl);
+            __m512i v = _mm512_add_epi32(_mm512_add_epi32(_mm512_mullo_epi32(x32, Ah), Bh), low);
+            v = _mm512_min_epi32(_mm512_max_epi32(_mm512_srav_epi32(v, Sr), lov), hiv);
+            _mm_mask_storeu_epi8(y, cm, _mm512_cvtepi32_epi8(v));
+        }
+    }
 }
 #endif
 
@@ -937,6 +944,12 @@ static void gn_apply(const void *ctx, int32_t lo, int32_t hi, void *local) {
     const __m256i half_bit = _mm256_set1_epi64x(1 << 15), zero = _mm256_setzero_si256();
     const __m256i low_words = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
 #endif
+#if Q8C_ISA == 1
+    if (jb->split) {
+        gn_apply_split(jb, lo, hi, lov, hiv);
+        return;
+    }
+#endif
     for (int32_t i = lo; i < hi; i++) {
         const int8_t *restrict x = jb->in + i * c;
         int8_t *restrict y = jb->out + i * c;
@@ -948,12 +961,7 @@ static void gn_apply(const void *ctx, int32_t lo, int32_t hi, void *local) {
     } while (0)
         int32_t j0 = 0;
 #if Q8C_ISA == 1
-        if (jb->split) {
-            const int32_t *f = (const int32_t *)(const void *)m64, cu = (c + 15) & ~15;
-            for (; j0 + 16 <= c; j0 += 16) gn16s(x, y, j0, 0xFFFF, lov, hiv, f, cu);
-            if (j0 < c) /* the tail, masked */
-                gn16s(x, y, j0, (__mmask16)((1u << (c - j0)) - 1), lov, hiv, f, cu);
-        } else if (jb->merged) {
+        if (jb->merged) {
             for (; j0 + 16 <= c; j0 += 16) gn16m(x, y, j0, 0xFFFF, nv, small_n, lov, hiv, s, m64, sh64, b64);
             if (j0 < c) /* the tail, masked */
                 gn16m(x, y, j0, (__mmask16)((1u << (c - j0)) - 1), nv, small_n, lov, hiv, s, m64, sh64, b64);
@@ -1051,7 +1059,7 @@ void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratc
     jb.merged = Q8C_FALLBACK != 1;
     for (int32_t j = 0; j < c; j++) jb.merged &= down[j] >= 0 && down[j] <= 30;
     jb.split = jb.merged && Q8C_FALLBACK != 2;
-    if (jb.split) { /* gn16s's factors, 8 channels (int64 lanes) a step */
+    if (jb.split) { /* gn_apply_split's factors, 8 channels (int64 lanes) a step */
         int32_t *restrict f = (int32_t *)(void *)m64;
         const __m512i nn = _mm512_set1_epi64((int64_t)hw * cg), one = _mm512_set1_epi64(1);
         __mmask8 bad = 0;
