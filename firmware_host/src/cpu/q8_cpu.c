@@ -1004,6 +1004,48 @@ static void gn_apply(const void *ctx, int32_t lo, int32_t hi, void *local) {
     }
 }
 
+#if Q8C_ISA == 1
+/* gn_apply_split's factors straight from the channel sums, 8 channels (int64 lanes) a step: per group its sums and
+   1/sqrt (q8_gn_recip), then per channel m and down (as the general path below: m truncated to int32, down capped at
+   63), A = n m, B = ((b + 2^15) << down) - s m, split at S = min(down + 16, 24). Returns 0 where a channel's numbers
+   do not fit that form (0 <= down <= 30, |ah| 128 + |bh| + 128 < 2^31): the general path then starts over. */
+static int32_t gn_split_factors(const q8_gn_t *p, const int32_t *s, const uint32_t *q, int32_t *f, int32_t cu) {
+    const int32_t c = p->c, cg = c / p->groups;
+    const __m512i nn = _mm512_set1_epi64((int64_t)p->hw * cg), one = _mm512_set1_epi64(1);
+    __mmask8 bad = 0;
+    for (int32_t g0 = 0; g0 < c; g0 += cg) {
+        int32_t sg = 0;
+        uint32_t qg = 0;
+        for (int32_t j = g0; j < g0 + cg; j++) sg += s[j], qg += q[j];
+        int32_t k;
+        const __m512i rv = _mm512_set1_epi64((int64_t)q8_gn_recip(p, sg, qg, &k)), sv = _mm512_set1_epi64(sg);
+        for (int32_t j0 = g0; j0 < g0 + cg; j0 += 8) {
+            const __mmask8 cm = g0 + cg - j0 >= 8 ? 0xFF : (__mmask8)((1u << (g0 + cg - j0)) - 1);
+            const __m512i gv = _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(cm, p->g + j0));
+            const __m512i m64 = _mm512_srai_epi64(_mm512_add_epi64(_mm512_mullo_epi64(gv, rv), _mm512_set1_epi64(1 << 30)), 31);
+            const __m512i mv = _mm512_cvtepi32_epi64(_mm512_cvtepi64_epi32(m64)); /* (int32_t) */
+            const __m512i gev = _mm512_cvtepi8_epi64(_mm_maskz_loadu_epi8(cm, p->ge + j0));
+            const __m512i dv = _mm512_min_epi64(_mm512_sub_epi64(_mm512_set1_epi64(61 - k - 16), gev), _mm512_set1_epi64(63));
+            bad |= _mm512_mask_cmplt_epi64_mask(cm, dv, _mm512_setzero_si512())
+                   | _mm512_mask_cmpgt_epi64_mask(cm, dv, _mm512_set1_epi64(30));
+            const __m512i bv = _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(cm, p->b + j0));
+            const __m512i A = _mm512_mullo_epi64(mv, nn);
+            const __m512i B = _mm512_sub_epi64(_mm512_sllv_epi64(_mm512_add_epi64(bv, _mm512_set1_epi64(1 << 15)), dv),
+                                               _mm512_mul_epi32(sv, mv));
+            const __m512i E = _mm512_add_epi64(dv, _mm512_set1_epi64(16)), S = _mm512_min_epi64(E, _mm512_set1_epi64(24));
+            const __m512i frac = _mm512_sub_epi64(_mm512_sllv_epi64(one, S), one);
+            const __m512i ah = _mm512_srav_epi64(A, S), bh = _mm512_srav_epi64(B, S);
+            const __m512i big = _mm512_add_epi64(_mm512_add_epi64(_mm512_slli_epi64(_mm512_abs_epi64(ah), 7),
+                                                                  _mm512_abs_epi64(bh)), _mm512_set1_epi64(128));
+            bad |= _mm512_mask_cmpge_epi64_mask(cm, big, _mm512_set1_epi64(1LL << 31));
+            const __m512i out[6] = {_mm512_and_si512(A, frac), ah, _mm512_and_si512(B, frac), bh, S, _mm512_sub_epi64(E, S)};
+            for (int32_t a = 0; a < 6; a++) _mm256_mask_storeu_epi32(f + a * cu + j0, cm, _mm512_cvtepi64_epi32(out[a]));
+        }
+    }
+    return !bad;
+}
+#endif
+
 void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratch) {
     const int32_t c = p->c, cg = c / p->groups, hw = p->hw;
     gn_job_t jb = {.p = p, .in = in, .out = out};
@@ -1017,6 +1059,13 @@ void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratc
     jb.s = s, jb.m = m, jb.down = down, jb.b = b, jb.q = q, jb.m64 = m64, jb.sh64 = sh64, jb.b64 = b64;
     const int64_t work = (int64_t)hw * c / 8; /* ~1/8 ns a value a pass (one thread, measured here) */
     q8p_for((c + GN_BLOCK - 1) / GN_BLOCK, work, gn_sums, &jb);
+#if Q8C_ISA == 1
+    if (Q8C_FALLBACK == 0 && gn_split_factors(p, s, q, (int32_t *)(void *)m64, cu)) {
+        jb.split = 1;
+        q8p_for(hw, work * 2, gn_apply, &jb);
+        return;
+    }
+#endif
     const int32_t *restrict pg = p->g, *restrict pb = p->b;
     const int8_t *restrict pge = p->ge;
     for (int32_t g0 = 0; g0 < c; g0 += cg) { /* the group's factors, then its channels' (a vector loop) */
@@ -1058,31 +1107,7 @@ void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratc
     const __m512i evens_odds = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
     jb.merged = Q8C_FALLBACK != 1;
     for (int32_t j = 0; j < c; j++) jb.merged &= down[j] >= 0 && down[j] <= 30;
-    jb.split = jb.merged && Q8C_FALLBACK != 2;
-    if (jb.split) { /* gn_apply_split's factors, 8 channels (int64 lanes) a step */
-        int32_t *restrict f = (int32_t *)(void *)m64;
-        const __m512i nn = _mm512_set1_epi64((int64_t)hw * cg), one = _mm512_set1_epi64(1);
-        __mmask8 bad = 0;
-        for (int32_t j0 = 0; j0 < c; j0 += 8) {
-            const __mmask8 cm = c - j0 >= 8 ? 0xFF : (__mmask8)((1u << (c - j0)) - 1);
-#define LD64(a) _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(cm, (a) + j0))
-            const __m512i mv = LD64(m), dv = LD64(down), sv = LD64(s), bv = LD64(b);
-#undef LD64
-            const __m512i A = _mm512_mullo_epi64(mv, nn);
-            const __m512i B = _mm512_sub_epi64(_mm512_sllv_epi64(_mm512_add_epi64(bv, _mm512_set1_epi64(1 << 15)), dv),
-                                               _mm512_mul_epi32(sv, mv));
-            const __m512i E = _mm512_add_epi64(dv, _mm512_set1_epi64(16)), S = _mm512_min_epi64(E, _mm512_set1_epi64(24));
-            const __m512i frac = _mm512_sub_epi64(_mm512_sllv_epi64(one, S), one);
-            const __m512i ah = _mm512_srav_epi64(A, S), bh = _mm512_srav_epi64(B, S);
-            const __m512i big = _mm512_add_epi64(_mm512_add_epi64(_mm512_slli_epi64(_mm512_abs_epi64(ah), 7),
-                                                                  _mm512_abs_epi64(bh)), _mm512_set1_epi64(128));
-            bad |= _mm512_mask_cmpge_epi64_mask(cm, big, _mm512_set1_epi64(1LL << 31));
-            const __m512i out[6] = {_mm512_and_si512(A, frac), ah, _mm512_and_si512(B, frac), bh, S, _mm512_sub_epi64(E, S)};
-            for (int32_t a = 0; a < 6; a++) _mm256_mask_storeu_epi32(f + a * cu + j0, cm, _mm512_cvtepi64_epi32(out[a]));
-        }
-        jb.split = !bad;
-    }
-    if (!jb.split) { /* gn16 / gn16m's int64 factors */
+    { /* gn16 / gn16m's int64 factors */
         for (int32_t j0 = 0; j0 < c; j0 += 16) { /* a tail block's lanes past c: zeros (gn_apply masks them) */
             const __mmask16 cm = c - j0 >= 16 ? 0xFFFF : (__mmask16)((1u << (c - j0)) - 1);
             const __m512i mv = _mm512_permutexvar_epi32(evens_odds, _mm512_maskz_loadu_epi32(cm, m + j0));
