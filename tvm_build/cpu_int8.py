@@ -91,29 +91,71 @@ class Int8Lib:
         self.run(threads)
         return self.y.copy()
 
-    def time_ms(self, threads: int) -> float:
-        """Mean ms of one call, over >= 20 calls and >= 0.1 s, after one warm-up call."""
-        self.run(threads)
-        reps, t0 = 0, time.perf_counter()
-        while reps < 20 or time.perf_counter() - t0 < 0.1:
-            self.run(threads)
-            reps += 1
-        return 1e3 * (time.perf_counter() - t0) / reps
+
+# The timing of thread_counts, run in a fresh interpreter (python -I: ctypes only, no numpy, torch or TVM): in the
+# build's own process torch's and TVM's pools may still spin, and TVM may have pinned the calling thread to one core
+# (a child inherits that), which made 2 threads look no faster than 1 for levels that run 1.5x faster on 2
+# (cpreresnet20). Argument: JSON [paths, counts, rounds]; prints JSON {count: [[ms per round] per library]}.
+_TIMER = r"""
+import ctypes, json, os, sys, time
+paths, counts, rounds = json.loads(sys.argv[1])
+try:  # every CPU the process may use (the kernel keeps those of its cpuset)
+    os.sched_setaffinity(0, range(os.cpu_count()))
+except (AttributeError, OSError):
+    pass
+libs = [ctypes.CDLL(p) for p in paths]
+for lib in libs:
+    lib.lcs_run.argtypes = [ctypes.c_int]
+    lib.lcs_park.restype = None
+
+def timed(run, n, seconds):  # median ms of one call over >= n calls and >= `seconds` (a call the OS preempted in
+    times, t_end = [], time.perf_counter() + seconds  # the middle of a job does not count: load elsewhere)
+    while len(times) < n or time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        if run(n_threads):
+            sys.exit(f"lcs_run({n_threads}) failed")
+        times.append(time.perf_counter() - t0)
+    return 1e3 * sorted(times)[len(times) // 2]
+
+out = {str(c): [[] for _ in libs] for c in counts}
+for r in range(rounds):
+    for n_threads in counts:
+        for i, lib in enumerate(libs):
+            # the first calls of a count after a pause run slow while the other cores wake up: calls first
+            timed(lib.lcs_run, 5, 0.3 if r == 0 else 0.1)
+            out[str(n_threads)][i].append(timed(lib.lcs_run, 20, 0.1))
+            lib.lcs_park()  # its workers must not spin beside the next library's
+print(json.dumps(out))
+"""
 
 
-def thread_counts(libs: list[Int8Lib], most: int) -> tuple[list[int], dict[int, list[float]]]:
-    """Time every level at 1, 2, 4, ... up to `most` threads (rounds interleaved, each figure the fastest of its
-    rounds, as tvm_build/verify.thread_counts): each level gets the fewest threads within 3 % of its fastest."""
+def thread_counts(paths: list[Path], most: int) -> tuple[list[int], dict[int, list[float]]]:
+    """Time every level's library at 1, 2, 4, ... up to `most` threads in a fresh process (rounds interleaved, each
+    figure the fastest of its rounds, as tvm_build/verify.thread_counts): each level gets the fewest threads within
+    3 % of its fastest."""
+    import json
+    import sys
+
     from tvm_build.verify import TIMING_ROUNDS
 
     counts = sorted({1, most, *(2 ** k for k in range(1, most.bit_length()) if 2 ** k < most)})
-    rounds = [{c: [lib.time_ms(c) for lib in libs] for c in counts} for _ in range(TIMING_ROUNDS)]
-    by_threads = {c: [round(min(r[c][i] for r in rounds), 4) for i in range(len(libs))] for c in counts}
+    proc = subprocess.run([sys.executable, "-I", "-c", _TIMER, json.dumps([[str(p) for p in paths], counts,
+                                                                           TIMING_ROUNDS])],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise LcsError(f"timing the int8 levels failed: {proc.stderr.strip()[-300:]}")
+    times = json.loads(proc.stdout)
+    by_threads = {c: [round(min(rounds), 4) for rounds in times[str(c)]] for c in counts}
+    return choose_threads(by_threads, len(paths)), by_threads
+
+
+def choose_threads(by_threads: dict[int, list[float]], levels: int) -> list[int]:
+    """Per level the fewest threads within 3 % of its fastest time."""
     chosen = []
-    for i in range(len(libs)):
-        fastest = min(by_threads[c][i] for c in counts)
-        chosen.append(min(c for c in counts if by_threads[c][i] <= 1.03 * fastest))
-    return chosen, by_threads
+    for i in range(levels):
+        fastest = min(t[i] for t in by_threads.values())
+        chosen.append(min(c for c, t in by_threads.items() if t[i] <= 1.03 * fastest))
+    return chosen
 
 
 def build_cpu_int8(ckpt, board, output: Path, alphas: list[float], host: bool, log, threads: int | None = None) -> dict:
@@ -178,7 +220,7 @@ def build_cpu_int8(ckpt, board, output: Path, alphas: list[float], host: bool, l
             if diff != 0.0:
                 raise LcsError(f"int8 level {i} differs from the integer reference by {diff:.3g} (it must be exact)")
             lib.lib.lcs_park()
-            libs.append(lib)
+            libs.append(check)
             level = cmap.level(alpha)
             modules[name] = {"entry": "lcs_run", "layout": "NHWC", "params": [], "extra_inputs": [],
                              "executor": "int8", "isa": chosen}
@@ -190,8 +232,6 @@ def build_cpu_int8(ckpt, board, output: Path, alphas: list[float], host: bool, l
         runtime = {"threads": threads, "chosen_by": "--threads"} if threads else None
         if host:  # timed here: each level's thread count from its own timings
             level_threads, by_threads = thread_counts(libs, most)
-            for lib in libs:
-                lib.lib.lcs_park()
             for row, count in zip(level_rows, level_threads):
                 row["threads"], row["latency_ms"] = count, by_threads[count][row["index"]]
             runtime = {"threads": threads or max(level_threads), "chosen_by": "--threads" if threads else "fastest measured",

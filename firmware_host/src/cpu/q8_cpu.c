@@ -8,12 +8,19 @@
 #include "q8_cpu.h"
 #include "q8_pool.h"
 
+#include <math.h>
 #include <string.h>
 
 #if Q8C_ISA == 1 || Q8C_ISA == 2
 #include <immintrin.h>
 #elif Q8C_ISA == 3
 #include <arm_neon.h>
+#endif
+
+/* Tests build with Q8C_FALLBACK=1 and 2 so that the general forms the models here never reach still run: 1, the
+   requantization and the GroupNorm without merged roundings; 2, the GroupNorm apply in int64 lanes (gn16m). */
+#ifndef Q8C_FALLBACK
+#define Q8C_FALLBACK 0
 #endif
 
 #if Q8C_ISA == 1
@@ -34,6 +41,39 @@ typedef int8_t a_t;
 #endif
 
 const char *q8c_isa(void) { return Q8C_ISA_NAME; }
+
+/* One float, as firmware_c.device_input quantizes it: x * inv (float32), round half to even (rintf in the default
+   rounding mode), clamp to int8. NaN: neither comparison holds and (int)NaN on x86 is INT_MIN, whose low byte the
+   cast keeps (0); the vector loop below gives the same. */
+static inline int8_t q8c_in1(float x, float inv) {
+    const float q = rintf(x * inv);
+    return (int8_t)(q > 127.0f ? 127 : q < -128.0f ? -128 : (int)q);
+}
+
+void q8c_input(const float *restrict in, int32_t hw, int32_t c_in, int32_t c_store, float inv, int8_t *restrict out) {
+    int32_t i = 0;
+#if Q8C_ISA == 1
+    if (c_store == 4) { /* 16 pixels a step: each channel's 16 floats -> int32 -> one byte of every pixel's word */
+        const __m512 vinv = _mm512_set1_ps(inv), hi = _mm512_set1_ps(127.0f), lo = _mm512_set1_ps(-128.0f);
+        for (; i + 16 <= hw; i += 16) {
+            __m512i word = _mm512_setzero_si512();
+            for (int32_t c = 0; c < c_in; c++) {
+                const __m512 q = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_loadu_ps(in + c * hw + i), vinv),
+                                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                __m512i v = _mm512_cvtps_epi32(q); /* NaN and out of range: INT_MIN, as (int) on x86 */
+                v = _mm512_mask_mov_epi32(v, _mm512_cmp_ps_mask(q, hi, _CMP_GT_OQ), _mm512_set1_epi32(127));
+                v = _mm512_mask_mov_epi32(v, _mm512_cmp_ps_mask(q, lo, _CMP_LT_OQ), _mm512_set1_epi32(-128));
+                word = _mm512_or_si512(word, _mm512_slli_epi32(_mm512_and_si512(v, _mm512_set1_epi32(0xFF)), 8 * c));
+            }
+            _mm512_storeu_si512(out + 4 * i, word);
+        }
+    }
+#endif
+    for (; i < hw; i++) {
+        for (int32_t c = 0; c < c_in; c++) out[i * c_store + c] = q8c_in1(in[c * hw + i], inv);
+        for (int32_t c = c_in; c < c_store; c++) out[i * c_store + c] = 0;
+    }
+}
 
 static inline uint32_t ld32(const void *p) {
     uint32_t v;
@@ -79,6 +119,40 @@ static inline __m512i rq16(__m512i x, __m512i m, __m512i l, __m512i n) {
     const __m512i half = _mm512_srli_epi32(_mm512_sllv_epi32(_mm512_set1_epi32(1), n), 1);
     return _mm512_srav_epi32(_mm512_add_epi32(t, half), n);
 }
+
+/* rq16 with a block's constants computed once (a loop over pixels), the two roundings merged where every n <= 30:
+   ((s m + 2^31) >> 32 + 2^(n-1)) >> n == (s m + 2^31 + 2^(n-1) 2^32) >> (32 + n) (nested floors of integers; the sum
+   stays below 2^63), so a lane takes one add and one shift after its product; the odd lanes are moved down by a
+   shuffle and the two results' low words merged by one permute, and x << l is skipped where every l is 0. */
+typedef struct {
+    __m512i m, m_odd, l, n, half, e_even, e_odd, r_even, r_odd;
+    int32_t merged, shift;
+} rq16c_t;
+static inline rq16c_t rq16_consts(__m512i m, __m512i l, __m512i n) {
+    const __m512i half = _mm512_srli_epi32(_mm512_sllv_epi32(_mm512_set1_epi32(1), n), 1);
+    const __m512i low = _mm512_set1_epi64(0xFFFFFFFFLL), r = _mm512_set1_epi64(0x80000000LL), e = _mm512_set1_epi64(32);
+    return (rq16c_t){m, _mm512_shuffle_epi32(m, _MM_PERM_DDBB), l, n, half,
+                     _mm512_add_epi64(_mm512_and_si512(n, low), e), _mm512_add_epi64(_mm512_srli_epi64(n, 32), e),
+                     _mm512_add_epi64(_mm512_slli_epi64(half, 32), r), _mm512_add_epi64(_mm512_andnot_si512(low, half), r),
+                     Q8C_FALLBACK != 1 && _mm512_cmpgt_epi32_mask(n, _mm512_set1_epi32(30)) == 0,
+                     _mm512_test_epi32_mask(l, l) != 0};
+}
+static inline __attribute__((always_inline)) __m512i rq16x(__m512i x, const rq16c_t *k, const int merged) {
+    const __m512i s = k->shift ? _mm512_sllv_epi32(x, k->l) : x;
+    if (merged) {
+        const __m512i te = _mm512_srav_epi64(_mm512_add_epi64(_mm512_mul_epi32(s, k->m), k->r_even), k->e_even);
+        const __m512i to = _mm512_srav_epi64(
+            _mm512_add_epi64(_mm512_mul_epi32(_mm512_shuffle_epi32(s, _MM_PERM_DDBB), k->m_odd), k->r_odd), k->e_odd);
+        return _mm512_permutex2var_epi32(te, _mm512_setr_epi32(0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30), to);
+    }
+    const __m512i round = _mm512_set1_epi64(0x80000000LL);
+    const __m512i even = _mm512_add_epi64(_mm512_mul_epi32(s, k->m), round);
+    const __m512i odd = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(s, 32), k->m_odd), round);
+    const __m512i t = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+    return _mm512_srav_epi32(_mm512_add_epi32(t, k->half), k->n);
+}
+/* callers whose loops are hot pass `merged` as a constant (one loop per form: the other form's constants are dead) */
+#define rq16k(x, k) rq16x(x, k, (k)->merged)
 
 /* epilogue() for exactly 16 channels */
 static inline void epilogue16(const int32_t *acc, const int32_t *m, const int32_t *l, const int32_t *n,
@@ -333,19 +407,26 @@ static inline void store_tile(const q8c_conv_t *p, const int32_t *acc, int32_t p
     { /* the block's parameters loaded once for the tile (int8 stores may alias them); a channel tail masked (the
          parameter arrays run to whole blocks) */
         const __mmask16 cm = nc == Q8C_NR ? 0xFFFF : (__mmask16)((1u << nc) - 1);
-        const __m512i m = _mm512_loadu_si512(p->rq.m + c0), l = _mm512_loadu_si512(p->rq.l + c0);
-        const __m512i n = _mm512_loadu_si512(p->rq.n + c0);
-        const __m512i lo = _mm512_set1_epi32(p->relu ? 0 : -128), hi = _mm512_set1_epi32(127);
-        const __m512i am = _mm512_set1_epi32(p->rq_add.m), al = _mm512_set1_epi32(p->rq_add.l);
-        const __m512i an = _mm512_set1_epi32(p->rq_add.n);
-        for (int32_t i = 0; i < r; i++) {
-            const int32_t at = (pix0 + i) * oc + c0;
-            __m512i y = rq16(_mm512_loadu_si512(acc + i * Q8C_NR), m, l, n);
-            if (p->skip)
-                y = _mm512_add_epi32(y, rq16(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(cm, p->skip + at)), am, al, an));
-            y = _mm512_min_epi32(_mm512_max_epi32(y, lo), hi);
-            _mm_mask_storeu_epi8(out + at, cm, _mm512_cvtepi32_epi8(y));
+        const rq16c_t k = rq16_consts(_mm512_loadu_si512(p->rq.m + c0), _mm512_loadu_si512(p->rq.l + c0),
+                                      _mm512_loadu_si512(p->rq.n + c0));
+        const rq16c_t ka = p->skip ? rq16_consts(_mm512_set1_epi32(p->rq_add.m), _mm512_set1_epi32(p->rq_add.l),
+                                                 _mm512_set1_epi32(p->rq_add.n)) : k;
+        const __m512i lo = _mm512_set1_epi32(p->relu ? 0 : -128);
+        /* the ReLU's floor, then the saturating narrowing clamps to [-128, 127] */
+#define Q8C_ROWS(merged)                                                                                             \
+    for (int32_t i = 0; i < r; i++) {                                                                                \
+        const int32_t at = (pix0 + i) * oc + c0;                                                                     \
+        __m512i y = rq16x(_mm512_loadu_si512(acc + i * Q8C_NR), &k, merged);                                         \
+        if (p->skip)                                                                                                 \
+            y = _mm512_add_epi32(y, rq16x(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(cm, p->skip + at)), &ka, merged)); \
+        _mm_mask_storeu_epi8(out + at, cm, _mm512_cvtsepi32_epi8(_mm512_max_epi32(y, lo)));                        \
+    }
+        if (k.merged && ka.merged) {
+            Q8C_ROWS(1)
+        } else {
+            Q8C_ROWS(0)
         }
+#undef Q8C_ROWS
         return;
     }
 #elif Q8C_ISA == 2
@@ -479,6 +560,7 @@ typedef struct {
     const q8c_dw_t *p;
     const int8_t *in;
     int8_t *out;
+    int32_t merged; /* every n <= 30 (rq16_consts) */
 } dw_job_t;
 
 #if Q8C_ISA == 1
@@ -487,22 +569,8 @@ typedef struct {
    accumulators hold the channels in unpack order, and so do the bias and requantization arrays, until packs_epi32
    puts the two halves back in order. A tap outside the input (padding) is a masked load of zeros; so are channels
    past c. Items are output rows. */
-/* rq16 with the block's constants computed once (a loop over pixels) */
-typedef struct {
-    __m512i m, m_odd, l, n, half;
-} rq16c_t;
-static inline rq16c_t rq16_consts(__m512i m, __m512i l, __m512i n) {
-    return (rq16c_t){m, _mm512_srli_epi64(m, 32), l, n, _mm512_srli_epi32(_mm512_sllv_epi32(_mm512_set1_epi32(1), n), 1)};
-}
-static inline __m512i rq16k(__m512i x, const rq16c_t *k) {
-    const __m512i s = _mm512_sllv_epi32(x, k->l), round = _mm512_set1_epi64(0x80000000LL);
-    const __m512i even = _mm512_add_epi64(_mm512_mul_epi32(s, k->m), round);
-    const __m512i odd = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(s, 32), k->m_odd), round);
-    const __m512i t = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
-    return _mm512_srav_epi32(_mm512_add_epi32(t, k->half), k->n);
-}
-
-static void dw_pairs(const void *ctx, int32_t lo, int32_t hi, void *local) {
+static inline __attribute__((always_inline)) void dw_pairs_body(const void *ctx, int32_t lo, int32_t hi, void *local,
+                                                                const int merged) {
     const dw_job_t *j = ctx;
     const q8c_dw_t *p = j->p;
     const int32_t C = p->c, T = p->kh * p->kw, P2 = (T + 1) / 2, nblk = (C + 31) / 32, kw = p->kw;
@@ -564,12 +632,12 @@ static void dw_pairs(const void *ctx, int32_t lo, int32_t hi, void *local) {
                     }
                 }
 #undef DW_PAIR
-                __m512i y_lo = rq16k(acc_lo, &k_lo), y_hi = rq16k(acc_hi, &k_hi);
+                __m512i y_lo = rq16x(acc_lo, &k_lo, merged), y_hi = rq16x(acc_hi, &k_hi, merged);
                 if (p->skip) { /* the residual, widened into the same unpack order */
                     const __m512i s16 = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(cm, p->skip + at + c0));
                     const __m512i sign = _mm512_srai_epi16(s16, 15);
-                    y_lo = _mm512_add_epi32(y_lo, rq16k(_mm512_unpacklo_epi16(s16, sign), &ka));
-                    y_hi = _mm512_add_epi32(y_hi, rq16k(_mm512_unpackhi_epi16(s16, sign), &ka));
+                    y_lo = _mm512_add_epi32(y_lo, rq16x(_mm512_unpacklo_epi16(s16, sign), &ka, merged));
+                    y_hi = _mm512_add_epi32(y_hi, rq16x(_mm512_unpackhi_epi16(s16, sign), &ka, merged));
                 }
                 y_lo = _mm512_min_epi32(_mm512_max_epi32(y_lo, lo_v), hi_v);
                 y_hi = _mm512_min_epi32(_mm512_max_epi32(y_hi, lo_v), hi_v);
@@ -577,6 +645,10 @@ static void dw_pairs(const void *ctx, int32_t lo, int32_t hi, void *local) {
             }
         }
     }
+}
+static void dw_pairs(const void *ctx, int32_t lo, int32_t hi, void *local) {
+    if (((const dw_job_t *)ctx)->merged) dw_pairs_body(ctx, lo, hi, local, 1);
+    else dw_pairs_body(ctx, lo, hi, local, 0);
 }
 #endif
 
@@ -619,7 +691,9 @@ static void dw_rows(const void *ctx, int32_t lo, int32_t hi, void *local) {
 
 /* Depthwise conv (ReLU6 and residual fused). */
 void q8c_dwconv(const q8c_dw_t *p, const int8_t *in, int8_t *out, void *scratch) {
-    const dw_job_t j = {p, in, out};
+    int32_t merged = Q8C_FALLBACK != 1 && (p->rq_add.n <= 30 || !p->skip);
+    for (int32_t c = 0; c < p->c; c++) merged &= p->rq.n[c] <= 30;
+    const dw_job_t j = {p, in, out, merged};
     const int64_t work = (int64_t)p->out_h * p->out_w * p->c * p->kh * p->kw / 16 + p->out_h * p->out_w * 2;
     (void)scratch;
 #if Q8C_ISA == 1
@@ -636,13 +710,13 @@ static void add_run(int32_t n, const int8_t *restrict a, const int8_t *restrict 
     const int32_t lo = relu ? 0 : -128, am = ra.m, al = ra.l, an = ra.n, bm = rb.m, bl = rb.l, bn = rb.n;
     int32_t i = 0;
 #if Q8C_ISA == 1
-    const __m512i ma = _mm512_set1_epi32(am), la = _mm512_set1_epi32(al), na = _mm512_set1_epi32(an);
-    const __m512i mb = _mm512_set1_epi32(bm), lb = _mm512_set1_epi32(bl), nb = _mm512_set1_epi32(bn);
+    const rq16c_t ka = rq16_consts(_mm512_set1_epi32(am), _mm512_set1_epi32(al), _mm512_set1_epi32(an));
+    const rq16c_t kb = rq16_consts(_mm512_set1_epi32(bm), _mm512_set1_epi32(bl), _mm512_set1_epi32(bn));
     const __m512i lov = _mm512_set1_epi32(lo), hiv = _mm512_set1_epi32(127);
     for (; i + 16 <= n; i += 16) {
         const __m512i x = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(a + i)));
         const __m512i y = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(b + i)));
-        __m512i v = _mm512_add_epi32(rq16(x, ma, la, na), rq16(y, mb, lb, nb));
+        __m512i v = _mm512_add_epi32(rq16k(x, &ka), rq16k(y, &kb));
         v = _mm512_min_epi32(_mm512_max_epi32(v, lov), hiv);
         _mm_storeu_si128((__m128i *)(void *)(out + i), _mm512_cvtepi32_epi8(v));
     }
@@ -701,8 +775,51 @@ typedef struct {
     int32_t *s, *m, *down, *b;
     uint32_t *q;
     int64_t *m64, *sh64, *b64;
+    int32_t merged; /* AVX-512: sh64 and b64 hold down + 16 and (b + 2^15) << down (gn16m) */
+    int32_t split;  /* AVX-512: the m64 region holds gn_apply_split's int32 factors instead */
 } gn_job_t;
 
+#if Q8C_ISA == 1
+#define GN_BLOCK 32
+/* Blocks of 32 channels: two pixels' int16 values interleaved (unpacklo/hi, as dw_pairs) so one vpdpwssd adds both
+   pixels' values (against ones) or squares for 16 channels; the sums come out in unpack order (per 128-bit lane k:
+   channels 8k..8k+3 in the "lo" register, 8k+4..8k+7 in the "hi" one) and are put back in order at the end. */
+static void gn_sums(const void *ctx, int32_t lo, int32_t hi, void *local) {
+    const gn_job_t *jb = ctx;
+    const int32_t c = jb->p->c, hw = jb->p->hw;
+    const int8_t *in = jb->in;
+    const __m512i ones = _mm512_set1_epi16(1), zero = _mm512_setzero_si512();
+    const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+    const __m512i second = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+    (void)local;
+    for (int32_t blk = lo; blk < hi; blk++) {
+        const int32_t j0 = blk * GN_BLOCK, nc = c - j0 < GN_BLOCK ? c - j0 : GN_BLOCK;
+        const __mmask32 cm = nc == GN_BLOCK ? 0xFFFFFFFFu : (1u << nc) - 1;
+        __m512i s_lo = zero, s_hi = zero, q_lo = zero, q_hi = zero;
+        const int8_t *x = in + j0;
+        int32_t i = 0;
+        for (; i + 2 <= hw; i += 2, x += 2 * c) {
+            const __m512i u = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(cm, x));
+            const __m512i v = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(cm, x + c));
+            const __m512i a = _mm512_unpacklo_epi16(u, v), b = _mm512_unpackhi_epi16(u, v);
+            s_lo = _mm512_dpwssd_epi32(s_lo, a, ones), s_hi = _mm512_dpwssd_epi32(s_hi, b, ones);
+            q_lo = _mm512_dpwssd_epi32(q_lo, a, a), q_hi = _mm512_dpwssd_epi32(q_hi, b, b); /* < hw 2^14: no wrap */
+        }
+        if (i < hw) { /* an odd pixel count: the last one paired with zeros */
+            const __m512i u = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(cm, x));
+            const __m512i a = _mm512_unpacklo_epi16(u, zero), b = _mm512_unpackhi_epi16(u, zero);
+            s_lo = _mm512_dpwssd_epi32(s_lo, a, ones), s_hi = _mm512_dpwssd_epi32(s_hi, b, ones);
+            q_lo = _mm512_dpwssd_epi32(q_lo, a, a), q_hi = _mm512_dpwssd_epi32(q_hi, b, b);
+        }
+        const __mmask16 m0 = (__mmask16)cm, m1 = (__mmask16)(cm >> 16);
+        _mm512_mask_storeu_epi32(jb->s + j0, m0, _mm512_permutex2var_epi32(s_lo, first, s_hi));
+        _mm512_mask_storeu_epi32(jb->q + j0, m0, _mm512_permutex2var_epi32(q_lo, first, q_hi));
+        _mm512_mask_storeu_epi32(jb->s + j0 + 16, m1, _mm512_permutex2var_epi32(s_lo, second, s_hi));
+        _mm512_mask_storeu_epi32(jb->q + j0 + 16, m1, _mm512_permutex2var_epi32(q_lo, second, q_hi));
+    }
+}
+#else
+#define GN_BLOCK 16
 static void gn_sums(const void *ctx, int32_t lo, int32_t hi, void *local) {
     const gn_job_t *jb = ctx;
     const int32_t c = jb->p->c, hw = jb->p->hw;
@@ -712,30 +829,8 @@ static void gn_sums(const void *ctx, int32_t lo, int32_t hi, void *local) {
     (void)local;
     for (int32_t blk = lo; blk < hi; blk++) {
         const int32_t j0 = blk * 16, j1 = j0 + 16 < c ? j0 + 16 : c;
-#if Q8C_ISA == 1
-        { /* 16 channels' sums in registers over every pixel (a tail block: masked) */
-            const __mmask16 cm = (__mmask16)((1u << (j1 - j0)) - 1);
-            __m512i sa = _mm512_setzero_si512(), qa = sa, sb = sa, qb = sa;
-            int32_t i = 0;
-            for (; i + 2 <= hw; i += 2) {
-                const __m256i u = _mm256_cvtepi8_epi16(_mm_maskz_loadu_epi8(cm, in + i * c + j0));
-                const __m256i w = _mm256_cvtepi8_epi16(_mm_maskz_loadu_epi8(cm, in + (i + 1) * c + j0));
-                sa = _mm512_add_epi32(sa, _mm512_cvtepi16_epi32(u));
-                qa = _mm512_add_epi32(qa, _mm512_cvtepi16_epi32(_mm256_mullo_epi16(u, u))); /* x^2 <= 2^14 */
-                sb = _mm512_add_epi32(sb, _mm512_cvtepi16_epi32(w));
-                qb = _mm512_add_epi32(qb, _mm512_cvtepi16_epi32(_mm256_mullo_epi16(w, w)));
-            }
-            for (; i < hw; i++) {
-                const __m256i u = _mm256_cvtepi8_epi16(_mm_maskz_loadu_epi8(cm, in + i * c + j0));
-                sa = _mm512_add_epi32(sa, _mm512_cvtepi16_epi32(u));
-                qa = _mm512_add_epi32(qa, _mm512_cvtepi16_epi32(_mm256_mullo_epi16(u, u)));
-            }
-            _mm512_mask_storeu_epi32(s + j0, cm, _mm512_add_epi32(sa, sb));
-            _mm512_mask_storeu_epi32(q + j0, cm, _mm512_add_epi32(qa, qb));
-            continue;
-        }
-#elif Q8C_ISA == 2
-        if (j1 - j0 == 16) { /* as above, in halves of 8 channels */
+#if Q8C_ISA == 2
+        if (j1 - j0 == 16) { /* the block's sums in registers over every pixel, in halves of 8 channels */
             __m256i s0 = _mm256_setzero_si256(), s1 = s0, q0 = s0, q1 = s0;
             for (int32_t i = 0; i < hw; i++) {
                 const __m256i u = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(in + i * c + j0)));
@@ -763,6 +858,8 @@ static void gn_sums(const void *ctx, int32_t lo, int32_t hi, void *local) {
     }
 }
 
+#endif
+
 #if Q8C_ISA == 1
 /* 16 channels of one pixel: int32 differences, their even and odd lanes' int64 products (vpmuldq), the two halves'
    low words merged */
@@ -781,6 +878,54 @@ static inline __attribute__((always_inline)) void gn16(const int8_t *x, int8_t *
     v = _mm512_min_epi32(_mm512_max_epi32(v, lov), hiv);
     _mm_mask_storeu_epi8(y + j0, cm, _mm512_cvtepi32_epi8(v));
 }
+
+/* gn16 with the two roundings merged (q8c_groupnorm checked 0 <= down <= 30, so nothing overflows):
+   ((d m >> down) + b + 2^15) >> 16 == (d m + ((b + 2^15) << down)) >> (down + 16), sh64 and b64 holding the shift
+   and the addend; n x by vpmaddwd where n < 2^15 (x sign-extended: its high half times n's zero high half adds 0);
+   the odd lanes moved down by a shuffle, and the two results' low words merged by one permute */
+static inline __attribute__((always_inline)) void gn16m(const int8_t *x, int8_t *y, int32_t j0, __mmask16 cm,
+                                                        __m512i nv, int32_t small_n, __m512i lov, __m512i hiv,
+                                                        const int32_t *s, const int64_t *m64, const int64_t *sh64,
+                                                        const int64_t *b64) {
+    const __m512i x32 = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(cm, x + j0));
+    const __m512i d = _mm512_sub_epi32(small_n ? _mm512_madd_epi16(x32, nv) : _mm512_mullo_epi32(x32, nv),
+                                       _mm512_maskz_loadu_epi32(cm, s + j0));
+    const __m512i pe = _mm512_mul_epi32(d, _mm512_loadu_si512(m64 + j0));
+    const __m512i po = _mm512_mul_epi32(_mm512_shuffle_epi32(d, _MM_PERM_DDBB), _mm512_loadu_si512(m64 + j0 + 8));
+    const __m512i te = _mm512_srav_epi64(_mm512_add_epi64(pe, _mm512_loadu_si512(b64 + j0)), _mm512_loadu_si512(sh64 + j0));
+    const __m512i to = _mm512_srav_epi64(_mm512_add_epi64(po, _mm512_loadu_si512(b64 + j0 + 8)),
+                                         _mm512_loadu_si512(sh64 + j0 + 8));
+    const __m512i merge = _mm512_setr_epi32(0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);
+    __m512i v = _mm512_permutex2var_epi32(te, merge, to); /* |v| < 2^31: low words */
+    v = _mm512_min_epi32(_mm512_max_epi32(v, lov), hiv);
+    _mm_mask_storeu_epi8(y + j0, cm, _mm512_cvtepi32_epi8(v));
+}
+#endif
+
+#if Q8C_ISA == 1
+/* gn16m's (A x + B) >> E (A = n m, B = ((b + 2^15) << down) - s m, int64) in int32 lanes only: with S = min(E, 24)
+   and A = ah 2^S + al, B = bh 2^S + bl (0 <= al, bl < 2^S), (A x + B) >> S == ah x + bh + ((al x + bl) >> S), the
+   last term's |al x + bl| < 2^31 for int8 x, and the rest within int32 where q8c_groupnorm checked |ah| 128 + |bh| +
+   128 < 2^31; then >> (E - S). Factors: [al, ah, bl, bh, S, E - S] arrays of `cu` channels. */
+static void gn_apply_split(const gn_job_t *jb, int32_t lo, int32_t hi, __m512i lov, __m512i hiv) {
+    const int32_t c = jb->p->c, cu = (c + 15) & ~15;
+    const int32_t *f = (const int32_t *)(const void *)jb->m64;
+    for (int32_t j0 = 0; j0 < c; j0 += 16) { /* a block's factors in registers over the item's pixels */
+        const __mmask16 cm = c - j0 >= 16 ? 0xFFFF : (__mmask16)((1u << (c - j0)) - 1);
+        const int32_t *al = f + j0, *ah = al + cu, *bl = ah + cu, *bh = bl + cu, *sl = bh + cu, *sr = sl + cu;
+        const __m512i Al = _mm512_loadu_si512(al), Ah = _mm512_loadu_si512(ah), Bl = _mm512_loadu_si512(bl);
+        const __m512i Bh = _mm512_loadu_si512(bh), Sl = _mm512_loadu_si512(sl), Sr = _mm512_loadu_si512(sr);
+        const int8_t *x = jb->in + lo * c + j0;
+        int8_t *y = jb->out + lo * c + j0;
+        for (int32_t i = lo; i < hi; i++, x += c, y += c) {
+            const __m512i x32 = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(cm, x));
+            const __m512i low = _mm512_srav_epi32(_mm512_add_epi32(_mm512_mullo_epi32(x32, Al), Bl), Sl);
+            __m512i v = _mm512_add_epi32(_mm512_add_epi32(_mm512_mullo_epi32(x32, Ah), Bh), low);
+            v = _mm512_min_epi32(_mm512_max_epi32(_mm512_srav_epi32(v, Sr), lov), hiv);
+            _mm_mask_storeu_epi8(y, cm, _mm512_cvtepi32_epi8(v));
+        }
+    }
+}
 #endif
 
 static void gn_apply(const void *ctx, int32_t lo, int32_t hi, void *local) {
@@ -793,10 +938,17 @@ static void gn_apply(const void *ctx, int32_t lo, int32_t hi, void *local) {
     (void)local, (void)m64, (void)sh64, (void)b64;
 #if Q8C_ISA == 1
     const __m512i nv = _mm512_set1_epi32(n), lov = _mm512_set1_epi32(lo_y), hiv = _mm512_set1_epi32(hi_y);
+    const int32_t small_n = n < 32768;
 #elif Q8C_ISA == 2
     const __m256i nv = _mm256_set1_epi32(n), lov = _mm256_set1_epi32(lo_y), hiv = _mm256_set1_epi32(hi_y);
     const __m256i half_bit = _mm256_set1_epi64x(1 << 15), zero = _mm256_setzero_si256();
     const __m256i low_words = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+#endif
+#if Q8C_ISA == 1
+    if (jb->split) {
+        gn_apply_split(jb, lo, hi, lov, hiv);
+        return;
+    }
 #endif
     for (int32_t i = lo; i < hi; i++) {
         const int8_t *restrict x = jb->in + i * c;
@@ -809,11 +961,16 @@ static void gn_apply(const void *ctx, int32_t lo, int32_t hi, void *local) {
     } while (0)
         int32_t j0 = 0;
 #if Q8C_ISA == 1
-        for (; j0 + 16 <= c; j0 += 16) gn16(x, y, j0, 0xFFFF, nv, lov, hiv, s, m64, sh64, b64);
-        if (j0 < c) { /* the tail, masked */
-            gn16(x, y, j0, (__mmask16)((1u << (c - j0)) - 1), nv, lov, hiv, s, m64, sh64, b64);
-            j0 = c;
+        if (jb->merged) {
+            for (; j0 + 16 <= c; j0 += 16) gn16m(x, y, j0, 0xFFFF, nv, small_n, lov, hiv, s, m64, sh64, b64);
+            if (j0 < c) /* the tail, masked */
+                gn16m(x, y, j0, (__mmask16)((1u << (c - j0)) - 1), nv, small_n, lov, hiv, s, m64, sh64, b64);
+        } else {
+            for (; j0 + 16 <= c; j0 += 16) gn16(x, y, j0, 0xFFFF, nv, lov, hiv, s, m64, sh64, b64);
+            if (j0 < c) /* the tail, masked */
+                gn16(x, y, j0, (__mmask16)((1u << (c - j0)) - 1), nv, lov, hiv, s, m64, sh64, b64);
         }
+        j0 = c;
 #elif Q8C_ISA == 2
         for (; j0 < c16; j0 += 8) { /* 8 channels: 4 int64 products at a time; AVX2 has no arithmetic 64-bit shift,
                                        so x >> k is ((x ^ sign) >> k) ^ sign */
@@ -847,6 +1004,48 @@ static void gn_apply(const void *ctx, int32_t lo, int32_t hi, void *local) {
     }
 }
 
+#if Q8C_ISA == 1
+/* gn_apply_split's factors straight from the channel sums, 8 channels (int64 lanes) a step: per group its sums and
+   1/sqrt (q8_gn_recip), then per channel m and down (as the general path below: m truncated to int32, down capped at
+   63), A = n m, B = ((b + 2^15) << down) - s m, split at S = min(down + 16, 24). Returns 0 where a channel's numbers
+   do not fit that form (0 <= down <= 30, |ah| 128 + |bh| + 128 < 2^31): the general path then starts over. */
+static int32_t gn_split_factors(const q8_gn_t *p, const int32_t *s, const uint32_t *q, int32_t *f, int32_t cu) {
+    const int32_t c = p->c, cg = c / p->groups;
+    const __m512i nn = _mm512_set1_epi64((int64_t)p->hw * cg), one = _mm512_set1_epi64(1);
+    __mmask8 bad = 0;
+    for (int32_t g0 = 0; g0 < c; g0 += cg) {
+        int32_t sg = 0;
+        uint32_t qg = 0;
+        for (int32_t j = g0; j < g0 + cg; j++) sg += s[j], qg += q[j];
+        int32_t k;
+        const __m512i rv = _mm512_set1_epi64((int64_t)q8_gn_recip(p, sg, qg, &k)), sv = _mm512_set1_epi64(sg);
+        for (int32_t j0 = g0; j0 < g0 + cg; j0 += 8) {
+            const __mmask8 cm = g0 + cg - j0 >= 8 ? 0xFF : (__mmask8)((1u << (g0 + cg - j0)) - 1);
+            const __m512i gv = _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(cm, p->g + j0));
+            const __m512i m64 = _mm512_srai_epi64(_mm512_add_epi64(_mm512_mullo_epi64(gv, rv), _mm512_set1_epi64(1 << 30)), 31);
+            const __m512i mv = _mm512_cvtepi32_epi64(_mm512_cvtepi64_epi32(m64)); /* (int32_t) */
+            const __m512i gev = _mm512_cvtepi8_epi64(_mm_maskz_loadu_epi8(cm, p->ge + j0));
+            const __m512i dv = _mm512_min_epi64(_mm512_sub_epi64(_mm512_set1_epi64(61 - k - 16), gev), _mm512_set1_epi64(63));
+            bad |= _mm512_mask_cmplt_epi64_mask(cm, dv, _mm512_setzero_si512())
+                   | _mm512_mask_cmpgt_epi64_mask(cm, dv, _mm512_set1_epi64(30));
+            const __m512i bv = _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(cm, p->b + j0));
+            const __m512i A = _mm512_mullo_epi64(mv, nn);
+            const __m512i B = _mm512_sub_epi64(_mm512_sllv_epi64(_mm512_add_epi64(bv, _mm512_set1_epi64(1 << 15)), dv),
+                                               _mm512_mul_epi32(sv, mv));
+            const __m512i E = _mm512_add_epi64(dv, _mm512_set1_epi64(16)), S = _mm512_min_epi64(E, _mm512_set1_epi64(24));
+            const __m512i frac = _mm512_sub_epi64(_mm512_sllv_epi64(one, S), one);
+            const __m512i ah = _mm512_srav_epi64(A, S), bh = _mm512_srav_epi64(B, S);
+            const __m512i big = _mm512_add_epi64(_mm512_add_epi64(_mm512_slli_epi64(_mm512_abs_epi64(ah), 7),
+                                                                  _mm512_abs_epi64(bh)), _mm512_set1_epi64(128));
+            bad |= _mm512_mask_cmpge_epi64_mask(cm, big, _mm512_set1_epi64(1LL << 31));
+            const __m512i out[6] = {_mm512_and_si512(A, frac), ah, _mm512_and_si512(B, frac), bh, S, _mm512_sub_epi64(E, S)};
+            for (int32_t a = 0; a < 6; a++) _mm256_mask_storeu_epi32(f + a * cu + j0, cm, _mm512_cvtepi64_epi32(out[a]));
+        }
+    }
+    return !bad;
+}
+#endif
+
 void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratch) {
     const int32_t c = p->c, cg = c / p->groups, hw = p->hw;
     gn_job_t jb = {.p = p, .in = in, .out = out};
@@ -859,7 +1058,14 @@ void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratc
     int64_t *restrict b64 = sh64 + cu;
     jb.s = s, jb.m = m, jb.down = down, jb.b = b, jb.q = q, jb.m64 = m64, jb.sh64 = sh64, jb.b64 = b64;
     const int64_t work = (int64_t)hw * c / 8; /* ~1/8 ns a value a pass (one thread, measured here) */
-    q8p_for((c + 15) / 16, work, gn_sums, &jb);
+    q8p_for((c + GN_BLOCK - 1) / GN_BLOCK, work, gn_sums, &jb);
+#if Q8C_ISA == 1
+    if (Q8C_FALLBACK == 0 && gn_split_factors(p, s, q, (int32_t *)(void *)m64, cu)) {
+        jb.split = 1;
+        q8p_for(hw, work * 2, gn_apply, &jb);
+        return;
+    }
+#endif
     const int32_t *restrict pg = p->g, *restrict pb = p->b;
     const int8_t *restrict pge = p->ge;
     for (int32_t g0 = 0; g0 < c; g0 += cg) { /* the group's factors, then its channels' (a vector loop) */
@@ -899,18 +1105,25 @@ void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratc
     /* per block of 16 channels, int64 lanes: the 8 even channels', then the 8 odd ones' (gn_apply multiplies the
        even and the odd int32 lanes of a register apart, vpmuldq) */
     const __m512i evens_odds = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
-    for (int32_t j0 = 0; j0 < c; j0 += 16) { /* a tail block's lanes past c: zeros (gn_apply masks them) */
-        const __mmask16 cm = c - j0 >= 16 ? 0xFFFF : (__mmask16)((1u << (c - j0)) - 1);
-        const __m512i mv = _mm512_permutexvar_epi32(evens_odds, _mm512_maskz_loadu_epi32(cm, m + j0));
-        const __m512i dv = _mm512_permutexvar_epi32(evens_odds, _mm512_maskz_loadu_epi32(cm, down + j0));
-        const __m512i bv = _mm512_permutexvar_epi32(evens_odds, _mm512_maskz_loadu_epi32(cm, b + j0));
-        const __m512i half = _mm512_set1_epi64(1 << 15);
-        _mm512_storeu_si512(m64 + j0, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(mv)));
-        _mm512_storeu_si512(m64 + j0 + 8, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(mv, 1)));
-        _mm512_storeu_si512(sh64 + j0, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(dv)));
-        _mm512_storeu_si512(sh64 + j0 + 8, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(dv, 1)));
-        _mm512_storeu_si512(b64 + j0, _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(bv)), half));
-        _mm512_storeu_si512(b64 + j0 + 8, _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(bv, 1)), half));
+    jb.merged = Q8C_FALLBACK != 1;
+    for (int32_t j = 0; j < c; j++) jb.merged &= down[j] >= 0 && down[j] <= 30;
+    { /* gn16 / gn16m's int64 factors */
+        for (int32_t j0 = 0; j0 < c; j0 += 16) { /* a tail block's lanes past c: zeros (gn_apply masks them) */
+            const __mmask16 cm = c - j0 >= 16 ? 0xFFFF : (__mmask16)((1u << (c - j0)) - 1);
+            const __m512i mv = _mm512_permutexvar_epi32(evens_odds, _mm512_maskz_loadu_epi32(cm, m + j0));
+            const __m512i dv = _mm512_permutexvar_epi32(evens_odds, _mm512_maskz_loadu_epi32(cm, down + j0));
+            const __m512i bv = _mm512_permutexvar_epi32(evens_odds, _mm512_maskz_loadu_epi32(cm, b + j0));
+            const __m512i half = _mm512_set1_epi64(1 << 15);
+            _mm512_storeu_si512(m64 + j0, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(mv)));
+            _mm512_storeu_si512(m64 + j0 + 8, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(mv, 1)));
+            for (int32_t h = 0; h < 2; h++) {
+                const __m512i d64 = _mm512_cvtepi32_epi64(h ? _mm512_extracti64x4_epi64(dv, 1) : _mm512_castsi512_si256(dv));
+                const __m512i b64v = _mm512_add_epi64(
+                    _mm512_cvtepi32_epi64(h ? _mm512_extracti64x4_epi64(bv, 1) : _mm512_castsi512_si256(bv)), half);
+                _mm512_storeu_si512(sh64 + j0 + 8 * h, jb.merged ? _mm512_add_epi64(d64, _mm512_set1_epi64(16)) : d64);
+                _mm512_storeu_si512(b64 + j0 + 8 * h, jb.merged ? _mm512_sllv_epi64(b64v, d64) : b64v);
+            }
+        }
     }
 #endif
     q8p_for(hw, work * 2, gn_apply, &jb);

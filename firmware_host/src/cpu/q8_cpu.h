@@ -76,6 +76,9 @@ void q8c_add(int32_t n, const int8_t *a, const int8_t *b, q8_rq_t ra, q8_rq_t rb
 void q8c_avgpool(const int8_t *in, int32_t hw, int32_t c, const q8_rq_t *rq, int8_t *out, void *scratch);
 int32_t q8c_gn_scratch(const q8_gn_t *p);
 void q8c_groupnorm(const q8_gn_t *p, const int8_t *in, int8_t *out, void *scratch);
+/* The float NCHW input -> int8 HWC on c_store >= c_in channels (the rest zero), as firmware_c.device_input: x * inv
+   in float32, round half to even, clamp. */
+void q8c_input(const float *in, int32_t hw, int32_t c_in, int32_t c_store, float inv, int8_t *out);
 const char *q8c_isa(void);
 
 #endif
