@@ -117,14 +117,14 @@ static int32_t a_row(const q8c_conv_t *p) { return (p->kp * (int32_t)sizeof(a_t)
 
 static inline void copy_a(a_t *restrict d, const int8_t *restrict s, int32_t n) {
 #if Q8C_ISA == 1
+    const __m512i bit = _mm512_set1_epi8((char)0x80);
     int32_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t v;
-        memcpy(&v, s + i, 8);
-        v ^= 0x8080808080808080ull;
-        memcpy(d + i, &v, 8);
+    for (; i + 64 <= n; i += 64)
+        _mm512_storeu_si512(d + i, _mm512_xor_si512(_mm512_loadu_si512(s + i), bit));
+    if (i < n) { /* the tail, masked */
+        const __mmask64 m = (1ull << (n - i)) - 1; /* n - i < 64 */
+        _mm512_mask_storeu_epi8(d + i, m, _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, s + i), bit));
     }
-    for (; i < n; i++) d[i] = A_OF(s[i]);
 #else
     memcpy(d, s, (size_t)n);
 #endif
@@ -184,6 +184,10 @@ static inline __attribute__((always_inline)) void micro_v(const a_t *A, taps_t g
             const int8_t *a = A + ky * g.rs + kx * g.cs;
             for (int32_t k = 0; k < g.ic; k += 4, W += 64, a += 4) {
                 const __m512i w0 = _mm512_loadu_si512(W), w1 = NB > 1 ? _mm512_loadu_si512(W + ws) : w0;
+                /* weights ~1000 cycles ahead: a deep layer's weights (2.4 MB a conv in resnet18) stream from L3
+                   or memory at twice the rate the hardware prefetcher alone reached here */
+                _mm_prefetch((const char *)W + (NB > 1 ? 4096 : 8192), _MM_HINT_T0);
+                if (NB > 1) _mm_prefetch((const char *)W + ws + 4096, _MM_HINT_T0);
 #define Q8C_ROW(i)                                                              \
     if (R > i) {                                                                \
         const __m512i x = _mm512_set1_epi32((int32_t)ld32(a + (i) * as));      \
@@ -506,16 +510,23 @@ void q8c_conv(const q8c_conv_t *p, const int8_t *in, int8_t *out, void *scratch)
     const int64_t work = (int64_t)npix * nb * Q8C_NR * p->kp / 160 + npix * 2;
     conv_job_t j = {p, in, out, 0, {0}, nb, 0, MR, 1, nb};
 #if Q8C_ISA == 1
+    /* tiles of 12 pixels x 32 channels where there are more than 16 pixels (each weight load serves 12 pixels, each
+       broadcast 2 blocks), else one tile of 16 pixels (a deep layer's weights stream once); rows up to 16 pixels
+       wide and strided convs gather windows (no padded columns computed, no row tails) */
     if (nb >= 2 && npix > 16) j.rows = 12, j.nbk = 2, j.groups = (nb + 1) / 2;
+    const int win = p->out_w <= 16 || p->stride > 1;
+#else
+    const int win = 0;
 #endif
     const int32_t R = j.rows;
-    if (taps_path(p)) { /* implicit GEMM: the taps read one padded copy of the input (no per-pixel windows) */
+    if (taps_path(p) && !win) { /* implicit GEMM: the taps read one padded copy of the input (no per-pixel windows) */
         const int32_t ic = p->in_c, pw = padded_w(p);
         j.g = (taps_t){p->stride * ic, p->kh, p->kw, pw * ic, ic, ic};
         a_t *A = (a_t *)scratch;
         pad_input(p, in, A);
         j.A = A;
-        if (p->stride == 1) { /* tiles run over the padded rows end to end */
+        if (p->stride == 1 && Q8C_ISA != 1) { /* tiles run over the padded rows end to end (MR <= 8: few rows are
+                                                  computed and dropped); VNNI's tiles stay in their row */
             const int32_t nq = (p->out_h - 1) * pw + p->out_w;
             q8p_for((nq + R - 1) / R * j.groups, work, conv_taps_s1, &j);
         } else {
