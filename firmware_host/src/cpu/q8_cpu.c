@@ -514,8 +514,10 @@ void q8c_conv(const q8c_conv_t *p, const int8_t *in, int8_t *out, void *scratch)
        broadcast 2 blocks), else one tile of 16 pixels (a deep layer's weights stream once); rows up to 16 pixels
        wide and strided convs gather windows (no padded columns computed, no row tails) */
     if (nb >= 2 && npix > 16) j.rows = 12, j.nbk = 2, j.groups = (nb + 1) / 2;
-    const int win = p->out_w <= 16 || p->stride > 1;
+    const int one = p->kh == 1 && p->kw == 1 && p->stride == 1; /* no padded columns: tiles end to end */
+    const int win = !one && (p->out_w <= 16 || p->stride > 1);
 #else
+    const int one = 0;
     const int win = 0;
 #endif
     const int32_t R = j.rows;
@@ -525,7 +527,7 @@ void q8c_conv(const q8c_conv_t *p, const int8_t *in, int8_t *out, void *scratch)
         a_t *A = (a_t *)scratch;
         pad_input(p, in, A);
         j.A = A;
-        if (p->stride == 1 && Q8C_ISA != 1) { /* tiles run over the padded rows end to end (MR <= 8: few rows are
+        if (p->stride == 1 && (Q8C_ISA != 1 || one)) { /* tiles run over the padded rows end to end (MR <= 8: few rows are
                                                   computed and dropped); VNNI's tiles stay in their row */
             const int32_t nq = (p->out_h - 1) * pw + p->out_w;
             q8p_for((nq + R - 1) / R * j.groups, work, conv_taps_s1, &j);
