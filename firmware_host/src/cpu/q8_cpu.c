@@ -345,15 +345,23 @@ static int32_t padded_w(const q8c_conv_t *p) {
     return p->stride == 1 ? p->out_w + p->kw - 1 : (p->out_w + MR - 2) * p->stride + p->kw;
 }
 static int taps_path(const q8c_conv_t *p) { return (p->in_c & 3) == 0 && p->k == p->kp; }
+static int one_by_one(const q8c_conv_t *p) { return p->kh == 1 && p->kw == 1 && p->stride == 1; }
+/* Whether a conv gathers windows: where the taps path cannot read the input, and on VNNI (16-row tiles) for rows up
+   to 16 pixels wide and strided convs (no padded columns computed, no row tails); a 1x1 stride-1 conv has no padded
+   columns, its tiles run end to end. */
+static int gathers(const q8c_conv_t *p) {
+    if (!taps_path(p)) return 1;
+    return Q8C_ISA == 1 && !one_by_one(p) && (p->out_w <= 16 || p->stride > 1);
+}
 
 #define ACC_BYTES (2 * 16 * Q8C_NR * 4 + 64) /* a tile's accumulators: up to 2 blocks of 16 rows (tile_gemm) */
 
 /* Scratch: shared (the taps path's padded input copy) and per participant (accumulators, gathered windows). */
 int32_t q8c_conv_scratch(const q8c_conv_t *p) {
-    return taps_path(p) ? (padded_h(p) * padded_w(p) + MR) * p->in_c * (int32_t)sizeof(a_t) + 64 : 64;
+    return gathers(p) ? 64 : (padded_h(p) * padded_w(p) + MR) * p->in_c * (int32_t)sizeof(a_t) + 64;
 }
 int32_t q8c_conv_local(const q8c_conv_t *p) {
-    return ACC_BYTES + (taps_path(p) ? 0 : MR * a_row(p) * (int32_t)sizeof(a_t));
+    return ACC_BYTES + (gathers(p) ? MR * a_row(p) * (int32_t)sizeof(a_t) : 0);
 }
 
 static void pad_input(const q8c_conv_t *p, const int8_t *in, a_t *dst) {
@@ -511,24 +519,19 @@ void q8c_conv(const q8c_conv_t *p, const int8_t *in, int8_t *out, void *scratch)
     conv_job_t j = {p, in, out, 0, {0}, nb, 0, MR, 1, nb};
 #if Q8C_ISA == 1
     /* tiles of 12 pixels x 32 channels where there are more than 16 pixels (each weight load serves 12 pixels, each
-       broadcast 2 blocks), else one tile of 16 pixels (a deep layer's weights stream once); rows up to 16 pixels
-       wide and strided convs gather windows (no padded columns computed, no row tails) */
+       broadcast 2 blocks), else one tile of 16 pixels (a deep layer's weights stream once) */
     if (nb >= 2 && npix > 16) j.rows = 12, j.nbk = 2, j.groups = (nb + 1) / 2;
-    const int one = p->kh == 1 && p->kw == 1 && p->stride == 1; /* no padded columns: tiles end to end */
-    const int win = !one && (p->out_w <= 16 || p->stride > 1);
-#else
-    const int one = 0;
-    const int win = 0;
 #endif
     const int32_t R = j.rows;
-    if (taps_path(p) && !win) { /* implicit GEMM: the taps read one padded copy of the input (no per-pixel windows) */
+    if (!gathers(p)) { /* implicit GEMM: the taps read one padded copy of the input (no per-pixel windows) */
         const int32_t ic = p->in_c, pw = padded_w(p);
         j.g = (taps_t){p->stride * ic, p->kh, p->kw, pw * ic, ic, ic};
         a_t *A = (a_t *)scratch;
         pad_input(p, in, A);
         j.A = A;
-        if (p->stride == 1 && (Q8C_ISA != 1 || one)) { /* tiles run over the padded rows end to end (MR <= 8: few rows are
-                                                  computed and dropped); VNNI's tiles stay in their row */
+        /* tiles over the padded rows end to end (MR <= 8: the few padded columns are computed and dropped); VNNI's
+           16-row tiles stay in their row, but where a 1x1 conv has no padded columns */
+        if (p->stride == 1 && (Q8C_ISA != 1 || one_by_one(p))) {
             const int32_t nq = (p->out_h - 1) * pw + p->out_w;
             q8p_for((nq + R - 1) / R * j.groups, work, conv_taps_s1, &j);
         } else {
