@@ -80,20 +80,19 @@ def graph():
     return quantize(g, np.random.default_rng(0).normal(size=(32, 9, 9, 3)))
 
 
-def _inputs() -> np.ndarray:
-    x = np.random.default_rng(1).normal(size=(6, 3, 9, 9)).astype(np.float32)
+def _inputs(chw=(3, 9, 9)) -> np.ndarray:
+    x = np.random.default_rng(1).normal(size=(6, *chw)).astype(np.float32)
     x[0] *= 20  # clamps at the input and through the layers
     return x
 
 
-def _run(graph, tmp_path, name, cc, flags, runner=(), threads=(1,)) -> list[np.ndarray]:
+def _run(graph, tmp_path, name, cc, flags, runner=(), threads=(1,), chw=(3, 9, 9)) -> list[np.ndarray]:
     """The outputs of each thread count in `threads` (one build)."""
     harness = tmp_path / "harness.c"
     harness.write_text(HARNESS)
     # every job split between the threads, however small (this net's layers are far below the pool's threshold)
-    exe = compile_level(emit_cpu(graph, (3, 9, 9)), cc, [*flags, "-DQ8P_MIN_NS=1"], tmp_path / name,
-                        program=harness)
-    x = _inputs()
+    exe = compile_level(emit_cpu(graph, chw), cc, [*flags, "-DQ8P_MIN_NS=1"], tmp_path / name, program=harness)
+    x = _inputs(chw)
     outs = []
     for n in threads:
         proc = subprocess.run([*runner, str(exe), str(x[0].size), "10", str(n)], input=x.tobytes(),
@@ -103,8 +102,8 @@ def _run(graph, tmp_path, name, cc, flags, runner=(), threads=(1,)) -> list[np.n
     return outs
 
 
-def _expected(graph) -> np.ndarray:
-    return device_forward(graph, _inputs().transpose(0, 2, 3, 1)).astype(np.float32)
+def _expected(graph, chw=(3, 9, 9)) -> np.ndarray:
+    return device_forward(graph, _inputs(chw).transpose(0, 2, 3, 1)).astype(np.float32)
 
 
 # this machine's best, AVX2 without AVX-512, and portable C: every x86 path that can run here
@@ -123,6 +122,44 @@ def test_x86_paths_equal_the_integer_reference(graph, tmp_path):
             np.testing.assert_array_equal(got, want, err_msg=f"{' '.join(flags)}, {n} threads")
         seen.add(isa("gcc", flags))
     assert {"avx2", "scalar"} <= seen, seen
+
+
+class _WideNet(nn.Module):
+    """Rows wider than 16 pixels (the VNNI kernels' taps path, tiles within a row): 22 = 16 + 6 pixels in 16-channel
+    tiles, 12 + 10 in 32-channel ones with a 16-channel group after them (40 channels), 20 = 12 + 8 after a 3x3 conv
+    without padding, and a residual fused into a 1x1 conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.BatchNorm2d(8), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(8, 40, 3, 1, 1), nn.BatchNorm2d(40), nn.ReLU())
+        self.c = nn.Sequential(nn.Conv2d(40, 24, 3, 1, 0), nn.BatchNorm2d(24))
+        self.d = nn.Sequential(nn.Conv2d(24, 24, 1), nn.BatchNorm2d(24))
+        self.fc = nn.Linear(24, 10)
+
+    def forward(self, x):
+        y = self.c(self.b(self.a(x)))
+        y = torch.relu(self.d(y) + y)
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+
+@pytest.mark.skipif(subprocess.run(["uname", "-m"], capture_output=True, text=True).stdout.strip() != "x86_64",
+                    reason="the x86 instruction sets run on x86 only")
+def test_x86_wide_rows_equal_the_integer_reference(tmp_path):
+    torch.manual_seed(1)
+    net = _WideNet().eval()
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    chw = (3, 5, 22)
+    g = quantize(from_torch(net, chw, adds=True), np.random.default_rng(0).normal(size=(32, 5, 22, 3)))
+    assert any(isinstance(op, Conv) and op.add for op in g.ops)
+    want = _expected(g, chw)
+    for flags in X86[:2]:  # VNNI (where this machine has it) and AVX2: the paths that tile rows differently
+        for n, got in zip((1, 2), _run(g, tmp_path, "wide-" + flags[0].split("=")[1], "gcc", flags, threads=(1, 2),
+                                       chw=chw)):
+            np.testing.assert_array_equal(got, want, err_msg=f"{' '.join(flags)}, {n} threads")
 
 
 @pytest.mark.qemu

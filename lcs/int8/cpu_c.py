@@ -43,14 +43,14 @@ def pack_gemm(w: np.ndarray) -> tuple[np.ndarray, int, int]:
 
 
 def conv_scratch(ic: int, oh: int, ow: int, kh: int, kw: int, stride: int) -> int:
-    """A bound on q8c_conv_scratch (the padded input, shared) for every instruction set (int16 elements, 8-pixel
-    tiles)."""
-    return (((oh - 1) * stride + kh) * ((ow + 6) * stride + kw) + 8) * ic * 2 + 64
+    """A bound on q8c_conv_scratch (the padded input, shared) for every instruction set (q8_cpu.c's MR: 16-pixel
+    tiles of int8, 8 of int16 or fewer)."""
+    return (((oh - 1) * stride + kh) * ((ow + 14) * stride + kw) + 16) * ic * 2 + 64
 
 
 def conv_local(kp: int) -> int:
     """A bound on q8c_conv_local (accumulators and gathered windows, per thread) for every instruction set."""
-    return 8 * (kp + 32) * 2 + 8 * NR * 4 + 64
+    return 16 * (kp + 64) + 2 * 16 * NR * 4 + 128
 
 
 # dw_pairs' channel order within a block of 32: an int32 lane of _mm512_unpacklo/hi_epi16 of two taps' int16 values

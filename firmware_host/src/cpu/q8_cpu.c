@@ -24,7 +24,7 @@
 #endif
 
 #if Q8C_ISA == 1
-#define MR 8
+#define MR 16 /* the most rows a tile has (tile_gemm: 12 rows x 2 blocks, or 16 x 1) */
 typedef int8_t a_t; /* bits of x + 128 as u8 */
 #define A_OF(x) ((int8_t)((x) ^ (int8_t)0x80))
 #define A_PAD ((int8_t)0x80)
@@ -191,14 +191,14 @@ static int32_t a_row(const q8c_conv_t *p) { return (p->kp * (int32_t)sizeof(a_t)
 
 static inline void copy_a(a_t *restrict d, const int8_t *restrict s, int32_t n) {
 #if Q8C_ISA == 1
+    const __m512i bit = _mm512_set1_epi8((char)0x80);
     int32_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t v;
-        memcpy(&v, s + i, 8);
-        v ^= 0x8080808080808080ull;
-        memcpy(d + i, &v, 8);
+    for (; i + 64 <= n; i += 64)
+        _mm512_storeu_si512(d + i, _mm512_xor_si512(_mm512_loadu_si512(s + i), bit));
+    if (i < n) { /* the tail, masked */
+        const __mmask64 m = (1ull << (n - i)) - 1; /* n - i < 64 */
+        _mm512_mask_storeu_epi8(d + i, m, _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, s + i), bit));
     }
-    for (; i < n; i++) d[i] = A_OF(s[i]);
 #else
     memcpy(d, s, (size_t)n);
 #endif
@@ -238,32 +238,71 @@ typedef struct {
 
 /* acc[i][0..16) = bias + row i . weight block, for the MR rows. */
 #if Q8C_ISA == 1
-/* `rows` of the tile (8, or 4 where the tile has no more pixels: the last layers of a 32x32 network have 4 or 16
-   pixels) */
-static inline __attribute__((always_inline)) void micro_rows(const a_t *A, taps_t g, const int8_t *W,
-                                                             const int32_t *bias, int32_t *acc, const int32_t rows) {
-    const __m512i b = _mm512_loadu_si512(bias);
-    __m512i c[8];
-    for (int32_t i = 0; i < rows; i++) c[i] = b;
+/* vpdpbusd through asm: with the intrinsic, GCC 12 copies and spills the accumulators of a blocking this size (each
+   step moved through the stack, ~60 % of the peak measured here); the asm operand pins each in a register. */
+#define DPB(c, x, w) __asm__("vpdpbusd %[w_], %[x_], %[c_]" : [c_] "+v"(c) : [w_] "v"(w), [x_] "v"(x))
+/* R rows x NB blocks of 16 channels (R <= 16 with NB = 1, R <= 12 with NB = 2: the accumulators, the weights and
+   the broadcast in the 32 registers): each weight register serves R rows, each broadcast NB blocks. Block j's
+   weights are at W + j * ws, its results at acc + j * 256 (16 rows a block). */
+static inline __attribute__((always_inline)) void micro_v(const a_t *A, taps_t g, const int8_t *W, int32_t ws,
+                                                          const int32_t *bias, int32_t *acc, const int32_t R,
+                                                          const int32_t NB) {
+    const __m512i b0 = _mm512_loadu_si512(bias), b1 = NB > 1 ? _mm512_loadu_si512(bias + 16) : b0;
+#define Q8C_DECL(i) __m512i c##i##_0 = b0, c##i##_1 = b1;
+    Q8C_DECL(0) Q8C_DECL(1) Q8C_DECL(2) Q8C_DECL(3) Q8C_DECL(4) Q8C_DECL(5) Q8C_DECL(6) Q8C_DECL(7)
+    Q8C_DECL(8) Q8C_DECL(9) Q8C_DECL(10) Q8C_DECL(11) Q8C_DECL(12) Q8C_DECL(13) Q8C_DECL(14) Q8C_DECL(15)
+#undef Q8C_DECL
     const int32_t as = g.as;
     for (int32_t ky = 0; ky < g.kh; ky++)
         for (int32_t kx = 0; kx < g.kw; kx++) {
             const int8_t *a = A + ky * g.rs + kx * g.cs;
             for (int32_t k = 0; k < g.ic; k += 4, W += 64, a += 4) {
-                const __m512i w = _mm512_loadu_si512(W);
-                for (int32_t i = 0; i < rows; i++)
-                    c[i] = _mm512_dpbusd_epi32(c[i], _mm512_set1_epi32((int32_t)ld32(a + i * as)), w);
+                const __m512i w0 = _mm512_loadu_si512(W), w1 = NB > 1 ? _mm512_loadu_si512(W + ws) : w0;
+                /* weights ~1000 cycles ahead: a deep layer's weights (2.4 MB a conv in resnet18) stream from L3
+                   or memory at twice the rate the hardware prefetcher alone reached here */
+                _mm_prefetch((const char *)W + (NB > 1 ? 4096 : 8192), _MM_HINT_T0);
+                if (NB > 1) _mm_prefetch((const char *)W + ws + 4096, _MM_HINT_T0);
+#define Q8C_ROW(i)                                                              \
+    if (R > i) {                                                                \
+        const __m512i x = _mm512_set1_epi32((int32_t)ld32(a + (i) * as));      \
+        DPB(c##i##_0, x, w0);                                                   \
+        if (NB > 1) DPB(c##i##_1, x, w1);                                       \
+    }
+                Q8C_ROW(0) Q8C_ROW(1) Q8C_ROW(2) Q8C_ROW(3) Q8C_ROW(4) Q8C_ROW(5) Q8C_ROW(6) Q8C_ROW(7)
+                Q8C_ROW(8) Q8C_ROW(9) Q8C_ROW(10) Q8C_ROW(11) Q8C_ROW(12) Q8C_ROW(13) Q8C_ROW(14) Q8C_ROW(15)
+#undef Q8C_ROW
             }
         }
-    for (int32_t i = 0; i < rows; i++) _mm512_storeu_si512(acc + 16 * i, c[i]);
+#define Q8C_ST(i)                                                               \
+    if (R > i) {                                                                \
+        _mm512_storeu_si512(acc + (i) * 16, c##i##_0);                          \
+        if (NB > 1) _mm512_storeu_si512(acc + 256 + (i) * 16, c##i##_1);        \
+    }
+    Q8C_ST(0) Q8C_ST(1) Q8C_ST(2) Q8C_ST(3) Q8C_ST(4) Q8C_ST(5) Q8C_ST(6) Q8C_ST(7)
+    Q8C_ST(8) Q8C_ST(9) Q8C_ST(10) Q8C_ST(11) Q8C_ST(12) Q8C_ST(13) Q8C_ST(14) Q8C_ST(15)
+#undef Q8C_ST
 }
-static void micro(const a_t *A, taps_t g, const int8_t *W, const int32_t *bias, int32_t *acc) {
-    micro_rows(A, g, W, bias, acc, 8);
+#define Q8C_MICRO_V(R, NB)                                                                                          \
+    static void micro_##R##x##NB(const a_t *A, taps_t g, const int8_t *W, int32_t ws, const int32_t *bias,          \
+                                 int32_t *acc) {                                                                   \
+        micro_v(A, g, W, ws, bias, acc, R, NB);                                                                     \
+    }
+Q8C_MICRO_V(16, 1)
+Q8C_MICRO_V(8, 1)
+Q8C_MICRO_V(4, 1)
+Q8C_MICRO_V(12, 2)
+Q8C_MICRO_V(8, 2)
+Q8C_MICRO_V(4, 2)
+#undef Q8C_MICRO_V
+/* r (<= the tile's rows) rows x nb blocks: the smallest kernel that covers them (it may read rows past r: the
+   buffers have the room, and their results are dropped) */
+static void tile_gemm(const a_t *A, taps_t g, const int8_t *W, int32_t ws, const int32_t *bias, int32_t *acc,
+                      int32_t r, int32_t nb) {
+    if (nb == 2)
+        (r > 8 ? micro_12x2 : r > 4 ? micro_8x2 : micro_4x2)(A, g, W, ws, bias, acc);
+    else
+        (r > 8 ? micro_16x1 : r > 4 ? micro_8x1 : micro_4x1)(A, g, W, ws, bias, acc);
 }
-static void micro4(const a_t *A, taps_t g, const int8_t *W, const int32_t *bias, int32_t *acc) {
-    micro_rows(A, g, W, bias, acc, 4);
-}
-#define MICRO(A, g, W, bias, acc, r) ((r) <= 4 ? micro4 : micro)(A, g, W, bias, acc)
 #elif Q8C_ISA == 2
 /* vpmaddubsw wants u8 x s8: |a| x (w with a's sign) is a x w exactly, and a pair of them stays within int16
    (2 x 128 x 127 < 2^15: the weights are in [-127, 127]); vpmaddwd by ones sums the pairs into int32. A weight
@@ -362,8 +401,12 @@ static void micro(const a_t *A, taps_t g, const int8_t *W, const int32_t *bias, 
 }
 #endif
 
-#ifndef MICRO
-#define MICRO(A, g, W, bias, acc, r) micro(A, g, W, bias, acc)
+#if Q8C_ISA != 1
+static void tile_gemm(const a_t *A, taps_t g, const int8_t *W, int32_t ws, const int32_t *bias, int32_t *acc,
+                      int32_t r, int32_t nb) {
+    (void)ws, (void)r, (void)nb; /* one block of MR rows */
+    micro(A, g, W, bias, acc);
+}
 #endif
 
 /* Padded copy for the taps path: rows of pw columns, enough that every tap of every tile (MR pixels, the last ones
@@ -376,13 +419,23 @@ static int32_t padded_w(const q8c_conv_t *p) {
     return p->stride == 1 ? p->out_w + p->kw - 1 : (p->out_w + MR - 2) * p->stride + p->kw;
 }
 static int taps_path(const q8c_conv_t *p) { return (p->in_c & 3) == 0 && p->k == p->kp; }
+static int one_by_one(const q8c_conv_t *p) { return p->kh == 1 && p->kw == 1 && p->stride == 1; }
+/* Whether a conv gathers windows: where the taps path cannot read the input, and on VNNI (16-row tiles) for rows up
+   to 16 pixels wide and strided convs (no padded columns computed, no row tails); a 1x1 stride-1 conv has no padded
+   columns, its tiles run end to end. */
+static int gathers(const q8c_conv_t *p) {
+    if (!taps_path(p)) return 1;
+    return Q8C_ISA == 1 && !one_by_one(p) && (p->out_w <= 16 || p->stride > 1);
+}
+
+#define ACC_BYTES (2 * 16 * Q8C_NR * 4 + 64) /* a tile's accumulators: up to 2 blocks of 16 rows (tile_gemm) */
 
 /* Scratch: shared (the taps path's padded input copy) and per participant (accumulators, gathered windows). */
 int32_t q8c_conv_scratch(const q8c_conv_t *p) {
-    return taps_path(p) ? (padded_h(p) * padded_w(p) + MR) * p->in_c * (int32_t)sizeof(a_t) + 64 : 64;
+    return gathers(p) ? 64 : (padded_h(p) * padded_w(p) + MR) * p->in_c * (int32_t)sizeof(a_t) + 64;
 }
 int32_t q8c_conv_local(const q8c_conv_t *p) {
-    return MR * Q8C_NR * 4 + 64 + (taps_path(p) ? 0 : MR * a_row(p) * (int32_t)sizeof(a_t));
+    return ACC_BYTES + (gathers(p) ? MR * a_row(p) * (int32_t)sizeof(a_t) : 0);
 }
 
 static void pad_input(const q8c_conv_t *p, const int8_t *in, a_t *dst) {
@@ -462,8 +515,8 @@ static inline void store_tile(const q8c_conv_t *p, const int32_t *acc, int32_t p
     }
 }
 
-/* One conv's work for the pool: items are (tile, block of 16 output channels) pairs, tile-major, so a participant's
-   chunk reuses its tile's rows across the blocks. */
+/* One conv's work for the pool: items are (tile, group of nbk blocks of 16 output channels) pairs, tile-major, so a
+   participant's chunk reuses its tile's rows across the groups. */
 typedef struct {
     const q8c_conv_t *p;
     const int8_t *in;
@@ -471,60 +524,72 @@ typedef struct {
     const a_t *A;        /* the padded input (taps path) */
     taps_t g;
     int32_t nb, tiles_w; /* blocks; tiles per output row (strided taps path) */
+    int32_t rows, nbk, groups; /* a tile's rows; blocks per item; groups of them */
 } conv_job_t;
+
+/* rows of acc (16 rows a block, tile_gemm) -> out, pixels pix0.. (runs of one output row: `row_w` positions a row,
+   the first out_w of them real) */
+static void store_blocks(const conv_job_t *j, const int32_t *acc, int32_t q0, int32_t r, int32_t row_w, int32_t b0,
+                         int32_t nbk) {
+    const q8c_conv_t *p = j->p;
+    for (int32_t jb = 0; jb < nbk; jb++)
+        for (int32_t i = 0; i < r; i++) {
+            const int32_t oy = (q0 + i) / row_w, ox = (q0 + i) % row_w;
+            if (ox >= p->out_w) continue;
+            const int32_t n = r - i < p->out_w - ox ? r - i : p->out_w - ox;
+            store_tile(p, acc + jb * 256 + i * Q8C_NR, oy * p->out_w + ox, n, (b0 + jb) * Q8C_NR, j->out);
+            i += n - 1;
+        }
+}
 
 static void conv_taps_s1(const void *ctx, int32_t lo, int32_t hi, void *local) {
     const conv_job_t *j = ctx;
     const q8c_conv_t *p = j->p;
-    const int32_t ic = p->in_c, pw = padded_w(p), kp = p->kp;
+    const int32_t ic = p->in_c, pw = padded_w(p), kp = p->kp, R = j->rows;
     const int32_t *bias = Q8C_ISA == 1 ? p->bias_u8 : p->bias;
     int32_t *acc = local;
     const int32_t nq = (p->out_h - 1) * pw + p->out_w; /* padded positions up to the last output */
     for (int32_t it = lo; it < hi; it++) {
-        const int32_t q0 = it / j->nb * MR, b = it % j->nb, r = nq - q0 < MR ? nq - q0 : MR;
-        MICRO(j->A + q0 * ic, j->g, p->w + b * kp * Q8C_NR, bias + b * Q8C_NR, acc, r);
-        for (int32_t i = 0; i < r; i++) { /* runs of one output row */
-            const int32_t oy = (q0 + i) / pw, ox = (q0 + i) % pw;
-            if (ox >= p->out_w) continue;
-            int32_t n = r - i < p->out_w - ox ? r - i : p->out_w - ox;
-            store_tile(p, acc + i * Q8C_NR, oy * p->out_w + ox, n, b * Q8C_NR, j->out);
-            i += n - 1;
-        }
+        const int32_t q0 = it / j->groups * R, b0 = it % j->groups * j->nbk, r = nq - q0 < R ? nq - q0 : R;
+        const int32_t nbk = j->nb - b0 < j->nbk ? j->nb - b0 : j->nbk;
+        tile_gemm(j->A + q0 * ic, j->g, p->w + b0 * kp * Q8C_NR, kp * Q8C_NR, bias + b0 * Q8C_NR, acc, r, nbk);
+        store_blocks(j, acc, q0, r, pw, b0, nbk);
     }
 }
 
 static void conv_taps_strided(const void *ctx, int32_t lo, int32_t hi, void *local) {
     const conv_job_t *j = ctx;
     const q8c_conv_t *p = j->p;
-    const int32_t ic = p->in_c, pw = padded_w(p), kp = p->kp;
+    const int32_t ic = p->in_c, pw = padded_w(p), kp = p->kp, R = j->rows;
     const int32_t *bias = Q8C_ISA == 1 ? p->bias_u8 : p->bias;
     int32_t *acc = local;
     for (int32_t it = lo; it < hi; it++) {
-        const int32_t t = it / j->nb, b = it % j->nb, oy = t / j->tiles_w, ox = t % j->tiles_w * MR;
-        const int32_t r = p->out_w - ox < MR ? p->out_w - ox : MR;
-        MICRO(j->A + (oy * p->stride * pw + ox * p->stride) * ic, j->g, p->w + b * kp * Q8C_NR, bias + b * Q8C_NR,
-              acc, r);
-        store_tile(p, acc, oy * p->out_w + ox, r, b * Q8C_NR, j->out);
+        const int32_t t = it / j->groups, b0 = it % j->groups * j->nbk, oy = t / j->tiles_w, ox = t % j->tiles_w * R;
+        const int32_t r = p->out_w - ox < R ? p->out_w - ox : R, nbk = j->nb - b0 < j->nbk ? j->nb - b0 : j->nbk;
+        tile_gemm(j->A + (oy * p->stride * pw + ox * p->stride) * ic, j->g, p->w + b0 * kp * Q8C_NR, kp * Q8C_NR,
+                  bias + b0 * Q8C_NR, acc, r, nbk);
+        store_blocks(j, acc, oy * p->out_w + ox, r, p->out_w, b0, nbk);
     }
 }
 
 static void conv_windows(const void *ctx, int32_t lo, int32_t hi, void *local) {
     const conv_job_t *j = ctx;
     const q8c_conv_t *p = j->p;
-    const int32_t npix = p->out_h * p->out_w, kp = p->kp, as = a_row(p);
+    const int32_t npix = p->out_h * p->out_w, kp = p->kp, as = a_row(p), R = j->rows;
     const int32_t *bias = Q8C_ISA == 1 ? p->bias_u8 : p->bias;
     int32_t *acc = local;
-    a_t *A = (a_t *)(void *)((char *)local + MR * Q8C_NR * 4 + 64);
+    a_t *A = (a_t *)(void *)((char *)local + ACC_BYTES);
     const taps_t g = {as, 1, 1, 0, 0, kp};
     int32_t have = -1; /* the tile whose windows A holds */
     for (int32_t it = lo; it < hi; it++) {
-        const int32_t pix0 = it / j->nb * MR, b = it % j->nb, r = npix - pix0 < MR ? npix - pix0 : MR;
+        const int32_t pix0 = it / j->groups * R, b0 = it % j->groups * j->nbk, r = npix - pix0 < R ? npix - pix0 : R;
+        const int32_t nbk = j->nb - b0 < j->nbk ? j->nb - b0 : j->nbk;
         if (pix0 != have) {
             for (int32_t i = 0; i < r; i++) window(p, j->in, pix0 + i, A + i * as);
             have = pix0;
         }
-        MICRO(A, g, p->w + b * kp * Q8C_NR, bias + b * Q8C_NR, acc, r);
-        store_tile(p, acc, pix0, r, b * Q8C_NR, j->out);
+        tile_gemm(A, g, p->w + b0 * kp * Q8C_NR, kp * Q8C_NR, bias + b0 * Q8C_NR, acc, r, nbk);
+        store_blocks(j, acc, pix0, r, p->out_w, b0, nbk);
     }
 }
 
@@ -532,23 +597,31 @@ void q8c_conv(const q8c_conv_t *p, const int8_t *in, int8_t *out, void *scratch)
     const int32_t npix = p->out_h * p->out_w, nb = (p->out_c + Q8C_NR - 1) / Q8C_NR;
     /* ~0.006 ns a multiply-add (one thread, measured here): enough to decide whether a split pays */
     const int64_t work = (int64_t)npix * nb * Q8C_NR * p->kp / 160 + npix * 2;
-    conv_job_t j = {p, in, out, 0, {0}, nb, 0};
-    if (taps_path(p)) { /* implicit GEMM: the taps read one padded copy of the input (no per-pixel windows) */
+    conv_job_t j = {p, in, out, 0, {0}, nb, 0, MR, 1, nb};
+#if Q8C_ISA == 1
+    /* tiles of 12 pixels x 32 channels where there are more than 16 pixels (each weight load serves 12 pixels, each
+       broadcast 2 blocks), else one tile of 16 pixels (a deep layer's weights stream once) */
+    if (nb >= 2 && npix > 16) j.rows = 12, j.nbk = 2, j.groups = (nb + 1) / 2;
+#endif
+    const int32_t R = j.rows;
+    if (!gathers(p)) { /* implicit GEMM: the taps read one padded copy of the input (no per-pixel windows) */
         const int32_t ic = p->in_c, pw = padded_w(p);
         j.g = (taps_t){p->stride * ic, p->kh, p->kw, pw * ic, ic, ic};
         a_t *A = (a_t *)scratch;
         pad_input(p, in, A);
         j.A = A;
-        if (p->stride == 1) { /* tiles run over the padded rows end to end */
+        /* tiles over the padded rows end to end (MR <= 8: the few padded columns are computed and dropped); VNNI's
+           16-row tiles stay in their row, but where a 1x1 conv has no padded columns */
+        if (p->stride == 1 && (Q8C_ISA != 1 || one_by_one(p))) {
             const int32_t nq = (p->out_h - 1) * pw + p->out_w;
-            q8p_for((nq + MR - 1) / MR * nb, work, conv_taps_s1, &j);
+            q8p_for((nq + R - 1) / R * j.groups, work, conv_taps_s1, &j);
         } else {
-            j.tiles_w = (p->out_w + MR - 1) / MR;
-            q8p_for(p->out_h * j.tiles_w * nb, work, conv_taps_strided, &j);
+            j.tiles_w = (p->out_w + R - 1) / R;
+            q8p_for(p->out_h * j.tiles_w * j.groups, work, conv_taps_strided, &j);
         }
         return;
     }
-    q8p_for((npix + MR - 1) / MR * nb, work, conv_windows, &j);
+    q8p_for((npix + R - 1) / R * j.groups, work, conv_windows, &j);
 }
 
 int32_t q8c_dw_local(const q8c_dw_t *p) {
