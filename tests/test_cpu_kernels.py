@@ -406,3 +406,62 @@ def test_chw_norm_statistics_fused_equal_torch():
         out = tensor(np.full(expect.shape, np.nan))
         lib[f"gn{i}"](z_flat, *[tensor(a) for a in gn_args], out)
         np.testing.assert_allclose(out.numpy(), expect, atol=1e-4, rtol=1e-4, err_msg=f"gn{i}")
+
+
+class InvertedResidual(nn.Module):
+    """mobilenet-v2's block with GroupNorms at 16x16 pixels: the norms' statistics come from their producers and the
+    expand norm is applied by the depthwise conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expand = nn.Conv2d(8, 24, 1, bias=False)
+        self.n1, self.n2, self.n3 = nn.GroupNorm(4, 24), nn.GroupNorm(4, 24), nn.GroupNorm(2, 8)
+        self.dw = nn.Conv2d(24, 24, 3, padding=1, groups=24, bias=False)
+        self.project = nn.Conv2d(24, 8, 1, bias=False)
+
+    def forward(self, x):
+        y = nn.functional.relu6(self.n1(self.expand(x)))
+        y = nn.functional.relu6(self.n2(self.dw(y)))
+        return x + self.n3(self.project(y))
+
+
+def test_chw_stretch_fuses_norm_statistics_and_matches_torch():
+    from tvm.runtime.vm import VirtualMachine
+
+    from tvm_build import compile as tc
+    from tvm_build import cpu_executor, export, sparse
+    from tvm_build import sparse_chw as sc
+    from tvm_build.graph import export_order, param_arrays
+
+    torch.manual_seed(0)
+    net = InvertedResidual().eval()
+    with torch.no_grad():
+        for conv in (net.expand, net.project):
+            conv.weight[torch.rand_like(conv.weight) < 0.8] = 0
+        for norm in (net.n1, net.n2, net.n3):
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(1, 8, 16, 16)
+    mod, ep = export.to_relax(net, (x,))
+    lifted = export.ChannelsLast(mod, export_order(ep))
+    arrays = lifted.weights({n: param_arrays(net)[n] for n in export_order(ep)})
+    found = sparse.candidates(lifted.main, list(arrays))
+    tried = {n: (c, sparse.to_csr(arrays[n]), 0.2) for n, c in found.items()}
+    chw = {n: (c, int(np.count_nonzero(arrays[n]))) for n, c in found.items()}
+    new = sc.rewrite(lifted.main, list(arrays), {}, chw, 1)
+    weights, _ = sparse.Chooser._csr_arrays(arrays, lifted.from_torch, chw, tried)
+    target = host_target()
+    dev = tvm.cpu()
+    from tvm import relax
+
+    # the VM's bytecode: the kernels are what is checked here (its compiled mode's C build costs seconds)
+    got = VirtualMachine(relax.build(new, target=target, tir_pipeline=tc.tir_pipeline()), dev)["main"](
+        tvm.runtime.tensor(x.numpy(), dev), *[tvm.runtime.tensor(a, dev) for a in weights.values()]).numpy()
+    with torch.no_grad():
+        np.testing.assert_allclose(got, net(x).numpy(), atol=1e-4)
+    kernels = [c.kernel for c in cpu_executor.plan_module(cpu_executor.kernel_module(tc.fuse_kernels(new, target)))
+               .calls]
+    # three norms, two kernels: the expand norm is the depthwise conv's, the others read their producers' statistics
+    assert sum("group_norm" in k for k in kernels) == 2 and all(k.endswith("_stats") for k in kernels
+                                                                  if "group_norm" in k)
+    assert any("depthwise_chw_16x16_24_s1_normeds_stats" in k for k in kernels)
