@@ -78,8 +78,11 @@ def default_thread_pool_size() -> None:
     levels pick how many they use (measured by `lcs build`). Call it before TVM's pool starts: TVM sizes the pool
     once, at its first parallel kernel."""
     if "TVM_NUM_THREADS" not in os.environ and "OMP_NUM_THREADS" not in os.environ:
-        os.environ["TVM_NUM_THREADS"] = str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                            else os.cpu_count() or 1)
+        os.environ["TVM_NUM_THREADS"] = str(usable_cpus())
+
+
+def usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _import_tvm():
@@ -112,8 +115,14 @@ class _StaticLibrary:
         for name in ("lcs_input", "lcs_output"):
             getattr(lib, name).restype = ctypes.c_void_p
         lib.lcs_bind.argtypes = [ctypes.c_void_p]
-        lib.lcs_serial.argtypes = [ctypes.c_int]
-        lib.lcs_serial.restype = None
+        # lcs_threads: the library's own pool for parallel loops; artifacts built before it have lcs_serial only
+        self._own_pool = hasattr(lib, "lcs_threads")
+        if self._own_pool:
+            lib.lcs_threads.argtypes = [ctypes.c_int]
+            lib.lcs_park.restype = None
+        else:
+            lib.lcs_serial.argtypes = [ctypes.c_int]
+            lib.lcs_serial.restype = None
         self._lib = lib
         self._run = lib.lcs_run
         self.input = self._view(lib.lcs_input(), input_spec)
@@ -134,8 +143,17 @@ class _StaticLibrary:
             raise RunError("the static executor failed to set up a level's weights (a kernel raised)")
 
     def threads(self, count: int) -> None:
-        """On one thread the kernels' parallel loops run inline, not through TVM's launcher (~100 ns a loop)."""
-        self._lib.lcs_serial(1 if count == 1 else 0)
+        """On one thread the kernels' parallel loops run inline, not through TVM's launcher (~100 ns a loop); on
+        more, on the library's own pool (tvm_build/cpu_executor.py says why not TVM's)."""
+        if not self._own_pool:
+            self._lib.lcs_serial(1 if count == 1 else 0)
+        elif self._lib.lcs_threads(int(count)):
+            raise RunError(f"the static executor could not start {count} threads")
+
+    def park(self) -> None:
+        """Its pool's workers stop spinning (another library runs next)."""
+        if self._own_pool:
+            self._lib.lcs_park()
 
     def run(self) -> np.ndarray:
         code = self._run()
@@ -237,6 +255,9 @@ class Runtime:
         # threads: the build measured each level at 1, 2, 4, ... threads and recorded the fewest within 3 % of its
         # fastest (tiny levels lose more to the pool's hand-offs than they gain). A switch resizes TVM's pool when
         # the next level wants another count (~2.6 us here, one round trip over RPC).
+        # TVM's pool runs only VM levels and levels on a remote board: local static and int8 levels run their
+        # libraries' own pools, and TVM's, once started, spins a worker (sched_yield) for ~0.1 s beside them
+        self._tvm_pool = self._session is not None or bool(self._vms)
         self.pool_threads = self._pool_size()  # what the process gave TVM (TVM_NUM_THREADS)
         best = manifest.threads
         self._cap = min(best, self.pool_threads) if best else self.pool_threads  # never more than it was given
@@ -314,12 +335,18 @@ class Runtime:
         return self._tvm.get_global_func(name)
 
     def _pool_size(self) -> int:
-        """Threads TVM's pool was given (TVM_NUM_THREADS): reset it to all of them and ask."""
+        """Threads TVM's pool was given (TVM_NUM_THREADS): reset it to all of them and ask (or, where TVM's pool
+        runs nothing, read what default_thread_pool_size or the user set, as TVM would)."""
+        if not self._tvm_pool:
+            given = os.environ.get("TVM_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
+            return max(1, int(given)) if given and given.strip().isdigit() else usable_cpus()
         self._runtime_function("runtime.config_threadpool")(0, 0)  # 0 threads: TVM's "use every worker"
         return int(self._runtime_function("runtime.NumThreads")())
 
     def threads(self) -> int:
-        """Worker threads TVM's pool uses for the next call (on the board, over RPC)."""
+        """Threads the next call uses (TVM's pool's count on the board, over RPC)."""
+        if not self._tvm_pool:
+            return self._threads_now
         return int(self._runtime_function("runtime.NumThreads")())
 
     def set_threads(self, count: int) -> None:
@@ -335,7 +362,8 @@ class Runtime:
 
     def _use_threads(self, count: int) -> None:
         if count != self._threads_now:
-            self._runtime_function("runtime.config_threadpool")(0, count)  # mode 0: TVM's default affinity
+            if self._tvm_pool:
+                self._runtime_function("runtime.config_threadpool")(0, count)  # mode 0: TVM's default affinity
             self._threads_now = count
             for lib in (*self._static.values(), *self._int8.values()):
                 lib.threads(count)
@@ -350,9 +378,11 @@ class Runtime:
                 raise RunError(f"level {index} does not exist; this artifact has levels 0..{len(self._levels) - 1}")
             self._use_threads(self._wanted_threads(index))
             level = self._levels[index]
-            if self.level >= 0 and self._levels[self.level].module != level.module \
-                    and self._levels[self.level].module in self._int8:  # its workers would spin beside the next
-                self._int8[self._levels[self.level].module].park()
+            previous = self._levels[self.level].module if self.level >= 0 else None
+            if previous is not None and previous != level.module:  # its workers would spin beside the next
+                for pools in (self._int8, self._static):
+                    if previous in pools:
+                        pools[previous].park()
             if level.bind is not None and self._bound.get(level.module) != index:  # levels sharing a library
                 level.bind()
                 self._bound[level.module] = index

@@ -7,6 +7,7 @@ and intermediates whose arena bytes are reused."""
 from __future__ import annotations
 
 import ctypes
+import os
 import shutil
 
 import numpy as np
@@ -21,7 +22,7 @@ from lcs.runtime import _StaticLibrary, aligned_copy
 from tvm_build import compile as tc
 from tvm_build.export import to_relax
 from tvm_build.target import host_target, make_target
-from tvm_build import cpu_executor
+from tvm_build import cpu_executor, schedules
 from tvm_build.graph import export_order, param_arrays
 
 pytestmark = pytest.mark.tvm
@@ -77,7 +78,8 @@ def test_plan_aliases_reshapes_runs_weight_work_once_and_reuses_the_arena(small)
 def _built(small, tmp_path):
     mod, weights, x, expected = small
     path = tmp_path / "small.so"
-    info = tc.build_library(mod, host_target(), targets.load("host"), path)
+    target = host_target()
+    info = tc.build_library(schedules.apply(mod, target), target, targets.load("host"), path)  # as lcs build does
     assert info["executor"] == "static", info
     lib = tvm.runtime.load_module(str(path))  # TVM fills in the kernels' runtime hooks
     return lib, path, weights, x, expected
@@ -92,9 +94,13 @@ def test_static_library_runs_like_torch_through_ctypes(small, tmp_path):
     kept = [aligned_copy(w) for w in weights]
     static.bind(static.pointers(kept))
     static.input[...] = x
-    for serial in (1, 2):  # inline parallel loops, then TVM's pool: the same numbers
-        static.threads(serial)
+    before = len(os.listdir("/proc/self/task"))
+    for count in (1, 2, 3, 0):  # inline parallel loops, the library's own pool, then TVM's: the same numbers
+        static.threads(count)
         np.testing.assert_allclose(static.run(), expected, atol=1e-5)
+        if count == 3:  # the scheduled convs' loops are parallel and run on the library's pool: two workers
+            assert len(os.listdir("/proc/self/task")) == before + 2
+    static.park()
     # another weight set: the weight-only work is redone at binding
     doubled = [aligned_copy(w * 2) for w in weights]
     static.bind(static.pointers(doubled))

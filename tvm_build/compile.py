@@ -117,9 +117,25 @@ def build_library(mod, target, board, path: Path) -> dict:
         kernels = compile_kernels(cpu_executor.kernels_of(lowered, plan), target)
     source = path.with_name(path.name + ".executor.c")
     source.write_text(cpu_executor.emit(plan))
-    export_library(kernels, board, path, sources=[source])
+    export_library(kernels, board, path, sources=[source, pool_object(board, path.with_name(path.name + ".pool.o"))])
     return {"executor": "static", "entry": cpu_executor.ENTRY, "kernels": len(plan.calls),
             "arena_bytes": plan.arena_bytes}
+
+
+POOL_SRC = Path(__file__).resolve().parents[1] / "firmware_host" / "src" / "cpu"  # q8_pool.{c,h}
+
+
+def pool_object(board, out: Path) -> Path:
+    """The thread pool the static executor runs parallel loops on (q8_pool.c, the int8 levels' pool), compiled as C
+    for the board: TVM links the executor with a C++ compiler on the host, and the pool is C11 (stdatomic)."""
+    import subprocess
+
+    cc = board.cross_compiler or "gcc"
+    proc = subprocess.run([cc, "-O2", "-fPIC", "-std=c11", "-c", str(POOL_SRC / "q8_pool.c"), "-o", str(out)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ToolchainError(f"compiling the thread pool with {cc} failed: {proc.stderr.strip()[-300:]}")
+    return out
 
 
 def tvm_include_dirs() -> list[str]:
@@ -135,7 +151,7 @@ def export_library(executable, board, path: Path, sources: list[Path] = ()) -> P
     `sources` compiled into it."""
     from tvm.support import cc
 
-    options = [f"-I{d}" for d in tvm_include_dirs()] + ["-O2"] if sources else []
+    options = [f"-I{d}" for d in tvm_include_dirs()] + [f"-I{POOL_SRC}", "-O2", "-pthread"] if sources else []
     fcompile = cc.cross_compiler(board.cross_compiler or cc.create_shared, options=options,
                                  add_files=[str(s) for s in sources])
     with filtered_tvm_logs():
