@@ -356,16 +356,16 @@ def test_chw_kernels_equal_torch(monkeypatch):
 def test_chw_norm_statistics_fused_equal_torch():
     """A CHW block with its GroupNorms' statistics made by their producers (tvm_build/sparse_chw.py): CSR 1x1 with
     statistics -> depthwise normalising and clipping its input (each kernel body: one-vector planes, rows, stride 2
-    wide and narrow; groups across task boundaries) with statistics -> one-pass GroupNorm, against torch. Odd cases:
-    the 1x1 conv without statistics, the depthwise conv making its input's from the values."""
+    wide and narrow (odd sizes); groups across task boundaries) with statistics -> one-pass GroupNorm, against torch.
+    Case 1: the 1x1 conv without statistics, the depthwise conv making its input's from the values."""
     from tvm_build import sparse
     from tvm_build import sparse_chw as sc
     from tvm_build.compile import compile_kernels
 
     rng = np.random.default_rng(1)
     funcs, chains = {}, []
-    for i, (h, w, cin, c, groups, stride) in enumerate([(2, 2, 8, 24, 8, 1), (8, 8, 6, 16, 4, 2), (16, 16, 4, 8, 2, 2),
-                                                         (5, 7, 6, 12, 3, 1)]):
+    for i, (h, w, cin, c, groups, stride) in enumerate([(2, 2, 8, 24, 8, 1), (7, 5, 6, 12, 3, 2),
+                                                         (16, 16, 4, 8, 2, 2)]):
         weight = rng.standard_normal((1, 1, cin, c)).astype(np.float32)
         weight[rng.random(weight.shape) >= 0.5] = 0
         csr = sparse.to_csr(weight)
@@ -406,6 +406,7 @@ def test_chw_norm_statistics_fused_equal_torch():
         out = tensor(np.full(expect.shape, np.nan))
         lib[f"gn{i}"](z_flat, *[tensor(a) for a in gn_args], out)
         np.testing.assert_allclose(out.numpy(), expect, atol=1e-4, rtol=1e-4, err_msg=f"gn{i}")
+    assert "@__TVMBackendAllocWorkspace" not in lib.inspect_source("ll")  # their sums stay in registers
 
 
 class InvertedResidual(nn.Module):
