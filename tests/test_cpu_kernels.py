@@ -351,3 +351,118 @@ def test_chw_kernels_equal_torch(monkeypatch):
         np.testing.assert_allclose(tensors[-1].numpy(), expect, atol=1e-4, rtol=1e-5, err_msg=name)
     # no kernel of the stretch asks TVM for heap memory per call but the stem (its bordered planes, once)
     assert lib.inspect_source("ll").count("load ptr, ptr @__TVMBackendAllocWorkspace") == 1
+
+
+def test_chw_norm_statistics_fused_equal_torch():
+    """A CHW block with its GroupNorms' statistics made by their producers (tvm_build/sparse_chw.py): CSR 1x1 with
+    statistics -> depthwise normalising and clipping its input (each kernel body: one-vector planes, rows, stride 2
+    wide and narrow (odd sizes); groups across task boundaries) with statistics -> one-pass GroupNorm, against torch.
+    Case 1: the 1x1 conv without statistics, the depthwise conv making its input's from the values."""
+    from tvm_build import sparse
+    from tvm_build import sparse_chw as sc
+    from tvm_build.compile import compile_kernels
+
+    rng = np.random.default_rng(1)
+    funcs, chains = {}, []
+    for i, (h, w, cin, c, groups, stride) in enumerate([(2, 2, 8, 24, 8, 1), (7, 5, 6, 12, 3, 2),
+                                                         (16, 16, 4, 8, 2, 2)]):
+        weight = rng.standard_normal((1, 1, cin, c)).astype(np.float32)
+        weight[rng.random(weight.shape) >= 0.5] = 0
+        csr = sparse.to_csr(weight)
+        dw = rng.standard_normal((3, 3, 1, c)).astype(np.float32)
+        g1, b1, g2, b2 = (rng.standard_normal(c).astype(np.float32) for _ in range(4))
+        x = rng.standard_normal((1, cin, h, w)).astype(np.float32)
+        ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+        funcs[f"conv{i}"] = sc.csr_chw_kernel(sparse.Candidate("w", h, w, cin, c), int(np.count_nonzero(weight)),
+                                              stats=i % 2 == 0)
+        funcs[f"dw{i}"] = sc.depthwise_chw_kernel(h, w, c, stride, norm=(groups, 1e-5, 0.0, 6.0, i % 2 == 0),
+                                                  stats=True)
+        funcs[f"gn{i}"] = sc.group_norm_chw_kernel(ho, wo, c, groups, 1e-5, ("clip", 0.0, 6.0), stats=True)
+        t = torch.from_numpy
+        y = np.einsum("nchw,cd->ndhw", x, weight[0, 0])
+        a = np.clip(nn.functional.group_norm(t(y), groups, t(g1), t(b1), 1e-5).numpy(), 0, 6)
+        z = nn.functional.conv2d(t(a), t(dw).permute(3, 2, 0, 1), stride=stride, padding=1, groups=c).numpy()
+        out = np.clip(nn.functional.group_norm(t(z), groups, t(g2), t(b2), 1e-5).numpy(), 0, 6)
+        chains.append((i, x, csr, (g1, b1, dw), (g2, b2), (c, h * w, ho * wo), (y, z, out)))
+    dev = tvm.cpu()
+    with tvm.transform.PassContext(config={"tirx.disable_assert": True}):
+        lib = compile_kernels(tvm.IRModule({k: f.with_attr("global_symbol", k) for k, f in funcs.items()}),
+                              host_target()).mod
+
+    def with_stats(v):  # what a producer with statistics writes: values, then (sum, sum of squares) per channel
+        v = v.reshape(v.shape[1], -1).astype(np.float64)
+        return np.concatenate([v.ravel(), np.stack([v.sum(1), (v * v).sum(1)], 1).ravel()])
+
+    for i, x, csr, dw_args, gn_args, (c, p, po), (y, z, expect) in chains:
+        tensor = lambda a: tvm.runtime.tensor(np.ascontiguousarray(a, np.float32), dev)  # noqa: E731
+        y_flat = tensor(np.full(c * p + 2 * c if i % 2 == 0 else y.shape, np.nan))
+        lib[f"conv{i}"](tensor(x), *[tensor(csr[k]) if k == "data" else tvm.runtime.tensor(csr[k], dev)
+                                     for k in sparse.CSR_PARTS], y_flat)
+        np.testing.assert_allclose(y_flat.numpy(), with_stats(y) if i % 2 == 0 else y, atol=1e-3, rtol=1e-4,
+                                   err_msg=f"conv{i}")
+        z_flat = tensor(np.full(c * po + 2 * c, np.nan))
+        lib[f"dw{i}"](y_flat, *[tensor(a) for a in dw_args], z_flat)
+        np.testing.assert_allclose(z_flat.numpy(), with_stats(z), atol=1e-3, rtol=1e-4, err_msg=f"dw{i}")
+        out = tensor(np.full(expect.shape, np.nan))
+        lib[f"gn{i}"](z_flat, *[tensor(a) for a in gn_args], out)
+        np.testing.assert_allclose(out.numpy(), expect, atol=1e-4, rtol=1e-4, err_msg=f"gn{i}")
+    assert "@__TVMBackendAllocWorkspace" not in lib.inspect_source("ll")  # their sums stay in registers
+
+
+class InvertedResidual(nn.Module):
+    """mobilenet-v2's block with GroupNorms at 16x16 pixels: the norms' statistics come from their producers and the
+    expand norm is applied by the depthwise conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expand = nn.Conv2d(8, 24, 1, bias=False)
+        self.n1, self.n2, self.n3 = nn.GroupNorm(4, 24), nn.GroupNorm(4, 24), nn.GroupNorm(2, 8)
+        self.dw = nn.Conv2d(24, 24, 3, padding=1, groups=24, bias=False)
+        self.project = nn.Conv2d(24, 8, 1, bias=False)
+
+    def forward(self, x):
+        y = nn.functional.relu6(self.n1(self.expand(x)))
+        y = nn.functional.relu6(self.n2(self.dw(y)))
+        return x + self.n3(self.project(y))
+
+
+def test_chw_stretch_fuses_norm_statistics_and_matches_torch():
+    from tvm.runtime.vm import VirtualMachine
+
+    from tvm_build import compile as tc
+    from tvm_build import cpu_executor, export, sparse
+    from tvm_build import sparse_chw as sc
+    from tvm_build.graph import export_order, param_arrays
+
+    torch.manual_seed(0)
+    net = InvertedResidual().eval()
+    with torch.no_grad():
+        for conv in (net.expand, net.project):
+            conv.weight[torch.rand_like(conv.weight) < 0.8] = 0
+        for norm in (net.n1, net.n2, net.n3):
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(1, 8, 16, 16)
+    mod, ep = export.to_relax(net, (x,))
+    lifted = export.ChannelsLast(mod, export_order(ep))
+    arrays = lifted.weights({n: param_arrays(net)[n] for n in export_order(ep)})
+    found = sparse.candidates(lifted.main, list(arrays))
+    tried = {n: (c, sparse.to_csr(arrays[n]), 0.2) for n, c in found.items()}
+    chw = {n: (c, int(np.count_nonzero(arrays[n]))) for n, c in found.items()}
+    new = sc.rewrite(lifted.main, list(arrays), {}, chw, 1)
+    weights, _ = sparse.Chooser._csr_arrays(arrays, lifted.from_torch, chw, tried)
+    target = host_target()
+    dev = tvm.cpu()
+    from tvm import relax
+
+    # the VM's bytecode: the kernels are what is checked here (its compiled mode's C build costs seconds)
+    got = VirtualMachine(relax.build(new, target=target, tir_pipeline=tc.tir_pipeline()), dev)["main"](
+        tvm.runtime.tensor(x.numpy(), dev), *[tvm.runtime.tensor(a, dev) for a in weights.values()]).numpy()
+    with torch.no_grad():
+        np.testing.assert_allclose(got, net(x).numpy(), atol=1e-4)
+    kernels = [c.kernel for c in cpu_executor.plan_module(cpu_executor.kernel_module(tc.fuse_kernels(new, target)))
+               .calls]
+    # three norms, two kernels: the expand norm is the depthwise conv's, the others read their producers' statistics
+    assert sum("group_norm" in k for k in kernels) == 2 and all(k.endswith("_stats") for k in kernels
+                                                                  if "group_norm" in k)
+    assert any("depthwise_chw_16x16_24_s1_normeds_stats" in k for k in kernels)
