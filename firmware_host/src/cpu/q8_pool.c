@@ -33,6 +33,7 @@ static struct {
     _Atomic int32_t n, chunk;
     _Alignas(64) _Atomic int32_t finished; /* items of the current job done */
     _Alignas(64) _Atomic int32_t sleeping;
+    _Atomic int32_t exiting; /* the library is being unloaded: workers return */
     int32_t threads, started;
     q8p_fn fn;
     const void *ctx;
@@ -85,9 +86,23 @@ static void *worker(void *arg) {
             }
         }
         seen = g;
+        if (atomic_load(&P.exiting)) return 0;
         if (me < (int32_t)(g & 0xff)) run_chunks(g >> 8, P.local[me]); /* a participant of this job */
     }
     return 0;
+}
+
+/* At unload (dlclose, process exit) the workers must be gone before the library's code is unmapped: a worker still
+   spinning in it would fault (a Runtime dropped right after a call did, on a 2-thread level). */
+__attribute__((destructor)) static void q8p_stop(void) {
+    if (!P.started) return;
+    pthread_mutex_lock(&P.mu);
+    atomic_store(&P.exiting, 1);
+    atomic_fetch_add(&P.gen, 1u << 8); /* a new generation with no participants: every worker wakes and returns */
+    pthread_cond_broadcast(&P.cv);
+    pthread_mutex_unlock(&P.mu);
+    for (int32_t i = 1; i <= P.started; i++) pthread_join(P.thread[i], 0);
+    P.started = 0;
 }
 
 static void *alloc_local(size_t bytes) {
@@ -112,7 +127,7 @@ int32_t q8p_start(int32_t threads, size_t local_bytes) {
         P.born[me] = atomic_load(&P.gen);
         pthread_attr_t attr;
         pthread_attr_init(&attr);
-        pthread_attr_setstacksize(&attr, 1 << 20);
+        pthread_attr_setstacksize(&attr, 8 << 20); /* TVM kernels on the static executor keep their locals on the stack */
         const int rc = pthread_create(&P.thread[me], &attr, worker, (void *)(intptr_t)me);
         pthread_attr_destroy(&attr);
         if (rc) return -2;
